@@ -1,0 +1,63 @@
+"""One case end to end (steps 1-7), staged as an HDF5 file for the publish step to gather."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipelines.ingest.discover import CaseFiles
+from pipelines.ingest.qc import QCError
+from pipelines.io.shards import atomic_h5, write_sample
+from pipelines.preprocess import prepare_case
+from pipelines.products import drr_samples, vertebra_samples, x2ct_samples
+from schemas.config import BuildConfig
+from schemas.manifest import QC_ACCEPTED, QC_QUARANTINED
+
+log = logging.getLogger("spineforge")
+
+
+@dataclass
+class CaseResult:
+    case_id: str
+    qc_status: str
+    qc_reason: str = ""
+    qc_message: str = ""
+    info: dict = field(default_factory=dict)  # stored shape/spacing/orientation/levels
+    staging_file: str | None = None
+    samples: list[dict] = field(default_factory=list)  # manifest rows (without shard/split)
+
+
+def process_case(case: CaseFiles, config: BuildConfig, split: str, staging_dir: Path) -> CaseResult:
+    """Prepare one case, build every enabled product, write them to `<staging_dir>/<case>.h5`.
+
+    Quarantinable problems come back as a quarantined CaseResult; anything else raises.
+    """
+    def progress(msg: str) -> None:
+        log.info("[%s] %s", case.case_id, msg)
+
+    try:
+        prepared = prepare_case(case, config)
+    except QCError as exc:
+        progress(f"quarantined: {exc.reason} ({exc.message})")
+        return CaseResult(case.case_id, QC_QUARANTINED, exc.reason, exc.message)
+    progress(f"resampled to {config.resample.spacing_mm} mm {config.resample.orientation}: "
+             f"shape {prepared.ct.array.shape}, {len(prepared.levels)} vertebrae")
+
+    samples = []
+    if config.vertebra.enabled:
+        samples += vertebra_samples(prepared, config)
+        progress(f"vertebra patches: {len(samples)}")
+    if config.x2ct.enabled:
+        samples += x2ct_samples(prepared, config, progress)
+    if config.drr.enabled:
+        samples += drr_samples(prepared, config, progress)
+
+    staging_dir.mkdir(parents=True, exist_ok=True)
+    target = staging_dir / f"{case.case_id}.h5"
+    with atomic_h5(target) as h5:
+        for s in samples:
+            attrs = {"product": s.product, "case_id": case.case_id, "split": split, **s.attrs}
+            write_sample(h5, s.sample_id, s.datasets, attrs, config.shards.compression, s.view_stacks)
+    rows = [{"sample_id": s.sample_id, "product": s.product, "key": "/" + s.sample_id,
+             "n_views": 0, **s.row} for s in samples]
+    return CaseResult(case.case_id, QC_ACCEPTED, info=prepared.info, staging_file=str(target), samples=rows)

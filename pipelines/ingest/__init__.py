@@ -1,0 +1,1 @@
+"""Discovery, naming normalisation, label translation and QC of input collections."""

@@ -1,0 +1,70 @@
+"""Naming rules kept as data (schemas/naming/*.yaml) and applied to input paths.
+
+Rule files are read in file-name order; within a file, rules in their listed order. The first
+rule whose pattern matches a path (relative to its input root, forward slashes) wins.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from schemas import SCHEMA_DIR
+
+ROLES = ("ct", "mask", "vertebra_ct", "vertebra_mask", "centroids", "structures")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+@dataclass(frozen=True)
+class NamingRule:
+    convention: str  # e.g. verse, ctspine1k
+    labels: str  # label table used for this convention's masks
+    role: str
+    pattern: re.Pattern
+    case: str | None  # fixed case id when the pattern has no `case` group
+    source: str  # rule file name, for messages
+
+
+class RuleFileError(ValueError):
+    pass
+
+
+def canonical_case_id(raw: str) -> str:
+    """A case id safe for file names and HDF5 keys."""
+    out = _UNSAFE.sub("-", raw).strip("-.")
+    if not out:
+        raise ValueError(f"case id {raw!r} has no usable characters")
+    return out
+
+
+def load_rules(extra_dirs: list[Path] | None = None) -> list[NamingRule]:
+    files = sorted((SCHEMA_DIR / "naming").glob("*.yaml"))
+    for d in extra_dirs or []:
+        files += sorted(Path(d).glob("*.yaml"))
+    rules: list[NamingRule] = []
+    for path in files:
+        spec = yaml.safe_load(path.read_text()) or {}
+        try:
+            for item in spec["rules"]:
+                if item["role"] not in ROLES:
+                    raise RuleFileError(f"{path.name}: unknown role {item['role']!r}")
+                pattern = re.compile(item["pattern"])
+                if "case" not in pattern.groupindex and not item.get("case"):
+                    raise RuleFileError(f"{path.name}: rule for {item['role']} names no case")
+                rules.append(NamingRule(spec["convention"], spec["labels"], item["role"], pattern,
+                                        item.get("case"), path.name))
+        except (KeyError, TypeError, re.error) as exc:
+            raise RuleFileError(f"{path}: malformed naming rule ({exc})") from exc
+    return rules
+
+
+def classify(relpath: str, rules: list[NamingRule]) -> tuple[NamingRule, str] | None:
+    """(rule, canonical case id) for the first matching rule, or None."""
+    for rule in rules:
+        m = rule.pattern.search(relpath)
+        if m:
+            raw = m.group("case") if "case" in rule.pattern.groupindex else rule.case
+            return rule, canonical_case_id(raw)
+    return None

@@ -1,0 +1,1 @@
+"""Pure operations on arrays and affines: no Prefect, no paths, no h5py."""

