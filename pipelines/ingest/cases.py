@@ -1,0 +1,68 @@
+"""Step 1 as a table: discovered cases with hashes, splits, duplicates and missing roles."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipelines.ingest.discover import CaseFiles, Discovery, discover
+from pipelines.io.volumes import combined_hash, sha256_file
+from pipelines.ops.sampling import assign_split
+from schemas.config import BuildConfig
+from schemas.manifest import QC_QUARANTINED
+
+
+@dataclass
+class CaseJob:
+    case: CaseFiles
+    split: str
+    input_sha256: str
+
+
+@dataclass
+class IngestResult:
+    jobs: list[CaseJob]  # cases to process
+    rows: dict[str, dict]  # case_id -> cases-table row (QC filled in for early quarantines)
+    discovery: Discovery
+    problems: list[dict] = field(default_factory=list)
+
+    @property
+    def input_hashes(self) -> dict[str, str]:
+        return {j.case.case_id: j.input_sha256 for j in self.jobs}
+
+
+def _row(case: CaseFiles, hashes: dict[str, str]) -> dict:
+    return {
+        "case_id": case.case_id,
+        "convention": case.convention,
+        "source_paths": json.dumps(case.relative()),
+        "roles": ",".join(sorted(case.files)),
+        "file_sha256": json.dumps(hashes, sort_keys=True),
+        "input_sha256": combined_hash(hashes),
+        "qc_status": "",
+        "qc_reason": "",
+        "qc_message": "",
+    }
+
+
+def ingest_inputs(roots: list[Path], config: BuildConfig) -> IngestResult:
+    discovery = discover(roots)
+    jobs, rows, seen_ct = [], {}, {}
+    for case in discovery.cases:
+        hashes = {role: sha256_file(p) for role, p in sorted(case.files.items())}
+        row = rows[case.case_id] = _row(case, hashes)
+        missing = [r for r in ("ct", "mask") if r not in case.files]
+        if missing:
+            row.update(qc_status=QC_QUARANTINED, qc_reason="missing_role",
+                       qc_message=f"no {' or '.join(missing)} file matched for this case")
+            continue
+        if hashes["ct"] in seen_ct:
+            row.update(qc_status=QC_QUARANTINED, qc_reason="duplicate",
+                       qc_message=f"same CT content as case {seen_ct[hashes['ct']]}; processed once there")
+            continue
+        seen_ct[hashes["ct"]] = case.case_id
+        split = assign_split(config.seed, case.case_id, config.splits.model_dump())
+        jobs.append(CaseJob(case, split, row["input_sha256"]))
+        row["split"] = split
+    problems = [{"path": p, "reason": r, "message": m} for p, r, m in discovery.problems]
+    return IngestResult(jobs, rows, discovery, problems)

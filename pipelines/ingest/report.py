@@ -1,0 +1,49 @@
+"""`spineforge ingest`: discovery, naming, labels and QC without building products."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pipelines.ingest.cases import ingest_inputs
+from pipelines.ingest.qc import QCError
+from pipelines.io.publish import table
+from pipelines.preprocess import prepare_case
+from schemas.config import load_config
+from schemas.manifest import CASES_COLUMNS, CASES_CSV, CASES_PARQUET, QC_ACCEPTED, QC_QUARANTINED
+
+
+def run_ingest(roots: list[Path], out: Path, config_path: str | None = None) -> dict:
+    config = load_config(config_path)
+    result = ingest_inputs(roots, config)
+    for job in result.jobs:
+        row = result.rows[job.case.case_id]
+        try:
+            prepared = prepare_case(job.case, config)
+        except QCError as exc:
+            row.update(qc_status=QC_QUARANTINED, qc_reason=exc.reason, qc_message=exc.message)
+            continue
+        row.update(prepared.info, qc_status=QC_ACCEPTED)
+    cases = table(list(result.rows.values()), CASES_COLUMNS)
+    out.mkdir(parents=True, exist_ok=True)
+    cases.to_parquet(out / CASES_PARQUET, index=False)
+    cases.to_csv(out / CASES_CSV, index=False)
+    summary = {
+        "cases": int(len(cases)),
+        "accepted": int((cases.qc_status == QC_ACCEPTED).sum()),
+        "quarantined": int((cases.qc_status == QC_QUARANTINED).sum()),
+        "duplicates": int((cases.qc_reason == "duplicate").sum()),
+        "unmatched_files": result.discovery.unmatched,
+        "problems": result.problems,
+        "quarantine": cases.loc[cases.qc_status == QC_QUARANTINED, ["case_id", "qc_reason", "qc_message"]]
+        .to_dict("records"),
+        "out": str(out),
+    }
+    (out / "ingest.json").write_text(json.dumps(summary, indent=2))
+    lines = [f"{summary['cases']} cases: {summary['accepted']} accepted, {summary['quarantined']} quarantined "
+             f"({summary['duplicates']} duplicates); {len(summary['unmatched_files'])} unmatched files"]
+    lines += [f"  quarantined {q['case_id']}: {q['qc_reason']} ({q['qc_message']})" for q in summary["quarantine"]]
+    lines += [f"  unmatched {p}" for p in summary["unmatched_files"]]
+    lines += [f"  {p['reason']} {p['path']}: {p['message']}" for p in summary["problems"]]
+    lines.append(f"wrote {out / CASES_PARQUET} and {out / CASES_CSV}")
+    summary["text"] = "\n".join(lines)
+    return summary

@@ -1,0 +1,31 @@
+"""`spineforge inspect`: what a published version holds, for people and for scripts (--json)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from pipelines.io.publish import read_card
+from schemas.manifest import CASES_PARQUET
+
+
+def inspect_version(version_dir: Path) -> dict:
+    card = read_card(version_dir)
+    cases = pd.read_parquet(version_dir / CASES_PARQUET)
+    quarantined = cases.loc[cases.qc_status == "quarantined", ["case_id", "qc_reason", "qc_message"]]
+    total_bytes = sum(s["bytes"] for s in card["shards"])
+    split_table = pd.DataFrame(card["counts"]["by_product_split"]).fillna(0).astype(int).T
+    split_table["total"] = split_table.sum(axis=1)
+    lines = [
+        f"{card['name']} {card['version']}  build_id {card['build_id']}  schema {card['schema_version']}",
+        f"created {card['created']}  code {card['code_version']}  seed {card['seed']}",
+        f"cases: {card['cases']['discovered']} discovered, {card['cases']['accepted']} accepted, "
+        f"{card['cases']['quarantined']} quarantined",
+        "", "samples per product and split:", split_table.to_string(), "",
+        "samples per level: " + ", ".join(f"{k}={v}" for k, v in card["counts"]["by_level"].items()),
+        f"shards: {len(card['shards'])} files, {total_bytes / 1e6:.1f} MB",
+    ]
+    lines += [f"  {s['file']}  {s['n_samples']} samples  {s['bytes'] / 1e6:.1f} MB" for s in card["shards"]]
+    if len(quarantined):
+        lines += ["quarantined:"] + [f"  {r.case_id}: {r.qc_reason} ({r.qc_message})" for r in quarantined.itertuples()]
+    return {"card": card, "quarantined": quarantined.to_dict("records"), "text": "\n".join(lines)}

@@ -1,0 +1,160 @@
+"""Publishing a version: shards -> manifest -> cases -> report -> dataset.json -> atomic rename.
+
+A version folder appears only through the final rename of a complete staging folder, so a
+reader never sees a half-written version, and two builds of one version cannot both publish.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+
+from pipelines.io.shards import atomic_h5, copy_groups, group_nbytes
+from pipelines.io.volumes import sha256_file
+from schemas import SCHEMA_VERSION
+from schemas.manifest import (CASES_COLUMNS, CASES_CSV, CASES_PARQUET, DATASET_CARD, MANIFEST_COLUMNS,
+                              MANIFEST_CSV, MANIFEST_PARQUET, PRODUCTS, SHARD_DIR, shard_name)
+
+_VERSION = re.compile(r"^v(\d+)$")
+
+
+class PublishError(Exception):
+    pass
+
+
+@dataclass
+class PublishPlan:
+    dataset_dir: Path
+    version: str
+    existing: bool  # True when this build_id is already published under `version`
+
+
+def read_card(version_dir: Path) -> dict:
+    path = Path(version_dir) / DATASET_CARD
+    if not path.is_file():
+        raise FileNotFoundError(f"not a published SpineForge version (no {DATASET_CARD}): {version_dir}")
+    return json.loads(path.read_text())
+
+
+def published_versions(dataset_dir: Path) -> list[str]:
+    if not dataset_dir.is_dir():
+        return []
+    names = [p.name for p in dataset_dir.iterdir() if p.is_dir() and _VERSION.match(p.name)]
+    return sorted(names, key=lambda n: int(_VERSION.match(n).group(1)))
+
+
+def plan_version(out: Path, dataset: str, build_id: str, version: str | None) -> PublishPlan:
+    """Decide where a build publishes: a no-op for a known build_id, a refusal for a clash."""
+    dataset_dir = Path(out) / dataset
+    if version is not None:
+        if not _VERSION.match(version) and not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", version):
+            raise PublishError(f"invalid version name {version!r}")
+        target = dataset_dir / version
+        if target.exists():
+            card = read_card(target)
+            if card.get("build_id") != build_id:
+                raise PublishError(
+                    f"version {version} of {dataset} is already published with build_id "
+                    f"{card.get('build_id')}; this build is {build_id}. Published versions are "
+                    f"immutable: choose another --version or omit it to get the next one")
+            return PublishPlan(dataset_dir, version, True)
+        return PublishPlan(dataset_dir, version, False)
+    versions = published_versions(dataset_dir)
+    for name in versions:
+        if read_card(dataset_dir / name).get("build_id") == build_id:
+            return PublishPlan(dataset_dir, name, True)
+    last = int(_VERSION.match(versions[-1]).group(1)) if versions else 0
+    return PublishPlan(dataset_dir, f"v{last + 1}", False)
+
+
+def write_shards(samples: pd.DataFrame, staging_files: dict[str, str], shard_dir: Path,
+                 target_bytes: int) -> tuple[pd.Series, list[dict]]:
+    """Gather sample groups into per-product shards; returns (shard per sample, shard records)."""
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    assigned = pd.Series(index=samples.index, dtype=object)
+    records = []
+    for product in PRODUCTS:
+        rows = samples[samples["product"] == product].sort_values("sample_id")
+        batches, current, size = [], [], 0
+        for idx, row in rows.iterrows():
+            nbytes = group_nbytes(Path(staging_files[row.case_id]), row.sample_id)
+            if current and size + nbytes > target_bytes:
+                batches.append(current)
+                current, size = [], 0
+            current.append(idx)
+            size += nbytes
+        if current:
+            batches.append(current)
+        for n, batch in enumerate(batches):
+            name = shard_name(product, n)
+            with atomic_h5(shard_dir / name) as h5:
+                for case_id, grp in rows.loc[batch].groupby("case_id", sort=True):
+                    copy_groups(Path(staging_files[case_id]), list(grp.sample_id), h5)
+            assigned.loc[batch] = name
+            path = shard_dir / name
+            records.append({"file": f"{SHARD_DIR}/{name}", "product": product, "bytes": path.stat().st_size,
+                            "n_samples": len(batch), "sha256": sha256_file(path)})
+    return assigned, records
+
+
+def table(rows: list[dict], columns: list[str]) -> pd.DataFrame:
+    df = pd.DataFrame(rows)
+    for col in columns:
+        if col not in df:
+            df[col] = None
+    return df[columns + [c for c in df.columns if c not in columns]]
+
+
+def counts(manifest: pd.DataFrame) -> dict:
+    out: dict = {"samples": int(len(manifest)), "by_product": {}, "by_product_split": {}, "by_level": {}}
+    for product, grp in manifest.groupby("product"):
+        out["by_product"][product] = int(len(grp))
+        out["by_product_split"][product] = {k: int(v) for k, v in grp["split"].value_counts().items()}
+    levels = pd.concat([manifest["level"], manifest["target_level"]]).dropna()
+    out["by_level"] = {k: int(v) for k, v in levels.value_counts().sort_index().items()}
+    return out
+
+
+def publish_version(plan: PublishPlan, manifest_rows: list[dict], case_rows: list[dict],
+                    staging_files: dict[str, str], card: dict, target_bytes: int,
+                    report_writer=None) -> Path:
+    """Assemble the version in a hidden staging folder and rename it into place."""
+    final = plan.dataset_dir / plan.version
+    staging = plan.dataset_dir / f".publishing-{plan.version}-{card['build_id'][:12]}-{os.getpid()}"
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    try:
+        manifest = table(manifest_rows, MANIFEST_COLUMNS)
+        manifest["shard"], shards = write_shards(manifest, staging_files, staging / SHARD_DIR, target_bytes)
+        manifest = manifest.sort_values(["product", "sample_id"]).reset_index(drop=True)
+        manifest.to_parquet(staging / MANIFEST_PARQUET, index=False)
+        manifest.to_csv(staging / MANIFEST_CSV, index=False)
+        cases = table(case_rows, CASES_COLUMNS)
+        cases.to_parquet(staging / CASES_PARQUET, index=False)
+        cases.to_csv(staging / CASES_CSV, index=False)
+        card = dict(card, version=plan.version, schema_version=SCHEMA_VERSION,
+                    created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    counts=counts(manifest), shards=shards,
+                    cases={"discovered": int(len(cases)),
+                           "accepted": int((cases.qc_status == "accepted").sum()),
+                           "quarantined": int((cases.qc_status == "quarantined").sum())})
+        if report_writer is not None:
+            report_writer(staging, card, manifest, cases)
+        (staging / DATASET_CARD).write_text(json.dumps(card, indent=2, sort_keys=True, default=str))
+        try:
+            os.rename(staging, final)  # atomic; fails if another build published first
+        except OSError as exc:
+            raise PublishError(f"cannot publish {final}: {exc.strerror} (another build published it first?)") from exc
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return final
+
+

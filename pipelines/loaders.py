@@ -1,0 +1,110 @@
+"""PyTorch Datasets over a published version, one per product.
+
+Shards are opened lazily and read-only, one handle per shard per process: a handle opened before
+a DataLoader forks is never used in the child (the process id is checked), and pickling (spawn)
+drops open handles. Rows come from the manifest, so filtering by split touches no shard.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+import h5py
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from pipelines.io.publish import read_card
+from schemas.config import BuildConfig
+from schemas.manifest import MANIFEST_PARQUET, SHARD_DIR, SPLITS
+from schemas.shard_layout import product_datasets
+
+_META = {
+    "vertebra": ("level", "padded_fraction"),
+    "x2ct": ("z_offset_mm", "padded_fraction"),
+    "drr": ("ref_level", "target_level"),
+}
+
+
+class ShardDataset(Dataset):
+    product: str = ""
+
+    def __init__(self, root: str | Path, split: str | None = None,
+                 transform: Callable[[dict], dict] | None = None):
+        self.root = Path(root)
+        if split is not None and split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        config = BuildConfig.model_validate(read_card(self.root)["config"])
+        manifest = pd.read_parquet(self.root / MANIFEST_PARQUET)
+        rows = manifest[manifest["product"] == self.product]
+        if split is not None:
+            rows = rows[rows["split"] == split]
+        cols = ["sample_id", "case_id", "split", "shard", "key", *_META[self.product]]
+        self.rows = rows[cols].sort_values("sample_id").to_dict("records")
+        self.keys = [spec.key for spec in product_datasets(self.product, config)]
+        self.transform = transform
+        self._files: dict[str, h5py.File] = {}
+        self._pid: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _shard(self, name: str) -> h5py.File:
+        if self._pid != os.getpid():  # new process: forget (never close) inherited handles
+            self._files, self._pid = {}, os.getpid()
+        if name not in self._files:
+            self._files[name] = h5py.File(self.root / SHARD_DIR / name, "r")
+        return self._files[name]
+
+    def __getitem__(self, index: int) -> dict:
+        row = self.rows[index]
+        group = self._shard(row["shard"])[row["key"]]
+        sample: dict = {k: row[k] for k in ("sample_id", "case_id", "split", *_META[self.product])}
+        for key in self.keys:
+            value = group[key][()]
+            if value.dtype.kind == "S":
+                sample[key] = [v.decode() for v in value]
+            else:
+                sample[key] = torch.from_numpy(np.ascontiguousarray(value))
+        sample["affine"] = torch.from_numpy(np.asarray(group.attrs["affine"], dtype=np.float64))
+        return self.transform(sample) if self.transform else sample
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_files"], state["_pid"] = {}, None
+        return state
+
+    def close(self) -> None:
+        if self._pid == os.getpid():
+            for f in self._files.values():
+                f.close()
+        self._files = {}
+
+
+class VertebraDataset(ShardDataset):
+    """128^3 `ct` (int16 HU), `mask` (this vertebra), `labels` (canonical ids), with `level`."""
+
+    product = "vertebra"
+
+
+class X2CTDataset(ShardDataset):
+    """150^3 `ct` with `xray1` (AP) and `xray2` (lateral) DRRs, X2CT-GAN's names."""
+
+    product = "x2ct"
+
+
+class DRRDataset(ShardDataset):
+    """V views of whole-CT `drr` and `drr_vertebra`, with poses and the rotation centre."""
+
+    product = "drr"
+
+
+DATASETS = {cls.product: cls for cls in (VertebraDataset, X2CTDataset, DRRDataset)}
+
+
+def open_dataset(root: str | Path, product: str, split: str | None = None, **kwargs) -> ShardDataset:
+    if product not in DATASETS:
+        raise ValueError(f"product must be one of {sorted(DATASETS)}, got {product!r}")
+    return DATASETS[product](root, split=split, **kwargs)

@@ -1,0 +1,97 @@
+"""report.html: a QC page with pictures (DRR contact sheet, patch mid-slices with mask overlay)."""
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+
+import h5py
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from schemas.manifest import REPORT_HTML  # noqa: E402
+
+MAX_TILES = 8
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=72, bbox_inches="tight")
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _sheet(tiles: list[tuple[str, np.ndarray, np.ndarray | None]]) -> str:
+    """A row-wrapped grid of grey images, optional red mask contour, titled."""
+    cols = min(4, len(tiles))
+    rows = int(np.ceil(len(tiles) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, (title, image, mask) in zip(axes.ravel(), tiles):
+        ax.imshow(image, cmap="gray")
+        if mask is not None and mask.any():
+            ax.contour(mask, levels=[0.5], colors="red", linewidths=0.8)
+        ax.set_title(title, fontsize=8)
+    return _png(fig)
+
+
+def _tiles(version_dir: Path, manifest: pd.DataFrame, product: str) -> list:
+    rows = manifest[manifest["product"] == product].head(MAX_TILES // 2 if product != "vertebra" else MAX_TILES)
+    tiles = []
+    for row in rows.itertuples():
+        with h5py.File(version_dir / "shards" / row.shard, "r") as h5:
+            g = h5[row.key]
+            if product == "drr":
+                tiles += [(f"{row.sample_id} AP", g["drr"][0], None),
+                          (f"{row.ref_level}->{row.target_level} vertebra AP", g["drr_vertebra"][0], None)]
+            elif product == "x2ct":
+                tiles += [(f"{row.sample_id} xray1", g["xray1"][()], None),
+                          (f"{row.sample_id} xray2", g["xray2"][()], None)]
+            else:
+                mid = g["ct"].shape[1] // 2
+                tiles.append((f"{row.sample_id} coronal", g["ct"][:, mid, :].T[::-1],
+                              g["mask"][:, mid, :].T[::-1]))
+    return tiles
+
+
+def _level_histogram(counts: dict) -> str | None:
+    levels = counts.get("by_level", {})
+    if not levels:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 2.5))
+    ax.bar(list(levels), list(levels.values()), color="#4a7ab0")
+    ax.set_ylabel("samples")
+    ax.set_title("samples per vertebra level")
+    return _png(fig)
+
+
+def write_report(version_dir: Path, card: dict, manifest: pd.DataFrame, cases: pd.DataFrame) -> Path:
+    parts = [f"<h1>{html.escape(card['name'])} {html.escape(card['version'])}</h1>",
+             f"<p>build_id <code>{card['build_id']}</code> &middot; schema {card['schema_version']} "
+             f"&middot; {card['created']} &middot; code {html.escape(card['code_version'])}</p>"]
+    split_table = pd.DataFrame(card["counts"]["by_product_split"]).fillna(0).astype(int)
+    parts.append("<h2>Samples per product and split</h2>" + split_table.to_html())
+    hist = _level_histogram(card["counts"])
+    if hist:
+        parts.append(f'<img alt="level histogram" src="data:image/png;base64,{hist}">')
+    for product, title in (("drr", "DRR contact sheet"), ("x2ct", "X2CT X-rays"),
+                           ("vertebra", "Vertebra patches (mid coronal slice, mask in red)")):
+        tiles = _tiles(version_dir, manifest, product)
+        if tiles:
+            parts.append(f"<h2>{title}</h2><img alt=\"{product}\" src=\"data:image/png;base64,{_sheet(tiles)}\">")
+    quarantined = cases[cases["qc_status"] == "quarantined"][["case_id", "qc_reason", "qc_message"]]
+    parts.append(f"<h2>Quarantined cases ({len(quarantined)})</h2>" +
+                 (quarantined.to_html(index=False) if len(quarantined) else "<p>none</p>"))
+    page = ("<!doctype html><html><head><meta charset=\"utf-8\"><title>SpineForge report</title>"
+            "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+            "td,th{border:1px solid #ccc;padding:2px 8px}img{max-width:100%}</style></head><body>"
+            + "\n".join(parts) + "</body></html>")
+    path = version_dir / REPORT_HTML
+    path.write_text(page)
+    return path

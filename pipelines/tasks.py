@@ -1,0 +1,25 @@
+"""Thin Prefect tasks: one coarse task per case, one to publish."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from pipelines.case import CaseResult, process_case
+from pipelines.ingest.cases import CaseJob
+from pipelines.io.publish import PublishPlan, publish_version
+from pipelines.report import write_report
+
+
+@task(name="process-case", task_run_name="case-{job.case.case_id}", cache_policy=NO_CACHE)
+def process_case_task(job: CaseJob, config, staging_dir: str) -> CaseResult:
+    logger = get_run_logger()
+    return process_case(job.case, config, job.split, Path(staging_dir), progress=logger.info)
+
+
+@task(name="publish", cache_policy=NO_CACHE)
+def publish_task(plan: PublishPlan, manifest_rows: list[dict], case_rows: list[dict],
+                 staging_files: dict[str, str], card: dict, target_bytes: int) -> str:
+    return str(publish_version(plan, manifest_rows, case_rows, staging_files, card, target_bytes,
+                               report_writer=write_report))
