@@ -124,3 +124,19 @@ class Renderer:
             img = self.drr(pose, **kwargs)
             out.append(img[:, 0].float().cpu().numpy())
         return np.concatenate(out, axis=0)
+
+
+def project_point(camera: np.ndarray, point: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """(row, column) detector pixel where a world point projects, by pinhole geometry.
+
+    Rows run from the detector's top (superior in AP/LAT) down; with `reverse_x_axis` the
+    column axis follows the radiological convention.
+    """
+    pose = camera @ AP_REORIENT
+    q = np.linalg.inv(pose) @ np.append(np.asarray(point, dtype=float), 1.0)
+    x = q[0] * geometry.sdd_mm / q[2]
+    y = q[1] * geometry.sdd_mm / q[2]
+    col_from_x = x / geometry.pixel_spacing_mm
+    col = geometry.width / 2 - 0.5 + (-col_from_x if geometry.reverse_x_axis else col_from_x)
+    row = geometry.height / 2 - 0.5 - y / geometry.pixel_spacing_mm
+    return np.array([row, col])

@@ -1,0 +1,88 @@
+"""Shared fixtures: tiny synthetic spines with known spacing/affine, a Prefect test harness."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from pipelines.ops.orient import Volume, direction_from_codes, sitk_from_volume
+
+SHARED_FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+
+# Vertebra levels of the synthetic spine, cranial -> caudal, with their VerSe ids.
+SYNTH_LEVELS = [("T11", 18), ("T12", 19), ("L1", 20), ("L2", 21), ("L3", 22), ("L4", 23)]
+
+
+def make_affine(spacing=(1.0, 1.0, 1.0), codes="RAS", origin=(0.0, 0.0, 0.0)) -> np.ndarray:
+    affine = np.eye(4)
+    affine[:3, :3] = direction_from_codes(codes) * np.asarray(spacing, dtype=float)
+    affine[:3, 3] = origin
+    return affine
+
+
+def synthetic_spine(shape=(40, 40, 72), spacing=(1.5, 1.5, 2.0), n_levels=6):
+    """CT (HU) and VerSe mask: air, a soft-tissue cylinder, a column of bony blocks along S.
+
+    Grid is RAS-oriented; block k (cranial first) spans 10 voxels in z, separated by 2-voxel gaps.
+    """
+    x, y, z = np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")
+    cx, cy = (shape[0] - 1) / 2, (shape[1] - 1) / 2
+    body = (x - cx) ** 2 + (y - cy) ** 2 < (0.45 * shape[0]) ** 2
+    ct = np.where(body, 40.0, -1000.0).astype(np.float32)
+    mask = np.zeros(shape, np.uint8)
+    for k, (_, vid) in enumerate(SYNTH_LEVELS[:n_levels]):
+        top = shape[2] - 2 - k * 12  # cranial = high z in RAS
+        block = (abs(x - cx) <= 4) & (abs(y - cy) <= 4) & (z <= top) & (z > top - 10)
+        mask[block] = vid
+        ct[block] = 700.0
+    return ct, mask, make_affine(spacing, "RAS", origin=(-30.0, -30.0, -70.0))
+
+
+def write_volume(path: Path, array: np.ndarray, affine: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(sitk_from_volume(Volume(array, affine)), str(path))
+    return path
+
+
+def write_ctspine_case(root: Path, case_id: str, **kwargs) -> tuple[Path, Path]:
+    ct, mask, affine = synthetic_spine(**kwargs)
+    return (write_volume(root / f"{case_id}.nii.gz", ct, affine),
+            write_volume(root / f"{case_id}_seg.nii.gz", mask, affine))
+
+
+@pytest.fixture
+def tiny_config():
+    """A build config sized for seconds, not minutes."""
+    from schemas.config import BuildConfig
+
+    return BuildConfig.model_validate({
+        "dataset": "tiny",
+        "vertebra": {"size": 24, "levels": ["L1", "L2", "L3"]},
+        "x2ct": {"size": 32, "z_offsets_mm": [-10, 0, 10]},
+        "drr": {"pairs_per_case": 2, "poses_per_pair": 1},
+        "detector": {"height": 24, "width": 24, "pixel_spacing_mm": 8.0},
+        "qc": {"min_vertebrae": 5},
+    })
+
+
+@pytest.fixture(scope="session", autouse=True)
+def prefect_home():
+    """Prefect state in a throw-away folder; one test harness (temporary API + DB) per session."""
+    home = tempfile.mkdtemp(prefix="spineforge-prefect-")
+    os.environ["PREFECT_HOME"] = home
+    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield home
+
+
+def shared_fixture(*parts: str) -> Path:
+    path = SHARED_FIXTURES.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"shared fixture {path} not present (a fresh clone without ../shared)")
+    return path
