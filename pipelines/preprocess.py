@@ -10,7 +10,7 @@ import SimpleITK as sitk
 from pipelines.ingest.discover import CaseFiles
 from pipelines.ingest.labels import id_to_level, order_cranial_to_caudal, source_lookup, translate
 from pipelines.ingest.qc import QCError, check_ct_values, check_geometry, check_levels
-from pipelines.io.volumes import VolumeReadError, read_image
+from pipelines.io.volumes import VolumeReadError, read_checked
 from pipelines.ops.orient import Volume, affine_from_sitk, axis_codes, volume_from_sitk
 from pipelines.ops.resample import corners_world, resample_onto, target_grid
 from schemas.config import BuildConfig
@@ -25,11 +25,12 @@ class PreparedCase:
     info: dict = field(default_factory=dict)  # shape/spacing/orientation as stored, for cases table
 
 
-def _read(case: CaseFiles, role: str) -> sitk.Image:
+def _read(case: CaseFiles, role: str) -> tuple[sitk.Image, int]:
+    """(image, non-finite voxel count) of one role's file."""
     if role not in case.files:
         raise QCError("missing_role", f"case {case.case_id} has no {role} file")
     try:
-        return read_image(case.files[role])
+        return read_checked(case.files[role])
     except VolumeReadError as exc:
         rel = case.files[role].relative_to(case.root).as_posix()
         raise QCError("unreadable", f"{rel}: {exc.reason}") from exc
@@ -56,9 +57,11 @@ def stored_info(image: sitk.Image) -> dict:
 
 def prepare_case(case: CaseFiles, config: BuildConfig) -> PreparedCase:
     """Read, check, translate and resample one case; raises QCError for quarantinable problems."""
-    ct_img = _read(case, "ct")
-    mask_img = _read(case, "mask")
+    ct_img, ct_nonfinite = _read(case, "ct")
+    mask_img, _ = _read(case, "mask")
     info = stored_info(ct_img)
+    if ct_nonfinite:
+        raise QCError("non_finite", f"CT holds {ct_nonfinite} non-finite voxels")
     check_geometry(affine_from_sitk(ct_img), config.qc.spacing_range_mm, "CT")
     check_geometry(affine_from_sitk(mask_img), config.qc.spacing_range_mm, "mask")
     check_ct_values(sitk.GetArrayViewFromImage(ct_img), config.qc.hu_range)

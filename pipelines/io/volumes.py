@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import hashlib
+import zlib
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import SimpleITK as sitk
 
 
@@ -51,3 +54,30 @@ def read_image(path: Path) -> sitk.Image:
     if image.GetDimension() != 3:
         raise VolumeReadError(path, f"expected a 3D image, got {image.GetDimension()}D")
     return image
+
+
+def is_nifti(path: Path) -> bool:
+    return Path(path).name.lower().endswith((".nii", ".nii.gz"))
+
+
+def verify_nifti(path: Path) -> int:
+    """Decode every voxel of a NIfTI file with nibabel; return the count of non-finite voxels.
+
+    Needed because SimpleITK's NIfTI reader accepts a truncated .nii.gz and turns NaN into 0.
+    """
+    try:
+        data = np.asanyarray(nib.load(str(path)).dataobj)
+    except (EOFError, OSError, ValueError, zlib.error, nib.filebasedimages.ImageFileError) as exc:
+        raise VolumeReadError(Path(path), f"truncated or corrupt NIfTI ({str(exc)[:120]})") from exc
+    if data.dtype.kind != "f":
+        return 0
+    return int(data.size - np.count_nonzero(np.isfinite(data)))
+
+
+def read_checked(path: Path) -> tuple[sitk.Image, int]:
+    """(image, non-finite voxel count as stored); raises VolumeReadError for unreadable files."""
+    image = read_image(path)
+    if is_nifti(path):
+        return image, verify_nifti(path)
+    array = sitk.GetArrayViewFromImage(image)
+    return image, int(array.size - np.count_nonzero(np.isfinite(array)))
