@@ -24,7 +24,7 @@ def make_affine(spacing=(1.0, 1.0, 1.0), codes="RAS", origin=(0.0, 0.0, 0.0)) ->
     return affine
 
 
-def synthetic_spine(shape=(40, 40, 72), spacing=(1.5, 1.5, 2.0), n_levels=6):
+def synthetic_spine(shape=(40, 40, 72), spacing=(1.5, 1.5, 2.0), n_levels=6, noise_seed=None):
     """CT (HU) and VerSe mask: air, a soft-tissue cylinder, a column of bony blocks along S.
 
     Grid is RAS-oriented; block k (cranial first) spans 10 voxels in z, separated by 2-voxel gaps.
@@ -39,6 +39,8 @@ def synthetic_spine(shape=(40, 40, 72), spacing=(1.5, 1.5, 2.0), n_levels=6):
         block = (abs(x - cx) <= 4) & (abs(y - cy) <= 4) & (z <= top) & (z > top - 10)
         mask[block] = vid
         ct[block] = 700.0
+    if noise_seed is not None:  # distinct content per case (identical files are duplicates)
+        ct += np.random.default_rng(noise_seed).normal(0, 5, shape).astype(np.float32)
     return ct, mask, make_affine(spacing, "RAS", origin=(-30.0, -30.0, -70.0))
 
 
@@ -48,8 +50,8 @@ def write_volume(path: Path, array: np.ndarray, affine: np.ndarray) -> Path:
     return path
 
 
-def write_ctspine_case(root: Path, case_id: str, **kwargs) -> tuple[Path, Path]:
-    ct, mask, affine = synthetic_spine(**kwargs)
+def write_ctspine_case(root: Path, case_id: str, noise_seed=None, **kwargs) -> tuple[Path, Path]:
+    ct, mask, affine = synthetic_spine(noise_seed=noise_seed, **kwargs)
     return (write_volume(root / f"{case_id}.nii.gz", ct, affine),
             write_volume(root / f"{case_id}_seg.nii.gz", mask, affine))
 
