@@ -20,6 +20,7 @@ from prefect import flow, get_run_logger, unmapped
 import pipelines
 from pipelines.case import CaseResult
 from pipelines.ingest.cases import ingest_inputs
+from pipelines.ingest.discover import InputError
 from pipelines.io.publish import plan_version
 from pipelines.tasks import process_case_task, publish_task
 from schemas.config import BuildConfig
@@ -129,6 +130,9 @@ def run_build(config: BuildConfig, inputs: list[str], out: str, version: str | N
               workers: int = 1, dask_address: str | None = None) -> BuildSummary:
     if workers < 1:
         raise BuildError(f"--workers must be at least 1, got {workers}")
+    for path in inputs:  # fail before any flow machinery starts
+        if not Path(path).is_dir():
+            raise InputError(f"input folder not found: {path}")
     runner = task_runner_for(workers, dask_address)
     return build_dataset.with_options(task_runner=runner)(
         config=config, inputs=[str(p) for p in inputs], out=str(out), version=version)

