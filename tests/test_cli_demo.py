@@ -82,13 +82,15 @@ def test_missing_input_is_a_one_line_error(tmp_path, home):
 
 
 def test_unreadable_only_input_fails_naming_the_file_and_publishes_nothing(tmp_path, home):
-    (tmp_path / "in").mkdir()
+    from tests.conftest import write_ctspine_case
+
+    write_ctspine_case(tmp_path / "in", "scan")
     (tmp_path / "in" / "scan.nii.gz").write_bytes(b"not a scan")
     result = spineforge("build", "--config", "schemas/configs/default.yaml", "--input", str(tmp_path / "in"),
                         "--out", str(tmp_path / "out"), env_home=home)
     reasons = [ln for ln in result.stderr.splitlines() if ln.startswith("spineforge: error:")]
     assert result.returncode == 2 and len(reasons) == 1, result.stderr
-    assert "no samples to publish" in reasons[0] and "scan" in reasons[0] and "unreadable" in reasons[0]
+    assert "no samples to publish" in reasons[0] and "scan.nii.gz" in reasons[0] and "unreadable" in reasons[0]
     assert not any((tmp_path / "out").rglob("dataset.json"))
 
 
