@@ -84,17 +84,3 @@ def group_nbytes(path: Path, key: str) -> int:
     """Uncompressed size of a sample group's datasets."""
     with h5py.File(path, "r") as h5:
         return sum(ds.size * ds.dtype.itemsize for ds in h5[key].values())
-
-
-def read_attrs(group: h5py.Group) -> dict:
-    out = {}
-    for key, value in group.attrs.items():
-        if isinstance(value, bytes):
-            value = value.decode()
-        if isinstance(value, str) and value[:1] in "{[":
-            try:
-                value = json.loads(value)
-            except json.JSONDecodeError:
-                pass
-        out[key] = value
-    return out
