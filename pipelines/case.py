@@ -1,6 +1,7 @@
 """One case end to end (steps 1-7), staged as an HDF5 file for the publish step to gather."""
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,14 +48,14 @@ def process_case(case: CaseFiles, config: BuildConfig, split: str, staging_dir: 
     progress(f"resampled to {config.resample.spacing_mm} mm {config.resample.orientation}: "
              f"shape {prepared.ct.array.shape}, {len(prepared.levels)} vertebrae")
 
-    samples = []
+    samples, skipped = [], []
     if config.vertebra.enabled:
-        samples += vertebra_samples(prepared, config)
+        samples += vertebra_samples(prepared, config, skipped)
         progress(f"vertebra patches: {len(samples)}")
     if config.x2ct.enabled:
-        samples += x2ct_samples(prepared, config, progress)
+        samples += x2ct_samples(prepared, config, progress, skipped)
     if config.drr.enabled:
-        samples += drr_samples(prepared, config, progress)
+        samples += drr_samples(prepared, config, progress, skipped)
 
     staging_dir.mkdir(parents=True, exist_ok=True)
     target = staging_dir / f"{case.case_id}.h5"
@@ -64,4 +65,5 @@ def process_case(case: CaseFiles, config: BuildConfig, split: str, staging_dir: 
             write_sample(h5, s.sample_id, s.datasets, attrs, config.shards.compression, s.view_stacks)
     rows = [{"sample_id": s.sample_id, "product": s.product, "key": "/" + s.sample_id,
              "n_views": 0, **s.row} for s in samples]
-    return CaseResult(case.case_id, QC_ACCEPTED, info=prepared.info, staging_file=str(target), samples=rows)
+    info = prepared.info | {"cut_levels": ",".join(sorted(prepared.cut_levels)), "skipped_samples": json.dumps(skipped)}
+    return CaseResult(case.case_id, QC_ACCEPTED, info=info, staging_file=str(target), samples=rows)

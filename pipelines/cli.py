@@ -9,6 +9,8 @@ import sys
 from importlib.resources import files
 from pathlib import Path
 
+import numpy as np
+
 DEFAULT_OUT = "out"
 
 
@@ -39,6 +41,12 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="summarise a published version")
     p.add_argument("dir")
     p.add_argument("--json", action="store_true")
+    p = sub.add_parser("fit-xray", help="fit a real X-ray to the training detector's field (crop/pad, resample)")
+    p.add_argument("input", help="2D radiograph (DICOM, MHA, NRRD, PNG, ...)")
+    p.add_argument("output", help="output image (.mha, .nrrd, .nii.gz); the valid-region mask goes beside it as *_valid")
+    p.add_argument("--spacing", type=float, nargs="+", metavar="MM", help="input pixel spacing (row [col]) if the file does not carry it")
+    p.add_argument("--size", type=int, default=1024, help="training detector pixels per side (default: %(default)s)")
+    p.add_argument("--pixel", type=float, default=0.2, help="training detector pixel spacing in mm (default: %(default)s)")
     p = sub.add_parser("validate", help="re-hash shards, check keys/dtypes/shapes and counts; exit 1 on any mismatch")
     p.add_argument("dir")
     return ap
@@ -98,6 +106,29 @@ def cmd_inspect(args) -> int:
     return 0
 
 
+def cmd_fit_xray(args) -> int:
+    from pipelines.io.volumes import read_xray, write_xray
+    from pipelines.ops.xray import fit_xray
+
+    image, spacing = read_xray(Path(args.input))
+    if args.spacing:
+        spacing = (args.spacing[0], args.spacing[-1])
+    out, valid, steps = fit_xray(image, spacing, (args.size, args.size), (args.pixel, args.pixel),
+                                 pad_value=float(image.min()))
+    output = Path(args.output)
+    name = output.name
+    suffix = ".nii.gz" if name.endswith(".nii.gz") else output.suffix
+    mask_path = output.with_name(name[: len(name) - len(suffix)] + "_valid" + suffix)
+    write_xray(output, out, (args.pixel, args.pixel))
+    write_xray(mask_path, valid.astype(np.uint8), (args.pixel, args.pixel))
+    print(f"{args.input}: {image.shape[0]}x{image.shape[1]} px at {spacing[0]:g}x{spacing[1]:g} mm -> "
+          f"{args.size}x{args.size} at {args.pixel:g} mm "
+          f"(rows: {steps['axis0']['action']} to {steps['axis0']['to']}, columns: {steps['axis1']['action']} "
+          f"to {steps['axis1']['to']}); valid {valid.mean():.1%}")
+    print(f"wrote {output} and {mask_path}")
+    return 0
+
+
 def cmd_validate(args) -> int:
     from pipelines.validate import validate_version
 
@@ -119,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipelines.errors import USER_ERRORS
 
     handlers = {"demo": cmd_demo, "ingest": cmd_ingest, "inspect": cmd_inspect, "validate": cmd_validate,
+                "fit-xray": cmd_fit_xray,
                 "build": lambda a: cmd_build(a, Path(a.config), a.inputs or _missing_inputs())}
     try:
         return handlers[args.command](args)

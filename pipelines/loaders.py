@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 
 from pipelines.io.publish import read_card
 from schemas.config import BuildConfig
-from schemas.manifest import MANIFEST_PARQUET, SHARD_DIR, SPLITS
+from schemas.manifest import MANIFEST_PARQUET, PAIRS_PARQUET, SHARD_DIR, SPLITS
 from schemas.shard_layout import product_datasets
 
 _META = {
@@ -99,6 +99,30 @@ class DRRDataset(ShardDataset):
     """V views of whole-CT `drr` and `drr_vertebra`, with poses and the rotation centre."""
 
     product = "drr"
+
+
+class VertebraPairDataset(Dataset):
+    """3D/3D registration pairs from pairs.parquet: `fixed` and `moving` vertebra samples."""
+
+    def __init__(self, root: str | Path, split: str | None = None,
+                 transform: Callable[[dict], dict] | None = None):
+        self.vertebrae = VertebraDataset(root, split=split)
+        pairs = pd.read_parquet(Path(root) / PAIRS_PARQUET)
+        if split is not None:
+            pairs = pairs[pairs["split"] == split]
+        self.pairs = pairs.sort_values("pair_id").to_dict("records")
+        self._index = {row["sample_id"]: i for i, row in enumerate(self.vertebrae.rows)}
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> dict:
+        pair = self.pairs[index]
+        sample = {"pair_id": pair["pair_id"], "level": pair["level"],
+                  "fixed": self.vertebrae[self._index[pair["fixed_sample_id"]]],
+                  "moving": self.vertebrae[self._index[pair["moving_sample_id"]]]}
+        return self.transform(sample) if self.transform else sample
 
 
 DATASETS = {cls.product: cls for cls in (VertebraDataset, X2CTDataset, DRRDataset)}

@@ -6,13 +6,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import SimpleITK as sitk
+from scipy.ndimage import find_objects
 
 from pipelines.ingest.discover import CaseFiles
 from pipelines.ingest.labels import id_to_level, order_cranial_to_caudal, source_lookup, translate
 from pipelines.ingest.qc import QCError, check_ct_values, check_geometry, check_levels
 from pipelines.io.volumes import VolumeReadError, read_checked
 from pipelines.ops.orient import Volume, affine_from_sitk, axis_codes, volume_from_sitk
-from pipelines.ops.resample import corners_world, resample_onto, target_grid
+from pipelines.ops.resample import corners_world, resample_labels, resample_onto, target_grid
 from schemas.config import BuildConfig
 
 
@@ -22,7 +23,8 @@ class PreparedCase:
     ct: Volume  # int16 HU on the canonical grid
     labels: Volume  # uint8 canonical level ids on the same grid
     levels: list[str]  # present levels, cranial -> caudal
-    info: dict = field(default_factory=dict)  # shape/spacing/orientation as stored, for cases table
+    info: dict = field(default_factory=dict)
+    cut_levels: frozenset[str] = frozenset()  # levels touching the border of the scanned volume  # shape/spacing/orientation as stored, for cases table
 
 
 def _read(case: CaseFiles, role: str) -> tuple[sitk.Image, int]:
@@ -81,13 +83,18 @@ def prepare_case(case: CaseFiles, config: BuildConfig) -> PreparedCase:
 
     names = id_to_level()
     present = [names[i] for i in np.unique(sitk.GetArrayViewFromImage(labels_img)).tolist() if i in names]
+    cut = frozenset(names[i] for i in touching_border(sitk.GetArrayViewFromImage(labels_img)) if i in names)
     levels = order_cranial_to_caudal(present)
     check_levels(levels, config.qc.min_vertebrae)
 
     rs = config.resample
     affine, shape = target_grid(affine_from_sitk(ct_img), ct_img.GetSize(), rs.spacing_mm, rs.orientation)
     ct_rs = resample_onto(sitk.Cast(ct_img, sitk.sitkFloat32), affine, shape, rs.ct_interpolator, rs.ct_pad_hu)
-    lab_rs = resample_onto(labels_img, affine, shape, rs.label_interpolator, 0)
+    lab_rs = resample_labels(labels_img, affine, shape, rs.label_interpolator)
+    kept = set(np.unique(sitk.GetArrayViewFromImage(lab_rs)).tolist())
+    lost = [names[i] for i in np.unique(sitk.GetArrayViewFromImage(labels_img)).tolist() if i and i not in kept]
+    if lost:
+        raise QCError("label_lost", f"levels {lost} vanished when resampling to {rs.spacing_mm} mm")
     ct = volume_from_sitk(ct_rs)
     hu = np.clip(np.rint(ct.array), -32768, 32767).astype(np.int16)
     return PreparedCase(
@@ -96,4 +103,14 @@ def prepare_case(case: CaseFiles, config: BuildConfig) -> PreparedCase:
         Volume(volume_from_sitk(lab_rs).array.astype(np.uint8), ct.affine),
         levels,
         info | {"levels": ",".join(levels)},
+        cut,
     )
+
+
+def touching_border(labels: np.ndarray) -> list[int]:
+    """Label ids whose bounding box reaches the first or last voxel along any axis."""
+    out = []
+    for index, box in enumerate(find_objects(labels), start=1):
+        if box is not None and any(sl.start == 0 or sl.stop == n for sl, n in zip(box, labels.shape)):
+            out.append(index)
+    return out

@@ -52,27 +52,33 @@ def _geometry_attrs(volume_affine: np.ndarray) -> dict:
     return {"affine": volume_affine, "spacing": spacing, "orientation": axis_codes(volume_affine)}
 
 
-def vertebra_samples(case: PreparedCase, config: BuildConfig) -> list[Sample]:
-    size = config.vertebra.size
+def vertebra_samples(case: PreparedCase, config: BuildConfig, skipped: list[str]) -> list[Sample]:
+    cfg = config.vertebra
+    centre_of = bbox_centre if cfg.centre == "bbox" else centre_of_mass
     out = []
-    for level in config.vertebra.levels:
+    for level in cfg.levels:
         if level not in case.levels:
             continue
+        cut = level in case.cut_levels
+        if cut and cfg.border_policy == "skip":
+            skipped.append(f"vertebra {level}: cut by the scan border")
+            continue
         lid = level_id(level)
-        centre = bbox_centre(case.labels.array == lid)
-        ct, start, padded = crop_around(case.ct.array, centre, size, config.resample.ct_pad_hu)
-        labels, _, _ = crop_around(case.labels.array, centre, size, 0)
+        centre = centre_of(case.labels.array == lid)
+        ct, start, padded = crop_around(case.ct.array, centre, cfg.size, config.resample.ct_pad_hu)
+        labels, _, _ = crop_around(case.labels.array, centre, cfg.size, 0)
         affine = shifted_affine(case.ct.affine, start)
         out.append(Sample(
             sample_id(case.case_id, "vertebra", level), "vertebra",
             {"ct": ct.astype(np.int16), "mask": (labels == lid).astype(np.uint8), "labels": labels},
-            {"level": level, "padded_fraction": padded, **_geometry_attrs(affine)},
-            {"level": level, "padded_fraction": padded},
+            {"level": level, "padded_fraction": padded, "cut_by_border": cut, "centre_mode": cfg.centre,
+             **_geometry_attrs(affine)},
+            {"level": level, "padded_fraction": padded, "cut_by_border": cut},
         ))
     return out
 
 
-def x2ct_samples(case: PreparedCase, config: BuildConfig, progress: Progress) -> list[Sample]:
+def x2ct_samples(case: PreparedCase, config: BuildConfig, progress: Progress, skipped: list[str]) -> list[Sample]:
     size = config.x2ct.size
     geometry = geometry_from(config)
     axis, sign = craniocaudal_axis(case.ct.affine)
@@ -82,6 +88,11 @@ def x2ct_samples(case: PreparedCase, config: BuildConfig, progress: Progress) ->
         centre = (np.array(case.ct.array.shape) - 1) / 2.0
         centre[axis] += sign * offset / spacing[axis]
         ct, start, padded = crop_around(case.ct.array, centre, size, config.resample.ct_pad_hu)
+        body = float(np.mean(ct > config.x2ct.body_threshold_hu))
+        if body < config.x2ct.min_body_fraction:
+            skipped.append(f"x2ct z{offset:+.0f}: {body:.1%} body voxels < {config.x2ct.min_body_fraction:.0%}")
+            progress(f"skipped {skipped[-1]}")
+            continue
         affine = shifted_affine(case.ct.affine, start)
         iso = voxel_to_world(affine, (np.array(ct.shape) - 1) / 2.0)[0]
         renderer = Renderer(_mu(config, ct), affine, geometry)
@@ -91,7 +102,7 @@ def x2ct_samples(case: PreparedCase, config: BuildConfig, progress: Progress) ->
             sample_id(case.case_id, "x2ct", f"z{offset:+.0f}"), "x2ct",
             {"ct": ct.astype(np.int16), "xray1": views[0], "xray2": views[1],
              "spacing": spacing.astype(np.float64), "ori_size": np.array(case.ct.array.shape, np.int64)},
-            {"z_offset_mm": float(offset), "padded_fraction": padded, "isocenter": iso,
+            {"z_offset_mm": float(offset), "padded_fraction": padded, "body_fraction": body, "isocenter": iso,
              "detector": geometry.record(), "attenuation": config.attenuation.model_dump(),
              **_geometry_attrs(affine)},
             {"z_offset_mm": float(offset), "padded_fraction": padded, "n_views": 2},
@@ -112,7 +123,7 @@ def _vertebra_only(case: PreparedCase, config: BuildConfig, level: str) -> Volum
     return Volume(mu, shifted_affine(case.ct.affine, lo))
 
 
-def drr_samples(case: PreparedCase, config: BuildConfig, progress: Progress) -> list[Sample]:
+def drr_samples(case: PreparedCase, config: BuildConfig, progress: Progress, skipped: list[str]) -> list[Sample]:
     cfg = config.drr
     geometry = geometry_from(config)
     whole = Renderer(_mu(config, case.ct.array), case.ct.affine, geometry)
@@ -122,6 +133,7 @@ def drr_samples(case: PreparedCase, config: BuildConfig, progress: Progress) -> 
         rng = rng_for(config.seed, case.case_id, "drr", p)
         pair = sample_vertebra_pair(case.levels, cfg.level_offsets, rng)
         if pair is None:
+            skipped.append(f"drr pair {p}: no valid reference/offset among {len(case.levels)} vertebrae")
             continue
         ref, target = pair
         centre = voxel_to_world(case.ct.affine, centre_of_mass(case.labels.array == level_id(ref)))[0]

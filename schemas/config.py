@@ -25,7 +25,8 @@ class ResampleConfig(_Strict):
     orientation: str = "RAS"  # canonical voxel-axis orientation (3 letters, e.g. RAS, LPS)
     ct_interpolator: Literal["linear", "bspline"] = "linear"
     ct_pad_hu: float = -1024.0  # value outside the input field of view
-    label_interpolator: Literal["nearest"] = "nearest"
+    # labels: nearest, or each label's indicator resampled linearly then argmax (smoother borders)
+    label_interpolator: Literal["nearest", "linear_argmax"] = "nearest"
 
     @field_validator("orientation")
     @classmethod
@@ -41,12 +42,23 @@ class VertebraProduct(_Strict):
     enabled: bool = True
     size: int = Field(128, gt=0)  # patch edge in voxels
     levels: list[str] = Field(default_factory=lambda: list(DEFAULT_LEVELS))
+    centre: Literal["bbox", "centroid"] = "bbox"  # bounding-box centre or centre of mass
+    border_policy: Literal["keep", "skip"] = "keep"  # a vertebra touching the scan border: flag or drop
 
 
 class X2CTProduct(_Strict):
     enabled: bool = True
     size: int = Field(150, gt=0)
     z_offsets_mm: list[float] = Field(default_factory=lambda: [-40.0, -20.0, 0.0, 20.0, 40.0])
+    body_threshold_hu: float = -500.0  # voxels above this count as body, not air
+    min_body_fraction: float = Field(0.05, ge=0, le=1)  # skip (and record) patches that are mostly air
+
+
+class RegistrationPairs(_Strict):
+    """3D/3D pairs: same-level vertebra samples of different patients within one split."""
+
+    enabled: bool = True
+    max_pairs_per_level: int = Field(1000, ge=0)  # per split; drawn deterministically from the seed
 
 
 class DRRProduct(_Strict):
@@ -123,6 +135,7 @@ class BuildConfig(_Strict):
     vertebra: VertebraProduct = VertebraProduct()
     x2ct: X2CTProduct = X2CTProduct()
     drr: DRRProduct = DRRProduct()
+    registration_pairs: RegistrationPairs = RegistrationPairs()
     detector: DetectorConfig = DetectorConfig()
     attenuation: AttenuationConfig = AttenuationConfig()
     splits: SplitConfig = SplitConfig()

@@ -8,6 +8,10 @@ MANIFEST_CSV = "manifest.csv"
 CASES_PARQUET = "cases.parquet"
 CASES_CSV = "cases.csv"
 REPORT_HTML = "report.html"
+PAIRS_PARQUET = "pairs.parquet"  # 3D/3D registration pairs of vertebra samples
+PAIRS_CSV = "pairs.csv"
+PAIRS_COLUMNS = ["pair_id", "level", "split", "fixed_sample_id", "moving_sample_id",
+                 "fixed_case_id", "moving_case_id"]
 SHARD_DIR = "shards"
 
 PRODUCTS = ("vertebra", "x2ct", "drr")
@@ -33,6 +37,7 @@ MANIFEST_COLUMNS = [
     "z_offset_mm",  # x2ct product
     "n_views",
     "padded_fraction",
+    "cut_by_border",  # vertebra product: the vertebra touches the scanned volume's border
     "input_sha256",  # the case's combined input hash
     "seed",
 ]
@@ -49,6 +54,8 @@ CASES_COLUMNS = [
     "spacing",  # JSON [sx, sy, sz] mm
     "orientation",  # axis codes of the CT as stored, e.g. LAS
     "levels",  # comma-separated canonical levels present in the mask
+    "cut_levels",  # levels whose vertebra touches the scan border
+    "skipped_samples",  # JSON list: samples not produced, with the reason
     "qc_status",  # accepted | quarantined
     "qc_reason",  # reason code (QC_REASONS) or empty
     "qc_message",
@@ -70,5 +77,6 @@ QC_REASONS = {
     "too_few_vertebrae": "fewer vertebrae than qc.min_vertebrae",
     "unknown_labels": "the mask holds label ids the label convention does not name",
     "duplicate": "the same content appears under another case id",
+    "label_lost": "a vertebra label vanished when resampling (thinner than the output voxel)",
     "processing_error": "an unexpected error while processing the case",
 }

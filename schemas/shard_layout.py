@@ -52,8 +52,8 @@ def product_datasets(product: str, config: BuildConfig) -> list[DatasetSpec]:
 
 # Product-specific group attributes.
 PRODUCT_ATTRS = {
-    "x2ct": ("z_offset_mm", "padded_fraction", "attenuation", "detector"),
-    "vertebra": ("level", "padded_fraction"),
+    "x2ct": ("z_offset_mm", "padded_fraction", "body_fraction", "attenuation", "detector"),
+    "vertebra": ("level", "padded_fraction", "cut_by_border", "centre_mode"),
     "drr": ("ref_level", "target_level", "euler_convention", "detector", "attenuation", "pose_convention"),
 }
 

@@ -19,7 +19,8 @@ from pipelines.io.shards import atomic_h5, copy_groups, group_nbytes
 from pipelines.io.volumes import sha256_file
 from schemas import SCHEMA_VERSION
 from schemas.manifest import (CASES_COLUMNS, CASES_CSV, CASES_PARQUET, DATASET_CARD, MANIFEST_COLUMNS,
-                              MANIFEST_CSV, MANIFEST_PARQUET, PRODUCTS, SHARD_DIR, shard_name)
+                              MANIFEST_CSV, MANIFEST_PARQUET, PAIRS_CSV, PAIRS_PARQUET, PRODUCTS, SHARD_DIR,
+                              shard_name)
 
 _VERSION = re.compile(r"^v(\d+)$")
 
@@ -123,7 +124,7 @@ def counts(manifest: pd.DataFrame) -> dict:
 
 def publish_version(plan: PublishPlan, manifest_rows: list[dict], case_rows: list[dict],
                     staging_files: dict[str, str], card: dict, target_bytes: int,
-                    report_writer=None) -> Path:
+                    report_writer=None, pairs_builder=None) -> Path:
     """Assemble the version in a hidden staging folder and rename it into place."""
     final = plan.dataset_dir / plan.version
     staging = plan.dataset_dir / f".publishing-{plan.version}-{card['build_id'][:12]}-{os.getpid()}"
@@ -139,9 +140,15 @@ def publish_version(plan: PublishPlan, manifest_rows: list[dict], case_rows: lis
         cases = table(case_rows, CASES_COLUMNS)
         cases.to_parquet(staging / CASES_PARQUET, index=False)
         cases.to_csv(staging / CASES_CSV, index=False)
+        n_pairs = None
+        if pairs_builder is not None:
+            pairs = pairs_builder(manifest)
+            pairs.to_parquet(staging / PAIRS_PARQUET, index=False)
+            pairs.to_csv(staging / PAIRS_CSV, index=False)
+            n_pairs = int(len(pairs))
         card = dict(card, version=plan.version, schema_version=SCHEMA_VERSION,
                     created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                    counts=counts(manifest), shards=shards,
+                    counts=dict(counts(manifest), registration_pairs=n_pairs), shards=shards,
                     cases={"discovered": int(len(cases)),
                            "accepted": int((cases.qc_status == "accepted").sum()),
                            "quarantined": int((cases.qc_status == "quarantined").sum())})

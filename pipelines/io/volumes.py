@@ -81,3 +81,26 @@ def read_checked(path: Path) -> tuple[sitk.Image, int]:
         return image, verify_nifti(path)
     array = sitk.GetArrayViewFromImage(image)
     return image, int(array.size - np.count_nonzero(np.isfinite(array)))
+
+
+def read_xray(path: Path) -> tuple[np.ndarray, tuple[float, float]]:
+    """A 2D radiograph (DICOM, MHA, NRRD, PNG, ...) as (rows, columns) with (row, col) spacing in mm."""
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise VolumeReadError(Path(path), "unreadable image") from exc
+    array = sitk.GetArrayFromImage(image)
+    if image.GetDimension() == 3 and image.GetSize()[2] == 1:
+        array = array[0]
+    if array.ndim == 3 and array.shape[-1] in (3, 4):  # RGB(A) picture: average the colour channels
+        array = array[..., :3].mean(-1)
+    if array.ndim != 2:
+        raise VolumeReadError(Path(path), f"expected a 2D image, got shape {array.shape}")
+    sx, sy = image.GetSpacing()[:2]
+    return array.astype(np.float32), (float(sy), float(sx))
+
+
+def write_xray(path: Path, array: np.ndarray, spacing_mm: tuple[float, float]) -> None:
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array))
+    image.SetSpacing((spacing_mm[1], spacing_mm[0]))
+    sitk.WriteImage(image, str(path))

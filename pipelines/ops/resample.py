@@ -67,3 +67,39 @@ def resample_to_spacing(image: sitk.Image, spacing_mm: float, orientation: str,
     """Resample to an isotropic `spacing_mm` grid in `orientation` covering the same extent."""
     affine, shape = target_grid(affine_from_sitk(image), image.GetSize(), spacing_mm, orientation)
     return resample_onto(image, affine, shape, interpolator, pad_value)
+
+
+def resample_labels_linear_argmax(labels: sitk.Image, affine: np.ndarray,
+                                  shape: tuple[int, int, int]) -> sitk.Image:
+    """Resample each label's indicator linearly and keep, per voxel, the most probable label.
+
+    Streams one label at a time (memory of two float volumes, not one per label); background wins
+    where the summed label probability is below the best label's.
+    """
+    values = [int(v) for v in np.unique(sitk.GetArrayViewFromImage(labels)) if v != 0]
+    best_p = np.zeros(shape[::-1], np.float32)
+    best_l = np.zeros(shape[::-1], sitk.GetArrayViewFromImage(labels).dtype)
+    total = np.zeros(shape[::-1], np.float32)
+    for value in values:
+        indicator = sitk.Cast(sitk.Equal(labels, value), sitk.sitkFloat32)
+        p = sitk.GetArrayFromImage(resample_onto(indicator, affine, shape, "linear", 0.0))
+        total += p
+        better = p > best_p
+        best_p[better] = p[better]
+        best_l[better] = value
+    best_l[best_p <= 1.0 - total] = 0  # background probability is 1 - sum of label probabilities
+    out = sitk.GetImageFromArray(best_l)
+    spacing, direction, origin = sitk_geometry_from_affine(affine)
+    out.SetSpacing(spacing)
+    out.SetDirection(direction)
+    out.SetOrigin(origin)
+    return out
+
+
+def resample_labels(labels: sitk.Image, affine: np.ndarray, shape: tuple[int, int, int],
+                    mode: str) -> sitk.Image:
+    if mode == "nearest":
+        return resample_onto(labels, affine, shape, "nearest", 0)
+    if mode == "linear_argmax":
+        return resample_labels_linear_argmax(labels, affine, shape)
+    raise ValueError(f"unknown label interpolator {mode!r}")
