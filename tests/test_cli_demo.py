@@ -139,3 +139,19 @@ def test_demo_samples_satisfy_the_geometry_rules(demo):
     offsets = sorted(centres_z)
     for a, b in zip(offsets, offsets[1:]):  # patch centres move along S by the configured offsets
         assert centres_z[b] - centres_z[a] == pytest.approx(b - a, abs=1.0)
+
+
+def test_fit_xray_verb_writes_the_training_grid_and_a_valid_mask(tmp_path, home):
+    import numpy as np
+    import SimpleITK as sitk
+
+    img = sitk.GetImageFromArray(np.ones((1000, 1000), np.float32))
+    img.SetSpacing((0.15, 0.15))
+    sitk.WriteImage(img, str(tmp_path / "xray.mha"))
+    result = spineforge("fit-xray", str(tmp_path / "xray.mha"), str(tmp_path / "fitted.mha"), env_home=home)
+    assert result.returncode == 0, result.stderr
+    assert "pad to 1365" in result.stdout
+    fitted = sitk.ReadImage(str(tmp_path / "fitted.mha"))
+    valid = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "fitted_valid.mha")))
+    assert fitted.GetSize() == (1024, 1024) and fitted.GetSpacing() == (0.2, 0.2)
+    assert 0.5 < valid.mean() < 0.55  # (1000 / 1365)^2 of the field holds real data
