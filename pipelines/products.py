@@ -39,7 +39,7 @@ def sample_id(case_id: str, product: str, tag: str) -> str:
 def geometry_from(config: BuildConfig) -> Geometry:
     d = config.detector
     return Geometry(d.height, d.width, d.pixel_spacing_mm, d.sdd_mm, d.sod_mm, d.renderer,
-                    d.samples_per_mm, d.reverse_x_axis)
+                    d.samples_per_voxel, d.reverse_x_axis)
 
 
 def _mu(config: BuildConfig, hu: np.ndarray) -> np.ndarray:

@@ -85,8 +85,10 @@ class DetectorConfig(_Strict):
     pixel_spacing_mm: float = Field(0.2, gt=0)
     sdd_mm: float = Field(1020.0, gt=0)  # source-to-detector distance
     sod_mm: float = Field(850.0, gt=0)  # source-to-isocentre distance
-    renderer: Literal["siddon", "trilinear"] = "trilinear"
-    samples_per_mm: float = Field(1.0, gt=0)  # trilinear only: ray samples per mm of path
+    # clipped_trilinear: diffdrr's rays clipped per ray to the volume (fast, <1% from Siddon);
+    # siddon / trilinear: diffdrr's own renderers
+    renderer: Literal["clipped_trilinear", "siddon", "trilinear"] = "clipped_trilinear"
+    samples_per_voxel: float = Field(1.0, gt=0)  # trilinear renderers: samples per voxel of path
     reverse_x_axis: bool = True  # radiological convention (patient's right on image left in AP)
 
     @model_validator(mode="after")

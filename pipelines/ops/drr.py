@@ -10,6 +10,12 @@ M^-1, which is exact: the moved volume seen from E equals the fixed volume seen 
 
 Intensities: the caller passes linear attenuation (1/mm), never diffdrr's per-volume min-max
 normalisation, so a pixel is the dimensionless line integral of mu along its ray.
+
+Renderers: diffdrr's 'siddon' (exact for voxel-constant volumes) and 'trilinear' (fixed sample
+count over the whole batch), and 'clipped_trilinear' (default): diffdrr's detector rays, each
+clipped to the volume's box, skipped when it misses, sampled `samples_per_voxel` times per voxel
+of its own chord with border-clamped trilinear interpolation (so edge voxels count up to the box
+face, as in Siddon), in chunks that bound memory and spread grid_sample over threads.
 """
 from __future__ import annotations
 
@@ -26,6 +32,10 @@ AP_REORIENT = np.array(
     [[1, 0, 0, 0], [0, 0, -1, 0], [0, 1, 0, 0], [0, 0, 0, 1]], dtype=np.float64
 )
 VIEWS = ("AP", "LAT")
+RENDERERS = ("clipped_trilinear", "siddon", "trilinear")
+CHUNK_RAYS_CPU = 1 << 13  # rays per grid_sample call: ~50 MB of samples for a 600-voxel chord
+CHUNK_RAYS_GPU = 1 << 18
+GRID_SPLIT = 8  # grid_sample parallelises over its batch dimension: split each chunk this many ways
 
 
 @dataclass(frozen=True)
@@ -35,9 +45,14 @@ class Geometry:
     pixel_spacing_mm: float  # detector pixel pitch
     sdd_mm: float  # source-to-detector distance (C-arm focal length)
     sod_mm: float  # source-to-isocentre distance
-    renderer: str = "trilinear"  # diffdrr backend: 'siddon' (exact) or 'trilinear'
-    samples_per_mm: float = 1.0  # trilinear ray sampling density
+    renderer: str = "clipped_trilinear"  # 'clipped_trilinear', or diffdrr's 'siddon' / 'trilinear'
+    samples_per_voxel: float = 1.0  # trilinear ray sampling density along each ray
     reverse_x_axis: bool = True  # radiological left-right convention
+
+    @classmethod
+    def from_record(cls, record: dict) -> "Geometry":
+        """The geometry stored in a sample's `detector` attribute."""
+        return cls(**{k: record[k] for k in cls.__dataclass_fields__})
 
     def record(self) -> dict:
         """Everything needed to re-render a stored view, as plain values."""
@@ -80,6 +95,58 @@ def source_and_detector_centre(camera: np.ndarray, sdd_mm: float) -> tuple[np.nd
     return source, centre
 
 
+def ray_box_interval(source: torch.Tensor, target: torch.Tensor,
+                     dims: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Entry and exit (as fractions of source -> target) of rays through the voxel box.
+
+    Voxel coordinates: centres at 0 .. n-1, faces at -0.5 and n - 0.5 (slab method). A ray that
+    misses the box gets entry >= exit.
+    """
+    d = target - source
+    d = torch.where(d.abs() < 1e-8, torch.full_like(d, 1e-8), d)
+    lo = (-0.5 - source) / d
+    hi = (dims - 0.5 - source) / d
+    entry = torch.minimum(lo, hi).amax(-1).clamp(min=0.0)
+    exit_ = torch.maximum(lo, hi).amin(-1).clamp(max=1.0)
+    return entry, exit_
+
+
+def integrate_clipped(density: torch.Tensor, source: torch.Tensor, targets: torch.Tensor,
+                      raylen_mm: torch.Tensor, step_vox: float = 1.0, chunk: int = CHUNK_RAYS_CPU,
+                      split: int = GRID_SPLIT) -> torch.Tensor:
+    """Line integrals of `density` (i, j, k) along rays from `source` (3,) to `targets` (N, 3).
+
+    Coordinates are voxel indices; `raylen_mm` (N,) converts a ray fraction to millimetres. Each
+    ray is sampled uniformly between its own entry and exit (trapezoid rule), no sample is spent
+    outside the volume, and rays that miss it stay 0.
+    """
+    dims = torch.tensor(density.shape, dtype=source.dtype, device=source.device)
+    volume = density.permute(2, 1, 0)[None, None]  # grid_sample wants (N, C, D, H, W) with xyz grids
+    entry, exit_ = ray_box_interval(source, targets, dims)
+    hit = torch.nonzero(exit_ > entry).squeeze(-1)
+    chord_vox = (targets - source).norm(dim=-1)
+    out = torch.zeros(len(targets), dtype=density.dtype, device=density.device)
+    for lo in range(0, len(hit), chunk):
+        idx = hit[lo:lo + chunk]
+        a0, a1 = entry[idx], exit_[idx]
+        n = int(torch.ceil(((a1 - a0) * chord_vox[idx]).max() / step_vox).item()) + 1
+        alphas = a0[:, None] + (a1 - a0)[:, None] * torch.linspace(0, 1, n, device=source.device)[None]
+        direction = targets[idx] - source
+        grid = (2 * (source + 0.5) / dims - 1) + alphas[..., None] * (2 * direction / dims)[:, None]
+        rays = len(idx)
+        parts = min(split, rays)
+        pad = (-rays) % parts
+        if pad:
+            grid = torch.cat([grid, grid[:pad]])
+        samples = torch.nn.functional.grid_sample(
+            volume.expand(parts, -1, -1, -1, -1), grid.view(parts, 1, -1, n, 3),
+            mode="bilinear", padding_mode="border", align_corners=False,
+        ).reshape(-1, n)[:rays]
+        step_mm = (a1 - a0) * raylen_mm[idx] / max(n - 1, 1)
+        out[idx] = (samples.sum(-1) - 0.5 * (samples[:, 0] + samples[:, -1])) * step_mm
+    return out
+
+
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -101,22 +168,30 @@ class Renderer:
             reorient=torch.as_tensor(AP_REORIENT, dtype=torch.float32),
             fiducials=None,
         )
+        if geometry.renderer not in RENDERERS:
+            raise ValueError(f"renderer must be one of {RENDERERS}, got {geometry.renderer!r}")
         self.drr = DRR(
             subject,
             sdd=geometry.sdd_mm,
             height=geometry.height,
             width=geometry.width,
             delx=geometry.pixel_spacing_mm,
-            renderer=geometry.renderer,
+            renderer="siddon" if geometry.renderer == "siddon" else "trilinear",
             reverse_x_axis=geometry.reverse_x_axis,
         ).to(self.device)
-        extent = np.abs(affine[:3, :3]) @ (np.array(mu.shape) - 1.0)
-        self.n_points = int(np.ceil(np.linalg.norm(extent) * geometry.samples_per_mm)) + 2
+        diagonal_vox = float(np.linalg.norm(np.array(mu.shape, dtype=float)))
+        self.n_points = int(np.ceil(diagonal_vox * geometry.samples_per_voxel)) + 2
 
     @torch.no_grad()
     def render(self, cameras: np.ndarray, batch: int = 1) -> np.ndarray:
-        """(V, 4, 4) camera extrinsics -> (V, H, W) float32 line integrals of mu."""
+        """(V, 4, 4) camera extrinsics -> (V, H, W) float32 line integrals of mu.
+
+        `batch` views go to diffdrr per call ('siddon'/'trilinear'); the clipped path renders
+        one view at a time in bounded ray chunks whatever the detector size.
+        """
         cameras = np.asarray(cameras, dtype=np.float32).reshape(-1, 4, 4)
+        if self.geometry.renderer == "clipped_trilinear":
+            return self._render_clipped(cameras)
         kwargs = {"n_points": self.n_points} if self.geometry.renderer == "trilinear" else {}
         out = []
         for lo in range(0, len(cameras), batch):
@@ -124,6 +199,19 @@ class Renderer:
             img = self.drr(pose, **kwargs)
             out.append(img[:, 0].float().cpu().numpy())
         return np.concatenate(out, axis=0)
+
+    def _render_clipped(self, cameras: np.ndarray) -> np.ndarray:
+        pose = RigidTransform(torch.as_tensor(cameras, device=self.device))
+        source, target = self.drr.detector(pose, None)  # world mm: (V, 1, 3), (V, H*W, 3)
+        raylen = (target - source).norm(dim=-1)
+        source_v = self.drr.affine_inverse(source)
+        target_v = self.drr.affine_inverse(target)
+        out = torch.zeros(target.shape[:2], device=self.device)
+        for view in range(len(cameras)):
+            out[view] = integrate_clipped(self.drr.density, source_v[view, 0], target_v[view], raylen[view],
+                                          step_vox=1.0 / self.geometry.samples_per_voxel,
+                                          chunk=CHUNK_RAYS_GPU if self.device.type == "cuda" else CHUNK_RAYS_CPU)
+        return out.view(len(cameras), self.geometry.height, self.geometry.width).float().cpu().numpy()
 
 
 def project_point(camera: np.ndarray, point: np.ndarray, geometry: Geometry) -> np.ndarray:
