@@ -33,7 +33,7 @@ AP_REORIENT = np.array(
 )
 VIEWS = ("AP", "LAT")
 RENDERERS = ("clipped_trilinear", "siddon", "trilinear")
-CHUNK_RAYS_CPU = 1 << 13  # rays per grid_sample call: ~50 MB of samples for a 600-voxel chord
+CHUNK_RAYS_CPU = 1 << 11  # rays per grid_sample call: measured fastest on a 2-core CPU (cache-sized)
 CHUNK_RAYS_GPU = 1 << 18
 GRID_SPLIT = 8  # grid_sample parallelises over its batch dimension: split each chunk this many ways
 
@@ -95,6 +95,24 @@ def source_and_detector_centre(camera: np.ndarray, sdd_mm: float) -> tuple[np.nd
     return source, centre
 
 
+def crop_to_support(mu: np.ndarray, affine: np.ndarray, margin: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Cut a volume to the box of its non-zero voxels plus a zero margin; exact for line integrals.
+
+    Rays are clipped to the box, so air around the body costs no samples. The margin keeps a layer
+    of zeros at the faces, so border clamping adds nothing there.
+    """
+    nonzero = [np.flatnonzero(np.any(mu != 0, axis=tuple(a for a in range(3) if a != ax))) for ax in range(3)]
+    if any(len(n) == 0 for n in nonzero):
+        return mu, affine
+    lo = np.array([max(int(n[0]) - margin, 0) for n in nonzero])
+    hi = np.array([min(int(n[-1]) + 1 + margin, size) for n, size in zip(nonzero, mu.shape)])
+    if np.prod(hi - lo) > 0.9 * mu.size:
+        return mu, affine
+    out = affine.copy()
+    out[:3, 3] = affine[:3, :3] @ lo + affine[:3, 3]
+    return mu[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]], out
+
+
 def ray_box_interval(source: torch.Tensor, target: torch.Tensor,
                      dims: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Entry and exit (as fractions of source -> target) of rays through the voxel box.
@@ -114,7 +132,7 @@ def ray_box_interval(source: torch.Tensor, target: torch.Tensor,
 def integrate_clipped(density: torch.Tensor, source: torch.Tensor, targets: torch.Tensor,
                       raylen_mm: torch.Tensor, step_vox: float = 1.0, chunk: int = CHUNK_RAYS_CPU,
                       split: int = GRID_SPLIT) -> torch.Tensor:
-    """Line integrals of `density` (i, j, k) along rays from `source` (3,) to `targets` (N, 3).
+    """Line integrals of `density` (i, j, k) along rays from `source` ((3,) or (N, 3)) to `targets` (N, 3).
 
     Coordinates are voxel indices; `raylen_mm` (N,) converts a ray fraction to millimetres. Each
     ray is sampled uniformly between its own entry and exit (trapezoid rule), no sample is spent
@@ -122,17 +140,24 @@ def integrate_clipped(density: torch.Tensor, source: torch.Tensor, targets: torc
     """
     dims = torch.tensor(density.shape, dtype=source.dtype, device=source.device)
     volume = density.permute(2, 1, 0)[None, None]  # grid_sample wants (N, C, D, H, W) with xyz grids
+    source = source.expand_as(targets)
     entry, exit_ = ray_box_interval(source, targets, dims)
     hit = torch.nonzero(exit_ > entry).squeeze(-1)
     chord_vox = (targets - source).norm(dim=-1)
     out = torch.zeros(len(targets), dtype=density.dtype, device=density.device)
+    unit = torch.zeros(0, device=source.device)  # sample positions 0..1, rebuilt when n changes
     for lo in range(0, len(hit), chunk):
         idx = hit[lo:lo + chunk]
-        a0, a1 = entry[idx], exit_[idx]
-        n = int(torch.ceil(((a1 - a0) * chord_vox[idx]).max() / step_vox).item()) + 1
-        alphas = a0[:, None] + (a1 - a0)[:, None] * torch.linspace(0, 1, n, device=source.device)[None]
-        direction = targets[idx] - source
-        grid = (2 * (source + 0.5) / dims - 1) + alphas[..., None] * (2 * direction / dims)[:, None]
+        a0, a1 = entry[idx, None], exit_[idx, None]
+        n = int(torch.ceil(((a1 - a0)[:, 0] * chord_vox[idx]).max() / step_vox).item()) + 1
+        if len(unit) != n:
+            unit = torch.linspace(0, 1, n, device=source.device)
+        # grid coordinates of each ray's entry and the step to its exit, in grid_sample's [-1, 1]
+        to_grid = 2.0 / dims
+        direction = targets[idx] - source[idx]
+        first = (source[idx] + a0 * direction + 0.5) * to_grid - 1
+        span = (a1 - a0) * direction * to_grid
+        grid = torch.addcmul(first[:, None, :], unit[None, :, None], span[:, None, :])  # (R, n, 3)
         rays = len(idx)
         parts = min(split, rays)
         pad = (-rays) % parts
@@ -142,7 +167,7 @@ def integrate_clipped(density: torch.Tensor, source: torch.Tensor, targets: torc
             volume.expand(parts, -1, -1, -1, -1), grid.view(parts, 1, -1, n, 3),
             mode="bilinear", padding_mode="border", align_corners=False,
         ).reshape(-1, n)[:rays]
-        step_mm = (a1 - a0) * raylen_mm[idx] / max(n - 1, 1)
+        step_mm = (a1 - a0)[:, 0] * raylen_mm[idx] / max(n - 1, 1)
         out[idx] = (samples.sum(-1) - 0.5 * (samples[:, 0] + samples[:, -1])) * step_mm
     return out
 
@@ -158,6 +183,8 @@ class Renderer:
                  device: torch.device | None = None):
         self.geometry = geometry
         self.device = device or default_device()
+        if geometry.renderer == "clipped_trilinear":
+            mu, affine = crop_to_support(mu, affine)
         tensor = torch.as_tensor(np.ascontiguousarray(mu, dtype=np.float32))[None]
         image = ScalarImage(tensor=tensor, affine=np.asarray(affine, dtype=np.float64))
         subject = Subject(
@@ -206,12 +233,12 @@ class Renderer:
         raylen = (target - source).norm(dim=-1)
         source_v = self.drr.affine_inverse(source)
         target_v = self.drr.affine_inverse(target)
-        out = torch.zeros(target.shape[:2], device=self.device)
-        for view in range(len(cameras)):
-            out[view] = integrate_clipped(self.drr.density, source_v[view, 0], target_v[view], raylen[view],
-                                          step_vox=1.0 / self.geometry.samples_per_voxel,
-                                          chunk=CHUNK_RAYS_GPU if self.device.type == "cuda" else CHUNK_RAYS_CPU)
-        return out.view(len(cameras), self.geometry.height, self.geometry.width).float().cpu().numpy()
+        views, rays = target.shape[:2]
+        out = integrate_clipped(self.drr.density, source_v.expand(-1, rays, -1).reshape(-1, 3),
+                                target_v.reshape(-1, 3), raylen.reshape(-1),
+                                step_vox=1.0 / self.geometry.samples_per_voxel,
+                                chunk=CHUNK_RAYS_GPU if self.device.type == "cuda" else CHUNK_RAYS_CPU)
+        return out.view(views, self.geometry.height, self.geometry.width).float().cpu().numpy()
 
 
 def project_point(camera: np.ndarray, point: np.ndarray, geometry: Geometry) -> np.ndarray:
