@@ -10,6 +10,7 @@ one machine-readable RESULT line for the 256^2 / 128^3 case.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import threading
 import time
 from importlib.resources import files
@@ -84,8 +85,13 @@ def cameras(affine: np.ndarray, shape: tuple, sod: float) -> np.ndarray:
     return np.stack(cams)
 
 
-def timed(renderer: Renderer, cams: np.ndarray, batch: int, repeats: int) -> tuple[np.ndarray, float, float]:
-    renderer.render(cams[:1], batch=1)  # warm-up
+def _measure(mu, affine, geometry, cams, batch, repeats, patch_size, threads):
+    """Runs in a fresh process: build the renderer, warm up, time `repeats` renders, peak memory."""
+    torch.set_num_threads(threads)
+    renderer = Renderer(mu, affine, geometry)
+    if patch_size:
+        renderer.drr.patch_size = patch_size  # diffdrr's own detector tiling keeps memory bounded
+    renderer.render(cams[:1], batch=1)  # warm-up (also the first allocation of every buffer)
     best = float("inf")
     with PeakMemory() as mem:
         for _ in range(repeats):
@@ -93,6 +99,13 @@ def timed(renderer: Renderer, cams: np.ndarray, batch: int, repeats: int) -> tup
             images = renderer.render(cams, batch=batch)
             best = min(best, time.perf_counter() - t0)
     return images, len(cams) / best, mem.mb
+
+
+def timed(mu, affine, geometry, cams, batch, repeats, patch_size=None):
+    """Each configuration in its own spawned process, so freed memory of one cannot hide another's peak."""
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(1) as pool:
+        return pool.apply(_measure, (mu, affine, geometry, cams, batch, repeats, patch_size, torch.get_num_threads()))
 
 
 def run(quick: bool) -> dict:
@@ -107,18 +120,17 @@ def run(quick: bool) -> dict:
             geo = dict(height=size, width=size, pixel_spacing_mm=FIELD_MM / size, sdd_mm=1020.0, sod_mm=850.0)
             cams = cameras(affine, mu.shape, 850.0)
             whole = name.startswith("whole")
-            ours = Renderer(mu, affine, Geometry(**geo, renderer="clipped_trilinear"), device)
-            img, ours_vps, ours_mb = timed(ours, cams, batch=len(cams), repeats=1 if size > 256 else 3)
+            ours = Geometry(**geo, renderer="clipped_trilinear")
+            img, ours_vps, ours_mb = timed(mu, affine, ours, cams, batch=len(cams), repeats=1 if size > 256 else 3)
             base_note = ""
             if size > 256 and whole:
                 base_vps, base_mb, err = float("nan"), float("nan"), float("nan")
                 base_note = "baseline skipped: Siddon needs ~4 GB per 1024^2 view of this volume"
             else:
                 n_base = len(cams) if size == 256 else 1  # 1024^2 Siddon: one view (minutes otherwise)
-                base = Renderer(mu, affine, Geometry(**geo, renderer="siddon"), device)
-                if size > 256:
-                    base.drr.patch_size = 256  # diffdrr's own detector tiling keeps memory bounded
-                ref, base_vps, base_mb = timed(base, cams[:n_base], batch=n_base, repeats=1)
+                base = Geometry(**geo, renderer="siddon")
+                ref, base_vps, base_mb = timed(mu, affine, base, cams[:n_base], batch=n_base, repeats=1,
+                                               patch_size=256 if size > 256 else None)
                 err = float(np.linalg.norm(img[:n_base] - ref) / np.linalg.norm(ref))
             rows.append((name, size, base_vps, ours_vps, ours_vps / base_vps, err, base_mb, ours_mb, base_note))
             if size == 256 and not whole:

@@ -83,6 +83,25 @@ class ShardDataset(Dataset):
         self._files = {}
 
 
+DRR_KEYS = ("drr", "drr_vertebra", "xray1", "xray2")
+
+
+def transmission(sample: dict) -> dict:
+    """Transform: stored line integrals -> transmitted intensity exp(-integral), in [0, 1]."""
+    return {k: torch.exp(-v) if k in DRR_KEYS else v for k, v in sample.items()}
+
+
+def normalised(sample: dict) -> dict:
+    """Transform: each DRR view scaled to [0, 1] by its own maximum (for display, not physics)."""
+    out = dict(sample)
+    for key in DRR_KEYS:
+        if key in out:
+            v = out[key]
+            peak = v.flatten(-2).amax(-1).clamp(min=1e-12)[..., None, None]
+            out[key] = v / peak
+    return out
+
+
 class VertebraDataset(ShardDataset):
     """128^3 `ct` (int16 HU), `mask` (this vertebra), `labels` (canonical ids), with `level`."""
 

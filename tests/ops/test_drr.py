@@ -134,3 +134,14 @@ def test_clipped_integration_is_independent_of_chunking_and_misses_are_zero():
     straight = integrate_clipped(density, torch.tensor([4.0, -50.0, 6.0]), torch.tensor([[4.0, 50.0, 6.0]]),
                                  torch.tensor([100.0]), step_vox=0.25)
     assert float(straight[0]) == pytest.approx(float(density[4, :, 6].sum()), rel=0.02)
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="no CUDA device on this machine")
+def test_cuda_and_cpu_renders_agree(geom):
+    import torch
+
+    g = Geometry(**{**geom.__dict__, "renderer": "clipped_trilinear"})
+    cams = np.stack([base_camera(v, g.sod_mm) for v in ("AP", "LAT")])
+    cpu = Renderer(cube(), centred_grid(64), g, torch.device("cpu")).render(cams)
+    gpu = Renderer(cube(), centred_grid(64), g, torch.device("cuda")).render(cams)
+    np.testing.assert_allclose(gpu, cpu, rtol=1e-4, atol=1e-5)
