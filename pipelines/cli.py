@@ -20,6 +20,8 @@ def _add_build_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None, help="random seed (overrides the config)")
     p.add_argument("--workers", type=int, default=1, help="local worker processes (Dask LocalCluster when > 1)")
     p.add_argument("--dask-address", default=None, help="use an existing Dask scheduler, e.g. tcp://host:8786")
+    p.add_argument("--manifests", default=None, metavar="DIR",
+                   help="also copy dataset.json and manifest.csv to DIR/<dataset>/<version>/ (e.g. the repo's manifests/)")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -41,6 +43,17 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="summarise a published version")
     p.add_argument("dir")
     p.add_argument("--json", action="store_true")
+    p = sub.add_parser("diff", help="cases added/removed/changed, config and count changes between two versions")
+    p.add_argument("a")
+    p.add_argument("b")
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("export", help="export a product to another code base's layout")
+    p.add_argument("format", choices=["x2ct"], help="x2ct: OUT/<sample>/ct_xray_data.h5 + train.txt/test.txt (X2CT-GAN)")
+    p.add_argument("dir")
+    p.add_argument("out")
+    p = sub.add_parser("report", help="write the QC report of a version (the published report.html is never modified)")
+    p.add_argument("dir")
+    p.add_argument("--out", default=None, help="HTML file to write (default: ./report-<dataset>-<version>.html)")
     p = sub.add_parser("fit-xray", help="fit a real X-ray to the training detector's field (crop/pad, resample)")
     p.add_argument("input", help="2D radiograph (DICOM, MHA, NRRD, PNG, ...)")
     p.add_argument("output", help="output image (.mha, .nrrd, .nii.gz); the valid-region mask goes beside it as *_valid")
@@ -78,7 +91,7 @@ def cmd_build(args, config_path: Path, inputs: list[str]) -> int:
     from schemas.config import load_config
 
     config = load_config(config_path, seed=args.seed)
-    summary = run_build(config, inputs, args.out, args.version, args.workers, args.dask_address)
+    summary = run_build(config, inputs, args.out, args.version, args.workers, args.dask_address, args.manifests)
     _print_summary(summary)
     return 0
 
@@ -103,6 +116,38 @@ def cmd_inspect(args) -> int:
 
     info = inspect_version(Path(args.dir))
     print(json.dumps(info, indent=2, default=str) if args.json else info["text"])
+    return 0
+
+
+def cmd_diff(args) -> int:
+    from pipelines.diff import diff_versions
+
+    result = diff_versions(Path(args.a), Path(args.b))
+    print(json.dumps(result, indent=2, default=str) if args.json else result["text"])
+    return 0
+
+
+def cmd_export(args) -> int:
+    from pipelines.export import export_x2ct
+
+    result = export_x2ct(Path(args.dir), Path(args.out))
+    lists = ", ".join(f"{k}.txt: {v}" for k, v in result["lists"].items())
+    print(f"exported {result['samples']} x2ct samples to {result['out']} ({lists})")
+    return 0
+
+
+def cmd_report(args) -> int:
+    import pandas as pd
+
+    from pipelines.io.publish import read_card
+    from pipelines.report import write_report
+    from schemas.manifest import CASES_PARQUET, MANIFEST_PARQUET
+
+    vdir = Path(args.dir)
+    card = read_card(vdir)
+    out = Path(args.out or f"report-{card['name']}-{card['version']}.html")
+    write_report(vdir, card, pd.read_parquet(vdir / MANIFEST_PARQUET), pd.read_parquet(vdir / CASES_PARQUET), out)
+    print(f"wrote {out}")
     return 0
 
 
@@ -150,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipelines.errors import USER_ERRORS
 
     handlers = {"demo": cmd_demo, "ingest": cmd_ingest, "inspect": cmd_inspect, "validate": cmd_validate,
-                "fit-xray": cmd_fit_xray,
+                "fit-xray": cmd_fit_xray, "diff": cmd_diff, "export": cmd_export, "report": cmd_report,
                 "build": lambda a: cmd_build(a, Path(a.config), a.inputs or _missing_inputs())}
     try:
         return handlers[args.command](args)

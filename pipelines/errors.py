@@ -5,7 +5,8 @@ from pipelines.flows import BuildError
 from pipelines.ingest.discover import InputError
 from pipelines.ingest.naming import RuleFileError
 from pipelines.io.publish import PublishError
+from pipelines.io.shards import ShardError
 from pipelines.io.volumes import VolumeReadError
 
 USER_ERRORS = (BuildError, InputError, RuleFileError, PublishError, VolumeReadError, ValidationError,
-               FileNotFoundError, NotADirectoryError, PermissionError)
+               FileNotFoundError, NotADirectoryError, PermissionError, ShardError)

@@ -21,7 +21,7 @@ import pipelines
 from pipelines.case import CaseResult
 from pipelines.ingest.cases import ingest_inputs
 from pipelines.ingest.discover import InputError
-from pipelines.io.publish import plan_version
+from pipelines.io.publish import plan_version, record_lineage
 from pipelines.tasks import process_case_task, publish_task
 from schemas.config import BuildConfig
 from schemas.manifest import QC_ACCEPTED, QC_QUARANTINED
@@ -69,7 +69,8 @@ def _gather(futures, jobs, rows: dict[str, dict], seed: int) -> tuple[list[dict]
 
 
 @flow(name="spineforge-build")
-def build_dataset(config: BuildConfig, inputs: list[str], out: str, version: str | None = None) -> BuildSummary:
+def build_dataset(config: BuildConfig, inputs: list[str], out: str, version: str | None = None,
+                  manifests_dir: str | None = None) -> BuildSummary:
     started = time.perf_counter()
     logger = get_run_logger()
     ingest = ingest_inputs([Path(p) for p in inputs], config)
@@ -105,6 +106,8 @@ def build_dataset(config: BuildConfig, inputs: list[str], out: str, version: str
         work.parent.rmdir()
     published = json.loads((Path(version_dir) / "dataset.json").read_text())
     logger.info("published %s", version_dir)
+    if manifests_dir:
+        logger.info("recorded lineage in %s", record_lineage(Path(version_dir), Path(manifests_dir)))
     return BuildSummary(version_dir, plan.version, build_id, True, published["counts"],
                         [{k: r[k] for k in ("case_id", "qc_reason", "qc_message")} for r in quarantined],
                         time.perf_counter() - started)
@@ -127,7 +130,7 @@ def task_runner_for(workers: int, dask_address: str | None):
 
 
 def run_build(config: BuildConfig, inputs: list[str], out: str, version: str | None = None,
-              workers: int = 1, dask_address: str | None = None) -> BuildSummary:
+              workers: int = 1, dask_address: str | None = None, manifests_dir: str | None = None) -> BuildSummary:
     if workers < 1:
         raise BuildError(f"--workers must be at least 1, got {workers}")
     for path in inputs:  # fail before any flow machinery starts
@@ -135,4 +138,5 @@ def run_build(config: BuildConfig, inputs: list[str], out: str, version: str | N
             raise InputError(f"input folder not found: {path}")
     runner = task_runner_for(workers, dask_address)
     return build_dataset.with_options(task_runner=runner)(
-        config=config, inputs=[str(p) for p in inputs], out=str(out), version=version)
+        config=config, inputs=[str(p) for p in inputs], out=str(out), version=version,
+        manifests_dir=str(manifests_dir) if manifests_dir else None)

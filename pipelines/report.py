@@ -71,7 +71,9 @@ def _level_histogram(counts: dict) -> str | None:
     return _png(fig)
 
 
-def write_report(version_dir: Path, card: dict, manifest: pd.DataFrame, cases: pd.DataFrame) -> Path:
+def write_report(version_dir: Path, card: dict, manifest: pd.DataFrame, cases: pd.DataFrame,
+                 out: Path | None = None) -> Path:
+    """Write the QC page of a version to `out` (default: the version's report.html)."""
     parts = [f"<h1>{html.escape(card['name'])} {html.escape(card['version'])}</h1>",
              f"<p>build_id <code>{card['build_id']}</code> &middot; schema {card['schema_version']} "
              f"&middot; {card['created']} &middot; code {html.escape(card['code_version'])}</p>"]
@@ -92,6 +94,6 @@ def write_report(version_dir: Path, card: dict, manifest: pd.DataFrame, cases: p
             "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
             "td,th{border:1px solid #ccc;padding:2px 8px}img{max-width:100%}</style></head><body>"
             + "\n".join(parts) + "</body></html>")
-    path = version_dir / REPORT_HTML
+    path = Path(out) if out is not None else version_dir / REPORT_HTML
     path.write_text(page)
     return path

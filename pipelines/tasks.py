@@ -27,4 +27,5 @@ def publish_task(plan: PublishPlan, manifest_rows: list[dict], case_rows: list[d
     pairs = (partial(registration_pairs, seed=card["seed"], max_per_level=config["max_pairs_per_level"])
              if config["enabled"] else None)
     return str(publish_version(plan, manifest_rows, case_rows, staging_files, card, target_bytes,
+                               min_shards=card["config"]["shards"]["min_shards"],
                                report_writer=write_report, pairs_builder=pairs))

@@ -155,3 +155,16 @@ def test_fit_xray_verb_writes_the_training_grid_and_a_valid_mask(tmp_path, home)
     valid = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "fitted_valid.mha")))
     assert fitted.GetSize() == (1024, 1024) and fitted.GetSpacing() == (0.2, 0.2)
     assert 0.5 < valid.mean() < 0.55  # (1000 / 1365)^2 of the field holds real data
+
+
+@pytest.mark.slow
+def test_diff_export_and_report_verbs_on_the_demo(demo, home, tmp_path):
+    out, _ = demo
+    vdir = out / "demo" / "v1"
+    same = spineforge("diff", str(vdir), str(vdir), "--json", env_home=home)
+    assert same.returncode == 0 and json.loads(same.stdout)["same_build"] is True
+    exported = spineforge("export", "x2ct", str(vdir), str(tmp_path / "x2ct"), env_home=home)
+    assert exported.returncode == 0 and "exported 5 x2ct samples" in exported.stdout
+    assert len((tmp_path / "x2ct" / "train.txt").read_text().split()) == 5
+    report = spineforge("report", str(vdir), "--out", str(tmp_path / "r.html"), env_home=home)
+    assert report.returncode == 0 and (tmp_path / "r.html").read_text().startswith("<!doctype html>")

@@ -74,25 +74,42 @@ def plan_version(out: Path, dataset: str, build_id: str, version: str | None) ->
     return PublishPlan(dataset_dir, f"v{last + 1}", False)
 
 
+def plan_shards(sizes: list[int], target_bytes: int, min_shards: int) -> list[list[int]]:
+    """Split samples (in order) into contiguous shards of about equal bytes.
+
+    As many shards as the byte target needs, and at least `min_shards` (so that that many reader
+    workers each get a file), never more shards than samples.
+    """
+    n = len(sizes)
+    if n == 0:
+        return []
+    total = sum(sizes)
+    count = min(n, max(-(-total // target_bytes), min_shards))
+    shards, current, acc = [], [], 0
+    for i, size in enumerate(sizes):
+        current.append(i)
+        acc += size
+        remaining_samples = n - i - 1
+        remaining_shards = count - len(shards) - 1
+        boundary = total * (len(shards) + 1) / count
+        if remaining_shards > 0 and (acc >= boundary or remaining_samples == remaining_shards):
+            shards.append(current)
+            current = []
+    shards.append(current)
+    return shards
+
+
 def write_shards(samples: pd.DataFrame, staging_files: dict[str, str], shard_dir: Path,
-                 target_bytes: int) -> tuple[pd.Series, list[dict]]:
+                 target_bytes: int, min_shards: int) -> tuple[pd.Series, list[dict]]:
     """Gather sample groups into per-product shards; returns (shard per sample, shard records)."""
     shard_dir.mkdir(parents=True, exist_ok=True)
     assigned = pd.Series(index=samples.index, dtype=object)
     records = []
     for product in PRODUCTS:
         rows = samples[samples["product"] == product].sort_values("sample_id")
-        batches, current, size = [], [], 0
-        for idx, row in rows.iterrows():
-            nbytes = group_nbytes(Path(staging_files[row.case_id]), row.sample_id)
-            if current and size + nbytes > target_bytes:
-                batches.append(current)
-                current, size = [], 0
-            current.append(idx)
-            size += nbytes
-        if current:
-            batches.append(current)
-        for n, batch in enumerate(batches):
+        sizes = [group_nbytes(Path(staging_files[r.case_id]), r.sample_id) for r in rows.itertuples()]
+        for n, positions in enumerate(plan_shards(sizes, target_bytes, min_shards)):
+            batch = rows.index[positions]
             name = shard_name(product, n)
             with atomic_h5(shard_dir / name) as h5:
                 for case_id, grp in rows.loc[batch].groupby("case_id", sort=True):
@@ -123,7 +140,7 @@ def counts(manifest: pd.DataFrame) -> dict:
 
 
 def publish_version(plan: PublishPlan, manifest_rows: list[dict], case_rows: list[dict],
-                    staging_files: dict[str, str], card: dict, target_bytes: int,
+                    staging_files: dict[str, str], card: dict, target_bytes: int, min_shards: int = 1,
                     report_writer=None, pairs_builder=None) -> Path:
     """Assemble the version in a hidden staging folder and rename it into place."""
     final = plan.dataset_dir / plan.version
@@ -133,7 +150,8 @@ def publish_version(plan: PublishPlan, manifest_rows: list[dict], case_rows: lis
     staging.mkdir(parents=True)
     try:
         manifest = table(manifest_rows, MANIFEST_COLUMNS)
-        manifest["shard"], shards = write_shards(manifest, staging_files, staging / SHARD_DIR, target_bytes)
+        manifest["shard"], shards = write_shards(manifest, staging_files, staging / SHARD_DIR, target_bytes,
+                                                     min_shards)
         manifest = manifest.sort_values(["product", "sample_id"]).reset_index(drop=True)
         manifest.to_parquet(staging / MANIFEST_PARQUET, index=False)
         manifest.to_csv(staging / MANIFEST_CSV, index=False)
@@ -165,3 +183,13 @@ def publish_version(plan: PublishPlan, manifest_rows: list[dict], case_rows: lis
     return final
 
 
+
+
+def record_lineage(version_dir: Path, manifests_dir: Path) -> Path:
+    """Copy a version's card and manifest CSV to `<manifests_dir>/<dataset>/<version>/` for git."""
+    card = read_card(version_dir)
+    target = Path(manifests_dir) / card["name"] / card["version"]
+    target.mkdir(parents=True, exist_ok=True)
+    for name in (DATASET_CARD, MANIFEST_CSV):
+        shutil.copyfile(Path(version_dir) / name, target / name)
+    return target

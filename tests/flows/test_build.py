@@ -45,7 +45,9 @@ def test_publishes_the_design_layout(built):
     assert summary.published and summary.version == "v1" and summary.version_dir == str(vdir)
     for name in ("dataset.json", "manifest.parquet", "manifest.csv", "cases.parquet", "cases.csv", "report.html"):
         assert (vdir / name).is_file(), name
-    assert sorted(p.name for p in (vdir / "shards").iterdir()) == ["drr-00000.h5", "vertebra-00000.h5", "x2ct-00000.h5"]
+    # min_shards=2: at least one shard per reader worker, for every product
+    assert sorted(p.name for p in (vdir / "shards").iterdir()) == [
+        f"{product}-0000{i}.h5" for product in ("drr", "vertebra", "x2ct") for i in (0, 1)]
     card = json.loads((vdir / "dataset.json").read_text())
     assert card["build_id"] == summary.build_id and card["schema_version"] == "1.0"
     assert card["counts"]["by_product"] == {"drr": 6, "vertebra": 9, "x2ct": 9}
