@@ -112,6 +112,7 @@ def test_validate_of_a_non_version_folder_fails(tmp_path, home):
 @pytest.mark.slow
 def test_demo_samples_satisfy_the_geometry_rules(demo):
     import h5py
+    import hdf5plugin  # noqa: F401  (shards are Blosc-compressed: raw h5py readers need the filters)
     import numpy as np
     import pandas as pd
 
