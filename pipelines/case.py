@@ -1,12 +1,14 @@
 """One case end to end (steps 1-7), staged as an HDF5 file for the publish step to gather."""
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import pipelines
 from pipelines.ingest.discover import CaseFiles
 from pipelines.ingest.qc import QCError
 from pipelines.io.shards import atomic_h5, write_sample
@@ -29,9 +31,22 @@ class CaseResult:
     samples: list[dict] = field(default_factory=list)  # manifest rows (without shard/split)
 
 
+def case_key(case_id: str, input_sha256: str, split: str, config: BuildConfig) -> str:
+    """Cache key of one case's results: its content, split, the config that shapes it, the code.
+
+    Publish-only settings (dataset name, shard sizing, registration pairs) are left out, so
+    changing them reuses every case.
+    """
+    relevant = config.model_dump(mode="json", exclude={"dataset": True, "registration_pairs": True,
+                                                       "shards": {"target_bytes", "min_shards"}})
+    payload = json.dumps({"case": case_id, "input": input_sha256, "split": split, "config": relevant,
+                          "code": pipelines.__version__}, sort_keys=True)
+    return f"{case_id}-{hashlib.sha256(payload.encode()).hexdigest()[:20]}"
+
+
 def process_case(case: CaseFiles, config: BuildConfig, split: str, staging_dir: Path,
-                 progress: Callable[[str], None] = log.info) -> CaseResult:
-    """Prepare one case, build every enabled product, write them to `<staging_dir>/<case>.h5`.
+                 progress: Callable[[str], None] = log.info, stage_name: str | None = None) -> CaseResult:
+    """Prepare one case, build every enabled product, write them to `<staging_dir>/<stage_name>.h5`.
 
     Quarantinable problems come back as a quarantined CaseResult; anything else raises.
     """
@@ -58,7 +73,7 @@ def process_case(case: CaseFiles, config: BuildConfig, split: str, staging_dir: 
         samples += drr_samples(prepared, config, progress, skipped)
 
     staging_dir.mkdir(parents=True, exist_ok=True)
-    target = staging_dir / f"{case.case_id}.h5"
+    target = staging_dir / f"{stage_name or case.case_id}.h5"
     with atomic_h5(target) as h5:
         for s in samples:
             attrs = {"product": s.product, "case_id": case.case_id, "split": split, **s.attrs}

@@ -2,26 +2,31 @@
 
 1. discover & normalise names, hash inputs, assign splits (ingest)
 2-7. one coarse task per case: translate labels, QC, resample, crop, sample, render -> staged file
+     (cached by case content + relevant config + code version: unchanged cases are not recomputed)
 8. gather: shards -> manifest -> cases -> report -> dataset.json -> atomic rename
 
-The task runner is chosen by the caller (`run_build`), not hard-wired in the decorator.
+The whole build holds a per-dataset lock, so concurrent builds of one dataset run one after the
+other; leftovers of a build that died are removed under that lock. The task runner is chosen by the
+caller (`run_build`), not hard-wired in the decorator.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import shutil
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from prefect import flow, get_run_logger, unmapped
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.filesystems import LocalFileSystem
 
 import pipelines
 from pipelines.case import CaseResult
-from pipelines.ingest.cases import ingest_inputs
+from pipelines.ingest.cases import CaseJob, ingest_inputs
 from pipelines.ingest.discover import InputError
-from pipelines.io.publish import plan_version, record_lineage
+from pipelines.io.publish import (CACHE_DIR, dataset_lock, plan_version, record_lineage, remove_stale_files)
 from pipelines.tasks import process_case_task, publish_task
 from schemas.config import BuildConfig
 from schemas.manifest import QC_ACCEPTED, QC_QUARANTINED
@@ -40,6 +45,7 @@ class BuildSummary:
     counts: dict
     quarantined: list[dict]
     seconds: float
+    cases_cached: int = 0  # cases taken from the cache instead of recomputed
 
 
 def compute_build_id(input_hashes: dict[str, str], config: BuildConfig, code_version: str) -> str:
@@ -48,14 +54,32 @@ def compute_build_id(input_hashes: dict[str, str], config: BuildConfig, code_ver
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def _gather(futures, jobs, rows: dict[str, dict], seed: int) -> tuple[list[dict], dict[str, str]]:
+def result_storage(folder: Path) -> str:
+    """A saved LocalFileSystem block for the cache folder (Prefect needs storage saved server-side)."""
+    folder = folder.resolve()
+    name = "spineforge-cache-" + hashlib.sha256(str(folder).encode()).hexdigest()[:16]
+    LocalFileSystem(basepath=str(folder)).save(name, overwrite=True)
+    return f"local-file-system/{name}"
+
+
+def _run_cases(task, jobs: list[CaseJob], config: BuildConfig, staging: str, torch_threads: int | None):
+    futures = task.map(jobs, config=unmapped(config), staging_dir=unmapped(staging),
+                       torch_threads=unmapped(torch_threads))
+    return list(zip(jobs, futures))
+
+
+def _gather(pairs, rows: dict[str, dict], seed: int, rerun) -> tuple[list[dict], dict[str, str], int]:
     """Wait for case tasks; a failed one becomes a quarantine row, never a crashed build."""
-    manifest, staged = [], {}
-    for future, job in zip(futures, jobs):
+    manifest, staged, cached = [], {}, 0
+    for job, future in pairs:
         row = rows[job.case.case_id]
         try:
             result: CaseResult = future.result()
-        except Exception as exc:  # noqa: BLE001 - any failure of one case quarantines that case
+            if future.state.name == "Cached":
+                cached += 1
+            if result.staging_file and not Path(result.staging_file).is_file():
+                result = rerun(job)  # the cache record outlived its staged file: recompute once
+        except Exception as exc:  # noqa: BLE001 - any failure of one case (after retries) quarantines it
             row.update(qc_status=QC_QUARANTINED, qc_reason="processing_error",
                        qc_message=f"{type(exc).__name__}: {exc}"[:500])
             continue
@@ -65,12 +89,27 @@ def _gather(futures, jobs, rows: dict[str, dict], seed: int) -> tuple[list[dict]
             staged[job.case.case_id] = result.staging_file
             manifest += [dict(sample, case_id=job.case.case_id, split=job.split,
                               input_sha256=job.input_sha256, seed=seed) for sample in result.samples]
-    return manifest, staged
+    return manifest, staged, cached
+
+
+def _artifacts(counts: dict, quarantined: list[dict], version_dir: str, build_id: str) -> None:
+    table = [{"product": p, "split": s, "samples": n}
+             for p, splits in sorted(counts["by_product_split"].items()) for s, n in sorted(splits.items())]
+    create_table_artifact(table, key="spineforge-samples", description=f"samples in {version_dir}")
+    reasons: dict[str, int] = {}
+    for q in quarantined:
+        reasons[q["qc_reason"]] = reasons.get(q["qc_reason"], 0) + 1
+    lines = [f"# SpineForge build `{build_id}`", f"Published `{version_dir}`: {counts['samples']} samples.", "",
+             "| product | split | samples |", "|---|---|---|"]
+    lines += [f"| {r['product']} | {r['split']} | {r['samples']} |" for r in table]
+    lines += ["", f"Quarantined cases: {len(quarantined)}"]
+    lines += [f"- `{reason}`: {n}" for reason, n in sorted(reasons.items())]
+    create_markdown_artifact("\n".join(lines), key="spineforge-build-report")
 
 
 @flow(name="spineforge-build")
 def build_dataset(config: BuildConfig, inputs: list[str], out: str, version: str | None = None,
-                  manifests_dir: str | None = None) -> BuildSummary:
+                  manifests_dir: str | None = None, torch_threads: int | None = None) -> BuildSummary:
     started = time.perf_counter()
     logger = get_run_logger()
     ingest = ingest_inputs([Path(p) for p in inputs], config)
@@ -78,42 +117,59 @@ def build_dataset(config: BuildConfig, inputs: list[str], out: str, version: str
                 len(ingest.rows), len(ingest.jobs), len(ingest.discovery.unmatched), len(ingest.problems))
     code_version = pipelines.__version__
     build_id = compute_build_id(ingest.input_hashes, config, code_version)
-    plan = plan_version(Path(out), config.dataset, build_id, version)
-    if plan.existing:
-        logger.info("build %s is already published as %s; nothing to do", build_id, plan.version)
-        card = json.loads((plan.dataset_dir / plan.version / "dataset.json").read_text())
-        return BuildSummary(str(plan.dataset_dir / plan.version), plan.version, build_id, False,
-                            card["counts"], [], time.perf_counter() - started)
+    dataset_dir = Path(out) / config.dataset
+    cache = dataset_dir / CACHE_DIR
+    with dataset_lock(dataset_dir, on_wait=logger.info):
+        for name in remove_stale_files(dataset_dir, cache):
+            logger.info("removed leftover of an interrupted build: %s", name)
+        plan = plan_version(Path(out), config.dataset, build_id, version)
+        if plan.existing:
+            logger.info("build %s is already published as %s; nothing to do", build_id, plan.version)
+            card = json.loads((plan.dataset_dir / plan.version / "dataset.json").read_text())
+            return BuildSummary(str(plan.dataset_dir / plan.version), plan.version, build_id, False,
+                                card["counts"], [], time.perf_counter() - started)
 
-    work = plan.dataset_dir / ".work" / build_id
-    futures = process_case_task.map(ingest.jobs, config=unmapped(config),
-                                     staging_dir=unmapped(str(work / "cases")))
-    manifest, staged = _gather(futures, ingest.jobs, ingest.rows, config.seed)
-    case_rows = list(ingest.rows.values())
-    quarantined = [r for r in case_rows if r["qc_status"] == QC_QUARANTINED]
-    if not manifest:
-        reasons = "; ".join(f"{r['case_id']}: {r['qc_reason']} ({r['qc_message']})" for r in quarantined)
-        raise BuildError(f"no samples to publish: {reasons or 'no cases found in ' + ', '.join(inputs)}")
+        task = process_case_task.with_options(result_storage=result_storage(cache / "results"))
+        staging = str(cache / "cases")
 
-    card = {"name": config.dataset, "build_id": build_id, "code_version": code_version,
-            "config": config.model_dump(mode="json"), "seed": config.seed,
-            "input_hash": hashlib.sha256("".join(sorted(ingest.input_hashes.values())).encode()).hexdigest(),
-            "inputs": [str(Path(p).resolve()) for p in inputs],
-            "unmatched_files": ingest.discovery.unmatched, "ingest_problems": ingest.problems}
-    version_dir = publish_task(plan, manifest, case_rows, staged, card, config.shards.target_bytes)
-    shutil.rmtree(work, ignore_errors=True)
-    if work.parent.is_dir() and not any(work.parent.iterdir()):
-        work.parent.rmdir()
+        def rerun(job: CaseJob) -> CaseResult:
+            return task.with_options(refresh_cache=True).submit(
+                job, config=config, staging_dir=staging, torch_threads=torch_threads).result()
+
+        pairs = _run_cases(task, ingest.jobs, config, staging, torch_threads)
+        manifest, staged, cached = _gather(pairs, ingest.rows, config.seed, rerun)
+        logger.info("cases: %d processed, %d from cache", len(ingest.jobs) - cached, cached)
+        case_rows = list(ingest.rows.values())
+        quarantined = [r for r in case_rows if r["qc_status"] == QC_QUARANTINED]
+        if not manifest:
+            reasons = "; ".join(f"{r['case_id']}: {r['qc_reason']} ({r['qc_message']})" for r in quarantined)
+            raise BuildError(f"no samples to publish: {reasons or 'no cases found in ' + ', '.join(inputs)}")
+
+        card = {"name": config.dataset, "build_id": build_id, "code_version": code_version,
+                "config": config.model_dump(mode="json"), "seed": config.seed,
+                "input_hash": hashlib.sha256("".join(sorted(ingest.input_hashes.values())).encode()).hexdigest(),
+                "inputs": [str(Path(p).resolve()) for p in inputs],
+                "unmatched_files": ingest.discovery.unmatched, "ingest_problems": ingest.problems}
+        version_dir = publish_task(plan, manifest, case_rows, staged, card, config.shards.target_bytes)
     published = json.loads((Path(version_dir) / "dataset.json").read_text())
     logger.info("published %s", version_dir)
     if manifests_dir:
         logger.info("recorded lineage in %s", record_lineage(Path(version_dir), Path(manifests_dir)))
-    return BuildSummary(version_dir, plan.version, build_id, True, published["counts"],
-                        [{k: r[k] for k in ("case_id", "qc_reason", "qc_message")} for r in quarantined],
-                        time.perf_counter() - started)
+    short = [{k: r[k] for k in ("case_id", "qc_reason", "qc_message")} for r in quarantined]
+    _artifacts(published["counts"], short, version_dir, build_id)
+    return BuildSummary(version_dir, plan.version, build_id, True, published["counts"], short,
+                        time.perf_counter() - started, cached)
 
 
-def task_runner_for(workers: int, dask_address: str | None):
+def worker_memory_limit(workers: int, largest_voxels_1mm: int) -> int:
+    """Bytes per Dask worker: ~40 B per 1 mm voxel of the largest case plus 1 GB, capped by RAM/N."""
+    import psutil
+
+    need = 40 * largest_voxels_1mm + (1 << 30)
+    return int(min(max(need, 2 << 30), psutil.virtual_memory().total // workers))
+
+
+def task_runner_for(workers: int, dask_address: str | None, memory_limit: int | None = None):
     """Threads for one worker; a Dask LocalCluster for several; an existing cluster by address."""
     if dask_address:
         from prefect_dask import DaskTaskRunner
@@ -122,11 +178,23 @@ def task_runner_for(workers: int, dask_address: str | None):
     if workers > 1:
         from prefect_dask import DaskTaskRunner
 
-        return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1,
-                                              "processes": True, "dashboard_address": None})
+        return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True,
+                                              "dashboard_address": None, "memory_limit": memory_limit})
     from prefect.task_runners import ThreadPoolTaskRunner
 
     return ThreadPoolTaskRunner(max_workers=1)
+
+
+def _check_output(out: Path, dataset: str) -> None:
+    """Fail before any work when the output folder cannot be written."""
+    target = Path(out) / dataset
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        probe = target / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise BuildError(f"output folder is not writable: {target} ({exc.strerror})") from exc
 
 
 def run_build(config: BuildConfig, inputs: list[str], out: str, version: str | None = None,
@@ -136,7 +204,12 @@ def run_build(config: BuildConfig, inputs: list[str], out: str, version: str | N
     for path in inputs:  # fail before any flow machinery starts
         if not Path(path).is_dir():
             raise InputError(f"input folder not found: {path}")
-    runner = task_runner_for(workers, dask_address)
+    _check_output(Path(out), config.dataset)
+    parallel = workers > 1 or dask_address is not None
+    # several worker processes on one machine: one torch thread each, so they do not oversubscribe
+    threads = max(1, (os.cpu_count() or 1) // workers) if parallel else None
+    memory = worker_memory_limit(workers, 400 ** 3) if workers > 1 and not dask_address else None
+    runner = task_runner_for(workers, dask_address, memory)
     return build_dataset.with_options(task_runner=runner)(
         config=config, inputs=[str(p) for p in inputs], out=str(out), version=version,
-        manifests_dir=str(manifests_dir) if manifests_dir else None)
+        manifests_dir=str(manifests_dir) if manifests_dir else None, torch_threads=threads)

@@ -4,20 +4,32 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
+import torch
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from pipelines.case import CaseResult, process_case
+from pipelines.case import CaseResult, case_key, process_case
 from pipelines.ingest.cases import CaseJob
 from pipelines.io.publish import PublishPlan, publish_version
 from pipelines.pairs import registration_pairs
 from pipelines.report import write_report
 
 
-@task(name="process-case", task_run_name="case-{job.case.case_id}", cache_policy=NO_CACHE)
-def process_case_task(job: CaseJob, config, staging_dir: str) -> CaseResult:
+def case_cache_key(context, parameters: dict) -> str:
+    """Prefect cache key: an unchanged case under unchanged relevant config is not recomputed."""
+    job, config = parameters["job"], parameters["config"]
+    return case_key(job.case.case_id, job.input_sha256, job.split, config)
+
+
+@task(name="process-case", task_run_name="case-{job.case.case_id}", cache_key_fn=case_cache_key,
+      persist_result=True, retries=2, retry_delay_seconds=2)
+def process_case_task(job: CaseJob, config, staging_dir: str, torch_threads: int | None = None) -> CaseResult:
+    """Steps 2-7 for one case; results persist in the build cache (result_storage set by the flow)."""
+    if torch_threads:
+        torch.set_num_threads(torch_threads)
     logger = get_run_logger()
-    return process_case(job.case, config, job.split, Path(staging_dir), progress=logger.info)
+    key = case_key(job.case.case_id, job.input_sha256, job.split, config)
+    return process_case(job.case, config, job.split, Path(staging_dir), progress=logger.info, stage_name=key)
 
 
 @task(name="publish", cache_policy=NO_CACHE)

@@ -5,10 +5,13 @@ reader never sees a half-written version, and two builds of one version cannot b
 """
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
 import re
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,6 +26,8 @@ from schemas.manifest import (CASES_COLUMNS, CASES_CSV, CASES_PARQUET, DATASET_C
                               shard_name)
 
 _VERSION = re.compile(r"^v(\d+)$")
+LOCK_FILE = ".lock"
+CACHE_DIR = ".cache"  # per-case staged files and Prefect result records, reused across builds
 
 
 class PublishError(Exception):
@@ -177,10 +182,47 @@ def publish_version(plan: PublishPlan, manifest_rows: list[dict], case_rows: lis
             os.rename(staging, final)  # atomic; fails if another build published first
         except OSError as exc:
             raise PublishError(f"cannot publish {final}: {exc.strerror} (another build published it first?)") from exc
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        if exc.errno == errno.ENOSPC:
+            raise PublishError(f"no space left on device while writing {plan.dataset_dir}: nothing was published") from exc
+        raise
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return final
+
+
+@contextmanager
+def dataset_lock(dataset_dir: Path, on_wait=None):
+    """Exclusive lock on a dataset folder for the length of a build (released if the process dies).
+
+    A second build of the same dataset waits here, then finds what the first one published.
+    """
+    dataset_dir.mkdir(parents=True, exist_ok=True)
+    with open(dataset_dir / LOCK_FILE, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait:
+                on_wait(f"another build of {dataset_dir.name} is running; waiting for it to finish")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def remove_stale_files(dataset_dir: Path, cache_dir: Path) -> list[str]:
+    """Leftovers of builds that died (call under the dataset lock): half-published folders, temp files."""
+    removed = []
+    for path in sorted(dataset_dir.glob(".publishing-*")):
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path.name)
+    for path in sorted(cache_dir.rglob("*.tmp")) if cache_dir.is_dir() else []:
+        path.unlink(missing_ok=True)
+        removed.append(str(path.relative_to(dataset_dir)))
+    return removed
 
 
 

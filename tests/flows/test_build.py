@@ -52,7 +52,9 @@ def test_publishes_the_design_layout(built):
     assert card["build_id"] == summary.build_id and card["schema_version"] == "1.0"
     assert card["counts"]["by_product"] == {"drr": 6, "vertebra": 9, "x2ct": 9}
     assert card["cases"] == {"discovered": 4, "accepted": 3, "quarantined": 1}
-    assert not list((out / "tiny").glob(".*")), "staging folders must be gone after publishing"
+    hidden = sorted(p.name for p in (out / "tiny").glob(".*"))
+    assert hidden == [".cache", ".lock"], "no half-published folder may remain"  # cache + lock persist
+    assert not list((out / "tiny" / ".cache").rglob("*.tmp"))
 
 
 def test_quarantined_case_is_a_row_with_a_reason(built):

@@ -1,0 +1,132 @@
+"""Caching, retries, artifacts, failure modes and determinism of the build flow."""
+import errno
+import hashlib
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines.flows import BuildError, run_build
+from pipelines.io.publish import PublishError
+from tests.conftest import write_ctspine_case
+
+
+def small_config(**update):
+    from schemas.config import BuildConfig
+
+    base = {"dataset": "orch", "vertebra": {"size": 16, "levels": ["L1"]}, "x2ct": {"size": 24, "z_offsets_mm": [0]},
+            "drr": {"pairs_per_case": 1, "poses_per_pair": 1},
+            "detector": {"height": 12, "width": 12, "pixel_spacing_mm": 16.0}}
+    base.update(update)
+    return BuildConfig.model_validate(base)
+
+
+def collection(root, n=3):
+    for i in range(n):
+        write_ctspine_case(root, f"c{i}", noise_seed=i)
+    return root
+
+
+def content(version_dir):
+    """Every array of every sample, for bit-for-bit comparisons between builds."""
+    out = {}
+    manifest = pd.read_parquet(version_dir / "manifest.parquet")
+    for row in manifest.itertuples():
+        with h5py.File(version_dir / "shards" / row.shard, "r") as h5:
+            g = h5[row.key]
+            for name in g:
+                out[(row.sample_id, name)] = g[name][()]
+    return out
+
+
+def assert_same_content(a, b):
+    ca, cb = content(a), content(b)
+    assert ca.keys() == cb.keys()
+    for key in ca:
+        np.testing.assert_array_equal(ca[key], cb[key], err_msg=str(key))
+
+
+def test_unchanged_cases_come_from_the_cache_and_relevant_changes_recompute(tmp_path):
+    inputs = collection(tmp_path / "in")
+    out = tmp_path / "out"
+    first = run_build(small_config(), [str(inputs)], str(out))
+    assert first.cases_cached == 0
+    write_ctspine_case(inputs, "c9", noise_seed=9)  # a new case arrives
+    second = run_build(small_config(), [str(inputs)], str(out))
+    assert second.version == "v2" and second.cases_cached == 3
+    publish_only = run_build(small_config(registration_pairs={"max_pairs_per_level": 1}), [str(inputs)], str(out))
+    assert publish_only.version == "v3" and publish_only.cases_cached == 4  # no case depends on it
+    changed = run_build(small_config(vertebra={"size": 20, "levels": ["L1"]}), [str(inputs)], str(out))
+    assert changed.cases_cached == 0  # patch size shapes every case
+    # cached and recomputed cases give the same samples
+    fresh = run_build(small_config(), [str(inputs)], str(tmp_path / "fresh"))
+    assert fresh.build_id == second.build_id
+    assert_same_content(out / "orch" / "v2", tmp_path / "fresh" / "orch" / "v1")
+
+
+def test_a_transient_failure_is_retried_and_a_persistent_one_quarantined(tmp_path, monkeypatch):
+    import pipelines.case as case_module
+
+    inputs = collection(tmp_path / "in", n=2)
+    real = case_module.vertebra_samples
+    calls = {"c0": 0}
+
+    def flaky(case, config, skipped):
+        if case.case_id == "c0":
+            calls["c0"] += 1
+            if calls["c0"] == 1:
+                raise ConnectionError("transient storage hiccup")
+        if case.case_id == "c1":
+            raise RuntimeError("always broken")
+        return real(case, config, skipped)
+
+    monkeypatch.setattr(case_module, "vertebra_samples", flaky)
+    summary = run_build(small_config(), [str(inputs)], str(tmp_path / "out"))
+    cases = pd.read_parquet(tmp_path / "out" / "orch" / "v1" / "cases.parquet").set_index("case_id")
+    assert calls["c0"] == 2 and cases.loc["c0", "qc_status"] == "accepted"
+    assert cases.loc["c1", "qc_reason"] == "processing_error" and "always broken" in cases.loc["c1", "qc_message"]
+    assert [q["case_id"] for q in summary.quarantined] == ["c1"]
+
+
+def test_every_build_leaves_prefect_artifacts(tmp_path):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    run_build(small_config(), [str(collection(tmp_path / "in", n=1))], str(tmp_path / "out"))
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["spineforge-build-report"])))
+    assert found and "Quarantined cases: 0" in found[-1].data
+
+
+def test_unwritable_output_fails_early_with_nothing_written(tmp_path):
+    inputs = collection(tmp_path / "in", n=1)
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the output folder should be")
+    with pytest.raises(BuildError, match="output folder is not writable"):
+        run_build(small_config(), [str(inputs)], str(blocker))
+
+
+def test_disk_full_publishes_nothing_and_leaves_inputs_untouched(tmp_path, monkeypatch):
+    import pipelines.io.publish as publish
+
+    inputs = collection(tmp_path / "in", n=1)
+    before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in inputs.iterdir()}
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(publish, "write_shards", full)
+    with pytest.raises(PublishError, match="no space left on device.*nothing was published"):
+        run_build(small_config(), [str(inputs)], str(tmp_path / "out"))
+    dataset = tmp_path / "out" / "orch"
+    assert not (dataset / "v1").exists() and not list(dataset.glob(".publishing-*"))
+    assert before == {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in inputs.iterdir()}
+
+
+def test_one_and_two_local_workers_build_identical_datasets(tmp_path):
+    inputs = collection(tmp_path / "in")
+    one = run_build(small_config(), [str(inputs)], str(tmp_path / "one"))
+    two = run_build(small_config(), [str(inputs)], str(tmp_path / "two"), workers=2)
+    assert one.build_id == two.build_id and two.cases_cached == 0
+    assert_same_content(tmp_path / "one" / "orch" / "v1", tmp_path / "two" / "orch" / "v1")
