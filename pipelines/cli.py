@@ -54,6 +54,13 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="write the QC report of a version (the published report.html is never modified)")
     p.add_argument("dir")
     p.add_argument("--out", default=None, help="HTML file to write (default: ./report-<dataset>-<version>.html)")
+    p = sub.add_parser("serve", help="register the scheduled build deployment and run its builds (Ctrl-C stops)")
+    p.add_argument("--config", required=True, help="build config YAML")
+    p.add_argument("--input", action="append", default=[], dest="inputs", metavar="DIR", help="input root (repeatable)")
+    p.add_argument("--out", default=DEFAULT_OUT, help="output root (default: %(default)s)")
+    p.add_argument("--cron", default="0 2 * * *", help="schedule (default: nightly at 02:00, '%(default)s')")
+    p.add_argument("--name", default=None, help="deployment name (default: <dataset>-scheduled)")
+    p.add_argument("--manifests", default=None, metavar="DIR", help="record each published version's lineage in DIR")
     p = sub.add_parser("fit-xray", help="fit a real X-ray to the training detector's field (crop/pad, resample)")
     p.add_argument("input", help="2D radiograph (DICOM, MHA, NRRD, PNG, ...)")
     p.add_argument("output", help="output image (.mha, .nrrd, .nii.gz); the valid-region mask goes beside it as *_valid")
@@ -116,6 +123,16 @@ def cmd_inspect(args) -> int:
 
     info = inspect_version(Path(args.dir))
     print(json.dumps(info, indent=2, default=str) if args.json else info["text"])
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from pipelines.serve import serve
+
+    if not args.inputs:
+        _missing_inputs()
+    print(f"serving the scheduled build ({args.cron}); Ctrl-C stops", flush=True)
+    serve(Path(args.config), args.inputs, args.out, args.cron, args.name, args.manifests)
     return 0
 
 
@@ -196,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
 
     handlers = {"demo": cmd_demo, "ingest": cmd_ingest, "inspect": cmd_inspect, "validate": cmd_validate,
                 "fit-xray": cmd_fit_xray, "diff": cmd_diff, "export": cmd_export, "report": cmd_report,
+                "serve": cmd_serve,
                 "build": lambda a: cmd_build(a, Path(a.config), a.inputs or _missing_inputs())}
     try:
         return handlers[args.command](args)

