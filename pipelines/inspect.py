@@ -26,6 +26,18 @@ def inspect_version(version_dir: Path) -> dict:
         f"shards: {len(card['shards'])} files, {total_bytes / 1e6:.1f} MB",
     ]
     lines += [f"  {s['file']}  {s['n_samples']} samples  {s['bytes'] / 1e6:.1f} MB" for s in card["shards"]]
+    cfg = card["config"]
+    lines += ["", "lineage:",
+              f"  inputs: {', '.join(card.get('inputs', []))}",
+              f"  input_hash: {card.get('input_hash', '')}",
+              f"  unmatched files: {len(card.get('unmatched_files', []))}, ingest problems: {len(card.get('ingest_problems', []))}",
+              "config: " + ", ".join([
+                  f"{cfg['resample']['spacing_mm']} mm {cfg['resample']['orientation']}",
+                  f"vertebra {cfg['vertebra']['size']}^3 {'/'.join(cfg['vertebra']['levels'])}",
+                  f"x2ct {cfg['x2ct']['size']}^3 at {cfg['x2ct']['z_offsets_mm']} mm",
+                  f"drr {cfg['detector']['height']}x{cfg['detector']['width']} at {cfg['detector']['pixel_spacing_mm']} mm, "
+                  f"SDD {cfg['detector']['sdd_mm']} mm, {cfg['detector']['renderer']}",
+                  f"splits {cfg['splits']}"])]
     if len(quarantined):
         lines += ["quarantined:"] + [f"  {r.case_id}: {r.qc_reason} ({r.qc_message})" for r in quarantined.itertuples()]
     return {"card": card, "quarantined": quarantined.to_dict("records"), "text": "\n".join(lines)}
