@@ -9,7 +9,8 @@ import SimpleITK as sitk
 from scipy.ndimage import find_objects
 
 from pipelines.ingest.discover import CaseFiles
-from pipelines.ingest.labels import id_to_level, order_cranial_to_caudal, source_lookup, translate
+from pipelines.ingest.labels import (id_to_level, level_id, order_cranial_to_caudal, source_lookup,
+                                     structure_level, translate)
 from pipelines.ingest.qc import QCError, check_ct_values, check_geometry, check_levels
 from pipelines.io.volumes import VolumeReadError, read_checked
 from pipelines.ops.orient import Volume, affine_from_sitk, axis_codes, volume_from_sitk
@@ -49,6 +50,47 @@ def _same_grid(a: sitk.Image, b: sitk.Image) -> bool:
     return a.GetSize() == b.GetSize() and np.allclose(affine_from_sitk(a), affine_from_sitk(b), atol=1e-3)
 
 
+def _onto_ct(labels_img: sitk.Image, ct_img: sitk.Image, what: str) -> sitk.Image:
+    """A label image on the CT grid: different voxel order or grid is resolved by world position."""
+    if _same_grid(ct_img, labels_img):
+        return labels_img
+    if not _overlaps(ct_img, labels_img):
+        raise QCError("grid_mismatch", f"CT and {what} do not overlap in world coordinates")
+    return resample_onto(labels_img, affine_from_sitk(ct_img), ct_img.GetSize(), "nearest", 0)
+
+
+def _multilabel_mask(case: CaseFiles, ct_img: sitk.Image, config: BuildConfig) -> sitk.Image:
+    mask_img, _ = _read(case, "mask")
+    check_geometry(affine_from_sitk(mask_img), config.qc.spacing_range_mm, "mask")
+    lut, ignored = source_lookup(case.labels, case.files.get("structures"))
+    canonical, unknown = translate(sitk.GetArrayViewFromImage(mask_img), lut, ignored)
+    if unknown:
+        raise QCError("unknown_labels", f"mask ids {sorted(unknown)} are not in the {case.labels} table")
+    labels_img = sitk.GetImageFromArray(canonical)
+    labels_img.CopyInformation(mask_img)
+    return _onto_ct(labels_img, ct_img, "mask")
+
+
+def _merge_structure_masks(case: CaseFiles, ct_img: sitk.Image, config: BuildConfig) -> sitk.Image:
+    """One canonical label map from per-structure binary masks; non-vertebra structures are skipped."""
+    merged = np.zeros(ct_img.GetSize()[::-1], np.uint8)
+    for name, path in case.keyed("structure_mask").items():
+        level = structure_level(name)
+        if level is None:
+            continue
+        try:
+            image, _ = read_checked(path)
+        except VolumeReadError as exc:
+            raise QCError("unreadable", f"{path.relative_to(case.root).as_posix()}: {exc.reason}") from exc
+        check_geometry(affine_from_sitk(image), config.qc.spacing_range_mm, name)
+        binary = sitk.Cast(sitk.NotEqual(image, 0), sitk.sitkUInt8)
+        on_ct = sitk.GetArrayFromImage(_onto_ct(binary, ct_img, name))  # a copy: the image is temporary
+        merged[on_ct > 0] = level_id(level)
+    out = sitk.GetImageFromArray(merged)
+    out.CopyInformation(ct_img)
+    return out
+
+
 def stored_info(image: sitk.Image) -> dict:
     return {
         "shape": json.dumps(list(image.GetSize())),
@@ -60,26 +102,15 @@ def stored_info(image: sitk.Image) -> dict:
 def prepare_case(case: CaseFiles, config: BuildConfig) -> PreparedCase:
     """Read, check, translate and resample one case; raises QCError for quarantinable problems."""
     ct_img, ct_nonfinite = _read(case, "ct")
-    mask_img, _ = _read(case, "mask")
     info = stored_info(ct_img)
     if ct_nonfinite:
         raise QCError("non_finite", f"CT holds {ct_nonfinite} non-finite voxels")
     check_geometry(affine_from_sitk(ct_img), config.qc.spacing_range_mm, "CT")
-    check_geometry(affine_from_sitk(mask_img), config.qc.spacing_range_mm, "mask")
     check_ct_values(sitk.GetArrayViewFromImage(ct_img), config.qc.hu_range)
-
-    lut, ignored = source_lookup(case.labels, case.files.get("structures"))
-    canonical, unknown = translate(sitk.GetArrayViewFromImage(mask_img), lut, ignored)
-    if unknown:
-        raise QCError("unknown_labels", f"mask ids {sorted(unknown)} are not in the {case.labels} table")
-    labels_img = sitk.GetImageFromArray(canonical)
-    labels_img.CopyInformation(mask_img)
-
-    if not _same_grid(ct_img, labels_img):
-        # Different voxel order or grid: world coordinates decide, so resample the mask onto the CT.
-        if not _overlaps(ct_img, labels_img):
-            raise QCError("grid_mismatch", "CT and mask do not overlap in world coordinates")
-        labels_img = resample_onto(labels_img, affine_from_sitk(ct_img), ct_img.GetSize(), "nearest", 0)
+    if "mask" in case.files:
+        labels_img = _multilabel_mask(case, ct_img, config)
+    else:
+        labels_img = _merge_structure_masks(case, ct_img, config)
 
     names = id_to_level()
     present = [names[i] for i in np.unique(sitk.GetArrayViewFromImage(labels_img)).tolist() if i in names]

@@ -51,7 +51,8 @@ def ingest_inputs(roots: list[Path], config: BuildConfig) -> IngestResult:
     for case in discovery.cases:
         hashes = {role: sha256_file(p) for role, p in sorted(case.files.items())}
         row = rows[case.case_id] = _row(case, hashes)
-        missing = [r for r in ("ct", "mask") if r not in case.files]
+        has_mask = "mask" in case.files or bool(case.keyed("structure_mask"))
+        missing = [r for r, ok in (("ct", "ct" in case.files), ("mask", has_mask)) if not ok]
         if missing:
             row.update(qc_status=QC_QUARANTINED, qc_reason="missing_role",
                        qc_message=f"no {' or '.join(missing)} file matched for this case")

@@ -14,7 +14,12 @@ class CaseFiles:
     convention: str
     labels: str  # label table name for the mask
     root: Path
-    files: dict[str, Path] = field(default_factory=dict)  # role -> absolute path
+    files: dict[str, Path] = field(default_factory=dict)  # role (or role:key) -> absolute path
+
+    def keyed(self, role: str) -> dict[str, Path]:
+        """Files of a keyed role, e.g. {'vertebrae_L1': path} for role 'structure_mask'."""
+        prefix = role + ":"
+        return {k[len(prefix):]: p for k, p in sorted(self.files.items()) if k.startswith(prefix)}
 
     def relative(self) -> dict[str, str]:
         return {role: p.relative_to(self.root).as_posix() for role, p in sorted(self.files.items())}
@@ -56,11 +61,11 @@ def discover(roots: list[Path], rules: list[NamingRule] | None = None) -> Discov
             if hit is None:
                 unmatched.append(rel)
                 continue
-            rule, case_id = hit
+            rule, case_id, key = hit
             case = cases.setdefault(case_id, CaseFiles(case_id, rule.convention, rule.labels, root))
-            if rule.role in case.files:
+            if key in case.files:
                 problems.append((rel, "duplicate_role",
-                                 f"case {case_id} already has a {rule.role}: {case.files[rule.role].name}"))
+                                 f"case {case_id} already has a {key}: {case.files[key].name}"))
                 continue
-            case.files[rule.role] = path
+            case.files[key] = path
     return Discovery(sorted(cases.values(), key=lambda c: c.case_id), unmatched, problems)

@@ -42,6 +42,14 @@ def source_lookup(labels: str, structures_csv: Path | None = None) -> tuple[dict
     if labels == "verse":
         table = pd.read_csv(SCHEMA_DIR / "labels" / "verse.csv")
         return {int(s): level_id(lv) for s, lv in zip(table.source_id, table.level)}, set()
+    if labels.startswith("totalsegmentator_"):
+        path = SCHEMA_DIR / "labels" / f"{labels}.csv"
+        if not path.is_file():
+            raise KeyError(f"unknown label convention {labels!r}")
+        table = pd.read_csv(path, keep_default_na=False)
+        vertebra = table[table.level != ""]
+        lut = {int(s): level_id(lv) for s, lv in zip(vertebra.source_id, vertebra.level)}
+        return lut, set(table.source_id.astype(int)) - set(lut)
     if labels == "structures_csv":
         if structures_csv is None:
             raise FileNotFoundError("label convention 'structures_csv' needs the case's structures.csv")
@@ -67,3 +75,10 @@ def translate(mask: np.ndarray, lut: dict[int, int], ignored: set[int]) -> tuple
         if sid < len(table):
             table[sid] = cid
     return table[mask.astype(np.int64)], unknown
+
+
+def structure_level(name: str) -> str | None:
+    """Canonical level of a TotalSegmentator structure name (vertebrae_L1 -> L1), None otherwise."""
+    names = pd.read_csv(SCHEMA_DIR / "labels" / "totalsegmentator_names.csv")
+    hit = names.loc[names.structure == name, "level"]
+    return None if hit.empty else str(hit.iloc[0])

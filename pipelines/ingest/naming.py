@@ -13,7 +13,7 @@ import yaml
 
 from schemas import SCHEMA_DIR
 
-ROLES = ("ct", "mask", "vertebra_ct", "vertebra_mask", "centroids", "structures")
+ROLES = ("ct", "mask", "structure_mask", "vertebra_ct", "vertebra_mask", "centroids", "structures")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -60,11 +60,16 @@ def load_rules(extra_dirs: list[Path] | None = None) -> list[NamingRule]:
     return rules
 
 
-def classify(relpath: str, rules: list[NamingRule]) -> tuple[NamingRule, str] | None:
-    """(rule, canonical case id) for the first matching rule, or None."""
+def classify(relpath: str, rules: list[NamingRule]) -> tuple[NamingRule, str, str] | None:
+    """(rule, canonical case id, file key) for the first matching rule, or None.
+
+    The file key is the role, or `role:<key>` when the pattern has a `key` group (several files of
+    one role per case, e.g. one binary mask per structure).
+    """
     for rule in rules:
         m = rule.pattern.search(relpath)
         if m:
             raw = m.group("case") if "case" in rule.pattern.groupindex else rule.case
-            return rule, canonical_case_id(raw)
+            key = f"{rule.role}:{m.group('key')}" if "key" in rule.pattern.groupindex else rule.role
+            return rule, canonical_case_id(raw), key
     return None

