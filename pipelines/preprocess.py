@@ -91,6 +91,28 @@ def _merge_structure_masks(case: CaseFiles, ct_img: sitk.Image, config: BuildCon
     return out
 
 
+def _check_vertebra_files(case: CaseFiles, ct_img: sitk.Image) -> None:
+    """Single-vertebra crops and masks must lie inside their case's CT (headers only, no voxels)."""
+    ct_corners = corners_world(affine_from_sitk(ct_img), ct_img.GetSize())
+    lo, hi = ct_corners.min(0) - 1.0, ct_corners.max(0) + 1.0
+    for role in ("vertebra_ct", "vertebra_mask"):
+        for level, path in case.keyed(role).items():
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(str(path))
+            try:
+                reader.ReadImageInformation()
+            except RuntimeError as exc:
+                raise QCError("unreadable", f"{path.relative_to(case.root).as_posix()}: unreadable header") from exc
+            info = sitk.Image(1, 1, 1, sitk.sitkUInt8)
+            info.SetSpacing(reader.GetSpacing())
+            info.SetOrigin(reader.GetOrigin())
+            info.SetDirection(reader.GetDirection())
+            corners = corners_world(affine_from_sitk(info), reader.GetSize())
+            if np.any(corners.min(0) < lo) or np.any(corners.max(0) > hi):
+                raise QCError("vertebra_mismatch", f"{path.relative_to(case.root).as_posix()} ({level}) lies "
+                                                   f"outside the CT of case {case.case_id}")
+
+
 def stored_info(image: sitk.Image) -> dict:
     return {
         "shape": json.dumps(list(image.GetSize())),
@@ -107,6 +129,7 @@ def prepare_case(case: CaseFiles, config: BuildConfig) -> PreparedCase:
         raise QCError("non_finite", f"CT holds {ct_nonfinite} non-finite voxels")
     check_geometry(affine_from_sitk(ct_img), config.qc.spacing_range_mm, "CT")
     check_ct_values(sitk.GetArrayViewFromImage(ct_img), config.qc.hu_range)
+    _check_vertebra_files(case, ct_img)
     if "mask" in case.files:
         labels_img = _multilabel_mask(case, ct_img, config)
     else:

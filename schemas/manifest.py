@@ -77,6 +77,7 @@ QC_REASONS = {
     "too_few_vertebrae": "fewer vertebrae than qc.min_vertebrae",
     "unknown_labels": "the mask holds label ids the label convention does not name",
     "duplicate": "the same content appears under another case id",
+    "vertebra_mismatch": "a single-vertebra file lies outside its case's CT",
     "label_lost": "a vertebra label vanished when resampling (thinner than the output voxel)",
     "processing_error": "an unexpected error while processing the case",
 }

@@ -56,6 +56,27 @@ def write_ctspine_case(root: Path, case_id: str, noise_seed=None, **kwargs) -> t
             write_volume(root / f"{case_id}_seg.nii.gz", mask, affine))
 
 
+def write_dicom_series(folder: Path, volume_kji: np.ndarray, spacing=(1.0, 1.0, 1.0), reverse_names=False,
+                       tags: dict | None = None) -> Path:
+    """One DICOM file per slice (volume indexed [slice, row, column]), axial, LPS identity orientation."""
+    folder.mkdir(parents=True)
+    nz = volume_kji.shape[0]
+    for k in range(nz):
+        sl = sitk.GetImageFromArray(volume_kji[k:k + 1].astype(np.int16))
+        writer = sitk.ImageFileWriter()
+        writer.KeepOriginalImageUIDOn()
+        meta = {"0008|0060": "CT", "0020|000d": "1.2.3", "0020|000e": "1.2.3.4",
+                "0020|0037": "1\\0\\0\\0\\1\\0", "0020|0032": f"0\\0\\{k * spacing[2]}",
+                "0020|0013": str(k + 1), "0028|0030": f"{spacing[1]}\\{spacing[0]}", "0018|0050": str(spacing[2])}
+        meta.update(tags or {})
+        for tag, value in meta.items():
+            sl.SetMetaData(tag, value)
+        name = f"{(nz - 1 - k) if reverse_names else k:03d}.dcm"
+        writer.SetFileName(str(folder / name))
+        writer.Execute(sl)
+    return folder
+
+
 @pytest.fixture
 def tiny_config():
     """A build config sized for seconds, not minutes."""

@@ -36,11 +36,29 @@ class InputError(Exception):
     """An input root that cannot be used at all (missing, not a folder)."""
 
 
+DICOM_SUFFIX = ".dicom"  # a folder of DICOM slices is classified as the path "<folder>.dicom"
+
+
+def is_dicom_file(path: Path) -> bool:
+    """DICOM Part 10 files carry 'DICM' at byte 128 (whatever their extension)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(128)
+            return f.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
 def _walk(root: Path):
+    """Yield (path, name to classify): files, and each folder of DICOM slices as one input."""
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         dirnames.sort()
-        for name in sorted(filenames):
-            yield Path(dirpath) / name
+        folder = Path(dirpath)
+        dicom = [n for n in filenames if is_dicom_file(folder / n)]
+        if dicom and folder != root:
+            yield folder, folder.with_name(folder.name + DICOM_SUFFIX)
+        for name in sorted(set(filenames) - set(dicom)):
+            yield folder / name, folder / name
 
 
 def discover(roots: list[Path], rules: list[NamingRule] | None = None) -> Discovery:
@@ -52,8 +70,8 @@ def discover(roots: list[Path], rules: list[NamingRule] | None = None) -> Discov
         root = Path(root).resolve()
         if not root.is_dir():
             raise InputError(f"input folder not found: {root}")
-        for path in _walk(root):
-            rel = path.relative_to(root).as_posix()
+        for path, named in _walk(root):
+            rel = named.relative_to(root).as_posix()
             if path.is_symlink() and not path.resolve().is_relative_to(root):
                 problems.append((rel, "symlink_outside_root", "symbolic link leaves the input root; not followed"))
                 continue

@@ -13,7 +13,8 @@ import yaml
 
 from schemas import SCHEMA_DIR
 
-ROLES = ("ct", "mask", "structure_mask", "vertebra_ct", "vertebra_mask", "centroids", "structures")
+ROLES = ("ct", "mask", "structure_mask", "vertebra_ct", "vertebra_mask", "centroids", "structures",
+         "unmatched")  # 'unmatched': a rule that claims files only to list them as unmatched
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -25,6 +26,8 @@ class NamingRule:
     pattern: re.Pattern
     case: str | None  # fixed case id when the pattern has no `case` group
     source: str  # rule file name, for messages
+    case_format: str | None = None  # e.g. "patient-{case:0>3}": the case group -> case id
+    key_kind: str | None = None  # "level": the key group is a vertebra level in any spelling
 
 
 class RuleFileError(ValueError):
@@ -51,10 +54,12 @@ def load_rules(extra_dirs: list[Path] | None = None) -> list[NamingRule]:
                 if item["role"] not in ROLES:
                     raise RuleFileError(f"{path.name}: unknown role {item['role']!r}")
                 pattern = re.compile(item["pattern"])
-                if "case" not in pattern.groupindex and not item.get("case"):
+                if "case" not in pattern.groupindex and not item.get("case") and item["role"] != "unmatched":
                     raise RuleFileError(f"{path.name}: rule for {item['role']} names no case")
+                if item.get("key") not in (None, "level"):
+                    raise RuleFileError(f"{path.name}: unknown key kind {item['key']!r}")
                 rules.append(NamingRule(spec["convention"], spec["labels"], item["role"], pattern,
-                                        item.get("case"), path.name))
+                                        item.get("case"), path.name, spec.get("case_format"), item.get("key")))
         except (KeyError, TypeError, re.error) as exc:
             raise RuleFileError(f"{path}: malformed naming rule ({exc})") from exc
     return rules
@@ -68,8 +73,35 @@ def classify(relpath: str, rules: list[NamingRule]) -> tuple[NamingRule, str, st
     """
     for rule in rules:
         m = rule.pattern.search(relpath)
-        if m:
-            raw = m.group("case") if "case" in rule.pattern.groupindex else rule.case
-            key = f"{rule.role}:{m.group('key')}" if "key" in rule.pattern.groupindex else rule.role
-            return rule, canonical_case_id(raw), key
+        if not m:
+            continue
+        if rule.role == "unmatched":
+            return None
+        raw = m.group("case") if "case" in rule.pattern.groupindex else rule.case
+        if rule.case_format:
+            raw = rule.case_format.format(case=raw)
+        key = rule.role
+        if "key" in rule.pattern.groupindex:
+            value = m.group("key")
+            if rule.key_kind == "level":
+                value = canonical_level(value)
+                if value is None:
+                    return None  # a level nobody can read: listed as unmatched, not guessed
+            key = f"{rule.role}:{value}"
+        return rule, canonical_case_id(raw), key
     return None
+
+
+_LEVEL = re.compile(r"^(cervical|thoracic|lumbar|sacral|c|t|l|s)[-_ ]?0*(\d{1,2})$", re.IGNORECASE)
+_LEVEL_NAMES = {"C": 7, "T": 13, "L": 6}
+
+
+def canonical_level(raw: str) -> str | None:
+    """'L1', 'l2', 'L-3', 'Lumbar3', 'T12', 's1' -> canonical level names; None if not a level."""
+    m = _LEVEL.match(raw.strip())
+    if not m:
+        return None
+    letter, number = m.group(1)[0].upper(), int(m.group(2))
+    if letter == "S":
+        return "S1" if number == 1 else None
+    return f"{letter}{number}" if 1 <= number <= _LEVEL_NAMES[letter] else None

@@ -11,7 +11,7 @@ from pipelines.io.volumes import read_image
 from pipelines.ops.orient import Volume, sitk_from_volume, volume_from_sitk, voxel_to_world
 from pipelines.ops.resample import resample_labels, target_grid
 from pipelines.preprocess import prepare_case
-from tests.conftest import make_affine, synthetic_spine, write_ctspine_case, write_volume
+from tests.conftest import make_affine, synthetic_spine, write_ctspine_case, write_dicom_series, write_volume
 
 
 def test_linear_argmax_keeps_every_label_and_agrees_with_nearest_in_the_interior():
@@ -74,28 +74,11 @@ def test_the_same_case_gives_identical_samples_every_time(tmp_path, tiny_config)
                 np.testing.assert_array_equal(fa[key][name][()], fb[key][name][()])
 
 
-def _write_dicom_series(folder, volume: np.ndarray, spacing, reverse_names: bool):
-    folder.mkdir(parents=True)
-    nz = volume.shape[0]
-    for k in range(nz):
-        sl = sitk.GetImageFromArray(volume[k:k + 1].astype(np.int16))
-        writer = sitk.ImageFileWriter()
-        writer.KeepOriginalImageUIDOn()
-        for tag, value in {"0008|0060": "CT", "0020|000d": "1.2.3", "0020|000e": "1.2.3.4",
-                           "0020|0037": "1\\0\\0\\0\\1\\0", "0020|0032": f"0\\0\\{k * spacing[2]}",
-                           "0020|0013": str(k + 1), "0028|0030": f"{spacing[1]}\\{spacing[0]}",
-                           "0018|0050": str(spacing[2]), "0010|0010": "Doe^Jane"}.items():
-            sl.SetMetaData(tag, value)
-        name = f"{(nz - 1 - k) if reverse_names else k:03d}.dcm"
-        writer.SetFileName(str(folder / name))
-        writer.Execute(sl)
-
-
 def test_a_dicom_series_with_reversed_file_order_reads_in_world_order(tmp_path):
     vol = np.zeros((6, 8, 8), np.int16)  # (slices, rows, columns)
     vol[1, 2, 3] = 1000  # a marker in the second slice (z = 2.5 mm)
-    _write_dicom_series(tmp_path / "fwd", vol, (0.5, 0.5, 2.5), reverse_names=False)
-    _write_dicom_series(tmp_path / "rev", vol, (0.5, 0.5, 2.5), reverse_names=True)
+    write_dicom_series(tmp_path / "fwd", vol, (0.5, 0.5, 2.5), reverse_names=False)
+    write_dicom_series(tmp_path / "rev", vol, (0.5, 0.5, 2.5), reverse_names=True)
     worlds = []
     for name in ("fwd", "rev"):
         v = volume_from_sitk(read_image(tmp_path / name))
