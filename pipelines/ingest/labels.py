@@ -77,8 +77,12 @@ def translate(mask: np.ndarray, lut: dict[int, int], ignored: set[int]) -> tuple
     return table[mask.astype(np.int64)], unknown
 
 
+@lru_cache(maxsize=1)
+def _structure_levels() -> dict[str, str]:
+    names = pd.read_csv(SCHEMA_DIR / "labels" / "totalsegmentator_names.csv")
+    return dict(zip(names.structure, names.level))
+
+
 def structure_level(name: str) -> str | None:
     """Canonical level of a TotalSegmentator structure name (vertebrae_L1 -> L1), None otherwise."""
-    names = pd.read_csv(SCHEMA_DIR / "labels" / "totalsegmentator_names.csv")
-    hit = names.loc[names.structure == name, "level"]
-    return None if hit.empty else str(hit.iloc[0])
+    return _structure_levels().get(name)
