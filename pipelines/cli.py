@@ -40,6 +40,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for cases.parquet, cases.csv and ingest.json")
     p.add_argument("--config", default=None, help="build config YAML for QC thresholds")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--materialize", default=None, metavar="DIR",
+                   help="also write DIR/<case>/<role>.<ext> links to the accepted cases' files")
     p = sub.add_parser("inspect", help="summarise a published version")
     p.add_argument("dir")
     p.add_argument("--json", action="store_true")
@@ -113,7 +115,8 @@ def cmd_demo(args) -> int:
 def cmd_ingest(args) -> int:
     from pipelines.ingest.report import run_ingest
 
-    summary = run_ingest([Path(p) for p in args.inputs], Path(args.out), args.config)
+    summary = run_ingest([Path(p) for p in args.inputs], Path(args.out), args.config,
+                         Path(args.materialize) if args.materialize else None)
     print(json.dumps(summary, indent=2) if args.json else summary["text"])
     return 0
 

@@ -125,6 +125,12 @@ class QCConfig(_Strict):
     spacing_range_mm: tuple[float, float] = (0.1, 10.0)
 
 
+class IngestConfig(_Strict):
+    # case ids: from file names (rules), or a salted hash of that name (pseudonymous ids)
+    case_ids: Literal["names", "salted_hash"] = "names"
+    salt_env: str = "SPINEFORGE_CASE_SALT"  # environment variable holding the salt (never written out)
+
+
 class ShardConfig(_Strict):
     target_bytes: int = Field(1_000_000_000, gt=0)  # about this many uncompressed bytes per shard
     min_shards: int = Field(2, ge=1)  # per product (when it has enough samples): one per reader worker
@@ -144,6 +150,7 @@ class BuildConfig(_Strict):
     attenuation: AttenuationConfig = AttenuationConfig()
     splits: SplitConfig = SplitConfig()
     qc: QCConfig = QCConfig()
+    ingest: IngestConfig = IngestConfig()
     shards: ShardConfig = ShardConfig()
 
     def canonical_json(self) -> str:

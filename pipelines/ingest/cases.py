@@ -1,11 +1,13 @@
 """Step 1 as a table: discovered cases with hashes, splits, duplicates and missing roles."""
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipelines.ingest.discover import CaseFiles, Discovery, discover
+from pipelines.ingest.discover import CaseFiles, Discovery, InputError, discover
 from pipelines.io.volumes import combined_hash, sha256_file
 from pipelines.ops.sampling import assign_split
 from schemas.config import BuildConfig
@@ -45,8 +47,25 @@ def _row(case: CaseFiles, hashes: dict[str, str]) -> dict:
     }
 
 
+def salted_case_id(name: str, salt: str) -> str:
+    """A pseudonymous case id: stable for one salt, not reversible without it."""
+    return "case-" + hashlib.sha256(f"{salt}\0{name}".encode()).hexdigest()[:16]
+
+
+def _pseudonymise(discovery: Discovery, config: BuildConfig) -> None:
+    if config.ingest.case_ids != "salted_hash":
+        return
+    salt = os.environ.get(config.ingest.salt_env, "")
+    if not salt:
+        raise InputError(f"ingest.case_ids is salted_hash but ${config.ingest.salt_env} is not set")
+    for case in discovery.cases:
+        case.case_id = salted_case_id(case.case_id, salt)
+    discovery.cases.sort(key=lambda c: c.case_id)
+
+
 def ingest_inputs(roots: list[Path], config: BuildConfig) -> IngestResult:
     discovery = discover(roots)
+    _pseudonymise(discovery, config)
     jobs, rows, seen_ct = [], {}, {}
     for case in discovery.cases:
         hashes = {role: sha256_file(p) for role, p in sorted(case.files.items())}

@@ -12,7 +12,32 @@ from schemas.config import load_config
 from schemas.manifest import CASES_COLUMNS, CASES_CSV, CASES_PARQUET, QC_ACCEPTED, QC_QUARANTINED
 
 
-def run_ingest(roots: list[Path], out: Path, config_path: str | None = None) -> dict:
+def _suffix(path: Path) -> str:
+    name = path.name
+    if path.is_dir():
+        return ".dicom"
+    return ".nii.gz" if name.lower().endswith(".nii.gz") else path.suffix
+
+
+def materialize(result, accepted: set[str], target: Path) -> int:
+    """A normalised tree of symbolic links: TARGET/<case>/<role>[_<key>]<ext> -> the source file."""
+    links = 0
+    for job in result.jobs:
+        if job.case.case_id not in accepted:
+            continue
+        folder = target / job.case.case_id
+        folder.mkdir(parents=True, exist_ok=True)
+        for key, source in sorted(job.case.files.items()):
+            link = folder / (key.replace(":", "_") + _suffix(source))
+            if link.is_symlink() or link.exists():
+                link.unlink()
+            link.symlink_to(source.resolve(), target_is_directory=source.is_dir())
+            links += 1
+    return links
+
+
+def run_ingest(roots: list[Path], out: Path, config_path: str | None = None,
+               materialize_dir: Path | None = None) -> dict:
     config = load_config(config_path)
     result = ingest_inputs(roots, config)
     for job in result.jobs:
@@ -38,6 +63,10 @@ def run_ingest(roots: list[Path], out: Path, config_path: str | None = None) -> 
         .to_dict("records"),
         "out": str(out),
     }
+    if materialize_dir is not None:
+        accepted = set(cases.loc[cases.qc_status == QC_ACCEPTED, "case_id"])
+        summary["materialized"] = {"dir": str(materialize_dir),
+                                   "links": materialize(result, accepted, Path(materialize_dir))}
     (out / "ingest.json").write_text(json.dumps(summary, indent=2))
     lines = [f"{summary['cases']} cases: {summary['accepted']} accepted, {summary['quarantined']} quarantined "
              f"({summary['duplicates']} duplicates); {len(summary['unmatched_files'])} unmatched files"]
@@ -45,5 +74,7 @@ def run_ingest(roots: list[Path], out: Path, config_path: str | None = None) -> 
     lines += [f"  unmatched {p}" for p in summary["unmatched_files"]]
     lines += [f"  {p['reason']} {p['path']}: {p['message']}" for p in summary["problems"]]
     lines.append(f"wrote {out / CASES_PARQUET} and {out / CASES_CSV}")
+    if "materialized" in summary:
+        lines.append(f"materialized {summary['materialized']['links']} links under {materialize_dir}")
     summary["text"] = "\n".join(lines)
     return summary

@@ -65,3 +65,34 @@ def test_a_vertebra_crop_outside_its_case_is_quarantined(tmp_path, tiny_config):
     result = process_case(job.case, tiny_config, job.split, tmp_path / "stage")
     assert result.qc_reason == "vertebra_mismatch" and "Patient008_L1" in result.qc_message
     assert json.loads(ingest.rows["patient-007"]["source_paths"])["vertebra_ct:L3"] == "Vertebra/P007_Lumbar3.nii.gz"
+
+
+def test_salted_case_ids_hide_names_and_are_stable(tmp_path, tiny_config, monkeypatch):
+    from pipelines.ingest.cases import salted_case_id
+    from pipelines.ingest.discover import InputError
+
+    root = _lab_tree(tmp_path)
+    cfg = tiny_config.model_copy(update={"ingest": tiny_config.ingest.model_copy(update={"case_ids": "salted_hash"})})
+    with pytest.raises(InputError, match="SPINEFORGE_CASE_SALT"):
+        ingest_inputs([root], cfg)
+    monkeypatch.setenv("SPINEFORGE_CASE_SALT", "s3cret")
+    ids = sorted(ingest_inputs([root], cfg).rows)
+    assert ids == sorted(salted_case_id(n, "s3cret") for n in ("patient-007", "patient-008"))
+    assert all(i.startswith("case-") and "patient" not in i for i in ids)
+    assert ids == sorted(ingest_inputs([root], cfg).rows)  # stable
+    assert salted_case_id("patient-007", "other") not in ids
+
+
+def test_ingest_materializes_a_canonical_tree(tmp_path):
+    from pipelines.ingest.report import run_ingest
+
+    root = _lab_tree(tmp_path / "in")
+    summary = run_ingest([root], tmp_path / "out", materialize_dir=tmp_path / "tree")
+    assert summary["accepted"] == 1 and summary["quarantined"] == 1  # patient-008: vertebra_mismatch
+    tree = tmp_path / "tree" / "patient-007"
+    assert sorted(p.name for p in tree.iterdir()) == [
+        "ct.nii.gz", "mask.nii.gz", "vertebra_ct_L1.nii.gz", "vertebra_ct_L3.nii.gz", "vertebra_ct_T12.mha",
+        "vertebra_mask_L2.nii"]
+    assert (tree / "ct.nii.gz").resolve() == (root / "CT" / "Patient_007.nii.gz").resolve()
+    assert not (tmp_path / "tree" / "patient-008").exists()
+    assert (tmp_path / "out" / "cases.parquet").is_file()
