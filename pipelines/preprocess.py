@@ -91,9 +91,9 @@ def _merge_structure_masks(case: CaseFiles, ct_img: sitk.Image, config: BuildCon
     return out
 
 
-def _check_vertebra_files(case: CaseFiles, ct_img: sitk.Image) -> None:
+def check_vertebra_files(case: CaseFiles, ct_affine: np.ndarray, ct_shape) -> None:
     """Single-vertebra crops and masks must lie inside their case's CT (headers only, no voxels)."""
-    ct_corners = corners_world(affine_from_sitk(ct_img), ct_img.GetSize())
+    ct_corners = corners_world(ct_affine, tuple(ct_shape))
     lo, hi = ct_corners.min(0) - 1.0, ct_corners.max(0) + 1.0
     for role in ("vertebra_ct", "vertebra_mask"):
         for level, path in case.keyed(role).items():
@@ -129,7 +129,7 @@ def prepare_case(case: CaseFiles, config: BuildConfig) -> PreparedCase:
         raise QCError("non_finite", f"CT holds {ct_nonfinite} non-finite voxels")
     check_geometry(affine_from_sitk(ct_img), config.qc.spacing_range_mm, "CT")
     check_ct_values(sitk.GetArrayViewFromImage(ct_img), config.qc.hu_range)
-    _check_vertebra_files(case, ct_img)
+    check_vertebra_files(case, affine_from_sitk(ct_img), ct_img.GetSize())
     if "mask" in case.files:
         labels_img = _multilabel_mask(case, ct_img, config)
     else:

@@ -63,12 +63,19 @@ def _pseudonymise(discovery: Discovery, config: BuildConfig) -> None:
     discovery.cases.sort(key=lambda c: c.case_id)
 
 
-def ingest_inputs(roots: list[Path], config: BuildConfig) -> IngestResult:
+def hash_files(cases: list[CaseFiles]) -> dict[str, dict[str, str]]:
+    """sha256 of every file of every case (the build's ingest: content hashes only)."""
+    return {c.case_id: {role: sha256_file(p) for role, p in sorted(c.files.items())} for c in cases}
+
+
+def ingest_inputs(roots: list[Path], config: BuildConfig, hasher=hash_files) -> IngestResult:
+    """Discover, hash (through `hasher`, which may also check), flag duplicates and missing roles, split."""
     discovery = discover(roots)
     _pseudonymise(discovery, config)
+    all_hashes = hasher(discovery.cases)
     jobs, rows, seen_ct = [], {}, {}
     for case in discovery.cases:
-        hashes = {role: sha256_file(p) for role, p in sorted(case.files.items())}
+        hashes = dict(sorted(all_hashes[case.case_id].items()))
         row = rows[case.case_id] = _row(case, hashes)
         has_mask = "mask" in case.files or bool(case.keyed("structure_mask"))
         missing = [r for r, ok in (("ct", "ct" in case.files), ("mask", has_mask)) if not ok]

@@ -2,12 +2,17 @@
 from __future__ import annotations
 
 import json
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from pipelines.ingest.cases import ingest_inputs
+from pipelines.ingest.check import check_case
+from pipelines.ingest.discover import CaseFiles
 from pipelines.ingest.qc import QCError
 from pipelines.io.publish import table
-from pipelines.preprocess import prepare_case
+from pipelines.io.volumes import sha256_file
 from schemas.config import load_config
 from schemas.manifest import CASES_COLUMNS, CASES_CSV, CASES_PARQUET, QC_ACCEPTED, QC_QUARANTINED
 
@@ -36,18 +41,40 @@ def materialize(result, accepted: set[str], target: Path) -> int:
     return links
 
 
+def _check_all(cases: list[CaseFiles], config, outcomes: dict, workers: int) -> dict[str, dict[str, str]]:
+    """Hash and check every case in one pass per file, `workers` cases at a time."""
+    def one(case: CaseFiles):
+        if "ct" not in case.files or not ("mask" in case.files or case.keyed("structure_mask")):
+            return case.case_id, {k: sha256_file(p) for k, p in case.files.items()}, None
+        try:
+            hashes, info = check_case(case, config)
+            return case.case_id, hashes, info
+        except QCError as exc:
+            hashes = {k: exc.hashes.get(k) or sha256_file(p) for k, p in case.files.items()}
+            return case.case_id, hashes, exc
+
+    all_hashes = {}
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for case_id, hashes, outcome in pool.map(one, cases):
+            all_hashes[case_id] = hashes
+            outcomes[case_id] = outcome
+    return all_hashes
+
+
 def run_ingest(roots: list[Path], out: Path, config_path: str | None = None,
-               materialize_dir: Path | None = None) -> dict:
+               materialize_dir: Path | None = None, workers: int | None = None) -> dict:
     config = load_config(config_path)
-    result = ingest_inputs(roots, config)
+    outcomes: dict = {}
+    started = time.perf_counter()
+    result = ingest_inputs(roots, config, hasher=lambda cases: _check_all(cases, config, outcomes,
+                                                                         workers or os.cpu_count() or 1))
     for job in result.jobs:
         row = result.rows[job.case.case_id]
-        try:
-            prepared = prepare_case(job.case, config)
-        except QCError as exc:
-            row.update(qc_status=QC_QUARANTINED, qc_reason=exc.reason, qc_message=exc.message)
-            continue
-        row.update(prepared.info, qc_status=QC_ACCEPTED)
+        outcome = outcomes[job.case.case_id]
+        if isinstance(outcome, QCError):
+            row.update(qc_status=QC_QUARANTINED, qc_reason=outcome.reason, qc_message=outcome.message)
+        else:
+            row.update(outcome, qc_status=QC_ACCEPTED)
     cases = table(list(result.rows.values()), CASES_COLUMNS)
     out.mkdir(parents=True, exist_ok=True)
     cases.to_parquet(out / CASES_PARQUET, index=False)
@@ -62,6 +89,7 @@ def run_ingest(roots: list[Path], out: Path, config_path: str | None = None,
         "quarantine": cases.loc[cases.qc_status == QC_QUARANTINED, ["case_id", "qc_reason", "qc_message"]]
         .to_dict("records"),
         "out": str(out),
+        "seconds": round(time.perf_counter() - started, 3),
     }
     if materialize_dir is not None:
         accepted = set(cases.loc[cases.qc_status == QC_ACCEPTED, "case_id"])
@@ -69,7 +97,8 @@ def run_ingest(roots: list[Path], out: Path, config_path: str | None = None,
                                    "links": materialize(result, accepted, Path(materialize_dir))}
     (out / "ingest.json").write_text(json.dumps(summary, indent=2))
     lines = [f"{summary['cases']} cases: {summary['accepted']} accepted, {summary['quarantined']} quarantined "
-             f"({summary['duplicates']} duplicates); {len(summary['unmatched_files'])} unmatched files"]
+             f"({summary['duplicates']} duplicates); {len(summary['unmatched_files'])} unmatched files "
+             f"[{summary['seconds']:.1f} s]"]
     lines += [f"  quarantined {q['case_id']}: {q['qc_reason']} ({q['qc_message']})" for q in summary["quarantine"]]
     lines += [f"  unmatched {p}" for p in summary["unmatched_files"]]
     lines += [f"  {p['reason']} {p['path']}: {p['message']}" for p in summary["problems"]]

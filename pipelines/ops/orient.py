@@ -55,8 +55,8 @@ def axis_codes(affine: np.ndarray) -> str:
     return "".join(codes)
 
 
-def affine_from_sitk(image: sitk.Image) -> np.ndarray:
-    """Voxel index -> RAS mm affine of a SimpleITK image."""
+def affine_from_sitk(image) -> np.ndarray:
+    """Voxel index -> RAS mm affine of a SimpleITK image (or an ImageFileReader after ReadImageInformation)."""
     direction = np.asarray(image.GetDirection(), dtype=float).reshape(3, 3)
     spacing = np.asarray(image.GetSpacing(), dtype=float)
     origin = np.asarray(image.GetOrigin(), dtype=float)

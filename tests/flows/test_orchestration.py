@@ -93,10 +93,12 @@ def test_every_build_leaves_prefect_artifacts(tmp_path):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-    run_build(small_config(), [str(collection(tmp_path / "in", n=1))], str(tmp_path / "out"))
+    summary = run_build(small_config(), [str(collection(tmp_path / "in", n=1))], str(tmp_path / "out"))
     with get_client(sync_client=True) as client:
         found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["spineforge-build-report"])))
-    assert found and "Quarantined cases: 0" in found[-1].data
+    # other builds of this session share the key: pick this build's report by its unique folder
+    mine = [a for a in found if summary.version_dir in a.data]
+    assert len(mine) == 1 and "Quarantined cases: 0" in mine[0].data and summary.build_id in mine[0].data
 
 
 def test_unwritable_output_fails_early_with_nothing_written(tmp_path):
