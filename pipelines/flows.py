@@ -161,12 +161,15 @@ def build_dataset(config: BuildConfig, inputs: list[str], out: str, version: str
                         time.perf_counter() - started, cached)
 
 
-def worker_memory_limit(workers: int, largest_voxels_1mm: int) -> int:
-    """Bytes per Dask worker: ~40 B per 1 mm voxel of the largest case plus 1 GB, capped by RAM/N."""
+def worker_memory_limit(workers: int) -> int:
+    """Bytes per local Dask worker: an equal share of the machine's RAM.
+
+    (A whole 1 mm chest CT case peaks at about 1.6 GB; cases are only known once the flow runs,
+    after the cluster has started, so the limit cannot be sized from the largest case here.)
+    """
     import psutil
 
-    need = 40 * largest_voxels_1mm + (1 << 30)
-    return int(min(max(need, 2 << 30), psutil.virtual_memory().total // workers))
+    return int(psutil.virtual_memory().total // workers)
 
 
 def task_runner_for(workers: int, dask_address: str | None, memory_limit: int | None = None):
@@ -209,7 +212,7 @@ def run_build(config: BuildConfig, inputs: list[str], out: str, version: str | N
     parallel = workers > 1 or dask_address is not None
     # several worker processes on one machine: one torch thread each, so they do not oversubscribe
     threads = threads_per_worker or (max(1, (os.cpu_count() or 1) // workers) if parallel else None)
-    memory = worker_memory_limit(workers, 400 ** 3) if workers > 1 and not dask_address else None
+    memory = worker_memory_limit(workers) if workers > 1 and not dask_address else None
     runner = task_runner_for(workers, dask_address, memory)
     return build_dataset.with_options(task_runner=runner)(
         config=config, inputs=[str(p) for p in inputs], out=str(out), version=version,

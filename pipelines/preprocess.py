@@ -12,9 +12,10 @@ from pipelines.ingest.discover import CaseFiles
 from pipelines.ingest.labels import (id_to_level, level_id, order_cranial_to_caudal, source_lookup,
                                      structure_level, translate)
 from pipelines.ingest.qc import QCError, check_ct_values, check_geometry, check_levels
-from pipelines.io.volumes import VolumeReadError, read_checked
+from pipelines.io.volumes import VolumeReadError, read_checked, read_geometry
 from pipelines.ops.orient import Volume, affine_from_sitk, axis_codes, volume_from_sitk
-from pipelines.ops.resample import corners_world, resample_labels, resample_onto, target_grid
+from pipelines.ops.resample import (corners_world, grids_overlap, resample_labels, resample_onto, same_grid,
+                                    target_grid)
 from schemas.config import BuildConfig
 
 
@@ -24,8 +25,8 @@ class PreparedCase:
     ct: Volume  # int16 HU on the canonical grid
     labels: Volume  # uint8 canonical level ids on the same grid
     levels: list[str]  # present levels, cranial -> caudal
-    info: dict = field(default_factory=dict)
-    cut_levels: frozenset[str] = frozenset()  # levels touching the border of the scanned volume  # shape/spacing/orientation as stored, for cases table
+    info: dict = field(default_factory=dict)  # shape/spacing/orientation as stored, for the cases table
+    cut_levels: frozenset[str] = frozenset()  # levels touching the border of the scanned volume
 
 
 def _read(case: CaseFiles, role: str) -> tuple[sitk.Image, int]:
@@ -39,34 +40,37 @@ def _read(case: CaseFiles, role: str) -> tuple[sitk.Image, int]:
         raise QCError("unreadable", f"{rel}: {exc.reason}") from exc
 
 
-def _overlaps(a: sitk.Image, b: sitk.Image) -> bool:
-    """Do the physical boxes of two images intersect?"""
-    ca = corners_world(affine_from_sitk(a), a.GetSize())
-    cb = corners_world(affine_from_sitk(b), b.GetSize())
-    return bool(np.all(ca.max(0) >= cb.min(0)) and np.all(cb.max(0) >= ca.min(0)))
-
-
-def _same_grid(a: sitk.Image, b: sitk.Image) -> bool:
-    return a.GetSize() == b.GetSize() and np.allclose(affine_from_sitk(a), affine_from_sitk(b), atol=1e-3)
-
-
 def _onto_ct(labels_img: sitk.Image, ct_img: sitk.Image, what: str) -> sitk.Image:
     """A label image on the CT grid: different voxel order or grid is resolved by world position."""
-    if _same_grid(ct_img, labels_img):
+    ct_affine, lab_affine = affine_from_sitk(ct_img), affine_from_sitk(labels_img)
+    if same_grid(ct_affine, ct_img.GetSize(), lab_affine, labels_img.GetSize()):
         return labels_img
-    if not _overlaps(ct_img, labels_img):
+    if not grids_overlap(ct_affine, ct_img.GetSize(), lab_affine, labels_img.GetSize()):
         raise QCError("grid_mismatch", f"CT and {what} do not overlap in world coordinates")
-    return resample_onto(labels_img, affine_from_sitk(ct_img), ct_img.GetSize(), "nearest", 0)
+    return resample_onto(labels_img, ct_affine, ct_img.GetSize(), "nearest", 0)
+
+
+def canonical_mask(case: CaseFiles, mask: np.ndarray) -> np.ndarray:
+    """The case's multi-label mask in canonical level ids; ids no table names are quarantined."""
+    lut, ignored = source_lookup(case.labels, case.files.get("structures"))
+    canonical, unknown = translate(mask, lut, ignored)
+    if unknown:
+        raise QCError("unknown_labels", f"mask ids {sorted(unknown)} are not in the {case.labels} table")
+    return canonical
+
+
+def levels_present(labels: np.ndarray, min_vertebrae: int) -> tuple[list[str], frozenset[str]]:
+    """(levels cranial -> caudal, levels cut by the volume border) of a canonical label array."""
+    names = id_to_level()
+    levels = order_cranial_to_caudal([names[i] for i in np.unique(labels).tolist() if i in names])
+    check_levels(levels, min_vertebrae)
+    return levels, frozenset(names[i] for i in touching_border(labels) if i in names)
 
 
 def _multilabel_mask(case: CaseFiles, ct_img: sitk.Image, config: BuildConfig) -> sitk.Image:
     mask_img, _ = _read(case, "mask")
     check_geometry(affine_from_sitk(mask_img), config.qc.spacing_range_mm, "mask")
-    lut, ignored = source_lookup(case.labels, case.files.get("structures"))
-    canonical, unknown = translate(sitk.GetArrayViewFromImage(mask_img), lut, ignored)
-    if unknown:
-        raise QCError("unknown_labels", f"mask ids {sorted(unknown)} are not in the {case.labels} table")
-    labels_img = sitk.GetImageFromArray(canonical)
+    labels_img = sitk.GetImageFromArray(canonical_mask(case, sitk.GetArrayViewFromImage(mask_img)))
     labels_img.CopyInformation(mask_img)
     return _onto_ct(labels_img, ct_img, "mask")
 
@@ -97,34 +101,29 @@ def check_vertebra_files(case: CaseFiles, ct_affine: np.ndarray, ct_shape) -> No
     lo, hi = ct_corners.min(0) - 1.0, ct_corners.max(0) + 1.0
     for role in ("vertebra_ct", "vertebra_mask"):
         for level, path in case.keyed(role).items():
-            reader = sitk.ImageFileReader()
-            reader.SetFileName(str(path))
             try:
-                reader.ReadImageInformation()
-            except RuntimeError as exc:
-                raise QCError("unreadable", f"{path.relative_to(case.root).as_posix()}: unreadable header") from exc
-            info = sitk.Image(1, 1, 1, sitk.sitkUInt8)
-            info.SetSpacing(reader.GetSpacing())
-            info.SetOrigin(reader.GetOrigin())
-            info.SetDirection(reader.GetDirection())
-            corners = corners_world(affine_from_sitk(info), reader.GetSize())
+                affine, size = read_geometry(path)
+            except VolumeReadError as exc:
+                raise QCError("unreadable", f"{path.relative_to(case.root).as_posix()}: {exc.reason}") from exc
+            corners = corners_world(affine, size)
             if np.any(corners.min(0) < lo) or np.any(corners.max(0) > hi):
                 raise QCError("vertebra_mismatch", f"{path.relative_to(case.root).as_posix()} ({level}) lies "
                                                    f"outside the CT of case {case.case_id}")
 
 
-def stored_info(image: sitk.Image) -> dict:
+def stored_info(affine: np.ndarray, shape) -> dict:
+    """Cases-table fields of a CT as stored: shape, spacing, orientation."""
     return {
-        "shape": json.dumps(list(image.GetSize())),
-        "spacing": json.dumps([round(s, 6) for s in image.GetSpacing()]),
-        "orientation": axis_codes(affine_from_sitk(image)),
+        "shape": json.dumps([int(n) for n in shape]),
+        "spacing": json.dumps([round(float(x), 6) for x in np.linalg.norm(affine[:3, :3], axis=0)]),
+        "orientation": axis_codes(affine),
     }
 
 
 def prepare_case(case: CaseFiles, config: BuildConfig) -> PreparedCase:
     """Read, check, translate and resample one case; raises QCError for quarantinable problems."""
     ct_img, ct_nonfinite = _read(case, "ct")
-    info = stored_info(ct_img)
+    info = stored_info(affine_from_sitk(ct_img), ct_img.GetSize())
     if ct_nonfinite:
         raise QCError("non_finite", f"CT holds {ct_nonfinite} non-finite voxels")
     check_geometry(affine_from_sitk(ct_img), config.qc.spacing_range_mm, "CT")
@@ -135,17 +134,14 @@ def prepare_case(case: CaseFiles, config: BuildConfig) -> PreparedCase:
     else:
         labels_img = _merge_structure_masks(case, ct_img, config)
 
-    names = id_to_level()
-    present = [names[i] for i in np.unique(sitk.GetArrayViewFromImage(labels_img)).tolist() if i in names]
-    cut = frozenset(names[i] for i in touching_border(sitk.GetArrayViewFromImage(labels_img)) if i in names)
-    levels = order_cranial_to_caudal(present)
-    check_levels(levels, config.qc.min_vertebrae)
+    levels, cut = levels_present(sitk.GetArrayViewFromImage(labels_img), config.qc.min_vertebrae)
 
     rs = config.resample
     affine, shape = target_grid(affine_from_sitk(ct_img), ct_img.GetSize(), rs.spacing_mm, rs.orientation)
     ct_rs = resample_onto(sitk.Cast(ct_img, sitk.sitkFloat32), affine, shape, rs.ct_interpolator, rs.ct_pad_hu)
     lab_rs = resample_labels(labels_img, affine, shape, rs.label_interpolator)
     kept = set(np.unique(sitk.GetArrayViewFromImage(lab_rs)).tolist())
+    names = id_to_level()
     lost = [names[i] for i in np.unique(sitk.GetArrayViewFromImage(labels_img)).tolist() if i and i not in kept]
     if lost:
         raise QCError("label_lost", f"levels {lost} vanished when resampling to {rs.spacing_mm} mm")

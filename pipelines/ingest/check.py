@@ -14,15 +14,14 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import SimpleITK as sitk
 
 from pipelines.ingest.discover import CaseFiles
-from pipelines.ingest.labels import id_to_level, level_id, order_cranial_to_caudal, source_lookup, structure_level, translate
-from pipelines.ingest.qc import QCError, check_ct_values, check_geometry, check_levels
-from pipelines.io.volumes import VolumeReadError, is_nifti, read_image, sha256_file
-from pipelines.ops.orient import Volume, affine_from_sitk, axis_codes, sitk_from_volume, volume_from_sitk
-from pipelines.ops.resample import corners_world, resample_onto
-from pipelines.preprocess import check_vertebra_files, touching_border
+from pipelines.ingest.labels import level_id, structure_level
+from pipelines.ingest.qc import QCError, check_ct_values, check_geometry
+from pipelines.io.volumes import VolumeReadError, is_nifti, read_geometry, read_image, sha256_file
+from pipelines.ops.orient import Volume, sitk_from_volume, volume_from_sitk
+from pipelines.ops.resample import grids_overlap, resample_onto, same_grid
+from pipelines.preprocess import canonical_mask, check_vertebra_files, levels_present, stored_info
 from schemas.config import BuildConfig
 
 
@@ -52,21 +51,10 @@ def load_once(path: Path) -> Loaded:
                 nib.wrapstruct.WrapStructError) as exc:
             raise VolumeReadError(path, f"truncated or corrupt NIfTI ({str(exc)[:120]})") from exc
         # geometry as SimpleITK (and so the build) reads it: qform/sform rules differ between readers
-        volume = Volume(array, affine_from_sitk(_header(path)))
+        volume = Volume(array, read_geometry(path)[0])
     array = volume.array
     nonfinite = int(array.size - np.count_nonzero(np.isfinite(array))) if array.dtype.kind == "f" else 0
     return Loaded(sha, volume, nonfinite)
-
-
-def _header(path: Path):
-    """SimpleITK's view of a file's geometry, from its header alone (no voxels)."""
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError as exc:
-        raise VolumeReadError(Path(path), "unreadable header") from exc
-    return reader
 
 
 def _load(case: CaseFiles, key: str) -> Loaded:
@@ -76,16 +64,11 @@ def _load(case: CaseFiles, key: str) -> Loaded:
         raise QCError("unreadable", f"{case.files[key].relative_to(case.root).as_posix()}: {exc.reason}") from exc
 
 
-def _same_grid(a: Volume, b: Volume) -> bool:
-    return a.array.shape == b.array.shape and np.allclose(a.affine, b.affine, atol=1e-3)
-
-
 def _onto(labels: Volume, ct: Volume, what: str) -> np.ndarray:
     """Labels on the CT grid: as they are when the grids agree, else resampled by world position."""
-    if _same_grid(labels, ct):
+    if same_grid(labels.affine, labels.array.shape, ct.affine, ct.array.shape):
         return labels.array
-    a, b = corners_world(ct.affine, ct.array.shape), corners_world(labels.affine, labels.array.shape)
-    if not (np.all(a.max(0) >= b.min(0)) and np.all(b.max(0) >= a.min(0))):
+    if not grids_overlap(ct.affine, ct.array.shape, labels.affine, labels.array.shape):
         raise QCError("grid_mismatch", f"CT and {what} do not overlap in world coordinates")
     moved = resample_onto(sitk_from_volume(labels), ct.affine, ct.array.shape, "nearest", 0)
     return volume_from_sitk(moved).array
@@ -106,10 +89,7 @@ def check_case(case: CaseFiles, config: BuildConfig) -> tuple[dict[str, str], di
             mask = _load(case, "mask")
             hashes["mask"] = mask.sha256
             check_geometry(mask.volume.affine, config.qc.spacing_range_mm, "mask")
-            lut, ignored = source_lookup(case.labels, case.files.get("structures"))
-            canonical, unknown = translate(np.asarray(mask.volume.array), lut, ignored)
-            if unknown:
-                raise QCError("unknown_labels", f"mask ids {sorted(unknown)} are not in the {case.labels} table")
+            canonical = canonical_mask(case, np.asarray(mask.volume.array))
             labels = _onto(Volume(canonical, mask.volume.affine), ct.volume, "mask")
         for name in case.keyed("structure_mask"):
             part = _load(case, f"structure_mask:{name}")
@@ -122,14 +102,9 @@ def check_case(case: CaseFiles, config: BuildConfig) -> tuple[dict[str, str], di
             if key not in hashes:
                 hashes[key] = sha256_file(path)
         check_vertebra_files(case, ct.volume.affine, ct.volume.array.shape)
-        names = id_to_level()
-        levels = order_cranial_to_caudal([names[i] for i in np.unique(labels).tolist() if i in names])
-        check_levels(levels, config.qc.min_vertebrae)
-        cut = sorted(names[i] for i in touching_border(labels) if i in names)
-        return hashes, {"shape": str(list(ct.volume.array.shape)),
-                        "spacing": str([round(float(s), 6) for s in ct.volume.spacing]),
-                        "orientation": axis_codes(ct.volume.affine), "levels": ",".join(levels),
-                        "cut_levels": ",".join(cut)}
+        levels, cut = levels_present(labels, config.qc.min_vertebrae)
+        return hashes, stored_info(ct.volume.affine, ct.volume.array.shape) | {
+            "levels": ",".join(levels), "cut_levels": ",".join(sorted(cut))}
     except QCError as exc:
         exc.hashes = hashes
         raise

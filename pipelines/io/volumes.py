@@ -63,6 +63,22 @@ def read_image(path: Path) -> sitk.Image:
     return image
 
 
+def read_geometry(path: Path) -> tuple[np.ndarray, tuple[int, ...]]:
+    """(voxel -> RAS affine, size) from a file's header alone, as SimpleITK reads it (no voxels)."""
+    from pipelines.ops.orient import affine_from_sitk
+
+    if Path(path).is_dir():
+        image = read_image(path)
+        return affine_from_sitk(image), image.GetSize()
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise VolumeReadError(Path(path), "unreadable header") from exc
+    return affine_from_sitk(reader), tuple(int(n) for n in reader.GetSize())
+
+
 def is_nifti(path: Path) -> bool:
     return Path(path).name.lower().endswith((".nii", ".nii.gz"))
 

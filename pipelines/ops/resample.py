@@ -25,6 +25,16 @@ def corners_world(affine: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray
     return idx @ affine[:3, :3].T + affine[:3, 3]
 
 
+def same_grid(affine_a: np.ndarray, shape_a, affine_b: np.ndarray, shape_b) -> bool:
+    return tuple(shape_a) == tuple(shape_b) and np.allclose(affine_a, affine_b, atol=1e-3)
+
+
+def grids_overlap(affine_a: np.ndarray, shape_a, affine_b: np.ndarray, shape_b) -> bool:
+    """Do the physical boxes (voxel centres) of two grids intersect?"""
+    a, b = corners_world(affine_a, tuple(shape_a)), corners_world(affine_b, tuple(shape_b))
+    return bool(np.all(a.max(0) >= b.min(0)) and np.all(b.max(0) >= a.min(0)))
+
+
 def target_grid(affine: np.ndarray, shape: tuple[int, int, int], spacing_mm: float,
                 orientation: str) -> tuple[np.ndarray, tuple[int, int, int]]:
     """Affine and shape of the isotropic `orientation` grid that covers the input's voxel centres.

@@ -1,12 +1,10 @@
 """`spineforge serve`: a cron deployment whose runs really build and publish."""
 import os
-import re
 import signal
 import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 from tests.flows.test_orchestration import collection
 from tests.flows.test_scale_and_crash import ROOT, _config_file

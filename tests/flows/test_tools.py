@@ -14,7 +14,7 @@ from pipelines.flows import run_build
 from pipelines.io.publish import plan_shards
 from pipelines.io.shards import ShardError
 from pipelines.loaders import ShuffledSamples, VertebraDataset, X2CTDataset
-from tests.conftest import synthetic_spine, write_ctspine_case, write_volume
+from tests.conftest import write_ctspine_case
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ import json
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
 
 from pipelines.case import process_case
 from pipelines.ingest.discover import discover

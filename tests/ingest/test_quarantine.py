@@ -9,7 +9,7 @@ from pipelines.case import process_case
 from pipelines.ingest.cases import ingest_inputs
 from pipelines.ingest.discover import discover
 from pipelines.preprocess import prepare_case
-from tests.conftest import make_affine, synthetic_spine, write_ctspine_case, write_volume
+from tests.conftest import synthetic_spine, write_ctspine_case, write_volume
 
 
 def _only_case(root):

@@ -6,7 +6,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from pipelines.ingest.discover import discover
-from pipelines.ops.orient import Volume, volume_from_sitk, voxel_to_world, world_to_voxel
+from pipelines.ops.orient import volume_from_sitk, voxel_to_world, world_to_voxel
 from pipelines.preprocess import prepare_case
 from tests.conftest import shared_fixture, write_volume
 
