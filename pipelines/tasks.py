@@ -1,6 +1,7 @@
 """Thin Prefect tasks: one coarse task per case, one to publish."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
@@ -13,7 +14,22 @@ from pipelines.case import CaseResult, case_key, process_case
 from pipelines.ingest.cases import CaseJob
 from pipelines.io.publish import PublishPlan, publish_version
 from pipelines.pairs import registration_pairs
-from pipelines.report import write_report
+
+
+@contextmanager
+def thread_limit(threads: int | None):
+    """Hold torch and SimpleITK to `threads` threads inside the block (None: leave them as they are)."""
+    if not threads:
+        yield
+        return
+    before = torch.get_num_threads(), sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    torch.set_num_threads(threads)
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before[0])
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(before[1])
 
 
 def case_cache_key(context, parameters: dict) -> str:
@@ -26,17 +42,18 @@ def case_cache_key(context, parameters: dict) -> str:
       persist_result=True, retries=2, retry_delay_seconds=2)
 def process_case_task(job: CaseJob, config, staging_dir: str, torch_threads: int | None = None) -> CaseResult:
     """Steps 2-7 for one case; results persist in the build cache (result_storage set by the flow)."""
-    if torch_threads:  # several workers share the machine: each keeps to its share of the cores
-        torch.set_num_threads(torch_threads)
-        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(torch_threads)
     logger = get_run_logger()
     key = case_key(job.case.case_id, job.input_sha256, job.split, config)
-    return process_case(job.case, config, job.split, Path(staging_dir), progress=logger.info, stage_name=key)
+    with thread_limit(torch_threads):  # several workers share the machine: each keeps to its share
+        return process_case(job.case, config, job.split, Path(staging_dir), progress=logger.info,
+                            stage_name=key)
 
 
 @task(name="publish", cache_policy=NO_CACHE)
 def publish_task(plan: PublishPlan, manifest_rows: list[dict], case_rows: list[dict],
                  staging_files: dict[str, str], card: dict, target_bytes: int) -> str:
+    from pipelines.report import write_report  # matplotlib: needed here only, not in case workers
+
     config = card["config"]["registration_pairs"]
     pairs = (partial(registration_pairs, seed=card["seed"], max_per_level=config["max_pairs_per_level"])
              if config["enabled"] else None)
