@@ -126,9 +126,59 @@ def test_disk_full_publishes_nothing_and_leaves_inputs_untouched(tmp_path, monke
     assert before == {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in inputs.iterdir()}
 
 
+class ProcessTree:
+    """Every descendant process seen while the block runs: pid -> (parent pid, command line, environment)."""
+
+    def __enter__(self):
+        import threading
+
+        import psutil
+
+        self.seen, self._stop = {}, threading.Event()
+
+        def sample():
+            me = psutil.Process()
+            while not self._stop.is_set():
+                for proc in me.children(recursive=True):
+                    try:
+                        self.seen.setdefault(proc.pid, (proc.ppid(), " ".join(proc.cmdline()), proc.environ()))
+                    except psutil.Error:
+                        pass
+                self._stop.wait(0.05)
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
 def test_one_and_two_local_workers_build_identical_datasets(tmp_path):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
     inputs = collection(tmp_path / "in")
     one = run_build(small_config(), [str(inputs)], str(tmp_path / "one"))
-    two = run_build(small_config(), [str(inputs)], str(tmp_path / "two"), workers=2)
+    # as on a user's machine: no API configured, so Prefect would start temporary servers on demand
+    with temporary_settings(restore_defaults={PREFECT_API_URL}), ProcessTree() as tree:
+        two = run_build(small_config(), [str(inputs)], str(tmp_path / "two"), workers=2)
     assert one.build_id == two.build_id and two.cases_cached == 0
     assert_same_content(tmp_path / "one" / "orch" / "v1", tmp_path / "two" / "orch" / "v1")
+    workers = {pid: env for pid, (_, cmd, env) in tree.seen.items() if "spawn_main" in cmd}
+    assert len(workers) >= 2, tree.seen
+    # the workers report to this process's API instead of each starting a server of its own ...
+    assert not [cmd for _, (parent, cmd, _) in tree.seen.items() if parent in workers and "uvicorn" in cmd]
+    # ... and keep glibc's adaptive allocator (Dask's trim setting slows big-array work ~15%)
+    assert all("MALLOC_TRIM_THRESHOLD_" not in env for env in workers.values())
+
+
+def test_too_many_workers_for_the_largest_case_fail_before_any_work(tmp_path, monkeypatch):
+    import psutil
+
+    inputs = collection(tmp_path / "in", n=1)
+    total = 2 * 2**30  # a 2 GiB machine: two workers (~0.75 GiB each for these small cases) fit, four do not
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: type("vm", (), {"total": total})())
+    with pytest.raises(BuildError, match=r"use --workers 2 or fewer"):
+        run_build(small_config(), [str(inputs)], str(tmp_path / "out"), workers=4)
+    assert not (tmp_path / "out" / "orch" / "v1").exists()
