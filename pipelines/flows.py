@@ -178,6 +178,26 @@ def local_memory_limit(inputs: list[str], config: BuildConfig, workers: int) -> 
         raise BuildError(str(exc)) from exc
 
 
+def check_cluster(address: str, inputs: list[str], config: BuildConfig) -> None:
+    """Reach an existing Dask scheduler before any work; warn about workers too small for the largest case."""
+    from distributed import Client
+
+    from pipelines.resources import WORKER_BASE_BYTES, case_peak_bytes, largest_case_voxels
+
+    try:
+        with Client(address, timeout="10s", set_as_default=False) as client:
+            workers = client.scheduler_info()["workers"]
+    except (OSError, TimeoutError) as exc:
+        raise BuildError(f"cannot reach the Dask scheduler at {address}: {exc}") from exc
+    need = WORKER_BASE_BYTES + case_peak_bytes(largest_case_voxels([Path(p) for p in inputs], config), config)
+    if not workers:
+        log.warning("the Dask cluster at %s has no workers yet; case tasks wait for one", address)
+    small = sorted(w for w, info in workers.items() if 0 < (info.get("memory_limit") or 0) < need)
+    if small:
+        log.warning("%d of %d Dask workers have a memory limit below the ~%.1f GiB the largest case needs "
+                    "(%s): Dask may stop them mid-case", len(small), len(workers), need / 2**30, ", ".join(small[:3]))
+
+
 def task_runner_for(workers: int, dask_address: str | None):
     """Threads in this process for one worker; Dask for a cluster address (local or remote)."""
     if dask_address:
@@ -214,21 +234,42 @@ def local_cluster(workers: int, memory_limit: int):
             cluster.close()
 
 
+def on_this_machine(address: str) -> bool:
+    """Whether a Dask address (tcp://host:port) names this machine."""
+    import ipaddress
+    import socket
+    from urllib.parse import urlsplit
+
+    import psutil
+
+    host = urlsplit(address if "://" in address else f"tcp://{address}").hostname or ""
+    try:
+        ip = ipaddress.ip_address(socket.gethostbyname(host))
+    except (OSError, ValueError):
+        return False
+    mine = {a.address for addrs in psutil.net_if_addrs().values() for a in addrs}
+    return ip.is_loopback or str(ip) in mine
+
+
 @contextmanager
-def shared_prefect_api():
+def shared_prefect_api(dask_address: str):
     """Make sure every process of a build reports to one Prefect API.
 
     With no `PREFECT_API_URL` configured, Prefect starts a temporary local API server on first
     use — in every process that needs one, Dask workers included, each then writing to the same
     SQLite file. Starting it here and putting its address in the settings (which Prefect ships
     with each task to the workers) gives the whole build one server. A configured server is left
-    as it is.
+    as it is; a cluster on another machine needs one, since 127.0.0.1 here is not reachable there.
     """
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     if PREFECT_API_URL.value():
         yield
         return
+    if not on_this_machine(dask_address):
+        raise BuildError(f"the Dask cluster at {dask_address} is on another machine, so its workers cannot "
+                         "reach a temporary local Prefect API: run a Prefect server and set PREFECT_API_URL "
+                         "to it here and on the workers")
     from prefect.server.api.server import SubprocessASGIServer
 
     server = SubprocessASGIServer()
@@ -268,8 +309,10 @@ def run_build(config: BuildConfig, inputs: list[str], out: str, version: str | N
             log.info("starting %d local Dask workers (%d thread(s) each, memory limit %.1f GiB each)",
                      workers, threads, memory_limit / 2**30)
             dask_address = stack.enter_context(local_cluster(workers, memory_limit))
-        if dask_address:
-            stack.enter_context(shared_prefect_api())
+            stack.enter_context(shared_prefect_api(dask_address))
+        elif dask_address:
+            stack.enter_context(shared_prefect_api(dask_address))
+            check_cluster(dask_address, inputs, config)
         runner = task_runner_for(workers, dask_address)
         summary = build_dataset.with_options(task_runner=runner)(
             config=config, inputs=[str(p) for p in inputs], out=str(out), version=version,

@@ -182,3 +182,17 @@ def test_too_many_workers_for_the_largest_case_fail_before_any_work(tmp_path, mo
     with pytest.raises(BuildError, match=r"use --workers 2 or fewer"):
         run_build(small_config(), [str(inputs)], str(tmp_path / "out"), workers=4)
     assert not (tmp_path / "out" / "orch" / "v1").exists()
+
+
+def test_a_cluster_on_another_machine_needs_a_prefect_server(tmp_path):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from pipelines.flows import on_this_machine
+
+    assert on_this_machine("tcp://127.0.0.1:8786") and on_this_machine("localhost:8786")
+    assert not on_this_machine("tcp://192.0.2.7:8786")  # TEST-NET-1: never a local address
+    inputs = collection(tmp_path / "in", n=1)
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        with pytest.raises(BuildError, match="PREFECT_API_URL"):
+            run_build(small_config(), [str(inputs)], str(tmp_path / "out"), dask_address="tcp://192.0.2.7:8786")
+    assert not (tmp_path / "out" / "orch" / "v1").exists()

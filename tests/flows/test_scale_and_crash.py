@@ -1,6 +1,7 @@
 """Real processes: a remote Dask cluster on 127.0.0.1, a build killed with SIGKILL, concurrent builds."""
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -51,6 +52,18 @@ def dask_cluster(tmp_path):
                 p.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+def test_an_unreachable_dask_scheduler_fails_before_any_work(tmp_path):
+    from pipelines.flows import BuildError
+
+    inputs = collection(tmp_path / "in", n=1)
+    with socket.socket() as sock:  # a port with nobody listening
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(BuildError, match="cannot reach the Dask scheduler"):
+        run_build(small_config(), [str(inputs)], str(tmp_path / "out"), dask_address=f"tcp://127.0.0.1:{port}")
+    assert not (tmp_path / "out" / "orch" / "v1").exists()
 
 
 def test_build_through_a_remote_dask_cluster_matches_a_local_build(tmp_path, dask_cluster):
