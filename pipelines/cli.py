@@ -79,6 +79,7 @@ def _setup_logging(quiet: bool) -> None:
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
     log = logging.getLogger("spineforge")
     log.addHandler(handler)
+    log.propagate = False  # Prefect puts a console handler on the root logger: print each line once
     log.setLevel(logging.WARNING if quiet else logging.INFO)
     if quiet:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")

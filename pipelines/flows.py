@@ -210,6 +210,19 @@ def task_runner_for(workers: int, dask_address: str | None):
 
 
 @contextmanager
+def _quieter(loggers: list[logging.Logger]):
+    """Raise these loggers to WARNING inside the block."""
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+@contextmanager
 def local_cluster(workers: int, memory_limit: int):
     """A Dask LocalCluster of `workers` single-threaded processes, started in the background.
 
@@ -224,7 +237,10 @@ def local_cluster(workers: int, memory_limit: int):
     # mmap threshold: every large numpy/torch temporary is then mapped and unmapped afresh, and a
     # case runs ~15% slower (measured: 12.1 s -> 14.1 s single-threaded). Unset for this cluster.
     trim = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"
-    with dask.config.set({trim: None}):
+    # the scheduler runs here: keep its routine INFO lines (and prefect-dask's link to a dashboard
+    # this cluster does not serve) out of the build's output
+    quiet = [logging.getLogger(name) for name in ("distributed", "prefect.task_runner.dask")]
+    with dask.config.set({trim: None}), _quieter(quiet):
         cluster = LocalCluster(n_workers=0, threads_per_worker=1, processes=True, dashboard_address=None,
                                memory_limit=memory_limit, preload=["pipelines.worker"])
         try:
