@@ -63,6 +63,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--cron", default="0 2 * * *", help="schedule (default: nightly at 02:00, '%(default)s')")
     p.add_argument("--name", default=None, help="deployment name (default: <dataset>-scheduled)")
     p.add_argument("--manifests", default=None, metavar="DIR", help="record each published version's lineage in DIR")
+    p.add_argument("--workers", type=int, default=1, help="local worker processes per run (Dask LocalCluster when > 1)")
+    p.add_argument("--dask-address", default=None, help="run the case tasks on an existing Dask scheduler")
     p = sub.add_parser("fit-xray", help="fit a real X-ray to the training detector's field (crop/pad, resample)")
     p.add_argument("input", help="2D radiograph (DICOM, MHA, NRRD, PNG, ...)")
     p.add_argument("output", help="output image (.mha, .nrrd, .nii.gz); the valid-region mask goes beside it as *_valid")
@@ -123,7 +125,7 @@ def cmd_ingest(args) -> int:
 
 
 def cmd_inspect(args) -> int:
-    from pipelines.inspect import inspect_version
+    from pipelines.inspection import inspect_version
 
     info = inspect_version(Path(args.dir))
     print(json.dumps(info, indent=2, default=str) if args.json else info["text"])
@@ -136,7 +138,8 @@ def cmd_serve(args) -> int:
     if not args.inputs:
         _missing_inputs()
     print(f"serving the scheduled build ({args.cron}); Ctrl-C stops", flush=True)
-    serve(Path(args.config), args.inputs, args.out, args.cron, args.name, args.manifests)
+    serve(Path(args.config), args.inputs, args.out, args.cron, args.name, args.manifests, args.workers,
+          args.dask_address)
     return 0
 
 

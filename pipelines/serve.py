@@ -3,24 +3,46 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipelines.flows import build_dataset
-from schemas.config import load_config
+from prefect import flow
+
+from pipelines.flows import run_build
+from schemas.config import BuildConfig, load_config
 
 DEFAULT_CRON = "0 2 * * *"  # nightly at 02:00
 
 
+@flow(name="spineforge-scheduled-build")
+def scheduled_build(config: dict, inputs: list[str], out: str, manifests_dir: str | None = None,
+                    workers: int = 1, dask_address: str | None = None) -> str:
+    """One scheduled run: the build exactly as `spineforge build` runs it (its flow is a subflow
+    here), local Dask cluster or existing scheduler included. Returns the version folder."""
+    summary = run_build(BuildConfig.model_validate(config), inputs, out, workers=workers,
+                        dask_address=dask_address, manifests_dir=manifests_dir)
+    return summary.version_dir
+
+
 def make_deployment(config_path: Path, inputs: list[str], out: str, cron: str = DEFAULT_CRON,
-                    name: str | None = None, manifests_dir: str | None = None):
+                    name: str | None = None, manifests_dir: str | None = None, workers: int = 1,
+                    dask_address: str | None = None):
     """A RunnerDeployment that builds `config` from `inputs` into `out` on `cron`."""
+    from prefect.deployments.runner import EntrypointType
+
+    from pipelines.flows import BuildError
+    from pipelines.ingest.discover import InputError
+
     config = load_config(config_path)
     for path in inputs:
         if not Path(path).is_dir():
-            from pipelines.ingest.discover import InputError
-
             raise InputError(f"input folder not found: {path}")
+    if workers < 1:
+        raise BuildError(f"--workers must be at least 1, got {workers}")
     parameters = {"config": config.model_dump(mode="json"), "inputs": [str(Path(p).resolve()) for p in inputs],
-                  "out": str(Path(out).resolve()), "manifests_dir": manifests_dir}
-    return build_dataset.to_deployment(
+                  "out": str(Path(out).resolve()), "manifests_dir": manifests_dir, "workers": workers,
+                  "dask_address": dask_address}
+    # runs import the flow by module path: loading it from its file would put pipelines/ itself on
+    # sys.path, where a module named like a standard one shadows it in spawned worker processes
+    return scheduled_build.to_deployment(
+        entrypoint_type=EntrypointType.MODULE_PATH,
         name=name or f"{config.dataset}-scheduled",
         cron=cron,
         parameters=parameters,
@@ -30,8 +52,8 @@ def make_deployment(config_path: Path, inputs: list[str], out: str, cron: str = 
 
 
 def serve(config_path: Path, inputs: list[str], out: str, cron: str = DEFAULT_CRON, name: str | None = None,
-          manifests_dir: str | None = None) -> None:
+          manifests_dir: str | None = None, workers: int = 1, dask_address: str | None = None) -> None:
     """Register the deployment and run its scheduled builds in this process until interrupted."""
     from prefect import serve as prefect_serve
 
-    prefect_serve(make_deployment(config_path, inputs, out, cron, name, manifests_dir))
+    prefect_serve(make_deployment(config_path, inputs, out, cron, name, manifests_dir, workers, dask_address))

@@ -19,6 +19,8 @@ def test_make_deployment_has_the_schedule_and_the_build_parameters(tmp_path):
     assert deployment.schedules[0].schedule.cron == DEFAULT_CRON == "0 2 * * *"
     assert deployment.parameters["inputs"] == [str(inputs.resolve())]
     assert deployment.parameters["config"]["dataset"] == "orch"
+    assert deployment.parameters["workers"] == 1 and deployment.parameters["dask_address"] is None
+    assert deployment.entrypoint == "pipelines.serve.scheduled_build"  # imported, not loaded from its file
 
 
 def _free_port() -> int:
@@ -54,7 +56,8 @@ def _stop(proc):
 
 
 def test_served_deployment_runs_a_build_under_a_prefect_server(tmp_path):
-    """The documented setup: `prefect server start`, PREFECT_API_URL, `spineforge serve`, a triggered run."""
+    """The documented setup: `prefect server start`, PREFECT_API_URL, `spineforge serve`, a triggered run
+    (on a local cluster of 2 workers, as a scaled-out schedule runs)."""
     import urllib.request
 
     inputs = collection(tmp_path / "in", n=1)
@@ -74,10 +77,11 @@ def test_served_deployment_runs_a_build_under_a_prefect_server(tmp_path):
     try:
         _wait(healthy, "prefect server", server, server_log)
         serve, serve_log = _start([sys.executable, "-m", "pipelines.cli", "serve", "--config", str(_config_file(tmp_path)),
-                                   "--input", str(inputs), "--out", str(out), "--cron", "0 3 * * *"], env)
+                                   "--input", str(inputs), "--out", str(out), "--cron", "0 3 * * *",
+                                   "--workers", "2"], env)
         try:
             _wait(lambda: any("prefect deployment run" in ln for ln in serve_log), "serve", serve, serve_log)
-            run = subprocess.run(["prefect", "deployment", "run", "spineforge-build/orch-scheduled"],
+            run = subprocess.run(["prefect", "deployment", "run", "spineforge-scheduled-build/orch-scheduled"],
                                  env=env, capture_output=True, text=True, timeout=120)
             assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
             _wait(lambda: (out / "orch" / "v1" / "dataset.json").is_file(), "scheduled build", serve, serve_log)
