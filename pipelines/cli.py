@@ -22,6 +22,13 @@ def _add_build_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dask-address", default=None, help="use an existing Dask scheduler, e.g. tcp://host:8786")
     p.add_argument("--manifests", default=None, metavar="DIR",
                    help="also copy dataset.json and manifest.csv to DIR/<dataset>/<version>/ (e.g. the repo's manifests/)")
+    _add_cache_option(p)
+
+
+def _add_cache_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cache-keep-days", type=float, default=30.0, metavar="DAYS",
+                   help="drop cached cases that no build has used for DAYS (default: %(default)g; 0: keep only "
+                        "this build's)")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -65,6 +72,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--manifests", default=None, metavar="DIR", help="record each published version's lineage in DIR")
     p.add_argument("--workers", type=int, default=1, help="local worker processes per run (Dask LocalCluster when > 1)")
     p.add_argument("--dask-address", default=None, help="run the case tasks on an existing Dask scheduler")
+    _add_cache_option(p)
     p = sub.add_parser("fit-xray", help="fit a real X-ray to the training detector's field (crop/pad, resample)")
     p.add_argument("input", help="2D radiograph (DICOM, MHA, NRRD, PNG, ...)")
     p.add_argument("output", help="output image (.mha, .nrrd, .nii.gz); the valid-region mask goes beside it as *_valid")
@@ -103,7 +111,8 @@ def cmd_build(args, config_path: Path, inputs: list[str]) -> int:
     from schemas.config import load_config
 
     config = load_config(config_path, seed=args.seed)
-    summary = run_build(config, inputs, args.out, args.version, args.workers, args.dask_address, args.manifests)
+    summary = run_build(config, inputs, args.out, args.version, args.workers, args.dask_address, args.manifests,
+                        cache_keep_days=args.cache_keep_days)
     _print_summary(summary)
     return 0
 
@@ -139,7 +148,7 @@ def cmd_serve(args) -> int:
         _missing_inputs()
     print(f"serving the scheduled build ({args.cron}); Ctrl-C stops", flush=True)
     serve(Path(args.config), args.inputs, args.out, args.cron, args.name, args.manifests, args.workers,
-          args.dask_address)
+          args.dask_address, args.cache_keep_days)
     return 0
 
 

@@ -25,10 +25,11 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.filesystems import LocalFileSystem
 
 import pipelines
-from pipelines.case import CaseResult
+from pipelines.case import CaseResult, case_key
 from pipelines.ingest.cases import CaseJob, ingest_inputs
 from pipelines.ingest.discover import InputError
-from pipelines.io.publish import (CACHE_DIR, dataset_lock, plan_version, record_lineage, remove_stale_files)
+from pipelines.io.publish import (CACHE_DIR, dataset_lock, plan_version, prune_cache, record_lineage,
+                                  remove_stale_files)
 from pipelines.tasks import process_case_task, publish_task
 from schemas.config import BuildConfig
 from schemas.manifest import QC_ACCEPTED, QC_QUARANTINED
@@ -111,9 +112,21 @@ def _artifacts(counts: dict, quarantined: list[dict], version_dir: str, build_id
     create_markdown_artifact("\n".join(lines), key="spineforge-build-report")
 
 
+DEFAULT_CACHE_KEEP_DAYS = 30.0
+
+
+def _prune(cache: Path, jobs: list[CaseJob], config: BuildConfig, keep_days: float, logger) -> None:
+    """Drop cached cases no build has used for `keep_days` (this build's are marked used)."""
+    used = {case_key(j.case.case_id, j.input_sha256, j.split, config) for j in jobs}
+    removed = prune_cache(cache, used, keep_days * 86400)
+    if removed:
+        logger.info("cache: removed %d entries unused for %g days", len(removed), keep_days)
+
+
 @flow(name="spineforge-build")
 def build_dataset(config: BuildConfig, inputs: list[str], out: str, version: str | None = None,
-                  manifests_dir: str | None = None, torch_threads: int | None = None) -> BuildSummary:
+                  manifests_dir: str | None = None, torch_threads: int | None = None,
+                  cache_keep_days: float = DEFAULT_CACHE_KEEP_DAYS) -> BuildSummary:
     started = time.perf_counter()
     logger = get_run_logger()
     ingest = ingest_inputs([Path(p) for p in inputs], config)
@@ -128,6 +141,7 @@ def build_dataset(config: BuildConfig, inputs: list[str], out: str, version: str
             logger.info("removed leftover of an interrupted build: %s", name)
         plan = plan_version(Path(out), config.dataset, build_id, version)
         if plan.existing:
+            _prune(cache, ingest.jobs, config, cache_keep_days, logger)
             logger.info("build %s is already published as %s; nothing to do", build_id, plan.version)
             card = json.loads((plan.dataset_dir / plan.version / "dataset.json").read_text())
             return BuildSummary(str(plan.dataset_dir / plan.version), plan.version, build_id, False,
@@ -155,6 +169,7 @@ def build_dataset(config: BuildConfig, inputs: list[str], out: str, version: str
                 "inputs": [str(Path(p).resolve()) for p in inputs],
                 "unmatched_files": ingest.discovery.unmatched, "ingest_problems": ingest.problems}
         version_dir = publish_task(plan, manifest, case_rows, staged, card, config.shards.target_bytes)
+        _prune(cache, ingest.jobs, config, cache_keep_days, logger)
     published = json.loads((Path(version_dir) / "dataset.json").read_text())
     logger.info("published %s", version_dir)
     if manifests_dir:
@@ -308,9 +323,12 @@ def _check_output(out: Path, dataset: str) -> None:
 
 def run_build(config: BuildConfig, inputs: list[str], out: str, version: str | None = None,
               workers: int = 1, dask_address: str | None = None, manifests_dir: str | None = None,
-              threads_per_worker: int | None = None) -> BuildSummary:
+              threads_per_worker: int | None = None,
+              cache_keep_days: float = DEFAULT_CACHE_KEEP_DAYS) -> BuildSummary:
     if workers < 1:
         raise BuildError(f"--workers must be at least 1, got {workers}")
+    if cache_keep_days < 0:
+        raise BuildError(f"--cache-keep-days must be 0 or more, got {cache_keep_days}")
     for path in inputs:  # fail before any flow machinery starts
         if not Path(path).is_dir():
             raise InputError(f"input folder not found: {path}")
@@ -332,6 +350,7 @@ def run_build(config: BuildConfig, inputs: list[str], out: str, version: str | N
         runner = task_runner_for(workers, dask_address)
         summary = build_dataset.with_options(task_runner=runner)(
             config=config, inputs=[str(p) for p in inputs], out=str(out), version=version,
-            manifests_dir=str(manifests_dir) if manifests_dir else None, torch_threads=threads)
+            manifests_dir=str(manifests_dir) if manifests_dir else None, torch_threads=threads,
+            cache_keep_days=cache_keep_days)
     # wall time of the whole call: cluster and API start-up included, not just the flow run
     return replace(summary, seconds=time.perf_counter() - started)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from prefect import flow
 
-from pipelines.flows import run_build
+from pipelines.flows import DEFAULT_CACHE_KEEP_DAYS, run_build
 from schemas.config import BuildConfig, load_config
 
 DEFAULT_CRON = "0 2 * * *"  # nightly at 02:00
@@ -13,17 +13,18 @@ DEFAULT_CRON = "0 2 * * *"  # nightly at 02:00
 
 @flow(name="spineforge-scheduled-build")
 def scheduled_build(config: dict, inputs: list[str], out: str, manifests_dir: str | None = None,
-                    workers: int = 1, dask_address: str | None = None) -> str:
+                    workers: int = 1, dask_address: str | None = None,
+                    cache_keep_days: float = DEFAULT_CACHE_KEEP_DAYS) -> str:
     """One scheduled run: the build exactly as `spineforge build` runs it (its flow is a subflow
     here), local Dask cluster or existing scheduler included. Returns the version folder."""
     summary = run_build(BuildConfig.model_validate(config), inputs, out, workers=workers,
-                        dask_address=dask_address, manifests_dir=manifests_dir)
+                        dask_address=dask_address, manifests_dir=manifests_dir, cache_keep_days=cache_keep_days)
     return summary.version_dir
 
 
 def make_deployment(config_path: Path, inputs: list[str], out: str, cron: str = DEFAULT_CRON,
                     name: str | None = None, manifests_dir: str | None = None, workers: int = 1,
-                    dask_address: str | None = None):
+                    dask_address: str | None = None, cache_keep_days: float = DEFAULT_CACHE_KEEP_DAYS):
     """A RunnerDeployment that builds `config` from `inputs` into `out` on `cron`."""
     from prefect.deployments.runner import EntrypointType
 
@@ -38,7 +39,7 @@ def make_deployment(config_path: Path, inputs: list[str], out: str, cron: str = 
         raise BuildError(f"--workers must be at least 1, got {workers}")
     parameters = {"config": config.model_dump(mode="json"), "inputs": [str(Path(p).resolve()) for p in inputs],
                   "out": str(Path(out).resolve()), "manifests_dir": manifests_dir, "workers": workers,
-                  "dask_address": dask_address}
+                  "dask_address": dask_address, "cache_keep_days": cache_keep_days}
     # runs import the flow by module path: loading it from its file would put pipelines/ itself on
     # sys.path, where a module named like a standard one shadows it in spawned worker processes
     return scheduled_build.to_deployment(
@@ -52,8 +53,10 @@ def make_deployment(config_path: Path, inputs: list[str], out: str, cron: str = 
 
 
 def serve(config_path: Path, inputs: list[str], out: str, cron: str = DEFAULT_CRON, name: str | None = None,
-          manifests_dir: str | None = None, workers: int = 1, dask_address: str | None = None) -> None:
+          manifests_dir: str | None = None, workers: int = 1, dask_address: str | None = None,
+          cache_keep_days: float = DEFAULT_CACHE_KEEP_DAYS) -> None:
     """Register the deployment and run its scheduled builds in this process until interrupted."""
     from prefect import serve as prefect_serve
 
-    prefect_serve(make_deployment(config_path, inputs, out, cron, name, manifests_dir, workers, dask_address))
+    prefect_serve(make_deployment(config_path, inputs, out, cron, name, manifests_dir, workers, dask_address,
+                                  cache_keep_days))

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -225,6 +226,25 @@ def remove_stale_files(dataset_dir: Path, cache_dir: Path) -> list[str]:
     return removed
 
 
+
+
+def prune_cache(cache_dir: Path, used: set[str], keep_seconds: float, now: float | None = None) -> list[str]:
+    """Drop cache entries (staged case files and result records) that this build did not use and
+    that no build has used for `keep_seconds`; mark the used ones as used now (call under the lock).
+
+    Entries are named by case cache key: `cases/<key>.h5` and `results/<key>`.
+    """
+    now = time.time() if now is None else now
+    removed = []
+    for folder, suffix in (("cases", ".h5"), ("results", "")):
+        for path in sorted((cache_dir / folder).glob("*")) if (cache_dir / folder).is_dir() else []:
+            key = path.name[: -len(suffix)] if suffix and path.name.endswith(suffix) else path.name
+            if key in used:
+                os.utime(path, (now, now))
+            elif path.is_file() and now - path.stat().st_mtime > keep_seconds:
+                path.unlink(missing_ok=True)
+                removed.append(f"{folder}/{path.name}")
+    return removed
 
 
 def record_lineage(version_dir: Path, manifests_dir: Path) -> Path:

@@ -65,6 +65,33 @@ def test_unchanged_cases_come_from_the_cache_and_relevant_changes_recompute(tmp_
     assert_same_content(out / "orch" / "v2", tmp_path / "fresh" / "orch" / "v1")
 
 
+def test_cache_entries_unused_for_the_keep_period_are_pruned(tmp_path):
+    import os
+    import time
+
+    inputs, out = collection(tmp_path / "in", n=1), tmp_path / "out"
+    cache = out / "orch" / ".cache"
+    run_build(small_config(), [str(inputs)], str(out))
+    first = {p.name for p in (cache / "cases").iterdir()} | {p.name for p in (cache / "results").iterdir()}
+    assert len(first) == 2  # one case: its staged file and its result record
+    month_ago = time.time() - 31 * 86400
+    for name in first:
+        folder = "cases" if name.endswith(".h5") else "results"
+        os.utime(cache / folder / name, (month_ago, month_ago))
+    # another relevant config: a new cache entry; the first one is kept while it is younger than 40 days
+    run_build(small_config(vertebra={"size": 20, "levels": ["L1"]}), [str(inputs)], str(out), cache_keep_days=40)
+    names = {p.name for p in (cache / "cases").iterdir()} | {p.name for p in (cache / "results").iterdir()}
+    assert first < names and len(names) == 4
+    # an unchanged re-run of the second config with the 30-day default: the month-old entry goes
+    again = run_build(small_config(vertebra={"size": 20, "levels": ["L1"]}), [str(inputs)], str(out))
+    assert not again.published
+    left = {p.name for p in (cache / "cases").iterdir()} | {p.name for p in (cache / "results").iterdir()}
+    assert left == names - first
+    # keep-days 0 keeps exactly what the build uses
+    run_build(small_config(vertebra={"size": 20, "levels": ["L1"]}), [str(inputs)], str(out), cache_keep_days=0)
+    assert {p.name for p in (cache / "cases").iterdir()} | {p.name for p in (cache / "results").iterdir()} == left
+
+
 def test_a_transient_failure_is_retried_and_a_persistent_one_quarantined(tmp_path, monkeypatch):
     import pipelines.case as case_module
 
