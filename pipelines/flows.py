@@ -19,6 +19,7 @@ import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -30,7 +31,7 @@ from pipelines.ingest.cases import CaseJob, ingest_inputs
 from pipelines.ingest.discover import InputError
 from pipelines.io.publish import (CACHE_DIR, dataset_lock, plan_version, prune_cache, record_lineage,
                                   remove_stale_files)
-from pipelines.tasks import process_case_task, publish_task
+from pipelines.tasks import process_case_task, publish_task, thread_share
 from schemas.config import BuildConfig
 from schemas.manifest import QC_ACCEPTED, QC_QUARANTINED
 
@@ -67,9 +68,10 @@ def result_storage(folder: Path) -> str:
     return f"local-file-system/{name}"
 
 
-def _run_cases(task, jobs: list[CaseJob], config: BuildConfig, staging: str, torch_threads: int | None):
+def _run_cases(task, jobs: list[CaseJob], config: BuildConfig, staging: str, torch_threads: int | None,
+               host_threads: dict[str, int] | None):
     futures = task.map(jobs, config=unmapped(config), staging_dir=unmapped(staging),
-                       torch_threads=unmapped(torch_threads))
+                       torch_threads=unmapped(torch_threads), host_threads=unmapped(host_threads))
     return list(zip(jobs, futures))
 
 
@@ -126,7 +128,8 @@ def _prune(cache: Path, jobs: list[CaseJob], config: BuildConfig, keep_days: flo
 @flow(name="spineforge-build")
 def build_dataset(config: BuildConfig, inputs: list[str], out: str, version: str | None = None,
                   manifests_dir: str | None = None, torch_threads: int | None = None,
-                  cache_keep_days: float = DEFAULT_CACHE_KEEP_DAYS) -> BuildSummary:
+                  cache_keep_days: float = DEFAULT_CACHE_KEEP_DAYS,
+                  host_threads: dict[str, int] | None = None) -> BuildSummary:
     started = time.perf_counter()
     logger = get_run_logger()
     ingest = ingest_inputs([Path(p) for p in inputs], config)
@@ -152,9 +155,10 @@ def build_dataset(config: BuildConfig, inputs: list[str], out: str, version: str
 
         def rerun(job: CaseJob) -> CaseResult:
             return task.with_options(refresh_cache=True).submit(
-                job, config=config, staging_dir=staging, torch_threads=torch_threads).result()
+                job, config=config, staging_dir=staging, torch_threads=torch_threads,
+                host_threads=host_threads).result()
 
-        pairs = _run_cases(task, ingest.jobs, config, staging, torch_threads)
+        pairs = _run_cases(task, ingest.jobs, config, staging, torch_threads, host_threads)
         manifest, staged, cached = _gather(pairs, ingest.rows, config.seed, rerun)
         logger.info("cases: %d processed, %d from cache", len(ingest.jobs) - cached, cached)
         case_rows = list(ingest.rows.values())
@@ -193,8 +197,11 @@ def local_memory_limit(inputs: list[str], config: BuildConfig, workers: int) -> 
         raise BuildError(str(exc)) from exc
 
 
-def check_cluster(address: str, inputs: list[str], config: BuildConfig) -> None:
-    """Reach an existing Dask scheduler before any work; warn about workers too small for the largest case."""
+def check_cluster(address: str, inputs: list[str], config: BuildConfig) -> dict[str, int]:
+    """Reach an existing Dask scheduler before any work; warn about workers too small for the largest case.
+
+    Returns the Dask task threads per worker host, from which each task takes its share of cores.
+    """
     from distributed import Client
 
     from pipelines.resources import WORKER_BASE_BYTES, case_peak_bytes, largest_case_voxels
@@ -211,6 +218,11 @@ def check_cluster(address: str, inputs: list[str], config: BuildConfig) -> None:
     if small:
         log.warning("%d of %d Dask workers have a memory limit below the ~%.1f GiB the largest case needs "
                     "(%s): Dask may stop them mid-case", len(small), len(workers), need / 2**30, ", ".join(small[:3]))
+    by_host: dict[str, int] = {}
+    for info in workers.values():
+        host = info.get("host") or urlsplit(info.get("address", "")).hostname or ""
+        by_host[host] = by_host.get(host, 0) + int(info.get("nthreads") or 1)
+    return by_host
 
 
 def task_runner_for(workers: int, dask_address: str | None):
@@ -269,7 +281,6 @@ def on_this_machine(address: str) -> bool:
     """Whether a Dask address (tcp://host:port) names this machine."""
     import ipaddress
     import socket
-    from urllib.parse import urlsplit
 
     import psutil
 
@@ -334,11 +345,12 @@ def run_build(config: BuildConfig, inputs: list[str], out: str, version: str | N
             raise InputError(f"input folder not found: {path}")
     _check_output(Path(out), config.dataset)
     started = time.perf_counter()
-    parallel = workers > 1 or dask_address is not None
-    # several worker processes on one machine: each keeps to its share of the cores
-    threads = threads_per_worker or (max(1, (os.cpu_count() or 1) // workers) if parallel else None)
+    # local workers split this machine's cores; on an existing cluster each task takes its host's share
+    local = workers > 1 and not dask_address
+    threads = threads_per_worker or (thread_share(os.cpu_count() or 1, workers) if local else None)
+    host_threads = None
     with ExitStack() as stack:
-        if workers > 1 and not dask_address:
+        if local:
             memory_limit = local_memory_limit(inputs, config, workers)
             log.info("starting %d local Dask workers (%d thread(s) each, memory limit %.1f GiB each)",
                      workers, threads, memory_limit / 2**30)
@@ -346,11 +358,11 @@ def run_build(config: BuildConfig, inputs: list[str], out: str, version: str | N
             stack.enter_context(shared_prefect_api(dask_address))
         elif dask_address:
             stack.enter_context(shared_prefect_api(dask_address))
-            check_cluster(dask_address, inputs, config)
+            host_threads = check_cluster(dask_address, inputs, config)
         runner = task_runner_for(workers, dask_address)
         summary = build_dataset.with_options(task_runner=runner)(
             config=config, inputs=[str(p) for p in inputs], out=str(out), version=version,
             manifests_dir=str(manifests_dir) if manifests_dir else None, torch_threads=threads,
-            cache_keep_days=cache_keep_days)
+            cache_keep_days=cache_keep_days, host_threads=host_threads)
     # wall time of the whole call: cluster and API start-up included, not just the flow run
     return replace(summary, seconds=time.perf_counter() - started)

@@ -1,9 +1,11 @@
 """Thin Prefect tasks: one coarse task per case, one to publish."""
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import SimpleITK as sitk
 import torch
@@ -32,6 +34,24 @@ def thread_limit(threads: int | None):
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(before[1])
 
 
+def thread_share(cores: int, busy_threads: int) -> int:
+    """Threads for one task when `busy_threads` task slots share `cores` cores."""
+    return max(1, cores // max(1, busy_threads))
+
+
+def dask_worker_share(host_threads: dict[str, int] | None) -> int | None:
+    """Inside a Dask worker: this host's cores over all Dask task threads on the host (None elsewhere)."""
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+    except (ImportError, ValueError):
+        return None
+    host = urlsplit(worker.address).hostname
+    busy = (host_threads or {}).get(host) or worker.state.nthreads  # a worker that joined later: itself
+    return thread_share(os.cpu_count() or 1, busy)
+
+
 def case_cache_key(context, parameters: dict) -> str:
     """Prefect cache key: an unchanged case under unchanged relevant config is not recomputed."""
     job, config = parameters["job"], parameters["config"]
@@ -40,11 +60,17 @@ def case_cache_key(context, parameters: dict) -> str:
 
 @task(name="process-case", task_run_name="case-{job.case.case_id}", cache_key_fn=case_cache_key,
       persist_result=True, retries=2, retry_delay_seconds=2)
-def process_case_task(job: CaseJob, config, staging_dir: str, torch_threads: int | None = None) -> CaseResult:
-    """Steps 2-7 for one case; results persist in the build cache (result_storage set by the flow)."""
+def process_case_task(job: CaseJob, config, staging_dir: str, torch_threads: int | None = None,
+                      host_threads: dict[str, int] | None = None) -> CaseResult:
+    """Steps 2-7 for one case; results persist in the build cache (result_storage set by the flow).
+
+    `torch_threads` holds torch and SimpleITK to that many threads; without it, a task on a worker
+    of an existing Dask cluster takes its host's share (`host_threads`: Dask threads per host).
+    """
     logger = get_run_logger()
     key = case_key(job.case.case_id, job.input_sha256, job.split, config)
-    with thread_limit(torch_threads):  # several workers share the machine: each keeps to its share
+    threads = torch_threads or dask_worker_share(host_threads)
+    with thread_limit(threads):  # several workers share the machine: each keeps to its share
         return process_case(job.case, config, job.split, Path(staging_dir), progress=logger.info,
                             stage_name=key)
 

@@ -70,6 +70,16 @@ def test_build_through_a_remote_dask_cluster_matches_a_local_build(tmp_path, das
     inputs = collection(tmp_path / "in")
     local = run_build(small_config(), [str(inputs)], str(tmp_path / "local"))
     remote = run_build(small_config(), [str(inputs)], str(tmp_path / "remote"), dask_address=dask_cluster)
+    # each case task takes its host's share of cores: here 2 single-threaded workers on one host
+    from distributed import Client
+
+    from pipelines.tasks import dask_worker_share, thread_share
+
+    with Client(dask_cluster, timeout=30) as client:
+        cores = os.cpu_count() or 1
+        assert client.submit(dask_worker_share, {"127.0.0.1": 2}, pure=False).result() == thread_share(cores, 2)
+        assert client.submit(dask_worker_share, {}, pure=False).result() == cores  # unknown host: its own 1 thread
+    assert dask_worker_share({"127.0.0.1": 2}) is None  # not in a Dask worker
     assert remote.build_id == local.build_id and remote.published and remote.cases_cached == 0
     assert_same_content(tmp_path / "local" / "orch" / "v1", tmp_path / "remote" / "orch" / "v1")
 
