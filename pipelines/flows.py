@@ -188,11 +188,11 @@ def local_memory_limit(inputs: list[str], config: BuildConfig, workers: int) -> 
     """Per-worker memory limit for a local cluster, from the largest case of the inputs."""
     import psutil
 
-    from pipelines.resources import MemoryPlanError, case_peak_bytes, largest_case_voxels, worker_memory_limit
+    from pipelines.resources import MemoryPlanError, inputs_need_bytes, worker_memory_limit
 
-    voxels = largest_case_voxels([Path(p) for p in inputs], config)
+    need = inputs_need_bytes([Path(p) for p in inputs], config)
     try:
-        return worker_memory_limit(case_peak_bytes(voxels, config), workers, psutil.virtual_memory().total)
+        return worker_memory_limit(need, workers, psutil.virtual_memory().total)
     except MemoryPlanError as exc:
         raise BuildError(str(exc)) from exc
 
@@ -204,14 +204,14 @@ def check_cluster(address: str, inputs: list[str], config: BuildConfig) -> dict[
     """
     from distributed import Client
 
-    from pipelines.resources import WORKER_BASE_BYTES, case_peak_bytes, largest_case_voxels
+    from pipelines.resources import inputs_need_bytes
 
     try:
         with Client(address, timeout="10s", set_as_default=False) as client:
             workers = client.scheduler_info()["workers"]
     except (OSError, TimeoutError) as exc:
         raise BuildError(f"cannot reach the Dask scheduler at {address}: {exc}") from exc
-    need = WORKER_BASE_BYTES + case_peak_bytes(largest_case_voxels([Path(p) for p in inputs], config), config)
+    need = inputs_need_bytes([Path(p) for p in inputs], config)
     if not workers:
         log.warning("the Dask cluster at %s has no workers yet; case tasks wait for one", address)
     small = sorted(w for w, info in workers.items() if 0 < (info.get("memory_limit") or 0) < need)

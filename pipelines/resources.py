@@ -37,14 +37,18 @@ class MemoryPlanError(Exception):
     pass
 
 
-def worker_memory_limit(largest_case_bytes: int, workers: int, total_bytes: int) -> int:
+def worker_need_bytes(largest_case_bytes: int) -> int:
+    """What one worker must hold: its idle footprint plus the largest case."""
+    return WORKER_BASE_BYTES + largest_case_bytes
+
+
+def worker_memory_limit(need: int, workers: int, total_bytes: int) -> int:
     """Per-worker memory limit for `workers` local processes sharing `total_bytes`.
 
-    Each worker must hold its idle footprint plus the largest case; it may use up to HEADROOM
-    times that before Dask stops it, but never more than its equal share of the machine.
-    Raises MemoryPlanError naming the most workers that fit when even the need does not.
+    Each worker must hold `need` (worker_need_bytes); it may use up to HEADROOM times that before
+    Dask stops it, but never more than its equal share of the machine. Raises MemoryPlanError
+    naming the most workers that fit when even the need does not.
     """
-    need = WORKER_BASE_BYTES + largest_case_bytes
     share = total_bytes // workers
     if need > share:
         fit = total_bytes // need
@@ -52,6 +56,11 @@ def worker_memory_limit(largest_case_bytes: int, workers: int, total_bytes: int)
             f"{workers} workers need {need / 2**30:.1f} GiB each for the largest case, but this machine "
             f"has {total_bytes / 2**30:.1f} GiB in all: use --workers {max(fit, 1)} or fewer")
     return int(min(share, math.ceil(HEADROOM * need)))
+
+
+def inputs_need_bytes(roots: list[Path], config: BuildConfig) -> int:
+    """worker_need_bytes for the largest case of the inputs, from their headers."""
+    return worker_need_bytes(case_peak_bytes(largest_case_voxels(roots, config), config))
 
 
 def largest_case_voxels(roots: list[Path], config: BuildConfig) -> int:

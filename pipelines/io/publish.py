@@ -238,8 +238,7 @@ def prune_cache(cache_dir: Path, used: set[str], keep_seconds: float, now: float
     removed = []
     for folder, suffix in (("cases", ".h5"), ("results", "")):
         for path in sorted((cache_dir / folder).glob("*")) if (cache_dir / folder).is_dir() else []:
-            key = path.name[: -len(suffix)] if suffix and path.name.endswith(suffix) else path.name
-            if key in used:
+            if path.name.removesuffix(suffix) in used:
                 os.utime(path, (now, now))
             elif path.is_file() and now - path.stat().st_mtime > keep_seconds:
                 path.unlink(missing_ok=True)

@@ -4,7 +4,7 @@ import pytest
 import SimpleITK as sitk
 
 from pipelines.resources import (HEADROOM, WORKER_BASE_BYTES, MemoryPlanError, case_peak_bytes,
-                                 largest_case_voxels, worker_memory_limit)
+                                 largest_case_voxels, worker_memory_limit, worker_need_bytes)
 from schemas.config import BuildConfig
 
 GiB = 2**30
@@ -20,11 +20,12 @@ def test_case_estimate_grows_with_volume_and_detector():
 
 
 def test_limit_is_headroom_over_the_need_within_an_equal_share():
-    need = WORKER_BASE_BYTES + 1 * GiB
-    assert worker_memory_limit(1 * GiB, 2, 64 * GiB) == int(np.ceil(HEADROOM * need))
-    assert worker_memory_limit(1 * GiB, 2, 5 * GiB) == 5 * GiB // 2  # share caps it
+    need = worker_need_bytes(1 * GiB)
+    assert need == WORKER_BASE_BYTES + 1 * GiB
+    assert worker_memory_limit(need, 2, 64 * GiB) == int(np.ceil(HEADROOM * need))
+    assert worker_memory_limit(need, 2, 5 * GiB) == 5 * GiB // 2  # share caps it
     with pytest.raises(MemoryPlanError, match=r"use --workers 3 or fewer"):
-        worker_memory_limit(1 * GiB, 4, 5 * GiB)
+        worker_memory_limit(need, 4, 5 * GiB)
 
 
 def _write(path, size, spacing):

