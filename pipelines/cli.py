@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from schemas.manifest import X2CT, describe_quarantine
+
 DEFAULT_OUT = "out"
 
 
@@ -57,7 +59,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("b")
     p.add_argument("--json", action="store_true")
     p = sub.add_parser("export", help="export a product to another code base's layout")
-    p.add_argument("format", choices=["x2ct"], help="x2ct: OUT/<sample>/ct_xray_data.h5 + train.txt/test.txt (X2CT-GAN)")
+    p.add_argument("format", choices=[X2CT], help="x2ct: OUT/<sample>/ct_xray_data.h5 + train.txt/test.txt (X2CT-GAN)")
     p.add_argument("dir")
     p.add_argument("out")
     p = sub.add_parser("report", help="write the QC report of a version (the published report.html is never modified)")
@@ -98,12 +100,12 @@ def _setup_logging(quiet: bool) -> None:
 def _print_summary(summary) -> None:
     state = "published" if summary.published else "already published (no-op)"
     print(f"{state}: {summary.version_dir}")
-    print(f"build_id {summary.build_id}; {summary.counts['samples']} samples in {summary.seconds:.1f} s")
-    for product, splits in sorted(summary.counts["by_product_split"].items()):
+    print(f"build_id {summary.build_id}; {summary.counts.samples} samples in {summary.seconds:.1f} s")
+    for product, splits in sorted(summary.counts.by_product_split.items()):
         print(f"  {product:9s} " + ", ".join(f"{k}={v}" for k, v in sorted(splits.items())))
     print(f"quarantined cases: {len(summary.quarantined)}")
     for q in summary.quarantined:
-        print(f"  {q['case_id']}: {q['qc_reason']} ({q['qc_message']})")
+        print(f"  {describe_quarantine(q)}")
 
 
 def cmd_build(args, config_path: Path, inputs: list[str]) -> int:
@@ -129,12 +131,12 @@ def cmd_ingest(args) -> int:
 
     summary = run_ingest([Path(p) for p in args.inputs], Path(args.out), args.config,
                          Path(args.materialize) if args.materialize else None)
-    print(json.dumps(summary, indent=2) if args.json else summary["text"])
+    print(summary.to_json() if args.json else summary.text)
     return 0
 
 
 def cmd_inspect(args) -> int:
-    from pipelines.inspection import inspect_version
+    from pipelines.tools.inspection import inspect_version
 
     info = inspect_version(Path(args.dir))
     print(json.dumps(info, indent=2, default=str) if args.json else info["text"])
@@ -153,7 +155,7 @@ def cmd_serve(args) -> int:
 
 
 def cmd_diff(args) -> int:
-    from pipelines.diff import diff_versions
+    from pipelines.tools.diff import diff_versions
 
     result = diff_versions(Path(args.a), Path(args.b))
     print(json.dumps(result, indent=2, default=str) if args.json else result["text"])
@@ -161,7 +163,7 @@ def cmd_diff(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from pipelines.export import export_x2ct
+    from pipelines.tools.export import export_x2ct
 
     result = export_x2ct(Path(args.dir), Path(args.out))
     lists = ", ".join(f"{k}.txt: {v}" for k, v in result["lists"].items())
@@ -170,16 +172,12 @@ def cmd_export(args) -> int:
 
 
 def cmd_report(args) -> int:
-    import pandas as pd
+    from pipelines.io.shards import PublishedVersion
+    from pipelines.tools.report import write_report
 
-    from pipelines.io.publish import read_card
-    from pipelines.report import write_report
-    from schemas.manifest import CASES_PARQUET, MANIFEST_PARQUET
-
-    vdir = Path(args.dir)
-    card = read_card(vdir)
-    out = Path(args.out or f"report-{card['name']}-{card['version']}.html")
-    write_report(vdir, card, pd.read_parquet(vdir / MANIFEST_PARQUET), pd.read_parquet(vdir / CASES_PARQUET), out)
+    version = PublishedVersion(Path(args.dir))
+    out = Path(args.out or f"report-{version.card.name}-{version.card.version}.html")
+    write_report(version.root, version.card, version.manifest, version.cases, out)
     print(f"wrote {out}")
     return 0
 
@@ -208,7 +206,7 @@ def cmd_fit_xray(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    from pipelines.validate import validate_version
+    from pipelines.tools.validate import validate_version
 
     problems = validate_version(Path(args.dir))
     if problems:
@@ -239,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _missing_inputs():
-    from pipelines.ingest.discover import InputError
+    from pipelines.errors import InputError
 
     raise InputError("build needs at least one --input DIR")
 

@@ -12,24 +12,14 @@ from typing import Callable
 
 import h5py
 import numpy as np
-import pandas as pd
 import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
-from pipelines.io.publish import read_card
-from pipelines.io.shards import ShardError
-from pipelines.io.volumes import sha256_file
+from pipelines.io.shards import PublishedVersion, open_shard, read_group
 from pipelines.ops.sampling import stable_hash
-from schemas import SCHEMA_VERSION
-from schemas.config import BuildConfig
-from schemas.manifest import DATASET_CARD, MANIFEST_PARQUET, PAIRS_PARQUET, SHARD_DIR, SPLITS
-from schemas.shard_layout import product_datasets
-
-_META = {
-    "vertebra": ("level", "padded_fraction"),
-    "x2ct": ("z_offset_mm", "padded_fraction"),
-    "drr": ("ref_level", "target_level"),
-}
+from schemas.layout import shard_path
+from schemas.manifest import DRR, PRODUCT_COLUMNS, SAMPLE_ID_COLUMNS, SPLITS, VERTEBRA, X2CT, Col, PairRow
+from schemas.shard_layout import IMAGE_KEYS, product_datasets
 
 
 class ShardDataset(Dataset):
@@ -40,27 +30,13 @@ class ShardDataset(Dataset):
         self.root = Path(root)
         if split is not None and split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-        card = read_card(self.root)
-        if card.get("schema_version") != SCHEMA_VERSION:
-            raise ShardError(f"{self.root / DATASET_CARD}: schema_version {card.get('schema_version')!r} "
-                             f"is not the supported {SCHEMA_VERSION!r}")
-        config = BuildConfig.model_validate(card["config"])
-        manifest = pd.read_parquet(self.root / MANIFEST_PARQUET)
-        rows = manifest[manifest["product"] == self.product]
-        if split is not None:
-            rows = rows[rows["split"] == split]
-        cols = ["sample_id", "case_id", "split", "shard", "key", *_META[self.product]]
-        self.rows = rows[cols].sort_values("sample_id").to_dict("records")
-        listed = {Path(sh["file"]).name: sh for sh in card["shards"]}
-        for name in sorted({r["shard"] for r in self.rows}):
-            path = self.root / SHARD_DIR / name
-            if name not in listed:
-                raise ShardError(f"{path}: named by the manifest but not listed in {DATASET_CARD}")
-            if not path.is_file():
-                raise ShardError(f"{path}: shard file is missing")
-            if verify_checksums and sha256_file(path) != listed[name]["sha256"]:
-                raise ShardError(f"{path}: sha256 differs from {DATASET_CARD} (file changed since publishing)")
-        self.keys = [spec.key for spec in product_datasets(self.product, config)]
+        version = PublishedVersion(self.root)
+        version.check_schema()
+        self.columns = (*SAMPLE_ID_COLUMNS, *PRODUCT_COLUMNS[self.product])
+        rows = version.samples(self.product, split)
+        self.rows = rows[[*self.columns, Col.SHARD, Col.KEY]].to_dict("records")
+        version.check_shards({r[Col.SHARD] for r in self.rows}, verify_checksums)
+        self.keys = [spec.key for spec in product_datasets(self.product, version.config)]
         self.transform = transform
         self._files: dict[str, h5py.File] = {}
         self._pid: int | None = None
@@ -72,31 +48,19 @@ class ShardDataset(Dataset):
         if self._pid != os.getpid():  # new process: forget (never close) inherited handles
             self._files, self._pid = {}, os.getpid()
         if name not in self._files:
-            path = self.root / SHARD_DIR / name
-            try:
-                self._files[name] = h5py.File(path, "r")
-            except OSError as exc:
-                raise ShardError(f"{path}: not a readable HDF5 shard ({exc})") from exc
+            self._files[name] = open_shard(shard_path(self.root, name))
         return self._files[name]
 
     def __getitem__(self, index: int) -> dict:
         row = self.rows[index]
-        where = f"{self.root / SHARD_DIR / row['shard']}:{row['key']}"
-        shard = self._shard(row["shard"])
-        if row["key"] not in shard:
-            raise ShardError(f"{where}: sample listed in the manifest is missing from the shard")
-        group = shard[row["key"]]
-        sample: dict = {k: row[k] for k in ("sample_id", "case_id", "split", *_META[self.product])}
-        try:
-            for key in self.keys:
-                value = group[key][()]  # h5py verifies each chunk's fletcher32 checksum here
-                if value.dtype.kind == "S":
-                    sample[key] = [v.decode() for v in value]
-                else:
-                    sample[key] = torch.from_numpy(np.ascontiguousarray(value))
-            sample["affine"] = torch.from_numpy(np.asarray(group.attrs["affine"], dtype=np.float64))
-        except (OSError, KeyError) as exc:
-            raise ShardError(f"{where}: corrupt or incomplete sample ({exc})") from exc
+        where = f"{shard_path(self.root, row[Col.SHARD])}:{row[Col.KEY]}"
+        arrays = read_group(self._shard(row[Col.SHARD]), row[Col.KEY], self.keys, where)
+        sample: dict = {k: row[k] for k in self.columns}
+        for key, value in arrays.items():
+            if value.dtype.kind == "S":
+                sample[key] = [v.decode() for v in value]
+            else:
+                sample[key] = torch.from_numpy(np.ascontiguousarray(value))
         return self.transform(sample) if self.transform else sample
 
     def __getstate__(self) -> dict:
@@ -111,18 +75,15 @@ class ShardDataset(Dataset):
         self._files = {}
 
 
-DRR_KEYS = ("drr", "drr_vertebra", "xray1", "xray2")
-
-
 def transmission(sample: dict) -> dict:
     """Transform: stored line integrals -> transmitted intensity exp(-integral), in [0, 1]."""
-    return {k: torch.exp(-v) if k in DRR_KEYS else v for k, v in sample.items()}
+    return {k: torch.exp(-v) if k in IMAGE_KEYS else v for k, v in sample.items()}
 
 
 def normalised(sample: dict) -> dict:
     """Transform: each DRR view scaled to [0, 1] by its own maximum (for display, not physics)."""
     out = dict(sample)
-    for key in DRR_KEYS:
+    for key in IMAGE_KEYS:
         if key in out:
             v = out[key]
             peak = v.flatten(-2).amax(-1).clamp(min=1e-12)[..., None, None]
@@ -133,19 +94,19 @@ def normalised(sample: dict) -> dict:
 class VertebraDataset(ShardDataset):
     """128^3 `ct` (int16 HU), `mask` (this vertebra), `labels` (canonical ids), with `level`."""
 
-    product = "vertebra"
+    product = VERTEBRA
 
 
 class X2CTDataset(ShardDataset):
     """150^3 `ct` with `xray1` (AP) and `xray2` (lateral) DRRs, X2CT-GAN's names."""
 
-    product = "x2ct"
+    product = X2CT
 
 
 class DRRDataset(ShardDataset):
     """V views of whole-CT `drr` and `drr_vertebra`, with poses and the rotation centre."""
 
-    product = "drr"
+    product = DRR
 
 
 class VertebraPairDataset(Dataset):
@@ -154,11 +115,11 @@ class VertebraPairDataset(Dataset):
     def __init__(self, root: str | Path, split: str | None = None,
                  transform: Callable[[dict], dict] | None = None):
         self.vertebrae = VertebraDataset(root, split=split)
-        pairs = pd.read_parquet(Path(root) / PAIRS_PARQUET)
+        pairs = PublishedVersion(Path(root)).pairs()
         if split is not None:
-            pairs = pairs[pairs["split"] == split]
-        self.pairs = pairs.sort_values("pair_id").to_dict("records")
-        self._index = {row["sample_id"]: i for i, row in enumerate(self.vertebrae.rows)}
+            pairs = pairs[pairs[Col.SPLIT] == split]
+        self.pairs = [PairRow(**p) for p in pairs.sort_values(Col.PAIR_ID).to_dict("records")]
+        self._index = {row[Col.SAMPLE_ID]: i for i, row in enumerate(self.vertebrae.rows)}
         self.transform = transform
 
     def __len__(self) -> int:
@@ -166,9 +127,9 @@ class VertebraPairDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         pair = self.pairs[index]
-        sample = {"pair_id": pair["pair_id"], "level": pair["level"],
-                  "fixed": self.vertebrae[self._index[pair["fixed_sample_id"]]],
-                  "moving": self.vertebrae[self._index[pair["moving_sample_id"]]]}
+        sample = {Col.PAIR_ID: pair.pair_id, Col.LEVEL: pair.level,
+                  "fixed": self.vertebrae[self._index[pair.fixed_sample_id]],
+                  "moving": self.vertebrae[self._index[pair.moving_sample_id]]}
         return self.transform(sample) if self.transform else sample
 
 

@@ -28,8 +28,7 @@ def make_deployment(config_path: Path, inputs: list[str], out: str, cron: str = 
     """A RunnerDeployment that builds `config` from `inputs` into `out` on `cron`."""
     from prefect.deployments.runner import EntrypointType
 
-    from pipelines.flows import BuildError
-    from pipelines.ingest.discover import InputError
+    from pipelines.errors import BuildError, InputError
 
     config = load_config(config_path)
     for path in inputs:

@@ -158,6 +158,15 @@ class BuildConfig(_Strict):
         return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
 
 
+# Fields that shape how a version is published, not any sample: changing them reuses every cached case.
+PUBLISH_ONLY_FIELDS = {"dataset": True, "registration_pairs": True, "shards": {"target_bytes", "min_shards"}}
+
+
+def sample_shaping_config(config: BuildConfig) -> dict:
+    """The config as JSON without PUBLISH_ONLY_FIELDS: what a case's cached samples depend on."""
+    return config.model_dump(mode="json", exclude=PUBLISH_ONLY_FIELDS)
+
+
 def load_config(path: str | Path | None = None, **overrides) -> BuildConfig:
     """Read a YAML build config (or the defaults) and apply top-level overrides such as seed."""
     data: dict = {}

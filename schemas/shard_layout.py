@@ -1,15 +1,61 @@
-"""HDF5 shard layout: one group per sample, keys and dtypes per product.
+"""HDF5 shard layout: one group per sample, its datasets (keys, dtypes, shapes) and attributes.
 
 Shapes depend on the build config (patch size, detector), so they are given as functions of it.
+Products build their groups from these specs (`sample_datasets`), readers check against them.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from schemas.config import BuildConfig
+from schemas.manifest import DRR, VERTEBRA, X2CT
+
+
+class Key:
+    """Dataset names inside a sample group (x2ct's are the names X2CT-GAN reads)."""
+
+    CT, MASK, LABELS = "ct", "mask", "labels"
+    XRAY1, XRAY2, SPACING, ORI_SIZE = "xray1", "xray2", "spacing", "ori_size"
+    DRR, DRR_VERTEBRA = "drr", "drr_vertebra"
+    POSE_PARAMS, POSE_MATRICES, VIEW_NAMES, ROTATION_CENTER = (
+        "pose_params", "pose_matrices", "view_names", "rotation_center")
+
+
+# Datasets holding X-ray images (single views or V x H x W stacks of line integrals).
+IMAGE_KEYS = (Key.XRAY1, Key.XRAY2, Key.DRR, Key.DRR_VERTEBRA)
+# Datasets stored one chunk per view.
+VIEW_STACK_KEYS = (Key.DRR, Key.DRR_VERTEBRA)
+
+
+class Attr:
+    """Attribute names of a sample group."""
+
+    SCHEMA_VERSION, PRODUCT, CASE_ID, SPLIT = "schema_version", "product", "case_id", "split"
+    SPACING, ORIENTATION, AFFINE = "spacing", "orientation", "affine"
+    LEVEL, PADDED_FRACTION, CUT_BY_BORDER, CENTRE_MODE = "level", "padded_fraction", "cut_by_border", "centre_mode"
+    Z_OFFSET_MM, BODY_FRACTION, ISOCENTER = "z_offset_mm", "body_fraction", "isocenter"
+    DETECTOR, ATTENUATION = "detector", "attenuation"
+    REF_LEVEL, TARGET_LEVEL, EULER_CONVENTION, POSE_CONVENTION = (
+        "ref_level", "target_level", "euler_convention", "pose_convention")
+
 
 # Attributes every sample group carries.
-GROUP_ATTRS = ("schema_version", "product", "case_id", "split", "spacing", "orientation", "affine")
+GROUP_ATTRS = (Attr.SCHEMA_VERSION, Attr.PRODUCT, Attr.CASE_ID, Attr.SPLIT, Attr.SPACING, Attr.ORIENTATION,
+               Attr.AFFINE)
+
+# Product-specific group attributes.
+PRODUCT_ATTRS = {
+    X2CT: (Attr.Z_OFFSET_MM, Attr.PADDED_FRACTION, Attr.BODY_FRACTION, Attr.ATTENUATION, Attr.DETECTOR),
+    VERTEBRA: (Attr.LEVEL, Attr.PADDED_FRACTION, Attr.CUT_BY_BORDER, Attr.CENTRE_MODE),
+    DRR: (Attr.REF_LEVEL, Attr.TARGET_LEVEL, Attr.EULER_CONVENTION, Attr.DETECTOR, Attr.ATTENUATION,
+          Attr.POSE_CONVENTION),
+}
+
+VIEW_AP = b"AP"
+VIEW_LAT = b"LAT"
+VIEW_NAME_DTYPE = "S3"
 
 
 @dataclass(frozen=True)
@@ -22,40 +68,51 @@ class DatasetSpec:
 def product_datasets(product: str, config: BuildConfig) -> list[DatasetSpec]:
     """The datasets a group of `product` must hold, with dtypes and shapes."""
     det = (config.detector.height, config.detector.width)
-    if product == "x2ct":
+    if product == X2CT:
         n = config.x2ct.size
         return [
-            DatasetSpec("ct", "int16", (n, n, n)),
-            DatasetSpec("xray1", "float32", det),  # AP
-            DatasetSpec("xray2", "float32", det),  # lateral
-            DatasetSpec("spacing", "float64", (3,)),
-            DatasetSpec("ori_size", "int64", (3,)),
+            DatasetSpec(Key.CT, "int16", (n, n, n)),
+            DatasetSpec(Key.XRAY1, "float32", det),  # AP
+            DatasetSpec(Key.XRAY2, "float32", det),  # lateral
+            DatasetSpec(Key.SPACING, "float64", (3,)),
+            DatasetSpec(Key.ORI_SIZE, "int64", (3,)),
         ]
-    if product == "vertebra":
+    if product == VERTEBRA:
         n = config.vertebra.size
         return [
-            DatasetSpec("ct", "int16", (n, n, n)),
-            DatasetSpec("mask", "uint8", (n, n, n)),
-            DatasetSpec("labels", "uint8", (n, n, n)),
+            DatasetSpec(Key.CT, "int16", (n, n, n)),
+            DatasetSpec(Key.MASK, "uint8", (n, n, n)),
+            DatasetSpec(Key.LABELS, "uint8", (n, n, n)),
         ]
-    if product == "drr":
+    if product == DRR:
         return [
-            DatasetSpec("drr", "float32", ("V", *det)),
-            DatasetSpec("drr_vertebra", "float32", ("V", *det)),
-            DatasetSpec("pose_params", "float64", ("V", 6)),
-            DatasetSpec("pose_matrices", "float64", ("V", 4, 4)),
-            DatasetSpec("view_names", "S3", ("V",)),
-            DatasetSpec("rotation_center", "float64", (3,)),
+            DatasetSpec(Key.DRR, "float32", ("V", *det)),
+            DatasetSpec(Key.DRR_VERTEBRA, "float32", ("V", *det)),
+            DatasetSpec(Key.POSE_PARAMS, "float64", ("V", 6)),
+            DatasetSpec(Key.POSE_MATRICES, "float64", ("V", 4, 4)),
+            DatasetSpec(Key.VIEW_NAMES, VIEW_NAME_DTYPE, ("V",)),
+            DatasetSpec(Key.ROTATION_CENTER, "float64", (3,)),
         ]
     raise KeyError(f"unknown product {product!r}")
 
 
-# Product-specific group attributes.
-PRODUCT_ATTRS = {
-    "x2ct": ("z_offset_mm", "padded_fraction", "body_fraction", "attenuation", "detector"),
-    "vertebra": ("level", "padded_fraction", "cut_by_border", "centre_mode"),
-    "drr": ("ref_level", "target_level", "euler_convention", "detector", "attenuation", "pose_convention"),
-}
+def expected_shape(spec: DatasetSpec, n_views: int) -> tuple:
+    return tuple(n_views if s == "V" else s for s in spec.shape)
 
-VIEW_AP = b"AP"
-VIEW_LAT = b"LAT"
+
+def sample_datasets(product: str, config: BuildConfig, arrays: dict, n_views: int = 0) -> dict[str, np.ndarray]:
+    """A sample group's datasets in spec order, each in its spec dtype; a missing, extra or
+    misshapen array is a programming error and raises ValueError naming it."""
+    specs = product_datasets(product, config)
+    extra = set(arrays) - {s.key for s in specs}
+    if extra:
+        raise ValueError(f"{product}: datasets {sorted(extra)} are not in the shard layout")
+    out = {}
+    for spec in specs:
+        if spec.key not in arrays:
+            raise ValueError(f"{product}: dataset {spec.key!r} missing")
+        array = np.asarray(arrays[spec.key]).astype(spec.dtype, copy=False)
+        if array.shape != expected_shape(spec, n_views):
+            raise ValueError(f"{product}/{spec.key}: shape {array.shape}, layout says {expected_shape(spec, n_views)}")
+        out[spec.key] = array
+    return out

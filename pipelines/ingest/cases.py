@@ -6,25 +6,41 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
-from pipelines.ingest.discover import CaseFiles, Discovery, InputError, discover
+from pipelines.errors import InputError
+from pipelines.ingest.discover import CaseFiles, Discovery, discover
+from pipelines.ingest.load import has_required_roles
+from pipelines.io.input_hashes import file_signature
 from pipelines.io.volumes import combined_hash, sha256_file
 from pipelines.ops.sampling import assign_split
 from schemas.config import BuildConfig
-from schemas.manifest import QC_QUARANTINED
+from schemas.manifest import CaseRow
+from schemas.rules import Role
+
+Hasher = Callable[[list[CaseFiles]], dict[str, dict[str, str]]]
 
 
 @dataclass
 class CaseJob:
     case: CaseFiles
     split: str
-    input_sha256: str
+    input_sha256: str  # "" when some file is new or changed: the case task hashes it as it reads it
+    file_sha256: dict[str, str] = field(default_factory=dict)  # file key -> sha256 known at discovery
+
+    @property
+    def hashed(self) -> bool:
+        return bool(self.input_sha256)
+
+    def signature(self) -> str:
+        """What identifies an unhashed case's files without reading them: sizes, times, inodes."""
+        return json.dumps({k: file_signature(p) for k, p in sorted(self.case.files.items())})
 
 
 @dataclass
 class IngestResult:
     jobs: list[CaseJob]  # cases to process
-    rows: dict[str, dict]  # case_id -> cases-table row (QC filled in for early quarantines)
+    rows: dict[str, CaseRow]  # case_id -> cases-table row (QC filled in for early quarantines)
     discovery: Discovery
     problems: list[dict] = field(default_factory=list)
 
@@ -33,18 +49,17 @@ class IngestResult:
         return {j.case.case_id: j.input_sha256 for j in self.jobs}
 
 
-def _row(case: CaseFiles, hashes: dict[str, str]) -> dict:
-    return {
-        "case_id": case.case_id,
-        "convention": case.convention,
-        "source_paths": json.dumps(case.relative()),
-        "roles": ",".join(sorted(case.files)),
-        "file_sha256": json.dumps(hashes, sort_keys=True),
-        "input_sha256": combined_hash(hashes),
-        "qc_status": "",
-        "qc_reason": "",
-        "qc_message": "",
-    }
+def case_row(case: CaseFiles, hashes: dict[str, str | None]) -> CaseRow:
+    row = CaseRow(case_id=case.case_id, convention=case.convention, source_paths=json.dumps(case.relative()),
+                  roles=",".join(sorted(case.files)))
+    set_hashes(row, hashes)
+    return row
+
+
+def set_hashes(row: CaseRow, hashes: dict[str, str | None]) -> None:
+    """File hashes and their combined hash; the combined hash stays empty while a file is unhashed."""
+    row.file_sha256 = json.dumps(hashes, sort_keys=True)
+    row.input_sha256 = combined_hash(hashes) if None not in hashes.values() else ""
 
 
 def salted_case_id(name: str, salt: str) -> str:
@@ -63,12 +78,13 @@ def _pseudonymise(discovery: Discovery, config: BuildConfig) -> None:
     discovery.cases.sort(key=lambda c: c.case_id)
 
 
-def hash_files(cases: list[CaseFiles]) -> dict[str, dict[str, str]]:
-    """sha256 of every file of every case (the build's ingest: content hashes only)."""
-    return {c.case_id: {role: sha256_file(p) for role, p in sorted(c.files.items())} for c in cases}
+def hash_files(cases: list[CaseFiles], sha256: Callable[[Path], str | None] = sha256_file) -> dict[str, dict]:
+    """Content hash of every file of every case (`sha256` may remember unchanged files, or answer
+    None for a file it leaves to the case task to hash as it reads it)."""
+    return {c.case_id: {role: sha256(p) for role, p in sorted(c.files.items())} for c in cases}
 
 
-def ingest_inputs(roots: list[Path], config: BuildConfig, hasher=hash_files) -> IngestResult:
+def ingest_inputs(roots: list[Path], config: BuildConfig, hasher: Hasher = hash_files) -> IngestResult:
     """Discover, hash (through `hasher`, which may also check), flag duplicates and missing roles, split."""
     discovery = discover(roots)
     _pseudonymise(discovery, config)
@@ -76,20 +92,18 @@ def ingest_inputs(roots: list[Path], config: BuildConfig, hasher=hash_files) -> 
     jobs, rows, seen_ct = [], {}, {}
     for case in discovery.cases:
         hashes = dict(sorted(all_hashes[case.case_id].items()))
-        row = rows[case.case_id] = _row(case, hashes)
-        has_mask = "mask" in case.files or bool(case.keyed("structure_mask"))
-        missing = [r for r, ok in (("ct", "ct" in case.files), ("mask", has_mask)) if not ok]
+        row = rows[case.case_id] = case_row(case, hashes)
+        missing = has_required_roles(case)
         if missing:
-            row.update(qc_status=QC_QUARANTINED, qc_reason="missing_role",
-                       qc_message=f"no {' or '.join(missing)} file matched for this case")
+            row.quarantine("missing_role", f"no {' or '.join(missing)} file matched for this case")
             continue
-        if hashes["ct"] in seen_ct:
-            row.update(qc_status=QC_QUARANTINED, qc_reason="duplicate",
-                       qc_message=f"same CT content as case {seen_ct[hashes['ct']]}; processed once there")
+        ct_hash = hashes[Role.CT]
+        if ct_hash is not None and ct_hash in seen_ct:
+            row.quarantine("duplicate", f"same CT content as case {seen_ct[ct_hash]}; processed once there")
             continue
-        seen_ct[hashes["ct"]] = case.case_id
-        split = assign_split(config.seed, case.case_id, config.splits.model_dump())
-        jobs.append(CaseJob(case, split, row["input_sha256"]))
-        row["split"] = split
+        if ct_hash is not None:
+            seen_ct[ct_hash] = case.case_id
+        row.split = assign_split(config.seed, case.case_id, config.splits.model_dump())
+        jobs.append(CaseJob(case, row.split, row.input_sha256, {k: v for k, v in hashes.items() if v}))
     problems = [{"path": p, "reason": r, "message": m} for p, r, m in discovery.problems]
     return IngestResult(jobs, rows, discovery, problems)

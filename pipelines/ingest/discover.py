@@ -5,7 +5,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipelines.errors import InputError
 from pipelines.ingest.naming import NamingRule, classify, load_rules
+from schemas.rules import KEY_SEPARATOR
 
 
 @dataclass
@@ -18,7 +20,7 @@ class CaseFiles:
 
     def keyed(self, role: str) -> dict[str, Path]:
         """Files of a keyed role, e.g. {'vertebrae_L1': path} for role 'structure_mask'."""
-        prefix = role + ":"
+        prefix = role + KEY_SEPARATOR
         return {k[len(prefix):]: p for k, p in sorted(self.files.items()) if k.startswith(prefix)}
 
     def relative(self) -> dict[str, str]:
@@ -30,10 +32,6 @@ class Discovery:
     cases: list[CaseFiles]
     unmatched: list[str]  # relative paths that no rule claims
     problems: list[tuple[str, str, str]]  # (path, reason code, message)
-
-
-class InputError(Exception):
-    """An input root that cannot be used at all (missing, not a folder)."""
 
 
 DICOM_SUFFIX = ".dicom"  # a folder of DICOM slices is classified as the path "<folder>.dicom"

@@ -7,18 +7,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from schemas import SCHEMA_DIR
+from schemas.rules import LEVELS_TABLE, TOTALSEG_NAMES_TABLE, VERSE_TABLE, label_table
 
 
 @lru_cache(maxsize=1)
 def levels_table() -> pd.DataFrame:
     """Canonical levels: level name, id, region, rank (cranial -> caudal)."""
-    return pd.read_csv(SCHEMA_DIR / "labels" / "levels.csv")
+    return pd.read_csv(LEVELS_TABLE)
 
 
 def level_id(level: str) -> int:
     table = levels_table()
-    hit = table.loc[table.level == level, "id"]
+    hit = table.id[table.level == level]
     if hit.empty:
         raise KeyError(f"unknown vertebra level {level!r}")
     return int(hit.iloc[0])
@@ -29,7 +29,7 @@ def id_to_level() -> dict[int, str]:
 
 
 def order_cranial_to_caudal(levels: list[str]) -> list[str]:
-    rank = dict(zip(levels_table()["level"], levels_table()["rank"]))
+    rank = dict(zip(levels_table().level, levels_table()["rank"]))
     return sorted(levels, key=lambda lv: rank[lv])
 
 
@@ -40,10 +40,10 @@ def source_lookup(labels: str, structures_csv: Path | None = None) -> tuple[dict
     columns id, structure, whose vertebra names follow TotalSegmentator).
     """
     if labels == "verse":
-        table = pd.read_csv(SCHEMA_DIR / "labels" / "verse.csv")
+        table = pd.read_csv(VERSE_TABLE)
         return {int(s): level_id(lv) for s, lv in zip(table.source_id, table.level)}, set()
     if labels.startswith("totalsegmentator_"):
-        path = SCHEMA_DIR / "labels" / f"{labels}.csv"
+        path = label_table(labels)
         if not path.is_file():
             raise KeyError(f"unknown label convention {labels!r}")
         table = pd.read_csv(path, keep_default_na=False)
@@ -54,10 +54,10 @@ def source_lookup(labels: str, structures_csv: Path | None = None) -> tuple[dict
         if structures_csv is None:
             raise FileNotFoundError("label convention 'structures_csv' needs the case's structures.csv")
         structures = pd.read_csv(structures_csv)
-        names = pd.read_csv(SCHEMA_DIR / "labels" / "totalsegmentator_names.csv")
+        names = pd.read_csv(TOTALSEG_NAMES_TABLE)
         to_level = dict(zip(names.structure, names.level))
         lut, other = {}, set()
-        for sid, name in zip(structures["id"].astype(int), structures["structure"]):
+        for sid, name in zip(structures.id.astype(int), structures.structure):
             if name in to_level:
                 lut[sid] = level_id(to_level[name])
             else:
@@ -79,7 +79,7 @@ def translate(mask: np.ndarray, lut: dict[int, int], ignored: set[int]) -> tuple
 
 @lru_cache(maxsize=1)
 def _structure_levels() -> dict[str, str]:
-    names = pd.read_csv(SCHEMA_DIR / "labels" / "totalsegmentator_names.csv")
+    names = pd.read_csv(TOTALSEG_NAMES_TABLE)
     return dict(zip(names.structure, names.level))
 
 

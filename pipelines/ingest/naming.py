@@ -10,11 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+from pydantic import ValidationError
 
-from schemas import SCHEMA_DIR
+from pipelines.errors import RuleFileError
+from schemas.rules import CASE_GROUP, KEY_GROUP, LEVEL_KEY_KIND, NAMING_DIR, Role, RuleFile, role_key
 
-ROLES = ("ct", "mask", "structure_mask", "vertebra_ct", "vertebra_mask", "centroids", "structures",
-         "unmatched")  # 'unmatched': a rule that claims files only to list them as unmatched
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -30,10 +30,6 @@ class NamingRule:
     key_kind: str | None = None  # "level": the key group is a vertebra level in any spelling
 
 
-class RuleFileError(ValueError):
-    pass
-
-
 def canonical_case_id(raw: str) -> str:
     """A case id safe for file names and HDF5 keys."""
     out = _UNSAFE.sub("-", raw).strip("-.")
@@ -42,27 +38,29 @@ def canonical_case_id(raw: str) -> str:
     return out
 
 
+def _rules_of(path: Path) -> list[NamingRule]:
+    try:
+        spec = RuleFile.model_validate(yaml.safe_load(path.read_text()) or {})
+    except (ValidationError, yaml.YAMLError) as exc:
+        raise RuleFileError(f"{path}: malformed naming rule file ({' '.join(str(exc).split())[:300]})") from exc
+    rules = []
+    for item in spec.rules:
+        try:
+            pattern = re.compile(item.pattern)
+        except re.error as exc:
+            raise RuleFileError(f"{path}: bad pattern {item.pattern!r} ({exc})") from exc
+        if CASE_GROUP not in pattern.groupindex and not item.case and item.role != Role.UNMATCHED:
+            raise RuleFileError(f"{path.name}: rule for {item.role} names no case")
+        rules.append(NamingRule(spec.convention, spec.labels, item.role, pattern, item.case, path.name,
+                                spec.case_format, item.key))
+    return rules
+
+
 def load_rules(extra_dirs: list[Path] | None = None) -> list[NamingRule]:
-    files = sorted((SCHEMA_DIR / "naming").glob("*.yaml"))
+    files = sorted(NAMING_DIR.glob("*.yaml"))
     for d in extra_dirs or []:
         files += sorted(Path(d).glob("*.yaml"))
-    rules: list[NamingRule] = []
-    for path in files:
-        spec = yaml.safe_load(path.read_text()) or {}
-        try:
-            for item in spec["rules"]:
-                if item["role"] not in ROLES:
-                    raise RuleFileError(f"{path.name}: unknown role {item['role']!r}")
-                pattern = re.compile(item["pattern"])
-                if "case" not in pattern.groupindex and not item.get("case") and item["role"] != "unmatched":
-                    raise RuleFileError(f"{path.name}: rule for {item['role']} names no case")
-                if item.get("key") not in (None, "level"):
-                    raise RuleFileError(f"{path.name}: unknown key kind {item['key']!r}")
-                rules.append(NamingRule(spec["convention"], spec["labels"], item["role"], pattern,
-                                        item.get("case"), path.name, spec.get("case_format"), item.get("key")))
-        except (KeyError, TypeError, re.error) as exc:
-            raise RuleFileError(f"{path}: malformed naming rule ({exc})") from exc
-    return rules
+    return [rule for path in files for rule in _rules_of(path)]
 
 
 def classify(relpath: str, rules: list[NamingRule]) -> tuple[NamingRule, str, str] | None:
@@ -75,19 +73,19 @@ def classify(relpath: str, rules: list[NamingRule]) -> tuple[NamingRule, str, st
         m = rule.pattern.search(relpath)
         if not m:
             continue
-        if rule.role == "unmatched":
+        if rule.role == Role.UNMATCHED:
             return None
-        raw = m.group("case") if "case" in rule.pattern.groupindex else rule.case
+        raw = m.group(CASE_GROUP) if CASE_GROUP in rule.pattern.groupindex else rule.case
         if rule.case_format:
             raw = rule.case_format.format(case=raw)
         key = rule.role
-        if "key" in rule.pattern.groupindex:
-            value = m.group("key")
-            if rule.key_kind == "level":
+        if KEY_GROUP in rule.pattern.groupindex:
+            value = m.group(KEY_GROUP)
+            if rule.key_kind == LEVEL_KEY_KIND:
                 value = canonical_level(value)
                 if value is None:
                     return None  # a level nobody can read: listed as unmatched, not guessed
-            key = f"{rule.role}:{value}"
+            key = role_key(rule.role, value)
         return rule, canonical_case_id(raw), key
     return None
 

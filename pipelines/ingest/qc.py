@@ -3,16 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from schemas.manifest import QC_REASONS
-
-
-class QCError(Exception):
-    def __init__(self, reason: str, message: str):
-        if reason not in QC_REASONS:
-            raise ValueError(f"unknown QC reason code {reason!r}")
-        super().__init__(f"{reason}: {message}")
-        self.reason = reason
-        self.message = message
+from pipelines.errors import QCError
 
 
 def check_geometry(affine: np.ndarray, spacing_range: tuple[float, float], what: str) -> None:

@@ -5,16 +5,37 @@ import json
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from pipelines.ingest.cases import ingest_inputs
-from pipelines.ingest.check import check_case
+from pipelines.errors import QCError
+from pipelines.ingest.cases import IngestResult, ingest_inputs
 from pipelines.ingest.discover import CaseFiles
-from pipelines.ingest.qc import QCError
+from pipelines.ingest.load import LoadedCase, load_case
 from pipelines.io.publish import table
 from pipelines.io.volumes import sha256_file
 from schemas.config import load_config
-from schemas.manifest import CASES_COLUMNS, CASES_CSV, CASES_PARQUET, QC_ACCEPTED, QC_QUARANTINED
+from schemas.layout import CASES_CSV, CASES_PARQUET, INGEST_SUMMARY
+from schemas.manifest import CASES_COLUMNS, CaseRow, describe_quarantine, quarantine_entry
+from schemas.rules import KEY_SEPARATOR
+
+
+@dataclass
+class IngestSummary:
+    cases: int
+    accepted: int
+    quarantined: int
+    duplicates: int
+    unmatched_files: list[str]
+    problems: list[dict]
+    quarantine: list[dict]  # case_id, qc_reason, qc_message
+    out: str
+    seconds: float
+    materialized: dict | None = None
+    text: str = field(default="", repr=False)
+
+    def to_json(self) -> str:
+        return json.dumps({k: v for k, v in asdict(self).items() if k != "text"}, indent=2)
 
 
 def _suffix(path: Path) -> str:
@@ -24,7 +45,7 @@ def _suffix(path: Path) -> str:
     return ".nii.gz" if name.lower().endswith(".nii.gz") else path.suffix
 
 
-def materialize(result, accepted: set[str], target: Path) -> int:
+def materialize(result: IngestResult, accepted: set[str], target: Path) -> int:
     """A normalised tree of symbolic links: TARGET/<case>/<role>[_<key>]<ext> -> the source file."""
     links = 0
     for job in result.jobs:
@@ -33,7 +54,7 @@ def materialize(result, accepted: set[str], target: Path) -> int:
         folder = target / job.case.case_id
         folder.mkdir(parents=True, exist_ok=True)
         for key, source in sorted(job.case.files.items()):
-            link = folder / (key.replace(":", "_") + _suffix(source))
+            link = folder / (key.replace(KEY_SEPARATOR, "_") + _suffix(source))
             if link.is_symlink() or link.exists():
                 link.unlink()
             link.symlink_to(source.resolve(), target_is_directory=source.is_dir())
@@ -41,14 +62,12 @@ def materialize(result, accepted: set[str], target: Path) -> int:
     return links
 
 
-def _check_all(cases: list[CaseFiles], config, outcomes: dict, workers: int) -> dict[str, dict[str, str]]:
-    """Hash and check every case in one pass per file, `workers` cases at a time."""
+def _load_all(cases: list[CaseFiles], config, outcomes: dict, workers: int) -> dict[str, dict[str, str]]:
+    """Read and check every case, each file once, `workers` cases at a time."""
     def one(case: CaseFiles):
-        if "ct" not in case.files or not ("mask" in case.files or case.keyed("structure_mask")):
-            return case.case_id, {k: sha256_file(p) for k, p in case.files.items()}, None
         try:
-            hashes, info = check_case(case, config)
-            return case.case_id, hashes, info
+            loaded = load_case(case, config)
+            return case.case_id, loaded.hashes, loaded
         except QCError as exc:
             hashes = {k: exc.hashes.get(k) or sha256_file(p) for k, p in case.files.items()}
             return case.case_id, hashes, exc
@@ -61,49 +80,53 @@ def _check_all(cases: list[CaseFiles], config, outcomes: dict, workers: int) -> 
     return all_hashes
 
 
+def _record(row: CaseRow, outcome: LoadedCase | QCError) -> None:
+    if isinstance(outcome, QCError):
+        row.quarantine(outcome.reason, outcome.message)
+        return
+    for name, value in asdict(outcome.stored).items():
+        setattr(row, name, value)
+    row.levels, row.cut_levels = ",".join(outcome.levels), ",".join(sorted(outcome.cut_levels))
+    row.accept()
+
+
+def _text(summary: IngestSummary, out: Path, materialize_dir: Path | None) -> str:
+    lines = [f"{summary.cases} cases: {summary.accepted} accepted, {summary.quarantined} quarantined "
+             f"({summary.duplicates} duplicates); {len(summary.unmatched_files)} unmatched files "
+             f"[{summary.seconds:.1f} s]"]
+    lines += [f"  quarantined {describe_quarantine(q)}" for q in summary.quarantine]
+    lines += [f"  unmatched {p}" for p in summary.unmatched_files]
+    lines += [f"  {p['reason']} {p['path']}: {p['message']}" for p in summary.problems]
+    lines.append(f"wrote {out / CASES_PARQUET} and {out / CASES_CSV}")
+    if summary.materialized:
+        lines.append(f"materialized {summary.materialized['links']} links under {materialize_dir}")
+    return "\n".join(lines)
+
+
 def run_ingest(roots: list[Path], out: Path, config_path: str | None = None,
-               materialize_dir: Path | None = None, workers: int | None = None) -> dict:
+               materialize_dir: Path | None = None, workers: int | None = None) -> IngestSummary:
     config = load_config(config_path)
     outcomes: dict = {}
     started = time.perf_counter()
-    result = ingest_inputs(roots, config, hasher=lambda cases: _check_all(cases, config, outcomes,
-                                                                         workers or os.cpu_count() or 1))
+    result = ingest_inputs(roots, config, hasher=lambda cases: _load_all(cases, config, outcomes,
+                                                                        workers or os.cpu_count() or 1))
     for job in result.jobs:
-        row = result.rows[job.case.case_id]
-        outcome = outcomes[job.case.case_id]
-        if isinstance(outcome, QCError):
-            row.update(qc_status=QC_QUARANTINED, qc_reason=outcome.reason, qc_message=outcome.message)
-        else:
-            row.update(outcome, qc_status=QC_ACCEPTED)
-    cases = table(list(result.rows.values()), CASES_COLUMNS)
+        _record(result.rows[job.case.case_id], outcomes[job.case.case_id])
+    rows = list(result.rows.values())
     out.mkdir(parents=True, exist_ok=True)
+    cases = table(rows, CASES_COLUMNS)
     cases.to_parquet(out / CASES_PARQUET, index=False)
     cases.to_csv(out / CASES_CSV, index=False)
-    summary = {
-        "cases": int(len(cases)),
-        "accepted": int((cases.qc_status == QC_ACCEPTED).sum()),
-        "quarantined": int((cases.qc_status == QC_QUARANTINED).sum()),
-        "duplicates": int((cases.qc_reason == "duplicate").sum()),
-        "unmatched_files": result.discovery.unmatched,
-        "problems": result.problems,
-        "quarantine": cases.loc[cases.qc_status == QC_QUARANTINED, ["case_id", "qc_reason", "qc_message"]]
-        .to_dict("records"),
-        "out": str(out),
-        "seconds": round(time.perf_counter() - started, 3),
-    }
+    quarantined = [r for r in rows if r.quarantined]
+    summary = IngestSummary(
+        cases=len(rows), accepted=len(rows) - len(quarantined), quarantined=len(quarantined),
+        duplicates=sum(r.qc_reason == "duplicate" for r in rows), unmatched_files=result.discovery.unmatched,
+        problems=result.problems, out=str(out), seconds=round(time.perf_counter() - started, 3),
+        quarantine=[quarantine_entry(r) for r in quarantined])
     if materialize_dir is not None:
-        accepted = set(cases.loc[cases.qc_status == QC_ACCEPTED, "case_id"])
-        summary["materialized"] = {"dir": str(materialize_dir),
-                                   "links": materialize(result, accepted, Path(materialize_dir))}
-    (out / "ingest.json").write_text(json.dumps(summary, indent=2))
-    lines = [f"{summary['cases']} cases: {summary['accepted']} accepted, {summary['quarantined']} quarantined "
-             f"({summary['duplicates']} duplicates); {len(summary['unmatched_files'])} unmatched files "
-             f"[{summary['seconds']:.1f} s]"]
-    lines += [f"  quarantined {q['case_id']}: {q['qc_reason']} ({q['qc_message']})" for q in summary["quarantine"]]
-    lines += [f"  unmatched {p}" for p in summary["unmatched_files"]]
-    lines += [f"  {p['reason']} {p['path']}: {p['message']}" for p in summary["problems"]]
-    lines.append(f"wrote {out / CASES_PARQUET} and {out / CASES_CSV}")
-    if "materialized" in summary:
-        lines.append(f"materialized {summary['materialized']['links']} links under {materialize_dir}")
-    summary["text"] = "\n".join(lines)
+        accepted = {r.case_id for r in rows if not r.quarantined}
+        summary.materialized = {"dir": str(materialize_dir), "links": materialize(result, accepted,
+                                                                                  Path(materialize_dir))}
+    (out / INGEST_SUMMARY).write_text(summary.to_json())
+    summary.text = _text(summary, out, materialize_dir)
     return summary

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import json
 import os
 import re
 import shutil
@@ -19,20 +18,18 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipelines.io.shards import atomic_h5, copy_groups, group_nbytes
+from pipelines.errors import PublishError
+from pipelines.io.shards import atomic_h5, copy_groups, group_nbytes, read_card
 from pipelines.io.volumes import sha256_file
 from schemas import SCHEMA_VERSION
-from schemas.manifest import (CASES_COLUMNS, CASES_CSV, CASES_PARQUET, DATASET_CARD, MANIFEST_COLUMNS,
-                              MANIFEST_CSV, MANIFEST_PARQUET, PAIRS_CSV, PAIRS_PARQUET, PRODUCTS, SHARD_DIR,
-                              shard_name)
+from schemas.card import CaseCounts, Counts, DatasetCard, ShardRecord
+from schemas.layout import (CACHE_CASES, CACHE_RESULTS, CASES_CSV, CASES_PARQUET, DATASET_CARD, LOCK_FILE,
+                            MANIFEST_CSV, MANIFEST_PARQUET, PAIRS_CSV, PAIRS_PARQUET, SHARD_DIR, STAGING_PREFIX,
+                            TMP_SUFFIX, shard_name, shard_record_file, staging_version_dir)
+from schemas.manifest import (CASES_COLUMNS, MANIFEST_COLUMNS, PAIRS_COLUMNS, PRODUCTS, QC_ACCEPTED, QC_QUARANTINED, CaseRow,
+                              Col, SampleRow, record_dicts)
 
 _VERSION = re.compile(r"^v(\d+)$")
-LOCK_FILE = ".lock"
-CACHE_DIR = ".cache"  # per-case staged files and Prefect result records, reused across builds
-
-
-class PublishError(Exception):
-    pass
 
 
 @dataclass
@@ -40,13 +37,6 @@ class PublishPlan:
     dataset_dir: Path
     version: str
     existing: bool  # True when this build_id is already published under `version`
-
-
-def read_card(version_dir: Path) -> dict:
-    path = Path(version_dir) / DATASET_CARD
-    if not path.is_file():
-        raise FileNotFoundError(f"not a published SpineForge version (no {DATASET_CARD}): {version_dir}")
-    return json.loads(path.read_text())
 
 
 def published_versions(dataset_dir: Path) -> list[str]:
@@ -65,16 +55,16 @@ def plan_version(out: Path, dataset: str, build_id: str, version: str | None) ->
         target = dataset_dir / version
         if target.exists():
             card = read_card(target)
-            if card.get("build_id") != build_id:
+            if card.build_id != build_id:
                 raise PublishError(
                     f"version {version} of {dataset} is already published with build_id "
-                    f"{card.get('build_id')}; this build is {build_id}. Published versions are "
+                    f"{card.build_id}; this build is {build_id}. Published versions are "
                     f"immutable: choose another --version or omit it to get the next one")
             return PublishPlan(dataset_dir, version, True)
         return PublishPlan(dataset_dir, version, False)
     versions = published_versions(dataset_dir)
     for name in versions:
-        if read_card(dataset_dir / name).get("build_id") == build_id:
+        if read_card(dataset_dir / name).build_id == build_id:
             return PublishPlan(dataset_dir, name, True)
     last = int(_VERSION.match(versions[-1]).group(1)) if versions else 0
     return PublishPlan(dataset_dir, f"v{last + 1}", False)
@@ -106,79 +96,102 @@ def plan_shards(sizes: list[int], target_bytes: int, min_shards: int) -> list[li
 
 
 def write_shards(samples: pd.DataFrame, staging_files: dict[str, str], shard_dir: Path,
-                 target_bytes: int, min_shards: int) -> tuple[pd.Series, list[dict]]:
+                 target_bytes: int, min_shards: int) -> tuple[pd.Series, list[ShardRecord]]:
     """Gather sample groups into per-product shards; returns (shard per sample, shard records)."""
     shard_dir.mkdir(parents=True, exist_ok=True)
     assigned = pd.Series(index=samples.index, dtype=object)
     records = []
     for product in PRODUCTS:
-        rows = samples[samples["product"] == product].sort_values("sample_id")
+        rows = samples[samples[Col.PRODUCT] == product].sort_values(Col.SAMPLE_ID)
         sizes = [group_nbytes(Path(staging_files[r.case_id]), r.sample_id) for r in rows.itertuples()]
         for n, positions in enumerate(plan_shards(sizes, target_bytes, min_shards)):
             batch = rows.index[positions]
             name = shard_name(product, n)
             with atomic_h5(shard_dir / name) as h5:
-                for case_id, grp in rows.loc[batch].groupby("case_id", sort=True):
+                for case_id, grp in rows.loc[batch].groupby(Col.CASE_ID, sort=True):
                     copy_groups(Path(staging_files[case_id]), list(grp.sample_id), h5)
             assigned.loc[batch] = name
             path = shard_dir / name
-            records.append({"file": f"{SHARD_DIR}/{name}", "product": product, "bytes": path.stat().st_size,
-                            "n_samples": len(batch), "sha256": sha256_file(path)})
+            records.append(ShardRecord(file=shard_record_file(name), product=product, bytes=path.stat().st_size,
+                                       n_samples=len(batch), sha256=sha256_file(path)))
     return assigned, records
 
 
-def table(rows: list[dict], columns: list[str]) -> pd.DataFrame:
-    df = pd.DataFrame(rows)
-    for col in columns:
-        if col not in df:
-            df[col] = None
-    return df[columns + [c for c in df.columns if c not in columns]]
+def table(records: list, columns: list[str]) -> pd.DataFrame:
+    """A published table from typed records, columns in schema order."""
+    return pd.DataFrame(record_dicts(records), columns=columns)
 
 
-def counts(manifest: pd.DataFrame) -> dict:
-    out: dict = {"samples": int(len(manifest)), "by_product": {}, "by_product_split": {}, "by_level": {}}
-    for product, grp in manifest.groupby("product"):
-        out["by_product"][product] = int(len(grp))
-        out["by_product_split"][product] = {k: int(v) for k, v in grp["split"].value_counts().items()}
-    levels = pd.concat([manifest["level"], manifest["target_level"]]).dropna()
-    out["by_level"] = {k: int(v) for k, v in levels.value_counts().sort_index().items()}
-    return out
+def counts(manifest: pd.DataFrame, registration_pairs: int | None) -> Counts:
+    by_product, by_split = {}, {}
+    for product, grp in manifest.groupby(Col.PRODUCT):
+        by_product[product] = int(len(grp))
+        by_split[product] = {k: int(v) for k, v in grp[Col.SPLIT].value_counts().items()}
+    levels = pd.concat([manifest[Col.LEVEL], manifest[Col.TARGET_LEVEL]]).dropna()
+    return Counts(samples=int(len(manifest)), by_product=by_product, by_product_split=by_split,
+                  by_level={k: int(v) for k, v in levels.value_counts().sort_index().items()},
+                  registration_pairs=registration_pairs)
 
 
-def publish_version(plan: PublishPlan, manifest_rows: list[dict], case_rows: list[dict],
-                    staging_files: dict[str, str], card: dict, target_bytes: int, min_shards: int = 1,
+def case_counts(cases: list[CaseRow]) -> CaseCounts:
+    return CaseCounts(discovered=len(cases), accepted=sum(c.qc_status == QC_ACCEPTED for c in cases),
+                      quarantined=sum(c.qc_status == QC_QUARANTINED for c in cases))
+
+
+@dataclass
+class CardFields:
+    """What the build knows of a version before publishing (the rest is measured while writing)."""
+
+    name: str
+    build_id: str
+    code_version: str
+    config: dict
+    seed: int
+    input_hash: str
+    inputs: list[str]
+    unmatched_files: list[str]
+    ingest_problems: list[dict]
+
+
+def _write_table(records: list, columns: list[str], parquet: Path, csv: Path) -> pd.DataFrame:
+    df = table(records, columns)
+    df.to_parquet(parquet, index=False)
+    df.to_csv(csv, index=False)
+    return df
+
+
+def publish_version(plan: PublishPlan, samples: list[SampleRow], cases: list[CaseRow],
+                    staging_files: dict[str, str], fields: CardFields, target_bytes: int, min_shards: int = 1,
                     report_writer=None, pairs_builder=None) -> Path:
-    """Assemble the version in a hidden staging folder and rename it into place."""
+    """Assemble the version in a hidden staging folder and rename it into place.
+
+    `pairs_builder(manifest) -> list[PairRow]` and `report_writer(folder, card, manifest, cases)`
+    are optional steps of the build (registration pairs, the QC page).
+    """
     final = plan.dataset_dir / plan.version
-    staging = plan.dataset_dir / f".publishing-{plan.version}-{card['build_id'][:12]}-{os.getpid()}"
+    staging = staging_version_dir(plan.dataset_dir, plan.version, fields.build_id, os.getpid())
     if staging.exists():
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
     try:
-        manifest = table(manifest_rows, MANIFEST_COLUMNS)
-        manifest["shard"], shards = write_shards(manifest, staging_files, staging / SHARD_DIR, target_bytes,
-                                                     min_shards)
-        manifest = manifest.sort_values(["product", "sample_id"]).reset_index(drop=True)
+        manifest = table(samples, MANIFEST_COLUMNS)
+        manifest[Col.SHARD], shards = write_shards(manifest, staging_files, staging / SHARD_DIR, target_bytes,
+                                                   min_shards)
+        manifest = manifest.sort_values([Col.PRODUCT, Col.SAMPLE_ID]).reset_index(drop=True)
         manifest.to_parquet(staging / MANIFEST_PARQUET, index=False)
         manifest.to_csv(staging / MANIFEST_CSV, index=False)
-        cases = table(case_rows, CASES_COLUMNS)
-        cases.to_parquet(staging / CASES_PARQUET, index=False)
-        cases.to_csv(staging / CASES_CSV, index=False)
+        case_table = _write_table(cases, CASES_COLUMNS, staging / CASES_PARQUET, staging / CASES_CSV)
         n_pairs = None
         if pairs_builder is not None:
             pairs = pairs_builder(manifest)
-            pairs.to_parquet(staging / PAIRS_PARQUET, index=False)
-            pairs.to_csv(staging / PAIRS_CSV, index=False)
-            n_pairs = int(len(pairs))
-        card = dict(card, version=plan.version, schema_version=SCHEMA_VERSION,
-                    created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                    counts=dict(counts(manifest), registration_pairs=n_pairs), shards=shards,
-                    cases={"discovered": int(len(cases)),
-                           "accepted": int((cases.qc_status == "accepted").sum()),
-                           "quarantined": int((cases.qc_status == "quarantined").sum())})
+            _write_table(pairs, PAIRS_COLUMNS, staging / PAIRS_PARQUET, staging / PAIRS_CSV)
+            n_pairs = len(pairs)
+        card = DatasetCard(**vars(fields), version=plan.version, schema_version=SCHEMA_VERSION,
+                           created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                           counts=counts(manifest, n_pairs), shards=shards, cases=case_counts(cases))
         if report_writer is not None:
-            report_writer(staging, card, manifest, cases)
-        (staging / DATASET_CARD).write_text(json.dumps(card, indent=2, sort_keys=True, default=str))
+            report_writer(staging, card, manifest, case_table)
+        (staging / DATASET_CARD).write_text(card.to_json())
         try:
             os.rename(staging, final)  # atomic; fails if another build published first
         except OSError as exc:
@@ -217,15 +230,13 @@ def dataset_lock(dataset_dir: Path, on_wait=None):
 def remove_stale_files(dataset_dir: Path, cache_dir: Path) -> list[str]:
     """Leftovers of builds that died (call under the dataset lock): half-published folders, temp files."""
     removed = []
-    for path in sorted(dataset_dir.glob(".publishing-*")):
+    for path in sorted(dataset_dir.glob(f"{STAGING_PREFIX}*")):
         shutil.rmtree(path, ignore_errors=True)
         removed.append(path.name)
-    for path in sorted(cache_dir.rglob("*.tmp")) if cache_dir.is_dir() else []:
+    for path in sorted(cache_dir.rglob(f"*{TMP_SUFFIX}")) if cache_dir.is_dir() else []:
         path.unlink(missing_ok=True)
         removed.append(str(path.relative_to(dataset_dir)))
     return removed
-
-
 
 
 def prune_cache(cache_dir: Path, used: set[str], keep_seconds: float, now: float | None = None) -> list[str]:
@@ -236,7 +247,7 @@ def prune_cache(cache_dir: Path, used: set[str], keep_seconds: float, now: float
     """
     now = time.time() if now is None else now
     removed = []
-    for folder, suffix in (("cases", ".h5"), ("results", "")):
+    for folder, suffix in ((CACHE_CASES, ".h5"), (CACHE_RESULTS, "")):
         for path in sorted((cache_dir / folder).glob("*")) if (cache_dir / folder).is_dir() else []:
             if path.name.removesuffix(suffix) in used:
                 os.utime(path, (now, now))
@@ -249,7 +260,7 @@ def prune_cache(cache_dir: Path, used: set[str], keep_seconds: float, now: float
 def record_lineage(version_dir: Path, manifests_dir: Path) -> Path:
     """Copy a version's card and manifest CSV to `<manifests_dir>/<dataset>/<version>/` for git."""
     card = read_card(version_dir)
-    target = Path(manifests_dir) / card["name"] / card["version"]
+    target = Path(manifests_dir) / card.name / card.version
     target.mkdir(parents=True, exist_ok=True)
     for name in (DATASET_CARD, MANIFEST_CSV):
         shutil.copyfile(Path(version_dir) / name, target / name)

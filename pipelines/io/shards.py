@@ -1,22 +1,36 @@
-"""HDF5 sample groups: written per case into a staging file, then gathered into product shards.
+"""HDF5 shards: writing sample groups, and the one reader of a published version.
 
-Every dataset is one chunk per volume or per view, with fletcher32 checksums and the configured
-compression. Files are written under a temporary name and renamed once complete.
+Importing this module registers hdf5plugin's filters (shards are Blosc-LZ4 compressed), so every
+reader that goes through here decodes them. Every dataset is one chunk per volume or per view, with
+fletcher32 checksums and the configured compression. Files are written under a temporary name and
+renamed once complete.
 """
 from __future__ import annotations
 
 import json
 import os
 from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Iterator
 
 import h5py
 import hdf5plugin  # registers the Blosc/Zstd HDF5 filters for writers and every reader
 import numpy as np
+import pandas as pd
 
+from pipelines.errors import ShardError
+from pipelines.io.volumes import sha256_file
 from schemas import SCHEMA_VERSION
+from schemas.card import DatasetCard
+from schemas.layout import (CASES_PARQUET, DATASET_CARD, MANIFEST_PARQUET, PAIRS_PARQUET, SHARD_DIR, shard_path,
+                            shard_record_file, tmp_path)
+from schemas.manifest import Col
+from schemas.shard_layout import VIEW_STACK_KEYS, Attr
 
+
+# --- writing ---------------------------------------------------------------------------------
 
 def _compression(name: str) -> dict:
     """h5py keyword arguments for a compression name (choice measured in benchmarks/read.py)."""
@@ -44,14 +58,11 @@ def _attr_value(value):
     return value
 
 
-def write_sample(h5: h5py.File, sample_id: str, datasets: dict[str, np.ndarray],
-                 attrs: dict, compression: str, view_stacks: tuple[str, ...] = ()) -> None:
-    """Write one sample group: datasets (arrays) and attributes (JSON-encoded when structured).
-
-    Keys in `view_stacks` are (V, H, W) stacks chunked one view at a time.
-    """
+def write_sample(h5: h5py.File, sample_id: str, datasets: dict[str, np.ndarray], attrs: dict,
+                 compression: str) -> None:
+    """Write one sample group: datasets (arrays) and attributes (JSON-encoded when structured)."""
     group = h5.create_group(sample_id)
-    group.attrs["schema_version"] = SCHEMA_VERSION
+    group.attrs[Attr.SCHEMA_VERSION] = SCHEMA_VERSION
     for key, value in attrs.items():
         group.attrs[key] = _attr_value(value)
     for key, array in datasets.items():
@@ -59,7 +70,7 @@ def write_sample(h5: h5py.File, sample_id: str, datasets: dict[str, np.ndarray],
         if array.ndim == 0 or array.dtype.kind == "S" or array.size < 64:
             group.create_dataset(key, data=array)
         else:
-            group.create_dataset(key, data=array, chunks=_chunks(array, key in view_stacks), fletcher32=True,
+            group.create_dataset(key, data=array, chunks=_chunks(array, key in VIEW_STACK_KEYS), fletcher32=True,
                                  **_compression(compression))
 
 
@@ -67,7 +78,7 @@ def write_sample(h5: h5py.File, sample_id: str, datasets: dict[str, np.ndarray],
 def atomic_h5(path: Path) -> Iterator[h5py.File]:
     """Open `path` for writing under a temporary name; rename into place only on success."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = tmp_path(path)
     h5 = h5py.File(tmp, "w")
     try:
         yield h5
@@ -92,5 +103,110 @@ def group_nbytes(path: Path, key: str) -> int:
         return sum(ds.size * ds.dtype.itemsize for ds in h5[key].values())
 
 
-class ShardError(Exception):
-    """A shard that is missing, unreadable, corrupt or disagrees with the manifest (names the file)."""
+# --- reading ---------------------------------------------------------------------------------
+
+def read_card(version_dir: Path) -> DatasetCard:
+    path = Path(version_dir) / DATASET_CARD
+    if not path.is_file():
+        raise FileNotFoundError(f"not a published SpineForge version (no {DATASET_CARD}): {version_dir}")
+    return DatasetCard.model_validate_json(path.read_text())
+
+
+def open_shard(path: Path) -> h5py.File:
+    """A shard opened read-only; ShardError naming it when it is missing or not HDF5."""
+    if not Path(path).is_file():
+        raise ShardError(f"{path}: shard file is missing")
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        raise ShardError(f"{path}: not a readable HDF5 shard ({exc})") from exc
+
+
+def read_group(shard: h5py.File, key: str, keys: list[str], where: str) -> dict[str, np.ndarray]:
+    """The named datasets of one sample group (each chunk's fletcher32 checksum is verified here)."""
+    if key not in shard:
+        raise ShardError(f"{where}: sample listed in the manifest is missing from the shard")
+    group = shard[key]
+    try:
+        return {k: group[k][()] for k in keys} | {Attr.AFFINE: np.asarray(group.attrs[Attr.AFFINE], np.float64)}
+    except (OSError, KeyError) as exc:
+        raise ShardError(f"{where}: corrupt or incomplete sample ({exc})") from exc
+
+
+@dataclass
+class PublishedVersion:
+    """A published version folder: its card, tables and shards, checked against each other."""
+
+    root: Path
+
+    def __post_init__(self):
+        self.root = Path(self.root)
+        self.card = read_card(self.root)
+
+    def check_schema(self) -> None:
+        if self.card.schema_version != SCHEMA_VERSION:
+            raise ShardError(f"{self.root / DATASET_CARD}: schema_version {self.card.schema_version!r} "
+                             f"is not the supported {SCHEMA_VERSION!r}")
+
+    @cached_property
+    def config(self):
+        return self.card.build_config()
+
+    @cached_property
+    def manifest(self) -> pd.DataFrame:
+        return pd.read_parquet(self.root / MANIFEST_PARQUET)
+
+    @cached_property
+    def cases(self) -> pd.DataFrame:
+        return pd.read_parquet(self.root / CASES_PARQUET)
+
+    def pairs(self) -> pd.DataFrame:
+        return pd.read_parquet(self.root / PAIRS_PARQUET)
+
+    def samples(self, product: str, split: str | None = None) -> pd.DataFrame:
+        rows = self.manifest[self.manifest[Col.PRODUCT] == product]
+        if split is not None:
+            rows = rows[rows[Col.SPLIT] == split]
+        return rows.sort_values(Col.SAMPLE_ID)
+
+    def shard_path(self, name: str) -> Path:
+        return shard_path(self.root, name)
+
+    def check_shards(self, names, verify_checksums: bool = False) -> None:
+        """Each named shard is listed in the card and present (and, if asked, has its sha256)."""
+        listed = {Path(s.file).name: s for s in self.card.shards}
+        for name in sorted(set(names)):
+            path = self.shard_path(name)
+            if name not in listed:
+                raise ShardError(f"{path}: named by the manifest but not listed in {DATASET_CARD}")
+            if not path.is_file():
+                raise ShardError(f"{path}: shard file is missing")
+            if verify_checksums and sha256_file(path) != listed[name].sha256:
+                raise ShardError(f"{path}: sha256 differs from {DATASET_CARD} (file changed since publishing)")
+
+    def file_problems(self) -> list[str]:
+        """Shard files against the card: unlisted, missing, wrong size or wrong sha256 (re-hashes all)."""
+        problems = []
+        listed = {s.file for s in self.card.shards}
+        for extra in sorted((self.root / SHARD_DIR).glob("*")):
+            if shard_record_file(extra.name) not in listed:
+                problems.append(f"{shard_record_file(extra.name)}: file not listed in {DATASET_CARD}")
+        for shard in self.card.shards:
+            path = self.root / shard.file
+            if not path.is_file():
+                problems.append(f"{shard.file}: missing")
+            elif path.stat().st_size != shard.bytes:
+                problems.append(f"{shard.file}: {path.stat().st_size} bytes, {DATASET_CARD} says {shard.bytes}")
+            elif sha256_file(path) != shard.sha256:
+                problems.append(f"{shard.file}: sha256 mismatch (file changed since publishing)")
+        return problems
+
+    def iter_groups(self, rows: pd.DataFrame) -> Iterator[tuple[object, h5py.Group]]:
+        """(manifest row, HDF5 group) for each row, one shard open at a time."""
+        for name, grp in rows.groupby(Col.SHARD, sort=True):
+            with open_shard(self.shard_path(name)) as h5:
+                for row in grp.itertuples():
+                    if row.key not in h5:
+                        raise ShardError(f"{self.shard_path(name)}:{row.key}: sample listed in the manifest is "
+                                         "missing from the shard")
+                    yield row, h5[row.key]

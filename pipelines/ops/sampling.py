@@ -11,6 +11,8 @@ import hashlib
 import numpy as np
 from scipy.spatial.transform import Rotation
 
+from schemas.manifest import SPLIT_SEED_STREAM
+
 
 def stable_hash(*parts: object) -> int:
     """A 64-bit integer from the text of `parts`, identical across processes and platforms."""
@@ -25,7 +27,7 @@ def rng_for(seed: int, case_id: str, product: str, index: int) -> np.random.Gene
 
 def assign_split(seed: int, case_id: str, fractions: dict[str, float]) -> str:
     """Deterministic split of a case from (seed, case id): a uniform number cut by fractions."""
-    u = stable_hash(seed, case_id, "split") / 2.0 ** 64
+    u = stable_hash(seed, case_id, SPLIT_SEED_STREAM) / 2.0 ** 64
     edge = 0.0
     names = list(fractions)
     for name in names:

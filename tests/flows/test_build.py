@@ -7,10 +7,11 @@ import pandas as pd
 import pytest
 from torch.utils.data import DataLoader
 
-from pipelines.flows import BuildError, run_build
-from pipelines.io.publish import PublishError
+from pipelines.errors import BuildError
+from pipelines.flows import run_build
+from pipelines.errors import PublishError
 from pipelines.loaders import DRRDataset, VertebraDataset, X2CTDataset, open_dataset
-from pipelines.validate import validate_version
+from pipelines.tools.validate import validate_version
 from tests.conftest import write_ctspine_case
 
 
@@ -164,7 +165,7 @@ def test_stored_views_re_render_from_stored_inputs(built, collection):
     from pipelines.ingest.discover import discover
     from pipelines.ops.attenuation import hu_to_mu
     from pipelines.ops.drr import Geometry, Renderer, base_camera, camera_for_motion
-    from pipelines.preprocess import prepare_case
+    from pipelines.case.prepare import load_and_prepare
 
     config, out, _ = built
     vdir = out / "tiny" / "v1"
@@ -181,7 +182,7 @@ def test_stored_views_re_render_from_stored_inputs(built, collection):
 
     row = manifest[manifest["product"] == "drr"].iloc[0]
     case = next(c for c in discover([collection]).cases if c.case_id == row["case_id"])
-    prepared = prepare_case(case, config)
+    prepared = load_and_prepare(case, config)
     with h5py.File(vdir / "shards" / row["shard"], "r") as h5:
         g = h5[row["key"]]
         geometry = Geometry.from_record(_json.loads(g.attrs["detector"]))

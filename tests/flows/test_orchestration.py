@@ -7,8 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.flows import BuildError, run_build
-from pipelines.io.publish import PublishError
+from pipelines.errors import BuildError
+from pipelines.flows import run_build
+from pipelines.errors import PublishError
 from tests.conftest import write_ctspine_case
 
 
@@ -93,7 +94,7 @@ def test_cache_entries_unused_for_the_keep_period_are_pruned(tmp_path):
 
 
 def test_a_transient_failure_is_retried_and_a_persistent_one_quarantined(tmp_path, monkeypatch):
-    import pipelines.case as case_module
+    import pipelines.case.process as case_module
 
     inputs = collection(tmp_path / "in", n=2)
     real = case_module.vertebra_samples
@@ -214,7 +215,7 @@ def test_too_many_workers_for_the_largest_case_fail_before_any_work(tmp_path, mo
 def test_a_cluster_on_another_machine_needs_a_prefect_server(tmp_path):
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from pipelines.flows import on_this_machine
+    from pipelines.runtime.cluster import on_this_machine
 
     assert on_this_machine("tcp://127.0.0.1:8786") and on_this_machine("localhost:8786")
     assert not on_this_machine("tcp://192.0.2.7:8786")  # TEST-NET-1: never a local address

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from pipelines.resources import (HEADROOM, WORKER_BASE_BYTES, MemoryPlanError, case_peak_bytes,
+from pipelines.runtime.resources import (HEADROOM, WORKER_BASE_BYTES, MemoryPlanError, case_peak_bytes,
                                  largest_case_voxels, worker_memory_limit, worker_need_bytes)
 from schemas.config import BuildConfig
 

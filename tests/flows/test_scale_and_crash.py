@@ -55,7 +55,7 @@ def dask_cluster(tmp_path):
 
 
 def test_an_unreachable_dask_scheduler_fails_before_any_work(tmp_path):
-    from pipelines.flows import BuildError
+    from pipelines.errors import BuildError
 
     inputs = collection(tmp_path / "in", n=1)
     with socket.socket() as sock:  # a port with nobody listening
@@ -73,7 +73,7 @@ def test_build_through_a_remote_dask_cluster_matches_a_local_build(tmp_path, das
     # each case task takes its host's share of cores: here 2 single-threaded workers on one host
     from distributed import Client
 
-    from pipelines.tasks import dask_worker_share, thread_share
+    from pipelines.runtime.threads import dask_worker_share, thread_share
 
     with Client(dask_cluster, timeout=30) as client:
         cores = os.cpu_count() or 1

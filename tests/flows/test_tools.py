@@ -8,11 +8,11 @@ import pandas as pd
 import pytest
 from torch.utils.data import DataLoader
 
-from pipelines.diff import diff_versions
-from pipelines.export import export_x2ct
+from pipelines.tools.diff import diff_versions
+from pipelines.tools.export import export_x2ct
 from pipelines.flows import run_build
 from pipelines.io.publish import plan_shards
-from pipelines.io.shards import ShardError
+from pipelines.errors import ShardError
 from pipelines.loaders import ShuffledSamples, VertebraDataset, X2CTDataset
 from tests.conftest import write_ctspine_case
 

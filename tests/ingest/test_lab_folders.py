@@ -8,7 +8,7 @@ from pipelines.ingest.cases import ingest_inputs
 from pipelines.ingest.discover import discover
 from pipelines.ingest.naming import canonical_level
 from pipelines.ops.crop import crop_around, shifted_affine
-from pipelines.preprocess import prepare_case
+from pipelines.case.prepare import load_and_prepare
 from tests.conftest import synthetic_spine, write_volume
 
 
@@ -53,23 +53,23 @@ def test_lab_tree_groups_by_patient_and_level(tmp_path, tiny_config):
     p7 = cases["patient-007"]
     assert set(p7.files) == {"ct", "mask", "vertebra_ct:L1", "vertebra_ct:T12", "vertebra_ct:L3", "vertebra_mask:L2"}
     assert p7.convention == "lab" and found.unmatched == ["Vertebra/Patient007_X9.nii.gz"]
-    assert prepare_case(p7, tiny_config).levels == ["T11", "T12", "L1", "L2", "L3", "L4"]
+    assert load_and_prepare(p7, tiny_config).levels == ["T11", "T12", "L1", "L2", "L3", "L4"]
 
 
 def test_a_vertebra_crop_outside_its_case_is_quarantined(tmp_path, tiny_config):
-    from pipelines.case import process_case
+    from pipelines.case.process import process_case
 
     root = _lab_tree(tmp_path)
     ingest = ingest_inputs([root], tiny_config)
     job = next(j for j in ingest.jobs if j.case.case_id == "patient-008")
     result = process_case(job.case, tiny_config, job.split, tmp_path / "stage")
     assert result.qc_reason == "vertebra_mismatch" and "Patient008_L1" in result.qc_message
-    assert json.loads(ingest.rows["patient-007"]["source_paths"])["vertebra_ct:L3"] == "Vertebra/P007_Lumbar3.nii.gz"
+    assert json.loads(ingest.rows["patient-007"].source_paths)["vertebra_ct:L3"] == "Vertebra/P007_Lumbar3.nii.gz"
 
 
 def test_salted_case_ids_hide_names_and_are_stable(tmp_path, tiny_config, monkeypatch):
     from pipelines.ingest.cases import salted_case_id
-    from pipelines.ingest.discover import InputError
+    from pipelines.errors import InputError
 
     root = _lab_tree(tmp_path)
     cfg = tiny_config.model_copy(update={"ingest": tiny_config.ingest.model_copy(update={"case_ids": "salted_hash"})})
@@ -88,7 +88,7 @@ def test_ingest_materializes_a_canonical_tree(tmp_path):
 
     root = _lab_tree(tmp_path / "in")
     summary = run_ingest([root], tmp_path / "out", materialize_dir=tmp_path / "tree")
-    assert summary["accepted"] == 1 and summary["quarantined"] == 1  # patient-008: vertebra_mismatch
+    assert summary.accepted == 1 and summary.quarantined == 1  # patient-008: vertebra_mismatch
     tree = tmp_path / "tree" / "patient-007"
     assert sorted(p.name for p in tree.iterdir()) == [
         "ct.nii.gz", "mask.nii.gz", "vertebra_ct_L1.nii.gz", "vertebra_ct_L3.nii.gz", "vertebra_ct_T12.mha",

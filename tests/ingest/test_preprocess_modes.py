@@ -4,12 +4,12 @@ import json
 import numpy as np
 import pytest
 
-from pipelines.case import process_case
+from pipelines.case.process import process_case
 from pipelines.ingest.discover import discover
 from pipelines.io.volumes import read_image
 from pipelines.ops.orient import Volume, sitk_from_volume, volume_from_sitk, voxel_to_world
 from pipelines.ops.resample import resample_labels, target_grid
-from pipelines.preprocess import prepare_case
+from pipelines.case.prepare import load_and_prepare
 from tests.conftest import make_affine, synthetic_spine, write_ctspine_case, write_dicom_series, write_volume
 
 
@@ -40,23 +40,23 @@ def test_vertebrae_cut_by_the_border_are_flagged_or_skipped(tmp_path, tiny_confi
     write_volume(tmp_path / "c1.nii.gz", ct, affine)
     write_volume(tmp_path / "c1_seg.nii.gz", mask, affine)
     case = discover([tmp_path]).cases[0]
-    assert prepare_case(case, tiny_config).cut_levels == frozenset({"T11"})
+    assert load_and_prepare(case, tiny_config).cut_levels == frozenset({"T11"})
     cfg = tiny_config.model_copy(update={"vertebra": tiny_config.vertebra.model_copy(update={"levels": ["T11", "L1"]})})
     kept = process_case(case, cfg, "train", tmp_path / "a")
-    flags = {r["level"]: r["cut_by_border"] for r in kept.samples if r["product"] == "vertebra"}
+    flags = {r.level: r.cut_by_border for r in kept.samples if r.product == "vertebra"}
     assert flags == {"T11": True, "L1": False}
     skip = cfg.model_copy(update={"vertebra": cfg.vertebra.model_copy(update={"border_policy": "skip"})})
     skipped = process_case(case, skip, "train", tmp_path / "b")
-    assert [r["level"] for r in skipped.samples if r["product"] == "vertebra"] == ["L1"]
-    assert "vertebra T11: cut by the scan border" in json.loads(skipped.info["skipped_samples"])
+    assert [r.level for r in skipped.samples if r.product == "vertebra"] == ["L1"]
+    assert "vertebra T11: cut by the scan border" in skipped.skipped
 
 
 def test_x2ct_offsets_that_leave_mostly_air_are_skipped_and_recorded(tmp_path, tiny_config):
     write_ctspine_case(tmp_path, "c1")
     cfg = tiny_config.model_copy(update={"x2ct": tiny_config.x2ct.model_copy(update={"z_offsets_mm": [0, 400]})})
     result = process_case(discover([tmp_path]).cases[0], cfg, "train", tmp_path / "stage")
-    assert [r["z_offset_mm"] for r in result.samples if r["product"] == "x2ct"] == [0]
-    assert any(s.startswith("x2ct z+400") for s in json.loads(result.info["skipped_samples"]))
+    assert [r.z_offset_mm for r in result.samples if r.product == "x2ct"] == [0]
+    assert any(s.startswith("x2ct z+400") for s in result.skipped)
 
 
 def test_the_same_case_gives_identical_samples_every_time(tmp_path, tiny_config):

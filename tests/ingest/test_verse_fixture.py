@@ -7,7 +7,7 @@ import SimpleITK as sitk
 
 from pipelines.ingest.discover import discover
 from pipelines.ops.orient import volume_from_sitk, voxel_to_world, world_to_voxel
-from pipelines.preprocess import prepare_case
+from pipelines.case.prepare import load_and_prepare
 from tests.conftest import shared_fixture, write_volume
 
 
@@ -33,7 +33,7 @@ def test_verse_case_is_discovered_translated_and_resampled(tmp_path, tiny_config
     found = discover([tmp_path])
     (case,) = found.cases
     assert case.case_id == "sub-verse004" and set(case.files) == {"ct", "mask", "centroids"}
-    prepared = prepare_case(case, tiny_config)
+    prepared = load_and_prepare(case, tiny_config)
     assert prepared.levels == ["T9", "T10", "T11", "T12", "L1", "L2", "L3", "L4", "L5"]
     assert prepared.labels.orientation == "RAS"
     np.testing.assert_allclose(prepared.labels.spacing, 1.0)
@@ -46,7 +46,7 @@ def test_verse_case_is_discovered_translated_and_resampled(tmp_path, tiny_config
 def test_verse_centroids_land_inside_their_vertebra_after_resampling(tmp_path, tiny_config):
     mask, ctd = _verse_tree(tmp_path)
     assert ctd[0]["direction"] == ["P", "I", "R"]
-    prepared = prepare_case(discover([tmp_path]).cases[0], tiny_config)
+    prepared = load_and_prepare(discover([tmp_path]).cases[0], tiny_config)
     labels = prepared.labels.array
     for c in ctd[1:]:
         world = voxel_to_world(mask.affine, [[c["X"], c["Y"], c["Z"]]])

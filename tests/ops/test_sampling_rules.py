@@ -3,7 +3,8 @@ import pandas as pd
 
 from pipelines.ops.crop import crop_around
 from pipelines.ops.sampling import rng_for, sample_vertebra_pair
-from pipelines.pairs import registration_pairs
+from pipelines.ops.pairs import registration_pairs
+from schemas.manifest import record_dicts
 
 SPINE10 = ["T8", "T9", "T10", "T11", "T12", "L1", "L2", "L3", "L4", "L5"]
 
@@ -44,7 +45,7 @@ def _manifest(cases_by_split):
 
 def test_registration_pairs_are_same_level_within_a_split_across_patients():
     manifest = _manifest({"train": ["a", "b", "c"], "test": ["d"]})
-    pairs = registration_pairs(manifest, seed=0, max_per_level=100)
+    pairs = pd.DataFrame(record_dicts(registration_pairs(manifest, seed=0, max_per_level=100)))
     assert len(pairs) == 2 * 3 * 2  # 2 levels x ordered pairs of 3 patients; test split has 1 patient
     assert (pairs.fixed_case_id != pairs.moving_case_id).all()
     assert set(pairs.split) == {"train"}
@@ -55,4 +56,4 @@ def test_registration_pairs_cap_is_deterministic():
     manifest = _manifest({"train": [f"p{i}" for i in range(10)]})
     a = registration_pairs(manifest, seed=3, max_per_level=7)
     b = registration_pairs(manifest.sample(frac=1, random_state=1), seed=3, max_per_level=7)
-    assert len(a) == 14 and a.equals(b)
+    assert len(a) == 14 and a == b

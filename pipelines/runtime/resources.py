@@ -17,7 +17,9 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from pipelines.errors import MemoryPlanError
 from schemas.config import BuildConfig
+from schemas.rules import Role
 
 MB = 1 << 20
 WORKER_BASE_BYTES = 650 * MB  # an idle worker with the pipeline imported
@@ -31,10 +33,6 @@ def case_peak_bytes(voxels: int, config: BuildConfig) -> int:
     """Expected peak memory of one case above a worker's idle footprint."""
     pixels = config.detector.height * config.detector.width if (config.drr.enabled or config.x2ct.enabled) else 0
     return int(CASE_BASE_BYTES + BYTES_PER_VOXEL * voxels + BYTES_PER_DETECTOR_PIXEL * pixels)
-
-
-class MemoryPlanError(Exception):
-    pass
 
 
 def worker_need_bytes(largest_case_bytes: int) -> int:
@@ -68,16 +66,17 @@ def largest_case_voxels(roots: list[Path], config: BuildConfig) -> int:
 
     Files whose header cannot be read are skipped here; the build quarantines them.
     """
+    from pipelines.errors import VolumeReadError
     from pipelines.ingest.discover import discover
-    from pipelines.io.volumes import VolumeReadError, read_geometry
+    from pipelines.io.volumes import read_geometry
     from pipelines.ops.resample import target_grid
 
     largest = 0
     for case in discover(roots).cases:
-        if "ct" not in case.files:
+        if Role.CT not in case.files:
             continue
         try:
-            affine, size = read_geometry(case.files["ct"])
+            affine, size = read_geometry(case.files[Role.CT])
         except VolumeReadError:
             continue
         _, shape = target_grid(affine, size, config.resample.spacing_mm, config.resample.orientation)

@@ -6,7 +6,6 @@ import html
 import io
 from pathlib import Path
 
-import h5py
 import matplotlib
 
 matplotlib.use("Agg")
@@ -14,7 +13,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from schemas.manifest import REPORT_HTML  # noqa: E402
+from pipelines.io.shards import open_shard  # noqa: E402  (registers the Blosc filter)
+from schemas.card import DatasetCard  # noqa: E402
+from schemas.layout import REPORT_HTML, shard_path  # noqa: E402
+from schemas.manifest import DRR, QC_QUARANTINED, QUARANTINE_COLUMNS, VERTEBRA, X2CT, Col  # noqa: E402
+from schemas.shard_layout import Key  # noqa: E402
 
 MAX_TILES = 8
 
@@ -42,26 +45,26 @@ def _sheet(tiles: list[tuple[str, np.ndarray, np.ndarray | None]]) -> str:
 
 
 def _tiles(version_dir: Path, manifest: pd.DataFrame, product: str) -> list:
-    rows = manifest[manifest["product"] == product].head(MAX_TILES // 2 if product != "vertebra" else MAX_TILES)
+    rows = manifest[manifest[Col.PRODUCT] == product].head(MAX_TILES // 2 if product != VERTEBRA else MAX_TILES)
     tiles = []
     for row in rows.itertuples():
-        with h5py.File(version_dir / "shards" / row.shard, "r") as h5:
+        with open_shard(shard_path(version_dir, row.shard)) as h5:
             g = h5[row.key]
-            if product == "drr":
-                tiles += [(f"{row.sample_id} AP", g["drr"][0], None),
-                          (f"{row.ref_level}->{row.target_level} vertebra AP", g["drr_vertebra"][0], None)]
-            elif product == "x2ct":
-                tiles += [(f"{row.sample_id} xray1", g["xray1"][()], None),
-                          (f"{row.sample_id} xray2", g["xray2"][()], None)]
+            if product == DRR:
+                tiles += [(f"{row.sample_id} AP", g[Key.DRR][0], None),
+                          (f"{row.ref_level}->{row.target_level} vertebra AP", g[Key.DRR_VERTEBRA][0], None)]
+            elif product == X2CT:
+                tiles += [(f"{row.sample_id} {Key.XRAY1}", g[Key.XRAY1][()], None),
+                          (f"{row.sample_id} {Key.XRAY2}", g[Key.XRAY2][()], None)]
             else:
-                mid = g["ct"].shape[1] // 2
-                tiles.append((f"{row.sample_id} coronal", g["ct"][:, mid, :].T[::-1],
-                              g["mask"][:, mid, :].T[::-1]))
+                mid = g[Key.CT].shape[1] // 2
+                tiles.append((f"{row.sample_id} coronal", g[Key.CT][:, mid, :].T[::-1],
+                              g[Key.MASK][:, mid, :].T[::-1]))
     return tiles
 
 
-def _level_histogram(counts: dict) -> str | None:
-    levels = counts.get("by_level", {})
+def _level_histogram(counts) -> str | None:
+    levels = counts.by_level
     if not levels:
         return None
     fig, ax = plt.subplots(figsize=(8, 2.5))
@@ -71,23 +74,23 @@ def _level_histogram(counts: dict) -> str | None:
     return _png(fig)
 
 
-def write_report(version_dir: Path, card: dict, manifest: pd.DataFrame, cases: pd.DataFrame,
+def write_report(version_dir: Path, card: DatasetCard, manifest: pd.DataFrame, cases: pd.DataFrame,
                  out: Path | None = None) -> Path:
     """Write the QC page of a version to `out` (default: the version's report.html)."""
-    parts = [f"<h1>{html.escape(card['name'])} {html.escape(card['version'])}</h1>",
-             f"<p>build_id <code>{card['build_id']}</code> &middot; schema {card['schema_version']} "
-             f"&middot; {card['created']} &middot; code {html.escape(card['code_version'])}</p>"]
-    split_table = pd.DataFrame(card["counts"]["by_product_split"]).fillna(0).astype(int)
+    parts = [f"<h1>{html.escape(card.name)} {html.escape(card.version)}</h1>",
+             f"<p>build_id <code>{card.build_id}</code> &middot; schema {card.schema_version} "
+             f"&middot; {card.created} &middot; code {html.escape(card.code_version)}</p>"]
+    split_table = pd.DataFrame(card.counts.by_product_split).fillna(0).astype(int)
     parts.append("<h2>Samples per product and split</h2>" + split_table.to_html())
-    hist = _level_histogram(card["counts"])
+    hist = _level_histogram(card.counts)
     if hist:
         parts.append(f'<img alt="level histogram" src="data:image/png;base64,{hist}">')
-    for product, title in (("drr", "DRR contact sheet"), ("x2ct", "X2CT X-rays"),
-                           ("vertebra", "Vertebra patches (mid coronal slice, mask in red)")):
+    for product, title in ((DRR, "DRR contact sheet"), (X2CT, "X2CT X-rays"),
+                           (VERTEBRA, "Vertebra patches (mid coronal slice, mask in red)")):
         tiles = _tiles(version_dir, manifest, product)
         if tiles:
             parts.append(f"<h2>{title}</h2><img alt=\"{product}\" src=\"data:image/png;base64,{_sheet(tiles)}\">")
-    quarantined = cases[cases["qc_status"] == "quarantined"][["case_id", "qc_reason", "qc_message"]]
+    quarantined = cases[cases[Col.QC_STATUS] == QC_QUARANTINED][QUARANTINE_COLUMNS]
     parts.append(f"<h2>Quarantined cases ({len(quarantined)})</h2>" +
                  (quarantined.to_html(index=False) if len(quarantined) else "<p>none</p>"))
     page = ("<!doctype html><html><head><meta charset=\"utf-8\"><title>SpineForge report</title>"

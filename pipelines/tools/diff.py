@@ -3,10 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
 
-from pipelines.io.publish import read_card
-from schemas.manifest import CASES_PARQUET
+from pipelines.io.shards import PublishedVersion
+from schemas.manifest import Col
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -21,28 +20,28 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 
 def diff_versions(a: Path, b: Path) -> dict:
-    card_a, card_b = read_card(a), read_card(b)
-    cases_a = pd.read_parquet(Path(a) / CASES_PARQUET).set_index("case_id")
-    cases_b = pd.read_parquet(Path(b) / CASES_PARQUET).set_index("case_id")
+    va, vb = PublishedVersion(Path(a)), PublishedVersion(Path(b))
+    card_a, card_b = va.card, vb.card
+    cases_a, cases_b = va.cases.set_index(Col.CASE_ID), vb.cases.set_index(Col.CASE_ID)
     common = cases_a.index.intersection(cases_b.index)
-    changed = [c for c in common if cases_a.loc[c, "input_sha256"] != cases_b.loc[c, "input_sha256"]]
-    status = [c for c in common if c not in changed and cases_a.loc[c, "qc_status"] != cases_b.loc[c, "qc_status"]]
-    conf_a, conf_b = _flatten(card_a["config"]), _flatten(card_b["config"])
+    changed = [c for c in common if cases_a.loc[c, Col.INPUT_SHA256] != cases_b.loc[c, Col.INPUT_SHA256]]
+    status = [c for c in common if c not in changed and cases_a.loc[c, Col.QC_STATUS] != cases_b.loc[c, Col.QC_STATUS]]
+    conf_a, conf_b = _flatten(card_a.config), _flatten(card_b.config)
     config = {k: {"a": conf_a.get(k), "b": conf_b.get(k)} for k in sorted(set(conf_a) | set(conf_b))
               if conf_a.get(k) != conf_b.get(k)}
-    ca, cb = _flatten(card_a["counts"]), _flatten(card_b["counts"])
+    ca, cb = _flatten(card_a.counts.model_dump()), _flatten(card_b.counts.model_dump())
     counts = {k: {"a": ca.get(k, 0), "b": cb.get(k, 0)} for k in sorted(set(ca) | set(cb)) if ca.get(k, 0) != cb.get(k, 0)}
     result = {
-        "a": f"{card_a['name']} {card_a['version']} ({card_a['build_id']})",
-        "b": f"{card_b['name']} {card_b['version']} ({card_b['build_id']})",
-        "same_build": card_a["build_id"] == card_b["build_id"],
+        "a": f"{card_a.name} {card_a.version} ({card_a.build_id})",
+        "b": f"{card_b.name} {card_b.version} ({card_b.build_id})",
+        "same_build": card_a.build_id == card_b.build_id,
         "cases_added": sorted(cases_b.index.difference(cases_a.index)),
         "cases_removed": sorted(cases_a.index.difference(cases_b.index)),
         "cases_changed": sorted(changed),
         "cases_qc_changed": sorted(status),
         "config_changes": config,
         "count_changes": counts,
-        "code_version": {"a": card_a["code_version"], "b": card_b["code_version"]},
+        "code_version": {"a": card_a.code_version, "b": card_b.code_version},
     }
     lines = [f"A: {result['a']}", f"B: {result['b']}"]
     if result["same_build"]:

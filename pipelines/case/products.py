@@ -4,7 +4,7 @@ Each builder returns Sample records; nothing here touches files.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -14,26 +14,31 @@ from pipelines.ops.attenuation import hu_to_mu
 from pipelines.ops.crop import bbox_centre, bounding_box, centre_of_mass, crop_around, shifted_affine
 from pipelines.ops.drr import Geometry, Renderer, base_camera, camera_for_motion
 from pipelines.ops.orient import Volume, axis_codes, craniocaudal_axis, voxel_to_world
+from pipelines.case.prepare import PreparedCase
 from pipelines.ops.sampling import pose_to_matrix, rng_for, sample_pose, sample_vertebra_pair
-from pipelines.preprocess import PreparedCase
 from schemas.config import BuildConfig
-from schemas.shard_layout import VIEW_AP, VIEW_LAT
+from schemas.manifest import DRR, VERTEBRA, X2CT, SampleRow, sample_id
+from schemas.shard_layout import VIEW_AP, VIEW_LAT, VIEW_NAME_DTYPE, Attr, Key, sample_datasets
 
 Progress = Callable[[str], None]
+POSE_CONVENTION = "x' = R (x - c) + t + c; params (rx, ry, rz) rad, (tx, ty, tz) mm"
 
 
 @dataclass
 class Sample:
-    sample_id: str
-    product: str
+    """One sample's HDF5 group (datasets in shard-layout order, attributes) and its manifest row."""
+
+    row: SampleRow
     datasets: dict[str, np.ndarray]
     attrs: dict
-    row: dict = field(default_factory=dict)  # product-specific manifest fields
-    view_stacks: tuple[str, ...] = ()
 
+    @property
+    def sample_id(self) -> str:
+        return self.row.sample_id
 
-def sample_id(case_id: str, product: str, tag: str) -> str:
-    return f"{case_id}__{product}__{tag}"
+    @property
+    def product(self) -> str:
+        return self.row.product
 
 
 def geometry_from(config: BuildConfig) -> Geometry:
@@ -49,7 +54,7 @@ def _mu(config: BuildConfig, hu: np.ndarray) -> np.ndarray:
 
 def _geometry_attrs(volume_affine: np.ndarray) -> dict:
     spacing = np.linalg.norm(volume_affine[:3, :3], axis=0)
-    return {"affine": volume_affine, "spacing": spacing, "orientation": axis_codes(volume_affine)}
+    return {Attr.AFFINE: volume_affine, Attr.SPACING: spacing, Attr.ORIENTATION: axis_codes(volume_affine)}
 
 
 def vertebra_samples(case: PreparedCase, config: BuildConfig, skipped: list[str]) -> list[Sample]:
@@ -69,11 +74,11 @@ def vertebra_samples(case: PreparedCase, config: BuildConfig, skipped: list[str]
         labels, _, _ = crop_around(case.labels.array, centre, cfg.size, 0)
         affine = shifted_affine(case.ct.affine, start)
         out.append(Sample(
-            sample_id(case.case_id, "vertebra", level), "vertebra",
-            {"ct": ct.astype(np.int16), "mask": (labels == lid).astype(np.uint8), "labels": labels},
-            {"level": level, "padded_fraction": padded, "cut_by_border": cut, "centre_mode": cfg.centre,
+            SampleRow(sample_id(case.case_id, VERTEBRA, level), VERTEBRA, level=level, padded_fraction=padded,
+                      cut_by_border=cut),
+            sample_datasets(VERTEBRA, config, {Key.CT: ct, Key.MASK: labels == lid, Key.LABELS: labels}),
+            {Attr.LEVEL: level, Attr.PADDED_FRACTION: padded, Attr.CUT_BY_BORDER: cut, Attr.CENTRE_MODE: cfg.centre,
              **_geometry_attrs(affine)},
-            {"level": level, "padded_fraction": padded, "cut_by_border": cut},
         ))
     return out
 
@@ -99,13 +104,13 @@ def x2ct_samples(case: PreparedCase, config: BuildConfig, progress: Progress, sk
         views = renderer.render(np.stack([base_camera(v, geometry.sod_mm, iso) for v in ("AP", "LAT")]))
         progress(f"x2ct {n + 1}/{len(config.x2ct.z_offsets_mm)} (z {offset:+.0f} mm)")
         out.append(Sample(
-            sample_id(case.case_id, "x2ct", f"z{offset:+.0f}"), "x2ct",
-            {"ct": ct.astype(np.int16), "xray1": views[0], "xray2": views[1],
-             "spacing": spacing.astype(np.float64), "ori_size": np.array(case.ct.array.shape, np.int64)},
-            {"z_offset_mm": float(offset), "padded_fraction": padded, "body_fraction": body, "isocenter": iso,
-             "detector": geometry.record(), "attenuation": config.attenuation.model_dump(),
+            SampleRow(sample_id(case.case_id, X2CT, f"z{offset:+.0f}"), X2CT, z_offset_mm=float(offset),
+                      padded_fraction=padded, n_views=2),
+            sample_datasets(X2CT, config, {Key.CT: ct, Key.XRAY1: views[0], Key.XRAY2: views[1],
+                                           Key.SPACING: spacing, Key.ORI_SIZE: case.ct.array.shape}),
+            {Attr.Z_OFFSET_MM: float(offset), Attr.PADDED_FRACTION: padded, Attr.BODY_FRACTION: body,
+             Attr.ISOCENTER: iso, Attr.DETECTOR: geometry.record(), Attr.ATTENUATION: config.attenuation.model_dump(),
              **_geometry_attrs(affine)},
-            {"z_offset_mm": float(offset), "padded_fraction": padded, "n_views": 2},
         ))
     return out
 
@@ -130,7 +135,7 @@ def drr_samples(case: PreparedCase, config: BuildConfig, progress: Progress, ski
     rot_range = np.deg2rad(cfg.rotation_range_deg)
     out = []
     for p in range(cfg.pairs_per_case):
-        rng = rng_for(config.seed, case.case_id, "drr", p)
+        rng = rng_for(config.seed, case.case_id, DRR, p)
         pair = sample_vertebra_pair(case.levels, cfg.level_offsets, rng)
         if pair is None:
             skipped.append(f"drr pair {p}: no valid reference/offset among {len(case.levels)} vertebrae")
@@ -152,15 +157,14 @@ def drr_samples(case: PreparedCase, config: BuildConfig, progress: Progress, ski
         drr_vertebra = Renderer(vert.array, vert.affine, geometry).render(cameras)
         progress(f"drr pair {p + 1}/{cfg.pairs_per_case} ({ref} -> {target}, {len(cameras)} views)")
         out.append(Sample(
-            sample_id(case.case_id, "drr", f"{p:03d}"), "drr",
-            {"drr": drr, "drr_vertebra": drr_vertebra, "pose_params": np.stack(params),
-             "pose_matrices": np.stack(matrices), "view_names": np.array(names, dtype="S3"),
-             "rotation_center": centre},
-            {"ref_level": ref, "target_level": target, "euler_convention": cfg.euler_convention,
-             "pose_convention": "x' = R (x - c) + t + c; params (rx, ry, rz) rad, (tx, ty, tz) mm",
-             "detector": geometry.record(), "attenuation": config.attenuation.model_dump(),
-             **_geometry_attrs(case.ct.affine)},
-            {"ref_level": ref, "target_level": target, "n_views": len(cameras)},
-            view_stacks=("drr", "drr_vertebra"),
+            SampleRow(sample_id(case.case_id, DRR, f"{p:03d}"), DRR, ref_level=ref, target_level=target,
+                      n_views=len(cameras)),
+            sample_datasets(DRR, config, {Key.DRR: drr, Key.DRR_VERTEBRA: drr_vertebra,
+                                          Key.POSE_PARAMS: np.stack(params), Key.POSE_MATRICES: np.stack(matrices),
+                                          Key.VIEW_NAMES: np.array(names, dtype=VIEW_NAME_DTYPE),
+                                          Key.ROTATION_CENTER: centre}, n_views=len(cameras)),
+            {Attr.REF_LEVEL: ref, Attr.TARGET_LEVEL: target, Attr.EULER_CONVENTION: cfg.euler_convention,
+             Attr.POSE_CONVENTION: POSE_CONVENTION, Attr.DETECTOR: geometry.record(),
+             Attr.ATTENUATION: config.attenuation.model_dump(), **_geometry_attrs(case.ct.affine)},
         ))
     return out

@@ -1,0 +1,92 @@
+"""One case end to end (steps 1-7), staged as an HDF5 file for the publish step to gather."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import pipelines
+from pipelines.case.prepare import load_and_prepare
+from pipelines.case.products import drr_samples, vertebra_samples, x2ct_samples
+from pipelines.errors import QCError
+from pipelines.ingest.discover import CaseFiles
+from pipelines.ingest.load import StoredGeometry
+from pipelines.io.shards import atomic_h5, write_sample
+from schemas.config import BuildConfig, sample_shaping_config
+from schemas.layout import staged_case_file
+from schemas.manifest import QC_ACCEPTED, QC_QUARANTINED, SampleRow, sample_key
+from schemas.shard_layout import Attr
+
+log = logging.getLogger("spineforge")
+
+
+@dataclass
+class CaseResult:
+    case_id: str
+    qc_status: str
+    qc_reason: str = ""
+    qc_message: str = ""
+    stored: StoredGeometry | None = None  # the CT as stored
+    levels: list[str] = field(default_factory=list)  # cranial -> caudal
+    cut_levels: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # samples not produced, with the reason
+    file_sha256: dict[str, str] = field(default_factory=dict)  # file key -> sha256 of what was read
+    staging_file: str | None = None
+    samples: list[SampleRow] = field(default_factory=list)  # manifest rows (without shard/split/seed)
+
+
+def case_key(case_id: str, input_sha256: str, split: str, config: BuildConfig) -> str:
+    """Cache key of one case's results: its content, split, the config that shapes it, the code.
+
+    Publish-only settings (dataset name, shard sizing, registration pairs) are left out, so
+    changing them reuses every case.
+    """
+    relevant = sample_shaping_config(config)
+    payload = json.dumps([case_id, input_sha256, split, relevant, pipelines.__version__], sort_keys=True)
+    return f"{case_id}-{hashlib.sha256(payload.encode()).hexdigest()[:20]}"
+
+
+def process_case(case: CaseFiles, config: BuildConfig, split: str, cache: Path,
+                 progress: Callable[[str], None] = log.info, stage_name: str | None = None,
+                 expected_hashes: dict[str, str] | None = None) -> CaseResult:
+    """Load, prepare, build every enabled product, write them to the cache's staged file `stage_name`.
+
+    Quarantinable problems come back as a quarantined CaseResult; anything else raises.
+    """
+    emit = progress
+
+    def progress(msg: str) -> None:
+        emit(f"[{case.case_id}] {msg}")
+
+    try:
+        prepared = load_and_prepare(case, config, expected_hashes)
+    except QCError as exc:
+        progress(f"quarantined: {exc.reason} ({exc.message})")
+        return CaseResult(case.case_id, QC_QUARANTINED, exc.reason, exc.message, file_sha256=exc.hashes)
+    progress(f"resampled to {config.resample.spacing_mm} mm {config.resample.orientation}: "
+             f"shape {prepared.ct.array.shape}, {len(prepared.levels)} vertebrae")
+
+    samples, skipped = [], []
+    if config.vertebra.enabled:
+        samples += vertebra_samples(prepared, config, skipped)
+        progress(f"vertebra patches: {len(samples)}")
+    if config.x2ct.enabled:
+        samples += x2ct_samples(prepared, config, progress, skipped)
+    if config.drr.enabled:
+        samples += drr_samples(prepared, config, progress, skipped)
+
+    target = staged_case_file(cache, stage_name or case.case_id)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_h5(target) as h5:
+        for s in samples:
+            attrs = {Attr.PRODUCT: s.product, Attr.CASE_ID: case.case_id, Attr.SPLIT: split, **s.attrs}
+            write_sample(h5, s.sample_id, s.datasets, attrs, config.shards.compression)
+    rows = [s.row for s in samples]
+    for row in rows:
+        row.key = sample_key(row.sample_id)
+    return CaseResult(case.case_id, QC_ACCEPTED, stored=prepared.stored, levels=prepared.levels,
+                      cut_levels=sorted(prepared.cut_levels), skipped=skipped, staging_file=str(target), samples=rows,
+                      file_sha256=prepared.hashes)

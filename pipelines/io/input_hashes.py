@@ -1,0 +1,74 @@
+"""Content hashes of input files, remembered by (size, mtime, inode) so unchanged files are not re-read.
+
+The same rule git, rsync and make use: a file whose size, modification time and inode are what
+they were when it was hashed still has that hash. A build therefore reads an unchanged input only
+when a case task decodes it, and a re-run over an unchanged collection reads no voxels at all to
+know that it is unchanged. The record lives in the dataset's cache folder and is replaced atomically.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from pipelines.io.volumes import sha256_file
+from schemas.layout import INPUT_HASHES, tmp_path
+
+
+def file_signature(path: Path) -> list[int]:
+    """(size, mtime in ns, inode) of a file; of a folder (a DICOM series): over its files."""
+    path = Path(path)
+    if path.is_dir():
+        members = sorted(p for p in path.rglob("*") if p.is_file())
+        stats = [p.stat() for p in members]
+        return [sum(s.st_size for s in stats), max((s.st_mtime_ns for s in stats), default=0),
+                hash(tuple((p.name, s.st_ino, s.st_mtime_ns) for p, s in zip(members, stats))) & (2**62 - 1)]
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+
+class InputHashes:
+    """A {absolute path: (signature, sha256)} record kept in `<cache>/input-hashes.json`."""
+
+    def __init__(self, cache_dir: Path | None):
+        self.path = Path(cache_dir) / INPUT_HASHES if cache_dir is not None else None
+        self.known: dict[str, list] = {}
+        if self.path is not None and self.path.is_file():
+            try:
+                self.known = json.loads(self.path.read_text())
+            except (OSError, ValueError):
+                self.known = {}  # a damaged record only costs re-hashing
+        self.used: dict[str, list] = {}
+        self.hashed = 0  # files read to hash them in this build
+
+    def sha256(self, path: Path) -> str:
+        """The file's content hash: remembered when unchanged, else read and hashed now."""
+        known = self.lookup(path)
+        if known is not None:
+            return known
+        sha = sha256_file(path)
+        self.hashed += 1
+        self.remember(path, sha)
+        return sha
+
+    def lookup(self, path: Path) -> str | None:
+        """The remembered hash of an unchanged file, or None (the file is new or changed): reads nothing."""
+        key = str(Path(path).resolve())
+        entry = self.known.get(key)
+        if entry is None or entry[0] != file_signature(path):
+            return None
+        self.used[key] = entry
+        return entry[1]
+
+    def remember(self, path: Path, sha256: str) -> None:
+        """Record a hash computed elsewhere (by the case task that read the file)."""
+        self.used[str(Path(path).resolve())] = [file_signature(path), sha256]
+
+    def save(self) -> None:
+        """Keep the entries this build used (call under the dataset lock)."""
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = tmp_path(self.path)
+        tmp.write_text(json.dumps(self.used, sort_keys=True))
+        os.replace(tmp, self.path)

@@ -1,0 +1,34 @@
+"""One Prefect API for every process of a build."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+from pipelines.errors import BuildError
+from pipelines.runtime.cluster import on_this_machine
+
+
+@contextmanager
+def shared_prefect_api(dask_address: str):
+    """Make sure every process of a build reports to one Prefect API.
+
+    With no `PREFECT_API_URL` configured, Prefect starts a temporary local API server on first
+    use — in every process that needs one, Dask workers included, each then writing to the same
+    SQLite file. Starting it here and putting its address in the settings (which Prefect ships
+    with each task to the workers) gives the whole build one server. A configured server is left
+    as it is; a cluster on another machine needs one, since 127.0.0.1 here is not reachable there.
+    """
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    if PREFECT_API_URL.value():
+        yield
+        return
+    if not on_this_machine(dask_address):
+        raise BuildError(f"the Dask cluster at {dask_address} is on another machine, so its workers cannot "
+                         "reach a temporary local Prefect API: run a Prefect server and set PREFECT_API_URL "
+                         "to it here and on the workers")
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()
+    server.start()
+    with temporary_settings({PREFECT_API_URL: server.api_url}):
+        yield

@@ -1,0 +1,1 @@
+"""Tools over published versions: validate, inspect, diff, export, report."""

@@ -1,0 +1,79 @@
+"""`spineforge validate`: every checksum, key, dtype, shape and count of a version, or a list of problems."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+
+from pipelines.errors import ShardError
+from pipelines.io.shards import PublishedVersion, open_shard
+from schemas import SCHEMA_VERSION
+from schemas.config import BuildConfig
+from schemas.manifest import MANIFEST_COLUMNS, Col
+from schemas.shard_layout import GROUP_ATTRS, PRODUCT_ATTRS, Attr, expected_shape, product_datasets
+
+
+def _check_group(name: str, group: h5py.Group, product: str, n_views: int, config: BuildConfig) -> list[str]:
+    problems = []
+    for attr in GROUP_ATTRS + PRODUCT_ATTRS[product]:
+        if attr not in group.attrs:
+            problems.append(f"{name}: attribute {attr!r} missing")
+    if group.attrs.get(Attr.PRODUCT) != product:
+        problems.append(f"{name}: product attribute {group.attrs.get(Attr.PRODUCT)!r} != manifest {product!r}")
+    for spec in product_datasets(product, config):
+        if spec.key not in group:
+            problems.append(f"{name}: dataset {spec.key!r} missing")
+            continue
+        ds = group[spec.key]
+        shape = expected_shape(spec, n_views)
+        if ds.dtype != spec.dtype:
+            problems.append(f"{name}/{spec.key}: dtype {ds.dtype}, schema says {spec.dtype}")
+        if ds.shape != shape:
+            problems.append(f"{name}/{spec.key}: shape {ds.shape}, schema says {shape}")
+        try:
+            ds[()]  # reading verifies every chunk's fletcher32 checksum
+        except OSError as exc:
+            problems.append(f"{name}/{spec.key}: unreadable ({exc})")
+    return problems
+
+
+def _check_shard(version: PublishedVersion, shard, rows) -> list[str]:
+    problems = []
+    try:
+        with open_shard(version.root / shard.file) as h5:
+            keys = {"/" + k for k in h5.keys()}
+            if keys != set(rows[Col.KEY]):
+                problems.append(f"{shard.file}: groups {sorted(keys ^ set(rows[Col.KEY]))[:5]} differ from the manifest")
+            for row in rows.itertuples():
+                if row.key in h5:
+                    problems += _check_group(f"{shard.file}:{row.key}", h5[row.key], row.product, int(row.n_views),
+                                             version.config)
+    except ShardError as exc:
+        problems.append(f"{shard.file}: {exc}")
+    return problems
+
+
+def validate_version(version_dir: Path) -> list[str]:
+    version = PublishedVersion(Path(version_dir))
+    card = version.card
+    problems = []
+    if card.schema_version != SCHEMA_VERSION:
+        problems.append(f"schema_version {card.schema_version} != supported {SCHEMA_VERSION}")
+    problems += version.file_problems()
+    manifest = version.manifest
+    missing_cols = [c for c in MANIFEST_COLUMNS if c not in manifest.columns]
+    if missing_cols:
+        return problems + [f"manifest lacks columns {missing_cols}"]
+    if manifest[Col.SAMPLE_ID].duplicated().any():
+        problems.append("manifest has duplicate sample_id values")
+    for product, n in card.counts.by_product.items():
+        got = int((manifest[Col.PRODUCT] == product).sum())
+        if got != n:
+            problems.append(f"{product}: manifest has {got} samples, dataset.json says {n}")
+    for shard in card.shards:
+        rows = manifest[manifest[Col.SHARD] == Path(shard.file).name]
+        if len(rows) != shard.n_samples:
+            problems.append(f"{shard.file}: manifest lists {len(rows)} samples, dataset.json says {shard.n_samples}")
+        if (version.root / shard.file).is_file():
+            problems += _check_shard(version, shard, rows)
+    return problems

@@ -1,0 +1,66 @@
+"""dataset.json, the card of a published version, as a typed record."""
+from __future__ import annotations
+
+import hashlib
+import json
+
+from pydantic import BaseModel, ConfigDict
+
+from schemas.config import BuildConfig
+
+
+def compute_build_id(input_hashes: dict[str, str], config: BuildConfig, code_version: str) -> str:
+    """A version's identity: sorted input content hashes, canonical config, code version and seed."""
+    payload = json.dumps({"inputs": sorted(input_hashes.values()), "config": config.canonical_json(),
+                          "code": code_version, "seed": config.seed}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+class ShardRecord(BaseModel):
+    file: str  # path relative to the version folder, e.g. shards/vertebra-00000.h5
+    product: str
+    bytes: int
+    n_samples: int
+    sha256: str
+
+
+class CaseCounts(BaseModel):
+    discovered: int
+    accepted: int
+    quarantined: int
+
+
+class Counts(BaseModel):
+    samples: int
+    by_product: dict[str, int]
+    by_product_split: dict[str, dict[str, int]]
+    by_level: dict[str, int]
+    registration_pairs: int | None = None
+
+
+class DatasetCard(BaseModel):
+    """Everything a reader needs to trust and reproduce a version."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    name: str
+    version: str
+    build_id: str
+    schema_version: str
+    created: str
+    code_version: str
+    config: dict  # the full BuildConfig as JSON
+    seed: int
+    input_hash: str
+    inputs: list[str]
+    unmatched_files: list[str] = []
+    ingest_problems: list[dict] = []
+    counts: Counts
+    shards: list[ShardRecord]
+    cases: CaseCounts
+
+    def build_config(self) -> BuildConfig:
+        return BuildConfig.model_validate(self.config)
+
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True, default=str)

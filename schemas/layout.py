@@ -1,0 +1,64 @@
+"""File and folder names on disk: a published version, the dataset folder around it, ingest and
+export outputs. Every name a SpineForge module writes or reads is defined here, once.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+# Inside <out>/<dataset>/<version>/
+DATASET_CARD = "dataset.json"
+MANIFEST_PARQUET = "manifest.parquet"
+MANIFEST_CSV = "manifest.csv"
+CASES_PARQUET = "cases.parquet"
+CASES_CSV = "cases.csv"
+PAIRS_PARQUET = "pairs.parquet"  # 3D/3D registration pairs of vertebra samples
+PAIRS_CSV = "pairs.csv"
+REPORT_HTML = "report.html"
+SHARD_DIR = "shards"
+
+# Inside <out>/<dataset>/, beside the versions
+LOCK_FILE = ".lock"  # held (flock) for the length of a build
+CACHE_DIR = ".cache"  # per-case results reused across builds
+CACHE_CASES = "cases"  # staged per-case sample files: <key>.h5
+CACHE_RESULTS = "results"  # Prefect result records: <key>
+INPUT_HASHES = "input-hashes.json"  # content hashes of input files by (size, mtime, inode)
+STAGING_PREFIX = ".publishing-"  # a version being assembled; renamed into place when complete
+TMP_SUFFIX = ".tmp"  # a file being written; renamed into place when complete
+
+# `spineforge ingest --out DIR`
+INGEST_SUMMARY = "ingest.json"
+
+# `spineforge export x2ct DIR OUT`: X2CT-GAN's own names
+X2CT_SAMPLE_FILE = "ct_xray_data.h5"
+X2CT_LIST_SUFFIX = ".txt"  # OUT/train.txt, OUT/test.txt (and val.txt)
+
+
+def shard_name(product: str, index: int) -> str:
+    """The one place that names a shard file."""
+    return f"{product}-{index:05d}.h5"
+
+
+def shard_path(version_dir: Path, name: str) -> Path:
+    return Path(version_dir) / SHARD_DIR / name
+
+
+def shard_record_file(name: str) -> str:
+    """A shard as the card lists it: its path relative to the version folder."""
+    return f"{SHARD_DIR}/{name}"
+
+
+def cache_dir(dataset_dir: Path) -> Path:
+    return Path(dataset_dir) / CACHE_DIR
+
+
+def staged_case_file(cache: Path, key: str) -> Path:
+    return Path(cache) / CACHE_CASES / f"{key}.h5"
+
+
+def staging_version_dir(dataset_dir: Path, version: str, build_id: str, pid: int) -> Path:
+    return Path(dataset_dir) / f"{STAGING_PREFIX}{version}-{build_id[:12]}-{pid}"
+
+
+def tmp_path(path: Path) -> Path:
+    path = Path(path)
+    return path.with_name(path.name + TMP_SUFFIX)

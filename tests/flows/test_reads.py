@@ -1,0 +1,69 @@
+"""A build reads each input file once: hashed and decoded from the same read, never decoded twice,
+and not read at all when it is unchanged and the version is already published."""
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import SimpleITK as sitk
+
+from pipelines.flows import run_build
+from tests.flows.test_orchestration import collection, small_config
+
+
+@pytest.fixture
+def reads(monkeypatch, tmp_path):
+    """Counts full reads of input files (by name) through every path SpineForge could take."""
+    counts = Counter()
+    inputs = tmp_path / "in"
+
+    def counted(real, name_of):
+        def wrapper(*args, **kwargs):
+            path = Path(str(name_of(*args)))
+            if inputs in path.parents:
+                counts[path.name] += 1
+            return real(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(Path, "read_bytes", counted(Path.read_bytes, lambda self: self))
+    import pipelines.io.input_hashes as input_hashes
+    import pipelines.io.volumes as volumes
+    import pipelines.ingest.load as load
+    for module in (volumes, input_hashes, load):
+        monkeypatch.setattr(module, "sha256_file", counted(volumes.sha256_file, lambda path, *a: path))
+    monkeypatch.setattr(sitk, "ReadImage", counted(sitk.ReadImage, lambda path, *a: path))
+    return inputs, counts
+
+
+def test_first_build_rerun_and_noop_read_each_input_once_or_not_at_all(reads, tmp_path):
+    inputs, counts = reads
+    collection(inputs, n=2)
+    names = sorted(p.name for p in inputs.iterdir())
+    out = str(tmp_path / "out")
+
+    first = run_build(small_config(), [str(inputs)], out)
+    assert first.published and counts == Counter({n: 1 for n in names})
+
+    counts.clear()  # another seed: every case is recomputed, from files whose hashes are now known
+    second = run_build(small_config(seed=7), [str(inputs)], out)
+    assert second.published and second.cases_cached == 0 and counts == Counter({n: 1 for n in names})
+
+    counts.clear()  # unchanged inputs and config: known to be published without reading anything
+    again = run_build(small_config(seed=7), [str(inputs)], out)
+    assert not again.published and counts == Counter()
+
+
+def test_a_changed_file_is_hashed_by_its_read_and_the_next_build_reuses_the_result(reads, tmp_path):
+    inputs, counts = reads
+    collection(inputs, n=2)
+    out = str(tmp_path / "out")
+    first = run_build(small_config(), [str(inputs)], out)
+    from tests.conftest import write_ctspine_case
+    write_ctspine_case(inputs, "c1", noise_seed=99)  # new content for one case
+    counts.clear()
+    second = run_build(small_config(), [str(inputs)], out)
+    assert second.published and second.build_id != first.build_id
+    assert counts == Counter({"c1.nii.gz": 1, "c1_seg.nii.gz": 1})  # the unchanged case came from the cache
+    assert second.cases_cached == 1
+    counts.clear()
+    third = run_build(small_config(), [str(inputs)], out)
+    assert not third.published and third.version == second.version and counts == Counter()

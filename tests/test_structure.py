@@ -1,0 +1,93 @@
+"""The package's shape, enforced: no upward imports between pipeline stages, and every schema name
+(HDF5 key, attribute, table column, file or folder name) written only in schemas/."""
+import ast
+from pathlib import Path
+
+import pytest
+
+import schemas.layout as layout
+from schemas.manifest import CASES_COLUMNS, MANIFEST_COLUMNS, PAIRS_COLUMNS, PRODUCTS, QC_ACCEPTED, QC_QUARANTINED
+from schemas.shard_layout import Attr, Key
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "pipelines"
+
+# Stages in the order data flows; a module may import its own stage or earlier ones only.
+STAGES = [
+    ("schemas",),
+    ("pipelines", "pipelines.errors"),
+    ("pipelines.ops",),
+    ("pipelines.io",),
+    ("pipelines.ingest",),
+    ("pipelines.case",),
+    ("pipelines.tools", "pipelines.loaders", "pipelines.runtime"),
+    ("pipelines.tasks",),
+    ("pipelines.flows",),
+    ("pipelines.serve",),
+    ("pipelines.cli",),
+]
+
+
+def stage_of(module: str) -> int | None:
+    best = None
+    for rank, prefixes in enumerate(STAGES):
+        for prefix in prefixes:
+            if module == prefix or module.startswith(prefix + "."):
+                if best is None or len(prefix) > best[1]:
+                    best = (rank, len(prefix))
+    return None if best is None else best[0]
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def modules():
+    return sorted(PACKAGE.rglob("*.py"))
+
+
+def imported(tree: ast.AST) -> list[tuple[int, str]]:
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.append((node.lineno, node.module))
+    return out
+
+
+def schema_names() -> set[str]:
+    names = {v for k, v in vars(Key).items() if not k.startswith("_")}
+    names |= {v for k, v in vars(Attr).items() if not k.startswith("_")}
+    names |= set(MANIFEST_COLUMNS) | set(CASES_COLUMNS) | set(PAIRS_COLUMNS)
+    names |= {v for k, v in vars(layout).items() if k.isupper() and isinstance(v, str)}
+    names |= set(PRODUCTS) | {QC_ACCEPTED, QC_QUARANTINED}
+    return names
+
+
+def test_stage_table_covers_every_module():
+    assert [m for m in map(module_name, modules()) if stage_of(m) is None] == []
+
+
+@pytest.mark.parametrize("path", modules(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_module_imports_from_a_later_stage(path):
+    own = stage_of(module_name(path))
+    later = [(line, name) for line, name in imported(ast.parse(path.read_text(encoding="utf-8")))
+             if (stage_of(name) or 0) > own]
+    assert later == [], f"{path.name} imports later stages: {later}"
+
+
+@pytest.mark.parametrize("path", modules(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_schema_name_is_written_as_a_literal_outside_schemas(path):
+    names = schema_names()
+    hits = [(node.lineno, node.value) for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in names]
+    assert hits == [], f"{path.name}: schema names as literals (use schemas/): {hits}"
+
+
+def test_the_checks_catch_what_they_look_for(tmp_path):
+    """The two checks above are not vacuous: a literal key and an upward import are found."""
+    tree = ast.parse("from pipelines.flows import run_build\nx = group['drr_vertebra']\n")
+    assert [n for _, n in imported(tree) if stage_of(n) > stage_of("pipelines.io.shards")] == ["pipelines.flows"]
+    assert {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant)} & schema_names() == {"drr_vertebra"}
