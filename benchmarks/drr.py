@@ -16,12 +16,18 @@ import time
 import numpy as np
 import psutil
 import torch
-
 from common import PeakMemory, demo_ct_and_labels
+
 from pipelines.ingest.labels import level_id
 from pipelines.ops.attenuation import hu_to_mu
 from pipelines.ops.crop import bbox_centre, crop_around, shifted_affine
-from pipelines.ops.drr import Geometry, Renderer, base_camera, camera_for_motion, default_device
+from pipelines.ops.drr import (
+    Geometry,
+    Renderer,
+    base_camera,
+    camera_for_motion,
+    default_device,
+)
 from pipelines.ops.orient import volume_from_sitk, voxel_to_world
 from pipelines.ops.resample import resample_onto, resample_to_spacing
 from pipelines.ops.sampling import pose_to_matrix

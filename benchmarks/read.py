@@ -19,16 +19,17 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import torch
+from common import demo_ct_and_labels
 from torch.utils.data import DataLoader, Dataset
 
-from common import demo_ct_and_labels
-from pipelines.io.publish import PublishPlan, publish_version
+from pipelines.io.publish import CardFields, PublishPlan, publish_version
 from pipelines.io.shards import atomic_h5, write_sample
 from pipelines.loaders import VertebraDataset
 from pipelines.ops.crop import crop_around, shifted_affine
 from pipelines.ops.orient import volume_from_sitk
 from pipelines.ops.resample import resample_onto, resample_to_spacing
 from schemas.config import BuildConfig
+from schemas.manifest import CaseRow, SampleRow
 
 SIZE = 128
 
@@ -65,15 +66,13 @@ def publish(patches: list[dict], root: Path, compression: str) -> Path:
                          "padded_fraction": 0.0, "cut_by_border": False, "centre_mode": "bbox",
                          "affine": p["affine"], "spacing": np.ones(3), "orientation": "RAS"}
                 write_sample(h5, p["id"], {"ct": p["ct"], "mask": p["mask"], "labels": p["labels"]}, attrs, compression)
-                rows.append({"sample_id": p["id"], "product": "vertebra", "case_id": case, "split": "train",
-                             "key": "/" + p["id"], "level": "L1", "n_views": 0, "padded_fraction": 0.0,
-                             "cut_by_border": False, "seed": 0})
+                rows.append(SampleRow(p["id"], "vertebra", case_id=case, split="train", key="/" + p["id"], level="L1",
+                                      padded_fraction=0.0, cut_by_border=False))
         files_[case] = str(path)
-        cases.append({"case_id": case, "qc_status": "accepted"})
-    card = {"name": config.dataset, "build_id": compression, "code_version": "bench", "seed": 0,
-            "config": config.model_dump(mode="json")}
+        cases.append(CaseRow(case_id=case, qc_status="accepted"))
+    fields = CardFields(config.dataset, compression, "bench", config.model_dump(mode="json"), 0, "", [], [], [])
     plan = PublishPlan(root / config.dataset, "v1", False)
-    return publish_version(plan, rows, cases, files_, card, config.shards.target_bytes, min_shards=2)
+    return publish_version(plan, rows, cases, files_, fields, config.shards.target_bytes, min_shards=2)
 
 
 def _by_case(patches):

@@ -222,6 +222,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     # The local ephemeral Prefect server needs no telemetry; it also races its own first DB write.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # Its first start in a new PREFECT_HOME (database creation) takes ~17 s on a 2-core machine,
+    # against Prefect's default 20 s budget: any load made builds fail with a start-up time-out.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     _setup_logging(args.quiet)
     from pipelines.errors import USER_ERRORS
 

@@ -1,5 +1,4 @@
 """Preprocessing options and flags: label modes, label loss, border cuts, air patches, DICOM order."""
-import json
 
 import numpy as np
 import pytest
