@@ -17,7 +17,7 @@ import logging
 import os
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 from prefect import flow, get_run_logger, unmapped
@@ -28,34 +28,41 @@ from prefect.results import ResultStore
 import pipelines
 from pipelines.case.process import CaseResult
 from pipelines.errors import BuildError, InputError
-from pipelines.ingest.cases import CaseJob, IngestResult, hash_files, ingest_inputs, set_hashes
+from pipelines.ingest.cases import (
+    CaseJob,
+    IngestResult,
+    hash_files,
+    ingest_inputs,
+    set_hashes,
+)
+from pipelines.ingest.published import BuildSummary, already_published
 from pipelines.io.input_hashes import InputHashes
-from pipelines.io.publish import (CardFields, dataset_lock, plan_version, prune_cache, record_lineage,
-                                  remove_stale_files)
+from pipelines.io.publish import (
+    CardFields,
+    dataset_lock,
+    plan_version,
+    prune_cache,
+    record_lineage,
+    remove_stale_files,
+)
 from pipelines.io.shards import read_card
 from pipelines.runtime.threads import thread_share
 from pipelines.tasks import job_key, process_case_task, publish_task
 from schemas.card import Counts, compute_build_id
 from schemas.config import BuildConfig
 from schemas.layout import CACHE_RESULTS, cache_dir, staged_case_file
-from schemas.manifest import QC_ACCEPTED, CaseRow, Col, SampleRow, describe_quarantine, quarantine_entry
+from schemas.manifest import (
+    QC_ACCEPTED,
+    CaseRow,
+    Col,
+    SampleRow,
+    describe_quarantine,
+    quarantine_entry,
+)
 from schemas.rules import Role
 
 log = logging.getLogger("spineforge")
 DEFAULT_CACHE_KEEP_DAYS = 30.0
-
-
-@dataclass
-class BuildSummary:
-    version_dir: str
-    version: str
-    build_id: str
-    published: bool  # False when this build_id was already published (no-op)
-    counts: Counts
-    quarantined: list[dict]  # case_id, qc_reason, qc_message
-    seconds: float  # wall time: of the flow run, replaced by run_build with its whole call
-    cases_cached: int = 0  # cases taken from the cache instead of recomputed
-    files_hashed: int = 0  # input files read only to hash them (a case task that failed before reading)
 
 
 def result_storage(folder: Path) -> str:
@@ -296,8 +303,13 @@ def run_build(config: BuildConfig, inputs: list[str], out: str, version: str | N
               threads_per_worker: int | None = None,
               cache_keep_days: float = DEFAULT_CACHE_KEEP_DAYS) -> BuildSummary:
     """Run the build flow on threads here, a local Dask cluster (`workers` > 1) or an existing scheduler."""
-    from pipelines.runtime.cluster import check_cluster, local_cluster, local_memory_limit, task_runner_for
-    from pipelines.runtime.prefect_api import shared_prefect_api
+    from pipelines.runtime.cluster import (
+        check_cluster,
+        local_cluster,
+        local_memory_limit,
+        task_runner_for,
+    )
+    from pipelines.runtime.prefect_api import shared_prefect_api, start_local_api
 
     if workers < 1:
         raise BuildError(f"--workers must be at least 1, got {workers}")
@@ -306,13 +318,19 @@ def run_build(config: BuildConfig, inputs: list[str], out: str, version: str | N
     for path in inputs:  # fail before any flow machinery starts
         if not Path(path).is_dir():
             raise InputError(f"input folder not found: {path}")
-    _check_output(Path(out), config.dataset)
     started = time.perf_counter()
+    noop = already_published(config, inputs, out, version)  # before any cluster or API server starts
+    if noop is not None:
+        log.info("build %s is already published as %s; nothing to do", noop.build_id, noop.version_dir)
+        return replace(noop, seconds=time.perf_counter() - started)
+    _check_output(Path(out), config.dataset)
     # local workers split this machine's cores; on an existing cluster each task takes its host's share
     local = workers > 1 and not dask_address
     threads = threads_per_worker or (thread_share(os.cpu_count() or 1, workers) if local else None)
     host_threads = None
     with ExitStack() as stack:
+        if not dask_address:
+            start_local_api()  # before the flow, so that the kernel stops it with this process
         if local:
             memory_limit = local_memory_limit(inputs, config, workers)
             log.info("starting %d local Dask workers (%d thread(s) each, memory limit %.1f GiB each)",

@@ -18,7 +18,16 @@ from torch.utils.data import Dataset, IterableDataset, get_worker_info
 from pipelines.io.shards import PublishedVersion, open_shard, read_group
 from pipelines.ops.sampling import stable_hash
 from schemas.layout import shard_path
-from schemas.manifest import DRR, PRODUCT_COLUMNS, SAMPLE_ID_COLUMNS, SPLITS, VERTEBRA, X2CT, Col, PairRow
+from schemas.manifest import (
+    DRR,
+    PRODUCT_COLUMNS,
+    SAMPLE_ID_COLUMNS,
+    SPLITS,
+    VERTEBRA,
+    X2CT,
+    Col,
+    PairRow,
+)
 from schemas.shard_layout import IMAGE_KEYS, product_datasets
 
 

@@ -45,7 +45,9 @@ def process_case_task(job: CaseJob, config: BuildConfig, cache_dir: str, torch_t
 @task(name="publish", cache_policy=NO_CACHE)
 def publish_task(plan: PublishPlan, samples: list[SampleRow], cases: list[CaseRow], staging_files: dict[str, str],
                  fields: CardFields, config: BuildConfig) -> str:
-    from pipelines.tools.report import write_report  # matplotlib: needed here only, not in case workers
+    from pipelines.tools.report import (
+        write_report,  # matplotlib: needed here only, not in case workers
+    )
 
     pairs = config.registration_pairs
     builder = (partial(registration_pairs, seed=config.seed, max_per_level=pairs.max_pairs_per_level)

@@ -7,8 +7,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from pipelines.errors import QCError
-from pipelines.ingest.labels import id_to_level
 from pipelines.ingest.discover import CaseFiles
+from pipelines.ingest.labels import id_to_level
 from pipelines.ingest.load import LoadedCase, StoredGeometry, load_case
 from pipelines.ops.orient import Volume, affine_from_sitk, volume_from_sitk
 from pipelines.ops.resample import resample_labels, resample_onto, target_grid

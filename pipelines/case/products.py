@@ -9,16 +9,34 @@ from typing import Callable
 
 import numpy as np
 
+from pipelines.case.prepare import PreparedCase
 from pipelines.ingest.labels import level_id
 from pipelines.ops.attenuation import hu_to_mu
-from pipelines.ops.crop import bbox_centre, bounding_box, centre_of_mass, crop_around, shifted_affine
+from pipelines.ops.crop import (
+    bbox_centre,
+    bounding_box,
+    centre_of_mass,
+    crop_around,
+    shifted_affine,
+)
 from pipelines.ops.drr import Geometry, Renderer, base_camera, camera_for_motion
 from pipelines.ops.orient import Volume, axis_codes, craniocaudal_axis, voxel_to_world
-from pipelines.case.prepare import PreparedCase
-from pipelines.ops.sampling import pose_to_matrix, rng_for, sample_pose, sample_vertebra_pair
+from pipelines.ops.sampling import (
+    pose_to_matrix,
+    rng_for,
+    sample_pose,
+    sample_vertebra_pair,
+)
 from schemas.config import BuildConfig
 from schemas.manifest import DRR, VERTEBRA, X2CT, SampleRow, sample_id
-from schemas.shard_layout import VIEW_AP, VIEW_LAT, VIEW_NAME_DTYPE, Attr, Key, sample_datasets
+from schemas.shard_layout import (
+    VIEW_AP,
+    VIEW_LAT,
+    VIEW_NAME_DTYPE,
+    Attr,
+    Key,
+    sample_datasets,
+)
 
 Progress = Callable[[str], None]
 POSE_CONVENTION = "x' = R (x - c) + t + c; params (rx, ry, rz) rad, (tx, ty, tz) mm"

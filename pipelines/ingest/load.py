@@ -15,12 +15,23 @@ from scipy.ndimage import find_objects
 
 from pipelines.errors import QCError, VolumeReadError
 from pipelines.ingest.discover import CaseFiles
-from pipelines.ingest.labels import (id_to_level, level_id, order_cranial_to_caudal, source_lookup,
-                                     structure_level, translate)
+from pipelines.ingest.labels import (
+    id_to_level,
+    level_id,
+    order_cranial_to_caudal,
+    source_lookup,
+    structure_level,
+    translate,
+)
 from pipelines.ingest.qc import check_ct_values, check_geometry, check_levels
 from pipelines.io.volumes import LoadedVolume, load_volume, read_geometry, sha256_file
 from pipelines.ops.orient import affine_from_sitk, axis_codes
-from pipelines.ops.resample import corners_world, grids_overlap, resample_onto, same_grid
+from pipelines.ops.resample import (
+    corners_world,
+    grids_overlap,
+    resample_onto,
+    same_grid,
+)
 from schemas.config import BuildConfig
 from schemas.rules import Role, role_key
 

@@ -13,7 +13,15 @@ import yaml
 from pydantic import ValidationError
 
 from pipelines.errors import RuleFileError
-from schemas.rules import CASE_GROUP, KEY_GROUP, LEVEL_KEY_KIND, NAMING_DIR, Role, RuleFile, role_key
+from schemas.rules import (
+    CASE_GROUP,
+    KEY_GROUP,
+    LEVEL_KEY_KIND,
+    NAMING_DIR,
+    Role,
+    RuleFile,
+    role_key,
+)
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 

@@ -16,7 +16,12 @@ from pipelines.io.publish import table
 from pipelines.io.volumes import sha256_file
 from schemas.config import load_config
 from schemas.layout import CASES_CSV, CASES_PARQUET, INGEST_SUMMARY
-from schemas.manifest import CASES_COLUMNS, CaseRow, describe_quarantine, quarantine_entry
+from schemas.manifest import (
+    CASES_COLUMNS,
+    CaseRow,
+    describe_quarantine,
+    quarantine_entry,
+)
 from schemas.rules import KEY_SEPARATOR
 
 

@@ -23,11 +23,36 @@ from pipelines.io.shards import atomic_h5, copy_groups, group_nbytes, read_card
 from pipelines.io.volumes import sha256_file
 from schemas import SCHEMA_VERSION
 from schemas.card import CaseCounts, Counts, DatasetCard, ShardRecord
-from schemas.layout import (CACHE_CASES, CACHE_RESULTS, CASES_CSV, CASES_PARQUET, DATASET_CARD, LOCK_FILE,
-                            MANIFEST_CSV, MANIFEST_PARQUET, PAIRS_CSV, PAIRS_PARQUET, SHARD_DIR, STAGING_PREFIX,
-                            TMP_SUFFIX, shard_name, shard_record_file, staging_version_dir)
-from schemas.manifest import (CASES_COLUMNS, MANIFEST_COLUMNS, PAIRS_COLUMNS, PRODUCTS, QC_ACCEPTED, QC_QUARANTINED, CaseRow,
-                              Col, SampleRow, record_dicts)
+from schemas.layout import (
+    CACHE_CASES,
+    CACHE_RESULTS,
+    CASES_CSV,
+    CASES_PARQUET,
+    DATASET_CARD,
+    LOCK_FILE,
+    MANIFEST_CSV,
+    MANIFEST_PARQUET,
+    PAIRS_CSV,
+    PAIRS_PARQUET,
+    SHARD_DIR,
+    STAGING_PREFIX,
+    TMP_SUFFIX,
+    shard_name,
+    shard_record_file,
+    staging_version_dir,
+)
+from schemas.manifest import (
+    CASES_COLUMNS,
+    MANIFEST_COLUMNS,
+    PAIRS_COLUMNS,
+    PRODUCTS,
+    QC_ACCEPTED,
+    QC_QUARANTINED,
+    CaseRow,
+    Col,
+    SampleRow,
+    record_dicts,
+)
 
 _VERSION = re.compile(r"^v(\d+)$")
 

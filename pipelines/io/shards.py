@@ -24,11 +24,18 @@ from pipelines.errors import ShardError
 from pipelines.io.volumes import sha256_file
 from schemas import SCHEMA_VERSION
 from schemas.card import DatasetCard
-from schemas.layout import (CASES_PARQUET, DATASET_CARD, MANIFEST_PARQUET, PAIRS_PARQUET, SHARD_DIR, shard_path,
-                            shard_record_file, tmp_path)
+from schemas.layout import (
+    CASES_PARQUET,
+    DATASET_CARD,
+    MANIFEST_PARQUET,
+    PAIRS_PARQUET,
+    SHARD_DIR,
+    shard_path,
+    shard_record_file,
+    tmp_path,
+)
 from schemas.manifest import Col
 from schemas.shard_layout import VIEW_STACK_KEYS, Attr
-
 
 # --- writing ---------------------------------------------------------------------------------
 

@@ -10,7 +10,11 @@ import itertools
 import numpy as np
 import SimpleITK as sitk
 
-from pipelines.ops.orient import affine_from_sitk, direction_from_codes, sitk_geometry_from_affine
+from pipelines.ops.orient import (
+    affine_from_sitk,
+    direction_from_codes,
+    sitk_geometry_from_affine,
+)
 
 _INTERPOLATORS = {
     "linear": sitk.sitkLinear,

@@ -5,6 +5,27 @@ from contextlib import contextmanager
 
 from pipelines.errors import BuildError
 from pipelines.runtime.cluster import on_this_machine
+from pipelines.runtime.lifetime import children_die_with_this_process
+
+
+def start_local_api() -> str | None:
+    """Start Prefect's temporary API server now, tied to this process; its URL, or None when a
+    server is configured (PREFECT_API_URL).
+
+    Prefect would start the same server (a process-wide singleton) on first use, but as a plain
+    child that outlives a killed build holding a port and ~235 MB; started here, the kernel kills
+    it with the build. Prefect stops it at exit as usual.
+    """
+    from prefect.settings import PREFECT_API_URL
+
+    if PREFECT_API_URL.value():
+        return None
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()
+    with children_die_with_this_process():
+        server.start()
+    return server.api_url
 
 
 @contextmanager
@@ -26,9 +47,5 @@ def shared_prefect_api(dask_address: str):
         raise BuildError(f"the Dask cluster at {dask_address} is on another machine, so its workers cannot "
                          "reach a temporary local Prefect API: run a Prefect server and set PREFECT_API_URL "
                          "to it here and on the workers")
-    from prefect.server.api.server import SubprocessASGIServer
-
-    server = SubprocessASGIServer()
-    server.start()
-    with temporary_settings({PREFECT_API_URL: server.api_url}):
+    with temporary_settings({PREFECT_API_URL: start_local_api()}):
         yield

@@ -1,8 +1,13 @@
-"""Dask worker preload: import the pipeline once, when a local worker process starts.
+"""Dask worker preload of SpineForge's local clusters, run when a worker process starts.
 
-Named in `LocalCluster(preload=[...])`, so the seconds of importing torch, diffdrr, SimpleITK
-and Prefect overlap with the flow's own start-up instead of delaying each worker's first case.
+Named in `LocalCluster(preload=[...])`: the worker dies with the build that started it (even a
+build killed with SIGKILL leaves no worker behind), and the seconds of importing torch, diffdrr,
+SimpleITK and Prefect overlap with the flow's own start-up instead of delaying its first case.
 """
-import prefect  # noqa: F401  (the imports are the point)
+from pipelines.runtime.lifetime import die_with_parent
 
-import pipelines.case.process  # noqa: F401
+die_with_parent()
+
+import prefect  # noqa: E402, F401  (the imports are the point)
+
+import pipelines.case.process  # noqa: E402, F401

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
 from pipelines.io.shards import PublishedVersion
 from schemas.manifest import Col
 

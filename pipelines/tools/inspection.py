@@ -6,7 +6,12 @@ from pathlib import Path
 import pandas as pd
 
 from pipelines.io.shards import PublishedVersion
-from schemas.manifest import QC_QUARANTINED, QUARANTINE_COLUMNS, Col, describe_quarantine
+from schemas.manifest import (
+    QC_QUARANTINED,
+    QUARANTINE_COLUMNS,
+    Col,
+    describe_quarantine,
+)
 
 
 def _config_line(card) -> str:

@@ -16,7 +16,14 @@ import pandas as pd  # noqa: E402
 from pipelines.io.shards import open_shard  # noqa: E402  (registers the Blosc filter)
 from schemas.card import DatasetCard  # noqa: E402
 from schemas.layout import REPORT_HTML, shard_path  # noqa: E402
-from schemas.manifest import DRR, QC_QUARANTINED, QUARANTINE_COLUMNS, VERTEBRA, X2CT, Col  # noqa: E402
+from schemas.manifest import (  # noqa: E402
+    DRR,
+    QC_QUARANTINED,
+    QUARANTINE_COLUMNS,
+    VERTEBRA,
+    X2CT,
+    Col,
+)
 from schemas.shard_layout import Key  # noqa: E402
 
 MAX_TILES = 8

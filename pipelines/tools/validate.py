@@ -10,7 +10,13 @@ from pipelines.io.shards import PublishedVersion, open_shard
 from schemas import SCHEMA_VERSION
 from schemas.config import BuildConfig
 from schemas.manifest import MANIFEST_COLUMNS, Col
-from schemas.shard_layout import GROUP_ATTRS, PRODUCT_ATTRS, Attr, expected_shape, product_datasets
+from schemas.shard_layout import (
+    GROUP_ATTRS,
+    PRODUCT_ATTRS,
+    Attr,
+    expected_shape,
+    product_datasets,
+)
 
 
 def _check_group(name: str, group: h5py.Group, product: str, n_views: int, config: BuildConfig) -> list[str]:

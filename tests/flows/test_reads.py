@@ -67,3 +67,24 @@ def test_a_changed_file_is_hashed_by_its_read_and_the_next_build_reuses_the_resu
     counts.clear()
     third = run_build(small_config(), [str(inputs)], out)
     assert not third.published and third.version == second.version and counts == Counter()
+
+
+def test_an_unchanged_rebuild_is_answered_without_prefect_or_dask(tmp_path):
+    """The CLI decides "already published" from remembered hashes before importing Prefect."""
+    import json
+    import subprocess
+    import sys
+
+    inputs = collection(tmp_path / "in", n=1)
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps(small_config().model_dump(mode="json")))
+    first = run_build(small_config(), [str(inputs)], str(tmp_path / "out"))
+    script = (f"import sys; from pipelines.cli import main; "
+              f"rc = main(['build', '--config', {str(config)!r}, '--input', {str(inputs)!r}, '--out', "
+              f"{str(tmp_path / 'out')!r}]); "
+              f"print('heavy:', sorted(m for m in ('prefect', 'distributed', 'torch') if m in sys.modules)); sys.exit(rc)")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          cwd=str(Path(__file__).resolve().parents[2]))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "already published (no-op)" in done.stdout and first.version_dir in done.stdout
+    assert "heavy: []" in done.stdout

@@ -144,3 +144,38 @@ def test_two_builds_of_one_version_at_once_publish_it_once(tmp_path):
     assert sum("published: " in log for log in logs) == 1
     assert sum("already published (no-op)" in log for log in logs) == 1
     assert [p.name for p in (tmp_path / "out" / "orch").iterdir() if not p.name.startswith(".")] == ["v1"]
+
+
+@pytest.mark.parametrize("workers", [1, 2], ids=["in-process", "local-dask"])
+def test_a_build_killed_with_sigkill_leaves_no_process_behind(tmp_path, workers):
+    """Only the build's own process is killed (not its group): its API server and Dask scheduler and
+    workers must go with it."""
+    import psutil
+
+    inputs = collection(tmp_path / "in", n=4)
+    config = _config_file(tmp_path, drr={"pairs_per_case": 6, "poses_per_pair": 3},
+                          detector={"height": 64, "width": 64, "pixel_spacing_mm": 3.0})
+    args = ["build", "--config", str(config), "--input", str(inputs), "--out", str(tmp_path / "out"),
+            "--workers", str(workers)]
+    victim = _cli(args, tmp_path / "home", start_new_session=True)
+    build = psutil.Process(victim.pid)
+    cases = tmp_path / "out" / "orch" / ".cache" / "cases"
+    descendants: dict[int, psutil.Process] = {}
+    deadline = time.monotonic() + 240
+    while not (cases.is_dir() and any(cases.glob("*.h5"))):  # mid-build: a case has been staged
+        assert victim.poll() is None, "the build finished before it could be killed"
+        assert time.monotonic() < deadline, "no case finished in time"
+        descendants.update({p.pid: p for p in build.children(recursive=True)})
+        time.sleep(0.05)
+    descendants.update({p.pid: p for p in build.children(recursive=True)})
+    kinds = " ".join(" ".join(p.cmdline()[:3]) for p in descendants.values() if p.is_running())
+    assert "uvicorn" in kinds  # the temporary Prefect API server was running
+    if workers > 1:
+        assert sum(p.is_running() for p in descendants.values()) >= 1 + workers  # server and workers
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    gone, alive = psutil.wait_procs(list(descendants.values()), timeout=15)
+    survivors = [" ".join(p.cmdline()[:4]) for p in alive if p.status() != psutil.STATUS_ZOMBIE]
+    for p in alive:
+        p.kill()
+    assert survivors == []
