@@ -68,15 +68,16 @@ def without_prefect(inputs: Path, config, out: Path) -> float:
 def _without_prefect(inputs: Path, config, out: Path) -> float:
     t0 = time.perf_counter()
     ingest = ingest_inputs([inputs], config)
-    rows, staged = [], {}
+    rows, staged, keys = [], {}, {}
     for job in ingest.jobs:
+        keys[job.case.case_id] = job.case.case_id
         result = process_case(job.case, config, job.split, out / "stage", progress=lambda m: None)
-        staged[job.case.case_id] = result.staging_file
+        staged[job.case.case_id] = result.staging_files
         rows += [replace(s, case_id=job.case.case_id, split=job.split, input_sha256=job.input_sha256, seed=0)
                  for s in result.samples]
     fields = CardFields(config.dataset, "direct", "bench", config.model_dump(mode="json"), config.seed, "", [], [], [])
-    publish_version(PublishPlan(out / config.dataset, "v1", False), rows, list(ingest.rows.values()), staged,
-                    fields, config.shards.target_bytes, config.shards.min_shards)
+    publish_version(PublishPlan(out / config.dataset, "v1", False), rows, list(ingest.rows.values()), staged, keys,
+                    fields, config.shards)
     return time.perf_counter() - t0
 
 

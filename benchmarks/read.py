@@ -68,11 +68,12 @@ def publish(patches: list[dict], root: Path, compression: str) -> Path:
                 write_sample(h5, p["id"], {"ct": p["ct"], "mask": p["mask"], "labels": p["labels"]}, attrs, compression)
                 rows.append(SampleRow(p["id"], "vertebra", case_id=case, split="train", key="/" + p["id"], level="L1",
                                       padded_fraction=0.0, cut_by_border=False))
-        files_[case] = str(path)
+        files_[case] = {"vertebra": str(path)}
         cases.append(CaseRow(case_id=case, qc_status="accepted"))
     fields = CardFields(config.dataset, compression, "bench", config.model_dump(mode="json"), 0, "", [], [], [])
     plan = PublishPlan(root / config.dataset, "v1", False)
-    return publish_version(plan, rows, cases, files_, fields, config.shards.target_bytes, min_shards=2)
+    keys = {case: case for case in files_}  # packed into min_shards target-sized shards, as a compacted version
+    return publish_version(plan, rows, cases, files_, keys, fields, config.shards, compact=True)
 
 
 def _by_case(patches):

@@ -24,6 +24,8 @@ def _add_build_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dask-address", default=None, help="use an existing Dask scheduler, e.g. tcp://host:8786")
     p.add_argument("--manifests", default=None, metavar="DIR",
                    help="also copy dataset.json and manifest.csv to DIR/<dataset>/<version>/ (e.g. the repo's manifests/)")
+    p.add_argument("--compact", action="store_true",
+                   help="pack per-case shards into target-sized shards in the version this build publishes")
     _add_cache_option(p)
 
 
@@ -81,6 +83,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--spacing", type=float, nargs="+", metavar="MM", help="input pixel spacing (row [col]) if the file does not carry it")
     p.add_argument("--size", type=int, default=1024, help="training detector pixels per side (default: %(default)s)")
     p.add_argument("--pixel", type=float, default=0.2, help="training detector pixel spacing in mm (default: %(default)s)")
+    p = sub.add_parser("gc", help="remove old versions of a dataset; frees only what no kept version uses")
+    p.add_argument("dataset_dir", metavar="DIR", help="the dataset folder, OUT/<dataset>")
+    p.add_argument("--keep", type=int, required=True, metavar="N", help="keep the N newest versions")
     p = sub.add_parser("validate", help="re-hash shards, check keys/dtypes/shapes and counts; exit 1 on any mismatch")
     p.add_argument("dir")
     return ap
@@ -109,19 +114,19 @@ def _print_summary(summary) -> None:
 
 
 def cmd_build(args, config_path: Path, inputs: list[str]) -> int:
-    from pipelines.ingest.published import already_published
+    from pipelines.runtime.published import already_published
     from schemas.config import load_config
 
     config = load_config(config_path, seed=args.seed)
     if all(Path(p).is_dir() for p in inputs):  # a no-op is answered without importing Prefect or Dask
-        summary = already_published(config, inputs, args.out, args.version)
+        summary = already_published(config, inputs, args.out, args.version, args.cache_keep_days)
         if summary is not None:
             _print_summary(summary)
             return 0
     from pipelines.flows import run_build
 
     summary = run_build(config, inputs, args.out, args.version, args.workers, args.dask_address, args.manifests,
-                        cache_keep_days=args.cache_keep_days)
+                        cache_keep_days=args.cache_keep_days, compact=args.compact)
     _print_summary(summary)
     return 0
 
@@ -212,6 +217,15 @@ def cmd_fit_xray(args) -> int:
     return 0
 
 
+def cmd_gc(args) -> int:
+    from pipelines.io.publish import gc_versions
+
+    result = gc_versions(Path(args.dataset_dir), args.keep)
+    print(f"removed {len(result.removed)} version(s) ({', '.join(result.removed) or 'none'}); "
+          f"kept {', '.join(result.kept) or 'none'}; freed {result.freed_bytes / 1e6:.1f} MB")
+    return 0
+
+
 def cmd_validate(args) -> int:
     from pipelines.tools.validate import validate_version
 
@@ -237,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
 
     handlers = {"demo": cmd_demo, "ingest": cmd_ingest, "inspect": cmd_inspect, "validate": cmd_validate,
                 "fit-xray": cmd_fit_xray, "diff": cmd_diff, "export": cmd_export, "report": cmd_report,
-                "serve": cmd_serve,
+                "serve": cmd_serve, "gc": cmd_gc,
                 "build": lambda a: cmd_build(a, Path(a.config), a.inputs or _missing_inputs())}
     try:
         return handlers[args.command](args)

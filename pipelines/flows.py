@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import time
 from contextlib import ExitStack
 from dataclasses import replace
@@ -35,7 +36,6 @@ from pipelines.ingest.cases import (
     ingest_inputs,
     set_hashes,
 )
-from pipelines.ingest.published import BuildSummary, already_published
 from pipelines.io.input_hashes import InputHashes
 from pipelines.io.publish import (
     CardFields,
@@ -46,11 +46,13 @@ from pipelines.io.publish import (
     remove_stale_files,
 )
 from pipelines.io.shards import read_card
+from pipelines.runtime.published import BuildSummary, already_published
 from pipelines.runtime.threads import thread_share
-from pipelines.tasks import job_key, process_case_task, publish_task
+from pipelines.case.keys import job_key
+from pipelines.tasks import process_case_task, publish_task
 from schemas.card import Counts, compute_build_id
 from schemas.config import BuildConfig
-from schemas.layout import CACHE_RESULTS, cache_dir, staged_case_file
+from schemas.layout import CACHE_RESULTS, cache_dir, staged_case_dir
 from schemas.manifest import (
     QC_ACCEPTED,
     CaseRow,
@@ -93,8 +95,8 @@ def run_cases(task, jobs: list[CaseJob], config: BuildConfig, run_options: dict,
             result: CaseResult = future.result()
             if future.state.name == "Cached":
                 cached += 1
-            if result.staging_file and not Path(result.staging_file).is_file():
-                result = rerun(job)  # the cache record outlived its staged file: recompute once
+            if any(not Path(f).is_file() for f in result.staging_files.values()):
+                result = rerun(job)  # the cache record outlived its staged files: recompute once
         except Exception as exc:  # noqa: BLE001 - any failure of one case (after retries) quarantines it
             result = exc
         results[job.case.case_id] = result
@@ -107,10 +109,12 @@ def _refile(result: CaseResult, unhashed: CaseJob, hashed: CaseJob, config: Buil
     next build, which knows the hashes, finds it in Prefect's cache. (Until this runs, a killed build
     still finds it under the signature key.)"""
     key = job_key(hashed, config)
-    if result.staging_file:
-        target = staged_case_file(cache, key)
-        os.replace(result.staging_file, target)
-        result.staging_file = str(target)
+    if result.staging_files:
+        target = staged_case_dir(cache, key)
+        if target.exists():  # the same content was staged before (e.g. the file was only touched)
+            shutil.rmtree(target)
+        os.replace(staged_case_dir(cache, job_key(unhashed, config)), target)
+        result.staging_files = {p: str(target / Path(f).name) for p, f in result.staging_files.items()}
     store.write(result, key=key)
     (cache / CACHE_RESULTS / job_key(unhashed, config)).unlink(missing_ok=True)
 
@@ -168,13 +172,13 @@ def _apply(row: CaseRow, result: CaseResult | Exception) -> None:
 
 def accepted_samples(jobs: list[CaseJob], results: dict, rows: dict[str, CaseRow],
                      config: BuildConfig) -> tuple[list[SampleRow], dict[str, str]]:
-    """(manifest rows, staged file per accepted case) of the jobs kept."""
+    """(manifest rows, staged shard files per accepted case) of the jobs kept."""
     samples, staged = [], {}
     for job in jobs:
         result, row = results[job.case.case_id], rows[job.case.case_id]
         _apply(row, result)
         if not row.quarantined:
-            staged[job.case.case_id] = result.staging_file
+            staged[job.case.case_id] = result.staging_files
             samples += [replace(s, case_id=job.case.case_id, split=job.split, input_sha256=job.input_sha256,
                                 seed=config.seed) for s in result.samples]
     return samples, staged
@@ -220,7 +224,7 @@ def _noop(plan, build_id: str, started: float, hashes: InputHashes, cached: int 
 def build_dataset(config: BuildConfig, inputs: list[str], out: str, version: str | None = None,
                   manifests_dir: str | None = None, torch_threads: int | None = None,
                   cache_keep_days: float = DEFAULT_CACHE_KEEP_DAYS,
-                  host_threads: dict[str, int] | None = None) -> BuildSummary:
+                  host_threads: dict[str, int] | None = None, compact: bool = False) -> BuildSummary:
     started = time.perf_counter()
     logger = get_run_logger()
     dataset_dir = Path(out) / config.dataset
@@ -273,7 +277,8 @@ def build_dataset(config: BuildConfig, inputs: list[str], out: str, version: str
             reasons = "; ".join(describe_quarantine(q) for q in quarantined)
             raise BuildError(f"no samples to publish: {reasons or 'no cases found in ' + ', '.join(inputs)}")
         fields = card_fields(config, build_id, input_hashes, ingest, inputs)
-        version_dir = publish_task(plan, samples, rows, staged, fields, config)  # 8
+        keys = {j.case.case_id: job_key(j, config) for j in jobs}
+        version_dir = publish_task(plan, samples, rows, staged, keys, fields, config, compact)  # 8
         finish(jobs)
     card = read_card(Path(version_dir))
     logger.info("published %s", version_dir)
@@ -301,7 +306,7 @@ def _check_output(out: Path, dataset: str) -> None:
 def run_build(config: BuildConfig, inputs: list[str], out: str, version: str | None = None,
               workers: int = 1, dask_address: str | None = None, manifests_dir: str | None = None,
               threads_per_worker: int | None = None,
-              cache_keep_days: float = DEFAULT_CACHE_KEEP_DAYS) -> BuildSummary:
+              cache_keep_days: float = DEFAULT_CACHE_KEEP_DAYS, compact: bool = False) -> BuildSummary:
     """Run the build flow on threads here, a local Dask cluster (`workers` > 1) or an existing scheduler."""
     from pipelines.runtime.cluster import (
         check_cluster,
@@ -319,7 +324,7 @@ def run_build(config: BuildConfig, inputs: list[str], out: str, version: str | N
         if not Path(path).is_dir():
             raise InputError(f"input folder not found: {path}")
     started = time.perf_counter()
-    noop = already_published(config, inputs, out, version)  # before any cluster or API server starts
+    noop = already_published(config, inputs, out, version, cache_keep_days)  # before any cluster or API server
     if noop is not None:
         log.info("build %s is already published as %s; nothing to do", noop.build_id, noop.version_dir)
         return replace(noop, seconds=time.perf_counter() - started)
@@ -343,6 +348,6 @@ def run_build(config: BuildConfig, inputs: list[str], out: str, version: str | N
         summary = build_dataset.with_options(task_runner=task_runner_for(dask_address))(
             config=config, inputs=[str(p) for p in inputs], out=str(out), version=version,
             manifests_dir=str(manifests_dir) if manifests_dir else None, torch_threads=threads,
-            cache_keep_days=cache_keep_days, host_threads=host_threads)
+            cache_keep_days=cache_keep_days, host_threads=host_threads, compact=compact)
     # wall time of the whole call: cluster and API start-up included, not just the flow run
     return replace(summary, seconds=time.perf_counter() - started)

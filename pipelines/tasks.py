@@ -7,19 +7,14 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from pipelines.case.process import CaseResult, case_key, process_case
+from pipelines.case.keys import job_key
+from pipelines.case.process import CaseResult, process_case
 from pipelines.ingest.cases import CaseJob
 from pipelines.io.publish import CardFields, PublishPlan, publish_version
 from pipelines.ops.pairs import registration_pairs
 from pipelines.runtime.threads import dask_worker_share, thread_limit
 from schemas.config import BuildConfig
 from schemas.manifest import CaseRow, SampleRow
-
-
-def job_key(job: CaseJob, config: BuildConfig) -> str:
-    """A hashed case is keyed by its content; an unhashed one (new or changed files, hashed by its
-    task as it reads them) by its files' signatures until the flow files it under its content."""
-    return case_key(job.case.case_id, job.input_sha256 or "unhashed " + job.signature(), job.split, config)
 
 
 def case_cache_key(context, parameters: dict) -> str:
@@ -43,15 +38,13 @@ def process_case_task(job: CaseJob, config: BuildConfig, cache_dir: str, torch_t
 
 
 @task(name="publish", cache_policy=NO_CACHE)
-def publish_task(plan: PublishPlan, samples: list[SampleRow], cases: list[CaseRow], staging_files: dict[str, str],
-                 fields: CardFields, config: BuildConfig) -> str:
-    from pipelines.tools.report import (
-        write_report,  # matplotlib: needed here only, not in case workers
-    )
+def publish_task(plan: PublishPlan, samples: list[SampleRow], cases: list[CaseRow],
+                 staged: dict[str, dict[str, str]], case_keys: dict[str, str], fields: CardFields,
+                 config: BuildConfig, compact: bool = False) -> str:
+    from pipelines.tools.report import write_report  # matplotlib: needed here only, not in case workers
 
     pairs = config.registration_pairs
     builder = (partial(registration_pairs, seed=config.seed, max_per_level=pairs.max_pairs_per_level)
                if pairs.enabled else None)
-    return str(publish_version(plan, samples, cases, staging_files, fields, config.shards.target_bytes,
-                               min_shards=config.shards.min_shards, report_writer=write_report,
-                               pairs_builder=builder))
+    return str(publish_version(plan, samples, cases, staged, case_keys, fields, config.shards, compact,
+                               report_writer=write_report, pairs_builder=builder))

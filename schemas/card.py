@@ -17,11 +17,12 @@ def compute_build_id(input_hashes: dict[str, str], config: BuildConfig, code_ver
 
 
 class ShardRecord(BaseModel):
-    file: str  # path relative to the version folder, e.g. shards/vertebra-00000.h5
+    file: str  # path relative to the version folder, e.g. shards/vertebra-<case key>.h5
     product: str
     bytes: int
     n_samples: int
     sha256: str
+    members: list[str] = []  # case keys whose samples the shard holds
 
 
 class CaseCounts(BaseModel):
@@ -58,6 +59,7 @@ class DatasetCard(BaseModel):
     counts: Counts
     shards: list[ShardRecord]
     cases: CaseCounts
+    storage: dict[str, int] = {}  # shard bytes this version linked (shared), copied and newly written
 
     def build_config(self) -> BuildConfig:
         return BuildConfig.model_validate(self.config)

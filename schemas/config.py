@@ -132,8 +132,11 @@ class IngestConfig(_Strict):
 
 
 class ShardConfig(_Strict):
-    target_bytes: int = Field(1_000_000_000, gt=0)  # about this many uncompressed bytes per shard
-    min_shards: int = Field(2, ge=1)  # per product (when it has enough samples): one per reader worker
+    # Shards hold whole cases. A case's samples of a product are one shard, shared by every version
+    # that holds the case; packs of several cases are written on request (--compact) or past a count.
+    target_bytes: int = Field(1_000_000_000, gt=0)  # about this many bytes per pack (as stored)
+    min_shards: int = Field(2, ge=1)  # per product when packing (when it has enough cases): one per reader worker
+    compact_above: int = Field(512, ge=1)  # pack a product's per-case shards once more than this many are loose
     # blosc-lz4 (hdf5plugin): measured ~3.4x smaller and faster to read than lzf or gzip
     compression: Literal["blosc-lz4", "zstd", "lzf", "gzip", "none"] = "blosc-lz4"
 
@@ -159,7 +162,8 @@ class BuildConfig(_Strict):
 
 
 # Fields that shape how a version is published, not any sample: changing them reuses every cached case.
-PUBLISH_ONLY_FIELDS = {"dataset": True, "registration_pairs": True, "shards": {"target_bytes", "min_shards"}}
+PUBLISH_ONLY_FIELDS = {"dataset": True, "registration_pairs": True,
+                       "shards": {"target_bytes", "min_shards", "compact_above"}}
 
 
 def sample_shaping_config(config: BuildConfig) -> dict:

@@ -33,9 +33,19 @@ X2CT_SAMPLE_FILE = "ct_xray_data.h5"
 X2CT_LIST_SUFFIX = ".txt"  # OUT/train.txt, OUT/test.txt (and val.txt)
 
 
-def shard_name(product: str, index: int) -> str:
-    """The one place that names a shard file."""
-    return f"{product}-{index:05d}.h5"
+def case_shard_name(product: str, case_key: str) -> str:
+    """A shard holding one case's samples of one product: named by the case's cache key (its content,
+    split, sample-shaping config and code), so an unchanged case keeps its shard across versions."""
+    return f"{product}-{case_key}.h5"
+
+
+def pack_shard_name(product: str, member_keys: list[str]) -> str:
+    """A compacted shard holding several whole cases: named by its members, so the same members give
+    the same shard (reused, not rewritten) in later versions."""
+    import hashlib
+
+    digest = hashlib.sha256("\n".join(sorted(member_keys)).encode()).hexdigest()[:16]
+    return f"{product}-pack-{digest}.h5"
 
 
 def shard_path(version_dir: Path, name: str) -> Path:
@@ -51,8 +61,13 @@ def cache_dir(dataset_dir: Path) -> Path:
     return Path(dataset_dir) / CACHE_DIR
 
 
-def staged_case_file(cache: Path, key: str) -> Path:
-    return Path(cache) / CACHE_CASES / f"{key}.h5"
+def staged_case_dir(cache: Path, key: str) -> Path:
+    """A case's staged samples: one HDF5 file per product, later hard-linked into versions as shards."""
+    return Path(cache) / CACHE_CASES / key
+
+
+def staged_case_file(cache: Path, key: str, product: str) -> Path:
+    return staged_case_dir(cache, key) / f"{product}.h5"
 
 
 def staging_version_dir(dataset_dir: Path, version: str, build_id: str, pid: int) -> Path:

@@ -109,3 +109,8 @@ def shared_fixture(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"shared fixture {path} not present (a fresh clone without ../shared)")
     return path
+
+
+def shard_files(version_dir: Path, product: str) -> list[Path]:
+    """A published version's shard files of one product, in name order."""
+    return sorted((Path(version_dir) / "shards").glob(f"{product}-*.h5"))

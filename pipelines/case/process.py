@@ -1,21 +1,19 @@
-"""One case end to end (steps 1-7), staged as an HDF5 file for the publish step to gather."""
+"""One case end to end (steps 1-7), staged as one read-only HDF5 file per product: the shards that
+published versions hard-link, so sample bytes are written once."""
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import pipelines
 from pipelines.case.prepare import load_and_prepare
 from pipelines.case.products import drr_samples, vertebra_samples, x2ct_samples
 from pipelines.errors import QCError
 from pipelines.ingest.discover import CaseFiles
 from pipelines.ingest.load import StoredGeometry
 from pipelines.io.shards import atomic_h5, write_sample
-from schemas.config import BuildConfig, sample_shaping_config
+from schemas.config import BuildConfig
 from schemas.layout import staged_case_file
 from schemas.manifest import QC_ACCEPTED, QC_QUARANTINED, SampleRow, sample_key
 from schemas.shard_layout import Attr
@@ -34,19 +32,24 @@ class CaseResult:
     cut_levels: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # samples not produced, with the reason
     file_sha256: dict[str, str] = field(default_factory=dict)  # file key -> sha256 of what was read
-    staging_file: str | None = None
+    staging_files: dict[str, str] = field(default_factory=dict)  # product -> staged shard file
     samples: list[SampleRow] = field(default_factory=list)  # manifest rows (without shard/split/seed)
 
 
-def case_key(case_id: str, input_sha256: str, split: str, config: BuildConfig) -> str:
-    """Cache key of one case's results: its content, split, the config that shapes it, the code.
-
-    Publish-only settings (dataset name, shard sizing, registration pairs) are left out, so
-    changing them reuses every case.
-    """
-    relevant = sample_shaping_config(config)
-    payload = json.dumps([case_id, input_sha256, split, relevant, pipelines.__version__], sort_keys=True)
-    return f"{case_id}-{hashlib.sha256(payload.encode()).hexdigest()[:20]}"
+def stage_samples(samples: list, cache: Path, key: str, case_id: str, split: str, compression: str) -> dict[str, str]:
+    """Write each product's samples to `<cache>/cases/<key>/<product>.h5`, read-only once complete."""
+    files = {}
+    for product in dict.fromkeys(s.product for s in samples):
+        target = staged_case_file(cache, key, product)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_h5(target) as h5:
+            for s in samples:
+                if s.product == product:
+                    attrs = {Attr.PRODUCT: s.product, Attr.CASE_ID: case_id, Attr.SPLIT: split, **s.attrs}
+                    write_sample(h5, s.sample_id, s.datasets, attrs, compression)
+        target.chmod(0o444)  # shared by every version that links it: never written in place
+        files[product] = str(target)
+    return files
 
 
 def process_case(case: CaseFiles, config: BuildConfig, split: str, cache: Path,
@@ -78,15 +81,11 @@ def process_case(case: CaseFiles, config: BuildConfig, split: str, cache: Path,
     if config.drr.enabled:
         samples += drr_samples(prepared, config, progress, skipped)
 
-    target = staged_case_file(cache, stage_name or case.case_id)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_h5(target) as h5:
-        for s in samples:
-            attrs = {Attr.PRODUCT: s.product, Attr.CASE_ID: case.case_id, Attr.SPLIT: split, **s.attrs}
-            write_sample(h5, s.sample_id, s.datasets, attrs, config.shards.compression)
+    files = stage_samples(samples, Path(cache), stage_name or case.case_id, case.case_id, split,
+                          config.shards.compression)
     rows = [s.row for s in samples]
     for row in rows:
         row.key = sample_key(row.sample_id)
     return CaseResult(case.case_id, QC_ACCEPTED, stored=prepared.stored, levels=prepared.levels,
-                      cut_levels=sorted(prepared.cut_levels), skipped=skipped, staging_file=str(target), samples=rows,
+                      cut_levels=sorted(prepared.cut_levels), skipped=skipped, staging_files=files, samples=rows,
                       file_sha256=prepared.hashes)

@@ -19,10 +19,12 @@ from pathlib import Path
 import pandas as pd
 
 from pipelines.errors import PublishError
-from pipelines.io.shards import atomic_h5, copy_groups, group_nbytes, read_card
+from pipelines.io.shards import read_card
+from pipelines.io.version_shards import materialise, plan_product
 from pipelines.io.volumes import sha256_file
 from schemas import SCHEMA_VERSION
 from schemas.card import CaseCounts, Counts, DatasetCard, ShardRecord
+from schemas.config import ShardConfig
 from schemas.layout import (
     CACHE_CASES,
     CACHE_RESULTS,
@@ -37,7 +39,7 @@ from schemas.layout import (
     SHARD_DIR,
     STAGING_PREFIX,
     TMP_SUFFIX,
-    shard_name,
+    case_shard_name,
     shard_record_file,
     staging_version_dir,
 )
@@ -95,51 +97,49 @@ def plan_version(out: Path, dataset: str, build_id: str, version: str | None) ->
     return PublishPlan(dataset_dir, f"v{last + 1}", False)
 
 
-def plan_shards(sizes: list[int], target_bytes: int, min_shards: int) -> list[list[int]]:
-    """Split samples (in order) into contiguous shards of about equal bytes.
-
-    As many shards as the byte target needs, and at least `min_shards` (so that that many reader
-    workers each get a file), never more shards than samples.
-    """
-    n = len(sizes)
-    if n == 0:
-        return []
-    total = sum(sizes)
-    count = min(n, max(-(-total // target_bytes), min_shards))
-    shards, current, acc = [], [], 0
-    for i, size in enumerate(sizes):
-        current.append(i)
-        acc += size
-        remaining_samples = n - i - 1
-        remaining_shards = count - len(shards) - 1
-        boundary = total * (len(shards) + 1) / count
-        if remaining_shards > 0 and (acc >= boundary or remaining_samples == remaining_shards):
-            shards.append(current)
-            current = []
-    shards.append(current)
-    return shards
-
-
-def write_shards(samples: pd.DataFrame, staging_files: dict[str, str], shard_dir: Path,
-                 target_bytes: int, min_shards: int) -> tuple[pd.Series, list[ShardRecord]]:
-    """Gather sample groups into per-product shards; returns (shard per sample, shard records)."""
-    shard_dir.mkdir(parents=True, exist_ok=True)
-    assigned = pd.Series(index=samples.index, dtype=object)
+def _shard_records(sources, shard_dir: Path, previous: DatasetCard | None, previous_dir: Path | None,
+                   counts_by_name: dict[str, int]) -> list[ShardRecord]:
+    """Card entries of the shards; a shard the previous version holds as the same file keeps its hash."""
+    known = {Path(r.file).name: r for r in previous.shards} if previous else {}
     records = []
+    for source in sources:
+        path = shard_dir / source.name
+        old = known.get(source.name)
+        same = old is not None and (previous_dir / old.file).is_file() and os.path.samefile(previous_dir / old.file, path)
+        records.append(ShardRecord(file=shard_record_file(source.name), product=source.product,
+                                   bytes=path.stat().st_size, n_samples=counts_by_name.get(source.name, 0),
+                                   sha256=old.sha256 if same else sha256_file(path), members=list(source.members)))
+    return records
+
+
+def previous_version(dataset_dir: Path) -> Path | None:
+    versions = published_versions(dataset_dir)
+    return dataset_dir / versions[-1] if versions else None
+
+
+def _previous_packs(card: DatasetCard | None, version_dir: Path | None, product: str) -> dict:
+    if card is None:
+        return {}
+    return {Path(r.file).name: (tuple(r.members), version_dir / r.file) for r in card.shards
+            if r.product == product and r.members and Path(r.file).name != case_shard_name(product, r.members[0])}
+
+
+def assemble_shards(manifest: pd.DataFrame, staged: dict[str, dict[str, str]], case_keys: dict[str, str],
+                    shard_dir: Path, shards: ShardConfig, compact: bool,
+                    previous_dir: Path | None) -> tuple[pd.Series, list[ShardRecord], dict[str, int]]:
+    """Link (or, compacting, pack) every product's shards; returns (shard per sample, records, bytes)."""
+    previous = read_card(previous_dir) if previous_dir is not None else None
+    sources = []
     for product in PRODUCTS:
-        rows = samples[samples[Col.PRODUCT] == product].sort_values(Col.SAMPLE_ID)
-        sizes = [group_nbytes(Path(staging_files[r.case_id]), r.sample_id) for r in rows.itertuples()]
-        for n, positions in enumerate(plan_shards(sizes, target_bytes, min_shards)):
-            batch = rows.index[positions]
-            name = shard_name(product, n)
-            with atomic_h5(shard_dir / name) as h5:
-                for case_id, grp in rows.loc[batch].groupby(Col.CASE_ID, sort=True):
-                    copy_groups(Path(staging_files[case_id]), list(grp.sample_id), h5)
-            assigned.loc[batch] = name
-            path = shard_dir / name
-            records.append(ShardRecord(file=shard_record_file(name), product=product, bytes=path.stat().st_size,
-                                       n_samples=len(batch), sha256=sha256_file(path)))
-    return assigned, records
+        files = {case_keys[cid]: Path(f[product]) for cid, f in staged.items() if product in f}
+        sources += plan_product(product, files, _previous_packs(previous, previous_dir, product), compact,
+                                shards.compact_above, shards.target_bytes, shards.min_shards)
+    storage = materialise(sources, shard_dir)
+    holder = {(s.product, key): s.name for s in sources for key in s.members}
+    assigned = pd.Series([holder[(p, case_keys[c])] for p, c in zip(manifest[Col.PRODUCT], manifest[Col.CASE_ID])],
+                         index=manifest.index, dtype=object)
+    records = _shard_records(sources, shard_dir, previous, previous_dir, assigned.value_counts().to_dict())
+    return assigned, records, storage
 
 
 def table(records: list, columns: list[str]) -> pd.DataFrame:
@@ -186,10 +186,11 @@ def _write_table(records: list, columns: list[str], parquet: Path, csv: Path) ->
 
 
 def publish_version(plan: PublishPlan, samples: list[SampleRow], cases: list[CaseRow],
-                    staging_files: dict[str, str], fields: CardFields, target_bytes: int, min_shards: int = 1,
-                    report_writer=None, pairs_builder=None) -> Path:
+                    staged: dict[str, dict[str, str]], case_keys: dict[str, str], fields: CardFields,
+                    shards: ShardConfig, compact: bool = False, report_writer=None, pairs_builder=None) -> Path:
     """Assemble the version in a hidden staging folder and rename it into place.
 
+    `staged`: case id -> {product: staged shard file}; `case_keys`: case id -> cache key.
     `pairs_builder(manifest) -> list[PairRow]` and `report_writer(folder, card, manifest, cases)`
     are optional steps of the build (registration pairs, the QC page).
     """
@@ -200,8 +201,8 @@ def publish_version(plan: PublishPlan, samples: list[SampleRow], cases: list[Cas
     staging.mkdir(parents=True)
     try:
         manifest = table(samples, MANIFEST_COLUMNS)
-        manifest[Col.SHARD], shards = write_shards(manifest, staging_files, staging / SHARD_DIR, target_bytes,
-                                                   min_shards)
+        manifest[Col.SHARD], records, storage = assemble_shards(
+            manifest, staged, case_keys, staging / SHARD_DIR, shards, compact, previous_version(plan.dataset_dir))
         manifest = manifest.sort_values([Col.PRODUCT, Col.SAMPLE_ID]).reset_index(drop=True)
         manifest.to_parquet(staging / MANIFEST_PARQUET, index=False)
         manifest.to_csv(staging / MANIFEST_CSV, index=False)
@@ -213,7 +214,7 @@ def publish_version(plan: PublishPlan, samples: list[SampleRow], cases: list[Cas
             n_pairs = len(pairs)
         card = DatasetCard(**vars(fields), version=plan.version, schema_version=SCHEMA_VERSION,
                            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                           counts=counts(manifest, n_pairs), shards=shards, cases=case_counts(cases))
+                           counts=counts(manifest, n_pairs), shards=records, cases=case_counts(cases), storage=storage)
         if report_writer is not None:
             report_writer(staging, card, manifest, case_table)
         (staging / DATASET_CARD).write_text(card.to_json())
@@ -268,16 +269,17 @@ def prune_cache(cache_dir: Path, used: set[str], keep_seconds: float, now: float
     """Drop cache entries (staged case files and result records) that this build did not use and
     that no build has used for `keep_seconds`; mark the used ones as used now (call under the lock).
 
-    Entries are named by case cache key: `cases/<key>.h5` and `results/<key>`.
+    Entries are named by case cache key: `cases/<key>/` (staged shards) and `results/<key>`. A
+    staged shard that a published version links stays on disk with that version (its other link).
     """
     now = time.time() if now is None else now
     removed = []
-    for folder, suffix in ((CACHE_CASES, ".h5"), (CACHE_RESULTS, "")):
+    for folder in (CACHE_CASES, CACHE_RESULTS):
         for path in sorted((cache_dir / folder).glob("*")) if (cache_dir / folder).is_dir() else []:
-            if path.name.removesuffix(suffix) in used:
+            if path.name in used:
                 os.utime(path, (now, now))
-            elif path.is_file() and now - path.stat().st_mtime > keep_seconds:
-                path.unlink(missing_ok=True)
+            elif now - path.stat().st_mtime > keep_seconds:
+                shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
                 removed.append(f"{folder}/{path.name}")
     return removed
 
@@ -290,3 +292,32 @@ def record_lineage(version_dir: Path, manifests_dir: Path) -> Path:
     for name in (DATASET_CARD, MANIFEST_CSV):
         shutil.copyfile(Path(version_dir) / name, target / name)
     return target
+
+
+@dataclass
+class GCResult:
+    removed: list[str]
+    kept: list[str]
+    freed_bytes: int  # space returned to the file system (files no kept version or cache entry links)
+
+
+def gc_versions(dataset_dir: Path, keep: int) -> GCResult:
+    """Remove all but the `keep` newest versions (vN order), under the dataset lock.
+
+    Shards are hard links, so removing a version frees only the files no other version (or cache
+    entry) still links, and a kept version never loses a byte.
+    """
+    if keep < 1:
+        raise PublishError(f"--keep must be at least 1, got {keep}")
+    dataset_dir = Path(dataset_dir)
+    if not dataset_dir.is_dir():
+        raise FileNotFoundError(f"no dataset folder {dataset_dir}")
+    with dataset_lock(dataset_dir):
+        versions = published_versions(dataset_dir)
+        remove, kept = versions[:-keep], versions[-keep:]
+        freed = 0
+        for name in remove:
+            folder = dataset_dir / name
+            freed += sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and p.stat().st_nlink == 1)
+            shutil.rmtree(folder)
+    return GCResult(remove, kept, freed)

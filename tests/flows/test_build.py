@@ -12,7 +12,7 @@ from pipelines.flows import run_build
 from pipelines.errors import PublishError
 from pipelines.loaders import DRRDataset, VertebraDataset, X2CTDataset, open_dataset
 from pipelines.tools.validate import validate_version
-from tests.conftest import write_ctspine_case
+from tests.conftest import shard_files, write_ctspine_case
 
 
 @pytest.fixture(scope="module")
@@ -46,10 +46,12 @@ def test_publishes_the_design_layout(built):
     assert summary.published and summary.version == "v1" and summary.version_dir == str(vdir)
     for name in ("dataset.json", "manifest.parquet", "manifest.csv", "cases.parquet", "cases.csv", "report.html"):
         assert (vdir / name).is_file(), name
-    # min_shards=2: at least one shard per reader worker, for every product
-    assert sorted(p.name for p in (vdir / "shards").iterdir()) == [
-        f"{product}-0000{i}.h5" for product in ("drr", "vertebra", "x2ct") for i in (0, 1)]
+    # shards hold whole cases: one per accepted case and product, named by the case's cache key
     card = json.loads((vdir / "dataset.json").read_text())
+    names = sorted(p.name for p in (vdir / "shards").iterdir())
+    assert len(names) == 9 and {n.split("-")[0] for n in names} == {"drr", "vertebra", "x2ct"}
+    assert all(len(s["members"]) == 1 and s["file"] == f"shards/{s['product']}-{s['members'][0]}.h5"
+               for s in card["shards"])
     assert card["build_id"] == summary.build_id and card["schema_version"] == "1.0"
     assert card["counts"]["by_product"] == {"drr": 6, "vertebra": 9, "x2ct": 9}
     assert card["cases"] == {"discovered": 4, "accepted": 3, "quarantined": 1}
@@ -88,12 +90,13 @@ def test_validate_passes_then_catches_a_flipped_byte(built, tmp_path):
     assert validate_version(out / "tiny" / "v1") == []
     copy = tmp_path / "v1"
     shutil.copytree(out / "tiny" / "v1", copy)
-    shard = copy / "shards" / "vertebra-00000.h5"
+    shard = shard_files(copy, "vertebra")[0]
+    shard.chmod(0o644)  # published shards are read-only
     data = bytearray(shard.read_bytes())
     data[len(data) // 2] ^= 0x01
     shard.write_bytes(bytes(data))
     problems = validate_version(copy)
-    assert any("vertebra-00000.h5" in p and "sha256" in p for p in problems)
+    assert any(shard.name in p and "sha256" in p for p in problems)
 
 
 def test_same_build_again_is_a_noop_and_a_clashing_version_is_refused(built, collection):
@@ -170,7 +173,7 @@ def test_stored_views_re_render_from_stored_inputs(built, collection):
     config, out, _ = built
     vdir = out / "tiny" / "v1"
     manifest = pd.read_parquet(vdir / "manifest.parquet")
-    with h5py.File(vdir / "shards" / "x2ct-00000.h5", "r") as h5:
+    with h5py.File(shard_files(vdir, "x2ct")[0], "r") as h5:
         g = h5[manifest[manifest["product"] == "x2ct"].iloc[0]["key"]]
         geometry = Geometry.from_record(_json.loads(g.attrs["detector"]))
         att = _json.loads(g.attrs["attenuation"])

@@ -72,25 +72,31 @@ def test_cache_entries_unused_for_the_keep_period_are_pruned(tmp_path):
 
     inputs, out = collection(tmp_path / "in", n=1), tmp_path / "out"
     cache = out / "orch" / ".cache"
+
+    def entries():
+        return {(folder, p.name) for folder in ("cases", "results") for p in (cache / folder).iterdir()}
+
     run_build(small_config(), [str(inputs)], str(out))
-    first = {p.name for p in (cache / "cases").iterdir()} | {p.name for p in (cache / "results").iterdir()}
-    assert len(first) == 2  # one case: its staged file and its result record
+    first = entries()
+    assert len(first) == 2  # one case: its staged shards and its result record
     month_ago = time.time() - 31 * 86400
-    for name in first:
-        folder = "cases" if name.endswith(".h5") else "results"
+    for folder, name in first:
         os.utime(cache / folder / name, (month_ago, month_ago))
     # another relevant config: a new cache entry; the first one is kept while it is younger than 40 days
     run_build(small_config(vertebra={"size": 20, "levels": ["L1"]}), [str(inputs)], str(out), cache_keep_days=40)
-    names = {p.name for p in (cache / "cases").iterdir()} | {p.name for p in (cache / "results").iterdir()}
+    names = entries()
     assert first < names and len(names) == 4
-    # an unchanged re-run of the second config with the 30-day default: the month-old entry goes
+    # an unchanged re-run of the second config with the 30-day default (a no-op): the month-old entry goes
     again = run_build(small_config(vertebra={"size": 20, "levels": ["L1"]}), [str(inputs)], str(out))
     assert not again.published
-    left = {p.name for p in (cache / "cases").iterdir()} | {p.name for p in (cache / "results").iterdir()}
+    left = entries()
     assert left == names - first
+    # v1 still holds the pruned entry's shards: the cache's link went, the version's stays
+    assert (out / "orch" / "v1").is_dir() and not __import__("pipelines.tools.validate", fromlist=["x"]).validate_version(
+        out / "orch" / "v1")
     # keep-days 0 keeps exactly what the build uses
     run_build(small_config(vertebra={"size": 20, "levels": ["L1"]}), [str(inputs)], str(out), cache_keep_days=0)
-    assert {p.name for p in (cache / "cases").iterdir()} | {p.name for p in (cache / "results").iterdir()} == left
+    assert entries() == left
 
 
 def test_a_transient_failure_is_retried_and_a_persistent_one_quarantined(tmp_path, monkeypatch):
@@ -146,7 +152,7 @@ def test_disk_full_publishes_nothing_and_leaves_inputs_untouched(tmp_path, monke
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(publish, "write_shards", full)
+    monkeypatch.setattr(publish, "materialise", full)
     with pytest.raises(PublishError, match="no space left on device.*nothing was published"):
         run_build(small_config(), [str(inputs)], str(tmp_path / "out"))
     dataset = tmp_path / "out" / "orch"

@@ -11,7 +11,8 @@ from torch.utils.data import DataLoader
 from pipelines.tools.diff import diff_versions
 from pipelines.tools.export import export_x2ct
 from pipelines.flows import run_build
-from pipelines.io.publish import plan_shards
+from tests.conftest import shard_files
+from pipelines.io.version_shards import byte_balanced_groups
 from pipelines.errors import ShardError
 from pipelines.loaders import ShuffledSamples, VertebraDataset, X2CTDataset
 from tests.conftest import write_ctspine_case
@@ -76,11 +77,11 @@ def test_export_x2ct_writes_the_x2ctgan_layout(two_versions, tmp_path):
         assert h5["ct"].shape == (32, 32, 32) and h5["xray1"].shape == (16, 16)
 
 
-def test_plan_shards_by_bytes_and_minimum_count():
-    assert plan_shards([10] * 5, 1000, 2) == [[0, 1, 2], [3, 4]]  # 2 shards although bytes fit one
-    assert plan_shards([10] * 5, 20, 1) == [[0, 1], [2, 3], [4]]  # ceil(50 / 20) = 3
-    assert plan_shards([10], 1, 4) == [[0]]  # never more shards than samples
-    assert plan_shards([], 10, 2) == []
+def test_packs_are_planned_by_bytes_and_minimum_count():
+    assert byte_balanced_groups([10] * 5, 1000, 2) == [[0, 1, 2], [3, 4]]  # 2 packs although bytes fit one
+    assert byte_balanced_groups([10] * 5, 20, 1) == [[0, 1], [2, 3], [4]]  # ceil(50 / 20) = 3
+    assert byte_balanced_groups([10], 1, 4) == [[0]]  # never more packs than cases
+    assert byte_balanced_groups([], 10, 2) == []
 
 
 def _copy(base, tmp_path):
@@ -100,17 +101,19 @@ def test_loader_refuses_an_unknown_schema_version(two_versions, tmp_path):
 
 def test_loader_names_a_missing_shard(two_versions, tmp_path):
     vdir = _copy(two_versions[0], tmp_path)
-    (vdir / "shards" / "vertebra-00001.h5").unlink()
-    with pytest.raises(ShardError, match="vertebra-00001.h5: shard file is missing"):
+    missing = shard_files(vdir, "vertebra")[-1]
+    missing.unlink()
+    with pytest.raises(ShardError, match=f"{missing.name}: shard file is missing"):
         VertebraDataset(vdir)
 
 
 def test_loader_names_a_truncated_shard(two_versions, tmp_path):
     vdir = _copy(two_versions[0], tmp_path)
-    shard = vdir / "shards" / "vertebra-00000.h5"
+    shard = vdir / "shards" / VertebraDataset(vdir).rows[0]["shard"]
+    shard.chmod(0o644)  # published shards are read-only
     shard.write_bytes(shard.read_bytes()[:1000])
     ds = VertebraDataset(vdir)
-    with pytest.raises(ShardError, match="vertebra-00000.h5"):
+    with pytest.raises(ShardError, match=shard.name):
         ds[0]
     with pytest.raises(ShardError, match="sha256 differs"):
         VertebraDataset(vdir, verify_checksums=True)
@@ -125,6 +128,7 @@ def test_loader_catches_a_flipped_data_byte_and_a_manifest_mismatch(two_versions
         offset = h5[row["key"]]["ct"].id.get_chunk_info(0).byte_offset
     data = bytearray(shard.read_bytes())
     data[offset + 10] ^= 0xFF
+    shard.chmod(0o644)
     shard.write_bytes(bytes(data))
     with pytest.raises(ShardError, match=f"{row['shard']}:{row['key']}: corrupt"):
         VertebraDataset(vdir)[0]

@@ -65,11 +65,13 @@ def test_the_same_case_gives_identical_samples_every_time(tmp_path, tiny_config)
     case = discover([tmp_path / "in"]).cases[0]
     a = process_case(case, tiny_config, "train", tmp_path / "a")
     b = process_case(case, tiny_config, "train", tmp_path / "b")
-    with h5py.File(a.staging_file) as fa, h5py.File(b.staging_file) as fb:
-        assert list(fa) == list(fb)
-        for key in fa:
-            for name in fa[key]:
-                np.testing.assert_array_equal(fa[key][name][()], fb[key][name][()])
+    assert a.staging_files.keys() == b.staging_files.keys() == {"vertebra", "x2ct", "drr"}
+    for product in a.staging_files:
+        with h5py.File(a.staging_files[product]) as fa, h5py.File(b.staging_files[product]) as fb:
+            assert list(fa) == list(fb)
+            for key in fa:
+                for name in fa[key]:
+                    np.testing.assert_array_equal(fa[key][name][()], fb[key][name][()])
 
 
 def test_a_dicom_series_with_reversed_file_order_reads_in_world_order(tmp_path):

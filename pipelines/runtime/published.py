@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pipelines
-from pipelines.ingest.cases import hash_files, ingest_inputs
+from pipelines.case.keys import job_key
+from pipelines.ingest.cases import CaseJob, hash_files, ingest_inputs
 from pipelines.io.input_hashes import InputHashes
-from pipelines.io.publish import plan_version
+from pipelines.io.publish import dataset_lock, plan_version, prune_cache
 from pipelines.io.shards import read_card
 from schemas.card import Counts, compute_build_id
 from schemas.config import BuildConfig
@@ -35,8 +36,18 @@ class BuildSummary:
     files_hashed: int = 0  # input files read only to hash them (a case task that failed before reading)
 
 
-def already_published(config: BuildConfig, inputs: list[str], out: str, version: str | None) -> BuildSummary | None:
-    """The no-op summary when every input is unchanged since a build and its version exists, else None."""
+def prune_unused(dataset_dir: Path, jobs: list[CaseJob], config: BuildConfig, keep_days: float) -> list[str]:
+    """Drop cached cases no build has used for `keep_days` (these jobs' are marked used), under the lock."""
+    with dataset_lock(dataset_dir):
+        return prune_cache(cache_dir(dataset_dir), {job_key(j, config) for j in jobs}, keep_days * 86400)
+
+
+def already_published(config: BuildConfig, inputs: list[str], out: str, version: str | None,
+                      cache_keep_days: float | None = None) -> BuildSummary | None:
+    """The no-op summary when every input is unchanged since a build and its version exists, else None.
+
+    With `cache_keep_days`, a no-op still prunes the build cache as a build would.
+    """
     started = time.perf_counter()
     dataset_dir = Path(out) / config.dataset
     if not dataset_dir.is_dir():
@@ -49,6 +60,8 @@ def already_published(config: BuildConfig, inputs: list[str], out: str, version:
     plan = plan_version(Path(out), config.dataset, build_id, version)
     if not plan.existing:
         return None
+    if cache_keep_days is not None:
+        prune_unused(dataset_dir, ingest.jobs, config, cache_keep_days)
     card = read_card(plan.dataset_dir / plan.version)
     return BuildSummary(str(plan.dataset_dir / plan.version), plan.version, build_id, False, card.counts, [],
                         time.perf_counter() - started)

@@ -1,0 +1,28 @@
+"""Cache keys of one case's results: what a case task's output depends on, and nothing else."""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pipelines
+from pipelines.ingest.cases import CaseJob
+from schemas.config import BuildConfig, sample_shaping_config
+
+CASE_CACHE_FORMAT = "staged-per-product-v2"  # changes when CaseResult or the staged files change shape
+
+
+def case_key(case_id: str, input_sha256: str, split: str, config: BuildConfig) -> str:
+    """Cache key of one case's results: its content, split, the config that shapes it, the code.
+
+    Publish-only settings (dataset name, shard sizing, registration pairs) are left out, so
+    changing them reuses every case.
+    """
+    relevant = sample_shaping_config(config)
+    payload = json.dumps([case_id, input_sha256, split, relevant, pipelines.__version__], sort_keys=True)
+    return f"{case_id}-{hashlib.sha256((payload + CASE_CACHE_FORMAT).encode()).hexdigest()[:20]}"
+
+
+def job_key(job: CaseJob, config: BuildConfig) -> str:
+    """A hashed case is keyed by its content; an unhashed one (new or changed files, hashed by its
+    task as it reads them) by its files' signatures until the flow files it under its content."""
+    return case_key(job.case.case_id, job.input_sha256 or "unhashed " + job.signature(), job.split, config)
