@@ -31,10 +31,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import psutil
-import SimpleITK as sitk
-from common import PeakMemory, demo_ct_and_labels
+from common import WINDOW, PeakMemory, write_cases
 
 from pipelines.case.process import process_case
 from pipelines.flows import run_build
@@ -42,23 +40,6 @@ from pipelines.ingest.cases import ingest_inputs
 from pipelines.io.publish import CardFields, PublishPlan, publish_version
 from pipelines.runtime.threads import thread_limit
 from schemas.config import demo_config_path, load_config
-
-WINDOW = 80  # slices of 2.5 mm: ~200 mm of spine, 9-10 vertebrae
-
-
-def write_cases(root: Path, n: int) -> None:
-    ct, labels = demo_ct_and_labels()
-    depth = ct.GetSize()[2]
-    starts = np.linspace(0, depth - WINDOW, n).astype(int)
-    for i, z0 in enumerate(starts):
-        index, size = [0, 0, int(z0)], [ct.GetSize()[0], ct.GetSize()[1], WINDOW]
-        ct_i = sitk.RegionOfInterest(ct, size, index)
-        lab_i = sitk.RegionOfInterest(labels, size, index)
-        if i % 2:
-            ct_i, lab_i = sitk.Flip(ct_i, [True, False, False]), sitk.Flip(lab_i, [True, False, False])
-        sitk.WriteImage(ct_i, str(root / f"cxr{i:02d}.nii.gz"))
-        sitk.WriteImage(lab_i, str(root / f"cxr{i:02d}_seg.nii.gz"))
-
 
 def without_prefect(inputs: Path, config, out: Path) -> float:
     with thread_limit(1):

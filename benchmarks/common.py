@@ -5,6 +5,9 @@ import threading
 import time
 from importlib.resources import files
 
+from pathlib import Path
+
+import numpy as np
 import psutil
 import SimpleITK as sitk
 
@@ -20,6 +23,25 @@ def demo_ct_and_labels() -> tuple[sitk.Image, sitk.Image]:
     labels = sitk.GetImageFromArray(translate(sitk.GetArrayViewFromImage(mask), lut, ignored)[0])
     labels.CopyInformation(mask)
     return ct, labels
+
+
+WINDOW = 80  # slices of 2.5 mm: ~200 mm of spine, 9-10 vertebrae
+
+
+def write_cases(root: Path, n: int, first: int = 0, window: int = WINDOW) -> None:
+    """n cases cut from the real CT as a CTSpine1K-style collection: cranio-caudal windows at
+    different starts (so no two are duplicates), every other one mirrored left-right."""
+    ct, labels = demo_ct_and_labels()
+    depth = ct.GetSize()[2]
+    starts = np.linspace(0, depth - window, n).astype(int)
+    for i, z0 in enumerate(starts, start=first):
+        index, size = [0, 0, int(z0)], [ct.GetSize()[0], ct.GetSize()[1], window]
+        ct_i = sitk.RegionOfInterest(ct, size, index)
+        lab_i = sitk.RegionOfInterest(labels, size, index)
+        if i % 2:
+            ct_i, lab_i = sitk.Flip(ct_i, [True, False, False]), sitk.Flip(lab_i, [True, False, False])
+        sitk.WriteImage(ct_i, str(root / f"cxr{i:02d}.nii.gz"))
+        sitk.WriteImage(lab_i, str(root / f"cxr{i:02d}_seg.nii.gz"))
 
 
 class PeakMemory:

@@ -174,14 +174,14 @@ def test_diff_export_and_report_verbs_on_the_demo(demo, home, tmp_path):
 @pytest.mark.slow
 def test_demo_arrays_are_bit_identical_to_those_built_before_the_restructure(demo):
     """tests/reference/demo_v1_arrays.json was recorded from the demo built by the code before the
-    package was reorganised (issue: one path per job); the same config and seed must give the same bytes."""
+    package was reorganised (issue: one path per job); the same config and seed must give the same bytes.
+    (build_id 75d0b904eb8a267a then; it changed when the config model gained shards.compact_above.)"""
     from pathlib import Path
 
     from tests.reference.array_digest import version_digests
 
-    out, result = demo
+    out, _ = demo
     reference = json.loads((Path(__file__).parent / "reference" / "demo_v1_arrays.json").read_text())
-    assert "build_id 75d0b904eb8a267a" in result.stdout  # inputs, config, code version and seed unchanged too
     assert version_digests(out / "demo" / "v1") == reference
 
 

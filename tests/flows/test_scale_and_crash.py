@@ -109,7 +109,7 @@ def test_a_build_killed_with_sigkill_resumes_and_publishes_what_an_uninterrupted
     victim = _cli(args, tmp_path / "home1", start_new_session=True)
     cases = out / "orch" / ".cache" / "cases"
     deadline = time.monotonic() + 240
-    while not (cases.is_dir() and len(list(cases.glob("*.h5"))) >= 2):
+    while not (cases.is_dir() and len(list(cases.glob("*/drr.h5"))) >= 2):  # drr: each case's last staged file
         assert victim.poll() is None, "the build finished before it could be killed: make it longer"
         assert time.monotonic() < deadline, "no case finished in time"
         time.sleep(0.05)
@@ -125,7 +125,7 @@ def test_a_build_killed_with_sigkill_resumes_and_publishes_what_an_uninterrupted
     assert "from cache" in log and "removed leftover of an interrupted build" in log
     cached = int(log.split(" from cache")[0].rsplit(", ", 1)[1].split()[0])
     assert cached >= 2
-    assert not list((out / "orch").glob(".publishing-*")) and not list(cases.glob("*.tmp"))
+    assert not list((out / "orch").glob(".publishing-*")) and not list(cases.rglob("*.tmp"))
 
     clean = _cli(["build", "--config", str(config), "--input", str(inputs), "--out", str(tmp_path / "clean")],
                  tmp_path / "home3")
@@ -162,7 +162,7 @@ def test_a_build_killed_with_sigkill_leaves_no_process_behind(tmp_path, workers)
     cases = tmp_path / "out" / "orch" / ".cache" / "cases"
     descendants: dict[int, psutil.Process] = {}
     deadline = time.monotonic() + 240
-    while not (cases.is_dir() and any(cases.glob("*.h5"))):  # mid-build: a case has been staged
+    while not (cases.is_dir() and any(cases.rglob("*.h5"))):  # mid-build: a case has been staged
         assert victim.poll() is None, "the build finished before it could be killed"
         assert time.monotonic() < deadline, "no case finished in time"
         descendants.update({p.pid: p for p in build.children(recursive=True)})
