@@ -104,12 +104,6 @@ def copy_groups(source: Path, keys: list[str], target: h5py.File) -> None:
             src.copy(src[key], target, name=key)
 
 
-def group_nbytes(path: Path, key: str) -> int:
-    """Uncompressed size of a sample group's datasets."""
-    with h5py.File(path, "r") as h5:
-        return sum(ds.size * ds.dtype.itemsize for ds in h5[key].values())
-
-
 # --- reading ---------------------------------------------------------------------------------
 
 def read_card(version_dir: Path) -> DatasetCard:
