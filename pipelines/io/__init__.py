@@ -1,6 +1,5 @@
-"""The only code that touches files: volumes, shards, published versions.
+"""The only code that touches files: volumes, input hashes, shards, published versions.
 
-Importing this package registers hdf5plugin's filters: shards are Blosc-LZ4 compressed, so any
-reader (h5py included) needs `import hdf5plugin` first.
+Shards are Blosc-LZ4 compressed: `pipelines.io.shards` registers hdf5plugin's filters for every
+SpineForge reader; plain h5py readers need `import hdf5plugin` first.
 """
-import hdf5plugin  # noqa: F401

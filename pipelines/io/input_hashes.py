@@ -7,6 +7,7 @@ know that it is unchanged. The record lives in the dataset's cache folder and is
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -21,8 +22,11 @@ def file_signature(path: Path) -> list[int]:
     if path.is_dir():
         members = sorted(p for p in path.rglob("*") if p.is_file())
         stats = [p.stat() for p in members]
+        listing = "\n".join(f"{p.relative_to(path).as_posix()}\0{s.st_ino}\0{s.st_mtime_ns}"
+                             for p, s in zip(members, stats))
+        # a digest, not hash(): Python's string hash differs between processes
         return [sum(s.st_size for s in stats), max((s.st_mtime_ns for s in stats), default=0),
-                hash(tuple((p.name, s.st_ino, s.st_mtime_ns) for p, s in zip(members, stats))) & (2**62 - 1)]
+                int(hashlib.sha256(listing.encode()).hexdigest()[:15], 16)]
     st = path.stat()
     return [st.st_size, st.st_mtime_ns, st.st_ino]
 
