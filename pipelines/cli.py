@@ -64,6 +64,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("format", choices=[X2CT], help="x2ct: OUT/<sample>/ct_xray_data.h5 + train.txt/test.txt (X2CT-GAN)")
     p.add_argument("dir")
     p.add_argument("out")
+    p.add_argument("--ct-size", type=int, default=None,
+                   help="resize the CT to N^3 voxels, linearly, as X2CT-GAN's loader does (default: as built)")
+    p.add_argument("--xray-size", type=int, default=None,
+                   help="X-ray images of N x N pixels over the CT's field (default: the CT's size)")
     p = sub.add_parser("report", help="write the QC report of a version (the published report.html is never modified)")
     p.add_argument("dir")
     p.add_argument("--out", default=None, help="HTML file to write (default: ./report-<dataset>-<version>.html)")
@@ -177,9 +181,11 @@ def cmd_diff(args) -> int:
 def cmd_export(args) -> int:
     from pipelines.tools.export import export_x2ct
 
-    result = export_x2ct(Path(args.dir), Path(args.out))
+    result = export_x2ct(Path(args.dir), Path(args.out), ct_size=args.ct_size, xray_size=args.xray_size,
+                         progress=lambda m: print(m, file=sys.stderr, flush=True))
     lists = ", ".join(f"{k}.txt: {v}" for k, v in result["lists"].items())
-    print(f"exported {result['samples']} x2ct samples to {result['out']} ({lists})")
+    shapes = ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in result["shapes"].items())
+    print(f"exported {result['samples']} x2ct samples to {result['out']} ({lists}; {shapes})")
     return 0
 
 

@@ -31,6 +31,7 @@ INGEST_SUMMARY = "ingest.json"
 # `spineforge export x2ct DIR OUT`: X2CT-GAN's own names
 X2CT_SAMPLE_FILE = "ct_xray_data.h5"
 X2CT_LIST_SUFFIX = ".txt"  # OUT/train.txt, OUT/test.txt (and val.txt)
+EXPORT_RECORD = "export.json"  # OUT/export.json: what the export wrote and how to read it
 
 
 def case_shard_name(product: str, case_key: str) -> str:

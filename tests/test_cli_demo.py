@@ -172,6 +172,42 @@ def test_diff_export_and_report_verbs_on_the_demo(demo, home, tmp_path):
 
 
 @pytest.mark.slow
+def test_x2ct_export_is_what_x2ctgan_trains_on(demo, home, tmp_path):
+    """The exported demo through X2CT-GAN's own test-time steps: soft tissue mid-range, X-rays using the
+    range, each view agreeing with its projection of the CT as stored and not under any flip/rotation."""
+    import h5py
+    import numpy as np
+
+    from tests.x2ct_gan import agreement_by_orientation, prepare, projections
+
+    out, _ = demo
+    target = tmp_path / "x2ct"
+    exported = spineforge("export", "x2ct", str(out / "demo" / "v1"), str(target), "--ct-size", "128",
+                          env_home=home)
+    assert exported.returncode == 0, exported.stderr[-2000:]
+    record = json.loads((target / "export.json").read_text())
+    assert record["ct"]["dtype"] == "uint16" and record["ct"]["shape"] == [128, 128, 128]
+    assert record["xray1"]["projects_over"] == "H" and record["xray2"]["projects_over"] == "W"
+    names = (target / "train.txt").read_text().split()
+    assert len(names) == 5 and (target / "test.txt").read_text() == ""
+    for name in names:
+        with h5py.File(target / name / "ct_xray_data.h5", "r") as h5:
+            raw = {k: h5[k][()] for k in ("ct", "xray1", "xray2")}
+        assert raw["ct"].dtype == np.uint16 and raw["xray1"].dtype == raw["xray2"].dtype == np.uint8
+        ct, x1, x2 = prepare(raw["ct"], raw["xray1"], raw["xray2"])
+        soft = ct[(ct > 924 / 2500) & (ct < 1124 / 2500)]  # -100..100 HU after its [0, 2500] window
+        assert soft.size > 0.05 * ct.size  # soft tissue survives the window (it collapsed to 0 in HU)
+        assert 0.3 < float(np.median(ct[ct > 524 / 2500])) < 0.6  # body (> -500 HU) sits mid-range
+        for view in (x1, x2):
+            assert view.max() > 0.99 and np.percentile(view, 95) - np.percentile(view, 5) > 0.5
+        front, side = projections(ct)
+        for projection, view in ((front, x1), (side, x2)):
+            scores = agreement_by_orientation(projection, view)
+            assert scores["rot0"] > 0.9 and scores["rot0"] == max(scores.values()), (name, scores)
+            print(name, {k: round(v, 3) for k, v in scores.items()})
+
+
+@pytest.mark.slow
 def test_demo_arrays_are_bit_identical_to_those_built_before_the_restructure(demo):
     """tests/reference/demo_v1_arrays.json was recorded from the demo built by the code before the
     package was reorganised (issue: one path per job); the same config and seed must give the same bytes.

@@ -273,11 +273,17 @@ def project_point(camera: np.ndarray, point: np.ndarray, geometry: Geometry) -> 
     Rows run from the detector's top (superior in AP/LAT) down; with `reverse_x_axis` the
     column axis follows the radiological convention.
     """
+    return project_points(camera, np.asarray(point, dtype=float)[None], geometry)[0]
+
+
+def project_points(camera: np.ndarray, points: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """(N, 2) detector (row, column) pixels of (N, 3) world points; see `project_point`."""
     pose = camera @ AP_REORIENT
-    q = np.linalg.inv(pose) @ np.append(np.asarray(point, dtype=float), 1.0)
-    x = q[0] * geometry.sdd_mm / q[2]
-    y = q[1] * geometry.sdd_mm / q[2]
+    world = np.asarray(points, dtype=float)
+    q = (np.c_[world, np.ones(len(world))] @ np.linalg.inv(pose).T)[:, :3]
+    x = q[:, 0] * geometry.sdd_mm / q[:, 2]
+    y = q[:, 1] * geometry.sdd_mm / q[:, 2]
     col_from_x = x / geometry.pixel_spacing_mm
     col = geometry.width / 2 - 0.5 + (-col_from_x if geometry.reverse_x_axis else col_from_x)
     row = geometry.height / 2 - 0.5 - y / geometry.pixel_spacing_mm
-    return np.array([row, col])
+    return np.stack([row, col], axis=1)

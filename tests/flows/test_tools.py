@@ -73,8 +73,10 @@ def test_export_x2ct_writes_the_x2ctgan_layout(two_versions, tmp_path):
         listed += names
     assert result["samples"] == len(listed) == len(x2ct)
     with h5py.File(tmp_path / "x2ct" / listed[0] / "ct_xray_data.h5", "r") as h5:
-        assert set(h5) == {"ct", "xray1", "xray2", "ori_size", "spacing"}
-        assert h5["ct"].shape == (32, 32, 32) and h5["xray1"].shape == (16, 16)
+        assert set(h5) == {"ct", "xray1", "xray2", "spacing"}
+        assert h5["ct"].shape == (32, 32, 32) and h5["xray1"].shape == (32, 32)  # X-rays on the CT's grid
+        assert h5["ct"].dtype == np.uint16 and h5["xray1"].dtype == np.uint8
+    assert json.loads((tmp_path / "x2ct" / "export.json").read_text())["source"]["version"] == "v1"
 
 
 def test_packs_are_planned_by_bytes_and_minimum_count():
