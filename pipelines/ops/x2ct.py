@@ -22,12 +22,13 @@ from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, 
 from scipy.ndimage import gaussian_filter, map_coordinates, zoom
 
 from pipelines.ops.drr import Geometry, project_points
+from schemas.shard_layout import Key
 
 # Index directions of X2CT-GAN's (D, H, W) in RAS axis codes (nibabel: the way each index increases).
 X2CT_AXCODES = ("S", "P", "L")
 SCANNER_OFFSET_HU = 1024  # CT2XRAY stores HU + 1024, so air is 0
 UINT16_MAX = np.iinfo(np.uint16).max
-VIEW_PLANES = {"xray1": ("D", "W"), "xray2": ("D", "H")}  # rows, columns of each view
+VIEW_PLANES = {Key.XRAY1: ("D", "W"), Key.XRAY2: ("D", "H")}  # rows, columns of each view
 AXIS_INDEX = {"D": 0, "H": 1, "W": 2}
 
 

@@ -16,9 +16,7 @@ from pipelines.errors import ExportError
 from pipelines.io.shards import PublishedVersion, atomic_h5
 from pipelines.ops.drr import Geometry, base_camera
 from pipelines.ops.x2ct import (
-    SCANNER_OFFSET_HU,
     VIEW_PLANES,
-    X2CT_AXCODES,
     plane_points,
     resize_volume,
     scanner_values,
@@ -26,14 +24,13 @@ from pipelines.ops.x2ct import (
     to_x2ct_order,
     view_on_plane,
 )
+from schemas.export import x2ct_export_record
 from schemas.layout import EXPORT_RECORD, X2CT_LIST_SUFFIX, X2CT_SAMPLE_FILE
 from schemas.manifest import X2CT
 from schemas.shard_layout import Attr, Key
 
 ALWAYS_LISTED = ("train", "test")  # X2CT-GAN reads these two lists; val only when there is one
 VIEW_OF = {Key.XRAY1: ("AP", 0), Key.XRAY2: ("LAT", 1)}  # stored view order: AP, then lateral
-X2CT_GAN_CONFIG = {"CT_MIN_MAX": [0, 2500], "XRAY1_MIN_MAX": [0, 255], "XRAY2_MIN_MAX": [0, 255],
-                   "CT_MEAN_STD": [0.0, 1.0], "XRAY1_MEAN_STD": [0.0, 1.0], "XRAY2_MEAN_STD": [0.0, 1.0]}
 
 
 def x2ct_arrays(ct_hu: np.ndarray, xrays: np.ndarray, attrs, ct_size: int | None,
@@ -84,31 +81,8 @@ def export_x2ct(version_dir: Path, out: Path, ct_size: int | None = None, xray_s
         names = sorted(lists.get(split, []))
         (out / f"{split}{X2CT_LIST_SUFFIX}").write_text("".join(f"{s}\n" for s in names))
         written[split] = len(names)
-    record = export_record(version, shapes, written)
+    card = version.card
+    record = x2ct_export_record({"dataset": card.name, "version": card.version, "build_id": card.build_id},
+                                shapes, written)
     (out / EXPORT_RECORD).write_text(json.dumps(record, indent=2) + "\n")
     return {"out": str(out), "samples": int(len(rows)), "lists": written, "shapes": shapes}
-
-
-def export_record(version: PublishedVersion, shapes: dict, lists: dict) -> dict:
-    card = version.card
-    return {
-        "format": "X2CT-GAN ct_xray_data.h5 (kylekma/X2CT, 3DGAN/lib/dataset)",
-        "source": {"dataset": card.name, "version": card.version, "build_id": card.build_id},
-        "lists": {f"{k}{X2CT_LIST_SUFFIX}": v for k, v in lists.items()},
-        Key.CT: {"shape": shapes[Key.CT], "dtype": "uint16",
-                 "values": f"HU + {SCANNER_OFFSET_HU}, rounded; below -{SCANNER_OFFSET_HU} HU stored as 0",
-                 "axes": {"D": f"index increases toward {X2CT_AXCODES[0]}", "H": f"toward {X2CT_AXCODES[1]}",
-                          "W": f"toward {X2CT_AXCODES[2]}"},
-                 "spacing": "the `spacing` dataset, mm per (D, H, W) voxel"},
-        Key.XRAY1: {"shape": shapes[Key.XRAY1], "dtype": "uint8", "view": "frontal (source anterior)",
-                    "projects_over": "H", "rows": "D", "columns": "W", "values": "floor(255 * v / max(v))"},
-        Key.XRAY2: {"shape": shapes[Key.XRAY2], "dtype": "uint8", "view": "lateral (source at patient right)",
-                    "projects_over": "W", "rows": "D", "columns": "H", "values": "floor(255 * v / max(v))"},
-        "x2ct_gan_config": X2CT_GAN_CONFIG,
-        "x2ct_gan_resize": "its loader resizes ct to (ct_channel, fine_size, fine_size) and each X-ray to "
-                           "(fine_size, fine_size) (128 in its multiview2500 config; resize_size 150 when it "
-                           "random-crops): the exported sizes need not match them",
-        "notes": "X-ray pixels sample each stored perspective view at the projections of the CT's mid-plane "
-                 "voxel grid, so CT columns and X-ray pixels share indices. Rows run inferior to superior: "
-                 "flip rows (np.flipud) to display a view upright.",
-    }
