@@ -7,6 +7,7 @@ drops open handles. Rows come from the manifest, so filtering by split touches n
 from __future__ import annotations
 
 import os
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -16,6 +17,7 @@ import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from pipelines.io.shards import PublishedVersion, open_shard, read_group
+from pipelines.ops.drr import Geometry
 from pipelines.ops.sampling import stable_hash
 from schemas.layout import shard_path
 from schemas.manifest import (
@@ -84,20 +86,63 @@ class ShardDataset(Dataset):
         self._files = {}
 
 
+def _on_images(sample: dict, fn: Callable[[str, torch.Tensor], torch.Tensor]) -> dict:
+    return {k: fn(k, v) if k in IMAGE_KEYS else v for k, v in sample.items()}
+
+
+def line_integral(sample: dict) -> dict:
+    """Transform: the stored convention, unchanged. Pixel p = sum over the ray of mu * step (dimensionless),
+    p = -ln(I / I0) for a monochromatic beam; 0 where the ray misses the patient."""
+    return sample
+
+
 def transmission(sample: dict) -> dict:
-    """Transform: stored line integrals -> transmitted intensity exp(-integral), in [0, 1]."""
-    return {k: torch.exp(-v) if k in IMAGE_KEYS else v for k, v in sample.items()}
+    """Transform: stored line integrals p -> transmitted intensity I / I0 = exp(-p), in (0, 1]."""
+    return _on_images(sample, lambda _, v: torch.exp(-v))
 
 
 def normalised(sample: dict) -> dict:
-    """Transform: each DRR view scaled to [0, 1] by its own maximum (for display, not physics)."""
-    out = dict(sample)
-    for key in IMAGE_KEYS:
-        if key in out:
-            v = out[key]
-            peak = v.flatten(-2).amax(-1).clamp(min=1e-12)[..., None, None]
-            out[key] = v / peak
-    return out
+    """Transform: each DRR view scaled to [0, 1] by its own maximum, v / max(v) (for display, not physics)."""
+    def scale(_, v):
+        return v / v.flatten(-2).amax(-1).clamp(min=1e-12)[..., None, None]
+    return _on_images(sample, scale)
+
+
+def log_normalised(sample: dict, bits: int = 8) -> dict:
+    """Transform: an X-ray detector's log image as 8-bit-like [0, 1] -- per view,
+    v = round((p - min p) / (max p - min p) * (2^bits - 1)) / (2^bits - 1), bright = dense (bone white).
+    p is the line integral, i.e. -ln(I / I0): the log of the transmitted intensity, min-max windowed."""
+    levels = float(2 ** bits - 1)
+
+    def window(_, v):
+        flat = v.flatten(-2)
+        lo, hi = flat.amin(-1)[..., None, None], flat.amax(-1)[..., None, None]
+        return torch.round((v - lo) / (hi - lo).clamp(min=1e-12) * levels) / levels
+    return _on_images(sample, window)
+
+
+class PoissonNoise:
+    """Transform: quantum noise of a detector receiving `photons` per pixel in air. Counts
+    N ~ Poisson(photons * exp(-p)); the noisy line integral is -ln(max(N, 1) / photons) (same convention
+    as stored). Seeded per (seed, sample_id, epoch): the same noise for a sample in any worker or rank,
+    fresh noise each epoch after `set_epoch`."""
+
+    def __init__(self, photons: float = 1e4, seed: int = 0):
+        if photons <= 0:
+            raise ValueError(f"photons must be positive, got {photons}")
+        self.photons, self.seed, self.epoch = float(photons), seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __call__(self, sample: dict) -> dict:
+        generator = torch.Generator().manual_seed(stable_hash(self.seed, sample.get(Col.SAMPLE_ID, ""), self.epoch))
+
+        def noisy(_, v):
+            expected = (self.photons * torch.exp(-v.double())).cpu()
+            counts = torch.poisson(expected, generator=generator).clamp(min=1.0)
+            return (-torch.log(counts / self.photons)).to(v.dtype)
+        return _on_images(sample, noisy)
 
 
 class VertebraDataset(ShardDataset):
@@ -113,9 +158,18 @@ class X2CTDataset(ShardDataset):
 
 
 class DRRDataset(ShardDataset):
-    """V views of whole-CT `drr` and `drr_vertebra`, with poses and the rotation centre."""
+    """V views of whole-CT `drr` and `drr_vertebra`, with poses and the rotation centre.
+
+    `geometry` (detector) and `attenuation` are the version's: with `pipelines.consumers.diffdrr_pose`
+    and `diffdrr_drr` they re-render a stored view with diffdrr itself."""
 
     product = DRR
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        config = PublishedVersion(self.root).config
+        self.geometry = Geometry.from_record(config.detector.model_dump())
+        self.attenuation = config.attenuation.model_dump()
 
 
 class VertebraPairDataset(Dataset):
@@ -159,6 +213,16 @@ def partition(positions: np.ndarray, rank: int, world_size: int, worker: int, wo
     mine = positions[rank::world_size]
     blocks = np.arange(len(mine)) // batch_size
     return mine[blocks % workers == worker]
+
+
+@dataclass(frozen=True)
+class IterationState:
+    """Where an epoch stands: positions of its (seed, epoch) order consumed over all ranks."""
+
+    seed: int
+    epoch: int
+    consumed: int
+    num_samples: int
 
 
 class ShuffledSamples(IterableDataset):
@@ -205,17 +269,19 @@ class ShuffledSamples(IterableDataset):
 
     def state_dict(self, samples_seen: int) -> dict:
         """State after this rank consumed `samples_seen` samples of the current epoch (k batches: k * batch_size);
-        every rank is assumed to have consumed as many, as in data-parallel training."""
+        every rank is assumed to have consumed as many, as in data-parallel training. Plain ints: save it
+        with the checkpoint."""
         if samples_seen < 0:
             raise ValueError(f"samples_seen must be >= 0, got {samples_seen}")
         consumed = min(self.resume_from + samples_seen * self.world_size, len(self.dataset))
-        return {"seed": self.seed, "epoch": self.epoch, "consumed": consumed, "num_samples": len(self.dataset)}
+        return asdict(IterationState(self.seed, self.epoch, consumed, len(self.dataset)))
 
     def load_state_dict(self, state: dict) -> None:
-        if state["num_samples"] != len(self.dataset) or state["seed"] != self.seed:
-            raise ValueError(f"state is for {state['num_samples']} samples with seed {state['seed']}; this "
+        saved = IterationState(**state)
+        if saved.num_samples != len(self.dataset) or saved.seed != self.seed:
+            raise ValueError(f"state is for {saved.num_samples} samples with seed {saved.seed}; this "
                              f"iterable has {len(self.dataset)} samples with seed {self.seed}")
-        self.epoch, self.resume_from = int(state["epoch"]), int(state["consumed"])
+        self.epoch, self.resume_from = int(saved.epoch), int(saved.consumed)
 
 
 DATASETS = {cls.product: cls for cls in (VertebraDataset, X2CTDataset, DRRDataset)}

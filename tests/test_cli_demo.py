@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -205,6 +206,39 @@ def test_x2ct_export_is_what_x2ctgan_trains_on(demo, home, tmp_path):
             scores = agreement_by_orientation(projection, view)
             assert scores["rot0"] > 0.9 and scores["rot0"] == max(scores.values()), (name, scores)
             print(name, {k: round(v, 3) for k, v in scores.items()})
+
+
+@pytest.mark.slow
+def test_diffdrr_rerenders_the_demo_drr_views_from_the_pose_helper(demo):
+    """A registration trainer's check: diffdrr's own DRR (Siddon) over the real CT, posed by
+    `diffdrr_pose`, reproduces each stored whole-CT view to 1 % relative L2."""
+    import numpy as np
+
+    from pipelines.case.prepare import load_and_prepare
+    from pipelines.consumers import diffdrr_drr, diffdrr_pose
+    from pipelines.ingest.discover import discover
+    from pipelines.io.shards import PublishedVersion
+    from pipelines.loaders import DRRDataset
+
+    out, _ = demo
+    root = out / "demo" / "v1"
+    version = PublishedVersion(root)
+    ds = DRRDataset(root)
+    sample = ds[0]
+    case = next(c for c in discover([Path(p) for p in version.card.inputs]).cases if c.case_id == sample["case_id"])
+    prepared = load_and_prepare(case, version.config)
+    siddon = diffdrr_drr(prepared.ct.array, prepared.ct.affine, ds.geometry, ds.attenuation)
+    trilinear = diffdrr_drr(prepared.ct.array, prepared.ct.affine, ds.geometry, ds.attenuation, "trilinear")
+    errors = {"siddon": [], "trilinear": []}
+    for view in range(len(sample["view_names"])):
+        pose = diffdrr_pose(sample, view, ds.geometry)
+        stored = sample["drr"][view].numpy()
+        for name, image in (("siddon", siddon(pose)), ("trilinear", trilinear(pose, n_points=800))):
+            image = image[0, 0].detach().numpy()
+            errors[name].append(float(np.linalg.norm(image - stored) / np.linalg.norm(stored)))
+    print("demo drr views, relative L2 of diffdrr's re-render:", {k: [round(e, 5) for e in v] for k, v in errors.items()})
+    assert errors["siddon"] and max(errors["siddon"]) <= 0.01
+    assert max(errors["trilinear"]) <= 0.001  # same interpolation model: the pose and detector are exact
 
 
 @pytest.mark.slow

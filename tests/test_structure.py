@@ -20,7 +20,7 @@ STAGES = [
     ("pipelines.io",),
     ("pipelines.ingest",),
     ("pipelines.case",),
-    ("pipelines.tools", "pipelines.loaders", "pipelines.runtime"),
+    ("pipelines.tools", "pipelines.loaders", "pipelines.consumers", "pipelines.runtime"),
     ("pipelines.tasks",),
     ("pipelines.flows",),
     ("pipelines.serve",),

@@ -178,6 +178,20 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def diffdrr_subject(mu: np.ndarray, affine: np.ndarray) -> Subject:
+    """The torchio Subject diffdrr's DRR takes: density = linear attenuation (1/mm), RAS affine, 'AP' frame."""
+    tensor = torch.as_tensor(np.ascontiguousarray(mu, dtype=np.float32))[None]
+    image = ScalarImage(tensor=tensor, affine=np.asarray(affine, dtype=np.float64))
+    return Subject(volume=image, density=image, mask=None, orientation="AP",
+                   reorient=torch.as_tensor(AP_REORIENT, dtype=torch.float32), fiducials=None)
+
+
+def diffdrr_module(mu: np.ndarray, affine: np.ndarray, geometry: Geometry, renderer: str = "siddon") -> DRR:
+    """diffdrr.drr.DRR for a volume and a stored detector geometry; call it with `RigidTransform(camera)`."""
+    return DRR(diffdrr_subject(mu, affine), sdd=geometry.sdd_mm, height=geometry.height, width=geometry.width,
+               delx=geometry.pixel_spacing_mm, renderer=renderer, reverse_x_axis=geometry.reverse_x_axis)
+
+
 class Renderer:
     """One diffdrr DRR module per volume, reused for every view of that volume."""
 
@@ -187,27 +201,10 @@ class Renderer:
         self.device = device or default_device()
         if geometry.renderer == "clipped_trilinear":
             mu, affine = crop_to_support(mu, affine)
-        tensor = torch.as_tensor(np.ascontiguousarray(mu, dtype=np.float32))[None]
-        image = ScalarImage(tensor=tensor, affine=np.asarray(affine, dtype=np.float64))
-        subject = Subject(
-            volume=image,
-            density=image,
-            mask=None,
-            orientation="AP",
-            reorient=torch.as_tensor(AP_REORIENT, dtype=torch.float32),
-            fiducials=None,
-        )
         if geometry.renderer not in RENDERERS:
             raise ValueError(f"renderer must be one of {RENDERERS}, got {geometry.renderer!r}")
-        self.drr = DRR(
-            subject,
-            sdd=geometry.sdd_mm,
-            height=geometry.height,
-            width=geometry.width,
-            delx=geometry.pixel_spacing_mm,
-            renderer="siddon" if geometry.renderer == "siddon" else "trilinear",
-            reverse_x_axis=geometry.reverse_x_axis,
-        ).to(self.device)
+        self.drr = diffdrr_module(mu, affine, geometry,
+                                  "siddon" if geometry.renderer == "siddon" else "trilinear").to(self.device)
         diagonal_vox = float(np.linalg.norm(np.array(mu.shape, dtype=float)))
         self.n_points = int(np.ceil(diagonal_vox * geometry.samples_per_voxel)) + 2
 

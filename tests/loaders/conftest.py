@@ -12,7 +12,7 @@ def training_config():
     return BuildConfig.model_validate({
         "dataset": "train", "vertebra": {"size": 16, "levels": ["T11", "T12", "L1", "L2", "L3", "L4"]},
         "x2ct": {"size": 24, "z_offsets_mm": [0]}, "drr": {"pairs_per_case": 1, "poses_per_pair": 1},
-        "detector": {"height": 32, "width": 32, "pixel_spacing_mm": 4.0},
+        "detector": {"height": 32, "width": 32, "pixel_spacing_mm": 4.0, "samples_per_voxel": 2.0},
         "splits": {"train": 1.0, "val": 0.0, "test": 0.0}})
 
 
