@@ -4,8 +4,10 @@ Real 128^3 patches (CT, vertebra mask, labels) are cut at seeded positions from 
 CT at 1 mm, published as versions with each shard compression (lzf, gzip, none), and written as
 NIfTI.gz files, the format a user would otherwise keep. Every variant is read once, fully, through a
 DataLoader with 2 persistent workers (batch 1, shuffled) in this process: one warm-up epoch, then
-two timed epochs (what a trainer sees after its first epoch). Ends with
-`RESULT samples_per_s=… speedup_vs_nifti=… compression_ratio=…` for the default compression.
+two timed epochs (what a trainer sees after its first epoch). Shards go through
+`collate_fn=pipelines.loaders.collate` (samples decoded straight into the shared batch tensors), and
+the default compression once more through torch's default collate. Ends with
+`RESULT samples_per_s=… gb_per_s=… speedup_vs_nifti=… compression_ratio=…` for the default compression.
 
     python benchmarks/read.py [--patches N]
 """
@@ -24,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from pipelines.io.publish import CardFields, PublishPlan, publish_version
 from pipelines.io.shards import atomic_h5, write_sample
-from pipelines.loaders import VertebraDataset
+from pipelines.loaders import VertebraDataset, collate
 from pipelines.ops.crop import crop_around, shifted_affine
 from pipelines.ops.orient import volume_from_sitk
 from pipelines.ops.resample import resample_onto, resample_to_spacing
@@ -110,9 +112,10 @@ def write_nifti(patches: list[dict], folder: Path) -> int:
     return total
 
 
-def read_all(dataset: Dataset, epochs: int = 2) -> float:
+def read_all(dataset: Dataset, epochs: int = 2, collate_fn=None) -> float:
     """Steady-state samples/s: persistent workers, one warm-up epoch, then `epochs` timed epochs."""
-    loader = DataLoader(dataset, batch_size=1, shuffle=True, num_workers=2, persistent_workers=True)
+    loader = DataLoader(dataset, batch_size=1, shuffle=True, num_workers=2, persistent_workers=True,
+                        collate_fn=collate_fn)
     assert sum(len(batch["ct"]) for batch in loader) == len(dataset)  # warm-up: workers started
     t0 = time.perf_counter()
     n = sum(len(batch["ct"]) for _ in range(epochs) for batch in loader)
@@ -128,6 +131,8 @@ def main() -> None:
     patches = real_patches(args.patches)
     raw = sum(p["ct"].nbytes + p["mask"].nbytes + p["labels"].nbytes for p in patches)
     rows = []
+    default = BuildConfig().shards.compression
+    per_sample = raw / len(patches)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         nifti_bytes = write_nifti(patches, root / "nifti")
@@ -139,17 +144,20 @@ def main() -> None:
             version = publish(patches, root, compression)
             write_s = time.perf_counter() - t0
             size = sum(p.stat().st_size for p in (version / "shards").iterdir())
-            rates[compression] = (read_all(VertebraDataset(version)), raw / size, write_s)
+            rates[compression] = (read_all(VertebraDataset(version), collate_fn=collate), raw / size, write_s)
             rows.append((f"shards, {compression}", rates[compression][0], raw / size))
+            if compression == default:  # the same files through torch's default collate (one more copy)
+                rows.append((f"shards, {compression}, default_collate", read_all(VertebraDataset(version)),
+                             raw / size))
     print(f"{len(patches)} real 128^3 patches (ct int16 + mask + labels), {raw / 1e6:.0f} MB uncompressed; "
           f"DataLoader, 2 persistent workers, batch 1, steady state")
-    print(f"{'format':32s} {'samples/s':>10s} {'vs NIfTI':>9s} {'compression':>12s}")
+    print(f"{'format':40s} {'samples/s':>10s} {'GB/s':>6s} {'vs NIfTI':>9s} {'compression':>12s}")
     for name, rate, ratio in rows:
-        print(f"{name:32s} {rate:10.1f} {rate / nifti_rate:8.1f}x {ratio:11.2f}x")
-    default = BuildConfig().shards.compression
+        print(f"{name:40s} {rate:10.1f} {rate * per_sample / 1e9:6.2f} {rate / nifti_rate:8.1f}x {ratio:11.2f}x")
     rate, ratio, _ = rates[default]
-    print(f"default compression: {default}")
-    print(f"RESULT samples_per_s={rate:.4g} speedup_vs_nifti={rate / nifti_rate:.4g} compression_ratio={ratio:.4g}")
+    print(f"default compression: {default}; shards read with collate_fn=pipelines.loaders.collate")
+    print(f"RESULT samples_per_s={rate:.4g} gb_per_s={rate * per_sample / 1e9:.3g} "
+          f"speedup_vs_nifti={rate / nifti_rate:.4g} compression_ratio={ratio:.4g}")
 
 
 if __name__ == "__main__":

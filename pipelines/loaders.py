@@ -7,6 +7,7 @@ drops open handles. Rows come from the manifest, so filtering by split touches n
 from __future__ import annotations
 
 import os
+import weakref
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -14,9 +15,9 @@ from typing import Callable
 import h5py
 import numpy as np
 import torch
-from torch.utils.data import Dataset, IterableDataset, get_worker_info
+from torch.utils.data import Dataset, IterableDataset, default_collate, get_worker_info
 
-from pipelines.io.shards import PublishedVersion, open_shard, read_group
+from pipelines.io.shards import PublishedVersion, group_layout, open_shard, read_group
 from pipelines.ops.drr import Geometry
 from pipelines.ops.sampling import stable_hash
 from schemas.layout import shard_path
@@ -31,6 +32,126 @@ from schemas.manifest import (
     PairRow,
 )
 from schemas.shard_layout import IMAGE_KEYS, product_datasets
+
+
+def _torch_dtype(dtype: np.dtype) -> torch.dtype:
+    return torch.from_numpy(np.empty(0, dtype)).dtype
+
+
+ALIGN = 64  # bytes: each array of a batch slot starts on a cache line
+MAX_WORKERS, MAX_SLOTS = 64, 32
+
+
+def _slot_offsets(layout: list[tuple[str, tuple, np.dtype]]) -> tuple[dict[str, int], int]:
+    offsets, end = {}, 0
+    for key, shape, dtype in layout:
+        offsets[key] = end
+        end += -(-int(np.prod(shape)) * np.dtype(dtype).itemsize // ALIGN) * ALIGN
+    return offsets, end
+
+
+def _view(storage: torch.UntypedStorage, offset: int, shape: tuple, dtype: np.dtype) -> torch.Tensor:
+    return torch.empty(0, dtype=_torch_dtype(dtype)).set_(storage, offset // np.dtype(dtype).itemsize, shape)
+
+
+class _BatchSlots:
+    """One worker's batch memory for one batch layout, in shared memory, reused once the trainer lets go.
+
+    Fresh shared memory is expensive (a file, zeroed pages, page faults on first write, the same again to
+    free it, and one file descriptor passed per tensor) -- more than decoding the samples into it. So a
+    batch's arrays are laid out in one shared storage (one descriptor per batch), and a worker keeps up to
+    MAX_SLOTS of them. A flag per slot, in shared memory the dataset allocates before its workers start,
+    is set when a batch leaves the worker and cleared in the trainer process by a finalizer on the received
+    storage, which runs only once no tensor or view of that batch is left. A slot is reused only while its
+    flag is clear, so a batch the trainer still holds is never overwritten."""
+
+    def __init__(self, layout: list[tuple[str, tuple, np.dtype]], token: str, flags: torch.Tensor, worker: int):
+        self.layout = layout
+        self.offsets, self.nbytes = _slot_offsets(layout)
+        self.token, self.flags, self.worker = token, flags, worker  # flags: this worker's row
+        self.storages: list[torch.UntypedStorage] = []
+        self.reserved: set[int] = set()
+
+    def acquire(self) -> dict[str, torch.Tensor]:
+        in_use = self.flags.numpy()
+        for j, storage in enumerate(self.storages):
+            if not in_use[j] and j not in self.reserved:
+                self.reserved.add(j)
+                return self._tensors(storage)
+        storage = torch.UntypedStorage._new_shared(self.nbytes)
+        if len(self.storages) < MAX_SLOTS:  # beyond that the trainer holds every slot: a one-off buffer
+            self.storages.append(storage)
+            self.reserved.add(len(self.storages) - 1)
+            _SLOT_OF[storage.data_ptr()] = (self, len(self.storages) - 1)
+        return self._tensors(storage)
+
+    def _tensors(self, storage: torch.UntypedStorage) -> dict[str, torch.Tensor]:
+        return {key: _view(storage, self.offsets[key], shape, dtype) for key, shape, dtype in self.layout}
+
+
+_SLOTS: dict[tuple, _BatchSlots] = {}  # this process's slots: (flags token, layout) -> slots
+_SLOT_OF: dict[int, tuple[_BatchSlots, int]] = {}  # storage address -> (slots, index)
+_FLAGS: "weakref.WeakValueDictionary[str, torch.Tensor]" = weakref.WeakValueDictionary()  # token -> flags
+
+
+def _release(token: str, worker: int, slot: int) -> None:
+    flags = _FLAGS.get(token)
+    if flags is not None:
+        flags[worker, slot] = 0
+
+
+def _received(items: dict, release: tuple[str, int, int, str]) -> dict:
+    """Trainer side of a pooled batch: free its slot when the last view of its storage is gone."""
+    token, worker, slot, key = release
+    weakref.finalize(items[key].untyped_storage(), _release, token, worker, slot)
+    return items
+
+
+class _PooledBatch(dict):
+    """A collated batch whose arrays live in one reusable slot; unpickled by the trainer as a plain dict."""
+
+    def __init__(self, items: dict, release: tuple):
+        super().__init__(items)
+        self.release = release
+
+    def __reduce__(self):
+        return _received, (dict(self), self.release)
+
+
+def _whole_buffer(values: list) -> torch.Tensor | None:
+    """The batch tensor whose consecutive rows `values` are (views of one storage), or None."""
+    first = values[0]
+    if not all(isinstance(v, torch.Tensor) for v in values) or first.dim() == 0:
+        return None
+    storage = first.untyped_storage()
+    size, step, start = tuple(first.shape), first.numel(), first.storage_offset()
+    for i, v in enumerate(values):
+        if (v.untyped_storage().data_ptr() != storage.data_ptr() or tuple(v.shape) != size
+                or v.dtype != first.dtype or not v.is_contiguous() or v.storage_offset() != start + i * step):
+            return None
+    return torch.empty(0, dtype=first.dtype).set_(storage, start, (len(values), *size))
+
+
+def collate(samples: list):
+    """DataLoader `collate_fn` for SpineForge datasets: the batch memory a dataset decoded its samples into
+    is returned as it is (no copy into new shared memory; reused once the trainer drops the batch);
+    every other field as `default_collate`."""
+    if not samples or not isinstance(samples[0], dict):
+        return default_collate(samples)
+    out, release = {}, None
+    for key in samples[0]:
+        values = [s[key] for s in samples]
+        whole = _whole_buffer(values)
+        if whole is None:
+            out[key] = default_collate(values)
+            continue
+        out[key] = whole
+        owner = _SLOT_OF.get(whole.untyped_storage().data_ptr())
+        if owner is not None and release is None:
+            slots, j = owner
+            slots.flags[j] = 1  # in the trainer's hands until its finalizer clears it
+            release = (slots.token, slots.worker, j, key)
+    return _PooledBatch(out, release) if release is not None else out
 
 
 class ShardDataset(Dataset):
@@ -51,6 +172,11 @@ class ShardDataset(Dataset):
         self.transform = transform
         self._files: dict[str, h5py.File] = {}
         self._pid: int | None = None
+        # batch-slot flags, shared with the DataLoader workers this dataset will be handed to
+        self._token = f"{os.getpid()}-{id(self)}-{len(_FLAGS)}"
+        self._flags = torch.empty(0, dtype=torch.uint8).set_(
+            torch.UntypedStorage._new_shared(MAX_WORKERS * MAX_SLOTS), 0, (MAX_WORKERS, MAX_SLOTS)).zero_()
+        _FLAGS[self._token] = self._flags
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -63,12 +189,51 @@ class ShardDataset(Dataset):
         return self._files[name]
 
     def __getitem__(self, index: int) -> dict:
+        return self._sample(index, None)
+
+    def __getitems__(self, indices: list[int]) -> list[dict]:
+        """A batch, as DataLoader fetches it. Inside a DataLoader worker every numeric array of the batch
+        is decoded straight into one reusable block of shared memory (see `_BatchSlots`); with
+        `collate_fn=collate` that block is what the trainer process receives: no copy on either side."""
+        info = get_worker_info()
+        if info is None or info.id >= MAX_WORKERS or not indices:
+            return [self._sample(index, None) for index in indices]
+        first = self.rows[indices[0]]
+        layout = [(k, (len(indices), *shape), dtype)
+                  for k, shape, dtype in group_layout(self._shard(first[Col.SHARD]), first[Col.KEY], self.keys)]
+        key = (self._token, tuple((k, shape, np.dtype(dtype).str) for k, shape, dtype in layout))
+        if key not in _SLOTS:
+            _SLOTS[key] = _BatchSlots(layout, self._token, self._flags[info.id], info.id)
+        for slots in _SLOTS.values():  # slots taken for an earlier batch but never shipped are free again
+            slots.reserved.clear()
+        batch = _SLOTS[key].acquire()
+
+        def rows_of_batch(i: int) -> Callable:
+            def buffer(name: str, shape: tuple, dtype: np.dtype):
+                rows = batch.get(name)
+                if rows is None or tuple(rows.shape[1:]) != tuple(shape) or rows.numpy().dtype != dtype:
+                    return None  # a sample of another shape: read on its own
+                return rows[i]
+            return buffer
+
+        return [self._sample(index, rows_of_batch(i)) for i, index in enumerate(indices)]
+
+    def _sample(self, index: int, rows: Callable | None) -> dict:
         row = self.rows[index]
         where = f"{shard_path(self.root, row[Col.SHARD])}:{row[Col.KEY]}"
-        arrays = read_group(self._shard(row[Col.SHARD]), row[Col.KEY], self.keys, where)
+        tensors: dict[str, torch.Tensor] = {}
+
+        def buffer(key: str, shape: tuple, dtype: np.dtype) -> np.ndarray:
+            target = rows(key, shape, dtype) if rows is not None else None
+            tensors[key] = target if target is not None else torch.from_numpy(np.empty(shape, dtype))
+            return tensors[key].numpy()
+
+        arrays = read_group(self._shard(row[Col.SHARD]), row[Col.KEY], self.keys, where, buffer)
         sample: dict = {k: row[k] for k in self.columns}
         for key, value in arrays.items():
-            if value.dtype.kind == "S":
+            if key in tensors:
+                sample[key] = tensors[key]
+            elif value.dtype.kind == "S":
                 sample[key] = [v.decode() for v in value]
             else:
                 sample[key] = torch.from_numpy(np.ascontiguousarray(value))

@@ -60,14 +60,22 @@ def test_demo_loads_in_a_trainer_process_with_forked_workers(demo):
     script = textwrap.dedent(f"""
         import torch
         from torch.utils.data import DataLoader
-        from pipelines.loaders import open_dataset
+        from pipelines.loaders import collate, open_dataset
         root = {str(out / "demo" / "v1")!r}
         for product in ("x2ct", "vertebra", "drr"):
             ds = open_dataset(root, product, split="train")
-            ds[0]  # a handle opened before the fork must not be shared with workers
-            n = sum(len(b["sample_id"]) for b in DataLoader(ds, batch_size=2, num_workers=2, shuffle=True))
-            assert n == len(ds) > 0, (product, n, len(ds))
-            print(product, n)
+            first = ds[0]  # a handle opened before the fork must not be shared with workers
+            counts = []
+            for collate_fn in (None, collate):  # torch's default collate, and batches passed without a copy
+                loader = DataLoader(ds, batch_size=2, num_workers=2, shuffle=True, collate_fn=collate_fn)
+                batches = list(loader)
+                counts.append(sum(len(b["sample_id"]) for b in batches))
+                where = [(b, b["sample_id"].index(first["sample_id"])) for b in batches
+                         if first["sample_id"] in b["sample_id"]]
+                key = "drr" if product == "drr" else "ct"
+                assert torch.equal(where[0][0][key][where[0][1]], first[key]), product
+            assert counts[0] == counts[1] == len(ds) > 0, (product, counts, len(ds))
+            print(product, counts[0])
     """)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

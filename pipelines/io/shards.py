@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import h5py
 import hdf5plugin  # registers the Blosc/Zstd HDF5 filters for writers and every reader
@@ -123,13 +123,37 @@ def open_shard(path: Path) -> h5py.File:
         raise ShardError(f"{path}: not a readable HDF5 shard ({exc})") from exc
 
 
-def read_group(shard: h5py.File, key: str, keys: list[str], where: str) -> dict[str, np.ndarray]:
-    """The named datasets of one sample group (each chunk's fletcher32 checksum is verified here)."""
+def group_layout(shard: h5py.File, key: str, keys: list[str]) -> list[tuple[str, tuple, np.dtype]]:
+    """(name, shape, dtype) of the numeric datasets `read_group` decodes into buffers, and of the affine."""
+    group = shard[key]
+    out = [(k, group[k].shape, group[k].dtype) for k in keys if group[k].shape and group[k].dtype.kind in "biuf"]
+    return out + [(Attr.AFFINE, (4, 4), np.dtype(np.float64))]
+
+
+def read_group(shard: h5py.File, key: str, keys: list[str], where: str,
+               buffer: Callable[[str, tuple, np.dtype], np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """The named datasets of one sample group (each chunk's fletcher32 checksum is verified here).
+
+    `buffer(name, shape, dtype)`, when given, supplies the C-contiguous array each numeric dataset (and
+    the affine) is decoded into (HDF5 decompresses straight into it: no intermediate array, no copy)."""
     if key not in shard:
         raise ShardError(f"{where}: sample listed in the manifest is missing from the shard")
     group = shard[key]
     try:
-        return {k: group[k][()] for k in keys} | {Attr.AFFINE: np.asarray(group.attrs[Attr.AFFINE], np.float64)}
+        out = {}
+        for name in keys:
+            dataset = group[name]
+            if buffer is not None and dataset.shape and dataset.dtype.kind in "biuf":
+                out[name] = buffer(name, dataset.shape, dataset.dtype)
+                dataset.read_direct(out[name])
+            else:
+                out[name] = dataset[()]
+        affine = np.asarray(group.attrs[Attr.AFFINE], np.float64)
+        if buffer is not None:
+            target = buffer(Attr.AFFINE, affine.shape, affine.dtype)
+            target[...] = affine
+            affine = target
+        return out | {Attr.AFFINE: affine}
     except (OSError, KeyError) as exc:
         raise ShardError(f"{where}: corrupt or incomplete sample ({exc})") from exc
 
