@@ -15,10 +15,11 @@ from schemas.manifest import QC_REASONS
 class VolumeReadError(Exception):
     """A file that exists in the input but cannot be read as an image."""
 
-    def __init__(self, path: Path, reason: str):
+    def __init__(self, path: Path, reason: str, code: str = "unreadable"):
         super().__init__(f"{path}: {reason}")
         self.path = path
         self.reason = reason
+        self.code = code  # QC reason of a case whose file this is (schemas.manifest.QC_REASONS)
 
 
 class InputError(Exception):

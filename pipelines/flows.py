@@ -32,8 +32,10 @@ from pipelines.errors import BuildError, InputError
 from pipelines.ingest.cases import (
     CaseJob,
     IngestResult,
+    describe_unmatched,
     hash_files,
     ingest_inputs,
+    quarantine_content_duplicates,
     set_hashes,
 )
 from pipelines.io.input_hashes import InputHashes
@@ -156,6 +158,17 @@ def drop_duplicates(jobs: list[CaseJob], rows: dict[str, CaseRow]) -> list[CaseJ
     return kept
 
 
+def drop_content_duplicates(jobs: list[CaseJob], results: dict, rows: dict[str, CaseRow],
+                            config: BuildConfig) -> list[CaseJob]:
+    """Cases holding the same scan as another by content (another format, orientation, dtype, or a crop)
+    are quarantined as duplicates, by the verdict `spineforge ingest` gives too."""
+    fingerprints = {j.case.case_id: results[j.case.case_id].fingerprint for j in jobs
+                    if isinstance(results.get(j.case.case_id), CaseResult)
+                    and results[j.case.case_id].qc_status == QC_ACCEPTED}
+    dropped = quarantine_content_duplicates(fingerprints, rows, config)
+    return [j for j in jobs if j.case.case_id not in dropped]
+
+
 def _apply(row: CaseRow, result: CaseResult | Exception) -> None:
     if isinstance(result, Exception):
         row.quarantine("processing_error", f"{type(result).__name__}: {result}"[:500])
@@ -164,6 +177,7 @@ def _apply(row: CaseRow, result: CaseResult | Exception) -> None:
         row.shape, row.spacing, row.orientation = result.stored.shape, result.stored.spacing, result.stored.orientation
         row.levels, row.cut_levels = ",".join(result.levels), ",".join(result.cut_levels)
         row.skipped_samples = json.dumps(result.skipped)
+        row.notes = json.dumps(result.notes) if result.notes else None
     if result.qc_status == QC_ACCEPTED:
         row.accept()
     else:
@@ -187,12 +201,12 @@ def accepted_samples(jobs: list[CaseJob], results: dict, rows: dict[str, CaseRow
 # --- step 8 ----------------------------------------------------------------------------------
 
 def card_fields(config: BuildConfig, build_id: str, input_hashes: dict[str, str], ingest: IngestResult,
-                inputs: list[str]) -> CardFields:
+                inputs: list[str], unmatched: list[str]) -> CardFields:
     return CardFields(
         name=config.dataset, build_id=build_id, code_version=pipelines.__version__,
         config=config.model_dump(mode="json"), seed=config.seed,
         input_hash=hashlib.sha256("".join(sorted(input_hashes.values())).encode()).hexdigest(),
-        inputs=[str(Path(p).resolve()) for p in inputs], unmatched_files=ingest.discovery.unmatched,
+        inputs=[str(Path(p).resolve()) for p in inputs], unmatched_files=unmatched,
         ingest_problems=ingest.problems)
 
 
@@ -262,6 +276,7 @@ def build_dataset(config: BuildConfig, inputs: list[str], out: str, version: str
         store = ResultStore(result_storage=LocalFileSystem.load(storage.split("/", 1)[1]))
         jobs = drop_duplicates(settle_hashes(ingest.jobs, results, ingest.rows, hashes, config, cache, store),
                                ingest.rows)
+        jobs = drop_content_duplicates(jobs, results, ingest.rows, config)
         input_hashes = {j.case.case_id: j.input_sha256 for j in jobs}
         build_id = compute_build_id(input_hashes, config, pipelines.__version__)
         plan = plan_version(Path(out), config.dataset, build_id, version)
@@ -276,7 +291,9 @@ def build_dataset(config: BuildConfig, inputs: list[str], out: str, version: str
         if not samples:
             reasons = "; ".join(describe_quarantine(q) for q in quarantined)
             raise BuildError(f"no samples to publish: {reasons or 'no cases found in ' + ', '.join(inputs)}")
-        fields = card_fields(config, build_id, input_hashes, ingest, inputs)
+        unmatched = describe_unmatched(ingest.discovery, {c: json.loads(r.file_sha256) for c, r in ingest.rows.items()},
+                                       hashes.sha256)
+        fields = card_fields(config, build_id, input_hashes, ingest, inputs, unmatched)
         keys = {j.case.case_id: job_key(j, config) for j in jobs}
         version_dir = publish_task(plan, samples, rows, staged, keys, fields, config, compact)  # 8
         finish(jobs)

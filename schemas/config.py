@@ -129,6 +129,10 @@ class IngestConfig(_Strict):
     # case ids: from file names (rules), or a salted hash of that name (pseudonymous ids)
     case_ids: Literal["names", "salted_hash"] = "names"
     salt_env: str = "SPINEFORGE_CASE_SALT"  # environment variable holding the salt (never written out)
+    # Two cases whose CTs share at least this fraction of the smaller scan's axial slices (by content,
+    # in canonical orientation) hold one scan: only one is processed, the other is quarantined.
+    duplicate_min_shared: float = Field(0.5, gt=0, le=1)
+    duplicate_keep: Literal["larger", "first"] = "larger"  # the scan with more slices, or the first case id
 
 
 class ShardConfig(_Strict):

@@ -65,6 +65,7 @@ class CaseRow:
     levels: str | None = None  # comma-separated canonical levels present in the mask
     cut_levels: str | None = None  # levels whose vertebra touches the scan border
     skipped_samples: str | None = None  # JSON list: samples not produced, with the reason
+    notes: str | None = None  # JSON list: choices made while reading (e.g. DICOM series not used)
     qc_status: str = ""  # QC_ACCEPTED | QC_QUARANTINED
     qc_reason: str = ""  # reason code (QC_REASONS) or empty
     qc_message: str = ""
@@ -122,6 +123,9 @@ QUARANTINE_COLUMNS = [Col.CASE_ID, Col.QC_REASON, Col.QC_MESSAGE]
 # Reason codes for quarantine rows.
 QC_REASONS = {
     "unreadable": "a file could not be read (missing, truncated or not an image)",
+    "no_ct_series": "a DICOM folder holds no CT volume (only localizers/scouts, other modalities, single images)",
+    "missing_slices": "a DICOM series with uneven slice positions (missing or repeated slices)",
+    "mixed_orientation": "a DICOM series whose slices have different orientations",
     "missing_role": "the case lacks a CT or a vertebra mask",
     "degenerate_geometry": "zero/negative spacing or a singular direction matrix",
     "implausible_spacing": "voxel spacing outside the configured plausible range",

@@ -8,7 +8,7 @@ import pipelines
 from pipelines.ingest.cases import CaseJob
 from schemas.config import BuildConfig, sample_shaping_config
 
-CASE_CACHE_FORMAT = "staged-per-product-v2"  # changes when CaseResult or the staged files change shape
+CASE_CACHE_FORMAT = "staged-per-product-v3-fingerprint"  # changes when CaseResult or the staged files change shape
 
 
 def case_key(case_id: str, input_sha256: str, split: str, config: BuildConfig) -> str:

@@ -1,7 +1,7 @@
 """Step 4 for one loaded case: resample CT and labels to the canonical grid (1 mm RAS by default)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import SimpleITK as sitk
@@ -24,6 +24,8 @@ class PreparedCase:
     cut_levels: frozenset[str]  # levels touching the border of the scanned volume
     stored: StoredGeometry  # the CT as stored, for the cases table
     hashes: dict[str, str]  # file key -> sha256, from the one read of each file
+    fingerprint: list[str] = field(default_factory=list)  # CT slice hashes as stored (ops/fingerprint.py)
+    notes: list[str] = field(default_factory=list)  # choices made while reading (e.g. DICOM series not used)
 
 
 def lost_levels(before: sitk.Image, after: sitk.Image) -> list[str]:
@@ -45,7 +47,7 @@ def prepare_case(case: LoadedCase, rs: ResampleConfig) -> PreparedCase:
     hu = np.clip(np.rint(ct.array), -32768, 32767).astype(np.int16)
     labels = volume_from_sitk(lab_rs).array.astype(np.uint8)
     return PreparedCase(case.case_id, Volume(hu, ct.affine), Volume(labels, ct.affine), case.levels,
-                        case.cut_levels, case.stored, case.hashes)
+                        case.cut_levels, case.stored, case.hashes, case.fingerprint, case.notes)
 
 
 def load_and_prepare(case: CaseFiles, config: BuildConfig, expected_hashes: dict[str, str] | None = None) -> PreparedCase:

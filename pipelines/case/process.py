@@ -34,6 +34,8 @@ class CaseResult:
     file_sha256: dict[str, str] = field(default_factory=dict)  # file key -> sha256 of what was read
     staging_files: dict[str, str] = field(default_factory=dict)  # product -> staged shard file
     samples: list[SampleRow] = field(default_factory=list)  # manifest rows (without shard/split/seed)
+    fingerprint: list[str] = field(default_factory=list)  # CT slice hashes, for duplicates by content
+    notes: list[str] = field(default_factory=list)  # choices made while reading (e.g. DICOM series not used)
 
 
 def stage_samples(samples: list, cache: Path, key: str, case_id: str, split: str, compression: str) -> dict[str, str]:
@@ -88,4 +90,4 @@ def process_case(case: CaseFiles, config: BuildConfig, split: str, cache: Path,
         row.key = sample_key(row.sample_id)
     return CaseResult(case.case_id, QC_ACCEPTED, stored=prepared.stored, levels=prepared.levels,
                       cut_levels=sorted(prepared.cut_levels), skipped=skipped, staging_files=files, samples=rows,
-                      file_sha256=prepared.hashes)
+                      file_sha256=prepared.hashes, fingerprint=prepared.fingerprint, notes=prepared.notes)

@@ -13,6 +13,7 @@ from pipelines.ingest.discover import CaseFiles, Discovery, discover
 from pipelines.ingest.load import has_required_roles
 from pipelines.io.input_hashes import file_signature
 from pipelines.io.volumes import combined_hash, sha256_file
+from pipelines.ops.fingerprint import find_duplicates
 from pipelines.ops.sampling import assign_split
 from schemas.config import BuildConfig
 from schemas.manifest import CaseRow
@@ -76,6 +77,38 @@ def _pseudonymise(discovery: Discovery, config: BuildConfig) -> None:
     for case in discovery.cases:
         case.case_id = salted_case_id(case.case_id, salt)
     discovery.cases.sort(key=lambda c: c.case_id)
+
+
+def quarantine_content_duplicates(fingerprints: dict[str, list[str]], rows: dict[str, CaseRow],
+                                  config: BuildConfig) -> set[str]:
+    """Quarantine cases whose CT is (in whole or in part) a scan another case holds, by content
+    fingerprint; one case of each group keeps the scan. Returns the quarantined case ids."""
+    found = find_duplicates(fingerprints, config.ingest.duplicate_keep, config.ingest.duplicate_min_shared)
+    for dup in found:
+        rows[dup.case_id].quarantine("duplicate", dup.message)
+    return {dup.case_id for dup in found}
+
+
+def describe_unmatched(discovery: Discovery, file_hashes: dict[str, dict[str, str | None]],
+                       sha256: Callable[[Path], str | None] = sha256_file) -> list[str]:
+    """The unmatched files, each that is a byte copy of a case's file saying so. Only a file of the
+    same size as some case file is hashed, so an unmatched tree costs stat calls, not reads."""
+    by_size: dict[int, list[tuple[str, str, Path]]] = {}
+    for case in discovery.cases:
+        for key, path in case.files.items():
+            if path.is_file():
+                by_size.setdefault(path.stat().st_size, []).append((case.case_id, key, path))
+    out = []
+    for rel, path in zip(discovery.unmatched, discovery.unmatched_paths):
+        same_size = by_size.get(path.stat().st_size, []) if path.is_file() else []
+        digest = sha256(path) if same_size else None
+        copies = [(c, p) for c, k, p in same_size if digest and file_hashes.get(c, {}).get(k) == digest]
+        if copies:
+            case_id, original = copies[0]
+            original_rel = next(original.relative_to(c.root).as_posix() for c in discovery.cases if c.case_id == case_id)
+            rel = f"{rel} (a byte copy of {original_rel} of case {case_id})"
+        out.append(rel)
+    return out
 
 
 def hash_files(cases: list[CaseFiles], sha256: Callable[[Path], str | None] = sha256_file) -> dict[str, dict]:

@@ -32,6 +32,7 @@ class Discovery:
     cases: list[CaseFiles]
     unmatched: list[str]  # relative paths that no rule claims
     problems: list[tuple[str, str, str]]  # (path, reason code, message)
+    unmatched_paths: list[Path] = field(default_factory=list)  # the unmatched, absolute
 
 
 DICOM_SUFFIX = ".dicom"  # a folder of DICOM slices is classified as the path "<folder>.dicom"
@@ -63,6 +64,7 @@ def discover(roots: list[Path], rules: list[NamingRule] | None = None) -> Discov
     rules = rules if rules is not None else load_rules()
     cases: dict[str, CaseFiles] = {}
     unmatched: list[str] = []
+    unmatched_paths: list[Path] = []
     problems: list[tuple[str, str, str]] = []
     for root in roots:
         root = Path(root).resolve()
@@ -76,6 +78,7 @@ def discover(roots: list[Path], rules: list[NamingRule] | None = None) -> Discov
             hit = classify(rel, rules)
             if hit is None:
                 unmatched.append(rel)
+                unmatched_paths.append(path)
                 continue
             rule, case_id, key = hit
             case = cases.setdefault(case_id, CaseFiles(case_id, rule.convention, rule.labels, root))
@@ -84,4 +87,4 @@ def discover(roots: list[Path], rules: list[NamingRule] | None = None) -> Discov
                                  f"case {case_id} already has a {key}: {case.files[key].name}"))
                 continue
             case.files[key] = path
-    return Discovery(sorted(cases.values(), key=lambda c: c.case_id), unmatched, problems)
+    return Discovery(sorted(cases.values(), key=lambda c: c.case_id), unmatched, problems, unmatched_paths)

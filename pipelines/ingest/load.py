@@ -25,6 +25,7 @@ from pipelines.ingest.labels import (
 )
 from pipelines.ingest.qc import check_ct_values, check_geometry, check_levels
 from pipelines.io.volumes import LoadedVolume, load_volume, read_geometry, sha256_file
+from pipelines.ops.fingerprint import slice_hashes
 from pipelines.ops.orient import affine_from_sitk, axis_codes
 from pipelines.ops.resample import (
     corners_world,
@@ -62,6 +63,8 @@ class LoadedCase:
     cut_levels: frozenset[str]  # levels whose vertebra touches the scan border
     stored: StoredGeometry
     hashes: dict[str, str] = field(default_factory=dict)  # file key -> sha256
+    fingerprint: list[str] = field(default_factory=list)  # CT slice hashes (ops/fingerprint.py)
+    notes: list[str] = field(default_factory=list)  # choices made while reading, for the cases table
 
 
 def has_required_roles(case: CaseFiles) -> list[str]:
@@ -75,6 +78,7 @@ class _Reader:
 
     def __init__(self, case: CaseFiles, expected: dict[str, str] | None):
         self.case, self.expected, self.hashes = case, expected or {}, {}
+        self.notes: list[str] = []  # what a reader chose and left out (e.g. DICOM series not used)
 
     def rel(self, key: str) -> str:
         return self.case.files[key].relative_to(self.case.root).as_posix()
@@ -86,8 +90,9 @@ class _Reader:
         try:
             loaded = load_volume(self.case.files[key])
         except VolumeReadError as exc:
-            raise self.fail("unreadable", f"{self.rel(key)}: {exc.reason}") from exc
+            raise self.fail(exc.code, f"{self.rel(key)}: {exc.reason}") from exc
         self.hashes[key] = loaded.sha256
+        self.notes += loaded.notes
         if key in self.expected and self.expected[key] != loaded.sha256:
             raise RuntimeError(f"{self.rel(key)} changed while the build was running (content hash differs)")
         return loaded
@@ -194,6 +199,7 @@ def load_case(case: CaseFiles, config: BuildConfig, expected: dict[str, str] | N
             raise reader.fail("non_finite", f"CT holds {loaded.nonfinite} non-finite voxels")
         check_geometry(loaded.affine, config.qc.spacing_range_mm, "CT")
         check_ct_values(loaded.array_view(), config.qc.hu_range)
+        fingerprint = slice_hashes(loaded.array_view().transpose(2, 1, 0), loaded.affine)  # same read
         _check_vertebra_files(case, ct, reader)
         if Role.MASK in case.files:
             labels = _multilabel_mask(case, ct, config, reader)
@@ -203,4 +209,5 @@ def load_case(case: CaseFiles, config: BuildConfig, expected: dict[str, str] | N
     except QCError as exc:
         exc.hashes = reader.remaining_hashes()
         raise
-    return LoadedCase(case.case_id, ct, labels, levels, cut, stored, reader.remaining_hashes())
+    return LoadedCase(case.case_id, ct, labels, levels, cut, stored, reader.remaining_hashes(), fingerprint,
+                      reader.notes)

@@ -3,15 +3,16 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pipelines.errors import QCError
-from pipelines.ingest.cases import IngestResult, ingest_inputs
+from pipelines.ingest.cases import IngestResult, describe_unmatched, ingest_inputs, quarantine_content_duplicates
 from pipelines.ingest.discover import CaseFiles
-from pipelines.ingest.load import LoadedCase, load_case
+from pipelines.ingest.load import StoredGeometry, load_case
 from pipelines.io.publish import table
 from pipelines.io.volumes import sha256_file
 from schemas.config import load_config
@@ -67,31 +68,70 @@ def materialize(result: IngestResult, accepted: set[str], target: Path) -> int:
     return links
 
 
+@dataclass
+class CaseCheck:
+    """What the ingest keeps of a case read and checked: no voxels (memory stays flat over cases)."""
+
+    stored: StoredGeometry
+    levels: list[str]
+    cut_levels: frozenset[str]
+    fingerprint: list[str]
+    notes: list[str]
+
+
+class _Progress:
+    """A line on stderr every few seconds while cases are read: done/total, cases/s, MB/s."""
+
+    def __init__(self, total: int, every_s: float = 5.0):
+        self.total, self.every_s, self.done, self.bytes = total, every_s, 0, 0
+        self.started = self.last = time.perf_counter()
+
+    def step(self, nbytes: int) -> None:
+        self.done += 1
+        self.bytes += nbytes
+        now = time.perf_counter()
+        if now - self.last >= self.every_s or self.done == self.total:
+            self.last = now
+            elapsed = max(now - self.started, 1e-9)
+            print(f"ingest: {self.done}/{self.total} cases read, {self.done / elapsed:.1f} cases/s, "
+                  f"{self.bytes / 1e6 / elapsed:.0f} MB/s", file=sys.stderr, flush=True)
+
+
+def _size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+
+
 def _load_all(cases: list[CaseFiles], config, outcomes: dict, workers: int) -> dict[str, dict[str, str]]:
-    """Read and check every case, each file once, `workers` cases at a time."""
+    """Read and check every case, each file once, `workers` cases at a time; keep only its summary."""
+    progress = _Progress(len(cases))
+
     def one(case: CaseFiles):
+        nbytes = sum(_size(p) for p in case.files.values())
         try:
             loaded = load_case(case, config)
-            return case.case_id, loaded.hashes, loaded
+            return case.case_id, loaded.hashes, CaseCheck(loaded.stored, loaded.levels, loaded.cut_levels,
+                                                          loaded.fingerprint, loaded.notes), nbytes
         except QCError as exc:
             hashes = {k: exc.hashes.get(k) or sha256_file(p) for k, p in case.files.items()}
-            return case.case_id, hashes, exc
+            return case.case_id, hashes, exc, nbytes
 
     all_hashes = {}
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for case_id, hashes, outcome in pool.map(one, cases):
+        for case_id, hashes, outcome, nbytes in pool.map(one, cases):
             all_hashes[case_id] = hashes
             outcomes[case_id] = outcome
+            progress.step(nbytes)
     return all_hashes
 
 
-def _record(row: CaseRow, outcome: LoadedCase | QCError) -> None:
+def _record(row: CaseRow, outcome: CaseCheck | QCError) -> None:
     if isinstance(outcome, QCError):
         row.quarantine(outcome.reason, outcome.message)
         return
     for name, value in asdict(outcome.stored).items():
         setattr(row, name, value)
     row.levels, row.cut_levels = ",".join(outcome.levels), ",".join(sorted(outcome.cut_levels))
+    row.notes = json.dumps(outcome.notes) if outcome.notes else None
     row.accept()
 
 
@@ -117,6 +157,8 @@ def run_ingest(roots: list[Path], out: Path, config_path: str | None = None,
                                                                         workers or os.cpu_count() or 1))
     for job in result.jobs:
         _record(result.rows[job.case.case_id], outcomes[job.case.case_id])
+    quarantine_content_duplicates({j.case.case_id: outcomes[j.case.case_id].fingerprint for j in result.jobs
+                                   if isinstance(outcomes[j.case.case_id], CaseCheck)}, result.rows, config)
     rows = list(result.rows.values())
     out.mkdir(parents=True, exist_ok=True)
     cases = table(rows, CASES_COLUMNS)
@@ -125,7 +167,8 @@ def run_ingest(roots: list[Path], out: Path, config_path: str | None = None,
     quarantined = [r for r in rows if r.quarantined]
     summary = IngestSummary(
         cases=len(rows), accepted=len(rows) - len(quarantined), quarantined=len(quarantined),
-        duplicates=sum(r.qc_reason == "duplicate" for r in rows), unmatched_files=result.discovery.unmatched,
+        duplicates=sum(r.qc_reason == "duplicate" for r in rows),
+        unmatched_files=describe_unmatched(result.discovery, {r.case_id: json.loads(r.file_sha256) for r in rows}),
         problems=result.problems, out=str(out), seconds=round(time.perf_counter() - started, 3),
         quarantine=[quarantine_entry(r) for r in quarantined])
     if materialize_dir is not None:

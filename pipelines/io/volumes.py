@@ -10,7 +10,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import nibabel as nib
@@ -31,6 +31,7 @@ class LoadedVolume:
     sha256: str
     image: sitk.Image
     nonfinite: int
+    notes: list[str] = field(default_factory=list)  # e.g. DICOM series in the folder that were not used
 
     @property
     def affine(self) -> np.ndarray:
@@ -75,19 +76,108 @@ def _sitk_error(path: Path, exc: RuntimeError) -> VolumeReadError:
     return VolumeReadError(path, f"unreadable image ({first[:160]})")
 
 
-def read_image(path: Path) -> sitk.Image:
-    """Read a 3D image file or a DICOM series folder with SimpleITK; raise VolumeReadError with the reason."""
+# DICOM tags read from each series' first file
+MODALITY, IMAGE_TYPE, DESCRIPTION = "0008|0060", "0008|0008", "0008|103e"
+POSITION, ORIENTATION = "0020|0032", "0020|0037"
+LOCALIZER_WORDS = ("LOCALIZER", "SCOUT", "TOPOGRAM", "SURVIEW", "SCANOGRAM")
+SLICE_GAP_TOLERANCE = 0.1  # a gap more than 10 % off the typical slice step means missing slices
+
+
+@dataclass(frozen=True)
+class DicomSeries:
+    uid: str
+    files: tuple[str, ...]
+    modality: str
+    image_type: str
+    description: str
+
+    @property
+    def is_localizer(self) -> bool:
+        text = f"{self.image_type} {self.description}".upper()
+        return any(word in text for word in LOCALIZER_WORDS)
+
+    def describe(self) -> str:
+        kind = f"{self.modality or 'no modality'}{' localizer' if self.is_localizer else ''}"
+        label = f" '{self.description}'" if self.description else ""
+        return f"{kind}{label}, {len(self.files)} file(s), series {self.uid}"
+
+
+def _tag(reader, tag: str, index: int | None = None) -> str:
+    if index is None:
+        return reader.GetMetaData(tag).strip() if reader.HasMetaDataKey(tag) else ""
+    return reader.GetMetaData(index, tag).strip() if reader.HasMetaDataKey(index, tag) else ""
+
+
+def dicom_series(folder: Path) -> list[DicomSeries]:
+    """Every series in a folder (split by SeriesInstanceUID, any file names), with its first file's tags."""
+    out = []
+    for uid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)):
+        files = tuple(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid))
+        if not files:
+            continue
+        header = _header(Path(files[0]))
+        out.append(DicomSeries(uid, files, _tag(header, MODALITY), _tag(header, IMAGE_TYPE), _tag(header, DESCRIPTION)))
+    return out
+
+
+def choose_ct_series(folder: Path, series: list[DicomSeries]) -> tuple[DicomSeries, list[str]]:
+    """The CT volume of a DICOM folder -- the largest CT series that is not a localizer/scout -- and a
+    note naming every series left out. VolumeReadError('no_ct_series') when there is none."""
+    if not series:
+        raise VolumeReadError(folder, "folder holds no DICOM series")
+    volumes = [s for s in series if s.modality.upper() == "CT" and not s.is_localizer and len(s.files) > 1]
+    if not volumes:
+        found = "; ".join(s.describe() for s in series)
+        raise VolumeReadError(folder, f"no CT volume among its DICOM series ({found})", code="no_ct_series")
+    chosen = max(volumes, key=lambda s: (len(s.files), s.uid))
+    others = [s for s in series if s is not chosen]
+    notes = [f"DICOM folder {folder.name}: used {chosen.describe()}; not used: "
+             + "; ".join(s.describe() for s in others)] if others else []
+    return chosen, notes
+
+
+def check_slices(folder: Path, reader: sitk.ImageSeriesReader, n: int) -> None:
+    """Slices of one orientation, evenly spaced along it: else 'mixed_orientation' / 'missing_slices'."""
+    orientations = {_tag(reader, ORIENTATION, i) for i in range(n)}
+    if len(orientations) > 1:
+        raise VolumeReadError(folder, f"slices of {len(orientations)} different orientations in one series",
+                              code="mixed_orientation")
+    if n < 3 or not orientations or not all(_tag(reader, POSITION, i) for i in range(n)):
+        return
+    cosines = np.array([float(v) for v in orientations.pop().split("\\")], dtype=float)
+    normal = np.cross(cosines[:3], cosines[3:6])
+    positions = np.array([[float(v) for v in _tag(reader, POSITION, i).split("\\")] for i in range(n)])
+    steps = np.abs(np.diff(positions @ normal))
+    typical = float(np.median(steps))
+    if typical <= 0 or np.any(np.abs(steps - typical) > SLICE_GAP_TOLERANCE * typical):
+        worst = float(steps.max())
+        raise VolumeReadError(folder, f"uneven slice positions: steps {steps.min():.2f}-{worst:.2f} mm where "
+                              f"{typical:.2f} mm is typical (about {max(round(worst / typical) - 1, 1) if typical else 0} "
+                              "slice(s) missing, or repeated slices)", code="missing_slices")
+
+
+def read_dicom_folder(path: Path) -> tuple[sitk.Image, list[str]]:
+    """The CT series of a DICOM folder as one volume (slices ordered by position), with notes."""
+    chosen, notes = choose_ct_series(path, dicom_series(path))
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(list(chosen.files))
+    reader.MetaDataDictionaryArrayUpdateOn()
+    image = reader.Execute()
+    check_slices(path, reader, len(chosen.files))
+    return image, notes
+
+
+def read_image(path: Path, notes: list[str] | None = None) -> sitk.Image:
+    """Read a 3D image file or a DICOM series folder with SimpleITK; raise VolumeReadError with the reason.
+    For a DICOM folder, notes on the series not used are appended to `notes`."""
     path = Path(path)
     if not path.exists():
         raise VolumeReadError(path, "no such file")
     try:
         if path.is_dir():
-            reader = sitk.ImageSeriesReader()
-            names = reader.GetGDCMSeriesFileNames(str(path))
-            if not names:
-                raise VolumeReadError(path, "folder holds no DICOM series")
-            reader.SetFileNames(names)
-            image = reader.Execute()
+            image, found = read_dicom_folder(path)
+            if notes is not None:
+                notes += found
         else:
             image = sitk.ReadImage(str(path))
     except RuntimeError as exc:  # SimpleITK reports every reader failure as RuntimeError
@@ -169,8 +259,9 @@ def load_volume(path: Path) -> LoadedVolume:
         image = _image_on_header(array, header)
         return LoadedVolume(sha, image, _count_nonfinite(array))
     sha = sha256_file(path)
-    image = read_image(path)
-    return LoadedVolume(sha, image, _count_nonfinite(sitk.GetArrayViewFromImage(image)))
+    notes: list[str] = []
+    image = read_image(path, notes)
+    return LoadedVolume(sha, image, _count_nonfinite(sitk.GetArrayViewFromImage(image)), notes)
 
 
 def read_xray(path: Path) -> tuple[np.ndarray, tuple[float, float]]:

@@ -1,0 +1,93 @@
+"""Content fingerprints of CT scans: the same scan found under any name, format, orientation or crop.
+
+A fingerprint is the list of hashes of a CT's axial slices, taken in canonical RAS voxel order
+(nibabel's reorientation: exact axis flips and swaps) from its values rounded to whole HU. A copy
+saved as NRRD instead of NIfTI, as float instead of int16, or with its axes flipped or permuted has
+the same slice hashes; a cranio-caudal crop (a slab) keeps the hashes of the slices it kept. Uniform
+slices (e.g. all air or all padding) are left out: they say nothing about which scan they come from.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
+
+RAS = ("R", "A", "S")
+UNIFORM = ""  # placeholder for a slice that holds one value only
+
+
+def slice_hashes(array_ijk: np.ndarray, affine: np.ndarray) -> list[str]:
+    """Hashes of the axial (S) slices of a CT in canonical RAS order, inferior first; UNIFORM for flat ones."""
+    transform = ornt_transform(io_orientation(affine), axcodes2ornt(RAS))
+    canonical = apply_orientation(array_ijk, transform)
+    out = []
+    for k in range(canonical.shape[2]):
+        plane = canonical[:, :, k]
+        values = plane if plane.dtype.kind in "iu" else np.rint(plane)
+        values = np.ascontiguousarray(values, dtype=np.int32)
+        if values.min() == values.max():
+            out.append(UNIFORM)
+            continue
+        digest = hashlib.blake2b(values.tobytes(), digest_size=8)
+        digest.update(str(values.shape).encode())
+        out.append(digest.hexdigest())
+    return out
+
+
+def informative(hashes: list[str]) -> set[str]:
+    return {h for h in hashes if h != UNIFORM}
+
+
+@dataclass(frozen=True)
+class Duplicate:
+    case_id: str  # the case that is not processed
+    kept: str  # the case that keeps the scan
+    shared: int  # informative slices in common
+    message: str
+
+
+def describe_overlap(shared: int, n_case: int, n_kept: int, kept: str) -> str:
+    if shared == n_case == n_kept:
+        return (f"same CT voxels as case {kept} (another file of the same scan: format, orientation or "
+                "data type differ); processed once there")
+    if shared == n_case:
+        return f"a crop of case {kept}: all {n_case} of its CT slices are among that scan's {n_kept}; processed there"
+    return (f"shares {shared} of its {n_case} CT slices with case {kept} ({n_kept} slices): the same scan, "
+            "cut differently; processed there")
+
+
+def find_duplicates(fingerprints: dict[str, list[str]], keep: str = "larger",
+                    min_shared_fraction: float = 0.5) -> list[Duplicate]:
+    """Cases whose CT shares at least `min_shared_fraction` of the smaller scan's informative slices
+    with a case that is kept. `keep`: 'larger' keeps the scan with more slices (ties: first case id),
+    'first' the first case id. The result depends only on the fingerprints, never on input order."""
+    sets = {case: informative(h) for case, h in fingerprints.items()}
+    if keep == "larger":
+        order = sorted(sets, key=lambda c: (-len(sets[c]), c))
+    elif keep == "first":
+        order = sorted(sets)
+    else:
+        raise ValueError(f"keep must be 'larger' or 'first', got {keep!r}")
+    kept: list[str] = []
+    by_hash: dict[str, list[str]] = {}
+    out = []
+    for case in order:
+        mine = sets[case]
+        counts: dict[str, int] = {}
+        for h in mine:
+            for other in by_hash.get(h, ()):
+                counts[other] = counts.get(other, 0) + 1
+        best = max(counts, key=lambda o: (counts[o], o), default=None)
+        if best is not None and mine:
+            shared = counts[best]
+            smaller = min(len(mine), len(sets[best]))
+            if shared >= max(1, math.ceil(min_shared_fraction * smaller)):
+                out.append(Duplicate(case, best, shared, describe_overlap(shared, len(mine), len(sets[best]), best)))
+                continue
+        kept.append(case)
+        for h in mine:
+            by_hash.setdefault(h, []).append(case)
+    return out
