@@ -30,13 +30,15 @@ WINDOW = 80  # slices of 2.5 mm: ~200 mm of spine, 9-10 vertebrae
 
 def write_cases(root: Path, n: int, first: int = 0, window: int = WINDOW) -> None:
     """n cases cut from the real CT as a CTSpine1K-style collection: cranio-caudal windows at
-    different starts (so no two are duplicates), every other one mirrored left-right."""
+    different starts, every other one mirrored left-right. Windows overlap, and a mirror keeps the
+    voxels' world positions, so case i also gets a calibration offset of i HU: otherwise they would be
+    one scan by content (and the ingest rightly processes a scan once)."""
     ct, labels = demo_ct_and_labels()
     depth = ct.GetSize()[2]
     starts = np.linspace(0, depth - window, n).astype(int)
     for i, z0 in enumerate(starts, start=first):
         index, size = [0, 0, int(z0)], [ct.GetSize()[0], ct.GetSize()[1], window]
-        ct_i = sitk.RegionOfInterest(ct, size, index)
+        ct_i = sitk.RegionOfInterest(ct, size, index) + float(i)
         lab_i = sitk.RegionOfInterest(labels, size, index)
         if i % 2:
             ct_i, lab_i = sitk.Flip(ct_i, [True, False, False]), sitk.Flip(lab_i, [True, False, False])
