@@ -65,9 +65,12 @@ def _rules_of(path: Path) -> list[NamingRule]:
 
 
 def load_rules(extra_dirs: list[Path] | None = None) -> list[NamingRule]:
-    files = sorted(NAMING_DIR.glob("*.yaml"))
+    """Every rule file of the package and of `extra_dirs`, in file-name order across all of them
+    (a `50-...` file of one's own comes before the shipped `90-ctspine1k.yaml`)."""
+    files = list(NAMING_DIR.glob("*.yaml"))
     for d in extra_dirs or []:
-        files += sorted(Path(d).glob("*.yaml"))
+        files += list(Path(d).glob("*.yaml"))
+    files.sort(key=lambda f: (f.name, str(f)))
     return [rule for path in files for rule in _rules_of(path)]
 
 
