@@ -1,9 +1,15 @@
-"""DRR render path vs diffdrr used as its README shows (Siddon renderer, one call per pose batch).
+"""DRR render path vs diffdrr used as its README shows (Siddon renderer, one call per pose batch)
+and vs nanodrr's torch backend (`pip install -e ".[bench]"`; skipped with a note when absent).
 
 Same volumes (the diffdrr chest CT at 1 mm: a 128^3 patch around L1 and the whole CT), same
-poses (AP and lateral, unperturbed and perturbed), same attenuation, same process. Prints views/s,
-speed-up, relative L2 error against Siddon and peak extra memory per configuration, and ends with
-one machine-readable RESULT line for the 256^2 / 128^3 case.
+poses (AP and lateral, unperturbed and perturbed), same attenuation (nanodrr is given the same
+linear attenuation volume, its own HU conversion off), same detector. nanodrr's camera is ours:
+its extrinsic is our camera-to-world pose turned 180 degrees about the beam (our detector columns
+run radiologically, its pixel axes run +x/+y), which the relative errors printed first show.
+Prints views/s, speed-up, relative L2 error against Siddon (or, where Siddon is skipped, against
+ours) and peak extra memory per configuration, and ends with one machine-readable RESULT line:
+the 256^2 / 128^3 figures, then `whole_1024_s_per_view` and `speedup_vs_nanodrr` (ours over
+nanodrr n=256, whose error matches ours, on the whole CT at 1024^2).
 
     python benchmarks/drr.py [--quick]
 """
@@ -22,6 +28,7 @@ from pipelines.ingest.labels import level_id
 from pipelines.ops.attenuation import hu_to_mu
 from pipelines.ops.crop import bbox_centre, crop_around, shifted_affine
 from pipelines.ops.drr import (
+    AP_REORIENT,
     Geometry,
     Renderer,
     base_camera,
@@ -72,6 +79,47 @@ def _measure(mu, affine, geometry, cams, batch, repeats, patch_size, threads):
     return images, len(cams) / best, mem.mb
 
 
+NANODRR_SAMPLES = (256, 128)
+
+
+def nanodrr_extrinsics(cams: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """nanodrr's camera-to-world matrices for our cameras (see the module docstring)."""
+    turn = np.diag([-1.0 if geometry.reverse_x_axis else 1.0, -1.0, 1.0, 1.0])
+    return np.stack([c @ AP_REORIENT @ turn for c in cams])
+
+
+def _measure_nanodrr(mu, affine, geometry, cams, n_samples, repeats, threads):
+    """Runs in a fresh process: nanodrr's torch backend on the same volume, detector and cameras."""
+    torch.set_num_threads(threads)
+    from nanodrr.data import Subject
+    from nanodrr.drr import DRR as NanoDRR
+    from torchio import ScalarImage
+
+    subject = Subject.from_images(ScalarImage(tensor=torch.as_tensor(mu)[None], affine=affine), convert_to_mu=False)
+    drr = NanoDRR.from_carm_intrinsics(geometry.sdd_mm, geometry.pixel_spacing_mm, geometry.pixel_spacing_mm,
+                                       0.0, 0.0, geometry.height, geometry.width)
+    rt = torch.as_tensor(nanodrr_extrinsics(cams, geometry), dtype=torch.float32)
+
+    def render(views):
+        with torch.no_grad():
+            return torch.cat([drr(subject, rt[v:v + 1], n_samples=n_samples, backend="torch")[:, 0]
+                              for v in views]).numpy()
+    render([0])
+    best = float("inf")
+    with PeakMemory() as mem:
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            images = render(range(len(cams)))
+            best = min(best, time.perf_counter() - t0)
+    return images, len(cams) / best, mem.mb
+
+
+def timed_nanodrr(mu, affine, geometry, cams, n_samples, repeats):
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(1) as pool:
+        return pool.apply(_measure_nanodrr, (mu, affine, geometry, cams, n_samples, repeats, torch.get_num_threads()))
+
+
 def timed(mu, affine, geometry, cams, batch, repeats, patch_size=None):
     """Each configuration in its own spawned process, so freed memory of one cannot hide another's peak."""
     ctx = multiprocessing.get_context("spawn")
@@ -85,17 +133,23 @@ def run(quick: bool) -> dict:
     print(f"device: {device}, torch threads: {torch.get_num_threads()}, torch {torch.__version__}")
     volumes = load_volumes()
     sizes = (256,) if quick else (256, 1024)
-    rows, result = [], {}
+    rows, result, nano_rows = [], {}, []
+    try:
+        import nanodrr  # noqa: F401
+        have_nanodrr = True
+    except ImportError:
+        have_nanodrr = False
     for name, (mu, affine) in volumes.items():
         for size in sizes:
             geo = dict(height=size, width=size, pixel_spacing_mm=FIELD_MM / size, sdd_mm=1020.0, sod_mm=850.0)
             cams = cameras(affine, mu.shape, 850.0)
             whole = name.startswith("whole")
             ours = Geometry(**geo, renderer="clipped_trilinear")
-            img, ours_vps, ours_mb = timed(mu, affine, ours, cams, batch=len(cams), repeats=1 if size > 256 else 3)
+            repeats = 1 if size > 256 else 3
+            img, ours_vps, ours_mb = timed(mu, affine, ours, cams, batch=len(cams), repeats=repeats)
             base_note = ""
             if size > 256 and whole:
-                base_vps, base_mb, err = float("nan"), float("nan"), float("nan")
+                base_vps, base_mb, err, ref, n_base = float("nan"), float("nan"), float("nan"), img, len(cams)
                 base_note = "baseline skipped: Siddon needs ~4 GB per 1024^2 view of this volume"
             else:
                 n_base = len(cams) if size == 256 else 1  # 1024^2 Siddon: one view (minutes otherwise)
@@ -104,15 +158,29 @@ def run(quick: bool) -> dict:
                                                patch_size=256 if size > 256 else None)
                 err = float(np.linalg.norm(img[:n_base] - ref) / np.linalg.norm(ref))
             rows.append((name, size, base_vps, ours_vps, ours_vps / base_vps, err, base_mb, ours_mb, base_note))
+            against = "ours" if size > 256 and whole else "Siddon"
+            for n in NANODRR_SAMPLES if have_nanodrr else ():
+                nimg, n_vps, n_mb = timed_nanodrr(mu, affine, ours, cams, n, repeats)
+                n_err = float(np.linalg.norm(nimg[:n_base] - ref) / np.linalg.norm(ref))
+                nano_rows.append((name, size, n, n_vps, n_err, against, n_mb, ours_vps / n_vps))
+                if size == 1024 and whole and n == 256:
+                    result["speedup_vs_nanodrr"] = ours_vps / n_vps
             if size == 256 and not whole:
-                result = {"views_per_s": ours_vps, "speedup_vs_diffdrr": ours_vps / base_vps, "rel_error": err}
+                result = {"views_per_s": ours_vps, "speedup_vs_diffdrr": ours_vps / base_vps, "rel_error": err, **result}
             if size == 1024 and whole:
                 result["peak_mem_mb_1024_whole_ct"] = ours_mb
+                result["whole_1024_s_per_view"] = 1.0 / ours_vps
     header = f"{'volume':24s} {'detector':>9s} {'diffdrr v/s':>11s} {'ours v/s':>9s} {'speed-up':>8s} {'rel L2':>8s} {'diffdrr MB':>10s} {'ours MB':>8s}"
     print(header)
     print("-" * len(header))
     for name, size, bv, ov, sp, err, bmb, omb, note in rows:
         print(f"{name:24s} {size:>5d}^2  {bv:11.2f} {ov:9.2f} {sp:8.1f} {err:8.4f} {bmb:10.0f} {omb:8.0f}  {note}")
+    if nano_rows:
+        print(f"\n{'volume':24s} {'detector':>9s} {'nanodrr n':>9s} {'v/s':>7s} {'rel L2':>8s} {'vs':>7s} {'MB':>7s} {'ours/nanodrr':>12s}")
+        for name, size, n, vps, nerr, against, mb, ratio in nano_rows:
+            print(f"{name:24s} {size:>5d}^2  {n:9d} {vps:7.3f} {nerr:8.4f} {against:>7s} {mb:7.0f} {ratio:12.2f}")
+    else:
+        print("nanodrr: not installed (pip install -e '.[bench]'); its rows are skipped")
     if device.type != "cuda":
         print("GPU: not present on this machine; CUDA is used automatically when available.")
     return result
