@@ -87,6 +87,14 @@ def discover_and_hash(inputs: list[str], config: BuildConfig, hashes: InputHashe
 
 # --- steps 2-7 -------------------------------------------------------------------------------
 
+def staged_in_place(result: CaseResult, job: CaseJob, config: BuildConfig, cache: Path) -> bool:
+    """A case result's staged files exist and lie under its own key in this dataset's cache. A cached
+    record can point elsewhere: at files since removed, or -- when one process builds two datasets from
+    the same inputs, so the same cache key -- at the other dataset's cache (seen once under load)."""
+    own = staged_case_dir(cache, job_key(job, config)).resolve()
+    return all(Path(f).is_file() and Path(f).resolve().parent == own for f in result.staging_files.values())
+
+
 def run_cases(task, jobs: list[CaseJob], config: BuildConfig, run_options: dict,
               rerun) -> tuple[dict[str, CaseResult | Exception], int]:
     """One task per case; returns (result or the exception it failed with, per case; cases from cache)."""
@@ -97,7 +105,7 @@ def run_cases(task, jobs: list[CaseJob], config: BuildConfig, run_options: dict,
             result: CaseResult = future.result()
             if future.state.name == "Cached":
                 cached += 1
-            if any(not Path(f).is_file() for f in result.staging_files.values()):
+            if not staged_in_place(result, job, config, Path(run_options["cache_dir"])):
                 result = rerun(job)  # the cache record outlived its staged files: recompute once
         except Exception as exc:  # noqa: BLE001 - any failure of one case (after retries) quarantines it
             result = exc
