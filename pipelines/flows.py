@@ -103,10 +103,10 @@ def run_cases(task, jobs: list[CaseJob], config: BuildConfig, run_options: dict,
     for job, future in zip(jobs, futures):
         try:
             result: CaseResult = future.result()
-            if future.state.name == "Cached":
-                cached += 1
             if not staged_in_place(result, job, config, Path(run_options["cache_dir"])):
                 result = rerun(job)  # the cache record outlived its staged files: recompute once
+            elif future.state.name == "Cached":
+                cached += 1
         except Exception as exc:  # noqa: BLE001 - any failure of one case (after retries) quarantines it
             result = exc
         results[job.case.case_id] = result
