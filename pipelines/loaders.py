@@ -6,6 +6,7 @@ drops open handles. Rows come from the manifest, so filtering by split touches n
 """
 from __future__ import annotations
 
+import itertools
 import os
 import weakref
 from dataclasses import asdict, dataclass
@@ -92,6 +93,7 @@ class _BatchSlots:
 _SLOTS: dict[tuple, _BatchSlots] = {}  # this process's slots: (flags token, layout) -> slots
 _SLOT_OF: dict[int, tuple[_BatchSlots, int]] = {}  # storage address -> (slots, index)
 _FLAGS: "weakref.WeakValueDictionary[str, torch.Tensor]" = weakref.WeakValueDictionary()  # token -> flags
+_TOKENS = itertools.count()
 
 
 def _release(token: str, worker: int, slot: int) -> None:
@@ -173,7 +175,7 @@ class ShardDataset(Dataset):
         self._files: dict[str, h5py.File] = {}
         self._pid: int | None = None
         # batch-slot flags, shared with the DataLoader workers this dataset will be handed to
-        self._token = f"{os.getpid()}-{id(self)}-{len(_FLAGS)}"
+        self._token = f"{os.getpid()}-{next(_TOKENS)}"  # never reused in this process
         self._flags = torch.empty(0, dtype=torch.uint8).set_(
             torch.UntypedStorage._new_shared(MAX_WORKERS * MAX_SLOTS), 0, (MAX_WORKERS, MAX_SLOTS)).zero_()
         _FLAGS[self._token] = self._flags
