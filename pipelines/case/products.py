@@ -11,7 +11,7 @@ import numpy as np
 
 from pipelines.case.prepare import PreparedCase
 from pipelines.ingest.labels import level_id
-from pipelines.ops.attenuation import hu_to_mu
+from pipelines.ops.attenuation import mu_of
 from pipelines.ops.crop import (
     bbox_centre,
     bounding_box,
@@ -65,11 +65,6 @@ def geometry_from(config: BuildConfig) -> Geometry:
                     d.samples_per_voxel, d.reverse_x_axis)
 
 
-def _mu(config: BuildConfig, hu: np.ndarray) -> np.ndarray:
-    a = config.attenuation
-    return hu_to_mu(hu, a.mu_water_per_mm, a.bone_threshold_hu, a.bone_multiplier)
-
-
 def _geometry_attrs(volume_affine: np.ndarray) -> dict:
     spacing = np.linalg.norm(volume_affine[:3, :3], axis=0)
     return {Attr.AFFINE: volume_affine, Attr.SPACING: spacing, Attr.ORIENTATION: axis_codes(volume_affine)}
@@ -118,7 +113,7 @@ def x2ct_samples(case: PreparedCase, config: BuildConfig, progress: Progress, sk
             continue
         affine = shifted_affine(case.ct.affine, start)
         iso = voxel_to_world(affine, (np.array(ct.shape) - 1) / 2.0)[0]
-        renderer = Renderer(_mu(config, ct), affine, geometry)
+        renderer = Renderer(mu_of(ct, config.attenuation), affine, geometry)
         views = renderer.render(np.stack([base_camera(v, geometry.sod_mm, iso) for v in ("AP", "LAT")]))
         progress(f"x2ct {n + 1}/{len(config.x2ct.z_offsets_mm)} (z {offset:+.0f} mm)")
         out.append(Sample(
@@ -142,14 +137,14 @@ def _vertebra_only(case: PreparedCase, config: BuildConfig, level: str) -> Volum
     lo = np.maximum(lo - margin, 0)
     hi = np.minimum(hi + margin + 1, mask.shape)
     box = tuple(slice(a, b) for a, b in zip(lo, hi))
-    mu = np.where(mask[box], _mu(config, case.ct.array[box]), np.float32(0))
+    mu = np.where(mask[box], mu_of(case.ct.array[box], config.attenuation), np.float32(0))
     return Volume(mu, shifted_affine(case.ct.affine, lo))
 
 
 def drr_samples(case: PreparedCase, config: BuildConfig, progress: Progress, skipped: list[str]) -> list[Sample]:
     cfg = config.drr
     geometry = geometry_from(config)
-    whole = Renderer(_mu(config, case.ct.array), case.ct.affine, geometry)
+    whole = Renderer(mu_of(case.ct.array, config.attenuation), case.ct.affine, geometry)
     rot_range = np.deg2rad(cfg.rotation_range_deg)
     out = []
     for p in range(cfg.pairs_per_case):

@@ -93,20 +93,20 @@ def describe_unmatched(discovery: Discovery, file_hashes: dict[str, dict[str, st
                        sha256: Callable[[Path], str | None] = sha256_file) -> list[str]:
     """The unmatched files, each that is a byte copy of a case's file saying so. Only a file of the
     same size as some case file is hashed, so an unmatched tree costs stat calls, not reads."""
-    by_size: dict[int, list[tuple[str, str, Path]]] = {}
+    by_size: dict[int, list[tuple[CaseFiles, str]]] = {}
     for case in discovery.cases:
         for key, path in case.files.items():
             if path.is_file():
-                by_size.setdefault(path.stat().st_size, []).append((case.case_id, key, path))
+                by_size.setdefault(path.stat().st_size, []).append((case, key))
     out = []
     for rel, path in zip(discovery.unmatched, discovery.unmatched_paths):
         same_size = by_size.get(path.stat().st_size, []) if path.is_file() else []
         digest = sha256(path) if same_size else None
-        copies = [(c, p) for c, k, p in same_size if digest and file_hashes.get(c, {}).get(k) == digest]
-        if copies:
-            case_id, original = copies[0]
-            original_rel = next(original.relative_to(c.root).as_posix() for c in discovery.cases if c.case_id == case_id)
-            rel = f"{rel} (a byte copy of {original_rel} of case {case_id})"
+        original = next(((c, k) for c, k in same_size if digest and file_hashes.get(c.case_id, {}).get(k) == digest),
+                        None)
+        if original is not None:
+            case, key = original
+            rel = f"{rel} (a byte copy of {case.relative()[key]} of case {case.case_id})"
         out.append(rel)
     return out
 

@@ -13,6 +13,7 @@ from pipelines.errors import QCError
 from pipelines.ingest.cases import IngestResult, describe_unmatched, ingest_inputs, quarantine_content_duplicates
 from pipelines.ingest.discover import CaseFiles
 from pipelines.ingest.load import StoredGeometry, load_case
+from pipelines.io.input_hashes import file_signature
 from pipelines.io.publish import table
 from pipelines.io.volumes import sha256_file
 from schemas.config import load_config
@@ -97,16 +98,12 @@ class _Progress:
                   f"{self.bytes / 1e6 / elapsed:.0f} MB/s", file=sys.stderr, flush=True)
 
 
-def _size(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
-
-
 def _load_all(cases: list[CaseFiles], config, outcomes: dict, workers: int) -> dict[str, dict[str, str]]:
     """Read and check every case, each file once, `workers` cases at a time; keep only its summary."""
     progress = _Progress(len(cases))
 
     def one(case: CaseFiles):
-        nbytes = sum(_size(p) for p in case.files.values())
+        nbytes = sum(file_signature(p)[0] for p in case.files.values())  # bytes (of a DICOM folder: its files)
         try:
             loaded = load_case(case, config)
             return case.case_id, loaded.hashes, CaseCheck(loaded.stored, loaded.levels, loaded.cut_levels,

@@ -123,11 +123,18 @@ def open_shard(path: Path) -> h5py.File:
         raise ShardError(f"{path}: not a readable HDF5 shard ({exc})") from exc
 
 
+AFFINE_LAYOUT = (Attr.AFFINE, (4, 4), np.dtype(np.float64))  # a group's affine attribute, as read
+
+
+def _into_buffer(dataset: h5py.Dataset) -> bool:
+    """Numeric arrays are decoded into a caller's buffer; strings and scalars are read as they are."""
+    return bool(dataset.shape) and dataset.dtype.kind in "biuf"
+
+
 def group_layout(shard: h5py.File, key: str, keys: list[str]) -> list[tuple[str, tuple, np.dtype]]:
-    """(name, shape, dtype) of the numeric datasets `read_group` decodes into buffers, and of the affine."""
+    """(name, shape, dtype) of what `read_group` decodes into buffers: numeric datasets, and the affine."""
     group = shard[key]
-    out = [(k, group[k].shape, group[k].dtype) for k in keys if group[k].shape and group[k].dtype.kind in "biuf"]
-    return out + [(Attr.AFFINE, (4, 4), np.dtype(np.float64))]
+    return [(k, group[k].shape, group[k].dtype) for k in keys if _into_buffer(group[k])] + [AFFINE_LAYOUT]
 
 
 def read_group(shard: h5py.File, key: str, keys: list[str], where: str,
@@ -143,14 +150,14 @@ def read_group(shard: h5py.File, key: str, keys: list[str], where: str,
         out = {}
         for name in keys:
             dataset = group[name]
-            if buffer is not None and dataset.shape and dataset.dtype.kind in "biuf":
+            if buffer is not None and _into_buffer(dataset):
                 out[name] = buffer(name, dataset.shape, dataset.dtype)
                 dataset.read_direct(out[name])
             else:
                 out[name] = dataset[()]
-        affine = np.asarray(group.attrs[Attr.AFFINE], np.float64)
+        affine = np.asarray(group.attrs[Attr.AFFINE], AFFINE_LAYOUT[2])
         if buffer is not None:
-            target = buffer(Attr.AFFINE, affine.shape, affine.dtype)
+            target = buffer(*AFFINE_LAYOUT)
             target[...] = affine
             affine = target
         return out | {Attr.AFFINE: affine}

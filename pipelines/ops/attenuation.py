@@ -17,3 +17,8 @@ def hu_to_mu(hu: np.ndarray, mu_water_per_mm: float, bone_threshold_hu: float = 
     if bone_multiplier != 1.0:
         mu = np.where(hu > bone_threshold_hu, mu * np.float32(bone_multiplier), mu)
     return mu.astype(np.float32, copy=False)
+
+
+def mu_of(hu: np.ndarray, attenuation) -> np.ndarray:
+    """`hu_to_mu` with a build's `attenuation` settings (schemas.config.AttenuationConfig)."""
+    return hu_to_mu(hu, attenuation.mu_water_per_mm, attenuation.bone_threshold_hu, attenuation.bone_multiplier)

@@ -14,9 +14,9 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
 
-RAS = ("R", "A", "S")
+from pipelines.ops.orient import reorient
+
 UNIFORM = ""  # placeholder for a slice that holds one value only
 
 
@@ -29,8 +29,7 @@ def slice_hashes(array_ijk: np.ndarray, affine: np.ndarray) -> list[str]:
     Each slice is hashed on a fixed sub-grid (every IN_PLANE_STRIDE-th voxel of the canonical slice, from
     its first corner): the same voxels of the same scan give the same sub-grid, and CT noise makes any
     two different slices differ on it. Whole-HU int16 values, so float or integer storage agree."""
-    transform = ornt_transform(io_orientation(affine), axcodes2ornt(RAS))
-    canonical = apply_orientation(array_ijk, transform)  # flips and axis swaps: views, no copy
+    canonical, _ = reorient(array_ijk, affine, "RAS")  # flips and axis swaps: a view, no copy
     grid = canonical[::IN_PLANE_STRIDE, ::IN_PLANE_STRIDE, :]
     values = np.rint(grid) if grid.dtype.kind == "f" else grid
     planes = np.ascontiguousarray(np.clip(values, -32768, 32767).astype(np.int16).transpose(2, 0, 1))

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import SimpleITK as sitk
+from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 _AXIS_VECTORS = {
@@ -106,3 +107,10 @@ def craniocaudal_axis(affine: np.ndarray) -> tuple[int, float]:
     s_components = affine[2, :3]
     axis = int(np.argmax(np.abs(s_components)))
     return axis, float(np.sign(s_components[axis]))
+
+
+def reorient(array: np.ndarray, affine: np.ndarray, codes: str) -> tuple[np.ndarray, np.ndarray]:
+    """`array` with its voxel axes flipped and swapped (exactly, no resampling) so that index i, j, k
+    increase toward `codes` (e.g. 'RAS', 'SPL'), and the affine of the result. Returns a view."""
+    transform = ornt_transform(io_orientation(affine), axcodes2ornt(tuple(codes)))
+    return apply_orientation(array, transform), affine @ inv_ornt_aff(transform, array.shape)

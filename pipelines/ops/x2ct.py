@@ -18,14 +18,14 @@ share indices -- no flips or transposes are guessed.
 from __future__ import annotations
 
 import numpy as np
-from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
 from scipy.ndimage import gaussian_filter, map_coordinates, zoom
 
 from pipelines.ops.drr import Geometry, project_points
+from pipelines.ops.orient import reorient
 from schemas.shard_layout import Key
 
-# Index directions of X2CT-GAN's (D, H, W) in RAS axis codes (nibabel: the way each index increases).
-X2CT_AXCODES = ("S", "P", "L")
+# Index directions of X2CT-GAN's (D, H, W) in RAS axis codes (the way each index increases).
+X2CT_AXCODES = "SPL"
 SCANNER_OFFSET_HU = 1024  # CT2XRAY stores HU + 1024, so air is 0
 UINT16_MAX = np.iinfo(np.uint16).max
 VIEW_PLANES = {Key.XRAY1: ("D", "W"), Key.XRAY2: ("D", "H")}  # rows, columns of each view
@@ -34,9 +34,8 @@ AXIS_INDEX = {"D": 0, "H": 1, "W": 2}
 
 def to_x2ct_order(volume: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(array in X2CT-GAN's (D, H, W) order, its voxel -> RAS affine)."""
-    transform = ornt_transform(io_orientation(affine), axcodes2ornt(X2CT_AXCODES))
-    out = apply_orientation(volume, transform)
-    return np.ascontiguousarray(out), affine @ inv_ornt_aff(transform, volume.shape)
+    out, out_affine = reorient(volume, affine, X2CT_AXCODES)
+    return np.ascontiguousarray(out), out_affine
 
 
 def resize_volume(volume: np.ndarray, affine: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:

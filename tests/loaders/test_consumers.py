@@ -40,7 +40,7 @@ def test_x2ct_sample_as_torchio_subject_keeps_its_xrays(training_version):
     assert torch.equal(subject["xray1"], sample["xray1"])
 
 
-def test_monai_dictionary_holds_metatensors_with_the_affine(training_version):
+def test_monai_dictionary_holds_metatensors_with_the_affine(training_version, tmp_path):
     monai = pytest.importorskip("monai")
     from monai.transforms import Spacingd
 
@@ -48,6 +48,16 @@ def test_monai_dictionary_holds_metatensors_with_the_affine(training_version):
     data = to_monai(sample)
     assert isinstance(data["ct"], monai.data.MetaTensor) and data["ct"].shape == (1, 16, 16, 16)
     assert np.allclose(data["mask"].affine.numpy(), sample["affine"].numpy())
+    # what MONAI's own loader makes of the same volume written as NIfTI with the sample's affine
+    import nibabel as nib
+    from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
+
+    path = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(sample["ct"].numpy(), sample["affine"].numpy()), path)
+    loaded = Compose([LoadImaged(keys="ct"), EnsureChannelFirstd(keys="ct")])({"ct": str(path)})["ct"]
+    assert loaded.shape == data["ct"].shape and torch.equal(loaded.as_tensor().to(data["ct"].dtype), data["ct"].as_tensor())
+    assert np.allclose(loaded.affine.numpy(), data["ct"].affine.numpy())
+    assert loaded.meta["space"] == data["ct"].meta["space"]
     landmark = _world_centroid(sample["mask"].numpy(), sample["affine"].numpy())
     out = Spacingd(keys=["ct", "mask"], pixdim=(2.0, 2.0, 2.0), mode=("bilinear", "nearest"))(data)
     assert out["mask"].shape[1:] != data["mask"].shape[1:]
