@@ -85,10 +85,12 @@ class DetectorConfig(_Strict):
     pixel_spacing_mm: float = Field(0.2, gt=0)
     sdd_mm: float = Field(1020.0, gt=0)  # source-to-detector distance
     sod_mm: float = Field(850.0, gt=0)  # source-to-isocentre distance
-    # clipped_trilinear: diffdrr's rays clipped per ray to the volume (fast, <1% from Siddon);
+    # traversal: exact voxel-constant (Siddon) integral, one fused walk per ray, whole + vertebra at once;
+    # clipped_trilinear: trilinear samples along each ray clipped to the volume, density set by error_budget;
     # siddon / trilinear: diffdrr's own renderers
-    renderer: Literal["clipped_trilinear", "siddon", "trilinear"] = "clipped_trilinear"
-    samples_per_voxel: float = Field(1.0, gt=0)  # trilinear renderers: samples per voxel of path
+    renderer: Literal["traversal", "clipped_trilinear", "siddon", "trilinear"] = "traversal"
+    samples_per_voxel: float | None = Field(None, gt=0)  # trilinear renderers: fixed density (overrides the budget)
+    error_budget: float = Field(0.005, gt=0, lt=0.5)  # clipped_trilinear: relative L2 per view vs the exact integral
     reverse_x_axis: bool = True  # radiological convention (patient's right on image left in AP)
 
     @model_validator(mode="after")

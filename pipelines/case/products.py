@@ -62,7 +62,7 @@ class Sample:
 def geometry_from(config: BuildConfig) -> Geometry:
     d = config.detector
     return Geometry(d.height, d.width, d.pixel_spacing_mm, d.sdd_mm, d.sod_mm, d.renderer,
-                    d.samples_per_voxel, d.reverse_x_axis)
+                    d.samples_per_voxel, d.reverse_x_axis, d.error_budget)
 
 
 def _geometry_attrs(volume_affine: np.ndarray) -> dict:
@@ -122,7 +122,7 @@ def x2ct_samples(case: PreparedCase, config: BuildConfig, progress: Progress, sk
             sample_datasets(X2CT, config, {Key.CT: ct, Key.XRAY1: views[0], Key.XRAY2: views[1],
                                            Key.SPACING: spacing, Key.ORI_SIZE: case.ct.array.shape}),
             {Attr.Z_OFFSET_MM: float(offset), Attr.PADDED_FRACTION: padded, Attr.BODY_FRACTION: body,
-             Attr.ISOCENTER: iso, Attr.DETECTOR: geometry.record(), Attr.ATTENUATION: config.attenuation.model_dump(),
+             Attr.ISOCENTER: iso, Attr.DETECTOR: renderer.record(), Attr.ATTENUATION: config.attenuation.model_dump(),
              **_geometry_attrs(affine)},
         ))
     return out
@@ -144,7 +144,9 @@ def _vertebra_only(case: PreparedCase, config: BuildConfig, level: str) -> Volum
 def drr_samples(case: PreparedCase, config: BuildConfig, progress: Progress, skipped: list[str]) -> list[Sample]:
     cfg = config.drr
     geometry = geometry_from(config)
-    whole = Renderer(mu_of(case.ct.array, config.attenuation), case.ct.affine, geometry)
+    one_walk = geometry.renderer == "traversal"  # whole and vertebra-only views from the same traversal
+    whole = Renderer(mu_of(case.ct.array, config.attenuation), case.ct.affine, geometry,
+                     labels=case.labels.array if one_walk else None)
     rot_range = np.deg2rad(cfg.rotation_range_deg)
     out = []
     for p in range(cfg.pairs_per_case):
@@ -165,9 +167,12 @@ def drr_samples(case: PreparedCase, config: BuildConfig, progress: Progress, ski
                 cameras.append(camera_for_motion(view, geometry.sod_mm, centre, motion))
                 names.append(name)
         cameras = np.stack(cameras)
-        drr = whole.render(cameras)
-        vert = _vertebra_only(case, config, target)
-        drr_vertebra = Renderer(vert.array, vert.affine, geometry).render(cameras)
+        if one_walk:
+            drr, drr_vertebra = whole.render_labelled(cameras, level_id(target))
+        else:
+            drr = whole.render(cameras)
+            vert = _vertebra_only(case, config, target)
+            drr_vertebra = Renderer(vert.array, vert.affine, whole.geometry).render(cameras)
         progress(f"drr pair {p + 1}/{cfg.pairs_per_case} ({ref} -> {target}, {len(cameras)} views)")
         out.append(Sample(
             SampleRow(sample_id(case.case_id, DRR, f"{p:03d}"), DRR, ref_level=ref, target_level=target,
@@ -177,7 +182,7 @@ def drr_samples(case: PreparedCase, config: BuildConfig, progress: Progress, ski
                                           Key.VIEW_NAMES: np.array(names, dtype=VIEW_NAME_DTYPE),
                                           Key.ROTATION_CENTER: centre}, n_views=len(cameras)),
             {Attr.REF_LEVEL: ref, Attr.TARGET_LEVEL: target, Attr.EULER_CONVENTION: cfg.euler_convention,
-             Attr.POSE_CONVENTION: POSE_CONVENTION, Attr.DETECTOR: geometry.record(),
+             Attr.POSE_CONVENTION: POSE_CONVENTION, Attr.DETECTOR: whole.record(),
              Attr.ATTENUATION: config.attenuation.model_dump(), **_geometry_attrs(case.ct.affine)},
         ))
     return out

@@ -11,15 +11,19 @@ M^-1, which is exact: the moved volume seen from E equals the fixed volume seen 
 Intensities: the caller passes linear attenuation (1/mm), never diffdrr's per-volume min-max
 normalisation, so a pixel is the dimensionless line integral of mu along its ray.
 
-Renderers: diffdrr's 'siddon' (exact for voxel-constant volumes) and 'trilinear' (fixed sample
-count over the whole batch), and 'clipped_trilinear' (default): diffdrr's detector rays, each
-clipped to the volume's box, skipped when it misses, sampled `samples_per_voxel` times per voxel
-of its own chord with border-clamped trilinear interpolation (so edge voxels count up to the box
-face, as in Siddon), in chunks that bound memory and spread grid_sample over threads.
+Renderers (all use diffdrr's detector rays and calibration):
+- 'traversal' (default): the exact integral of the voxel-constant volume - Siddon's model - by one
+  fused voxel walk per ray (`ops.traversal`: numba on CPU, the same float64 arithmetic in torch on
+  CUDA); it also gives the vertebra-only image from the same walk (`render_labelled`).
+- 'clipped_trilinear': each ray clipped to the volume's box and sampled with border-clamped trilinear
+  interpolation; its sampling density is `samples_per_voxel` when given, otherwise the cheapest
+  density whose error against the exact integral stays within `error_budget` on calibration rays
+  (`calibrate_sampling`). The density used is recorded, so a stored view re-renders exactly.
+- diffdrr's own 'siddon' and 'trilinear' (fixed sample count over the whole batch).
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -27,12 +31,17 @@ from diffdrr.drr import DRR
 from diffdrr.pose import RigidTransform
 from torchio import ScalarImage, Subject
 
+from pipelines.ops.traversal import traverse_numba, traverse_torch
+
 # diffdrr's 'AP' frame-of-reference change (rotates the C-arm 90 degrees about x).
 AP_REORIENT = np.array(
     [[1, 0, 0, 0], [0, 0, -1, 0], [0, 1, 0, 0], [0, 0, 0, 1]], dtype=np.float64
 )
 VIEWS = ("AP", "LAT")
-RENDERERS = ("clipped_trilinear", "siddon", "trilinear")
+RENDERERS = ("traversal", "clipped_trilinear", "siddon", "trilinear")
+DEFAULT_ERROR_BUDGET = 0.005  # relative L2 per view against the exact integral
+SAMPLING_LADDER = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)  # samples per voxel tried by calibration, cheapest first
+CALIBRATION_STRIDE = 8  # calibration rays: every 8th detector row and column of the base AP and LAT views
 CHUNK_RAYS_CPU = 1 << 11  # rays per grid_sample call: measured fastest on a 2-core CPU (cache-sized)
 CHUNK_RAYS_GPU = 1 << 18
 GRID_SPLIT = 8  # grid_sample parallelises over its batch dimension: split each chunk this many ways
@@ -45,14 +54,15 @@ class Geometry:
     pixel_spacing_mm: float  # detector pixel pitch
     sdd_mm: float  # source-to-detector distance (C-arm focal length)
     sod_mm: float  # source-to-isocentre distance
-    renderer: str = "clipped_trilinear"  # 'clipped_trilinear', or diffdrr's 'siddon' / 'trilinear'
-    samples_per_voxel: float = 1.0  # trilinear ray sampling density along each ray
+    renderer: str = "traversal"  # 'traversal', 'clipped_trilinear', or diffdrr's 'siddon' / 'trilinear'
+    samples_per_voxel: float | None = None  # trilinear sampling density; None: chosen by error_budget
     reverse_x_axis: bool = True  # radiological left-right convention
+    error_budget: float = DEFAULT_ERROR_BUDGET  # clipped_trilinear without samples_per_voxel
 
     @classmethod
     def from_record(cls, record: dict) -> "Geometry":
-        """The geometry stored in a sample's `detector` attribute."""
-        return cls(**{k: record[k] for k in cls.__dataclass_fields__})
+        """The geometry stored in a sample's `detector` attribute (fields a record predates keep their defaults)."""
+        return cls(**{k: record[k] for k in cls.__dataclass_fields__ if k in record})
 
     def record(self) -> dict:
         """Everything needed to re-render a stored view, as plain values."""
@@ -95,22 +105,31 @@ def source_and_detector_centre(camera: np.ndarray, sdd_mm: float) -> tuple[np.nd
     return source, centre
 
 
+def support_box(mu: np.ndarray, margin: int = 1) -> tuple[slice, ...] | None:
+    """Index box of the non-zero voxels plus a zero margin; None when it would not save 10 %."""
+    nonzero = [np.flatnonzero(np.any(mu != 0, axis=tuple(a for a in range(3) if a != ax))) for ax in range(3)]
+    if any(len(n) == 0 for n in nonzero):
+        return None
+    lo = [max(int(n[0]) - margin, 0) for n in nonzero]
+    hi = [min(int(n[-1]) + 1 + margin, size) for n, size in zip(nonzero, mu.shape)]
+    if np.prod(np.subtract(hi, lo)) > 0.9 * mu.size:
+        return None
+    return tuple(slice(a, b) for a, b in zip(lo, hi))
+
+
 def crop_to_support(mu: np.ndarray, affine: np.ndarray, margin: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Cut a volume to the box of its non-zero voxels plus a zero margin; exact for line integrals.
 
     Rays are clipped to the box, so air around the body costs no samples. The margin keeps a layer
     of zeros at the faces, so border clamping adds nothing there.
     """
-    nonzero = [np.flatnonzero(np.any(mu != 0, axis=tuple(a for a in range(3) if a != ax))) for ax in range(3)]
-    if any(len(n) == 0 for n in nonzero):
+    box = support_box(mu, margin)
+    if box is None:
         return mu, affine
-    lo = np.array([max(int(n[0]) - margin, 0) for n in nonzero])
-    hi = np.array([min(int(n[-1]) + 1 + margin, size) for n, size in zip(nonzero, mu.shape)])
-    if np.prod(hi - lo) > 0.9 * mu.size:
-        return mu, affine
+    lo = np.array([b.start for b in box])
     out = affine.copy()
     out[:3, 3] = affine[:3, :3] @ lo + affine[:3, 3]
-    return mu[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]], out
+    return mu[box], out
 
 
 def ray_box_interval(source: torch.Tensor, target: torch.Tensor,
@@ -193,29 +212,52 @@ def diffdrr_module(mu: np.ndarray, affine: np.ndarray, geometry: Geometry, rende
 
 
 class Renderer:
-    """One diffdrr DRR module per volume, reused for every view of that volume."""
+    """One volume, rendered from any number of cameras; diffdrr's DRR module supplies rays and calibration.
+
+    `labels` (same grid as `mu`, uint8) lets the 'traversal' renderer give a labelled part's image
+    from the same walk as the whole image (`render_labelled`).
+    """
 
     def __init__(self, mu: np.ndarray, affine: np.ndarray, geometry: Geometry,
-                 device: torch.device | None = None):
-        self.geometry = geometry
-        self.device = device or default_device()
-        if geometry.renderer == "clipped_trilinear":
-            mu, affine = crop_to_support(mu, affine)
+                 device: torch.device | None = None, labels: np.ndarray | None = None):
         if geometry.renderer not in RENDERERS:
             raise ValueError(f"renderer must be one of {RENDERERS}, got {geometry.renderer!r}")
+        self.device = device or default_device()
+        self.labels = None
+        if geometry.renderer in ("traversal", "clipped_trilinear"):
+            box = support_box(mu)
+            if box is not None:
+                mu, affine = crop_to_support(mu, affine)
+                labels = labels[box] if labels is not None else None
+            self.labels = None if labels is None else np.ascontiguousarray(labels, dtype=np.uint8)
         self.drr = diffdrr_module(mu, affine, geometry,
                                   "siddon" if geometry.renderer == "siddon" else "trilinear").to(self.device)
         diagonal_vox = float(np.linalg.norm(np.array(mu.shape, dtype=float)))
-        self.n_points = int(np.ceil(diagonal_vox * geometry.samples_per_voxel)) + 2
+        self.calibrated_error: float | None = None
+        if geometry.renderer == "clipped_trilinear" and geometry.samples_per_voxel is None:
+            self.geometry = geometry
+            density, self.calibrated_error = self.calibrate_sampling()
+            geometry = replace(geometry, samples_per_voxel=density)
+        self.geometry = geometry
+        self.n_points = int(np.ceil(diagonal_vox * (geometry.samples_per_voxel or 1.0))) + 2
+
+    def record(self) -> dict:
+        """The detector attribute of the views this renderer makes (sampling as actually used)."""
+        out = self.geometry.record()
+        if self.calibrated_error is not None:
+            out["calibrated_error"] = self.calibrated_error
+        return out
 
     @torch.no_grad()
     def render(self, cameras: np.ndarray, batch: int = 1) -> np.ndarray:
         """(V, 4, 4) camera extrinsics -> (V, H, W) float32 line integrals of mu.
 
-        `batch` views go to diffdrr per call ('siddon'/'trilinear'); the clipped path renders
-        one view at a time in bounded ray chunks whatever the detector size.
+        `batch` views go to diffdrr per call ('siddon'/'trilinear'); the other renderers take
+        one view at a time, in bounded ray chunks whatever the detector size.
         """
         cameras = np.asarray(cameras, dtype=np.float32).reshape(-1, 4, 4)
+        if self.geometry.renderer == "traversal":
+            return self._render_traversal(cameras, -1)[0]
         if self.geometry.renderer == "clipped_trilinear":
             return self._render_clipped(cameras)
         kwargs = {"n_points": self.n_points} if self.geometry.renderer == "trilinear" else {}
@@ -226,14 +268,74 @@ class Renderer:
             out.append(img[:, 0].float().cpu().numpy())
         return np.concatenate(out, axis=0)
 
-    def _render_clipped(self, cameras: np.ndarray) -> np.ndarray:
+    @torch.no_grad()
+    def render_labelled(self, cameras: np.ndarray, label: int) -> tuple[np.ndarray, np.ndarray]:
+        """(whole, part) images, (V, H, W) each: the volume, and only its voxels labelled `label`,
+        from one traversal ('traversal' renderer with `labels` only)."""
+        if self.geometry.renderer != "traversal" or self.labels is None:
+            raise ValueError("render_labelled needs the 'traversal' renderer and a label volume")
+        return self._render_traversal(np.asarray(cameras, dtype=np.float32).reshape(-1, 4, 4), int(label))
+
+    def _render_traversal(self, cameras: np.ndarray, label: int) -> tuple[np.ndarray, np.ndarray]:
+        height, width = self.geometry.height, self.geometry.width
         source, targets, raylen = self._rays(cameras)
+        whole = np.empty((len(cameras), height, width), dtype=np.float32)
+        part = np.empty_like(whole)
+        if self.device.type == "cuda":
+            volume = self.drr.density
+            labels = None if self.labels is None else torch.as_tensor(self.labels, device=self.device)
+            for v in range(len(cameras)):
+                w, p = traverse_torch(volume, source[v, 0], targets[v], raylen[v], labels, label)
+                whole[v], part[v] = (x.view(height, width).float().cpu().numpy() for x in (w, p))
+            return whole, part
+        volume = self.drr.density.numpy()
+        for v in range(len(cameras)):
+            w, p = traverse_numba(volume, source[v, 0].numpy(), targets[v].numpy(), raylen[v].numpy(),
+                                  height, width, self.labels, label)
+            whole[v], part[v] = w.reshape(height, width), p.reshape(height, width)
+        return whole, part
+
+    def _render_clipped(self, cameras: np.ndarray, step_vox: float | None = None) -> np.ndarray:
+        source, targets, raylen = (x.float() for x in self._rays(cameras))
         views, rays = targets.shape[:2]
         out = integrate_clipped(self.drr.density, source.expand(-1, rays, -1).reshape(-1, 3),
                                 targets.reshape(-1, 3), raylen.reshape(-1),
-                                step_vox=1.0 / self.geometry.samples_per_voxel,
+                                step_vox=step_vox or 1.0 / self.geometry.samples_per_voxel,
                                 chunk=CHUNK_RAYS_GPU if self.device.type == "cuda" else CHUNK_RAYS_CPU)
         return out.view(views, self.geometry.height, self.geometry.width).float().cpu().numpy()
+
+    def calibrate_sampling(self) -> tuple[float, float]:
+        """(samples_per_voxel, error): the cheapest density of SAMPLING_LADDER whose trilinear images of
+        the calibration rays stay within `error_budget` (relative L2, worst view) of the exact integral;
+        the densest one, and its error, when none does (interpolation itself differs from
+        voxel-constant integration by a volume-dependent amount)."""
+        g = self.geometry
+        centre = self.drr._affine[0].double().cpu().numpy() @ np.r_[(np.array(self.drr.density.shape) - 1) / 2, 1.0]
+        cameras = np.stack([base_camera(v, g.sod_mm, centre[:3]) for v in VIEWS]).astype(np.float32)
+        source, targets, raylen = self._rays(cameras)
+        keep = self._calibration_rays()
+        targets, raylen = targets[:, keep], raylen[:, keep]
+        volume = self.drr.density.cpu().numpy()
+        exact = [traverse_numba(volume, source[v, 0].cpu().numpy(), targets[v].cpu().numpy(),
+                                raylen[v].cpu().numpy(), 1, len(keep))[0] for v in range(len(cameras))]
+        error = float("inf")
+        for density in SAMPLING_LADDER:
+            error = 0.0
+            for v, reference in enumerate(exact):
+                image = integrate_clipped(self.drr.density, source[v, 0].float(), targets[v].float(),
+                                          raylen[v].float(), step_vox=1.0 / density).double().cpu().numpy()
+                error = max(error, float(np.linalg.norm(image - reference) / max(np.linalg.norm(reference), 1e-30)))
+            if error <= g.error_budget:
+                return density, error
+        return SAMPLING_LADDER[-1], error
+
+    def _calibration_rays(self) -> torch.Tensor:
+        g = self.geometry
+        rows = torch.arange(CALIBRATION_STRIDE // 2, g.height, CALIBRATION_STRIDE)
+        cols = torch.arange(CALIBRATION_STRIDE // 2, g.width, CALIBRATION_STRIDE)
+        if len(rows) == 0 or len(cols) == 0:
+            rows, cols = torch.arange(g.height), torch.arange(g.width)
+        return (rows[:, None] * g.width + cols[None, :]).reshape(-1)
 
     def _rays(self, cameras: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Source and detector points in voxel coordinates, and ray lengths in mm (float64).
@@ -253,8 +355,7 @@ class Renderer:
             lengths.append((tgt_world - src_world).norm(dim=-1))
             sources.append(_apply(to_voxel, src_world[None]))
             targets.append(_apply(to_voxel @ world @ calibration, points))
-        return (torch.stack(sources).float(), torch.stack(targets).float(),
-                torch.stack(lengths).float())
+        return torch.stack(sources), torch.stack(targets), torch.stack(lengths)
 
 
 def _apply(matrix: np.ndarray, points: torch.Tensor) -> torch.Tensor:

@@ -5,24 +5,28 @@ import os
 from contextlib import contextmanager
 from urllib.parse import urlsplit
 
+import numba
 import SimpleITK as sitk
 import torch
 
 
 @contextmanager
 def thread_limit(threads: int | None):
-    """Hold torch and SimpleITK to `threads` threads inside the block (None: leave them as they are)."""
+    """Hold torch, SimpleITK and numba (the DRR kernel; its setting is per calling thread) to `threads`
+    threads inside the block (None: leave them as they are)."""
     if not threads:
         yield
         return
-    before = torch.get_num_threads(), sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    before = torch.get_num_threads(), sitk.ProcessObject.GetGlobalDefaultNumberOfThreads(), numba.get_num_threads()
     torch.set_num_threads(threads)
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     try:
         yield
     finally:
         torch.set_num_threads(before[0])
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(before[1])
+        numba.set_num_threads(before[2])
 
 
 def thread_share(cores: int, busy_threads: int) -> int:

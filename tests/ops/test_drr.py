@@ -29,7 +29,7 @@ def cube(n=64, half=20):
     return np.where((abs(x) < half) & (abs(y) < half) & (abs(z) < half), MU, 0).astype(np.float32)
 
 
-@pytest.mark.parametrize("renderer", ["clipped_trilinear", "siddon", "trilinear"])
+@pytest.mark.parametrize("renderer", ["traversal", "clipped_trilinear", "siddon", "trilinear"])
 @pytest.mark.parametrize("view", ["AP", "LAT"])
 def test_cube_central_pixel_is_mu_times_chord(renderer, view, geom):
     g = Geometry(**{**geom.__dict__, "renderer": renderer, "samples_per_voxel": 2.0})
@@ -38,8 +38,9 @@ def test_cube_central_pixel_is_mu_times_chord(renderer, view, geom):
     assert centre == pytest.approx(MU * 40.0, rel=0.01)
 
 
-def test_sphere_shadow_radius_is_magnified_by_sdd_over_sod():
-    g = Geometry(height=128, width=128, pixel_spacing_mm=0.5, sdd_mm=1020.0, sod_mm=850.0, renderer="siddon")
+@pytest.mark.parametrize("renderer", ["traversal", "siddon"])
+def test_sphere_shadow_radius_is_magnified_by_sdd_over_sod(renderer):
+    g = Geometry(height=128, width=128, pixel_spacing_mm=0.5, sdd_mm=1020.0, sod_mm=850.0, renderer=renderer)
     c = grid_coords(64)
     x, y, z = np.meshgrid(c, c, c, indexing="ij")
     r = 20.0
@@ -52,9 +53,11 @@ def test_sphere_shadow_radius_is_magnified_by_sdd_over_sod():
     assert measured == pytest.approx(expected, rel=0.03)
 
 
+@pytest.mark.parametrize("renderer", ["traversal", "siddon"])
 @pytest.mark.parametrize("view", ["AP", "LAT"])
-def test_off_centre_rod_appears_where_the_geometry_predicts(view, geom):
+def test_off_centre_rod_appears_where_the_geometry_predicts(view, renderer, geom):
     """A rod along S at x = +15 mm (patient right), y = +10 mm (anterior)."""
+    geom = Geometry(**{**geom.__dict__, "renderer": renderer})
     c = grid_coords(64)
     x, y, _ = np.meshgrid(c, c, c, indexing="ij")
     rod = np.where((abs(x - 15) < 1.5) & (abs(y - 10) < 1.5), MU, 0).astype(np.float32)
@@ -68,8 +71,10 @@ def test_off_centre_rod_appears_where_the_geometry_predicts(view, geom):
         assert predicted_col < 31.5
 
 
-def test_camera_motion_equals_moving_the_volume(geom):
+@pytest.mark.parametrize("renderer", ["traversal", "siddon"])
+def test_camera_motion_equals_moving_the_volume(renderer, geom):
     """Rendering the volume moved by a pose equals rendering the moved voxels (translation + rotation)."""
+    geom = Geometry(**{**geom.__dict__, "renderer": renderer})
     n = 64
     c = grid_coords(n)
     x, y, z = np.meshgrid(c, c, c, indexing="ij")
@@ -97,6 +102,27 @@ def test_vertebra_only_never_exceeds_whole_and_rendering_is_repeatable(geom):
     only = Renderer(part, centred_grid(64), geom).render(cams)
     assert np.all(only <= whole + 1e-6)
     np.testing.assert_array_equal(whole, Renderer(vol, centred_grid(64), geom).render(cams))
+
+
+def test_one_traversal_gives_whole_and_labelled_views_exactly():
+    """The labelled channel of one walk equals rendering the masked volume on its own, and never exceeds
+    the whole; the whole channel equals a plain render."""
+    g = Geometry(height=64, width=64, pixel_spacing_mm=1.0, sdd_mm=1020.0, sod_mm=850.0)
+    rng = np.random.default_rng(3)
+    vol = cube() * rng.uniform(0.5, 1.5, (64, 64, 64)).astype(np.float32)
+    labels = np.zeros(vol.shape, dtype=np.uint8)
+    labels[20:40, 25:35, 28:44] = 9
+    labels[40:50, 20:30, 20:30] = 4
+    motion = pose_to_matrix(np.array([0.1, -0.2, 0.15, 3.0, -2.0, 1.0]), np.zeros(3), "ZXY")
+    cams = np.stack([camera_for_motion(v, g.sod_mm, np.zeros(3), motion) for v in ("AP", "LAT")])
+    renderer = Renderer(vol, centred_grid(64), g, labels=labels)
+    whole, part = renderer.render_labelled(cams, 9)
+    masked = Renderer(np.where(labels == 9, vol, 0).astype(np.float32), centred_grid(64), g).render(cams)
+    np.testing.assert_allclose(part, masked, rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(whole, renderer.render(cams))
+    assert np.all(part <= whole) and part.max() > 0.1 and (part == 0).mean() > 0.5
+    with pytest.raises(ValueError, match="traversal"):
+        Renderer(vol, centred_grid(64), Geometry(**{**g.__dict__, "renderer": "siddon"})).render_labelled(cams, 9)
 
 
 @pytest.mark.parametrize("view", ["AP", "LAT"])
@@ -137,10 +163,11 @@ def test_clipped_integration_is_independent_of_chunking_and_misses_are_zero():
 
 
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="no CUDA device on this machine")
-def test_cuda_and_cpu_renders_agree(geom):
+@pytest.mark.parametrize("renderer", ["traversal", "clipped_trilinear"])
+def test_cuda_and_cpu_renders_agree(renderer, geom):
     import torch
 
-    g = Geometry(**{**geom.__dict__, "renderer": "clipped_trilinear"})
+    g = Geometry(**{**geom.__dict__, "renderer": renderer, "samples_per_voxel": 1.0})
     cams = np.stack([base_camera(v, g.sod_mm) for v in ("AP", "LAT")])
     cpu = Renderer(cube(), centred_grid(64), g, torch.device("cpu")).render(cams)
     gpu = Renderer(cube(), centred_grid(64), g, torch.device("cuda")).render(cams)
