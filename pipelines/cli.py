@@ -121,11 +121,16 @@ def cmd_build(args, config_path: Path, inputs: list[str]) -> int:
     from schemas.config import load_config
 
     config = load_config(config_path, seed=args.seed)
-    if all(Path(p).is_dir() for p in inputs):  # a no-op is answered without importing Prefect or Dask
+    inputs_found = all(Path(p).is_dir() for p in inputs)  # otherwise run_build says which one is missing
+    if inputs_found:  # a no-op is answered without importing Prefect or Dask
         summary = already_published(config, inputs, args.out, args.version, args.cache_keep_days)
         if summary is not None:
             _print_summary(summary)
             return 0
+    if inputs_found and not args.dask_address:  # Prefect's API server starts while the build's modules load
+        from pipelines.runtime.prefect_api import begin_local_api
+
+        begin_local_api()
     from pipelines.flows import run_build
 
     summary = run_build(config, inputs, args.out, args.version, args.workers, args.dask_address, args.manifests,

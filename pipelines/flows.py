@@ -339,7 +339,7 @@ def run_build(config: BuildConfig, inputs: list[str], out: str, version: str | N
         local_memory_limit,
         task_runner_for,
     )
-    from pipelines.runtime.prefect_api import shared_prefect_api, start_local_api
+    from pipelines.runtime.prefect_api import begin_local_api, shared_prefect_api, start_local_api
 
     if workers < 1:
         raise BuildError(f"--workers must be at least 1, got {workers}")
@@ -360,7 +360,7 @@ def run_build(config: BuildConfig, inputs: list[str], out: str, version: str | N
     host_threads = None
     with ExitStack() as stack:
         if not dask_address:
-            start_local_api()  # before the flow, so that the kernel stops it with this process
+            begin_local_api()  # tied to this process, so that the kernel stops it with the build
         if local:
             memory_limit = local_memory_limit(inputs, config, workers)
             log.info("starting %d local Dask workers (%d thread(s) each, memory limit %.1f GiB each)",
@@ -370,6 +370,8 @@ def run_build(config: BuildConfig, inputs: list[str], out: str, version: str | N
         elif dask_address:
             stack.enter_context(shared_prefect_api(dask_address))
             host_threads = check_cluster(dask_address, inputs, config)
+        else:
+            start_local_api()  # wait until it answers (started above, while workers or modules loaded)
         summary = build_dataset.with_options(task_runner=task_runner_for(dask_address))(
             config=config, inputs=[str(p) for p in inputs], out=str(out), version=version,
             manifests_dir=str(manifests_dir) if manifests_dir else None, torch_threads=threads,

@@ -219,7 +219,9 @@ def test_x2ct_export_is_what_x2ctgan_trains_on(demo, home, tmp_path):
 @pytest.mark.slow
 def test_diffdrr_rerenders_the_demo_drr_views_from_the_pose_helper(demo):
     """A registration trainer's check: diffdrr's own DRR (Siddon) over the real CT, posed by
-    `diffdrr_pose`, reproduces each stored whole-CT view to 1 % relative L2."""
+    `diffdrr_pose`, reproduces each stored whole-CT view (the exact voxel-constant integral) - to float
+    precision except where diffdrr's Siddon is itself off (rays near the superior face of this CT in the
+    tilted lateral view: measured 0.85 %); there brute-force integration agrees with the stored view."""
     import numpy as np
 
     from pipelines.case.prepare import load_and_prepare
@@ -227,6 +229,9 @@ def test_diffdrr_rerenders_the_demo_drr_views_from_the_pose_helper(demo):
     from pipelines.ingest.discover import discover
     from pipelines.io.shards import PublishedVersion
     from pipelines.loaders import DRRDataset
+    from pipelines.ops.attenuation import mu_of
+    from pipelines.ops.drr import Renderer
+    from tests.ops.test_traversal import brute_force
 
     out, _ = demo
     root = out / "demo" / "v1"
@@ -238,22 +243,34 @@ def test_diffdrr_rerenders_the_demo_drr_views_from_the_pose_helper(demo):
     siddon = diffdrr_drr(prepared.ct.array, prepared.ct.affine, ds.geometry, ds.attenuation)
     trilinear = diffdrr_drr(prepared.ct.array, prepared.ct.affine, ds.geometry, ds.attenuation, "trilinear")
     errors = {"siddon": [], "trilinear": []}
+    worst = (0.0, None, None)  # (|difference|, view, pixel) of diffdrr's Siddon
     for view in range(len(sample["view_names"])):
         pose = diffdrr_pose(sample, view, ds.geometry)
         stored = sample["drr"][view].numpy()
         for name, image in (("siddon", siddon(pose)), ("trilinear", trilinear(pose, n_points=800))):
             image = image[0, 0].detach().numpy()
             errors[name].append(float(np.linalg.norm(image - stored) / np.linalg.norm(stored)))
+            if name == "siddon" and np.abs(image - stored).max() > worst[0]:
+                worst = (float(np.abs(image - stored).max()), view, int(np.abs(image - stored).argmax()))
     print("demo drr views, relative L2 of diffdrr's re-render:", {k: [round(e, 5) for e in v] for k, v in errors.items()})
-    assert errors["siddon"] and max(errors["siddon"]) <= 0.01
-    assert max(errors["trilinear"]) <= 0.001  # same interpolation model: the pose and detector are exact
+    assert errors["siddon"] and max(errors["siddon"]) <= 0.01 and np.median(errors["siddon"]) <= 1e-4
+    assert max(errors["trilinear"]) <= 0.01  # trilinear interpolation vs voxel-constant integration
+    # the pixel where diffdrr's Siddon differs most: dense nearest-voxel sampling of its ray gives the stored value
+    _, view, pixel = worst
+    renderer = Renderer(mu_of(prepared.ct.array, ds.attenuation), prepared.ct.affine, ds.geometry)
+    source, targets, lengths = renderer._rays(np.asarray(diffdrr_pose(sample, view, ds.geometry).matrix[0])[None])
+    brute = brute_force(renderer.drr.density.numpy(), source[0, 0].numpy(), targets[0, pixel].numpy(),
+                        float(lengths[0, pixel]), samples=2_000_001)
+    assert sample["drr"][view].numpy().ravel()[pixel] == pytest.approx(brute, rel=1e-4)
 
 
 @pytest.mark.slow
 def test_demo_arrays_are_bit_identical_to_those_built_before_the_restructure(demo):
     """tests/reference/demo_v1_arrays.json was recorded from the demo built by the code before the
     package was reorganised (issue: one path per job); the same config and seed must give the same bytes.
-    (build_id 75d0b904eb8a267a then; it changed when the config model gained shards.compact_above.)"""
+    (build_id 75d0b904eb8a267a then; it changed when the config model gained shards.compact_above.)
+    Re-recorded when the exact traversal became the default renderer: only drr, drr_vertebra, xray1 and
+    xray2 changed then (checked key by key); every other array kept its bytes."""
     from pathlib import Path
 
     from tests.reference.array_digest import version_digests

@@ -91,10 +91,9 @@ def test_poisson_noise_is_seeded_unbiased_and_shrinks_with_dose():
 
 
 def test_diffdrr_reproduces_every_stored_view_from_the_pose_helper(training_version):
-    """diffdrr's own DRR, posed by `diffdrr_pose`, reproduces every stored view: its trilinear renderer
-    (the stored views' interpolation model) to 0.1 % (median), its Siddon to the two models' difference on these
-    step-edged phantoms at 4 mm pixels (the real-CT test in test_cli_demo holds Siddon to 1 %);
-    the other view's pose is far off."""
+    """diffdrr's own DRR, posed by `diffdrr_pose`, reproduces every stored view: its Siddon (the stored views'
+    model, the exact voxel-constant integral) to float precision, its trilinear renderer to the two models'
+    difference on these step-edged phantoms at 4 mm pixels; the other view's pose is far off."""
     from pipelines.case.prepare import load_and_prepare
     from pipelines.ingest.discover import discover
     from tests.loaders.conftest import training_config
@@ -118,8 +117,7 @@ def test_diffdrr_reproduces_every_stored_view_from_the_pose_helper(training_vers
                 errors[name].append(float(np.linalg.norm(image - stored) / np.linalg.norm(stored)))
     print("relative L2 of diffdrr re-renders:", {k: [round(e, 4) for e in v] for k, v in errors.items()})
     assert len(errors["siddon"]) >= 8
-    # exact where rays stay inside the volume; rays leaving through a cut face (these phantoms are cut at
-    # their inferior/superior ends) differ by diffdrr's fading at faces (measured: last 2 detector rows only)
-    assert np.median(errors["trilinear"]) <= 0.001 and max(errors["trilinear"]) <= 0.015
-    assert max(errors["siddon"]) <= 0.02 and np.median(errors["siddon"]) <= 0.01
-    assert min(errors["other view"]) > 10 * max(errors["siddon"])
+    assert max(errors["siddon"]) <= 1e-4
+    # interpolation differs from voxel-constant integration at the phantoms' steps (measured 0.4-1.3 %)
+    assert max(errors["trilinear"]) <= 0.02
+    assert min(errors["other view"]) > 10 * max(errors["trilinear"])
