@@ -339,7 +339,9 @@ def run_build(config: BuildConfig, inputs: list[str], out: str, version: str | N
         local_memory_limit,
         task_runner_for,
     )
-    from pipelines.runtime.prefect_api import begin_local_api, shared_prefect_api, start_local_api
+    from prefect.settings import PREFECT_API_URL
+
+    from pipelines.runtime.prefect_api import begin_local_api, build_api
 
     if workers < 1:
         raise BuildError(f"--workers must be at least 1, got {workers}")
@@ -359,19 +361,16 @@ def run_build(config: BuildConfig, inputs: list[str], out: str, version: str | N
     threads = threads_per_worker or (thread_share(os.cpu_count() or 1, workers) if local else None)
     host_threads = None
     with ExitStack() as stack:
-        if not dask_address:
-            begin_local_api()  # tied to this process, so that the kernel stops it with the build
+        if local and not PREFECT_API_URL.value():
+            begin_local_api()  # starts while the local workers do (the CLI launches it before its imports)
         if local:
             memory_limit = local_memory_limit(inputs, config, workers)
             log.info("starting %d local Dask workers (%d thread(s) each, memory limit %.1f GiB each)",
                      workers, threads, memory_limit / 2**30)
             dask_address = stack.enter_context(local_cluster(workers, memory_limit))
-            stack.enter_context(shared_prefect_api(dask_address))
-        elif dask_address:
-            stack.enter_context(shared_prefect_api(dask_address))
+        stack.enter_context(build_api(dask_address))
+        if dask_address and not local:
             host_threads = check_cluster(dask_address, inputs, config)
-        else:
-            start_local_api()  # wait until it answers (started above, while workers or modules loaded)
         summary = build_dataset.with_options(task_runner=task_runner_for(dask_address))(
             config=config, inputs=[str(p) for p in inputs], out=str(out), version=version,
             manifests_dir=str(manifests_dir) if manifests_dir else None, torch_threads=threads,

@@ -9,9 +9,7 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
-import subprocess
 import sys
-from contextlib import contextmanager
 
 PR_SET_PDEATHSIG = 1
 _prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
@@ -24,27 +22,3 @@ def die_with_parent(parent_pid: int | None = None) -> None:
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if parent_pid is not None and os.getppid() != parent_pid:  # the parent died before we asked
         os._exit(1)
-
-
-@contextmanager
-def children_die_with_this_process():
-    """Every subprocess started inside the block is killed by the kernel when this process dies.
-
-    Used around Prefect's temporary API server start, whose Popen we do not control otherwise.
-    Start it from the main thread: the kernel ties the signal to the thread that started the child.
-    """
-    if _prctl is None:
-        yield
-        return
-    real = subprocess.Popen
-    parent = os.getpid()
-
-    def popen(*args, **kwargs):
-        kwargs.setdefault("preexec_fn", lambda: die_with_parent(parent))
-        return real(*args, **kwargs)
-
-    subprocess.Popen = popen
-    try:
-        yield
-    finally:
-        subprocess.Popen = real

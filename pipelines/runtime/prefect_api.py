@@ -1,95 +1,146 @@
-"""One Prefect API for every process of a build."""
+"""One Prefect API for every process of a build, started early and tied to the build's process.
+
+With no `PREFECT_API_URL` configured, Prefect starts a temporary API server (its own app, served by
+uvicorn in a subprocess) on first use: after its ~10 s start-up, in every process that needs one
+(Dask workers included), and as a plain child that outlives a killed build, holding a port and
+~235 MB. Here the same server is launched the moment a build is known to have work - before the
+build's modules are imported, so the two overlap - with a kernel death signal (it dies with this
+process, SIGKILL included), and its address goes into the settings Prefect ships to every worker.
+Launching it needs no Prefect import in this process; only waiting for it does.
+"""
 from __future__ import annotations
 
+import atexit
+import importlib.util
+import logging
+import os
+import socket
+import subprocess
+import sys
 import threading
-from concurrent.futures import Future
+import time
+import urllib.error
+import urllib.request
 from contextlib import contextmanager
+from pathlib import Path
 
 from pipelines.errors import BuildError
 from pipelines.runtime.cluster import on_this_machine
-from pipelines.runtime.lifetime import children_die_with_this_process
+from pipelines.runtime.lifetime import die_with_parent
 
-_starting: Future | None = None
+log = logging.getLogger(__name__)
+PORT_IN_USE = 3  # uvicorn's exit status when it cannot bind its port
 _lock = threading.Lock()
+_server: "LocalAPI | None" = None
+
+
+class LocalAPI:
+    """Prefect's server app in a uvicorn subprocess on a free local port."""
+
+    def __init__(self):
+        self.process: subprocess.Popen | None = None
+        self.port = 0
+        self.ready = False
+        self._launch()
+        atexit.register(self.stop)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api"
+
+    def _launch(self) -> None:
+        self.port = _free_port()
+        prefect_dir = Path(importlib.util.find_spec("prefect").origin).parent  # locates, imports nothing
+        env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+        parent = os.getpid()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "--app-dir", str(prefect_dir.parent), "--factory",
+             "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(self.port),
+             "--log-level", "error", "--lifespan", "on"],
+            env=env, preexec_fn=lambda: die_with_parent(parent))
+        log.info("starting a temporary Prefect API on %s", self.url)
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def wait(self, timeout_s: float) -> str:
+        """Block until the server answers its health check; its URL."""
+        deadline = time.monotonic() + timeout_s
+        while not self.ready:
+            code = self.process.poll()
+            if code == PORT_IN_USE:  # another process took the port between our check and its bind
+                self._launch()
+            elif code is not None:
+                raise BuildError(f"the temporary Prefect API server exited with status {code} while starting; "
+                                 "run `prefect server start` to see why, or set PREFECT_API_URL to a running server")
+            elif _healthy(self.url):
+                self.ready = True
+            elif time.monotonic() > deadline:
+                self.stop()
+                raise BuildError(f"the temporary Prefect API server did not answer within {timeout_s:.0f} s "
+                                 "(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS)")
+            else:
+                time.sleep(0.05)
+        return self.url
+
+    def stop(self) -> None:
+        if self.alive():
+            log.info("stopping the temporary Prefect API on %s", self.url)
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+            return response.status == 200
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+        return False
 
 
 def begin_local_api() -> None:
-    """Start Prefect's temporary API server in the background, so that its ~10 s start-up overlaps
-    the build's imports and set-up; `start_local_api` then waits for it.
-
-    The starting thread never ends: the kernel ties a child's death signal to the thread that
-    started it, so the server still dies with this process (SIGKILL included), not with the thread.
-    """
-    global _starting
+    """Launch the temporary API now (no-op when one of this process runs, or PREFECT_API_URL is set in
+    the environment); `build_api` waits for it. Call it from a thread that lives as long as the
+    build: the kernel's death signal follows the thread that started the child."""
+    global _server
+    if os.environ.get("PREFECT_API_URL"):
+        return
     with _lock:
-        if _starting is not None:
-            return
-        _starting = Future()
-    threading.Thread(target=_start_and_stay, args=(_starting,), name="prefect-api-start", daemon=True).start()
-
-
-def _start_and_stay(future: Future) -> None:
-    try:
-        future.set_result(_start_now())
-    except BaseException as exc:  # handed to whoever waits for the API
-        future.set_exception(exc)
-    threading.Event().wait()  # keep this thread, and with it the server's death signal, alive
-
-
-def start_local_api() -> str | None:
-    """Prefect's temporary API server, tied to this process and running when this returns; its URL,
-    or None when a server is configured (PREFECT_API_URL).
-
-    Prefect would start the same server (a process-wide singleton) on first use, but as a plain
-    child that outlives a killed build holding a port and ~235 MB; started here, the kernel kills
-    it with the build. Prefect stops it at exit as usual. Waits for a `begin_local_api` start.
-    """
-    global _starting
-    with _lock:
-        starting = _starting
-    if starting is not None:
-        try:
-            url = starting.result()
-        except BaseException:
-            with _lock:  # a later build in this process tries again
-                _starting = None
-            raise
-        if url is not None:
-            return url
-    return _start_now()  # also when a configured API went away since the background start
-
-
-def _start_now() -> str | None:
-    from prefect.settings import PREFECT_API_URL
-
-    if PREFECT_API_URL.value():
-        return None
-    from prefect.server.api.server import SubprocessASGIServer
-
-    server = SubprocessASGIServer()
-    with children_die_with_this_process():
-        server.start()
-    return server.api_url
+        if _server is None or not _server.alive():
+            _server = LocalAPI()
 
 
 @contextmanager
-def shared_prefect_api(dask_address: str):
-    """Make sure every process of a build reports to one Prefect API.
-
-    With no `PREFECT_API_URL` configured, Prefect starts a temporary local API server on first
-    use — in every process that needs one, Dask workers included, each then writing to the same
-    SQLite file. Starting it here and putting its address in the settings (which Prefect ships
-    with each task to the workers) gives the whole build one server. A configured server is left
-    as it is; a cluster on another machine needs one, since 127.0.0.1 here is not reachable there.
-    """
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+def build_api(dask_address: str | None):
+    """Every process of the build reports to one Prefect API inside the block: a configured
+    `PREFECT_API_URL` as it is, otherwise this process's temporary server (launched here unless
+    `begin_local_api` did already). A cluster on another machine needs a configured server, since
+    127.0.0.1 here is not reachable there."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, temporary_settings
 
     if PREFECT_API_URL.value():
+        with _lock:  # launched early, before a profile's API URL could be read: not needed after all
+            if _server is not None and not _server.ready:
+                _server.stop()
         yield
         return
-    if not on_this_machine(dask_address):
+    if dask_address and not on_this_machine(dask_address):
         raise BuildError(f"the Dask cluster at {dask_address} is on another machine, so its workers cannot "
                          "reach a temporary local Prefect API: run a Prefect server and set PREFECT_API_URL "
                          "to it here and on the workers")
-    with temporary_settings({PREFECT_API_URL: start_local_api()}):
+    begin_local_api()
+    with _lock:
+        server = _server
+    url = server.wait(float(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()))
+    with temporary_settings({PREFECT_API_URL: url}):
         yield
