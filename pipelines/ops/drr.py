@@ -278,20 +278,20 @@ class Renderer:
 
     def _render_traversal(self, cameras: np.ndarray, label: int) -> tuple[np.ndarray, np.ndarray]:
         height, width = self.geometry.height, self.geometry.width
-        source, targets, raylen = self._rays(cameras)
         whole = np.empty((len(cameras), height, width), dtype=np.float32)
         part = np.empty_like(whole)
-        if self.device.type == "cuda":
-            volume = self.drr.density
-            labels = None if self.labels is None else torch.as_tensor(self.labels, device=self.device)
-            for v in range(len(cameras)):
-                w, p = traverse_torch(volume, source[v, 0], targets[v], raylen[v], labels, label)
-                whole[v], part[v] = (x.view(height, width).float().cpu().numpy() for x in (w, p))
-            return whole, part
-        volume = self.drr.density.numpy()
-        for v in range(len(cameras)):
-            w, p = traverse_numba(volume, source[v, 0].numpy(), targets[v].numpy(), raylen[v].numpy(),
-                                  height, width, self.labels, label)
+        cuda = self.device.type == "cuda"
+        labels = self.labels
+        if cuda and labels is not None:
+            labels = torch.as_tensor(labels, device=self.device)
+        for v in range(len(cameras)):  # one view's rays at a time: memory does not grow with the views
+            source, targets, raylen = (x[0] for x in self._rays(cameras[v:v + 1]))
+            if cuda:
+                w, p = traverse_torch(self.drr.density, source[0], targets, raylen, labels, label)
+                w, p = w.cpu().numpy(), p.cpu().numpy()
+            else:
+                w, p = traverse_numba(self.drr.density.numpy(), source[0].numpy(), targets.numpy(), raylen.numpy(),
+                                      height, width, labels, label)
             whole[v], part[v] = w.reshape(height, width), p.reshape(height, width)
         return whole, part
 
