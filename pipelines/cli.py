@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import logging
 import os
@@ -270,6 +271,28 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def run() -> None:
+    """The `spineforge` command: `main`, then an exit that skips Python's interpreter teardown.
+
+    After a build that loaded torch, Prefect and Dask, tearing the interpreter down took ~2.7 s of
+    nothing useful. Everything that must happen still does: non-daemon threads are joined and every
+    atexit handler runs (Prefect's API server stops, logs flush), then the process exits with the
+    command's status. An uncaught exception exits the ordinary way.
+    """
+    status: list[int] = []
+
+    def exit_now() -> None:  # registered first, so it runs after every other atexit handler
+        if status:
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(status[0])
+
+    atexit.register(exit_now)
+    status.append(main())
+    sys.exit(status[0])
+
+
 def _missing_inputs():
     from pipelines.errors import InputError
 
@@ -277,4 +300,4 @@ def _missing_inputs():
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
