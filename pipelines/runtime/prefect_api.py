@@ -30,6 +30,9 @@ from pipelines.runtime.lifetime import die_with_parent
 
 log = logging.getLogger(__name__)
 PORT_IN_USE = 3  # uvicorn's exit status when it cannot bind its port
+# A first start in a new PREFECT_HOME (database creation) takes ~17 s on a 2-core machine, and more
+# beside local workers starting; Prefect's own default of 20 s failed builds under load.
+START_TIMEOUT_S = 120.0
 _lock = threading.Lock()
 _server: "LocalAPI | None" = None
 
@@ -126,7 +129,7 @@ def build_api(dask_address: str | None):
     `PREFECT_API_URL` as it is, otherwise this process's temporary server (launched here unless
     `begin_local_api` did already). A cluster on another machine needs a configured server, since
     127.0.0.1 here is not reachable there."""
-    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, temporary_settings
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
     if PREFECT_API_URL.value():
         with _lock:  # launched early, before a profile's API URL could be read: not needed after all
@@ -141,6 +144,6 @@ def build_api(dask_address: str | None):
     begin_local_api()
     with _lock:
         server = _server
-    url = server.wait(float(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()))
+    url = server.wait(float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", START_TIMEOUT_S)))
     with temporary_settings({PREFECT_API_URL: url}):
         yield
