@@ -274,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
 def run() -> None:
     """The `spineforge` command: `main`, then an exit that skips Python's interpreter teardown.
 
-    After a build that loaded torch, Prefect and Dask, tearing the interpreter down took ~2.7 s of
+    After a build that loaded torch, Prefect and Dask, tearing the interpreter down took ~3 s of
     nothing useful. Everything that must happen still does: non-daemon threads are joined and every
     atexit handler runs (Prefect's API server stops, logs flush), then the process exits with the
     command's status. An uncaught exception exits the ordinary way.

@@ -31,6 +31,7 @@ from diffdrr.drr import DRR
 from diffdrr.pose import RigidTransform
 from torchio import ScalarImage, Subject
 
+from pipelines.ops.crop import shifted_affine
 from pipelines.ops.traversal import traverse_numba, traverse_torch
 
 # diffdrr's 'AP' frame-of-reference change (rotates the C-arm 90 degrees about x).
@@ -106,7 +107,12 @@ def source_and_detector_centre(camera: np.ndarray, sdd_mm: float) -> tuple[np.nd
 
 
 def support_box(mu: np.ndarray, margin: int = 1) -> tuple[slice, ...] | None:
-    """Index box of the non-zero voxels plus a zero margin; None when it would not save 10 %."""
+    """Index box of the non-zero voxels plus a zero margin; None when it would not save 10 %.
+
+    Cutting a volume to it is exact for line integrals: rays are clipped to the box, so air around
+    the body costs nothing, and the margin keeps a layer of zeros at the faces (border clamping of
+    the trilinear path adds nothing there).
+    """
     nonzero = [np.flatnonzero(np.any(mu != 0, axis=tuple(a for a in range(3) if a != ax))) for ax in range(3)]
     if any(len(n) == 0 for n in nonzero):
         return None
@@ -115,21 +121,6 @@ def support_box(mu: np.ndarray, margin: int = 1) -> tuple[slice, ...] | None:
     if np.prod(np.subtract(hi, lo)) > 0.9 * mu.size:
         return None
     return tuple(slice(a, b) for a, b in zip(lo, hi))
-
-
-def crop_to_support(mu: np.ndarray, affine: np.ndarray, margin: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """Cut a volume to the box of its non-zero voxels plus a zero margin; exact for line integrals.
-
-    Rays are clipped to the box, so air around the body costs no samples. The margin keeps a layer
-    of zeros at the faces, so border clamping adds nothing there.
-    """
-    box = support_box(mu, margin)
-    if box is None:
-        return mu, affine
-    lo = np.array([b.start for b in box])
-    out = affine.copy()
-    out[:3, 3] = affine[:3, :3] @ lo + affine[:3, 3]
-    return mu[box], out
 
 
 def ray_box_interval(source: torch.Tensor, target: torch.Tensor,
@@ -227,9 +218,12 @@ class Renderer:
         if geometry.renderer in ("traversal", "clipped_trilinear"):
             box = support_box(mu)
             if box is not None:
-                mu, affine = crop_to_support(mu, affine)
+                mu, affine = mu[box], shifted_affine(affine, [b.start for b in box])
                 labels = labels[box] if labels is not None else None
             self.labels = None if labels is None else np.ascontiguousarray(labels, dtype=np.uint8)
+        # the label volume where the traversal runs (moved to the GPU once per volume, not per view)
+        self._labels_on_device = (torch.as_tensor(self.labels, device=self.device)
+                                  if self.labels is not None and self.device.type == "cuda" else self.labels)
         self.drr = diffdrr_module(mu, affine, geometry,
                                   "siddon" if geometry.renderer == "siddon" else "trilinear").to(self.device)
         diagonal_vox = float(np.linalg.norm(np.array(mu.shape, dtype=float)))
@@ -281,9 +275,7 @@ class Renderer:
         whole = np.empty((len(cameras), height, width), dtype=np.float32)
         part = np.empty_like(whole)
         cuda = self.device.type == "cuda"
-        labels = self.labels
-        if cuda and labels is not None:
-            labels = torch.as_tensor(labels, device=self.device)
+        labels = self._labels_on_device
         for v in range(len(cameras)):  # one view's rays at a time: memory does not grow with the views
             source, targets, raylen = (x[0] for x in self._rays(cameras[v:v + 1]))
             if cuda:
@@ -295,12 +287,12 @@ class Renderer:
             whole[v], part[v] = w.reshape(height, width), p.reshape(height, width)
         return whole, part
 
-    def _render_clipped(self, cameras: np.ndarray, step_vox: float | None = None) -> np.ndarray:
+    def _render_clipped(self, cameras: np.ndarray) -> np.ndarray:
         source, targets, raylen = (x.float() for x in self._rays(cameras))
         views, rays = targets.shape[:2]
         out = integrate_clipped(self.drr.density, source.expand(-1, rays, -1).reshape(-1, 3),
                                 targets.reshape(-1, 3), raylen.reshape(-1),
-                                step_vox=step_vox or 1.0 / self.geometry.samples_per_voxel,
+                                step_vox=1.0 / self.geometry.samples_per_voxel,
                                 chunk=CHUNK_RAYS_GPU if self.device.type == "cuda" else CHUNK_RAYS_CPU)
         return out.view(views, self.geometry.height, self.geometry.width).float().cpu().numpy()
 
@@ -312,9 +304,8 @@ class Renderer:
         g = self.geometry
         centre = self.drr._affine[0].double().cpu().numpy() @ np.r_[(np.array(self.drr.density.shape) - 1) / 2, 1.0]
         cameras = np.stack([base_camera(v, g.sod_mm, centre[:3]) for v in VIEWS]).astype(np.float32)
-        source, targets, raylen = self._rays(cameras)
         keep = self._calibration_rays()
-        targets, raylen = targets[:, keep], raylen[:, keep]
+        source, targets, raylen = self._rays(cameras, keep)
         volume = self.drr.density.cpu().numpy()
         exact = [traverse_numba(volume, source[v, 0].cpu().numpy(), targets[v].cpu().numpy(),
                                 raylen[v].cpu().numpy(), 1, len(keep))[0] for v in range(len(cameras))]
@@ -337,14 +328,17 @@ class Renderer:
             rows, cols = torch.arange(g.height), torch.arange(g.width)
         return (rows[:, None] * g.width + cols[None, :]).reshape(-1)
 
-    def _rays(self, cameras: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Source and detector points in voxel coordinates, and ray lengths in mm (float64).
+    def _rays(self, cameras: np.ndarray, pixels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Source and detector points in voxel coordinates, and ray lengths in mm (float64), of every
+        detector pixel or of the flat indices `pixels`.
 
         Uses diffdrr's detector points and calibration, composed with each camera as one float64
         4x4 and applied elementwise (no BLAS), so the rays are bit-identical in every process.
         """
         detector = self.drr.detector
         points = detector.target[0].double()  # (N, 3) unit-focal detector grid
+        if pixels is not None:
+            points = points[pixels.to(points.device)]
         calibration = detector._calibration.double().cpu().numpy()
         to_voxel = np.linalg.inv(self.drr._affine[0].double().cpu().numpy())
         sources, targets, lengths = [], [], []
