@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipelines.runtime.imports import skip_slow_optional_imports
 from schemas.manifest import X2CT, describe_quarantine
 
 DEFAULT_OUT = "out"
@@ -117,21 +118,29 @@ def _print_summary(summary) -> None:
         print(f"  {describe_quarantine(q)}")
 
 
+def _begin_local_api() -> None:
+    from pipelines.runtime.prefect_api import begin_local_api
+
+    begin_local_api()
+
+
 def cmd_build(args, config_path: Path, inputs: list[str]) -> int:
-    from pipelines.runtime.published import already_published
     from schemas.config import load_config
 
     config = load_config(config_path, seed=args.seed)
     inputs_found = all(Path(p).is_dir() for p in inputs)  # otherwise run_build says which one is missing
-    if inputs_found:  # a no-op is answered without importing Prefect or Dask
+    start_api = inputs_found and not args.dask_address  # Prefect's API server starts while the build's modules load
+    if start_api and not (Path(args.out) / config.dataset).is_dir():  # nothing published there: work for sure
+        _begin_local_api()
+    elif inputs_found:  # a no-op is answered without importing Prefect or Dask
+        from pipelines.runtime.published import already_published
+
         summary = already_published(config, inputs, args.out, args.version, args.cache_keep_days)
         if summary is not None:
             _print_summary(summary)
             return 0
-    if inputs_found and not args.dask_address:  # Prefect's API server starts while the build's modules load
-        from pipelines.runtime.prefect_api import begin_local_api
-
-        begin_local_api()
+    if start_api:
+        _begin_local_api()
     from pipelines.flows import run_build
 
     summary = run_build(config, inputs, args.out, args.version, args.workers, args.dask_address, args.manifests,
@@ -277,8 +286,10 @@ def run() -> None:
     After a build that loaded torch, Prefect and Dask, tearing the interpreter down took ~3 s of
     nothing useful. Everything that must happen still does: non-daemon threads are joined and every
     atexit handler runs (Prefect's API server stops, logs flush), then the process exits with the
-    command's status. An uncaught exception exits the ordinary way.
+    command's status. An uncaught exception exits the ordinary way. Slow optional imports that serve
+    nothing here are skipped first (`pipelines.runtime.imports`).
     """
+    skip_slow_optional_imports()
     status: list[int] = []
 
     def exit_now() -> None:  # registered first, so it runs after every other atexit handler

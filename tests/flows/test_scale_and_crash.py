@@ -170,7 +170,7 @@ def test_a_build_killed_with_sigkill_leaves_no_process_behind(tmp_path, workers)
         time.sleep(0.05)
     descendants.update({p.pid: p for p in build.children(recursive=True)})
     kinds = " ".join(" ".join(p.cmdline()[:3]) for p in descendants.values() if p.is_running())
-    assert "uvicorn" in kinds  # the temporary Prefect API server was running
+    assert "pipelines.runtime.api_server" in kinds  # the temporary Prefect API server was running
     if workers > 1:
         assert sum(p.is_running() for p in descendants.values()) >= 1 + workers  # server and workers
     victim.send_signal(signal.SIGKILL)
