@@ -368,10 +368,11 @@ def run_build(config: BuildConfig, inputs: list[str], out: str, version: str | N
             log.info("starting %d local Dask workers (%d thread(s) each, memory limit %.1f GiB each)",
                      workers, threads, memory_limit / 2**30)
             dask_address = stack.enter_context(local_cluster(workers, memory_limit))
+        build = build_dataset.with_options(task_runner=task_runner_for(dask_address))  # before waiting for the API
         stack.enter_context(build_api(dask_address))
         if dask_address and not local:
             host_threads = check_cluster(dask_address, inputs, config)
-        summary = build_dataset.with_options(task_runner=task_runner_for(dask_address))(
+        summary = build(
             config=config, inputs=[str(p) for p in inputs], out=str(out), version=version,
             manifests_dir=str(manifests_dir) if manifests_dir else None, torch_threads=threads,
             cache_keep_days=cache_keep_days, host_threads=host_threads, compact=compact)

@@ -172,6 +172,8 @@ def build_api(dask_address: str | None):
     begin_local_api()
     with _lock:
         server = _server
+    if not server.ready:  # while it starts: what Prefect's flow engine would import after (serialising parameters)
+        import fastapi.encoders  # noqa: F401
     url = server.wait(float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", START_TIMEOUT_S)))
     with temporary_settings({PREFECT_API_URL: url}):
         yield
