@@ -4,15 +4,15 @@ Each run is the `spineforge` command in a fresh process, as a user runs it, into
 (so it is real work, not the no-op), after one warm-up run that pays Prefect's database creation:
 
 - temporary API: no PREFECT_API_URL, so the build launches its own server and stops it at the end;
-- running API: a Prefect server started once beforehand (`prefect server start`) and reused through
-  PREFECT_API_URL, as a nightly build host would run it;
+- kept API: a server started once beforehand with `spineforge api start`, which builds find by
+  themselves, as a host that builds often would run it;
 - no-op: the same command again on an already-published --out.
 
 In-flow time is Prefect's own: from its "Beginning flow run" line to the flow's "Finished in state"
 line. Over = wall - in-flow: Python start, imports, the API, flow-run creation and exit. The baseline
 is the bare interpreter start measured in the same process (`python -c pass`).
 
-Ends with `RESULT temp_api_over_s=… running_api_over_s=… noop_s=… flow_s=… python_start_s=…`.
+Ends with `RESULT temp_api_over_s=… kept_api_over_s=… noop_s=… flow_s=… python_start_s=…`.
 
     python benchmarks/startup.py [--runs 3]
 """
@@ -22,14 +22,11 @@ import argparse
 import os
 import re
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -70,26 +67,11 @@ def timed_runs(tmp: Path, label: str, env: dict[str, str], runs: int) -> list[di
     return rows
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def running_server(env: dict[str, str]) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    server = subprocess.Popen(["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-ui"],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    url = f"http://127.0.0.1:{port}/api"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2):
-                return server, url
-        except OSError:
-            time.sleep(0.2)
-    os.killpg(server.pid, signal.SIGTERM)
-    raise RuntimeError("the Prefect server did not start within 180 s")
+def spineforge_api(action: str, env: dict[str, str]) -> str:
+    done = subprocess.run(["spineforge", "api", action, "--port", "0"], env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"spineforge api {action} failed:\n{done.stdout}{done.stderr}")
+    return done.stdout.strip()
 
 
 def main() -> None:
@@ -108,21 +90,20 @@ def main() -> None:
         demo(tmp / "warm", env)
         temp = timed_runs(tmp, "temporary API", env, args.runs)
         noop = [demo(tmp / "warm", env)[0] for _ in range(args.runs)]
-        server, url = running_server(env)
+        print(spineforge_api("start", env), flush=True)
         try:
-            running = timed_runs(tmp, "running API", {**env, "PREFECT_API_URL": url}, args.runs)
+            running = timed_runs(tmp, "kept API", env, args.runs)
         finally:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(timeout=30)
+            print(spineforge_api("stop", env), flush=True)
 
     def med(rows, key):
         return statistics.median(r[key] for r in rows)
 
     print(f"{'':14s} {'wall s':>7s} {'in-flow s':>9s} {'over s':>7s}   (medians of {args.runs})")
-    for label, rows in (("temporary API", temp), ("running API", running)):
+    for label, rows in (("temporary API", temp), ("kept API", running)):
         print(f"{label:14s} {med(rows, 'wall'):7.1f} {med(rows, 'flow'):9.1f} {med(rows, 'over'):7.1f}")
     print(f"no-op re-run: {statistics.median(noop):.2f} s; bare Python start {python_start:.2f} s")
-    print(f"RESULT temp_api_over_s={med(temp, 'over'):.1f} running_api_over_s={med(running, 'over'):.1f} "
+    print(f"RESULT temp_api_over_s={med(temp, 'over'):.1f} kept_api_over_s={med(running, 'over'):.1f} "
           f"noop_s={statistics.median(noop):.2f} flow_s={med(temp, 'flow'):.1f} python_start_s={python_start:.2f}")
 
 

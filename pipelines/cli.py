@@ -91,6 +91,9 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("gc", help="remove old versions of a dataset; frees only what no kept version uses")
     p.add_argument("dataset_dir", metavar="DIR", help="the dataset folder, OUT/<dataset>")
     p.add_argument("--keep", type=int, required=True, metavar="N", help="keep the N newest versions")
+    p = sub.add_parser("api", help="keep a local Prefect API running between builds (they find it by itself)")
+    p.add_argument("action", choices=["start", "status", "stop"])
+    p.add_argument("--port", type=int, default=4200, help="port for `start` (default: %(default)s, Prefect's; 0: any free)")
     p = sub.add_parser("validate", help="re-hash shards, check keys/dtypes/shapes and counts; exit 1 on any mismatch")
     p.add_argument("dir")
     return ap
@@ -246,6 +249,26 @@ def cmd_gc(args) -> int:
     return 0
 
 
+def cmd_api(args) -> int:
+    from pipelines.runtime.api_service import recorded_api, running_api_url, start_api, stop_api
+
+    if args.action == "start":
+        api, started = start_api(args.port)
+        print(f"{'started' if started else 'already running'}: Prefect API {api.url} (pid {api.pid}, log {api.log}); "
+              "builds without PREFECT_API_URL use it; `spineforge api stop` stops it")
+    elif args.action == "stop":
+        api = stop_api()
+        print(f"stopped the Prefect API {api.url} (pid {api.pid})" if api else "no Prefect API was running")
+    else:
+        api = recorded_api()
+        if api is None:
+            print("no Prefect API running (builds start a temporary one)")
+            return 1
+        state = "answering" if running_api_url() else "not answering (starting, or stuck: see its log)"
+        print(f"Prefect API {api.url} (pid {api.pid}) {state}; log {api.log}")
+    return 0
+
+
 def cmd_validate(args) -> int:
     from pipelines.tools.validate import validate_version
 
@@ -271,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
 
     handlers = {"demo": cmd_demo, "ingest": cmd_ingest, "inspect": cmd_inspect, "validate": cmd_validate,
                 "fit-xray": cmd_fit_xray, "diff": cmd_diff, "export": cmd_export, "report": cmd_report,
-                "serve": cmd_serve, "gc": cmd_gc,
+                "serve": cmd_serve, "gc": cmd_gc, "api": cmd_api,
                 "build": lambda a: cmd_build(a, Path(a.config), a.inputs or _missing_inputs())}
     try:
         return handlers[args.command](args)

@@ -14,17 +14,16 @@ import atexit
 import importlib.util
 import logging
 import os
-import socket
 import subprocess
 import sys
 import threading
 import time
 import tomllib
-import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
 from pipelines.errors import BuildError
+from pipelines.runtime.api_service import free_port, healthy, running_api_url
 from pipelines.runtime.cluster import on_this_machine
 from pipelines.runtime.lifetime import die_with_parent
 
@@ -52,7 +51,7 @@ class LocalAPI:
         return f"http://127.0.0.1:{self.port}/api"
 
     def _launch(self) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
         parent = os.getpid()
         self.process = subprocess.Popen([sys.executable, "-m", "pipelines.runtime.api_server", str(self.port)],
@@ -72,7 +71,7 @@ class LocalAPI:
             elif code is not None:
                 raise BuildError(f"the temporary Prefect API server exited with status {code} while starting; "
                                  "run `prefect server start` to see why, or set PREFECT_API_URL to a running server")
-            elif _healthy(self.url):
+            elif healthy(self.url):
                 self.ready = True
             elif time.monotonic() > deadline:
                 self.stop()
@@ -91,20 +90,6 @@ class LocalAPI:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-            return response.status == 200
-    except OSError:  # refused, reset or timed out (URLError is an OSError)
-        return False
 
 
 def configured_api_url() -> str | None:
@@ -144,31 +129,40 @@ def begin_local_api() -> None:
     configured); `build_api` waits for it. Call it from a thread that lives as long as the build:
     the kernel's death signal follows the thread that started the child."""
     global _server
-    if configured_api_url():
+    if configured_api_url() or running_api_url():
         return
     with _lock:
         if _server is None or not _server.alive():
             _server = LocalAPI()
 
 
+def _stop_unneeded_launch() -> None:
+    with _lock:
+        if _server is not None and not _server.ready:
+            _server.stop()
+
+
 @contextmanager
 def build_api(dask_address: str | None):
     """Every process of the build reports to one Prefect API inside the block: a configured
-    `PREFECT_API_URL` as it is, otherwise this process's temporary server (launched here unless
-    `begin_local_api` did already). A cluster on another machine needs a configured server, since
+    `PREFECT_API_URL` as it is, else the server `spineforge api start` keeps running, else this
+    process's temporary server (launched here unless `begin_local_api` did already). A cluster on another machine needs a configured server, since
     127.0.0.1 here is not reachable there."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     if PREFECT_API_URL.value():
-        with _lock:  # launched early, before a profile's API URL could be read: not needed after all
-            if _server is not None and not _server.ready:
-                _server.stop()
+        _stop_unneeded_launch()  # launched early, before other settings sources could be read
         yield
         return
     if dask_address and not on_this_machine(dask_address):
         raise BuildError(f"the Dask cluster at {dask_address} is on another machine, so its workers cannot "
                          "reach a temporary local Prefect API: run a Prefect server and set PREFECT_API_URL "
                          "to it here and on the workers")
+    if url := running_api_url():  # `spineforge api start`'s server
+        _stop_unneeded_launch()
+        with temporary_settings({PREFECT_API_URL: url}):
+            yield
+        return
     begin_local_api()
     with _lock:
         server = _server

@@ -116,3 +116,46 @@ print("ok")
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def spineforge_api(action: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipelines.cli", "api", action], capture_output=True, text=True)
+
+
+def test_a_kept_api_serves_builds_until_stopped(clean_env, tmp_path):
+    import psutil
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from pipelines.flows import run_build
+    from pipelines.runtime.api_service import recorded_api, running_api_url, start_api, stop_api
+    from tests.flows.test_orchestration import ProcessTree, collection, small_config
+
+    assert spineforge_api("status").returncode == 1  # none yet: builds start their own
+    api, started = start_api(port=0)
+    try:
+        assert started and running_api_url() == api.url
+        assert start_api(port=0) == (api, False)  # found, not a second server
+        status = spineforge_api("status")
+        assert status.returncode == 0 and api.url in status.stdout and "answering" in status.stdout
+        inputs = collection(tmp_path / "in", n=1)
+        # as on a user's machine: no PREFECT_API_URL anywhere
+        with temporary_settings(restore_defaults={PREFECT_API_URL}), ProcessTree() as tree:
+            summary = run_build(small_config(), [str(inputs)], str(tmp_path / "out"))
+        assert summary.published
+        started_here = [cmd for pid, (_, cmd, _) in tree.seen.items() if "api_server" in cmd and pid != api.pid]
+        assert started_here == []  # the build launched no temporary server
+        request = urllib.request.Request(f"{api.url}/flow_runs/filter", data=b"{}", method="POST",
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            runs = json.loads(response.read())
+        assert [r["state"]["type"] for r in runs] == ["COMPLETED"]  # the build ran against the kept server
+    finally:
+        from prefect.events.worker import EventsWorker
+        from prefect.logging.handlers import APILogWorker
+
+        EventsWorker.drain_all()  # the build's events and logs reach the kept server before it goes
+        APILogWorker.drain_all()
+        stopped = stop_api()
+    assert stopped == api and recorded_api() is None and running_api_url() is None
+    assert not psutil.pid_exists(api.pid) or psutil.Process(api.pid).status() == psutil.STATUS_ZOMBIE
+    assert "no Prefect API was running" in spineforge_api("stop").stdout
