@@ -54,8 +54,15 @@ def make_deployment(config_path: Path, inputs: list[str], out: str, cron: str = 
 def serve(config_path: Path, inputs: list[str], out: str, cron: str = DEFAULT_CRON, name: str | None = None,
           manifests_dir: str | None = None, workers: int = 1, dask_address: str | None = None,
           cache_keep_days: float = DEFAULT_CACHE_KEEP_DAYS) -> None:
-    """Register the deployment and run its scheduled builds in this process until interrupted."""
+    """Register the deployment and run its scheduled builds in this process until interrupted, under
+    the configured PREFECT_API_URL, else the server `spineforge api start` keeps running, else
+    Prefect's temporary one."""
     from prefect import serve as prefect_serve
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    prefect_serve(make_deployment(config_path, inputs, out, cron, name, manifests_dir, workers, dask_address,
-                                  cache_keep_days))
+    from pipelines.runtime.api_service import running_api_url
+
+    kept = None if PREFECT_API_URL.value() else running_api_url()
+    with temporary_settings({PREFECT_API_URL: kept} if kept else {}):
+        prefect_serve(make_deployment(config_path, inputs, out, cron, name, manifests_dir, workers, dask_address,
+                                      cache_keep_days))

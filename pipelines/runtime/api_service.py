@@ -7,7 +7,7 @@ runs it) in `pipelines.runtime.api_server`, detached into its own session with i
 file, so it outlives the command that started it and nothing else. Its pid, URL and log path are
 recorded in PREFECT_HOME/spineforge-api.json; a build that finds no PREFECT_API_URL configured uses
 the recorded server while it answers. (Prefect's own `prefect server start --background` leaves the
-server writing to pipes nobody reads once the command exits: here it died at its first log line.)
+server's output on pipes nobody reads once the command exits: here the server was gone seconds later.)
 """
 from __future__ import annotations
 

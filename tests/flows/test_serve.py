@@ -89,3 +89,22 @@ def test_served_deployment_runs_a_build_under_a_prefect_server(tmp_path):
             _stop(serve)
     finally:
         _stop(server)
+
+
+def test_serve_registers_with_the_kept_api_when_none_is_configured(tmp_path, monkeypatch):
+    import prefect
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from pipelines import serve as serving
+    from pipelines.runtime import api_service
+
+    config = _config_file(tmp_path)
+    seen = []
+    monkeypatch.setattr(prefect, "serve", lambda *deployments: seen.append((PREFECT_API_URL.value(), deployments)))
+    monkeypatch.setattr(api_service, "running_api_url", lambda: "http://127.0.0.1:4201/api")
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        serving.serve(config, [str(tmp_path)], str(tmp_path / "out"))
+    with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:4999/api"}):  # a configured one comes first
+        serving.serve(config, [str(tmp_path)], str(tmp_path / "out"))
+    assert [url for url, _ in seen] == ["http://127.0.0.1:4201/api", "http://127.0.0.1:4999/api"]
+    assert all(len(deployments) == 1 for _, deployments in seen)
