@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pipelines.errors import BuildError
+from schemas.layout import tmp_path
 
 STATE_NAME = "spineforge-api.json"
 DEFAULT_PORT = 4200  # Prefect's own default, so its UI is where Prefect's documentation says
@@ -124,7 +125,7 @@ def start_api(port: int = DEFAULT_PORT, timeout_s: float = START_TIMEOUT_S) -> t
             process.terminate()
             raise BuildError(f"the Prefect API server did not answer within {timeout_s:.0f} s; see {log}")
         time.sleep(0.1)
-    tmp = state_file().with_suffix(".tmp")
+    tmp = tmp_path(state_file())
     tmp.write_text(json.dumps(asdict(api)))
     tmp.replace(state_file())
     return api, True
