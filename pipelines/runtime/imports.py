@@ -6,8 +6,8 @@ is installed - Jupyter's `jsonschema[format-nongpl]` brings it - only to check t
 machine, in every process that imports Prefect, and several more when two such processes start at
 once. No SpineForge or Prefect schema uses those formats. A `None` entry in `sys.modules` makes the
 import raise ImportError, which jsonschema handles as "not installed" (those two formats are then not
-checked). Only SpineForge's own processes (the `spineforge` command, its API server) do this; importing
-`pipelines` as a library changes nothing.
+checked). Only SpineForge's own processes do this (the `spineforge` command, its API server, its
+local Dask workers); importing `pipelines` as a library changes nothing.
 """
 from __future__ import annotations
 

@@ -3,10 +3,13 @@
 Named in `LocalCluster(preload=[...])`: the worker dies with the build that started it (even a
 build killed with SIGKILL leaves no worker behind), and the seconds of importing torch, diffdrr,
 SimpleITK and Prefect overlap with the flow's own start-up instead of delaying its first case.
+A worker is one of SpineForge's own processes, so it skips the slow optional imports first.
 """
+from pipelines.runtime.imports import skip_slow_optional_imports
 from pipelines.runtime.lifetime import die_with_parent
 
 die_with_parent()
+skip_slow_optional_imports()
 
 import prefect  # noqa: E402, F401  (the imports are the point)
 
