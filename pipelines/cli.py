@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.runtime.imports import skip_slow_optional_imports
+from pipelines.runtime.imports import imports_without_gc, skip_slow_optional_imports
 from schemas.manifest import X2CT, describe_quarantine
 
 DEFAULT_OUT = "out"
@@ -144,7 +144,8 @@ def cmd_build(args, config_path: Path, inputs: list[str]) -> int:
             return 0
     if start_api:
         _begin_local_api()
-    from pipelines.flows import run_build
+    with imports_without_gc():
+        from pipelines.flows import run_build
 
     summary = run_build(config, inputs, args.out, args.version, args.workers, args.dask_address, args.manifests,
                         cache_keep_days=args.cache_keep_days, compact=args.compact)

@@ -5,12 +5,13 @@ build killed with SIGKILL leaves no worker behind), and the seconds of importing
 SimpleITK and Prefect overlap with the flow's own start-up instead of delaying its first case.
 A worker is one of SpineForge's own processes, so it skips the slow optional imports first.
 """
-from pipelines.runtime.imports import skip_slow_optional_imports
+from pipelines.runtime.imports import imports_without_gc, skip_slow_optional_imports
 from pipelines.runtime.lifetime import die_with_parent
 
 die_with_parent()
 skip_slow_optional_imports()
 
-import prefect  # noqa: E402, F401  (the imports are the point)
+with imports_without_gc():
+    import prefect  # noqa: F401  (the imports are the point)
 
-import pipelines.case.process  # noqa: E402, F401
+    import pipelines.case.process  # noqa: F401
