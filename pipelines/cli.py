@@ -121,29 +121,23 @@ def _print_summary(summary) -> None:
         print(f"  {describe_quarantine(q)}")
 
 
-def _begin_local_api() -> None:
-    from pipelines.runtime.prefect_api import begin_local_api
-
-    begin_local_api()
-
-
 def cmd_build(args, config_path: Path, inputs: list[str]) -> int:
     from schemas.config import load_config
 
     config = load_config(config_path, seed=args.seed)
     inputs_found = all(Path(p).is_dir() for p in inputs)  # otherwise run_build says which one is missing
-    start_api = inputs_found and not args.dask_address  # Prefect's API server starts while the build's modules load
-    if start_api and not (Path(args.out) / config.dataset).is_dir():  # nothing published there: work for sure
-        _begin_local_api()
-    elif inputs_found:  # a no-op is answered without importing Prefect or Dask
+    # a no-op is answered without importing Prefect or Dask (and not looked for where nothing is published)
+    if inputs_found and (Path(args.out) / config.dataset).is_dir():
         from pipelines.runtime.published import already_published
 
         summary = already_published(config, inputs, args.out, args.version, args.cache_keep_days)
         if summary is not None:
             _print_summary(summary)
             return 0
-    if start_api:
-        _begin_local_api()
+    if inputs_found and not args.dask_address:  # Prefect's API server starts while the build's modules load
+        from pipelines.runtime.prefect_api import begin_local_api
+
+        begin_local_api()
     with imports_without_gc():
         from pipelines.flows import run_build
 

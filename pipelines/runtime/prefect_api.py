@@ -3,10 +3,11 @@
 With no `PREFECT_API_URL` configured, Prefect starts a temporary API server (its own app, served by
 uvicorn in a subprocess) on first use: after its ~10 s start-up, in every process that needs one
 (Dask workers included), and as a plain child that outlives a killed build, holding a port and
-~235 MB. Here the same server (`pipelines.runtime.api_server`) is launched the moment a build is known to have work - before the
-build's modules are imported, so the two overlap - with a kernel death signal (it dies with this
-process, SIGKILL included), and its address goes into the settings Prefect ships to every worker.
-Launching it needs no Prefect import in this process; only waiting for it does.
+~235 MB. Here the same server (`pipelines.runtime.api_server`) is launched the moment a build is
+known to have work - before the build's modules are imported, so the two overlap - with a kernel
+death signal (it dies with this process, SIGKILL included), and its address goes into the settings
+Prefect ships to every worker. Launching it needs no Prefect import in this process; only waiting
+for it does.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from pipelines.errors import BuildError
-from pipelines.runtime.api_service import free_port, healthy, running_api_url
+from pipelines.runtime.api_service import free_port, healthy, prefect_home, running_api_url
 from pipelines.runtime.cluster import on_this_machine
 from pipelines.runtime.lifetime import die_with_parent
 
@@ -103,10 +104,8 @@ def configured_api_url() -> str | None:
     prefect_defaults = Path(importlib.util.find_spec("prefect").origin).parent / "settings" / "profiles.toml"
     if os.environ.get("PREFECT_PROFILES_PATH"):
         path = Path(os.environ["PREFECT_PROFILES_PATH"])
-    elif os.environ.get("PREFECT_HOME"):
-        path = Path(os.environ["PREFECT_HOME"]) / "profiles.toml"
-    elif (Path.home() / ".prefect" / "profiles.toml").exists():
-        path = Path.home() / ".prefect" / "profiles.toml"
+    elif os.environ.get("PREFECT_HOME") or (prefect_home() / "profiles.toml").exists():
+        path = prefect_home() / "profiles.toml"
     else:
         path = prefect_defaults
     data = _read_toml(path)
@@ -125,15 +124,20 @@ def _read_toml(path: Path) -> dict:
 
 
 def begin_local_api() -> None:
-    """Launch the temporary API now (no-op when one of this process runs, or a PREFECT_API_URL is
-    configured); `build_api` waits for it. Call it from a thread that lives as long as the build:
-    the kernel's death signal follows the thread that started the child."""
+    """Launch the temporary API now, unless a PREFECT_API_URL is configured or `spineforge api start`
+    keeps a server running; `build_api` waits for it. Call it from a thread that lives as long as the
+    build: the kernel's death signal follows the thread that started the child."""
+    if not (configured_api_url() or running_api_url()):
+        _local_server()
+
+
+def _local_server() -> LocalAPI:
+    """This process's temporary server, launched if none is running."""
     global _server
-    if configured_api_url() or running_api_url():
-        return
     with _lock:
         if _server is None or not _server.alive():
             _server = LocalAPI()
+        return _server
 
 
 def _stop_unneeded_launch() -> None:
@@ -146,8 +150,8 @@ def _stop_unneeded_launch() -> None:
 def build_api(dask_address: str | None):
     """Every process of the build reports to one Prefect API inside the block: a configured
     `PREFECT_API_URL` as it is, else the server `spineforge api start` keeps running, else this
-    process's temporary server (launched here unless `begin_local_api` did already). A cluster on another machine needs a configured server, since
-    127.0.0.1 here is not reachable there."""
+    process's temporary server (launched here unless `begin_local_api` did already). A cluster on
+    another machine needs a configured server, since 127.0.0.1 here is not reachable there."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     if PREFECT_API_URL.value():
@@ -158,16 +162,13 @@ def build_api(dask_address: str | None):
         raise BuildError(f"the Dask cluster at {dask_address} is on another machine, so its workers cannot "
                          "reach a temporary local Prefect API: run a Prefect server and set PREFECT_API_URL "
                          "to it here and on the workers")
-    if url := running_api_url():  # `spineforge api start`'s server
+    url = running_api_url()
+    if url:
         _stop_unneeded_launch()
-        with temporary_settings({PREFECT_API_URL: url}):
-            yield
-        return
-    begin_local_api()
-    with _lock:
-        server = _server
-    if not server.ready:  # while it starts: what Prefect's flow engine would import after (serialising parameters)
-        import fastapi.encoders  # noqa: F401
-    url = server.wait(float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", START_TIMEOUT_S)))
+    else:
+        server = _local_server()
+        if not server.ready:  # while it starts: what Prefect's engine imports next (to serialise parameters)
+            import fastapi.encoders  # noqa: F401
+        url = server.wait(float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", START_TIMEOUT_S)))
     with temporary_settings({PREFECT_API_URL: url}):
         yield
