@@ -76,7 +76,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="build config YAML")
     p.add_argument("--input", action="append", default=[], dest="inputs", metavar="DIR", help="input root (repeatable)")
     p.add_argument("--out", default=DEFAULT_OUT, help="output root (default: %(default)s)")
-    p.add_argument("--cron", default="0 2 * * *", help="schedule (default: nightly at 02:00, '%(default)s')")
+    when = p.add_mutually_exclusive_group()
+    when.add_argument("--cron", default=None, help="cron schedule, in the server's time zone (default: nightly at "
+                      "02:00, '0 2 * * *')")
+    when.add_argument("--every", type=float, default=None, metavar="SECONDS",
+                      help="run every SECONDS instead (at least 10)")
+    p.add_argument("--retries", type=int, default=1, help="retries of a failed run (default: %(default)s)")
+    p.add_argument("--retry-delay", type=int, default=300, metavar="SECONDS",
+                   help="wait before a retry (default: %(default)s)")
     p.add_argument("--name", default=None, help="deployment name (default: <dataset>-scheduled)")
     p.add_argument("--manifests", default=None, metavar="DIR", help="record each published version's lineage in DIR")
     p.add_argument("--workers", type=int, default=1, help="local worker processes per run (Dask LocalCluster when > 1)")
@@ -172,13 +179,14 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from pipelines.serve import serve
+    from pipelines.serve import DEFAULT_CRON, Schedule, serve
 
     if not args.inputs:
         _missing_inputs()
-    print(f"serving the scheduled build ({args.cron}); Ctrl-C stops", flush=True)
-    serve(Path(args.config), args.inputs, args.out, args.cron, args.name, args.manifests, args.workers,
-          args.dask_address, args.cache_keep_days)
+    schedule = Schedule(every_s=args.every) if args.every is not None else Schedule(cron=args.cron or DEFAULT_CRON)
+    serve(Path(args.config), args.inputs, args.out, schedule, args.name, args.manifests, args.workers,
+          args.dask_address, args.cache_keep_days, args.retries, args.retry_delay,
+          say=lambda line: print(line, flush=True))
     return 0
 
 
