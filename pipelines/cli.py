@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import atexit
 import json
 import logging
 import os
@@ -11,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.runtime.imports import imports_without_gc, skip_slow_optional_imports
 from schemas.manifest import X2CT, describe_quarantine
 
 DEFAULT_OUT = "out"
@@ -141,12 +139,7 @@ def cmd_build(args, config_path: Path, inputs: list[str]) -> int:
         if summary is not None:
             _print_summary(summary)
             return 0
-    if inputs_found and not args.dask_address:  # Prefect's API server starts while the build's modules load
-        from pipelines.runtime.prefect_api import begin_local_api
-
-        begin_local_api()
-    with imports_without_gc():
-        from pipelines.flows import run_build
+    from pipelines.flows import run_build
 
     summary = run_build(config, inputs, args.out, args.version, args.workers, args.dask_address, args.manifests,
                         cache_keep_days=args.cache_keep_days, compact=args.compact)
@@ -287,11 +280,8 @@ def cmd_validate(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    # The local ephemeral Prefect server needs no telemetry; it also races its own first DB write.
+    # The local Prefect server needs no telemetry; it also races its own first DB write.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    # Its first start in a new PREFECT_HOME (database creation) takes ~17 s on a 2-core machine,
-    # against Prefect's default 20 s budget: any load made builds fail with a start-up time-out.
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     _setup_logging(args.quiet)
     from pipelines.errors import USER_ERRORS
 
@@ -307,27 +297,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run() -> None:
-    """The `spineforge` command: `main`, then an exit that skips Python's interpreter teardown.
-
-    After a build that loaded torch, Prefect and Dask, tearing the interpreter down took ~3 s of
-    nothing useful. Everything that must happen still does: non-daemon threads are joined and every
-    atexit handler runs (Prefect's API server stops, logs flush), then the process exits with the
-    command's status. An uncaught exception exits the ordinary way. Slow optional imports that serve
-    nothing here are skipped first (`pipelines.runtime.imports`).
-    """
-    skip_slow_optional_imports()
-    status: list[int] = []
-
-    def exit_now() -> None:  # registered first, so it runs after every other atexit handler
-        if status:
-            logging.shutdown()
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(status[0])
-
-    atexit.register(exit_now)
-    status.append(main())
-    sys.exit(status[0])
+    """The `spineforge` command."""
+    sys.exit(main())
 
 
 def _missing_inputs():

@@ -339,8 +339,6 @@ def run_build(config: BuildConfig, inputs: list[str], out: str, version: str | N
         local_memory_limit,
         task_runner_for,
     )
-    from prefect.settings import PREFECT_API_URL
-
     from pipelines.runtime.prefect_api import begin_local_api, build_api
 
     if workers < 1:
@@ -361,8 +359,8 @@ def run_build(config: BuildConfig, inputs: list[str], out: str, version: str | N
     threads = threads_per_worker or (thread_share(os.cpu_count() or 1, workers) if local else None)
     host_threads = None
     with ExitStack() as stack:
-        if local and not PREFECT_API_URL.value():
-            begin_local_api()  # starts while the local workers do (the CLI launches it before its imports)
+        if local:
+            begin_local_api()  # starts while the local workers do
         if local:
             memory_limit = local_memory_limit(inputs, config, workers)
             log.info("starting %d local Dask workers (%d thread(s) each, memory limit %.1f GiB each)",

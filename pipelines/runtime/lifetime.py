@@ -1,24 +1,34 @@
-"""Processes a build starts die with it, even when it is killed with SIGKILL (Linux).
+"""Processes a build starts end with it, even when the build is killed with SIGKILL.
 
-The kernel sends a child SIGKILL when its parent dies if the child asked for it with
-prctl(PR_SET_PDEATHSIG); nothing in the parent has to run, so it also holds for `kill -9`.
-Elsewhere these helpers do nothing and children are stopped the ordinary way (atexit, close()).
+A child watches its parent from a thread of its own: when the parent is gone (the child has been
+re-parented, so `os.getppid()` no longer names it) the child signals itself. Nothing in the parent
+has to run, so it holds for `kill -9` too, and unlike a kernel death signal set between fork and
+exec it is safe in a process with threads and does not depend on which parent thread started it.
 """
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
-import sys
+import threading
 
-PR_SET_PDEATHSIG = 1
-_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+POLL_S = 0.5
+GRACE_S = 15.0  # after SIGTERM, how long a child may take to shut down before SIGKILL
 
 
-def die_with_parent(parent_pid: int | None = None) -> None:
-    """Ask the kernel to kill this process when its parent dies (and exit now if it already has)."""
-    if _prctl is None:
-        return
-    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if parent_pid is not None and os.getppid() != parent_pid:  # the parent died before we asked
-        os._exit(1)
+def _watch(parent_pid: int, first_signal: int) -> None:
+    stopped = threading.Event()
+    while os.getppid() == parent_pid:
+        stopped.wait(POLL_S)
+    os.kill(os.getpid(), first_signal)
+    if first_signal != signal.SIGKILL:
+        stopped.wait(GRACE_S)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def end_with_parent(parent_pid: int | None = None, first_signal: int = signal.SIGTERM) -> threading.Thread:
+    """End this process when `parent_pid` (this process's parent now, by default) exits: `first_signal`
+    (SIGTERM lets a server shut down cleanly), then SIGKILL after a grace period."""
+    parent_pid = os.getppid() if parent_pid is None else parent_pid
+    watcher = threading.Thread(target=_watch, args=(parent_pid, first_signal), name="end-with-parent", daemon=True)
+    watcher.start()
+    return watcher

@@ -1,7 +1,6 @@
 """The build's Prefect API: which one a build uses, and the temporary server's own process."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -11,28 +10,9 @@ from pathlib import Path
 import pytest
 
 from pipelines.runtime import prefect_api
-from pipelines.runtime.prefect_api import LocalAPI, begin_local_api, configured_api_url
+from pipelines.runtime.prefect_api import LocalAPI, begin_local_api
 
 PREFECT_VARS = ("PREFECT_API_URL", "PREFECT_PROFILE", "PREFECT_PROFILES_PATH")
-PREFECT_DEFAULTS = Path(importlib.util.find_spec("prefect").origin).parent / "settings" / "profiles.toml"
-
-
-def prefect_says(cases: dict[str, dict[str, str]]) -> dict[str, str | None]:
-    """PREFECT_API_URL as Prefect's own settings resolve it, case by case (one process, fresh settings
-    for each case's environment)."""
-    code = """
-import json, os, sys
-from prefect.settings.models.root import Settings
-cases, seen = json.loads(sys.argv[1]), {}
-for name, extra in cases.items():
-    os.environ.update(extra)
-    seen[name] = Settings().api.url
-    for key in extra:
-        del os.environ[key]
-print(json.dumps(seen))
-"""
-    out = subprocess.run([sys.executable, "-c", code, json.dumps(cases)], capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 @pytest.fixture
@@ -44,44 +24,16 @@ def clean_env(monkeypatch, tmp_path):
     return monkeypatch
 
 
-def test_the_configured_api_url_is_read_as_prefect_reads_it(clean_env, tmp_path):
-    profiles = tmp_path / "profiles.toml"
-    profiles.write_text('active = "mine"\n\n[profiles.mine]\nPREFECT_API_URL = "http://127.0.0.1:4321/api"\n'
-                        '\n[profiles.other]\nPREFECT_LOGGING_LEVEL = "DEBUG"\n')
-    cases = {
-        "nothing configured": {},
-        "the active profile of a user file": {"PREFECT_PROFILES_PATH": str(profiles)},
-        "a profile chosen by PREFECT_PROFILE": {"PREFECT_PROFILES_PATH": str(profiles), "PREFECT_PROFILE": "other"},
-        "a profile missing from the file": {"PREFECT_PROFILES_PATH": str(profiles), "PREFECT_PROFILE": "local"},
-        "Prefect's own 'local' profile": {"PREFECT_PROFILES_PATH": str(PREFECT_DEFAULTS), "PREFECT_PROFILE": "local"},
-        "no profiles file": {"PREFECT_PROFILES_PATH": str(tmp_path / "absent.toml"), "PREFECT_PROFILE": "local"},
-        "the environment over a profile": {"PREFECT_PROFILES_PATH": str(profiles),
-                                          "PREFECT_API_URL": "http://127.0.0.1:9999/api"},
-    }
-    seen = {}
-    for name, extra in cases.items():
-        for key, value in extra.items():
-            clean_env.setenv(key, value)
-        seen[name] = configured_api_url()
-        for key in extra:
-            clean_env.delenv(key)
-    assert seen == prefect_says(cases)
-    assert seen["nothing configured"] is None and seen["a profile chosen by PREFECT_PROFILE"] is None
-    assert seen["a profile missing from the file"] is None and seen["no profiles file"] is None
-    assert seen["the active profile of a user file"] == "http://127.0.0.1:4321/api"
-    assert seen["Prefect's own 'local' profile"] == "http://127.0.0.1:4200/api"
+def test_a_configured_api_means_no_temporary_server(clean_env):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
-
-def test_a_configured_api_means_no_temporary_server(clean_env, tmp_path):
-    profiles = tmp_path / "profiles.toml"
-    profiles.write_text('active = "mine"\n[profiles.mine]\nPREFECT_API_URL = "http://127.0.0.1:4321/api"\n')
-    clean_env.setenv("PREFECT_PROFILES_PATH", str(profiles))
     clean_env.setattr(prefect_api, "_server", None)
-    begin_local_api()
+    with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:4321/api"}):
+        begin_local_api()
     assert prefect_api._server is None
 
 
-def test_the_temporary_server_answers_and_skips_the_slow_optional_import(clean_env):
+def test_the_temporary_server_answers(clean_env):
     server = LocalAPI()
     try:
         url = server.wait(120)
@@ -95,26 +47,32 @@ def test_the_temporary_server_answers_and_skips_the_slow_optional_import(clean_e
     assert not server.alive()
 
 
-def test_skipping_the_optional_import_keeps_jsonschema_validating():
-    code = """
-import sys
-from pipelines.runtime.imports import SLOW_OPTIONAL_IMPORTS, skip_slow_optional_imports
-skip_slow_optional_imports()
-import jsonschema
-assert all(sys.modules[name] is None for name in SLOW_OPTIONAL_IMPORTS)
-schema = {"type": "object", "properties": {"n": {"type": "integer"}, "at": {"type": "string", "format": "date-time"}}}
-checker = jsonschema.Draft202012Validator.FORMAT_CHECKER
-jsonschema.validate({"n": 1, "at": "2026-11-22T02:00:00Z"}, schema, format_checker=checker)
-for bad in ({"n": "one"}, {"at": "not a time"}):
-    try:
-        jsonschema.validate(bad, schema, format_checker=checker)
-    except jsonschema.ValidationError:
-        continue
-    raise SystemExit(f"accepted {bad}")
-print("ok")
-"""
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+@pytest.mark.parametrize("first_signal", ["SIGTERM", "SIGKILL"])
+def test_a_child_ends_with_its_parent_killed_with_sigkill(tmp_path, first_signal):
+    """The parent starts a child that watches it (with a second thread running, as in a build), and is
+    killed with SIGKILL: the child is gone within a few poll periods."""
+    import os
+    import signal
+    import time
+
+    import psutil
+
+    child_code = ("import signal, threading, time; from pipelines.runtime.lifetime import end_with_parent; "
+                  f"threading.Thread(target=time.sleep, args=(60,), daemon=True).start(); "
+                  f"end_with_parent(first_signal=signal.{first_signal}); time.sleep(60)")
+    parent_code = ("import subprocess, sys, time; "
+                   f"p = subprocess.Popen([sys.executable, '-c', {child_code!r}]); print(p.pid, flush=True); time.sleep(60)")
+    parent = subprocess.Popen([sys.executable, "-c", parent_code], stdout=subprocess.PIPE, text=True,
+                              cwd=str(Path(__file__).resolve().parents[2]))
+    child = psutil.Process(int(parent.stdout.readline()))
+    time.sleep(1.0)  # the child is watching
+    assert child.is_running() and child.ppid() == parent.pid
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while child.is_running() and child.status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline, "the child outlived its parent"
+        time.sleep(0.1)
 
 
 def spineforge_api(action: str) -> subprocess.CompletedProcess:
