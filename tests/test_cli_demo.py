@@ -225,7 +225,7 @@ def test_diffdrr_rerenders_the_demo_drr_views_from_the_pose_helper(demo):
     import numpy as np
 
     from pipelines.case.prepare import load_and_prepare
-    from pipelines.consumers import diffdrr_drr, diffdrr_pose
+    from pipelines.loaders.consumers import diffdrr_drr, diffdrr_pose
     from pipelines.ingest.discover import discover
     from pipelines.io.shards import PublishedVersion
     from pipelines.loaders import DRRDataset

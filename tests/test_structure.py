@@ -20,7 +20,7 @@ STAGES = [
     ("pipelines.io",),
     ("pipelines.ingest",),
     ("pipelines.case",),
-    ("pipelines.tools", "pipelines.loaders", "pipelines.consumers", "pipelines.runtime"),
+    ("pipelines.tools", "pipelines.loaders", "pipelines.runtime"),
     ("pipelines.tasks",),
     ("pipelines.flows",),
     ("pipelines.serve",),
@@ -91,3 +91,17 @@ def test_the_checks_catch_what_they_look_for(tmp_path):
     tree = ast.parse("from pipelines.flows import run_build\nx = group['drr_vertebra']\n")
     assert [n for _, n in imported(tree) if stage_of(n) > stage_of("pipelines.io.shards")] == ["pipelines.flows"]
     assert {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant)} & schema_names() == {"drr_vertebra"}
+
+
+def test_importing_the_loaders_imports_neither_diffdrr_nor_prefect():
+    """A trainer that loads shards pays for torch and h5py, not for the build's machinery."""
+    import subprocess
+    import sys
+
+    code = ("import sys, pipelines.loaders; "
+            "print(sorted(m for m in ('diffdrr', 'prefect', 'dask', 'torchio') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(ROOT), check=True)
+    assert out.stdout.strip() == "[]"
+    consumers = subprocess.run([sys.executable, "-c", "import sys, pipelines.loaders.consumers; print('diffdrr' in sys.modules)"],
+                               capture_output=True, text=True, cwd=str(ROOT), check=True)
+    assert consumers.stdout.strip() == "True"  # the check above can fail: this import does bring it in

