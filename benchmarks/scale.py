@@ -9,11 +9,13 @@
 - A second version after adding one case: bytes written, bytes newly used on disk (new inodes),
   the share of v2's shards that are v1's files, and bytes written over one case's shard bytes.
 - The no-op: `spineforge build` again on the unchanged 16 cases, a fresh process (imports included).
+- After `touch` of every input file, and after copying the whole input tree elsewhere: the rebuild's
+  wall time over the first 16-case build's (content unchanged: no case recomputed, nothing published).
 - One case of the whole real CT with `schemas/configs/default.yaml` (1024^2 detector), run step by
   step without Prefect: read, resample, crops, x2ct views, whole-CT DRRs, vertebra DRRs, write.
 
 Ends with `RESULT per_case_s=… fixed_overhead_s=… noop_s=… v2_written_over_case_bytes=…
-publish_write_amplification=… full_default_case_s=…`.
+publish_write_amplification=… full_default_case_s=… touched_rebuild_over_first=… copied_rebuild_over_first=…`.
 
     python benchmarks/scale.py [--sizes 4 8 16] [--skip-full]
 """
@@ -24,6 +26,7 @@ import os
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # before Prefect reads its settings
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -189,6 +192,23 @@ def full_default_case(tmp: Path) -> dict:
     return {"times": times, "total": total}
 
 
+def rebuild_after(inputs: Path, out: Path, config, first_wall: float, how: str) -> dict:
+    """Rebuild after touching every input file ('touched') or from a copy of the tree ('copied')."""
+    if how == "touched":
+        later = time.time() + 60
+        for path in inputs.rglob("*"):
+            os.utime(path, (later, later))
+        source = inputs
+    else:
+        source = inputs.with_name(inputs.name + "-copy")
+        shutil.copytree(inputs, source)
+    before = inodes(out / config.dataset)
+    r = build(source, out, config)
+    assert not r["summary"].published and r["summary"].cases_cached == 0, r["summary"]
+    created = sum(size for inode, size in inodes(out / config.dataset).items() if inode not in before)
+    return {"wall": r["wall"], "over_first": r["wall"] / first_wall, "written": created}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[4, 8, 16])
@@ -208,6 +228,8 @@ def main() -> None:
         slope, intercept = np.polyfit(ns, walls, 1)
         v2 = second_version(last["inputs"], last["out"], config)
         noop = noop_seconds(last["inputs"], last["out"], config_path)
+        touched = rebuild_after(last["inputs"], last["out"], config, rows[-1]["wall"], "touched")
+        copied = rebuild_after(last["inputs"], last["out"], config, rows[-1]["wall"], "copied")
         full = None if args.skip_full else full_default_case(tmp)
     print(f"{'cases':>5s} {'wall s':>8s} {'s/case':>7s} {'publish s':>9s} {'flow MB':>8s} {'worker MB':>9s} "
           f"{'written MB':>10s} {'published MB':>12s}")
@@ -221,6 +243,9 @@ def main() -> None:
           f"{v2['new_disk'] / 1e6:.2f} MB, the new case's shards {v2['case_bytes'] / 1e6:.2f} MB, "
           f"{v2['reused_share']:.1%} of v2's shards are v1's files; storage {v2['storage']}")
     print(f"no-op re-run (fresh process, imports included): {noop:.2f} s")
+    for name, r in (("touched", touched), ("copied", copied)):
+        print(f"rebuild after every input {name}: {r['wall']:.2f} s = {r['over_first']:.3f} of the first "
+              f"{rows[-1]['n']}-case build; wrote {r['written'] / 1e6:.3f} MB")
     if full:
         print("one whole-CT case at default.yaml (1024^2):")
         for k, v in full["times"].items():
@@ -229,7 +254,8 @@ def main() -> None:
     full_s = f"{full['total']:.1f}" if full else "nan"
     print(f"RESULT per_case_s={slope:.2f} fixed_overhead_s={intercept:.1f} noop_s={noop:.2f} "
           f"v2_written_over_case_bytes={v2['written'] / max(v2['case_bytes'], 1):.2f} "
-          f"publish_write_amplification={amplification:.3f} full_default_case_s={full_s}")
+          f"publish_write_amplification={amplification:.3f} full_default_case_s={full_s} "
+          f"touched_rebuild_over_first={touched['over_first']:.3f} copied_rebuild_over_first={copied['over_first']:.3f}")
 
 
 if __name__ == "__main__":

@@ -29,12 +29,16 @@ def _add_build_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_cache_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--cache-keep-days", type=float, default=30.0, metavar="DAYS",
+    from pipelines.build.plan import DEFAULT_CACHE_KEEP_DAYS
+
+    p.add_argument("--cache-keep-days", type=float, default=DEFAULT_CACHE_KEEP_DAYS, metavar="DAYS",
                    help="drop cached cases that no build has used for DAYS (default: %(default)g; 0: keep only "
                         "this build's)")
 
 
 def parser() -> argparse.ArgumentParser:
+    from pipelines.runtime.api_service import DEFAULT_PORT
+
     ap = argparse.ArgumentParser(prog="spineforge", description="Turn spine CT collections into versioned HDF5 training datasets.")
     ap.add_argument("-q", "--quiet", action="store_true", help="only warnings and the final summary")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -75,10 +79,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--input", action="append", default=[], dest="inputs", metavar="DIR", help="input root (repeatable)")
     p.add_argument("--out", default=DEFAULT_OUT, help="output root (default: %(default)s)")
     when = p.add_mutually_exclusive_group()
-    when.add_argument("--cron", default=None, help="cron schedule, in the server's time zone (default: nightly at "
-                      "02:00, '0 2 * * *')")
+    when.add_argument("--cron", default=None, help="cron schedule (default: nightly at 02:00, '0 2 * * *')")
     when.add_argument("--every", type=float, default=None, metavar="SECONDS",
                       help="run every SECONDS instead (at least 10)")
+    p.add_argument("--timezone", default=None, metavar="TZ",
+                   help="time zone of --cron, an IANA name such as Europe/Berlin (default: UTC)")
     p.add_argument("--retries", type=int, default=1, help="retries of a failed run (default: %(default)s)")
     p.add_argument("--retry-delay", type=int, default=300, metavar="SECONDS",
                    help="wait before a retry (default: %(default)s)")
@@ -98,7 +103,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", type=int, required=True, metavar="N", help="keep the N newest versions")
     p = sub.add_parser("api", help="keep a local Prefect API running between builds (they find it by itself)")
     p.add_argument("action", choices=["start", "status", "stop"])
-    p.add_argument("--port", type=int, default=4200, help="port for `start` (default: %(default)s, Prefect's; 0: any free)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help="port for `start` (default: %(default)s, Prefect's; 0: any free)")
     p = sub.add_parser("validate", help="re-hash shards, check keys/dtypes/shapes and counts; exit 1 on any mismatch")
     p.add_argument("dir")
     return ap
@@ -127,22 +132,19 @@ def _print_summary(summary) -> None:
 
 
 def cmd_build(args, config_path: Path, inputs: list[str]) -> int:
+    from pipelines.build.plan import plan_build
     from schemas.config import load_config
 
     config = load_config(config_path, seed=args.seed)
-    inputs_found = all(Path(p).is_dir() for p in inputs)  # otherwise run_build says which one is missing
-    # a no-op is answered without importing Prefect or Dask (and not looked for where nothing is published)
-    if inputs_found and (Path(args.out) / config.dataset).is_dir():
-        from pipelines.runtime.published import already_published
+    # a no-op is answered before Prefect, Dask or any server is imported or started
+    plan = plan_build(config, inputs, args.out, args.version, args.cache_keep_days)
+    if not plan.noop:
+        from pipelines.flows import run_build
 
-        summary = already_published(config, inputs, args.out, args.version, args.cache_keep_days)
-        if summary is not None:
-            _print_summary(summary)
-            return 0
-    from pipelines.flows import run_build
-
-    summary = run_build(config, inputs, args.out, args.version, args.workers, args.dask_address, args.manifests,
-                        cache_keep_days=args.cache_keep_days, compact=args.compact)
+        summary = run_build(config, inputs, args.out, args.version, args.workers, args.dask_address,
+                            args.manifests, cache_keep_days=args.cache_keep_days, compact=args.compact, plan=plan)
+    else:
+        summary = plan.noop_summary(0.0)
     _print_summary(summary)
     return 0
 
@@ -155,7 +157,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_ingest(args) -> int:
-    from pipelines.ingest.report import run_ingest
+    from pipelines.ingest.run import run_ingest
 
     summary = run_ingest([Path(p) for p in args.inputs], Path(args.out), args.config,
                          Path(args.materialize) if args.materialize else None)
@@ -176,7 +178,8 @@ def cmd_serve(args) -> int:
 
     if not args.inputs:
         _missing_inputs()
-    schedule = Schedule(every_s=args.every) if args.every is not None else Schedule(cron=args.cron or DEFAULT_CRON)
+    schedule = (Schedule(every_s=args.every) if args.every is not None
+                else Schedule(cron=args.cron or DEFAULT_CRON, timezone=args.timezone))
     serve(Path(args.config), args.inputs, args.out, schedule, args.name, args.manifests, args.workers,
           args.dask_address, args.cache_keep_days, args.retries, args.retry_delay,
           say=lambda line: print(line, flush=True))

@@ -21,8 +21,9 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
+from pipelines.build.plan import DEFAULT_CACHE_KEEP_DAYS, check_inputs
 from pipelines.errors import BuildError, InputError
-from pipelines.flows import DEFAULT_CACHE_KEEP_DAYS, run_build
+from pipelines.flows import run_build
 from schemas.config import BuildConfig, load_config
 
 DEFAULT_CRON = "0 2 * * *"  # nightly at 02:00
@@ -40,6 +41,7 @@ class Schedule:
 
     cron: str | None = None
     every_s: float | None = None
+    timezone: str | None = None  # IANA name for a cron schedule (e.g. Europe/Berlin); None: UTC
 
     def __post_init__(self):
         if (self.cron is None) == (self.every_s is None):
@@ -53,12 +55,20 @@ class Schedule:
                 CronSchedule(cron=self.cron)
             except ValueError as exc:
                 raise InputError(f"--cron {self.cron!r} is not a valid cron expression") from exc
+            try:
+                CronSchedule(cron=self.cron, timezone=self.timezone)
+            except ValueError as exc:
+                raise InputError(f"--timezone {self.timezone!r} is not a known time zone name") from exc
 
     def describe(self) -> str:
-        return f"cron '{self.cron}'" if self.cron else f"every {self.every_s:g} s"
+        return f"cron '{self.cron}' ({self.timezone or 'UTC'})" if self.cron else f"every {self.every_s:g} s"
 
     def deployment_kwargs(self) -> dict:
-        return {"cron": self.cron} if self.cron else {"interval": dt.timedelta(seconds=self.every_s)}
+        if self.cron:
+            from prefect.client.schemas.schedules import CronSchedule
+
+            return {"schedule": CronSchedule(cron=self.cron, timezone=self.timezone)}
+        return {"interval": dt.timedelta(seconds=self.every_s)}
 
 
 def describe_result(summary) -> str:
@@ -113,9 +123,7 @@ def deployment_spec(config_path: Path, inputs: list[str], out: str, schedule: Sc
 
     schedule = schedule or Schedule(cron=DEFAULT_CRON)
     config = load_config(config_path)
-    for path in inputs:
-        if not Path(path).is_dir():
-            raise InputError(f"input folder not found: {path}")
+    check_inputs(inputs)
     if workers < 1:
         raise BuildError(f"--workers must be at least 1, got {workers}")
     if retries < 0 or retry_delay_s < 0:
@@ -150,7 +158,7 @@ def next_due(schedule: Schedule, after: dt.datetime | None = None, anchor: dt.da
 
     after = after or dt.datetime.now(dt.timezone.utc)
     if schedule.cron:
-        server_schedule = schedules.CronSchedule(cron=schedule.cron)
+        server_schedule = schedules.CronSchedule(cron=schedule.cron, timezone=schedule.timezone)
     else:
         server_schedule = schedules.IntervalSchedule(interval=dt.timedelta(seconds=schedule.every_s),
                                                      anchor_date=anchor or after)
@@ -172,8 +180,13 @@ def watch_schedule(api_url: str, deployment_name: str, say, stop: threading.Even
 
 def _watch(deployment_name: str, say, stop: threading.Event, grace_s: float, poll_s: float) -> None:
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, FlowRunFilter
-    from prefect.client.schemas.filters import FlowRunFilterState, FlowRunFilterStateType
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
     from prefect.client.schemas.objects import StateType
     from prefect.client.schemas.sorting import FlowRunSort
     from prefect.exceptions import ObjectNotFound

@@ -26,7 +26,7 @@ def case_cache_key(context, parameters: dict) -> str:
       persist_result=True, retries=2, retry_delay_seconds=2)
 def process_case_task(job: CaseJob, config: BuildConfig, cache_dir: str, torch_threads: int | None = None,
                       host_threads: dict[str, int] | None = None) -> CaseResult:
-    """Steps 2-7 for one case; results persist in the build cache (result_storage set by the flow).
+    """One case, read to staged shards; results persist in the build cache (result_storage set by the flow).
 
     `torch_threads` holds torch and SimpleITK to that many threads; without it, a task on a worker
     of an existing Dask cluster takes its host's share (`host_threads`: Dask threads per host).

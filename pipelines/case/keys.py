@@ -23,6 +23,7 @@ def case_key(case_id: str, input_sha256: str, split: str, config: BuildConfig) -
 
 
 def job_key(job: CaseJob, config: BuildConfig) -> str:
-    """A hashed case is keyed by its content; an unhashed one (new or changed files, hashed by its
-    task as it reads them) by its files' signatures until the flow files it under its content."""
-    return case_key(job.case.case_id, job.input_sha256 or "unhashed " + job.signature(), job.split, config)
+    """A case job's cache key: by its files' content (every job of a build plan is hashed)."""
+    if not job.hashed:
+        raise ValueError(f"case {job.case.case_id} has unhashed files: a cache key needs their content")
+    return case_key(job.case.case_id, job.input_sha256, job.split, config)

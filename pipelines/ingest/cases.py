@@ -1,22 +1,21 @@
-"""Step 1 as a table: discovered cases with hashes, splits, duplicates and missing roles."""
+"""Discovery as a table (docs/design.md, step 1): discovered cases with hashes, splits, duplicates and missing roles."""
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from pipelines.errors import InputError
 from pipelines.ingest.discover import CaseFiles, Discovery, discover
 from pipelines.ingest.load import has_required_roles
-from pipelines.io.input_hashes import file_signature
 from pipelines.io.volumes import combined_hash, sha256_file
 from pipelines.ops.fingerprint import find_duplicates
 from pipelines.ops.sampling import assign_split
 from schemas.config import BuildConfig
-from schemas.manifest import CaseRow
+from schemas.manifest import QC, CaseRow
 from schemas.rules import Role
 
 Hasher = Callable[[list[CaseFiles]], dict[str, dict[str, str]]]
@@ -26,16 +25,12 @@ Hasher = Callable[[list[CaseFiles]], dict[str, dict[str, str]]]
 class CaseJob:
     case: CaseFiles
     split: str
-    input_sha256: str  # "" when some file is new or changed: the case task hashes it as it reads it
+    input_sha256: str  # combined content hash of the case's files ("" while a file is unhashed)
     file_sha256: dict[str, str] = field(default_factory=dict)  # file key -> sha256 known at discovery
 
     @property
     def hashed(self) -> bool:
         return bool(self.input_sha256)
-
-    def signature(self) -> str:
-        """What identifies an unhashed case's files without reading them: sizes, times, inodes."""
-        return json.dumps({k: file_signature(p) for k, p in sorted(self.case.files.items())})
 
 
 @dataclass
@@ -63,6 +58,14 @@ def set_hashes(row: CaseRow, hashes: dict[str, str | None]) -> None:
     row.input_sha256 = combined_hash(hashes) if None not in hashes.values() else ""
 
 
+def record_read(row: CaseRow, stored, levels: list[str], cut_levels, notes: list[str]) -> None:
+    """What reading a case found, in its row: its CT as stored (`StoredGeometry`), levels, cut levels
+    and notes (the verdict is set apart: `row.accept()` or `row.quarantine(...)`)."""
+    row.shape, row.spacing, row.orientation = stored.shape, stored.spacing, stored.orientation
+    row.levels, row.cut_levels = ",".join(levels), ",".join(sorted(cut_levels))
+    row.notes = json.dumps(notes) if notes else None
+
+
 def salted_case_id(name: str, salt: str) -> str:
     """A pseudonymous case id: stable for one salt, not reversible without it."""
     return "case-" + hashlib.sha256(f"{salt}\0{name}".encode()).hexdigest()[:16]
@@ -85,7 +88,7 @@ def quarantine_content_duplicates(fingerprints: dict[str, list[str]], rows: dict
     fingerprint; one case of each group keeps the scan. Returns the quarantined case ids."""
     found = find_duplicates(fingerprints, config.ingest.duplicate_keep, config.ingest.duplicate_min_shared)
     for dup in found:
-        rows[dup.case_id].quarantine("duplicate", dup.message)
+        rows[dup.case_id].quarantine(QC.DUPLICATE, dup.message)
     return {dup.case_id for dup in found}
 
 
@@ -128,11 +131,11 @@ def ingest_inputs(roots: list[Path], config: BuildConfig, hasher: Hasher = hash_
         row = rows[case.case_id] = case_row(case, hashes)
         missing = has_required_roles(case)
         if missing:
-            row.quarantine("missing_role", f"no {' or '.join(missing)} file matched for this case")
+            row.quarantine(QC.MISSING_ROLE, f"no {' or '.join(missing)} file matched for this case")
             continue
         ct_hash = hashes[Role.CT]
         if ct_hash is not None and ct_hash in seen_ct:
-            row.quarantine("duplicate", f"same CT content as case {seen_ct[ct_hash]}; processed once there")
+            row.quarantine(QC.DUPLICATE, f"same CT content as case {seen_ct[ct_hash]}; processed once there")
             continue
         if ct_hash is not None:
             seen_ct[ct_hash] = case.case_id

@@ -60,7 +60,15 @@ def _walk(root: Path):
             yield folder / name, folder / name
 
 
+def check_roots(roots: list[Path]) -> None:
+    """Every input root is a folder (InputError naming the first that is not)."""
+    for root in roots:
+        if not Path(root).is_dir():
+            raise InputError(f"input folder not found: {root}")
+
+
 def discover(roots: list[Path], rules: list[NamingRule] | None = None) -> Discovery:
+    check_roots(roots)
     rules = rules if rules is not None else load_rules()
     cases: dict[str, CaseFiles] = {}
     unmatched: list[str] = []
@@ -68,8 +76,6 @@ def discover(roots: list[Path], rules: list[NamingRule] | None = None) -> Discov
     problems: list[tuple[str, str, str]] = []
     for root in roots:
         root = Path(root).resolve()
-        if not root.is_dir():
-            raise InputError(f"input folder not found: {root}")
         for path, named in _walk(root):
             rel = named.relative_to(root).as_posix()
             if path.is_symlink() and not path.resolve().is_relative_to(root):

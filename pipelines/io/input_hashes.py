@@ -1,15 +1,17 @@
 """Content hashes of input files, remembered by (size, mtime, inode) so unchanged files are not re-read.
 
 The same rule git, rsync and make use: a file whose size, modification time and inode are what
-they were when it was hashed still has that hash. A build therefore reads an unchanged input only
-when a case task decodes it, and a re-run over an unchanged collection reads no voxels at all to
-know that it is unchanged. The record lives in the dataset's cache folder and is replaced atomically.
+they were when it was hashed still has that hash, so a re-run over an unchanged collection reads no
+voxels to know that it is unchanged. A file whose signature is new (new, changed, touched, copied,
+restored) is hashed again: what it holds, not where it lies or when it was touched, decides what is
+recomputed. The record lives in the dataset's cache folder and is replaced atomically.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from pipelines.io.volumes import sha256_file
@@ -55,6 +57,15 @@ class InputHashes:
         self.remember(path, sha)
         return sha
 
+    def hash_all(self, paths: list[Path], threads: int | None = None) -> None:
+        """Hash `paths` now, on threads (hashlib releases the GIL while it hashes), and remember them."""
+        if not paths:
+            return
+        with ThreadPoolExecutor(max_workers=threads or min(8, os.cpu_count() or 1)) as pool:
+            for path, sha in zip(paths, pool.map(sha256_file, paths)):
+                self.hashed += 1
+                self.remember(path, sha)
+
     def lookup(self, path: Path) -> str | None:
         """The remembered hash of an unchanged file, or None (the file is new or changed): reads nothing."""
         key = str(Path(path).resolve())
@@ -65,8 +76,9 @@ class InputHashes:
         return entry[1]
 
     def remember(self, path: Path, sha256: str) -> None:
-        """Record a hash computed elsewhere (by the case task that read the file)."""
-        self.used[str(Path(path).resolve())] = [file_signature(path), sha256]
+        """Record a file's hash, as of its signature now."""
+        key = str(Path(path).resolve())
+        self.known[key] = self.used[key] = [file_signature(path), sha256]
 
     def save(self) -> None:
         """Keep the entries this build used (call under the dataset lock)."""

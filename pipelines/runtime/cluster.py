@@ -3,28 +3,27 @@ from __future__ import annotations
 
 import logging
 from contextlib import contextmanager
-from pathlib import Path
 from urllib.parse import urlsplit
 
 from pipelines.errors import BuildError, MemoryPlanError
-from pipelines.runtime.resources import inputs_need_bytes, worker_memory_limit
+from pipelines.runtime.resources import cases_need_bytes, worker_memory_limit
 from schemas.config import BuildConfig
 
 log = logging.getLogger("spineforge")
 
 
-def local_memory_limit(inputs: list[str], config: BuildConfig, workers: int) -> int:
-    """Per-worker memory limit for a local cluster, from the largest case of the inputs."""
+def local_memory_limit(cases: list, config: BuildConfig, workers: int) -> int:
+    """Per-worker memory limit for a local cluster, from the largest of the build's cases (`CaseFiles`)."""
     import psutil
 
-    need = inputs_need_bytes([Path(p) for p in inputs], config)
+    need = cases_need_bytes(cases, config)
     try:
         return worker_memory_limit(need, workers, psutil.virtual_memory().total)
     except MemoryPlanError as exc:
         raise BuildError(str(exc)) from exc
 
 
-def check_cluster(address: str, inputs: list[str], config: BuildConfig) -> dict[str, int]:
+def check_cluster(address: str, cases: list, config: BuildConfig) -> dict[str, int]:
     """Reach an existing Dask scheduler before any work; warn about workers too small for the largest case.
 
     Returns the Dask task threads per worker host, from which each task takes its share of cores.
@@ -36,7 +35,7 @@ def check_cluster(address: str, inputs: list[str], config: BuildConfig) -> dict[
             workers = client.scheduler_info()["workers"]
     except (OSError, TimeoutError) as exc:
         raise BuildError(f"cannot reach the Dask scheduler at {address}: {exc}") from exc
-    need = inputs_need_bytes([Path(p) for p in inputs], config)
+    need = cases_need_bytes(cases, config)
     if not workers:
         log.warning("the Dask cluster at %s has no workers yet; case tasks wait for one", address)
     small = sorted(w for w, info in workers.items() if 0 < (info.get("memory_limit") or 0) < need)

@@ -15,7 +15,6 @@ A worker process itself (torch, SimpleITK, diffdrr, Prefect, Dask imported) hold
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 from pipelines.errors import MemoryPlanError
 from schemas.config import BuildConfig
@@ -56,23 +55,22 @@ def worker_memory_limit(need: int, workers: int, total_bytes: int) -> int:
     return int(min(share, math.ceil(HEADROOM * need)))
 
 
-def inputs_need_bytes(roots: list[Path], config: BuildConfig) -> int:
-    """worker_need_bytes for the largest case of the inputs, from their headers."""
-    return worker_need_bytes(case_peak_bytes(largest_case_voxels(roots, config), config))
+def cases_need_bytes(cases: list, config: BuildConfig) -> int:
+    """worker_need_bytes for the largest of these cases (`CaseFiles`), from their headers."""
+    return worker_need_bytes(case_peak_bytes(largest_case_voxels(cases, config), config))
 
 
-def largest_case_voxels(roots: list[Path], config: BuildConfig) -> int:
-    """Voxels of the largest CT of the inputs once resampled, from headers alone (0 if none).
-
-    Files whose header cannot be read are skipped here; the build quarantines them.
+def largest_case_voxels(cases: list, config: BuildConfig) -> int:
+    """Voxels of the largest CT of these cases (`CaseFiles`, as discovered) once resampled, from
+    headers alone (0 if none). Files whose header cannot be read are skipped here; the build
+    quarantines them.
     """
     from pipelines.errors import VolumeReadError
-    from pipelines.ingest.discover import discover
     from pipelines.io.volumes import read_geometry
     from pipelines.ops.resample import target_grid
 
     largest = 0
-    for case in discover(roots).cases:
+    for case in cases:
         if Role.CT not in case.files:
             continue
         try:

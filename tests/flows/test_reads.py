@@ -1,5 +1,6 @@
-"""A build reads each input file once: hashed and decoded from the same read, never decoded twice,
-and not read at all when it is unchanged and the version is already published."""
+"""What a build reads: a file whose signature is new is read once to hash it while the build is
+planned (the decision is made from content) and once more by its case task, which decodes it; a
+file whose hash is known is read once, decoded; nothing is read when the version is published."""
 from collections import Counter
 from pathlib import Path
 
@@ -25,23 +26,24 @@ def reads(monkeypatch, tmp_path):
         return wrapper
 
     monkeypatch.setattr(Path, "read_bytes", counted(Path.read_bytes, lambda self: self))
+    import pipelines.ingest.load as load
     import pipelines.io.input_hashes as input_hashes
     import pipelines.io.volumes as volumes
-    import pipelines.ingest.load as load
+    hashing = counted(volumes.sha256_file, lambda path, *a: path)  # one wrapper, however it is reached
     for module in (volumes, input_hashes, load):
-        monkeypatch.setattr(module, "sha256_file", counted(volumes.sha256_file, lambda path, *a: path))
+        monkeypatch.setattr(module, "sha256_file", hashing)
     monkeypatch.setattr(sitk, "ReadImage", counted(sitk.ReadImage, lambda path, *a: path))
     return inputs, counts
 
 
-def test_first_build_rerun_and_noop_read_each_input_once_or_not_at_all(reads, tmp_path):
+def test_first_build_rerun_and_noop_read_each_input_twice_once_or_not_at_all(reads, tmp_path):
     inputs, counts = reads
     collection(inputs, n=2)
     names = sorted(p.name for p in inputs.iterdir())
     out = str(tmp_path / "out")
 
-    first = run_build(small_config(), [str(inputs)], out)
-    assert first.published and counts == Counter({n: 1 for n in names})
+    first = run_build(small_config(), [str(inputs)], out)  # new files: hashed while planning, then decoded
+    assert first.published and counts == Counter({n: 2 for n in names}) and first.files_hashed == len(names)
 
     counts.clear()  # another seed: every case is recomputed, from files whose hashes are now known
     second = run_build(small_config(seed=7), [str(inputs)], out)
@@ -52,7 +54,7 @@ def test_first_build_rerun_and_noop_read_each_input_once_or_not_at_all(reads, tm
     assert not again.published and counts == Counter()
 
 
-def test_a_changed_file_is_hashed_by_its_read_and_the_next_build_reuses_the_result(reads, tmp_path):
+def test_a_changed_file_is_hashed_when_planned_and_the_next_build_reuses_the_result(reads, tmp_path):
     inputs, counts = reads
     collection(inputs, n=2)
     out = str(tmp_path / "out")
@@ -62,7 +64,7 @@ def test_a_changed_file_is_hashed_by_its_read_and_the_next_build_reuses_the_resu
     counts.clear()
     second = run_build(small_config(), [str(inputs)], out)
     assert second.published and second.build_id != first.build_id
-    assert counts == Counter({"c1.nii.gz": 1, "c1_seg.nii.gz": 1})  # the unchanged case came from the cache
+    assert counts == Counter({"c1.nii.gz": 2, "c1_seg.nii.gz": 2})  # hashed, decoded; c0 came from the cache
     assert second.cases_cached == 1
     counts.clear()
     third = run_build(small_config(), [str(inputs)], out)

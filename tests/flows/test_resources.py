@@ -3,8 +3,15 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from pipelines.runtime.resources import (HEADROOM, WORKER_BASE_BYTES, MemoryPlanError, case_peak_bytes,
-                                 largest_case_voxels, worker_memory_limit, worker_need_bytes)
+from pipelines.runtime.resources import (
+    HEADROOM,
+    WORKER_BASE_BYTES,
+    MemoryPlanError,
+    case_peak_bytes,
+    largest_case_voxels,
+    worker_memory_limit,
+    worker_need_bytes,
+)
 from schemas.config import BuildConfig
 
 GiB = 2**30
@@ -43,4 +50,6 @@ def test_largest_case_comes_from_headers_at_the_build_spacing(tmp_path):
         _write(root / f"{name}_seg.nii.gz", (2, 2, 2), (1.0, 1.0, 1.0))
     (root / "c.nii.gz").write_bytes(b"not an image")  # unreadable: left to the build to quarantine
     config = BuildConfig.model_validate({})
-    assert largest_case_voxels([root], config) == 10 * 19 * 13
+    from pipelines.ingest.discover import discover
+
+    assert largest_case_voxels(discover([root]).cases, config) == 10 * 19 * 13

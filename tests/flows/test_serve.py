@@ -41,6 +41,7 @@ def test_make_deployment_has_the_schedule_retries_and_the_build_parameters(tmp_p
     ({"every_s": 3}, "at least 10 seconds"),
     ({"cron": "* * * * *", "every_s": 60}, "not both"),
     ({}, "not both"),
+    ({"cron": "0 2 * * *", "timezone": "Mars/Olympus"}, "not a known time zone"),
 ])
 def test_a_bad_schedule_is_refused_with_a_clear_error(kwargs, message):
     from pipelines.serve import Schedule
@@ -57,6 +58,8 @@ def test_the_next_due_time_is_the_schedules_own():
     at = dt.datetime(2026, 12, 1, 1, 30, 5, tzinfo=dt.timezone.utc)
     assert next_due(Schedule(cron="0 2 * * *"), after=at) == dt.datetime(2026, 12, 1, 2, 0, tzinfo=dt.timezone.utc)
     assert next_due(Schedule(every_s=60), after=at, anchor=at - dt.timedelta(seconds=90)) == at + dt.timedelta(seconds=30)
+    berlin = next_due(Schedule(cron="0 2 * * *", timezone="Europe/Berlin"), after=at)  # 02:00 CET is 01:00 UTC
+    assert berlin == dt.datetime(2026, 12, 2, 1, 0, tzinfo=dt.timezone.utc)
 
 
 def _start(args, env):

@@ -1,9 +1,9 @@
 """A cached case result is used only when its staged files are this dataset's, under its own key."""
 from pathlib import Path
 
+from pipelines.build.cache import staged_in_place
 from pipelines.case.keys import job_key
 from pipelines.case.process import CaseResult
-from pipelines.flows import staged_in_place
 from pipelines.ingest.cases import CaseJob
 from pipelines.ingest.discover import CaseFiles
 from schemas.layout import staged_case_dir
@@ -26,7 +26,7 @@ def test_staged_files_must_exist_in_this_cache_under_the_jobs_own_key(tmp_path, 
     mine = CaseResult("c0", QC_ACCEPTED, staging_files=_staged(staged_case_dir(cache, key)))
     theirs = CaseResult("c0", QC_ACCEPTED, staging_files=_staged(staged_case_dir(other, key)))
     stale = CaseResult("c0", QC_ACCEPTED, staging_files={"vertebra": str(staged_case_dir(cache, key) / "drr.h5")})
-    assert staged_in_place(mine, job, tiny_config, cache)
-    assert not staged_in_place(theirs, job, tiny_config, cache)  # another dataset's cache, same key
-    assert not staged_in_place(stale, job, tiny_config, cache)  # the record outlived its files
-    assert staged_in_place(CaseResult("c0", "quarantined"), job, tiny_config, cache)  # nothing staged
+    assert staged_in_place(mine, key, cache)
+    assert not staged_in_place(theirs, key, cache)  # another dataset's cache, same key
+    assert not staged_in_place(stale, key, cache)  # the record outlived its files
+    assert staged_in_place(CaseResult("c0", "quarantined"), key, cache)  # nothing staged
