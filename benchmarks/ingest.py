@@ -21,7 +21,7 @@ from build import write_cases  # noqa: E402  (the same cases as the build benchm
 import pipelines.ingest.load as load  # noqa: E402
 from pipelines.case.prepare import load_and_prepare  # noqa: E402
 from pipelines.ingest.cases import ingest_inputs  # noqa: E402
-from pipelines.ingest.report import run_ingest  # noqa: E402
+from pipelines.ingest.run import run_ingest  # noqa: E402
 from pipelines.io.volumes import load_volume  # noqa: E402
 from pipelines.ops.fingerprint import slice_hashes  # noqa: E402
 from schemas.config import load_config  # noqa: E402

@@ -9,13 +9,13 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from schemas.manifest import QC_REASONS
+from schemas.manifest import QC, QC_REASONS
 
 
 class VolumeReadError(Exception):
     """A file that exists in the input but cannot be read as an image."""
 
-    def __init__(self, path: Path, reason: str, code: str = "unreadable"):
+    def __init__(self, path: Path, reason: str, code: str = QC.UNREADABLE):
         super().__init__(f"{path}: {reason}")
         self.path = path
         self.reason = reason

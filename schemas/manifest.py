@@ -72,6 +72,8 @@ class CaseRow:
     split: str | None = None  # accepted cases: their split
 
     def quarantine(self, reason: str, message: str) -> None:
+        if reason not in QC_REASONS:
+            raise ValueError(f"unknown quarantine reason {reason!r}; the reasons are {sorted(QC_REASONS)}")
         self.qc_status, self.qc_reason, self.qc_message = QC_QUARANTINED, reason, message
 
     def accept(self) -> None:
@@ -119,26 +121,48 @@ class Col:
 
 
 QUARANTINE_COLUMNS = [Col.CASE_ID, Col.QC_REASON, Col.QC_MESSAGE]
+# The QC table of the report: every discovered case
+QC_TABLE_COLUMNS = [Col.CASE_ID, Col.SPLIT, Col.QC_STATUS, Col.QC_REASON, "levels", "orientation", "spacing"]
 
-# Reason codes for quarantine rows.
+# Reason codes for quarantine rows: the names code uses (`QC.UNREADABLE`), and what each means.
+class QC:
+    UNREADABLE = "unreadable"
+    NO_CT_SERIES = "no_ct_series"
+    MISSING_SLICES = "missing_slices"
+    MIXED_ORIENTATION = "mixed_orientation"
+    MISSING_ROLE = "missing_role"
+    DEGENERATE_GEOMETRY = "degenerate_geometry"
+    IMPLAUSIBLE_SPACING = "implausible_spacing"
+    NON_FINITE = "non_finite"
+    IMPLAUSIBLE_HU = "implausible_hu"
+    GRID_MISMATCH = "grid_mismatch"
+    EMPTY_MASK = "empty_mask"
+    TOO_FEW_VERTEBRAE = "too_few_vertebrae"
+    UNKNOWN_LABELS = "unknown_labels"
+    DUPLICATE = "duplicate"
+    VERTEBRA_MISMATCH = "vertebra_mismatch"
+    LABEL_LOST = "label_lost"
+    PROCESSING_ERROR = "processing_error"
+
+
 QC_REASONS = {
-    "unreadable": "a file could not be read (missing, truncated or not an image)",
-    "no_ct_series": "a DICOM folder holds no CT volume (only localizers/scouts, other modalities, single images)",
-    "missing_slices": "a DICOM series with uneven slice positions (missing or repeated slices)",
-    "mixed_orientation": "a DICOM series whose slices have different orientations",
-    "missing_role": "the case lacks a CT or a vertebra mask",
-    "degenerate_geometry": "zero/negative spacing or a singular direction matrix",
-    "implausible_spacing": "voxel spacing outside the configured plausible range",
-    "non_finite": "the CT holds NaN or infinite voxels",
-    "implausible_hu": "CT intensities outside the configured plausible HU range",
-    "grid_mismatch": "CT and mask do not overlap physically",
-    "empty_mask": "the mask holds no vertebra label",
-    "too_few_vertebrae": "fewer vertebrae than qc.min_vertebrae",
-    "unknown_labels": "the mask holds label ids the label convention does not name",
-    "duplicate": "the same content appears under another case id",
-    "vertebra_mismatch": "a single-vertebra file lies outside its case's CT",
-    "label_lost": "a vertebra label vanished when resampling (thinner than the output voxel)",
-    "processing_error": "an unexpected error while processing the case",
+    QC.UNREADABLE: "a file could not be read (missing, truncated or not an image)",
+    QC.NO_CT_SERIES: "a DICOM folder holds no CT volume (only localizers/scouts, other modalities, single images)",
+    QC.MISSING_SLICES: "a DICOM series with uneven slice positions (missing or repeated slices)",
+    QC.MIXED_ORIENTATION: "a DICOM series whose slices have different orientations",
+    QC.MISSING_ROLE: "the case lacks a CT or a vertebra mask",
+    QC.DEGENERATE_GEOMETRY: "zero/negative spacing or a singular direction matrix",
+    QC.IMPLAUSIBLE_SPACING: "voxel spacing outside the configured plausible range",
+    QC.NON_FINITE: "the CT holds NaN or infinite voxels",
+    QC.IMPLAUSIBLE_HU: "CT intensities outside the configured plausible HU range",
+    QC.GRID_MISMATCH: "CT and mask do not overlap physically",
+    QC.EMPTY_MASK: "the mask holds no vertebra label",
+    QC.TOO_FEW_VERTEBRAE: "fewer vertebrae than qc.min_vertebrae",
+    QC.UNKNOWN_LABELS: "the mask holds label ids the label convention does not name",
+    QC.DUPLICATE: "the same content appears under another case id",
+    QC.VERTEBRA_MISMATCH: "a single-vertebra file lies outside its case's CT",
+    QC.LABEL_LOST: "a vertebra label vanished when resampling (thinner than the output voxel)",
+    QC.PROCESSING_ERROR: "an unexpected error while processing the case",
 }
 
 # Salt of the split draw: changing it reassigns every case to another split.

@@ -1,12 +1,20 @@
 """The package's shape, enforced: no upward imports between pipeline stages, and every schema name
-(HDF5 key, attribute, table column, file or folder name) written only in schemas/."""
+(HDF5 key, attribute, table column, file or folder name, QC reason code) written only in schemas/."""
 import ast
 from pathlib import Path
 
 import pytest
 
 import schemas.layout as layout
-from schemas.manifest import CASES_COLUMNS, MANIFEST_COLUMNS, PAIRS_COLUMNS, PRODUCTS, QC_ACCEPTED, QC_QUARANTINED
+from schemas.manifest import (
+    CASES_COLUMNS,
+    MANIFEST_COLUMNS,
+    PAIRS_COLUMNS,
+    PRODUCTS,
+    QC_ACCEPTED,
+    QC_QUARANTINED,
+    QC_REASONS,
+)
 from schemas.shard_layout import Attr, Key
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,6 +28,7 @@ STAGES = [
     ("pipelines.io",),
     ("pipelines.ingest",),
     ("pipelines.case",),
+    ("pipelines.build",),
     ("pipelines.tools", "pipelines.loaders", "pipelines.runtime"),
     ("pipelines.tasks",),
     ("pipelines.flows",),
@@ -62,7 +71,7 @@ def schema_names() -> set[str]:
     names |= {v for k, v in vars(Attr).items() if not k.startswith("_")}
     names |= set(MANIFEST_COLUMNS) | set(CASES_COLUMNS) | set(PAIRS_COLUMNS)
     names |= {v for k, v in vars(layout).items() if k.isupper() and isinstance(v, str)}
-    names |= set(PRODUCTS) | {QC_ACCEPTED, QC_QUARANTINED}
+    names |= set(PRODUCTS) | {QC_ACCEPTED, QC_QUARANTINED} | set(QC_REASONS)  # QC reasons: schemas.manifest.QC
     return names
 
 

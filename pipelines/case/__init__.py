@@ -1,1 +1,1 @@
-"""Steps 4-7 for one case: resample, crop, sample pairs and poses, render, stage its samples."""
+"""One case (docs/design.md, step 2): resample, crop, sample pairs and poses, render, stage its samples."""

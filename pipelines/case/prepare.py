@@ -1,4 +1,4 @@
-"""Step 4 for one loaded case: resample CT and labels to the canonical grid (1 mm RAS by default)."""
+"""Resample one loaded case: CT and labels to the canonical grid (1 mm RAS by default)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -13,6 +13,7 @@ from pipelines.ingest.load import LoadedCase, StoredGeometry, load_case
 from pipelines.ops.orient import Volume, affine_from_sitk, volume_from_sitk
 from pipelines.ops.resample import resample_labels, resample_onto, target_grid
 from schemas.config import BuildConfig, ResampleConfig
+from schemas.manifest import QC
 
 
 @dataclass
@@ -42,7 +43,7 @@ def prepare_case(case: LoadedCase, rs: ResampleConfig) -> PreparedCase:
     lab_rs = resample_labels(case.labels, affine, shape, rs.label_interpolator)
     lost = lost_levels(case.labels, lab_rs)
     if lost:
-        raise QCError("label_lost", f"levels {lost} vanished when resampling to {rs.spacing_mm} mm")
+        raise QCError(QC.LABEL_LOST, f"levels {lost} vanished when resampling to {rs.spacing_mm} mm")
     ct = volume_from_sitk(ct_rs)
     hu = np.clip(np.rint(ct.array), -32768, 32767).astype(np.int16)
     labels = volume_from_sitk(lab_rs).array.astype(np.uint8)
@@ -51,7 +52,7 @@ def prepare_case(case: LoadedCase, rs: ResampleConfig) -> PreparedCase:
 
 
 def load_and_prepare(case: CaseFiles, config: BuildConfig, expected_hashes: dict[str, str] | None = None) -> PreparedCase:
-    """Steps 1-4 for one discovered case: the shared load-and-QC path, then resampling."""
+    """One discovered case read, checked and resampled: the shared load-and-QC path, then resampling."""
     loaded = load_case(case, config, expected_hashes)
     try:
         return prepare_case(loaded, config.resample)

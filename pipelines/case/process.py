@@ -1,11 +1,11 @@
-"""One case end to end (steps 1-7), staged as one read-only HDF5 file per product: the shards that
+"""One case end to end (docs/design.md, step 2), staged as one read-only HDF5 file per product: the shards that
 published versions hard-link, so sample bytes are written once."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from pipelines.case.prepare import load_and_prepare
 from pipelines.case.products import drr_samples, vertebra_samples, x2ct_samples

@@ -1,11 +1,11 @@
-"""Steps 5-7 for one prepared case: vertebra patches, X2CT patches with X-rays, DRR pairs.
+"""The products of one prepared case (crop, sample, render; docs/design.md, step 2): vertebra patches, X2CT patches with X-rays, DRR pairs.
 
 Each builder returns Sample records; nothing here touches files.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -15,6 +15,7 @@ from pipelines.ops.attenuation import mu_of
 from pipelines.ops.crop import (
     bbox_centre,
     bounding_box,
+    box_slices,
     centre_of_mass,
     crop_around,
     shifted_affine,
@@ -132,13 +133,9 @@ def _vertebra_only(case: PreparedCase, config: BuildConfig, level: str) -> Volum
     """Attenuation of one vertebra alone, cut to its bounding box plus a zero margin."""
     lid = level_id(level)
     mask = case.labels.array == lid
-    lo, hi = bounding_box(mask)
-    margin = config.drr.vertebra_margin_vox
-    lo = np.maximum(lo - margin, 0)
-    hi = np.minimum(hi + margin + 1, mask.shape)
-    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    box = box_slices(bounding_box(mask), config.drr.vertebra_margin_vox, mask.shape)
     mu = np.where(mask[box], mu_of(case.ct.array[box], config.attenuation), np.float32(0))
-    return Volume(mu, shifted_affine(case.ct.affine, lo))
+    return Volume(mu, shifted_affine(case.ct.affine, np.array([s.start for s in box])))
 
 
 def drr_samples(case: PreparedCase, config: BuildConfig, progress: Progress, skipped: list[str]) -> list[Sample]:

@@ -1,4 +1,4 @@
-"""Steps 1-3 for one case, the one path `spineforge ingest` and the build share: read each file
+"""Read, QC and labels for one case, the one path `spineforge ingest` and the build share: read each file
 once, check it, translate its labels and put them on the CT's grid.
 
 Quarantinable problems raise QCError (with the hashes of the files read so far); a mask on another
@@ -34,6 +34,7 @@ from pipelines.ops.resample import (
     same_grid,
 )
 from schemas.config import BuildConfig
+from schemas.manifest import QC
 from schemas.rules import Role, role_key
 
 
@@ -46,7 +47,7 @@ class StoredGeometry:
     orientation: str  # axis codes, e.g. LAS
 
     @classmethod
-    def of(cls, affine: np.ndarray, shape) -> "StoredGeometry":
+    def of(cls, affine: np.ndarray, shape) -> StoredGeometry:
         return cls(json.dumps([int(n) for n in shape]),
                    json.dumps([round(float(x), 6) for x in np.linalg.norm(affine[:3, :3], axis=0)]),
                    axis_codes(affine))
@@ -101,7 +102,7 @@ class _Reader:
         try:
             return read_geometry(self.case.files[key])
         except VolumeReadError as exc:
-            raise self.fail("unreadable", f"{self.rel(key)}: {exc.reason}") from exc
+            raise self.fail(QC.UNREADABLE, f"{self.rel(key)}: {exc.reason}") from exc
 
     def remaining_hashes(self) -> dict[str, str]:
         """Hashes of the files no check decoded (vertebra crops, centroids, structures.csv)."""
@@ -117,7 +118,7 @@ def _onto_ct(labels: sitk.Image, ct: sitk.Image, what: str, reader: _Reader) -> 
     if same_grid(ct_affine, ct.GetSize(), lab_affine, labels.GetSize()):
         return labels
     if not grids_overlap(ct_affine, ct.GetSize(), lab_affine, labels.GetSize()):
-        raise reader.fail("grid_mismatch", f"CT and {what} do not overlap in world coordinates")
+        raise reader.fail(QC.GRID_MISMATCH, f"CT and {what} do not overlap in world coordinates")
     return resample_onto(labels, ct_affine, ct.GetSize(), "nearest", 0)
 
 
@@ -127,7 +128,7 @@ def _multilabel_mask(case: CaseFiles, ct: sitk.Image, config: BuildConfig, reade
     lut, ignored = source_lookup(case.labels, case.files.get(Role.STRUCTURES))
     canonical, unknown = translate(sitk.GetArrayViewFromImage(mask), lut, ignored)
     if unknown:
-        raise reader.fail("unknown_labels", f"mask ids {sorted(unknown)} are not in the {case.labels} table")
+        raise reader.fail(QC.UNKNOWN_LABELS, f"mask ids {sorted(unknown)} are not in the {case.labels} table")
     labels = sitk.GetImageFromArray(canonical)
     labels.CopyInformation(mask)
     return _onto_ct(labels, ct, Role.MASK, reader)
@@ -160,7 +161,7 @@ def _check_vertebra_files(case: CaseFiles, ct: sitk.Image, reader: _Reader) -> N
             affine, size = reader.geometry(key)
             corners = corners_world(affine, size)
             if np.any(corners.min(0) < lo) or np.any(corners.max(0) > hi):
-                raise reader.fail("vertebra_mismatch",
+                raise reader.fail(QC.VERTEBRA_MISMATCH,
                                   f"{reader.rel(key)} ({level}) lies outside the CT of case {case.case_id}")
 
 
@@ -182,21 +183,21 @@ def levels_present(labels: np.ndarray, min_vertebrae: int) -> tuple[list[str], f
 
 
 def load_case(case: CaseFiles, config: BuildConfig, expected: dict[str, str] | None = None) -> LoadedCase:
-    """Read, check and label one case (steps 1-3); raises QCError for quarantinable problems.
+    """Read, check and label one case; raises QCError for quarantinable problems.
 
     `expected` are content hashes found at discovery: a file that no longer has its hash raises
     RuntimeError (it changed during the build), which the build retries and then quarantines.
     """
     missing = has_required_roles(case)
     if missing:
-        raise QCError("missing_role", f"no {' or '.join(missing)} file matched for this case")
+        raise QCError(QC.MISSING_ROLE, f"no {' or '.join(missing)} file matched for this case")
     reader = _Reader(case, expected)
     try:
         loaded = reader.load(Role.CT)
         ct = loaded.image
         stored = StoredGeometry.of(loaded.affine, loaded.size)
         if loaded.nonfinite:
-            raise reader.fail("non_finite", f"CT holds {loaded.nonfinite} non-finite voxels")
+            raise reader.fail(QC.NON_FINITE, f"CT holds {loaded.nonfinite} non-finite voxels")
         check_geometry(loaded.affine, config.qc.spacing_range_mm, "CT")
         check_ct_values(loaded.array_view(), config.qc.hu_range)
         fingerprint = slice_hashes(loaded.array_view().transpose(2, 1, 0), loaded.affine)  # same read

@@ -20,7 +20,7 @@ import pandas as pd
 
 from pipelines.errors import PublishError
 from pipelines.io.shards import read_card
-from pipelines.io.version_shards import materialise, plan_product
+from pipelines.io.version_shards import materialize, plan_product
 from pipelines.io.volumes import sha256_file
 from schemas import SCHEMA_VERSION
 from schemas.card import CaseCounts, Counts, DatasetCard, ShardRecord
@@ -134,7 +134,7 @@ def assemble_shards(manifest: pd.DataFrame, staged: dict[str, dict[str, str]], c
         files = {case_keys[cid]: Path(f[product]) for cid, f in staged.items() if product in f}
         sources += plan_product(product, files, _previous_packs(previous, previous_dir, product), compact,
                                 shards.compact_above, shards.target_bytes, shards.min_shards)
-    storage = materialise(sources, shard_dir)
+    storage = materialize(sources, shard_dir)
     holder = {(s.product, key): s.name for s in sources for key in s.members}
     assigned = pd.Series([holder[(p, case_keys[c])] for p, c in zip(manifest[Col.PRODUCT], manifest[Col.CASE_ID])],
                          index=manifest.index, dtype=object)
@@ -178,11 +178,15 @@ class CardFields:
     ingest_problems: list[dict]
 
 
-def _write_table(records: list, columns: list[str], parquet: Path, csv: Path) -> pd.DataFrame:
-    df = table(records, columns)
+def write_frame(df: pd.DataFrame, parquet: Path, csv: Path) -> pd.DataFrame:
+    """A table as Parquet (what code reads) and CSV (what people read)."""
     df.to_parquet(parquet, index=False)
     df.to_csv(csv, index=False)
     return df
+
+
+def _write_table(records: list, columns: list[str], parquet: Path, csv: Path) -> pd.DataFrame:
+    return write_frame(table(records, columns), parquet, csv)
 
 
 def publish_version(plan: PublishPlan, samples: list[SampleRow], cases: list[CaseRow],
@@ -204,8 +208,7 @@ def publish_version(plan: PublishPlan, samples: list[SampleRow], cases: list[Cas
         manifest[Col.SHARD], records, storage = assemble_shards(
             manifest, staged, case_keys, staging / SHARD_DIR, shards, compact, previous_version(plan.dataset_dir))
         manifest = manifest.sort_values([Col.PRODUCT, Col.SAMPLE_ID]).reset_index(drop=True)
-        manifest.to_parquet(staging / MANIFEST_PARQUET, index=False)
-        manifest.to_csv(staging / MANIFEST_CSV, index=False)
+        write_frame(manifest, staging / MANIFEST_PARQUET, staging / MANIFEST_CSV)
         case_table = _write_table(cases, CASES_COLUMNS, staging / CASES_PARQUET, staging / CASES_CSV)
         n_pairs = None
         if pairs_builder is not None:

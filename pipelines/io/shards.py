@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Callable, Iterator
 
 import h5py
 import hdf5plugin  # registers the Blosc/Zstd HDF5 filters for writers and every reader

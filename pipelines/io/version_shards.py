@@ -101,7 +101,7 @@ def write_pack(source: ShardSource, target: Path) -> None:
     target.chmod(0o444)
 
 
-def materialise(sources: list[ShardSource], shard_dir: Path) -> dict[str, int]:
+def materialize(sources: list[ShardSource], shard_dir: Path) -> dict[str, int]:
     """Create the version's shard files; returns bytes {linked, copied, written}."""
     shard_dir.mkdir(parents=True, exist_ok=True)
     bytes_by = {"linked": 0, "copied": 0, "written": 0}

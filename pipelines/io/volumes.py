@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ import SimpleITK as sitk
 
 from pipelines.errors import VolumeReadError
 from pipelines.ops.orient import affine_from_sitk
+from schemas.manifest import QC
 
 _NIFTI_ERRORS = (EOFError, OSError, ValueError, zlib.error, nib.filebasedimages.ImageFileError,
                  nib.wrapstruct.WrapStructError)
@@ -128,7 +130,7 @@ def choose_ct_series(folder: Path, series: list[DicomSeries]) -> tuple[DicomSeri
     volumes = [s for s in series if s.modality.upper() == "CT" and not s.is_localizer and len(s.files) > 1]
     if not volumes:
         found = "; ".join(s.describe() for s in series)
-        raise VolumeReadError(folder, f"no CT volume among its DICOM series ({found})", code="no_ct_series")
+        raise VolumeReadError(folder, f"no CT volume among its DICOM series ({found})", code=QC.NO_CT_SERIES)
     chosen = max(volumes, key=lambda s: (len(s.files), s.uid))
     others = [s for s in series if s is not chosen]
     notes = [f"DICOM folder {folder.name}: used {chosen.describe()}; not used: "
@@ -141,7 +143,7 @@ def check_slices(folder: Path, reader: sitk.ImageSeriesReader, n: int) -> None:
     orientations = {_tag(reader, ORIENTATION, i) for i in range(n)}
     if len(orientations) > 1:
         raise VolumeReadError(folder, f"slices of {len(orientations)} different orientations in one series",
-                              code="mixed_orientation")
+                              code=QC.MIXED_ORIENTATION)
     if n < 3 or not orientations or not all(_tag(reader, POSITION, i) for i in range(n)):
         return
     cosines = np.array([float(v) for v in orientations.pop().split("\\")], dtype=float)
@@ -153,7 +155,7 @@ def check_slices(folder: Path, reader: sitk.ImageSeriesReader, n: int) -> None:
         worst = float(steps.max())
         raise VolumeReadError(folder, f"uneven slice positions: steps {steps.min():.2f}-{worst:.2f} mm where "
                               f"{typical:.2f} mm is typical (about {max(round(worst / typical) - 1, 1) if typical else 0} "
-                              "slice(s) missing, or repeated slices)", code="missing_slices")
+                              "slice(s) missing, or repeated slices)", code=QC.MISSING_SLICES)
 
 
 def read_dicom_folder(path: Path) -> tuple[sitk.Image, list[str]]:
@@ -206,10 +208,23 @@ def read_geometry(path: Path) -> tuple[np.ndarray, tuple[int, ...]]:
     return affine_from_sitk(reader), tuple(int(n) for n in reader.GetSize())
 
 
+def _check_nifti_spacing(path: Path, raw: bytes) -> None:
+    """A header whose voxel spacing (pixdim[1:4]) is zero, negative or not finite: its geometry is
+    wrong, though nibabel and SimpleITK would both read it (each silently takes 1 mm instead)."""
+    header = nib.Nifti1Header.from_fileobj(io.BytesIO(raw[:348]), check=False)
+    spacing = [float(v) for v in header["pixdim"][1:1 + min(3, int(header["dim"][0]))]]
+    bad = [(axis, v) for axis, v in enumerate(spacing, start=1) if not np.isfinite(v) or v <= 0]
+    if bad:
+        named = ", ".join(f"pixdim[{axis}] = {v:g}" for axis, v in bad)
+        raise VolumeReadError(path, f"degenerate voxel spacing in the header ({named} mm)",
+                              code=QC.DEGENERATE_GEOMETRY)
+
+
 def _nifti_voxels(path: Path, data: bytes) -> np.ndarray:
     """A NIfTI file's voxels ([i, j, k]) decoded from its bytes; raw dtype when it is not scaled."""
     try:
         raw = gzip.decompress(data) if path.name.lower().endswith(".gz") else data
+        _check_nifti_spacing(path, raw)
         image = nib.Nifti1Image.from_bytes(raw)
         slope, inter = image.dataobj.slope, image.dataobj.inter
         if slope == 1.0 and inter == 0.0:  # no scaling: keep the stored dtype, as SimpleITK does

@@ -47,6 +47,12 @@ def bounding_box(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     return np.array([i[0] for i in idx]), np.array([i[-1] for i in idx])
 
 
+def box_slices(box: tuple[np.ndarray, np.ndarray], margin: int, shape: tuple[int, ...]) -> tuple[slice, ...]:
+    """Index slices of an inclusive (lo, hi) box grown by `margin` voxels, clipped to `shape`."""
+    lo, hi = box
+    return tuple(slice(max(int(a) - margin, 0), min(int(b) + 1 + margin, n)) for a, b, n in zip(lo, hi, shape))
+
+
 def bbox_centre(mask: np.ndarray) -> np.ndarray | None:
     box = bounding_box(mask)
     if box is None:

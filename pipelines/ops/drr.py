@@ -23,7 +23,7 @@ Renderers (all use diffdrr's detector rays and calibration):
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -31,7 +31,7 @@ from diffdrr.drr import DRR
 from diffdrr.pose import RigidTransform
 from torchio import ScalarImage, Subject
 
-from pipelines.ops.crop import shifted_affine
+from pipelines.ops.crop import bounding_box, box_slices, shifted_affine
 from pipelines.ops.traversal import traverse_numba, traverse_torch
 from schemas.detector import DEFAULT_ERROR_BUDGET, RENDERERS, VIEWS, Geometry  # noqa: F401 (re-exported)
 
@@ -87,14 +87,13 @@ def support_box(mu: np.ndarray, margin: int = 1) -> tuple[slice, ...] | None:
     the body costs nothing, and the margin keeps a layer of zeros at the faces (border clamping of
     the trilinear path adds nothing there).
     """
-    nonzero = [np.flatnonzero(np.any(mu != 0, axis=tuple(a for a in range(3) if a != ax))) for ax in range(3)]
-    if any(len(n) == 0 for n in nonzero):
+    box = bounding_box(mu != 0)
+    if box is None:
         return None
-    lo = [max(int(n[0]) - margin, 0) for n in nonzero]
-    hi = [min(int(n[-1]) + 1 + margin, size) for n, size in zip(nonzero, mu.shape)]
-    if np.prod(np.subtract(hi, lo)) > 0.9 * mu.size:
+    slices = box_slices(box, margin, mu.shape)
+    if np.prod([s.stop - s.start for s in slices]) > 0.9 * mu.size:
         return None
-    return tuple(slice(a, b) for a, b in zip(lo, hi))
+    return slices
 
 
 def ray_box_interval(source: torch.Tensor, target: torch.Tensor,
@@ -319,14 +318,14 @@ class Renderer:
         for camera in np.asarray(cameras, dtype=np.float64):
             world = camera @ AP_REORIENT  # camera frame -> world
             src_world = torch.as_tensor(world[:3, 3], device=points.device)
-            tgt_world = _apply(world @ calibration, points)
+            tgt_world = _transform_points(world @ calibration, points)
             lengths.append((tgt_world - src_world).norm(dim=-1))
-            sources.append(_apply(to_voxel, src_world[None]))
-            targets.append(_apply(to_voxel @ world @ calibration, points))
+            sources.append(_transform_points(to_voxel, src_world[None]))
+            targets.append(_transform_points(to_voxel @ world @ calibration, points))
         return torch.stack(sources), torch.stack(targets), torch.stack(lengths)
 
 
-def _apply(matrix: np.ndarray, points: torch.Tensor) -> torch.Tensor:
+def _transform_points(matrix: np.ndarray, points: torch.Tensor) -> torch.Tensor:
     """4x4 affine applied to (N, 3) points with elementwise float64 operations only."""
     m = torch.as_tensor(matrix, dtype=torch.float64, device=points.device)
     x, y, z = points[:, 0:1], points[:, 1:2], points[:, 2:3]

@@ -2,7 +2,7 @@
 
 This is the integral Siddon's method computes (each voxel a constant-valued box, faces at index
 -0.5 .. n-0.5), walked voxel by voxel (Amanatides-Woo order) in one compiled loop per ray instead of
-materialised arrays of plane crossings. Each ray is summed by one thread in a fixed order in float64,
+materialized arrays of plane crossings. Each ray is summed by one thread in a fixed order in float64,
 so images are bit-identical whatever the thread count, process or machine.
 
 One traversal gives two images: the whole volume's integral and, when a label volume and a label are
@@ -20,6 +20,8 @@ import threading
 import numba
 import numpy as np
 import torch
+
+from pipelines.ops.crop import bounding_box
 
 TILE = 16  # detector tile edge: neighbouring rays share cache lines of the volume
 _BIG = 1e300
@@ -184,11 +186,10 @@ def traverse_numba(volume: np.ndarray, source: np.ndarray, targets: np.ndarray, 
 
 def label_box(labels: np.ndarray, label: int) -> np.ndarray:
     """(lo_i, lo_j, lo_k, hi_i, hi_j, hi_k): voxel-index box (hi exclusive) holding every `label` voxel; empty: all 0."""
-    mask = labels == label
-    spans = [np.flatnonzero(np.any(mask, axis=tuple(a for a in range(3) if a != ax))) for ax in range(3)]
-    if any(len(s) == 0 for s in spans):
+    box = bounding_box(labels == label)
+    if box is None:
         return np.zeros(6, dtype=np.int64)
-    return np.array([s[0] for s in spans] + [s[-1] + 1 for s in spans], dtype=np.int64)
+    return np.concatenate([box[0], box[1] + 1]).astype(np.int64)
 
 
 def _layer() -> str:

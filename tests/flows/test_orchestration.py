@@ -7,9 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.errors import BuildError
+from pipelines.errors import BuildError, PublishError
 from pipelines.flows import run_build
-from pipelines.errors import PublishError
 from tests.conftest import write_ctspine_case
 
 
@@ -152,7 +151,7 @@ def test_disk_full_publishes_nothing_and_leaves_inputs_untouched(tmp_path, monke
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(publish, "materialise", full)
+    monkeypatch.setattr(publish, "materialize", full)
     with pytest.raises(PublishError, match="no space left on device.*nothing was published"):
         run_build(small_config(), [str(inputs)], str(tmp_path / "out"))
     dataset = tmp_path / "out" / "orch"

@@ -4,11 +4,11 @@ import json
 import numpy as np
 import pytest
 
+from pipelines.case.prepare import load_and_prepare
 from pipelines.ingest.cases import ingest_inputs
 from pipelines.ingest.discover import discover
 from pipelines.ingest.naming import canonical_level
 from pipelines.ops.crop import crop_around, shifted_affine
-from pipelines.case.prepare import load_and_prepare
 from tests.conftest import synthetic_spine, write_volume
 
 
@@ -68,8 +68,8 @@ def test_a_vertebra_crop_outside_its_case_is_quarantined(tmp_path, tiny_config):
 
 
 def test_salted_case_ids_hide_names_and_are_stable(tmp_path, tiny_config, monkeypatch):
-    from pipelines.ingest.cases import salted_case_id
     from pipelines.errors import InputError
+    from pipelines.ingest.cases import salted_case_id
 
     root = _lab_tree(tmp_path)
     cfg = tiny_config.model_copy(update={"ingest": tiny_config.ingest.model_copy(update={"case_ids": "salted_hash"})})
@@ -84,7 +84,7 @@ def test_salted_case_ids_hide_names_and_are_stable(tmp_path, tiny_config, monkey
 
 
 def test_ingest_materializes_a_canonical_tree(tmp_path):
-    from pipelines.ingest.report import run_ingest
+    from pipelines.ingest.run import run_ingest
 
     root = _lab_tree(tmp_path / "in")
     summary = run_ingest([root], tmp_path / "out", materialize_dir=tmp_path / "tree")

@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 
+from pipelines.case.prepare import load_and_prepare
 from pipelines.case.process import process_case
 from pipelines.ingest.discover import discover
 from pipelines.io.volumes import read_image
 from pipelines.ops.orient import Volume, sitk_from_volume, volume_from_sitk, voxel_to_world
 from pipelines.ops.resample import resample_labels, target_grid
-from pipelines.case.prepare import load_and_prepare
 from tests.conftest import make_affine, synthetic_spine, write_ctspine_case, write_dicom_series, write_volume
 
 

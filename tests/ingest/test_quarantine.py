@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 
+from pipelines.case.prepare import load_and_prepare
 from pipelines.case.process import process_case
 from pipelines.ingest.cases import ingest_inputs
 from pipelines.ingest.discover import discover
-from pipelines.case.prepare import load_and_prepare
 from tests.conftest import synthetic_spine, write_ctspine_case, write_volume
 
 
@@ -48,7 +48,15 @@ def _bad_case(root, kind):
     elif kind == "unknown_labels":
         write_volume(root / "c1.nii.gz", ct, affine)
         write_volume(root / "c1_seg.nii.gz", np.where(mask == 18, 99, mask).astype(np.uint8), affine)
-    elif kind == "zero_spacing":
+    elif kind == "zero_spacing":  # a header whose slice spacing is 0 (both readers would take 1 mm)
+        import struct
+
+        write_volume(root / "c1.nii.gz", ct, affine)
+        write_volume(root / "c1_seg.nii.gz", mask, affine)
+        raw = bytearray(gzip.decompress((root / "c1.nii.gz").read_bytes()))
+        struct.pack_into("<f", raw, 76 + 3 * 4, 0.0)  # pixdim[3], at byte 76 + 4 * 3 of the NIfTI-1 header
+        (root / "c1.nii.gz").write_bytes(gzip.compress(bytes(raw)))
+    elif kind == "huge_spacing":
         write_volume(root / "c1.nii.gz", ct, affine)
         write_volume(root / "c1_seg.nii.gz", mask, affine)
         import nibabel as nib  # write a header SimpleITK would refuse to create
@@ -69,13 +77,16 @@ def _bad_case(root, kind):
     ("too_few", "too_few_vertebrae"),
     ("no_overlap", "grid_mismatch"),
     ("unknown_labels", "unknown_labels"),
-    ("zero_spacing", "implausible_spacing"),
+    ("huge_spacing", "implausible_spacing"),
+    ("zero_spacing", "degenerate_geometry"),
 ])
 def test_bad_input_is_quarantined_with_reason(tmp_path, tiny_config, kind, reason):
     case = _only_case(_bad_case(tmp_path / "in", kind))
     result = process_case(case, tiny_config, "train", tmp_path / "stage")
     assert (result.qc_status, result.qc_reason) == ("quarantined", reason), result.qc_message
     assert result.qc_message
+    if kind == "zero_spacing":
+        assert "pixdim[3] = 0" in result.qc_message  # the value that is wrong is named
     assert not (tmp_path / "stage" / "c1.h5").exists()
 
 

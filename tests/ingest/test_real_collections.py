@@ -10,7 +10,7 @@ import pytest
 import SimpleITK as sitk
 
 from pipelines.ingest.example import example_ct_and_labels
-from pipelines.ingest.report import run_ingest
+from pipelines.ingest.run import run_ingest
 from pipelines.io.volumes import read_image
 from tests.conftest import write_dicom_series
 

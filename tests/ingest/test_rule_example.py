@@ -1,4 +1,4 @@
-"""The README's worked example of a naming rule file, taken from the README itself and run."""
+"""The documentation's worked example of a naming rule file, taken from docs/inputs.md itself and run."""
 import re
 from pathlib import Path
 
@@ -9,13 +9,13 @@ from pipelines.ingest.discover import discover
 from pipelines.ingest.naming import load_rules
 from tests.conftest import synthetic_spine, write_dicom_series, write_volume
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+INPUTS_DOC = Path(__file__).resolve().parents[2] / "docs" / "inputs.md"
 
 
-def test_the_readme_rule_file_example_classifies_a_dicom_export_with_no_code_change(tmp_path):
-    text = README.read_text(encoding="utf-8")
+def test_the_documented_rule_file_example_classifies_a_dicom_export_with_no_code_change(tmp_path):
+    text = INPUTS_DOC.read_text(encoding="utf-8")
     block = re.search(r"Save as\s+`schemas/naming/(?P<name>[^`]+)`.*?```yaml\n(?P<yaml>.*?)```", text, re.S)
-    assert block, "the README's rule-file example is missing"
+    assert block, "the rule-file example of docs/inputs.md is missing"
     rules_dir = tmp_path / "rules"
     rules_dir.mkdir()
     (rules_dir / block["name"]).write_text(block["yaml"])

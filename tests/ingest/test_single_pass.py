@@ -6,7 +6,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipelines.ingest.report import run_ingest
+from pipelines.ingest.run import run_ingest
 from tests.ingest.test_quarantine import _bad_case
 from tests.ingest.test_verse_fixture import _verse_tree
 
@@ -14,7 +14,8 @@ from tests.ingest.test_verse_fixture import _verse_tree
 @pytest.mark.parametrize("kind,reason", [
     ("truncated", "unreadable"), ("not_an_image", "unreadable"), ("non_finite", "non_finite"),
     ("implausible_hu", "implausible_hu"), ("empty_mask", "empty_mask"), ("too_few", "too_few_vertebrae"),
-    ("no_overlap", "grid_mismatch"), ("unknown_labels", "unknown_labels"), ("zero_spacing", "implausible_spacing"),
+    ("no_overlap", "grid_mismatch"), ("unknown_labels", "unknown_labels"), ("huge_spacing", "implausible_spacing"),
+    ("zero_spacing", "degenerate_geometry"),
 ])
 def test_ingest_gives_the_build_verdicts(tmp_path, kind, reason):
     summary = run_ingest([_bad_case(tmp_path / "in", kind)], tmp_path / "out")
@@ -39,7 +40,7 @@ def test_each_nifti_file_is_read_once(tmp_path, monkeypatch):
         raise AssertionError("a NIfTI file was read a second time")
 
     monkeypatch.setattr(Path, "read_bytes", counting)
-    monkeypatch.setattr("pipelines.ingest.report.sha256_file", forbidden)
+    monkeypatch.setattr("pipelines.ingest.run.sha256_file", forbidden)
     monkeypatch.setattr("pipelines.ingest.load.sha256_file", forbidden)
     monkeypatch.setattr("pipelines.io.volumes.read_image", forbidden)
     monkeypatch.setattr("pipelines.io.volumes.sha256_file", forbidden)

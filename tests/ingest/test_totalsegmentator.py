@@ -2,10 +2,10 @@
 import numpy as np
 import pytest
 
+from pipelines.case.prepare import load_and_prepare
+from pipelines.errors import QCError
 from pipelines.ingest.discover import discover
 from pipelines.ingest.labels import source_lookup, translate
-from pipelines.errors import QCError
-from pipelines.case.prepare import load_and_prepare
 from tests.conftest import SYNTH_LEVELS, synthetic_spine, write_volume
 
 V2_IDS = {"T11": 33, "T12": 32, "L1": 31, "L2": 30, "L3": 29, "L4": 28}  # TotalSegmentator v2 "total" ids

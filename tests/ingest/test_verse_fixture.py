@@ -5,9 +5,9 @@ import shutil
 import numpy as np
 import SimpleITK as sitk
 
+from pipelines.case.prepare import load_and_prepare
 from pipelines.ingest.discover import discover
 from pipelines.ops.orient import volume_from_sitk, voxel_to_world, world_to_voxel
-from pipelines.case.prepare import load_and_prepare
 from tests.conftest import shared_fixture, write_volume
 
 

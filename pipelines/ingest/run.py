@@ -1,4 +1,4 @@
-"""`spineforge ingest`: discovery, naming, labels and QC without building products."""
+"""`spineforge ingest` (run_ingest): discovery, naming, labels and QC without building products."""
 from __future__ import annotations
 
 import json
@@ -10,16 +10,23 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pipelines.errors import QCError
-from pipelines.ingest.cases import IngestResult, describe_unmatched, ingest_inputs, quarantine_content_duplicates
+from pipelines.ingest.cases import (
+    IngestResult,
+    describe_unmatched,
+    ingest_inputs,
+    quarantine_content_duplicates,
+    record_read,
+)
 from pipelines.ingest.discover import CaseFiles
 from pipelines.ingest.load import StoredGeometry, load_case
 from pipelines.io.input_hashes import file_signature
-from pipelines.io.publish import table
+from pipelines.io.publish import table, write_frame
 from pipelines.io.volumes import sha256_file
 from schemas.config import load_config
 from schemas.layout import CASES_CSV, CASES_PARQUET, INGEST_SUMMARY
 from schemas.manifest import (
     CASES_COLUMNS,
+    QC,
     CaseRow,
     describe_quarantine,
     quarantine_entry,
@@ -125,10 +132,7 @@ def _record(row: CaseRow, outcome: CaseCheck | QCError) -> None:
     if isinstance(outcome, QCError):
         row.quarantine(outcome.reason, outcome.message)
         return
-    for name, value in asdict(outcome.stored).items():
-        setattr(row, name, value)
-    row.levels, row.cut_levels = ",".join(outcome.levels), ",".join(sorted(outcome.cut_levels))
-    row.notes = json.dumps(outcome.notes) if outcome.notes else None
+    record_read(row, outcome.stored, outcome.levels, outcome.cut_levels, outcome.notes)
     row.accept()
 
 
@@ -158,13 +162,11 @@ def run_ingest(roots: list[Path], out: Path, config_path: str | None = None,
                                    if isinstance(outcomes[j.case.case_id], CaseCheck)}, result.rows, config)
     rows = list(result.rows.values())
     out.mkdir(parents=True, exist_ok=True)
-    cases = table(rows, CASES_COLUMNS)
-    cases.to_parquet(out / CASES_PARQUET, index=False)
-    cases.to_csv(out / CASES_CSV, index=False)
+    write_frame(table(rows, CASES_COLUMNS), out / CASES_PARQUET, out / CASES_CSV)
     quarantined = [r for r in rows if r.quarantined]
     summary = IngestSummary(
         cases=len(rows), accepted=len(rows) - len(quarantined), quarantined=len(quarantined),
-        duplicates=sum(r.qc_reason == "duplicate" for r in rows),
+        duplicates=sum(r.qc_reason == QC.DUPLICATE for r in rows),
         unmatched_files=describe_unmatched(result.discovery, {r.case_id: json.loads(r.file_sha256) for r in rows}),
         problems=result.problems, out=str(out), seconds=round(time.perf_counter() - started, 3),
         quarantine=[quarantine_entry(r) for r in quarantined])
