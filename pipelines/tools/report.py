@@ -19,6 +19,7 @@ from schemas.layout import REPORT_HTML, shard_path  # noqa: E402
 from schemas.manifest import (  # noqa: E402
     DRR,
     QC_QUARANTINED,
+    QC_TABLE_COLUMNS,
     QUARANTINE_COLUMNS,
     VERTEBRA,
     X2CT,
@@ -100,6 +101,9 @@ def write_report(version_dir: Path, card: DatasetCard, manifest: pd.DataFrame, c
     quarantined = cases[cases[Col.QC_STATUS] == QC_QUARANTINED][QUARANTINE_COLUMNS]
     parts.append(f"<h2>Quarantined cases ({len(quarantined)})</h2>" +
                  (quarantined.to_html(index=False) if len(quarantined) else "<p>none</p>"))
+    qc_table = cases[QC_TABLE_COLUMNS].sort_values(Col.CASE_ID).fillna("")
+    parts.append(f"<h2>QC of every case ({len(qc_table)})</h2>" +
+                 qc_table.to_html(index=False, table_id="qc-cases", escape=True))
     page = ("<!doctype html><html><head><meta charset=\"utf-8\"><title>SpineForge report</title>"
             "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
             "td,th{border:1px solid #ccc;padding:2px 8px}img{max-width:100%}</style></head><body>"

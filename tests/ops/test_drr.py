@@ -172,3 +172,26 @@ def test_cuda_and_cpu_renders_agree(renderer, geom):
     cpu = Renderer(cube(), centred_grid(64), g, torch.device("cpu")).render(cams)
     gpu = Renderer(cube(), centred_grid(64), g, torch.device("cuda")).render(cams)
     np.testing.assert_allclose(gpu, cpu, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("view, expected", [
+    # (row, column) of each block's shadow relative to the image centre: -1 before it, 0 on it, +1 after it
+    ("AP", {"superior": (-1, 0), "right": (0, -1), "anterior": (0, 0)}),  # rows head->feet, columns right->left
+    ("LAT", {"superior": (-1, 0), "right": (0, 0), "anterior": (0, +1)}),  # rows head->feet, columns post->ant
+])
+def test_image_axes_in_world_terms(view, expected):
+    """What docs/layout.md states: where a block superior, right (+x) or anterior (+y) of the centre lands."""
+    n, spacing = 41, 2.0
+    affine = np.diag([spacing, spacing, spacing, 1.0])
+    affine[:3, 3] = -(n - 1) / 2 * spacing
+    geom = Geometry(height=64, width=64, pixel_spacing_mm=3.0, sdd_mm=1020, sod_mm=850)
+    high, mid = slice(n - 8, n - 3), slice(n // 2 - 2, n // 2 + 3)  # towards +axis, and about the centre
+    blocks = {"superior": (mid, mid, high), "right": (high, mid, mid), "anterior": (mid, high, mid)}
+    centre = (geom.height - 1) / 2
+    for name, block in blocks.items():
+        mu = np.zeros((n, n, n), np.float32)
+        mu[block] = 1.0
+        image = Renderer(mu, affine, geom).render(base_camera(view, geom.sod_mm)[None])[0]
+        row, col = np.unravel_index(image.argmax(), image.shape)
+        where = tuple(int(np.sign(round(v - centre))) if abs(v - centre) > 4 else 0 for v in (row, col))
+        assert where == expected[name], (name, row, col)
