@@ -41,6 +41,7 @@ from pipelines.io.publish import CardFields, PublishPlan, publish_version
 from pipelines.runtime.threads import thread_limit
 from schemas.config import demo_config_path, load_config
 
+
 def without_prefect(inputs: Path, config, out: Path) -> float:
     with thread_limit(1):
         return _without_prefect(inputs, config, out)

@@ -94,7 +94,7 @@ class DetectorConfig(_Strict):
     reverse_x_axis: bool = True  # radiological convention (patient's right on image left in AP)
 
     @model_validator(mode="after")
-    def _geometry(self) -> "DetectorConfig":
+    def _geometry(self) -> DetectorConfig:
         if self.sod_mm >= self.sdd_mm:
             raise ValueError("sod_mm must be smaller than sdd_mm (the isocentre lies between source and detector)")
         return self
@@ -114,7 +114,7 @@ class SplitConfig(_Strict):
     test: float = Field(0.1, ge=0)
 
     @model_validator(mode="after")
-    def _sum(self) -> "SplitConfig":
+    def _sum(self) -> SplitConfig:
         total = self.train + self.val + self.test
         if abs(total - 1.0) > 1e-6:
             raise ValueError(f"split fractions must add up to 1, got {total}")

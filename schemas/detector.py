@@ -21,7 +21,7 @@ class Geometry:
     error_budget: float = DEFAULT_ERROR_BUDGET  # clipped_trilinear without samples_per_voxel
 
     @classmethod
-    def from_record(cls, record: dict) -> "Geometry":
+    def from_record(cls, record: dict) -> Geometry:
         """The geometry stored in a sample's `detector` attribute (fields a record predates keep their defaults)."""
         return cls(**{k: record[k] for k in cls.__dataclass_fields__ if k in record})
 

@@ -225,10 +225,10 @@ def test_diffdrr_rerenders_the_demo_drr_views_from_the_pose_helper(demo):
     import numpy as np
 
     from pipelines.case.prepare import load_and_prepare
-    from pipelines.loaders.consumers import diffdrr_drr, diffdrr_pose
     from pipelines.ingest.discover import discover
     from pipelines.io.shards import PublishedVersion
     from pipelines.loaders import DRRDataset
+    from pipelines.loaders.consumers import diffdrr_drr, diffdrr_pose
     from pipelines.ops.attenuation import mu_of
     from pipelines.ops.drr import Renderer
     from tests.ops.test_traversal import brute_force

@@ -67,7 +67,7 @@ class _BatchSlots:
 
 _SLOTS: dict[tuple, _BatchSlots] = {}  # this process's slots: (flags token, layout) -> slots
 _SLOT_OF: dict[int, tuple[_BatchSlots, int]] = {}  # storage address -> (slots, index)
-_FLAGS: "weakref.WeakValueDictionary[str, torch.Tensor]" = weakref.WeakValueDictionary()  # token -> flags
+_FLAGS: weakref.WeakValueDictionary[str, torch.Tensor] = weakref.WeakValueDictionary()  # token -> flags
 _TOKENS = itertools.count()
 
 

@@ -7,8 +7,8 @@ drops open handles. Rows come from the manifest, so filtering by split touches n
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import h5py
 import numpy as np

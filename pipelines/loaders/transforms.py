@@ -1,7 +1,7 @@
 """Sample transforms for trainers: intensity conventions of the stored DRR views, and quantum noise."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

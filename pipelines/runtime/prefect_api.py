@@ -24,7 +24,7 @@ from pipelines.runtime.cluster import on_this_machine
 log = logging.getLogger(__name__)
 PORT_IN_USE = 3  # uvicorn's exit status when it cannot bind its port
 _lock = threading.Lock()
-_server: "LocalAPI | None" = None
+_server: LocalAPI | None = None
 
 
 class LocalAPI:

@@ -7,9 +7,8 @@ import pandas as pd
 import pytest
 from torch.utils.data import DataLoader
 
-from pipelines.errors import BuildError
+from pipelines.errors import BuildError, PublishError
 from pipelines.flows import run_build
-from pipelines.errors import PublishError
 from pipelines.loaders import DRRDataset, VertebraDataset, X2CTDataset, open_dataset
 from pipelines.tools.validate import validate_version
 from tests.conftest import shard_files, write_ctspine_case
@@ -165,10 +164,10 @@ def test_stored_views_re_render_from_stored_inputs(built, collection):
     """x2ct: from the stored patch; drr: from the case's 1 mm volume, stored poses and geometry."""
     import json as _json
 
+    from pipelines.case.prepare import load_and_prepare
     from pipelines.ingest.discover import discover
     from pipelines.ops.attenuation import hu_to_mu
     from pipelines.ops.drr import Geometry, Renderer, base_camera, camera_for_motion
-    from pipelines.case.prepare import load_and_prepare
 
     config, out, _ = built
     vdir = out / "tiny" / "v1"

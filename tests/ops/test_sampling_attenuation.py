@@ -2,8 +2,14 @@ import numpy as np
 import pytest
 
 from pipelines.ops.attenuation import hu_to_mu
-from pipelines.ops.sampling import (assign_split, matrix_to_pose, pose_to_matrix, rng_for, sample_pose,
-                                    sample_vertebra_pair)
+from pipelines.ops.sampling import (
+    assign_split,
+    matrix_to_pose,
+    pose_to_matrix,
+    rng_for,
+    sample_pose,
+    sample_vertebra_pair,
+)
 
 LEVELS = ["T10", "T11", "T12", "L1", "L2", "L3", "L4"]
 

@@ -2,8 +2,8 @@ import numpy as np
 import pandas as pd
 
 from pipelines.ops.crop import crop_around
-from pipelines.ops.sampling import rng_for, sample_vertebra_pair
 from pipelines.ops.pairs import registration_pairs
+from pipelines.ops.sampling import rng_for, sample_vertebra_pair
 from schemas.manifest import record_dicts
 
 SPINE10 = ["T8", "T9", "T10", "T11", "T12", "L1", "L2", "L3", "L4", "L5"]
