@@ -29,7 +29,7 @@ def _add_build_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_cache_option(p: argparse.ArgumentParser) -> None:
-    from pipelines.build.plan import DEFAULT_CACHE_KEEP_DAYS
+    from pipelines.plan import DEFAULT_CACHE_KEEP_DAYS
 
     p.add_argument("--cache-keep-days", type=float, default=DEFAULT_CACHE_KEEP_DAYS, metavar="DAYS",
                    help="drop cached cases that no build has used for DAYS (default: %(default)g; 0: keep only "
@@ -132,7 +132,7 @@ def _print_summary(summary) -> None:
 
 
 def cmd_build(args, config_path: Path, inputs: list[str]) -> int:
-    from pipelines.build.plan import plan_build
+    from pipelines.plan import plan_build
     from schemas.config import load_config
 
     config = load_config(config_path, seed=args.seed)

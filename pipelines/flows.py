@@ -1,6 +1,6 @@
 """The build flow: the pipeline's steps, in order (docs/design.md states them and their guarantees).
 
-`run_build` plans the build (`pipelines.build.plan`: inputs walked, hashed by content and keyed once;
+`run_build` plans the build (`pipelines.plan`: inputs walked, hashed by content and keyed once;
 a no-op decided under the dataset lock before any cluster or API server starts), then runs
 `build_dataset`, which holds the dataset lock throughout: one coarse task per case (read, QC,
 translate labels, resample, crop, sample, render -> staged shards, cached by case content), then
@@ -25,9 +25,8 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.utilities.annotations import quote
 
 import pipelines
-from pipelines.build.cache import result_storage, run_cases
-from pipelines.build.plan import DEFAULT_CACHE_KEEP_DAYS, BuildPlan, BuildSummary, check_inputs, plan_build
 from pipelines.case.process import CaseResult
+from pipelines.case_cache import result_storage, run_cases
 from pipelines.errors import BuildError
 from pipelines.ingest.cases import (
     CaseJob,
@@ -38,6 +37,7 @@ from pipelines.ingest.cases import (
 )
 from pipelines.io.publish import CardFields, dataset_lock, record_lineage, remove_stale_files
 from pipelines.io.shards import read_card
+from pipelines.plan import DEFAULT_CACHE_KEEP_DAYS, BuildPlan, BuildSummary, check_inputs, plan_build
 from pipelines.runtime.threads import thread_share
 from pipelines.tasks import process_case_task, publish_task
 from schemas.card import Counts

@@ -21,9 +21,9 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
-from pipelines.build.plan import DEFAULT_CACHE_KEEP_DAYS, check_inputs
 from pipelines.errors import BuildError, InputError
 from pipelines.flows import run_build
+from pipelines.plan import DEFAULT_CACHE_KEEP_DAYS, check_inputs
 from schemas.config import BuildConfig, load_config
 
 DEFAULT_CRON = "0 2 * * *"  # nightly at 02:00

@@ -28,7 +28,7 @@ STAGES = [
     ("pipelines.io",),
     ("pipelines.ingest",),
     ("pipelines.case",),
-    ("pipelines.build",),
+    ("pipelines.plan", "pipelines.case_cache"),
     ("pipelines.tools", "pipelines.loaders", "pipelines.runtime"),
     ("pipelines.tasks",),
     ("pipelines.flows",),
