@@ -28,6 +28,7 @@ from schemas.layout import tmp_path
 STATE_NAME = "spineforge-api.json"
 DEFAULT_PORT = 4200  # Prefect's own default, so its UI is where Prefect's documentation says
 START_TIMEOUT_S = 180.0  # a first start creates Prefect's database (~18 s on 2 cores)
+KILL_WAIT_S = 10.0  # after SIGKILL, how long to wait for the process to be gone
 SERVER_MODULE = "pipelines.runtime.api_server"
 
 
@@ -131,6 +132,16 @@ def start_api(port: int = DEFAULT_PORT, timeout_s: float = START_TIMEOUT_S) -> t
     return api, True
 
 
+def _wait_gone(pid: int, timeout_s: float) -> bool:
+    """Wait until `pid` is no longer the server (exited: a zombie's cmdline is empty); whether it went."""
+    deadline = time.monotonic() + timeout_s
+    while _is_our_server(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
 def stop_api(timeout_s: float = 30.0) -> RunningAPI | None:
     """Stop the recorded server (SIGTERM, then SIGKILL after `timeout_s`); the one stopped, or None."""
     api = recorded_api()
@@ -138,10 +149,7 @@ def stop_api(timeout_s: float = 30.0) -> RunningAPI | None:
     if api is None:
         return None
     os.kill(api.pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    while _is_our_server(api.pid):  # a zombie's cmdline is empty: exited counts as stopped
-        if time.monotonic() > deadline:
-            os.kill(api.pid, signal.SIGKILL)
-            break
-        time.sleep(0.1)
+    if not _wait_gone(api.pid, timeout_s):  # graceful shutdown took too long: kill it, and see it go
+        os.kill(api.pid, signal.SIGKILL)
+        _wait_gone(api.pid, KILL_WAIT_S)
     return api
