@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -135,6 +136,7 @@ def cmd_build(args, config_path: Path, inputs: list[str]) -> int:
     from pipelines.plan import plan_build
     from schemas.config import load_config
 
+    started = time.perf_counter()
     config = load_config(config_path, seed=args.seed)
     # a no-op is answered before Prefect, Dask or any server is imported or started
     plan = plan_build(config, inputs, args.out, args.version, args.cache_keep_days)
@@ -144,7 +146,7 @@ def cmd_build(args, config_path: Path, inputs: list[str]) -> int:
         summary = run_build(config, inputs, args.out, args.version, args.workers, args.dask_address,
                             args.manifests, cache_keep_days=args.cache_keep_days, compact=args.compact, plan=plan)
     else:
-        summary = plan.noop_summary(0.0)
+        summary = plan.noop_summary(started)
     _print_summary(summary)
     return 0
 
