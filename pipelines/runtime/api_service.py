@@ -132,14 +132,21 @@ def start_api(port: int = DEFAULT_PORT, timeout_s: float = START_TIMEOUT_S) -> t
     return api, True
 
 
-def _wait_gone(pid: int, timeout_s: float) -> bool:
-    """Wait until `pid` is no longer the server (exited: a zombie's cmdline is empty); whether it went."""
+def _wait_gone(process, timeout_s: float) -> bool:
+    """Wait until `process` (a psutil.Process) has exited (a zombie counts: it no longer runs); whether it did.
+    Its command line is no guide here: it reads empty while a process with threads is still exiting."""
+    import psutil
+
     deadline = time.monotonic() + timeout_s
-    while _is_our_server(pid):
+    while True:
+        try:
+            if not process.is_running() or process.status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
         if time.monotonic() > deadline:
             return False
         time.sleep(0.1)
-    return True
 
 
 def stop_api(timeout_s: float = 30.0) -> RunningAPI | None:
@@ -148,8 +155,14 @@ def stop_api(timeout_s: float = 30.0) -> RunningAPI | None:
     state_file().unlink(missing_ok=True)
     if api is None:
         return None
-    os.kill(api.pid, signal.SIGTERM)
-    if not _wait_gone(api.pid, timeout_s):  # graceful shutdown took too long: kill it, and see it go
-        os.kill(api.pid, signal.SIGKILL)
-        _wait_gone(api.pid, KILL_WAIT_S)
+    import psutil
+
+    try:
+        process = psutil.Process(api.pid)  # is_running() then also tells a reused pid apart
+    except psutil.NoSuchProcess:
+        return api
+    process.send_signal(signal.SIGTERM)
+    if not _wait_gone(process, timeout_s):  # graceful shutdown took too long: kill it, and see it go
+        process.send_signal(signal.SIGKILL)
+        _wait_gone(process, KILL_WAIT_S)
     return api
