@@ -108,6 +108,149 @@ class AttenuationConfig(_Strict):
     bone_multiplier: float = Field(1.0, gt=0)  # extra weight for voxels above the bone threshold
 
 
+Range = tuple[float, float]  # (low, high): drawn uniformly per sample; low == high fixes the value
+
+
+def _ordered(v: Range, name: str) -> Range:
+    if v[0] > v[1]:
+        raise ValueError(f"{name}: low {v[0]} is above high {v[1]}")
+    return v
+
+
+class MaterialAnchor(_Strict):
+    """One tissue material: its NIST composition and density (xraylib's table) and the HU it stands for."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    nist: str  # a name of xraylib.GetCompoundDataNISTList()
+    hu: float
+
+
+class Alloy(_Strict):
+    """An instrument material: mass fractions by element symbol (attenuation: xraylib, per element)."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    mass_fractions: dict[str, float]
+
+    @field_validator("mass_fractions")
+    @classmethod
+    def _sum(cls, v: dict[str, float]) -> dict[str, float]:
+        if not v or any(f <= 0 for f in v.values()) or abs(sum(v.values()) - 1.0) > 1e-6:
+            raise ValueError(f"mass fractions must be positive and add up to 1, got {v}")
+        return v
+
+
+def _default_materials() -> list[MaterialAnchor]:
+    # -1000 HU: where the attenuation mapping is 0 (air); 0 HU: ICRP soft tissue at xraylib's 1.00 g/cm^3
+    # (water's density); 1500 HU: ICRP cortical bone, 1.85 g/cm^3, a typical CT calibration point for it
+    return [MaterialAnchor(name="air", nist="Air, Dry (near sea level)", hu=-1000.0),
+            MaterialAnchor(name="soft_tissue", nist="Tissue, Soft (ICRP)", hu=0.0),
+            MaterialAnchor(name="bone", nist="Bone, Cortical (ICRP)", hu=1500.0)]
+
+
+def _default_alloys() -> list[Alloy]:
+    return [  # nominal compositions: ASTM F136 (Ti-6Al-4V ELI), ASTM F138 (316L implant steel)
+        Alloy(name="ti6al4v", mass_fractions={"Ti": 0.90, "Al": 0.06, "V": 0.04}),
+        Alloy(name="ss316l", mass_fractions={"Fe": 0.65, "Cr": 0.175, "Ni": 0.13, "Mo": 0.025, "Mn": 0.02}),
+    ]
+
+
+class InstrumentConfig(_Strict):
+    """Surgical instruments placed at random (seeded) near the target vertebra; sizes of common lumbar implants."""
+
+    probability: float = Field(0.5, ge=0, le=1)  # chance that a sample's views show instruments
+    screw_levels: tuple[int, int] = (1, 2)  # instrumented levels from the target on (a screw through each pedicle)
+    screw_diameter_mm: Range = (5.5, 7.5)
+    screw_length_mm: Range = (40.0, 50.0)
+    screw_convergence_deg: Range = (5.0, 20.0)  # medial angle of the screw axis off the anterior direction
+    screw_material: str = "ti6al4v"
+    rod_probability: float = Field(0.8, ge=0, le=1)  # rods join the screw heads of each side (two levels or more)
+    rod_diameter_mm: Range = (5.5, 6.0)
+    rod_material: str = "ti6al4v"
+    kwires: tuple[int, int] = (0, 2)
+    kwire_diameter_mm: Range = (1.6, 2.0)
+    kwire_length_mm: Range = (150.0, 230.0)
+    kwire_material: str = "ss316l"
+
+    @field_validator("screw_diameter_mm", "screw_length_mm", "screw_convergence_deg", "rod_diameter_mm",
+                     "kwire_diameter_mm", "kwire_length_mm", "screw_levels", "kwires")
+    @classmethod
+    def _range(cls, v, info):
+        return _ordered(v, info.field_name)
+
+
+class ScatterConfig(_Strict):
+    """Scatter by kernel superposition (docs/physics.md): each pixel's primary spreads a share
+    amplitude * (mu_eff * t_water)^exponent over the detector with a Gaussian whose width grows with
+    the air gap; a grid passes primary and scatter by its own transmissions."""
+
+    enabled: bool = True
+    amplitude: float = Field(0.1, ge=0)
+    exponent: float = Field(1.3, ge=0)
+    spread_deg: float = Field(25.0, gt=0, lt=80)  # RMS angle of scattered photons off the primary ray
+    min_sigma_mm: float = Field(20.0, gt=0)  # kernel width leaving the patient
+    grid_probability: float = Field(0.5, ge=0, le=1)  # chance the view is taken with an anti-scatter grid
+    grid_primary_transmission: float = Field(0.7, gt=0, le=1)
+    grid_scatter_transmission: float = Field(0.15, ge=0, le=1)
+
+
+class XrayConfig(_Strict):
+    """Physics-based X-rays beside the exact line integrals; every range is drawn per sample and recorded.
+    Defaults describe a mobile C-arm with a CsI flat panel (docs/physics.md gives each one's source)."""
+
+    enabled: bool = True  # drr samples get `drr_xray` and `instrument_mask`
+    x2ct: bool = False  # x2ct samples get `xray1_xray` / `xray2_xray` too
+    materials: list[MaterialAnchor] = Field(default_factory=_default_materials)
+    alloys: list[Alloy] = Field(default_factory=_default_alloys)
+    kv: tuple[int, int] = (70, 110)  # tube voltage (kVp), whole kV
+    anode_angle_deg: float = Field(12.0, gt=0, lt=45)
+    filtration_al_mm: Range = (2.5, 4.0)  # total aluminium filtration
+    filtration_cu_mm: Range = (0.0, 0.3)  # added copper (spectral) filter
+    mas: Range = (0.1, 1.0)  # tube current-time product per image, drawn log-uniformly
+    detector_material: str = "Cesium Iodide"  # an xraylib NIST name; energy-integrating scintillator
+    detector_thickness_mm: Range = (0.5, 0.6)
+    psf_sigma_mm: Range = (0.08, 0.2)  # detector (scintillator light spread) Gaussian PSF
+    focal_spot_mm: Range = (0.3, 0.6)  # nominal focal spot (FWHM)
+    electronic_noise_quanta: Range = (0.5, 3.0)  # additive noise, in photons of the flat field's mean energy
+    scatter: ScatterConfig = ScatterConfig()
+    instruments: InstrumentConfig = InstrumentConfig()
+    collimation: dict[Literal["none", "rectangle", "iris"], float] = Field(
+        default_factory=lambda: {"none": 0.4, "rectangle": 0.3, "iris": 0.3})  # shape probabilities
+    collimation_fraction: Range = (0.6, 0.95)  # collimated field edge (or diameter) over the detector's
+    polarity: Literal["radiograph", "fluoroscopy"] = "radiograph"  # -ln(I/I0), bone bright; or I/I0, bone dark
+    energy_bins: int = Field(24, ge=1, le=200)  # synthesis bins, each holding an equal share of the detected signal
+
+    @field_validator("kv")
+    @classmethod
+    def _kv(cls, v):
+        if not 30 <= v[0] <= v[1] <= 150:
+            raise ValueError(f"kv must lie within 30..150 with low <= high, got {v}")
+        return v
+
+    @field_validator("filtration_al_mm", "filtration_cu_mm", "mas", "detector_thickness_mm", "psf_sigma_mm",
+                     "focal_spot_mm", "electronic_noise_quanta", "collimation_fraction")
+    @classmethod
+    def _range(cls, v, info):
+        if v[0] < 0:
+            raise ValueError(f"{info.field_name} must not be negative, got {v}")
+        return _ordered(v, info.field_name)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> XrayConfig:
+        if len(self.materials) != 3 or self.materials[0].hu != -1000.0:
+            raise ValueError("materials: exactly three anchors (air at -1000 HU, a soft tissue, a bone), in HU order")
+        if not self.materials[0].hu < self.materials[1].hu < self.materials[2].hu:
+            raise ValueError("materials must be in ascending HU order")
+        names = {a.name for a in self.alloys}
+        for field in ("screw_material", "rod_material", "kwire_material"):
+            if getattr(self.instruments, field) not in names:
+                raise ValueError(f"instruments.{field} {getattr(self.instruments, field)!r} is not one of the alloys {sorted(names)}")
+        if self.mas[0] <= 0:
+            raise ValueError("mas must be positive")
+        if sum(self.collimation.values()) <= 0 or any(p < 0 for p in self.collimation.values()):
+            raise ValueError("collimation probabilities must be non-negative and not all 0")
+        return self
+
+
 class SplitConfig(_Strict):
     train: float = Field(0.8, ge=0)
     val: float = Field(0.1, ge=0)
@@ -157,10 +300,21 @@ class BuildConfig(_Strict):
     registration_pairs: RegistrationPairs = RegistrationPairs()
     detector: DetectorConfig = DetectorConfig()
     attenuation: AttenuationConfig = AttenuationConfig()
+    xray: XrayConfig = XrayConfig()
     splits: SplitConfig = SplitConfig()
     qc: QCConfig = QCConfig()
     ingest: IngestConfig = IngestConfig()
     shards: ShardConfig = ShardConfig()
+
+    @model_validator(mode="after")
+    def _xray_needs_traversal(self) -> BuildConfig:
+        if self.xray.enabled and self.detector.renderer != "traversal":
+            raise ValueError("xray.enabled needs detector.renderer 'traversal' (materials come from its walk); "
+                             "set xray.enabled: false for other renderers")
+        if self.xray.enabled and self.attenuation.bone_multiplier != 1.0:
+            raise ValueError("xray.enabled needs attenuation.bone_multiplier 1 (the physics gives bone its own "
+                             "attenuation); set xray.enabled: false to weight bone by hand")
+        return self
 
     def canonical_json(self) -> str:
         """Stable text form used for hashing: sorted keys, no whitespace."""

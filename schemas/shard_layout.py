@@ -19,14 +19,15 @@ class Key:
     CT, MASK, LABELS = "ct", "mask", "labels"
     XRAY1, XRAY2, SPACING, ORI_SIZE = "xray1", "xray2", "spacing", "ori_size"
     DRR, DRR_VERTEBRA = "drr", "drr_vertebra"
+    DRR_XRAY, INSTRUMENT_MASK, XRAY1_XRAY, XRAY2_XRAY = "drr_xray", "instrument_mask", "xray1_xray", "xray2_xray"
     POSE_PARAMS, POSE_MATRICES, VIEW_NAMES, ROTATION_CENTER = (
         "pose_params", "pose_matrices", "view_names", "rotation_center")
 
 
 # Datasets holding X-ray images (single views or V x H x W stacks of line integrals).
-IMAGE_KEYS = (Key.XRAY1, Key.XRAY2, Key.DRR, Key.DRR_VERTEBRA)
+IMAGE_KEYS = (Key.XRAY1, Key.XRAY2, Key.DRR, Key.DRR_VERTEBRA, Key.DRR_XRAY, Key.XRAY1_XRAY, Key.XRAY2_XRAY)
 # Datasets stored one chunk per view.
-VIEW_STACK_KEYS = (Key.DRR, Key.DRR_VERTEBRA)
+VIEW_STACK_KEYS = (Key.DRR, Key.DRR_VERTEBRA, Key.DRR_XRAY, Key.INSTRUMENT_MASK)
 
 
 class Attr:
@@ -37,6 +38,7 @@ class Attr:
     LEVEL, PADDED_FRACTION, CUT_BY_BORDER, CENTRE_MODE = "level", "padded_fraction", "cut_by_border", "centre_mode"
     Z_OFFSET_MM, BODY_FRACTION, ISOCENTER = "z_offset_mm", "body_fraction", "isocenter"
     DETECTOR, ATTENUATION = "detector", "attenuation"
+    XRAY = "xray"  # physics record of the realistic views (JSON): drawn parameters, instruments, noise seeds
     REF_LEVEL, TARGET_LEVEL, EULER_CONVENTION, POSE_CONVENTION = (
         "ref_level", "target_level", "euler_convention", "pose_convention")
 
@@ -53,6 +55,9 @@ PRODUCT_ATTRS = {
           Attr.POSE_CONVENTION),
 }
 
+# Fields of the xray attribute's JSON record (pipelines.physics.views)
+XRAY_RECORD_FIELDS = ("physics", "instruments", "noise_seeds", "seed_stream")
+
 VIEW_AP = b"AP"
 VIEW_LAT = b"LAT"
 VIEW_NAME_DTYPE = "S3"
@@ -65,18 +70,29 @@ class DatasetSpec:
     shape: tuple  # may contain "V" for the number of views
 
 
+def xray_for(product: str, config: BuildConfig) -> bool:
+    """Whether a product's samples carry realistic (physics-based) views under this config."""
+    return config.xray.enabled and (product == DRR or (product == X2CT and config.xray.x2ct))
+
+
+def product_attrs(product: str, config: BuildConfig) -> tuple[str, ...]:
+    """The product-specific attributes a group must carry under this config."""
+    return PRODUCT_ATTRS[product] + ((Attr.XRAY,) if xray_for(product, config) else ())
+
+
 def product_datasets(product: str, config: BuildConfig) -> list[DatasetSpec]:
     """The datasets a group of `product` must hold, with dtypes and shapes."""
     det = (config.detector.height, config.detector.width)
     if product == X2CT:
         n = config.x2ct.size
+        realistic = [DatasetSpec(Key.XRAY1_XRAY, "float32", det), DatasetSpec(Key.XRAY2_XRAY, "float32", det)]
         return [
             DatasetSpec(Key.CT, "int16", (n, n, n)),
             DatasetSpec(Key.XRAY1, "float32", det),  # AP
             DatasetSpec(Key.XRAY2, "float32", det),  # lateral
             DatasetSpec(Key.SPACING, "float64", (3,)),
             DatasetSpec(Key.ORI_SIZE, "int64", (3,)),
-        ]
+        ] + (realistic if xray_for(X2CT, config) else [])
     if product == VERTEBRA:
         n = config.vertebra.size
         return [
@@ -92,7 +108,8 @@ def product_datasets(product: str, config: BuildConfig) -> list[DatasetSpec]:
             DatasetSpec(Key.POSE_MATRICES, "float64", ("V", 4, 4)),
             DatasetSpec(Key.VIEW_NAMES, VIEW_NAME_DTYPE, ("V",)),
             DatasetSpec(Key.ROTATION_CENTER, "float64", (3,)),
-        ]
+        ] + ([DatasetSpec(Key.DRR_XRAY, "float32", ("V", *det)), DatasetSpec(Key.INSTRUMENT_MASK, "uint8", ("V", *det))]
+             if xray_for(DRR, config) else [])
     raise KeyError(f"unknown product {product!r}")
 
 

@@ -25,6 +25,7 @@ STAGES = [
     ("schemas",),
     ("pipelines", "pipelines.errors"),
     ("pipelines.ops",),
+    ("pipelines.physics",),
     ("pipelines.io",),
     ("pipelines.ingest",),
     ("pipelines.case",),

@@ -28,6 +28,8 @@ from pipelines.ops.sampling import (
     sample_pose,
     sample_vertebra_pair,
 )
+from pipelines.physics.instruments import place_instruments
+from pipelines.physics.views import XRAY_DRAWS, XraySynth, draw_physics, noise_seeds, xray_record
 from schemas.config import BuildConfig
 from schemas.manifest import DRR, VERTEBRA, X2CT, SampleRow, sample_id
 from schemas.shard_layout import (
@@ -37,6 +39,7 @@ from schemas.shard_layout import (
     Attr,
     Key,
     sample_datasets,
+    xray_for,
 )
 
 Progress = Callable[[str], None]
@@ -115,16 +118,26 @@ def x2ct_samples(case: PreparedCase, config: BuildConfig, progress: Progress, sk
         affine = shifted_affine(case.ct.affine, start)
         iso = voxel_to_world(affine, (np.array(ct.shape) - 1) / 2.0)[0]
         renderer = Renderer(mu_of(ct, config.attenuation), affine, geometry)
-        views = renderer.render(np.stack([base_camera(v, geometry.sod_mm, iso) for v in ("AP", "LAT")]))
+        cameras = np.stack([base_camera(v, geometry.sod_mm, iso) for v in ("AP", "LAT")])
+        sid = sample_id(case.case_id, X2CT, f"z{offset:+.0f}")
+        arrays, attrs = {}, {}
+        if xray_for(X2CT, config):  # realistic views beside the exact ones (no instruments in x2ct)
+            physics = draw_physics(rng_for(config.seed, case.case_id, f"{XRAY_DRAWS}-{X2CT}", n), config.xray)
+            seeds = noise_seeds(config.seed, sid, len(cameras))
+            res = XraySynth(renderer, config.xray, config.attenuation).views(cameras, -1, physics, [], seeds)
+            views = res["whole"]
+            arrays = {Key.XRAY1_XRAY: res["realistic"][0], Key.XRAY2_XRAY: res["realistic"][1]}
+            attrs = {Attr.XRAY: xray_record(physics, [], seeds)}
+        else:
+            views = renderer.render(cameras)
         progress(f"x2ct {n + 1}/{len(config.x2ct.z_offsets_mm)} (z {offset:+.0f} mm)")
         out.append(Sample(
-            SampleRow(sample_id(case.case_id, X2CT, f"z{offset:+.0f}"), X2CT, z_offset_mm=float(offset),
-                      padded_fraction=padded, n_views=2),
+            SampleRow(sid, X2CT, z_offset_mm=float(offset), padded_fraction=padded, n_views=2),
             sample_datasets(X2CT, config, {Key.CT: ct, Key.XRAY1: views[0], Key.XRAY2: views[1],
-                                           Key.SPACING: spacing, Key.ORI_SIZE: case.ct.array.shape}),
+                                           Key.SPACING: spacing, Key.ORI_SIZE: case.ct.array.shape, **arrays}),
             {Attr.Z_OFFSET_MM: float(offset), Attr.PADDED_FRACTION: padded, Attr.BODY_FRACTION: body,
              Attr.ISOCENTER: iso, Attr.DETECTOR: renderer.record(), Attr.ATTENUATION: config.attenuation.model_dump(),
-             **_geometry_attrs(affine)},
+             **attrs, **_geometry_attrs(affine)},
         ))
     return out
 
@@ -144,6 +157,7 @@ def drr_samples(case: PreparedCase, config: BuildConfig, progress: Progress, ski
     one_walk = geometry.renderer == "traversal"  # whole and vertebra-only views from the same traversal
     whole = Renderer(mu_of(case.ct.array, config.attenuation), case.ct.affine, geometry,
                      labels=case.labels.array if one_walk else None)
+    synth = XraySynth(whole, config.xray, config.attenuation) if xray_for(DRR, config) else None
     rot_range = np.deg2rad(cfg.rotation_range_deg)
     out = []
     for p in range(cfg.pairs_per_case):
@@ -164,7 +178,20 @@ def drr_samples(case: PreparedCase, config: BuildConfig, progress: Progress, ski
                 cameras.append(camera_for_motion(view, geometry.sod_mm, centre, motion))
                 names.append(name)
         cameras = np.stack(cameras)
-        if one_walk:
+        sid = sample_id(case.case_id, DRR, f"{p:03d}")
+        arrays, attrs = {}, {}
+        if synth is not None:  # one walk per view: exact, vertebra-only and realistic images
+            xrng = rng_for(config.seed, case.case_id, f"{XRAY_DRAWS}-{DRR}", p)
+            physics = draw_physics(xrng, config.xray)
+            from_target = case.levels[case.levels.index(target):]
+            instruments = place_instruments(xrng, case.labels.array, case.ct.affine,
+                                            [level_id(lv) for lv in from_target], config.xray.instruments)
+            seeds = noise_seeds(config.seed, sid, len(cameras))
+            res = synth.views(cameras, level_id(target), physics, instruments, seeds)
+            drr, drr_vertebra = res["whole"], res["part"]
+            arrays = {Key.DRR_XRAY: res["realistic"], Key.INSTRUMENT_MASK: res["instrument_bits"]}
+            attrs = {Attr.XRAY: xray_record(physics, instruments, seeds)}
+        elif one_walk:
             drr, drr_vertebra = whole.render_labelled(cameras, level_id(target))
         else:
             drr = whole.render(cameras)
@@ -172,14 +199,13 @@ def drr_samples(case: PreparedCase, config: BuildConfig, progress: Progress, ski
             drr_vertebra = Renderer(vert.array, vert.affine, whole.geometry).render(cameras)
         progress(f"drr pair {p + 1}/{cfg.pairs_per_case} ({ref} -> {target}, {len(cameras)} views)")
         out.append(Sample(
-            SampleRow(sample_id(case.case_id, DRR, f"{p:03d}"), DRR, ref_level=ref, target_level=target,
-                      n_views=len(cameras)),
+            SampleRow(sid, DRR, ref_level=ref, target_level=target, n_views=len(cameras)),
             sample_datasets(DRR, config, {Key.DRR: drr, Key.DRR_VERTEBRA: drr_vertebra,
                                           Key.POSE_PARAMS: np.stack(params), Key.POSE_MATRICES: np.stack(matrices),
                                           Key.VIEW_NAMES: np.array(names, dtype=VIEW_NAME_DTYPE),
-                                          Key.ROTATION_CENTER: centre}, n_views=len(cameras)),
+                                          Key.ROTATION_CENTER: centre, **arrays}, n_views=len(cameras)),
             {Attr.REF_LEVEL: ref, Attr.TARGET_LEVEL: target, Attr.EULER_CONVENTION: cfg.euler_convention,
              Attr.POSE_CONVENTION: POSE_CONVENTION, Attr.DETECTOR: whole.record(),
-             Attr.ATTENUATION: config.attenuation.model_dump(), **_geometry_attrs(case.ct.affine)},
+             Attr.ATTENUATION: config.attenuation.model_dump(), **attrs, **_geometry_attrs(case.ct.affine)},
         ))
     return out

@@ -32,7 +32,7 @@ from diffdrr.pose import RigidTransform
 from torchio import ScalarImage, Subject
 
 from pipelines.ops.crop import bounding_box, box_slices, shifted_affine
-from pipelines.ops.traversal import traverse_numba, traverse_torch
+from pipelines.ops.traversal import traverse_hinges_numba, traverse_numba, traverse_torch
 from schemas.detector import DEFAULT_ERROR_BUDGET, RENDERERS, VIEWS, Geometry  # noqa: F401 (re-exported)
 
 # diffdrr's 'AP' frame-of-reference change (rotates the C-arm 90 degrees about x).
@@ -259,6 +259,36 @@ class Renderer:
                                       height, width, labels, label)
             whole[v], part[v] = w.reshape(height, width), p.reshape(height, width)
         return whole, part
+
+    @torch.no_grad()
+    def walk_hinges(self, camera: np.ndarray, label: int, knots) -> dict[str, np.ndarray]:
+        """One view's walk ('traversal' only) with the hinge integrals of `knots`
+        (`ops.traversal.traverse_hinges_numba`): 'whole' and 'part' (H, W) float32 exactly as
+        `render_labelled` gives them, 'line' (H*W,) float64 (the whole image before rounding), 'hinges'
+        (H*W, 1 + knots) float64, and the rays in world mm:
+        'source' (3,), 'targets' (H*W, 3), 'raylen' (H*W,)."""
+        if self.geometry.renderer != "traversal":
+            raise ValueError("walk_hinges needs the 'traversal' renderer")
+        height, width = self.geometry.height, self.geometry.width
+        cameras = np.asarray(camera, dtype=np.float32).reshape(1, 4, 4)
+        source, targets, raylen = (x[0] for x in self._rays(cameras))
+        labels = self._labels_on_device if label >= 0 else None
+        if self.device.type == "cuda":
+            w, p, h = traverse_torch(self.drr.density, source[0], targets, raylen, labels, label, knots=knots)
+            w, p, h = w.cpu().numpy(), p.cpu().numpy(), h.cpu().numpy()
+        else:
+            w, p, h = traverse_hinges_numba(self.drr.density.numpy(), source[0].numpy(), targets.numpy(),
+                                            raylen.numpy(), height, width, knots, labels, label)
+        src_world, tgt_world = self._world_rays(cameras[0])
+        return {"whole": w.reshape(height, width).astype(np.float32), "part": p.reshape(height, width).astype(np.float32),
+                "line": w, "hinges": h, "source": src_world, "targets": tgt_world, "raylen": raylen.cpu().numpy()}
+
+    def _world_rays(self, camera: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(source (3,), detector pixel centres (H*W, 3)) in world mm, as `_rays` makes them."""
+        points = self.drr.detector.target[0].double()
+        world = np.asarray(camera, dtype=np.float64) @ AP_REORIENT
+        calibration = self.drr.detector._calibration.double().cpu().numpy()
+        return world[:3, 3].copy(), _transform_points(world @ calibration, points).cpu().numpy()
 
     def _render_clipped(self, cameras: np.ndarray) -> np.ndarray:
         source, targets, raylen = (x.float() for x in self._rays(cameras))

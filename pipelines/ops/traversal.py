@@ -57,14 +57,12 @@ def _axis(s, d, i):
 
 
 @numba.njit(inline="always")
-def _ray(flat, n_i, n_j, n_k, labels, label, box, sx, sy, sz, tx, ty, tz, with_label):
-    """(whole, labelled) integrals in ray-fraction units along one ray; see the module docstring."""
-    dx, dy, dz = tx - sx, ty - sy, tz - sz
+def _enter(n_i, n_j, n_k, box, sx, sy, sz, dx, dy, dz, with_label):
+    """A ray's walk state at its entry voxel: (a0, a1, b0, b1, off, steps, per-axis next crossing,
+    increment, remaining crossings and stride); a1 <= a0 when it misses the volume."""
     a0, a1 = _slab(sx, dx, n_i, 0.0, 1.0)
     a0, a1 = _slab(sy, dy, n_j, a0, a1)
     a0, a1 = _slab(sz, dz, n_k, a0, a1)
-    if a1 <= a0:
-        return 0.0, 0.0
     b0, b1 = -1.0, -2.0  # the stretch of the ray inside the label's box: labels are read only there
     if with_label:
         b0, b1 = _slab(sx - box[0], dx, box[3] - box[0], a0, a1)
@@ -78,7 +76,6 @@ def _ray(flat, n_i, n_j, n_k, labels, label, box, sx, sy, sz, tx, ty, tz, with_l
     si, ni, inc_i = _axis(sx, dx, i)
     sj, nj, inc_j = _axis(sy, dy, j)
     sk, nk, inc_k = _axis(sz, dz, k)
-    stride_i, stride_j = si * n_j * n_k, sj * n_k
     if left_i == 0:
         ni = _BIG
     if left_j == 0:
@@ -86,6 +83,38 @@ def _ray(flat, n_i, n_j, n_k, labels, label, box, sx, sy, sz, tx, ty, tz, with_l
     if left_k == 0:
         nk = _BIG
     off = (i * n_j + j) * n_k + k
+    return (a0, a1, b0, b1, off, ni, nj, nk, inc_i, inc_j, inc_k, left_i, left_j, left_k,
+            si * n_j * n_k, sj * n_k, sk)
+
+
+@numba.njit(inline="always")
+def _advance(off, ni, nj, nk, inc_i, inc_j, inc_k, left_i, left_j, left_k, stride_i, stride_j, stride_k):
+    """One plane crossing: (ray fraction at the crossing, next voxel offset, updated axis state)."""
+    if ni <= nj and ni <= nk:
+        e = ni
+        off += stride_i
+        left_i -= 1
+        ni = _BIG if left_i == 0 else ni + inc_i
+    elif nj <= nk:
+        e = nj
+        off += stride_j
+        left_j -= 1
+        nj = _BIG if left_j == 0 else nj + inc_j
+    else:
+        e = nk
+        off += stride_k
+        left_k -= 1
+        nk = _BIG if left_k == 0 else nk + inc_k
+    return e, off, ni, nj, nk, left_i, left_j, left_k
+
+
+@numba.njit(inline="always")
+def _ray(flat, n_i, n_j, n_k, labels, label, box, sx, sy, sz, tx, ty, tz, with_label):
+    """(whole, labelled) integrals in ray-fraction units along one ray; see the module docstring."""
+    (a0, a1, b0, b1, off, ni, nj, nk, inc_i, inc_j, inc_k, left_i, left_j, left_k,
+     stride_i, stride_j, stride_k) = _enter(n_i, n_j, n_k, box, sx, sy, sz, tx - sx, ty - sy, tz - sz, with_label)
+    if a1 <= a0:
+        return 0.0, 0.0
     acc = 0.0
     acc_label = 0.0
     a = a0
@@ -93,27 +122,8 @@ def _ray(flat, n_i, n_j, n_k, labels, label, box, sx, sy, sz, tx, ty, tz, with_l
     for _ in range(left_i + left_j + left_k):
         v = flat[off]
         at = off
-        if ni <= nj and ni <= nk:
-            e = ni
-            off += stride_i
-            left_i -= 1
-            ni += inc_i
-            if left_i == 0:
-                ni = _BIG
-        elif nj <= nk:
-            e = nj
-            off += stride_j
-            left_j -= 1
-            nj += inc_j
-            if left_j == 0:
-                nj = _BIG
-        else:
-            e = nk
-            off += sk
-            left_k -= 1
-            nk += inc_k
-            if left_k == 0:
-                nk = _BIG
+        e, off, ni, nj, nk, left_i, left_j, left_k = _advance(off, ni, nj, nk, inc_i, inc_j, inc_k, left_i, left_j,
+                                                              left_k, stride_i, stride_j, stride_k)
         seg = (e - a) * v
         acc += seg
         if with_label:
@@ -150,6 +160,78 @@ def _traverse(flat, shape, labels, label, box, source, targets, raylen, height, 
                 out_label[r] = part * raylen[r]
 
 
+MAX_KNOTS = 2  # hinge accumulators per ray (`traverse_hinges_numba`); unused ones get a knot at +inf
+
+
+@numba.njit(inline="always")
+def _ray_hinges(flat, n_i, n_j, n_k, labels, label, box, sx, sy, sz, tx, ty, tz, with_label, knots):
+    """`_ray`'s (whole, labelled) integrals, the ray's length inside the volume and, for each of the
+    MAX_KNOTS knots c, the integral of max(v - c, 0): branch-free, in registers (ray-fraction units)."""
+    (a0, a1, b0, b1, off, ni, nj, nk, inc_i, inc_j, inc_k, left_i, left_j, left_k,
+     stride_i, stride_j, stride_k) = _enter(n_i, n_j, n_k, box, sx, sy, sz, tx - sx, ty - sy, tz - sz, with_label)
+    if a1 <= a0:
+        return 0.0, 0.0, 0.0, 0.0, 0.0
+    c0, c1 = knots[0], knots[1]
+    acc = 0.0
+    acc_label = 0.0
+    h0 = 0.0
+    h1 = 0.0
+    a = a0
+    for _ in range(left_i + left_j + left_k):
+        v = flat[off]
+        at = off
+        e, off, ni, nj, nk, left_i, left_j, left_k = _advance(off, ni, nj, nk, inc_i, inc_j, inc_k, left_i, left_j,
+                                                              left_k, stride_i, stride_j, stride_k)
+        w = e - a
+        seg = w * v
+        acc += seg
+        if with_label:
+            if e > b0 and a < b1 and labels[at] == label:
+                acc_label += seg
+        h0 += w * max(v - c0, np.float32(0.0))
+        h1 += w * max(v - c1, np.float32(0.0))
+        a = e
+    v = flat[off]
+    w = a1 - a
+    seg = w * v
+    acc += seg
+    if with_label:
+        if a1 > b0 and a < b1 and labels[off] == label:
+            acc_label += seg
+    h0 += w * max(v - c0, np.float32(0.0))
+    h1 += w * max(v - c1, np.float32(0.0))
+    return acc, acc_label, a1 - a0, h0, h1
+
+
+@numba.njit(parallel=True, nogil=True, cache=True)
+def _traverse_hinges(flat, shape, labels, label, box, source, targets, raylen, height, width, knots, out, out_label,
+                     out_hinges):
+    """`_traverse`, with each ray's length and hinge integrals (`_ray_hinges`) in out_hinges[r]."""
+    n_i, n_j, n_k = shape[0], shape[1], shape[2]
+    tiles_w = (width + TILE - 1) // TILE
+    n_tiles = ((height + TILE - 1) // TILE) * tiles_w
+    sx, sy, sz = source[0], source[1], source[2]
+    for tile in numba.prange(n_tiles):
+        row0 = (tile // tiles_w) * TILE
+        col0 = (tile % tiles_w) * TILE
+        for row in range(row0, min(height, row0 + TILE)):
+            for col in range(col0, min(width, col0 + TILE)):
+                r = row * width + col
+                tx, ty, tz = targets[r, 0], targets[r, 1], targets[r, 2]
+                if label >= 0:
+                    whole, part, length, h0, h1 = _ray_hinges(flat, n_i, n_j, n_k, labels, label, box, sx, sy, sz,
+                                                                  tx, ty, tz, True, knots)
+                else:
+                    whole, part, length, h0, h1 = _ray_hinges(flat, n_i, n_j, n_k, labels, label, box, sx, sy, sz,
+                                                                  tx, ty, tz, False, knots)
+                scale = raylen[r]
+                out[r] = whole * scale
+                out_label[r] = part * scale
+                out_hinges[r, 0] = length * scale
+                out_hinges[r, 1] = h0 * scale
+                out_hinges[r, 2] = h1 * scale
+
+
 _workqueue_lock = threading.Lock()
 
 
@@ -163,25 +245,58 @@ def traverse_numba(volume: np.ndarray, source: np.ndarray, targets: np.ndarray, 
     `labels` value equals `label` (zeros when no label is asked for).
     """
     flat = np.ascontiguousarray(volume, dtype=np.float32).reshape(-1)
-    box = np.zeros(6, dtype=np.int64)
-    if labels is None or label < 0:
-        labels_flat, label = np.zeros(1, dtype=np.uint8), -1
-    else:
-        if labels.shape != volume.shape:
-            raise ValueError(f"labels {labels.shape} do not match the volume {volume.shape}")
-        labels_flat = np.ascontiguousarray(labels, dtype=np.uint8).reshape(-1)
-        box = label_box(labels, label)
+    labels_flat, label, box = _label_arrays(volume.shape, labels, label)
     n = height * width
     out, out_label = np.empty(n), np.empty(n)
     args = (flat, np.asarray(volume.shape, dtype=np.int64), labels_flat, int(label), box,
             np.asarray(source, dtype=np.float64).reshape(3), np.ascontiguousarray(targets, dtype=np.float64),
             np.ascontiguousarray(raylen, dtype=np.float64), int(height), int(width), out, out_label)
+    _run(_traverse, args)
+    return out, out_label
+
+
+def traverse_hinges_numba(volume: np.ndarray, source: np.ndarray, targets: np.ndarray, raylen: np.ndarray,
+                          height: int, width: int, knots, labels: np.ndarray | None = None,
+                          label: int = -1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`traverse_numba` (the same two images, bit for bit) and, from the same walk, (H*W, 1 + MAX_KNOTS)
+    float64: each ray's length inside the volume (mm) and, per knot c (at most MAX_KNOTS), the line
+    integral of max(v - c, 0) (columns of absent knots are 0).
+
+    Any per-voxel quantity that is a continuous piecewise-linear function of the value with its kinks
+    at the knots, q(v) = alpha + beta v + sum_k gamma_k max(v - c_k, 0) - the materials' partial
+    densities (`pipelines.physics.materials`) - integrates exactly from these columns and the whole
+    image, so the walk still reads one float per voxel and keeps its accumulators in registers.
+    """
+    knots = np.asarray(knots, dtype=np.float32).reshape(-1)
+    if len(knots) > MAX_KNOTS:
+        raise ValueError(f"at most {MAX_KNOTS} knots, got {len(knots)}")
+    padded = np.full(MAX_KNOTS, np.finfo(np.float32).max, dtype=np.float32)
+    padded[:len(knots)] = knots
+    flat = np.ascontiguousarray(volume, dtype=np.float32).reshape(-1)
+    labels_flat, label, box = _label_arrays(volume.shape, labels, label)
+    n = height * width
+    out, out_label, hinges = np.empty(n), np.empty(n), np.empty((n, 1 + MAX_KNOTS))
+    args = (flat, np.asarray(volume.shape, dtype=np.int64), labels_flat, int(label), box,
+            np.asarray(source, dtype=np.float64).reshape(3), np.ascontiguousarray(targets, dtype=np.float64),
+            np.ascontiguousarray(raylen, dtype=np.float64), int(height), int(width), padded, out, out_label, hinges)
+    _run(_traverse_hinges, args)
+    return out, out_label, hinges
+
+
+def _label_arrays(shape, labels, label):
+    if labels is None or label < 0:
+        return np.zeros(1, dtype=np.uint8), -1, np.zeros(6, dtype=np.int64)
+    if labels.shape != tuple(shape):
+        raise ValueError(f"labels {labels.shape} do not match the volume {tuple(shape)}")
+    return np.ascontiguousarray(labels, dtype=np.uint8).reshape(-1), int(label), label_box(labels, label)
+
+
+def _run(kernel, args):
     if _layer() == "workqueue":  # numba's fallback thread pool must not be entered from two threads at once
         with _workqueue_lock:
-            _traverse(*args)
+            kernel(*args)
     else:
-        _traverse(*args)
-    return out, out_label
+        kernel(*args)
 
 
 def label_box(labels: np.ndarray, label: int) -> np.ndarray:
@@ -210,23 +325,32 @@ def _has_safe_layer() -> bool:
 
 
 def traverse_torch(volume: torch.Tensor, source: torch.Tensor, targets: torch.Tensor, raylen: torch.Tensor,
-                   labels: torch.Tensor | None = None, label: int = -1,
-                   chunk: int = 1 << 18) -> tuple[torch.Tensor, torch.Tensor]:
-    """`traverse_numba`'s arithmetic as float64 torch operations, chunk by chunk of rays (for CUDA)."""
+                   labels: torch.Tensor | None = None, label: int = -1, chunk: int = 1 << 18,
+                   knots=None) -> tuple[torch.Tensor, torch.Tensor] | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`traverse_numba`'s arithmetic as float64 torch operations, chunk by chunk of rays (for CUDA).
+    With `knots`: also `traverse_hinges_numba`'s (N, 1 + MAX_KNOTS) columns, as a third result."""
     dims = volume.shape
     flat = volume.reshape(-1)
     lab = labels.reshape(-1) if labels is not None and label >= 0 else None
-    outs, outs_label = [], []
+    hinge_knots = None
+    if knots is not None:
+        padded = np.full(MAX_KNOTS, np.finfo(np.float32).max, dtype=np.float32)
+        padded[:len(knots)] = np.asarray(knots, dtype=np.float32)
+        hinge_knots = torch.as_tensor(padded, device=volume.device)
+    outs, outs_label, outs_hinges = [], [], []
     src = source.double().reshape(3)
     for lo in range(0, len(targets), chunk):
-        whole, part = _traverse_chunk(flat, dims, lab, label, src, targets[lo:lo + chunk].double(),
-                                      raylen[lo:lo + chunk].double())
+        whole, part, hinges = _traverse_chunk(flat, dims, lab, label, src, targets[lo:lo + chunk].double(),
+                                              raylen[lo:lo + chunk].double(), hinge_knots)
         outs.append(whole)
         outs_label.append(part)
-    return torch.cat(outs), torch.cat(outs_label)
+        outs_hinges.append(hinges)
+    if knots is None:
+        return torch.cat(outs), torch.cat(outs_label)
+    return torch.cat(outs), torch.cat(outs_label), torch.cat(outs_hinges)
 
 
-def _traverse_chunk(flat, dims, labels, label, src, tgt, raylen):
+def _traverse_chunk(flat, dims, labels, label, src, tgt, raylen, knots=None):
     dev = tgt.device
     n = len(tgt)
     d = tgt - src
@@ -262,6 +386,7 @@ def _traverse_chunk(flat, dims, labels, label, src, tgt, raylen):
     off = torch.where(hit, off, torch.zeros_like(off))
     acc = torch.zeros(n, dtype=torch.float64, device=dev)
     acc_label = torch.zeros_like(acc)
+    hinges = torch.zeros((n, 1 + MAX_KNOTS), dtype=torch.float64, device=dev) if knots is not None else None
     a = a0.clone()
     total = left[0] + left[1] + left[2]
     for t in range(int(total.max().item()) if n else 0):
@@ -273,6 +398,8 @@ def _traverse_chunk(flat, dims, labels, label, src, tgt, raylen):
         e = torch.where(pick_i, nxt[0], torch.where(pick_j, nxt[1], nxt[2]))
         seg = (e - a) * v
         acc = torch.where(active, acc + seg, acc)
+        if hinges is not None:
+            hinges[:, 1:] += torch.where(active[:, None], (e - a)[:, None] * (v.float()[:, None] - knots).clamp(min=0), 0.0)
         if labels is not None:
             acc_label = torch.where(active & (labels[off] == label), acc_label + seg, acc_label)
         moved = off
@@ -283,9 +410,14 @@ def _traverse_chunk(flat, dims, labels, label, src, tgt, raylen):
             moved = moved + go.long() * step[ax]
         off = moved
         a = torch.where(active, e, a)
-    seg = (a1 - a) * flat[off].double()
+    last = flat[off]
+    seg = (a1 - a) * last.double()
     acc = torch.where(hit, acc + seg, torch.zeros_like(acc)) * raylen
+    if hinges is not None:
+        hinges[:, 1:] += (a1 - a)[:, None] * (last.float()[:, None] - knots).clamp(min=0)
+        hinges[:, 0] = a1 - a0
+        hinges = torch.where(hit[:, None], hinges, 0.0) * raylen[:, None]
     if labels is not None:
         acc_label = torch.where(hit & (labels[off] == label), acc_label + seg, acc_label)
     acc_label = torch.where(hit, acc_label, torch.zeros_like(acc_label)) * raylen
-    return acc, acc_label
+    return acc, acc_label, hinges

@@ -1,6 +1,7 @@
 """`spineforge validate`: every checksum, key, dtype, shape and count of a version, or a list of problems."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import h5py
@@ -9,21 +10,24 @@ from pipelines.errors import ShardError
 from pipelines.io.shards import PublishedVersion, open_shard
 from schemas import SCHEMA_VERSION
 from schemas.config import BuildConfig
-from schemas.manifest import MANIFEST_COLUMNS, Col
+from schemas.manifest import DRR, MANIFEST_COLUMNS, Col
 from schemas.shard_layout import (
     GROUP_ATTRS,
-    PRODUCT_ATTRS,
+    XRAY_RECORD_FIELDS,
     Attr,
     expected_shape,
+    product_attrs,
     product_datasets,
 )
 
 
 def _check_group(name: str, group: h5py.Group, product: str, n_views: int, config: BuildConfig) -> list[str]:
     problems = []
-    for attr in GROUP_ATTRS + PRODUCT_ATTRS[product]:
+    for attr in GROUP_ATTRS + product_attrs(product, config):
         if attr not in group.attrs:
             problems.append(f"{name}: attribute {attr!r} missing")
+    if Attr.XRAY in group.attrs:
+        problems += _check_xray_record(name, group.attrs[Attr.XRAY], n_views if product == DRR else 2)
     if group.attrs.get(Attr.PRODUCT) != product:
         problems.append(f"{name}: product attribute {group.attrs.get(Attr.PRODUCT)!r} != manifest {product!r}")
     for spec in product_datasets(product, config):
@@ -40,6 +44,18 @@ def _check_group(name: str, group: h5py.Group, product: str, n_views: int, confi
             ds[()]  # reading verifies every chunk's fletcher32 checksum
         except OSError as exc:
             problems.append(f"{name}/{spec.key}: unreadable ({exc})")
+    return problems
+
+
+def _check_xray_record(name: str, text, n_views: int) -> list[str]:
+    """The physics record of realistic views: JSON with the drawn parameters, instruments and one noise seed per view."""
+    try:
+        record = json.loads(text)
+    except (TypeError, ValueError) as exc:
+        return [f"{name}: attribute {Attr.XRAY!r} is not JSON ({exc})"]
+    problems = [f"{name}: {Attr.XRAY} record lacks {k!r}" for k in XRAY_RECORD_FIELDS if k not in record]
+    if not problems and len(record["noise_seeds"]) != n_views:
+        problems.append(f"{name}: {Attr.XRAY} record has {len(record['noise_seeds'])} noise seeds for {n_views} views")
     return problems
 
 

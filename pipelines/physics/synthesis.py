@@ -1,0 +1,168 @@
+"""Mass thicknesses -> a detector image, as a C-arm with a flat panel makes it (docs/physics.md).
+
+Order of the chain (each step a small pure function):
+1. primary: per energy bin, Beer-Lambert through every channel's mass thickness; the detector
+   absorbs eta(E) of the photons and deposits their energy: expected quanta Q and signal S per pixel;
+   fluence = spectrum (photons / cm^2 / mAs at 1 m) x mAs x inverse square x the pixel's solid angle;
+2. collimation (rectangle or iris at the detector) blocks the primary outside the field;
+3. focal-spot unsharpness: the expected primary blurred by the focal spot magnified to the detector
+   at the isocentre, sigma = f / 2.355 x (SDD / SOD - 1);
+4. scatter by kernel superposition (Ohnesorge et al., Med Phys 26:3, 1999; Sun & Star-Lack, Phys Med
+   Biol 55:6695, 2010): each pixel's primary adds amplitude x (mu_eff t)^exponent of itself, spread
+   by a Gaussian whose width grows with the air gap; a grid passes the primary and scatter by its own
+   transmissions;
+5. quantum noise: Poisson counts of the expected quanta, each carrying its pixel's mean energy;
+6. detector blur (scintillator light spread, Gaussian PSF), then electronic noise (Gaussian);
+7. flat-field correction by the noiseless open-field image (with the grid, as calibrated), and
+   -ln (radiograph polarity, bone bright) or the transmission itself (fluoroscopy, bone dark).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.ndimage import gaussian_filter, zoom
+
+from pipelines.physics.tables import SPECTRUM_DISTANCE_CM, Tables
+
+FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
+SCATTER_DOWNSAMPLE = 8  # scatter is smooth: computed on a grid 8x coarser, then interpolated back
+CHUNK_PIXELS = 1 << 15
+
+
+def primary(masses: np.ndarray, tables: Tables) -> tuple[np.ndarray, np.ndarray]:
+    """(Q, S): expected absorbed quanta and deposited energy (keV) per unit fluence scale, for (P, C)
+    mass thicknesses (g/cm^2) in the tables' channel order; an all-zero row gives the open field."""
+    masses = np.asarray(masses, dtype=np.float32).reshape(-1, tables.mu_rho.shape[0])
+    mu = tables.mu_rho.astype(np.float32)
+    quanta_w = (tables.fluence * tables.eta).astype(np.float32)
+    signal_w = tables.signal_weights.astype(np.float32)
+    q = np.empty(len(masses), dtype=np.float64)
+    s = np.empty(len(masses), dtype=np.float64)
+    for lo in range(0, len(masses), CHUNK_PIXELS):
+        a = masses[lo:lo + CHUNK_PIXELS] @ mu
+        np.exp(-a, out=a)
+        q[lo:lo + CHUNK_PIXELS] = a @ quanta_w
+        s[lo:lo + CHUNK_PIXELS] = a @ signal_w
+    return q, s
+
+
+def fluence_scale(raylen_mm: np.ndarray, sdd_mm: float, pixel_mm: float, mas: float) -> np.ndarray:
+    """Per pixel: mAs x (1 m / distance)^2 x pixel area (cm^2) x cos(obliquity), so that spectrum
+    fluence (per cm^2 at 1 m) becomes photons reaching the pixel."""
+    r_cm = np.asarray(raylen_mm, dtype=np.float64) / 10.0
+    return mas * (SPECTRUM_DISTANCE_CM / r_cm) ** 2 * (pixel_mm / 10.0) ** 2 * (sdd_mm / 10.0) / r_cm
+
+
+def collimator(shape: tuple[int, int], kind: str, fraction: float, aspect: float = 1.0) -> np.ndarray:
+    """Open-field mask (bool): 'none', a centred rectangle of `fraction` of the field's width
+    (x `aspect` of its height), or a centred iris of `fraction` of its width in diameter."""
+    h, w = shape
+    if kind == "none":
+        return np.ones(shape, bool)
+    y = (np.arange(h) - (h - 1) / 2.0)[:, None] / (h / 2.0)
+    x = (np.arange(w) - (w - 1) / 2.0)[None, :] / (w / 2.0)
+    if kind == "rectangle":
+        return (np.abs(x) <= fraction) & (np.abs(y) <= fraction * aspect)
+    if kind == "iris":
+        return x ** 2 + y ** 2 <= fraction ** 2
+    raise ValueError(f"unknown collimation {kind!r}")
+
+
+def focal_sigma_mm(focal_spot_mm: float, sdd_mm: float, sod_mm: float) -> float:
+    """Gaussian sigma (mm, at the detector) of a focal spot of nominal size (FWHM) for an object at the isocentre."""
+    return focal_spot_mm / FWHM_PER_SIGMA * (sdd_mm / sod_mm - 1.0)
+
+
+def blur(image: np.ndarray, sigma_px: float) -> np.ndarray:
+    if sigma_px <= 0:
+        return image
+    return gaussian_filter(image, sigma_px, mode="nearest", truncate=4.0)
+
+
+@dataclass(frozen=True)
+class ScatterModel:
+    amplitude: float
+    exponent: float
+    sigma_mm: float  # kernel width at the detector
+    grid_primary: float  # 1 without a grid
+    grid_scatter: float  # 1 without a grid
+
+
+def scatter_sigma_mm(min_sigma_mm: float, spread_deg: float, air_gap_mm: float) -> float:
+    """Kernel width at the detector: the width leaving the patient, widened by the scatter's angular
+    spread over the air gap (scattered photons diverge; a wider kernel puts fewer on the field)."""
+    return float(np.hypot(min_sigma_mm, max(air_gap_mm, 0.0) * np.tan(np.deg2rad(spread_deg))))
+
+
+def scatter_signal(primary_signal: np.ndarray, thickness_mu: np.ndarray, model: ScatterModel,
+                   pixel_mm: float) -> np.ndarray:
+    """Scatter signal on the detector (before the grid) from the collimated primary signal (H, W)
+    and each pixel's attenuation mu_eff x t (dimensionless): a Gaussian superposition of
+    amplitude x (mu_eff t)^exponent x primary, zero beyond the detector's edges."""
+    f = SCATTER_DOWNSAMPLE
+    h, w = primary_signal.shape
+    hc, wc = -(-h // f), -(-w // f)
+    source = np.zeros((hc * f, wc * f))
+    source[:h, :w] = primary_signal * model.amplitude * np.power(np.clip(thickness_mu, 0.0, None), model.exponent)
+    coarse = source.reshape(hc, f, wc, f).sum(axis=(1, 3))
+    spread = gaussian_filter(coarse, model.sigma_mm / (pixel_mm * f), mode="constant", truncate=4.0)
+    fine = zoom(spread / (f * f), f, order=1, mode="nearest", grid_mode=True)
+    return fine[:h, :w]
+
+
+@dataclass(frozen=True)
+class DetectorModel:
+    pixel_mm: float
+    sdd_mm: float
+    sod_mm: float
+    mas: float
+    focal_spot_mm: float
+    psf_sigma_mm: float
+    electronic_quanta: float
+    collimation: str = "none"
+    collimation_fraction: float = 1.0
+    collimation_aspect: float = 1.0
+    polarity: str = "radiograph"
+
+
+def synthesize(masses: np.ndarray, raylen_mm: np.ndarray, tables: Tables, detector: DetectorModel,
+               scatter: ScatterModel | None, rng: np.random.Generator | None,
+               diagnostics: dict | None = None) -> np.ndarray:
+    """A processed detector image (H, W) float32 from (H, W, C) mass thicknesses (g/cm^2) and the
+    rays' lengths (mm). `rng` None: the expected (noiseless) image. `diagnostics`, when given, gets
+    the open-field quanta per pixel and the scatter-to-primary ratio at the field's centre."""
+    h, w = masses.shape[:2]
+    scale = fluence_scale(raylen_mm, detector.sdd_mm, detector.pixel_mm, detector.mas).reshape(h, w)
+    q, s = primary(masses.reshape(h * w, -1), tables)
+    q0, s0 = primary(np.zeros((1, masses.shape[-1])), tables)
+    q, s = q.reshape(h, w) * scale, s.reshape(h, w) * scale
+    flat_q, flat_s = q0[0] * scale, s0[0] * scale
+    open_field = collimator((h, w), detector.collimation, detector.collimation_fraction, detector.collimation_aspect)
+    focal_px = focal_sigma_mm(detector.focal_spot_mm, detector.sdd_mm, detector.sod_mm) / detector.pixel_mm
+    q = blur(np.where(open_field, q, 0.0), focal_px)
+    s = blur(np.where(open_field, s, 0.0), focal_px)
+    mean_energy = s0[0] / q0[0]
+    grid_p = scatter.grid_primary if scatter is not None else 1.0
+    scatter_s = np.zeros_like(s)
+    if scatter is not None and scatter.amplitude > 0:
+        thickness_mu = -np.log(np.clip(s / np.maximum(flat_s, 1e-300), 1e-12, 1.0))
+        scatter_s = scatter_signal(s, thickness_mu, scatter, detector.pixel_mm) * scatter.grid_scatter
+    q_total = q * grid_p + scatter_s / mean_energy
+    s_total = s * grid_p + scatter_s
+    if diagnostics is not None:
+        c = (h // 2, w // 2)
+        diagnostics["open_field_quanta"] = float(flat_q[c])
+        diagnostics["spr_centre"] = float(scatter_s[c] / max(s[c] * grid_p, 1e-300))
+    if rng is not None:
+        per_quantum = np.divide(s_total, q_total, out=np.full_like(s_total, mean_energy), where=q_total > 0)
+        signal = rng.poisson(q_total) * per_quantum
+    else:
+        signal = s_total
+    signal = blur(signal, detector.psf_sigma_mm / detector.pixel_mm)
+    if rng is not None and detector.electronic_quanta > 0:
+        signal = signal + rng.normal(0.0, detector.electronic_quanta * mean_energy, signal.shape)
+    flat = flat_s * grid_p
+    transmission = np.clip(signal / flat, 1.0 / np.maximum(flat_q, 1.0), None)  # floor: one quantum
+    out = -np.log(transmission) if detector.polarity == "radiograph" else transmission
+    return out.astype(np.float32)

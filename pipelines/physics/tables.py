@@ -1,0 +1,178 @@
+"""Physics data, from the libraries made for it (the only module that calls them):
+
+- tube spectra: spekpy (tungsten anode, kVp, anode angle; photons per cm^2 per mAs at 1 m, 0.5 keV
+  bins), filtered here by Beer-Lambert through aluminium and copper;
+- mass attenuation (total, with coherent scattering), NIST/ICRU compositions and densities: xraylib
+  (`CS_Total_CP` and its NIST compound list; elements by symbol for alloys, whose density is the
+  ideal mixture of the elements' densities);
+- air's mass energy-absorption coefficient (for air kerma and half-value layers): spekpy's own NIST
+  table (xraylib's `CS_Energy` differs from NIST's by up to 30 % below 40 keV, so it is not used);
+- the detector: an energy-integrating scintillator (default CsI) of a given thickness, absorbing
+  eta(E) = 1 - exp(-mu(E) t) of the photons reaching it and depositing their energy (K-fluorescence
+  escape from the scintillator is neglected).
+
+`Tables` integrates all of it over synthesis energy bins, weighting by each fine bin's detected
+signal, so a bin's coefficients are exact in the thin-absorber limit and a one-line spectrum is exact.
+"""
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+from dataclasses import dataclass
+
+import numpy as np
+import xraylib
+from scipy.optimize import brentq
+
+from schemas.config import Alloy, MaterialAnchor
+
+FINE_BIN_KEV = 0.5  # spekpy's spectrum resolution used everywhere before binning
+SPECTRUM_DISTANCE_CM = 100.0  # spekpy's fluence is given at 1 m from the focal spot
+PHYSICS_PACKAGES = ("spekpy", "xraylib")
+
+
+def library_versions() -> dict[str, str]:
+    """The physics data packages' versions (recorded in the dataset card)."""
+    return {name: importlib.metadata.version(name) for name in PHYSICS_PACKAGES}
+
+
+@functools.lru_cache(maxsize=64)
+def _tube(kv: int, anode_angle_deg: float) -> tuple[np.ndarray, np.ndarray]:
+    import spekpy  # ~1 s to import and to compute a spectrum: only where spectra are made
+
+    spectrum = spekpy.Spek(kvp=float(kv), th=float(anode_angle_deg), dk=FINE_BIN_KEV)
+    energies, fluence = spectrum.get_spectrum(diff=False)  # photons / cm^2 / mAs per bin, at 1 m
+    keep = fluence > 0
+    return np.asarray(energies[keep], dtype=np.float64), np.asarray(fluence[keep], dtype=np.float64)
+
+
+def tube_spectrum(kv: int, anode_angle_deg: float, al_mm: float = 0.0, cu_mm: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """(energies keV, photons / cm^2 / mAs at 1 m per 0.5 keV bin) of a tungsten tube behind `al_mm`
+    aluminium and `cu_mm` copper."""
+    energies, fluence = _tube(int(kv), float(anode_angle_deg))
+    return energies, fluence * filter_transmission(energies, al_mm, cu_mm)
+
+
+def filter_transmission(energies: np.ndarray, al_mm: float, cu_mm: float) -> np.ndarray:
+    out = np.ones_like(energies)
+    for symbol, mm in (("Al", al_mm), ("Cu", cu_mm)):
+        if mm > 0:
+            out *= np.exp(-element_mu_rho(symbol, energies) * element_density(symbol) * mm / 10.0)
+    return out
+
+
+def element_density(symbol: str) -> float:
+    return float(xraylib.ElementDensity(xraylib.SymbolToAtomicNumber(symbol)))
+
+
+def element_mu_rho(symbol: str, energies: np.ndarray) -> np.ndarray:
+    z = xraylib.SymbolToAtomicNumber(symbol)
+    return np.array([xraylib.CS_Total(z, float(e)) for e in np.atleast_1d(energies)])
+
+
+def nist(name: str) -> dict:
+    try:
+        return xraylib.GetCompoundDataNISTByName(name)
+    except ValueError:
+        raise ValueError(f"{name!r} is not in xraylib's NIST compound list") from None
+
+
+def compound_mu_rho(name: str, energies: np.ndarray) -> np.ndarray:
+    """Mass attenuation coefficient (total, with coherent scattering) of a NIST compound, cm^2/g."""
+    nist(name)
+    return np.array([xraylib.CS_Total_CP(name, float(e)) for e in np.atleast_1d(energies)])
+
+
+@functools.lru_cache(maxsize=1)
+def _spek_reference():
+    import spekpy
+
+    return spekpy.Spek(kvp=80.0, dk=FINE_BIN_KEV)
+
+
+def air_muen_rho(energies: np.ndarray) -> np.ndarray:
+    """Air's mass energy-absorption coefficient (cm^2/g), spekpy's NIST table."""
+    return np.asarray(_spek_reference().muen_air_data.get_muen_over_rho_air(np.asarray(energies, dtype=np.float64)))
+
+
+def alloy_mu_rho(alloy: Alloy, energies: np.ndarray) -> np.ndarray:
+    return sum(f * element_mu_rho(symbol, energies) for symbol, f in alloy.mass_fractions.items())
+
+
+def alloy_density(alloy: Alloy) -> float:
+    """Ideal mixture of the elements' densities (xraylib): 1 / rho = sum w_i / rho_i."""
+    return 1.0 / sum(f / element_density(symbol) for symbol, f in alloy.mass_fractions.items())
+
+
+def material_densities(materials: list[MaterialAnchor]) -> np.ndarray:
+    return np.array([float(nist(m.nist)["density"]) for m in materials])
+
+
+def detector_response(material: str, thickness_mm: float, energies: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(absorbed fraction eta(E), energy deposited per absorbed photon, keV) of a scintillator layer."""
+    rho = float(nist(material)["density"])
+    mu = compound_mu_rho(material, energies) * rho
+    eta = 1.0 - np.exp(-mu * thickness_mm / 10.0)
+    return eta, np.asarray(energies, dtype=np.float64).copy()
+
+
+@dataclass(frozen=True)
+class Tables:
+    """Everything synthesis needs, on its energy bins: fluence (photons / cm^2 / mAs at 1 m), the
+    channels' mass attenuation (C, E) cm^2/g, the detector's absorbed fraction and energy kept (keV)."""
+
+    energies_kev: np.ndarray
+    fluence: np.ndarray
+    mu_rho: np.ndarray
+    eta: np.ndarray
+    kept_kev: np.ndarray
+    channels: tuple[str, ...]
+
+    @property
+    def signal_weights(self) -> np.ndarray:
+        """Expected deposited energy per unit of unattenuated fluence, per bin (keV)."""
+        return self.fluence * self.eta * self.kept_kev
+
+
+def channel_mu_rho(materials: list[MaterialAnchor], alloys: list[Alloy], energies: np.ndarray) -> np.ndarray:
+    rows = [compound_mu_rho(m.nist, energies) for m in materials] + [alloy_mu_rho(a, energies) for a in alloys]
+    return np.stack(rows)
+
+
+def make_tables(energies: np.ndarray, fluence: np.ndarray, materials: list[MaterialAnchor], alloys: list[Alloy],
+                detector_material: str, detector_mm: float, n_bins: int) -> Tables:
+    """Integrate fine-binned physics over `n_bins` synthesis bins that each hold an equal share of the
+    detected signal (fluence x absorbed fraction x energy): resolution goes where the signal is. Each
+    bin's coefficients are its fine bins' signal-weighted means (exact for thin absorbers)."""
+    mu_fine = channel_mu_rho(materials, alloys, energies)
+    eta, kept = detector_response(detector_material, detector_mm, energies)
+    weight = fluence * eta * kept
+    share = np.cumsum(weight) / weight.sum()
+    index = np.minimum((share - 0.5 * weight / weight.sum()) * n_bins, n_bins - 1).astype(int)
+    groups = [g for g in (np.flatnonzero(index == b) for b in range(n_bins)) if len(g) and weight[g].sum() > 0]
+    w = [weight[g] / weight[g].sum() for g in groups]
+    q = [fluence[g] * eta[g] for g in groups]
+    return Tables(
+        energies_kev=np.array([float(np.sum(energies[g] * wg)) for g, wg in zip(groups, w)]),
+        fluence=np.array([fluence[g].sum() for g in groups]),
+        mu_rho=np.stack([[float(np.sum(row[g] * wg)) for g, wg in zip(groups, w)] for row in mu_fine]),
+        eta=np.array([(fluence[g] * eta[g]).sum() / fluence[g].sum() for g in groups]),
+        kept_kev=np.array([float(np.sum(kept[g] * qg) / qg.sum()) for g, qg in zip(groups, q)]),
+        channels=tuple(m.name for m in materials) + tuple(a.name for a in alloys),
+    )
+
+
+def direct_signal(energies: np.ndarray, fluence: np.ndarray, mu_linear_fine: np.ndarray, detector_material: str,
+                  detector_mm: float) -> np.ndarray:
+    """Reference: detected signal through absorbers given per fine bin (mu x t summed, (..., E_fine)),
+    integrated bin by bin with no synthesis binning (what `Tables` approximates)."""
+    eta, kept = detector_response(detector_material, detector_mm, energies)
+    return np.exp(-np.asarray(mu_linear_fine)) @ (fluence * eta * kept)
+
+
+def hvl_mm_al(energies: np.ndarray, fluence: np.ndarray) -> float:
+    """First half-value layer in aluminium (mm) of a spectrum, by air kerma (xraylib's mu_en of air)."""
+    kerma = fluence * energies * air_muen_rho(energies)
+    mu_al = element_mu_rho("Al", energies) * element_density("Al") / 10.0  # 1/mm
+    half = 0.5 * kerma.sum()
+    return float(brentq(lambda t: float(np.sum(kerma * np.exp(-mu_al * t))) - half, 0.0, 100.0, xtol=1e-9))

@@ -1,0 +1,99 @@
+"""The detector image against physics: noise statistics, blur, scatter behaviour, reproducibility."""
+import numpy as np
+import pytest
+from scipy.special import erf
+
+from pipelines.physics import tables
+from pipelines.physics.synthesis import (
+    DetectorModel,
+    ScatterModel,
+    focal_sigma_mm,
+    scatter_sigma_mm,
+    scatter_signal,
+    synthesize,
+)
+from schemas.config import XrayConfig
+
+CFG = XrayConfig()
+E, F = tables.tube_spectrum(80, 12.0, 3.0, 0.1)
+TABLES = tables.make_tables(E, F, CFG.materials, CFG.alloys, "Cesium Iodide", 0.6, CFG.energy_bins)
+
+
+def _detector(**kw):
+    base = dict(pixel_mm=0.2, sdd_mm=1020.0, sod_mm=850.0, mas=0.5, focal_spot_mm=0.0, psf_sigma_mm=0.0,
+                electronic_quanta=0.0, polarity="fluoroscopy")
+    return DetectorModel(**{**base, **kw})
+
+
+def _slab(tissue_g_cm2, shape=(128, 128)):
+    m = np.zeros((*shape, 5))
+    m[..., 1] = tissue_g_cm2
+    return m
+
+
+def test_flat_field_relative_variance_falls_as_one_over_the_photon_count():
+    raylen = np.full(128 * 128, 1020.0)
+    counts, variances = [], []
+    for mas in (0.01, 0.03, 0.1, 0.3, 1.0):
+        diag = {}
+        image = synthesize(_slab(0.0), raylen, TABLES, _detector(mas=mas), None, np.random.default_rng(7), diag)
+        counts.append(diag["open_field_quanta"])
+        variances.append(np.var(image) / np.mean(image) ** 2)
+    slope = np.polyfit(np.log(counts), np.log(variances), 1)[0]
+    assert slope == pytest.approx(-1.0, abs=0.05)
+
+
+def _edge_sigma_px(image_row):
+    x = np.arange(len(image_row)) - (len(image_row) - 1) / 2
+    lo, hi = image_row[:10].mean(), image_row[-10:].mean()
+    best = min(((np.sum((lo + (hi - lo) * 0.5 * (1 + erf((x - c) / (s * np.sqrt(2)))) - image_row) ** 2), s)
+                for s in np.linspace(0.3, 6.0, 571) for c in (-0.5, 0.0, 0.5)))
+    return best[1]
+
+
+def test_an_edge_spreads_as_the_configured_detector_psf_and_focal_spot():
+    m = _slab(0.0, (64, 128))
+    m[:, 64:, 1] = 10.0  # a tissue edge at the isocentre
+    raylen = np.full(64 * 128, 1020.0)
+    for focal, psf in ((1.2, 0.0), (0.0, 0.3), (0.8, 0.25)):  # magnification 1.7: resolvable on 0.2 mm pixels
+        detector = _detector(focal_spot_mm=focal, psf_sigma_mm=psf, sod_mm=600.0)
+        image = synthesize(m, raylen, TABLES, detector, None, None)
+        expected = np.hypot(focal_sigma_mm(focal, 1020.0, 600.0), psf) / 0.2
+        assert _edge_sigma_px(image[32]) == pytest.approx(expected, rel=0.05)
+
+
+def test_the_same_seed_gives_the_same_image_and_another_seed_another():
+    raylen = np.full(128 * 128, 1020.0)
+    d = _detector(electronic_quanta=2.0, psf_sigma_mm=0.1, polarity="radiograph")
+    a, b, c = (synthesize(_slab(10.0), raylen, TABLES, d, None, np.random.default_rng(s)) for s in (1, 1, 2))
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    assert np.all(a > 0)  # radiograph polarity: -ln(I/I0) of tissue is positive
+
+
+def _spr(tissue, fraction=0.9, grid=(1.0, 1.0), gap_mm=150.0, shape=(256, 256)):
+    model = ScatterModel(CFG.scatter.amplitude, CFG.scatter.exponent,
+                         scatter_sigma_mm(CFG.scatter.min_sigma_mm, CFG.scatter.spread_deg, gap_mm), *grid)
+    diag = {}
+    d = _detector(collimation="rectangle", collimation_fraction=fraction, pixel_mm=0.8)
+    synthesize(_slab(tissue, shape), np.full(shape[0] * shape[1], 1020.0), TABLES, d, model, None, diag)
+    return diag["spr_centre"]
+
+
+def test_scatter_to_primary_rises_with_thickness_and_field_and_falls_with_grid_and_air_gap():
+    thick = [_spr(t) for t in (5.0, 10.0, 20.0, 30.0)]
+    assert np.all(np.diff(thick) > 0)
+    fields = [_spr(20.0, f) for f in (0.2, 0.5, 0.9)]
+    assert np.all(np.diff(fields) > 0)
+    assert _spr(20.0, grid=(0.7, 0.15)) < 0.3 * _spr(20.0)
+    assert _spr(20.0, gap_mm=400.0) < _spr(20.0, gap_mm=50.0)
+
+
+def test_scatter_is_low_frequency():
+    rng = np.random.default_rng(3)
+    primary = np.zeros((512, 512))
+    primary[64:448, 64:448] = rng.uniform(0.5, 1.0, (384, 384))  # a sharp field edge and pixel-scale detail
+    model = ScatterModel(0.1, 1.3, scatter_sigma_mm(20.0, 25.0, 150.0), 1.0, 1.0)
+    s = scatter_signal(primary, np.full(primary.shape, 3.0), model, 0.2)
+    power = np.abs(np.fft.fft2(s - s.mean())) ** 2
+    f = np.hypot(*np.meshgrid(np.fft.fftfreq(512, 0.2), np.fft.fftfreq(512, 0.2), indexing="ij"))
+    assert power[f < 0.1].sum() >= 0.95 * power.sum()
