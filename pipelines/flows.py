@@ -94,6 +94,7 @@ def card_fields(config: BuildConfig, build_id: str, ingest: IngestResult, inputs
     input_hashes = ingest.input_hashes  # what build_id hashes: every case given, before content duplicates
     return CardFields(
         name=config.dataset, build_id=build_id, code_version=pipelines.__version__,
+        physics_data=pipelines.physics_data_versions(),
         config=config.model_dump(mode="json"), seed=config.seed,
         input_hash=hashlib.sha256("".join(sorted(input_hashes.values())).encode()).hexdigest(),
         inputs=[str(Path(p).resolve()) for p in inputs], unmatched_files=unmatched,

@@ -120,7 +120,7 @@ def plan_build(config: BuildConfig, inputs: list[str], out: str, version: str | 
         return hash_files(cases, hashes.lookup)
 
     ingest: IngestResult = ingest_inputs([Path(p) for p in inputs], config, hasher=hasher)
-    build_id = compute_build_id(ingest.input_hashes, config, pipelines.__version__)
+    build_id = compute_build_id(ingest.input_hashes, config, pipelines.content_version())
     plan = BuildPlan(config=config, inputs=[str(p) for p in inputs], out=str(out), requested_version=version,
                      ingest=ingest, hashes=hashes, case_keys={j.case.case_id: job_key(j, config) for j in ingest.jobs},
                      build_id=build_id, target=PublishPlan(dataset_dir, version or "", False))

@@ -50,6 +50,7 @@ class DatasetCard(BaseModel):
     schema_version: str
     created: str
     code_version: str
+    physics_data: dict[str, str] = {}  # versions of the physics data packages (spekpy, xraylib)
     config: dict  # the full BuildConfig as JSON
     seed: int
     input_hash: str

@@ -24,8 +24,11 @@ class Key:
         "pose_params", "pose_matrices", "view_names", "rotation_center")
 
 
-# Datasets holding X-ray images (single views or V x H x W stacks of line integrals).
-IMAGE_KEYS = (Key.XRAY1, Key.XRAY2, Key.DRR, Key.DRR_VERTEBRA, Key.DRR_XRAY, Key.XRAY1_XRAY, Key.XRAY2_XRAY)
+# Datasets holding X-ray images (single views or V x H x W stacks): exact line integrals, and the
+# realistic (physics-based, noisy; -ln(I/I0) in radiograph polarity) views beside them.
+EXACT_IMAGE_KEYS = (Key.XRAY1, Key.XRAY2, Key.DRR, Key.DRR_VERTEBRA)
+REALISTIC_IMAGE_KEYS = (Key.DRR_XRAY, Key.XRAY1_XRAY, Key.XRAY2_XRAY)
+IMAGE_KEYS = EXACT_IMAGE_KEYS + REALISTIC_IMAGE_KEYS
 # Datasets stored one chunk per view.
 VIEW_STACK_KEYS = (Key.DRR, Key.DRR_VERTEBRA, Key.DRR_XRAY, Key.INSTRUMENT_MASK)
 

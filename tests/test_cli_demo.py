@@ -270,14 +270,66 @@ def test_demo_arrays_are_bit_identical_to_those_built_before_the_restructure(dem
     package was reorganised (issue: one path per job); the same config and seed must give the same bytes.
     (build_id 75d0b904eb8a267a then; it changed when the config model gained shards.compact_above.)
     Re-recorded when the exact traversal became the default renderer: only drr, drr_vertebra, xray1 and
-    xray2 changed then (checked key by key); every other array kept its bytes."""
+    xray2 changed then (checked key by key); every other array kept its bytes. The physics-based views
+    added `drr_xray` and `instrument_mask` beside them: every array recorded before keeps its bytes."""
     from pathlib import Path
 
     from tests.reference.array_digest import version_digests
 
     out, _ = demo
     reference = json.loads((Path(__file__).parent / "reference" / "demo_v1_arrays.json").read_text())
-    assert version_digests(out / "demo" / "v1") == reference
+    digests = version_digests(out / "demo" / "v1")
+    assert sorted(digests) == sorted(reference)
+    assert {s: {k: d[k] for k in reference[s]} for s, d in digests.items()} == reference
+    added = {k for s, d in digests.items() for k in set(d) - set(reference[s])}
+    assert added == {"drr_xray", "instrument_mask"}
+
+
+@pytest.mark.slow
+def test_demo_realistic_views_re_render_bit_identically_from_their_record(demo):
+    """A stored physics-based view is a function of the volume, the cameras and its `xray` record:
+    rendering the record again gives the same bytes; the card names the physics data's versions."""
+    import numpy as np
+
+    from pipelines.case.prepare import load_and_prepare
+    from pipelines.case.products import geometry_from
+    from pipelines.ingest.discover import discover
+    from pipelines.io.shards import PublishedVersion, open_shard
+    from pipelines.ops.attenuation import mu_of
+    from pipelines.ops.drr import Renderer, camera_for_motion
+    from pipelines.physics.views import XraySynth
+    from schemas.shard_layout import Attr, Key
+
+    out, _ = demo
+    root = out / "demo" / "v1"
+    version = PublishedVersion(root)
+    assert set(version.card.physics_data) == {"spekpy", "xraylib"}
+    config = version.config
+    rows = version.manifest[version.manifest["product"] == "drr"]
+    case = discover([Path(p) for p in version.card.inputs]).cases[0]
+    prepared = load_and_prepare(case, config)
+    geometry = geometry_from(config)
+    renderer = Renderer(mu_of(prepared.ct.array, config.attenuation), prepared.ct.affine, geometry,
+                        labels=prepared.labels.array)
+    synth = XraySynth(renderer, config.xray, config.attenuation)
+    from pipelines.ingest.labels import level_id
+
+    seen_instruments = 0
+    for row in rows.itertuples():
+        with open_shard(root / "shards" / row.shard) as h5:
+            g = h5[row.key]
+            record = json.loads(g.attrs[Attr.XRAY])
+            stored, bits, motions = g[Key.DRR_XRAY][()], g[Key.INSTRUMENT_MASK][()], g[Key.POSE_MATRICES][()]
+            names, centre, exact = g[Key.VIEW_NAMES][()], g[Key.ROTATION_CENTER][()], g[Key.DRR][()]
+        view = 1  # one view per sample: the lateral of the first pose
+        camera = camera_for_motion(names[view].decode(), geometry.sod_mm, centre, motions[view])
+        again = synth.views(camera[None], level_id(row.target_level), record["physics"], record["instruments"],
+                            record["noise_seeds"][view:view + 1])
+        assert np.array_equal(again["realistic"][0], stored[view]) and np.array_equal(again["whole"][0], exact[view])
+        assert np.array_equal(again["instrument_bits"][0], bits[view])
+        seen_instruments += bool(record["instruments"]) and bits.any()
+        assert np.isfinite(stored).all() and stored.std() > 0
+    assert seen_instruments >= 1  # the demo's seed puts instruments in view
 
 
 def test_export_of_a_version_without_x2ct_samples_is_a_one_line_error(tmp_path, home):

@@ -12,13 +12,13 @@ CASE_CACHE_FORMAT = "staged-per-product-v3-fingerprint"  # changes when CaseResu
 
 
 def case_key(case_id: str, input_sha256: str, split: str, config: BuildConfig) -> str:
-    """Cache key of one case's results: its content, split, the config that shapes it, the code.
+    """Cache key of one case's results: its content, split, the config that shapes it, the code and physics data versions.
 
     Publish-only settings (dataset name, shard sizing, registration pairs) are left out, so
     changing them reuses every case.
     """
     relevant = sample_shaping_config(config)
-    payload = json.dumps([case_id, input_sha256, split, relevant, pipelines.__version__], sort_keys=True)
+    payload = json.dumps([case_id, input_sha256, split, relevant, pipelines.content_version()], sort_keys=True)
     return f"{case_id}-{hashlib.sha256((payload + CASE_CACHE_FORMAT).encode()).hexdigest()[:20]}"
 
 

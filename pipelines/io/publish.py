@@ -170,6 +170,7 @@ class CardFields:
     name: str
     build_id: str
     code_version: str
+    physics_data: dict[str, str]
     config: dict
     seed: int
     input_hash: str

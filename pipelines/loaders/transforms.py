@@ -7,11 +7,11 @@ import torch
 
 from pipelines.ops.sampling import stable_hash
 from schemas.manifest import Col
-from schemas.shard_layout import IMAGE_KEYS
+from schemas.shard_layout import EXACT_IMAGE_KEYS, IMAGE_KEYS
 
 
-def _on_images(sample: dict, fn: Callable[[str, torch.Tensor], torch.Tensor]) -> dict:
-    return {k: fn(k, v) if k in IMAGE_KEYS else v for k, v in sample.items()}
+def _on_images(sample: dict, fn: Callable[[str, torch.Tensor], torch.Tensor], keys=IMAGE_KEYS) -> dict:
+    return {k: fn(k, v) if k in keys else v for k, v in sample.items()}
 
 
 def line_integral(sample: dict) -> dict:
@@ -49,7 +49,8 @@ class PoissonNoise:
     """Transform: quantum noise of a detector receiving `photons` per pixel in air. Counts
     N ~ Poisson(photons * exp(-p)); the noisy line integral is -ln(max(N, 1) / photons) (same convention
     as stored). Seeded per (seed, sample_id, epoch): the same noise for a sample in any worker or rank,
-    fresh noise each epoch after `set_epoch`."""
+    fresh noise each epoch after `set_epoch`. Applied to the exact line integrals only: the realistic
+    views (`drr_xray`, ...) hold their own quantum noise."""
 
     def __init__(self, photons: float = 1e4, seed: int = 0):
         if photons <= 0:
@@ -66,4 +67,4 @@ class PoissonNoise:
             expected = (self.photons * torch.exp(-v.double())).cpu()
             counts = torch.poisson(expected, generator=generator).clamp(min=1.0)
             return (-torch.log(counts / self.photons)).to(v.dtype)
-        return _on_images(sample, noisy)
+        return _on_images(sample, noisy, EXACT_IMAGE_KEYS)

@@ -108,21 +108,28 @@ def place_instruments(rng: np.random.Generator, labels: np.ndarray, affine: np.n
 
 
 @numba.njit(inline="always")
-def _chord(sx, sy, sz, dx, dy, dz, c):
-    """Length (mm) of the segment source + [0, 1] x d inside the finite cylinder c = (p0, p1, radius)."""
-    ax, ay, az = c[3] - c[0], c[4] - c[1], c[5] - c[2]
-    h = math.sqrt(ax * ax + ay * ay + az * az)
+def _chord(sx, sy, sz, dx, dy, dz, cyl, n):
+    """Length (mm) of the segment source + [0, 1] x d inside cylinder n of `cyl`: rows
+    (p0 xyz, p1 xyz, radius, unit axis xyz, length, bounding-sphere centre xyz and radius)."""
+    # reject rays that miss the cylinder's bounding sphere (most rays, for most instruments)
+    ox, oy, oz = cyl[n, 11] - sx, cyl[n, 12] - sy, cyl[n, 13] - sz
+    dd2 = dx * dx + dy * dy + dz * dz
+    t = (ox * dx + oy * dy + oz * dz) / dd2
+    t = min(max(t, 0.0), 1.0)
+    ex, ey, ez = ox - t * dx, oy - t * dy, oz - t * dz
+    if ex * ex + ey * ey + ez * ez > cyl[n, 14] * cyl[n, 14]:
+        return 0.0
+    ax, ay, az, h = cyl[n, 7], cyl[n, 8], cyl[n, 9], cyl[n, 10]
     if h == 0.0:
         return 0.0
-    ax, ay, az = ax / h, ay / h, az / h
-    mx, my, mz = sx - c[0], sy - c[1], sz - c[2]
+    mx, my, mz = sx - cyl[n, 0], sy - cyl[n, 1], sz - cyl[n, 2]
     md = mx * ax + my * ay + mz * az
     dd = dx * ax + dy * ay + dz * az
     px, py, pz = mx - md * ax, my - md * ay, mz - md * az
     qx, qy, qz = dx - dd * ax, dy - dd * ay, dz - dd * az
     a = qx * qx + qy * qy + qz * qz
     b = 2.0 * (px * qx + py * qy + pz * qz)
-    cc = px * px + py * py + pz * pz - c[6] * c[6]
+    cc = px * px + py * py + pz * pz - cyl[n, 6] * cyl[n, 6]
     lo, hi = 0.0, 1.0
     if a < 1e-18:
         if cc > 0.0:
@@ -151,14 +158,20 @@ def _chords(source, targets, cylinders, out):
     for r in numba.prange(len(targets)):
         dx, dy, dz = targets[r, 0] - source[0], targets[r, 1] - source[1], targets[r, 2] - source[2]
         for c in range(len(cylinders)):
-            out[r, c] = _chord(source[0], source[1], source[2], dx, dy, dz, cylinders[c])
+            out[r, c] = _chord(source[0], source[1], source[2], dx, dy, dz, cylinders, c)
 
 
 def chord_lengths(source: np.ndarray, targets: np.ndarray, instruments: list[dict]) -> np.ndarray:
     """(N, n_instruments) mm of each ray (world source (3,) -> targets (N, 3)) inside each instrument."""
     out = np.zeros((len(targets), len(instruments)))
     if instruments:
-        cyl = np.array([[*p["p0"], *p["p1"], p["radius"]] for p in instruments], dtype=np.float64)
+        rows = []
+        for p in instruments:
+            p0, p1 = np.asarray(p["p0"], dtype=np.float64), np.asarray(p["p1"], dtype=np.float64)
+            length = float(np.linalg.norm(p1 - p0))
+            axis = (p1 - p0) / length if length > 0 else np.zeros(3)
+            rows.append([*p0, *p1, p["radius"], *axis, length, *(0.5 * (p0 + p1)), np.hypot(length / 2, p["radius"])])
+        cyl = np.array(rows, dtype=np.float64)
         _chords(np.asarray(source, dtype=np.float64), np.ascontiguousarray(targets, dtype=np.float64), cyl, out)
     return out
 

@@ -18,32 +18,46 @@ Order of the chain (each step a small pure function):
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.ndimage import gaussian_filter, zoom
+import torch
+from scipy.ndimage import gaussian_filter
 
 from pipelines.physics.tables import SPECTRUM_DISTANCE_CM, Tables
 
 FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
 SCATTER_DOWNSAMPLE = 8  # scatter is smooth: computed on a grid 8x coarser, then interpolated back
 CHUNK_PIXELS = 1 << 15
+NOISE_BANDS = 2  # noise is drawn in this many row bands, each from its own child generator (in threads)
+
+
+def _bands(n_rows: int) -> list[slice]:
+    edges = np.linspace(0, n_rows, NOISE_BANDS + 1).astype(int)
+    return [slice(a, b) for a, b in zip(edges[:-1], edges[1:])]
+
+
+def _noise(seed: int, fill) -> None:
+    """Run fill(generator, band) for each row band with a child generator of `seed`: the same
+    numbers whatever the thread count (numpy releases the GIL while it draws)."""
+    children = np.random.SeedSequence(seed).spawn(NOISE_BANDS)
+    with ThreadPoolExecutor(NOISE_BANDS) as pool:
+        list(pool.map(lambda i: fill(np.random.default_rng(children[i]), i), range(NOISE_BANDS)))
 
 
 def primary(masses: np.ndarray, tables: Tables) -> tuple[np.ndarray, np.ndarray]:
     """(Q, S): expected absorbed quanta and deposited energy (keV) per unit fluence scale, for (P, C)
-    mass thicknesses (g/cm^2) in the tables' channel order; an all-zero row gives the open field."""
-    masses = np.asarray(masses, dtype=np.float32).reshape(-1, tables.mu_rho.shape[0])
-    mu = tables.mu_rho.astype(np.float32)
-    quanta_w = (tables.fluence * tables.eta).astype(np.float32)
-    signal_w = tables.signal_weights.astype(np.float32)
-    q = np.empty(len(masses), dtype=np.float64)
-    s = np.empty(len(masses), dtype=np.float64)
-    for lo in range(0, len(masses), CHUNK_PIXELS):
-        a = masses[lo:lo + CHUNK_PIXELS] @ mu
-        np.exp(-a, out=a)
-        q[lo:lo + CHUNK_PIXELS] = a @ quanta_w
-        s[lo:lo + CHUNK_PIXELS] = a @ signal_w
+    mass thicknesses (g/cm^2) in the tables' channel order; an all-zero row gives the open field.
+    float32 Beer-Lambert per bin and sums (torch's vectorised exp and matmul, on its threads)."""
+    m = torch.from_numpy(np.ascontiguousarray(masses, dtype=np.float32).reshape(-1, tables.mu_rho.shape[0]))
+    mu = torch.from_numpy(tables.mu_rho.astype(np.float32))
+    weights = torch.from_numpy(np.stack([tables.fluence * tables.eta, tables.signal_weights], axis=1).astype(np.float32))
+    out = torch.empty((len(m), 2), dtype=torch.float32)
+    for lo in range(0, len(m), CHUNK_PIXELS):
+        a = m[lo:lo + CHUNK_PIXELS] @ mu
+        torch.mm(a.neg_().exp_(), weights, out=out[lo:lo + CHUNK_PIXELS])
+    q, s = out.numpy().T
     return q, s
 
 
@@ -95,20 +109,38 @@ def scatter_sigma_mm(min_sigma_mm: float, spread_deg: float, air_gap_mm: float) 
     return float(np.hypot(min_sigma_mm, max(air_gap_mm, 0.0) * np.tan(np.deg2rad(spread_deg))))
 
 
-def scatter_signal(primary_signal: np.ndarray, thickness_mu: np.ndarray, model: ScatterModel,
+def scatter_signal(primary_signal: np.ndarray, open_signal: np.ndarray, model: ScatterModel,
                    pixel_mm: float) -> np.ndarray:
-    """Scatter signal on the detector (before the grid) from the collimated primary signal (H, W)
-    and each pixel's attenuation mu_eff x t (dimensionless): a Gaussian superposition of
-    amplitude x (mu_eff t)^exponent x primary, zero beyond the detector's edges."""
+    """Scatter signal on the detector (before the grid) from the collimated primary signal (H, W):
+    each pixel's primary times amplitude x (mu_eff t)^exponent, mu_eff t = -ln(primary / open field),
+    spread by the Gaussian kernel, zero beyond the detector's edges; on a grid SCATTER_DOWNSAMPLE
+    times coarser (block sums), interpolated back."""
     f = SCATTER_DOWNSAMPLE
     h, w = primary_signal.shape
     hc, wc = -(-h // f), -(-w // f)
-    source = np.zeros((hc * f, wc * f))
-    source[:h, :w] = primary_signal * model.amplitude * np.power(np.clip(thickness_mu, 0.0, None), model.exponent)
-    coarse = source.reshape(hc, f, wc, f).sum(axis=(1, 3))
-    spread = gaussian_filter(coarse, model.sigma_mm / (pixel_mm * f), mode="constant", truncate=4.0)
-    fine = zoom(spread / (f * f), f, order=1, mode="nearest", grid_mode=True)
-    return fine[:h, :w]
+
+    def coarse(a):
+        padded = np.zeros((hc * f, wc * f))
+        padded[:h, :w] = a
+        return padded.reshape(hc, f, wc, f).sum(axis=(1, 3))
+
+    p, p_open = coarse(primary_signal), coarse(np.broadcast_to(open_signal, primary_signal.shape))
+    thickness_mu = -np.log(np.clip(p / np.maximum(p_open, 1e-300), 1e-12, 1.0))
+    source = p * model.amplitude * np.power(thickness_mu, model.exponent)
+    spread = gaussian_filter(source, model.sigma_mm / (pixel_mm * f), mode="constant", truncate=4.0) / (f * f)
+    return _upsample_rows(hc, f, h) @ spread @ _upsample_rows(wc, f, w).T
+
+
+def _upsample_rows(n: int, f: int, out: int) -> np.ndarray:
+    """(out, n) linear interpolation from n block centres (blocks of f pixels) to pixel centres, held flat at the ends."""
+    centres = (np.arange(out) + 0.5) / f - 0.5  # pixel centres in block-index units
+    lo = np.clip(np.floor(centres).astype(int), 0, n - 1)
+    hi = np.clip(lo + 1, 0, n - 1)
+    t = np.clip(centres - lo, 0.0, 1.0)
+    m = np.zeros((out, n))
+    np.add.at(m, (np.arange(out), lo), 1.0 - t)
+    np.add.at(m, (np.arange(out), hi), t)
+    return m
 
 
 @dataclass(frozen=True)
@@ -127,42 +159,53 @@ class DetectorModel:
 
 
 def synthesize(masses: np.ndarray, raylen_mm: np.ndarray, tables: Tables, detector: DetectorModel,
-               scatter: ScatterModel | None, rng: np.random.Generator | None,
-               diagnostics: dict | None = None) -> np.ndarray:
+               scatter: ScatterModel | None, seed: int | None, diagnostics: dict | None = None) -> np.ndarray:
     """A processed detector image (H, W) float32 from (H, W, C) mass thicknesses (g/cm^2) and the
-    rays' lengths (mm). `rng` None: the expected (noiseless) image. `diagnostics`, when given, gets
+    rays' lengths (mm). `seed` None: the expected (noiseless) image. `diagnostics`, when given, gets
     the open-field quanta per pixel and the scatter-to-primary ratio at the field's centre."""
     h, w = masses.shape[:2]
     scale = fluence_scale(raylen_mm, detector.sdd_mm, detector.pixel_mm, detector.mas).reshape(h, w)
     q, s = primary(masses.reshape(h * w, -1), tables)
-    q0, s0 = primary(np.zeros((1, masses.shape[-1])), tables)
-    q, s = q.reshape(h, w) * scale, s.reshape(h, w) * scale
-    flat_q, flat_s = q0[0] * scale, s0[0] * scale
+    q0, s0 = (float(x[0]) for x in primary(np.zeros((1, masses.shape[-1])), tables))
+    flat_q, flat_s = q0 * scale, s0 * scale
     open_field = collimator((h, w), detector.collimation, detector.collimation_fraction, detector.collimation_aspect)
     focal_px = focal_sigma_mm(detector.focal_spot_mm, detector.sdd_mm, detector.sod_mm) / detector.pixel_mm
-    q = blur(np.where(open_field, q, 0.0), focal_px)
-    s = blur(np.where(open_field, s, 0.0), focal_px)
-    mean_energy = s0[0] / q0[0]
+    gate = (scale * open_field).astype(np.float32)  # photons per unit fluence where the collimator is open
+    q = blur(q.reshape(h, w) * gate, focal_px)
+    s = blur(s.reshape(h, w) * gate, focal_px)
+    mean_energy = s0 / q0
     grid_p = scatter.grid_primary if scatter is not None else 1.0
     scatter_s = np.zeros_like(s)
     if scatter is not None and scatter.amplitude > 0:
-        thickness_mu = -np.log(np.clip(s / np.maximum(flat_s, 1e-300), 1e-12, 1.0))
-        scatter_s = scatter_signal(s, thickness_mu, scatter, detector.pixel_mm) * scatter.grid_scatter
-    q_total = q * grid_p + scatter_s / mean_energy
-    s_total = s * grid_p + scatter_s
+        scatter_s = (scatter_signal(s, flat_s, scatter, detector.pixel_mm) * scatter.grid_scatter).astype(np.float32)
+    q_total = q * np.float32(grid_p) + scatter_s / np.float32(mean_energy)
+    s_total = s * np.float32(grid_p) + scatter_s
     if diagnostics is not None:
         c = (h // 2, w // 2)
         diagnostics["open_field_quanta"] = float(flat_q[c])
         diagnostics["spr_centre"] = float(scatter_s[c] / max(s[c] * grid_p, 1e-300))
-    if rng is not None:
-        per_quantum = np.divide(s_total, q_total, out=np.full_like(s_total, mean_energy), where=q_total > 0)
-        signal = rng.poisson(q_total) * per_quantum
-    else:
+    if seed is None:
         signal = s_total
+    else:
+        per_quantum = np.divide(s_total, q_total, out=np.full_like(s_total, mean_energy), where=q_total > 0)
+        signal = np.empty_like(s_total)
+        bands = _bands(h)
+
+        def quanta(rng, i):
+            b = bands[i]
+            signal[b] = rng.poisson(q_total[b]) * per_quantum[b]
+        _noise(seed, quanta)
     signal = blur(signal, detector.psf_sigma_mm / detector.pixel_mm)
-    if rng is not None and detector.electronic_quanta > 0:
-        signal = signal + rng.normal(0.0, detector.electronic_quanta * mean_energy, signal.shape)
-    flat = flat_s * grid_p
-    transmission = np.clip(signal / flat, 1.0 / np.maximum(flat_q, 1.0), None)  # floor: one quantum
+    if seed is not None and detector.electronic_quanta > 0:
+        sigma = detector.electronic_quanta * mean_energy
+        bands = _bands(h)
+
+        def electronic(rng, i):
+            b = bands[i]
+            signal[b] += rng.normal(0.0, sigma, signal[b].shape).astype(np.float32)
+        _noise(seed + 1, electronic)
+    flat = (flat_s * grid_p).astype(np.float32)
+    floor = (1.0 / np.maximum(flat_q, 1.0)).astype(np.float32)  # one quantum
+    transmission = np.maximum(signal / flat, floor)
     out = -np.log(transmission) if detector.polarity == "radiograph" else transmission
     return out.astype(np.float32)

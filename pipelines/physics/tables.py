@@ -17,7 +17,6 @@ signal, so a bin's coefficients are exact in the thin-absorber limit and a one-l
 from __future__ import annotations
 
 import functools
-import importlib.metadata
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,12 +27,6 @@ from schemas.config import Alloy, MaterialAnchor
 
 FINE_BIN_KEV = 0.5  # spekpy's spectrum resolution used everywhere before binning
 SPECTRUM_DISTANCE_CM = 100.0  # spekpy's fluence is given at 1 m from the focal spot
-PHYSICS_PACKAGES = ("spekpy", "xraylib")
-
-
-def library_versions() -> dict[str, str]:
-    """The physics data packages' versions (recorded in the dataset card)."""
-    return {name: importlib.metadata.version(name) for name in PHYSICS_PACKAGES}
 
 
 @functools.lru_cache(maxsize=64)

@@ -117,8 +117,7 @@ class XraySynth:
             scatter = ScatterModel(physics["scatter_amplitude"], physics["scatter_exponent"],
                                    scatter_sigma_mm(physics["scatter_min_sigma_mm"], physics["scatter_spread_deg"], gap),
                                    physics["grid_primary_transmission"], physics["grid_scatter_transmission"])
-        rng = None if seed is None else np.random.default_rng(seed)
-        return synthesize(masses, raylen, tables_for(physics, self.cfg), detector, scatter, rng, diagnostics)
+        return synthesize(masses, raylen, tables_for(physics, self.cfg), detector, scatter, seed, diagnostics)
 
     def views(self, cameras: np.ndarray, label: int, physics: dict, instruments: list[dict],
               seeds: list[int]) -> dict[str, np.ndarray]:

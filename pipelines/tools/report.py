@@ -53,7 +53,7 @@ def _sheet(tiles: list[tuple[str, np.ndarray, np.ndarray | None]]) -> str:
 
 
 def _tiles(version_dir: Path, manifest: pd.DataFrame, product: str) -> list:
-    rows = manifest[manifest[Col.PRODUCT] == product].head(MAX_TILES // 2 if product != VERTEBRA else MAX_TILES)
+    rows = manifest[manifest[Col.PRODUCT] == product].head(MAX_TILES // 3 if product != VERTEBRA else MAX_TILES)
     tiles = []
     for row in rows.itertuples():
         with open_shard(shard_path(version_dir, row.shard)) as h5:
@@ -61,9 +61,14 @@ def _tiles(version_dir: Path, manifest: pd.DataFrame, product: str) -> list:
             if product == DRR:
                 tiles += [(f"{row.sample_id} AP", g[Key.DRR][0], None),
                           (f"{row.ref_level}->{row.target_level} vertebra AP", g[Key.DRR_VERTEBRA][0], None)]
+                if Key.DRR_XRAY in g:  # the realistic view beside the exact one, instruments outlined
+                    tiles.append((f"{row.sample_id} AP realistic", g[Key.DRR_XRAY][0], g[Key.INSTRUMENT_MASK][0] > 0))
             elif product == X2CT:
                 tiles += [(f"{row.sample_id} {Key.XRAY1}", g[Key.XRAY1][()], None),
                           (f"{row.sample_id} {Key.XRAY2}", g[Key.XRAY2][()], None)]
+                if Key.XRAY1_XRAY in g:
+                    tiles += [(f"{row.sample_id} {Key.XRAY1_XRAY}", g[Key.XRAY1_XRAY][()], None),
+                              (f"{row.sample_id} {Key.XRAY2_XRAY}", g[Key.XRAY2_XRAY][()], None)]
             else:
                 mid = g[Key.CT].shape[1] // 2
                 tiles.append((f"{row.sample_id} coronal", g[Key.CT][:, mid, :].T[::-1],

