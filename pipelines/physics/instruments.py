@@ -154,38 +154,38 @@ def _chord(sx, sy, sz, dx, dy, dz, cyl, n):
 
 
 @numba.njit(parallel=True, cache=True)
-def _chords(source, targets, cylinders, out):
+def _channels(source, targets, cylinders, alloy, grams_per_mm, kind, masses, mask):
+    """Per ray: mass thickness per alloy (g/cm^2) and the kind bits of the instruments it crosses."""
     for r in numba.prange(len(targets)):
         dx, dy, dz = targets[r, 0] - source[0], targets[r, 1] - source[1], targets[r, 2] - source[2]
         for c in range(len(cylinders)):
-            out[r, c] = _chord(source[0], source[1], source[2], dx, dy, dz, cylinders, c)
+            chord = _chord(source[0], source[1], source[2], dx, dy, dz, cylinders, c)
+            if chord > 0.0:
+                masses[r, alloy[c]] += chord * grams_per_mm[c]
+                mask[r] |= kind[c]
 
 
-def chord_lengths(source: np.ndarray, targets: np.ndarray, instruments: list[dict]) -> np.ndarray:
-    """(N, n_instruments) mm of each ray (world source (3,) -> targets (N, 3)) inside each instrument."""
-    out = np.zeros((len(targets), len(instruments)))
-    if instruments:
-        rows = []
-        for p in instruments:
-            p0, p1 = np.asarray(p["p0"], dtype=np.float64), np.asarray(p["p1"], dtype=np.float64)
-            length = float(np.linalg.norm(p1 - p0))
-            axis = (p1 - p0) / length if length > 0 else np.zeros(3)
-            rows.append([*p0, *p1, p["radius"], *axis, length, *(0.5 * (p0 + p1)), np.hypot(length / 2, p["radius"])])
-        cyl = np.array(rows, dtype=np.float64)
-        _chords(np.asarray(source, dtype=np.float64), np.ascontiguousarray(targets, dtype=np.float64), cyl, out)
-    return out
+def _cylinders(instruments: list[dict]) -> np.ndarray:
+    rows = []
+    for p in instruments:
+        p0, p1 = np.asarray(p["p0"], dtype=np.float64), np.asarray(p["p1"], dtype=np.float64)
+        length = float(np.linalg.norm(p1 - p0))
+        axis = (p1 - p0) / length if length > 0 else np.zeros(3)
+        rows.append([*p0, *p1, p["radius"], *axis, length, *(0.5 * (p0 + p1)), np.hypot(length / 2, p["radius"])])
+    return np.array(rows, dtype=np.float64).reshape(-1, 15)
 
 
 def instrument_channels(source: np.ndarray, targets: np.ndarray, instruments: list[dict], alloys: list[str],
                         densities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """((N, len(alloys)) g/cm^2 per alloy, (N,) uint8 mask of instrument kind bits) along the rays.
-    Overlapping solids of one instrument (a screw's shaft and head) are not double counted: they
-    share only an end face."""
-    chords = chord_lengths(source, targets, instruments)
+    """((N, len(alloys)) g/cm^2 per alloy, (N,) uint8 mask of instrument kind bits) along the rays
+    (world source (3,) -> targets (N, 3)). A screw's shaft and head share only an end face, so no
+    mass is counted twice."""
     masses = np.zeros((len(targets), len(alloys)))
     mask = np.zeros(len(targets), dtype=np.uint8)
-    for c, p in enumerate(instruments):
-        a = alloys.index(p["material"])
-        masses[:, a] += chords[:, c] / 10.0 * densities[a]
-        mask |= np.where(chords[:, c] > 0, np.uint8(p["kind"]), np.uint8(0))
+    if instruments:
+        alloy = np.array([alloys.index(p["material"]) for p in instruments], dtype=np.int64)
+        grams_per_mm = np.asarray(densities, dtype=np.float64)[alloy] / 10.0
+        kind = np.array([p["kind"] for p in instruments], dtype=np.uint8)
+        _channels(np.asarray(source, dtype=np.float64), np.ascontiguousarray(targets, dtype=np.float64),
+                  _cylinders(instruments), alloy, grams_per_mm, kind, masses, mask)
     return masses, mask

@@ -46,8 +46,11 @@ def hinge_coefficients(knots: np.ndarray, densities: np.ndarray) -> np.ndarray:
 def mass_thickness(whole: np.ndarray, hinges: np.ndarray, coefficients: np.ndarray) -> np.ndarray:
     """(..., 3) g/cm^2 of air, tissue and bone from a walk's line integral of v (...,) and its
     (..., 3) columns [length mm, hinge 1, hinge 2] (`traverse_hinges_numba`)."""
-    basis = np.stack([hinges[..., 0], whole, hinges[..., 1], hinges[..., 2]], axis=-1)
-    return np.clip(basis @ coefficients.T / MM_PER_CM, 0.0, None)
+    c = coefficients / MM_PER_CM
+    out = np.empty((*np.shape(whole), 3))
+    for m in range(3):
+        out[..., m] = c[m, 0] * hinges[..., 0] + c[m, 1] * whole + c[m, 2] * hinges[..., 1] + c[m, 3] * hinges[..., 2]
+    return np.maximum(out, 0.0, out=out)
 
 
 def volume_fractions(hu: np.ndarray, anchor_hu: np.ndarray) -> np.ndarray:

@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from importlib.metadata import version
 
 import numpy as np
 import xraylib
 from scipy.optimize import brentq
 
+from pipelines.io.spectra import cached_spectrum
 from schemas.config import Alloy, MaterialAnchor
 
 FINE_BIN_KEV = 0.5  # spekpy's spectrum resolution used everywhere before binning
@@ -31,12 +33,16 @@ SPECTRUM_DISTANCE_CM = 100.0  # spekpy's fluence is given at 1 m from the focal 
 
 @functools.lru_cache(maxsize=64)
 def _tube(kv: int, anode_angle_deg: float) -> tuple[np.ndarray, np.ndarray]:
-    import spekpy  # ~1 s to import and to compute a spectrum: only where spectra are made
+    def compute():
+        import spekpy  # ~2 s to import, ~0.6 s a spectrum: only where a spectrum is not cached yet
 
-    spectrum = spekpy.Spek(kvp=float(kv), th=float(anode_angle_deg), dk=FINE_BIN_KEV)
-    energies, fluence = spectrum.get_spectrum(diff=False)  # photons / cm^2 / mAs per bin, at 1 m
-    keep = fluence > 0
-    return np.asarray(energies[keep], dtype=np.float64), np.asarray(fluence[keep], dtype=np.float64)
+        spectrum = spekpy.Spek(kvp=float(kv), th=float(anode_angle_deg), dk=FINE_BIN_KEV)
+        energies, fluence = spectrum.get_spectrum(diff=False)  # photons / cm^2 / mAs per bin, at 1 m
+        keep = fluence > 0
+        return np.asarray(energies[keep], dtype=np.float64), np.asarray(fluence[keep], dtype=np.float64)
+
+    key = f"spekpy{version('spekpy')}-kv{int(kv)}-th{float(anode_angle_deg):g}-dk{FINE_BIN_KEV:g}"
+    return cached_spectrum(key, compute)
 
 
 def tube_spectrum(kv: int, anode_angle_deg: float, al_mm: float = 0.0, cu_mm: float = 0.0) -> tuple[np.ndarray, np.ndarray]:

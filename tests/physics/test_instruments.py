@@ -2,7 +2,7 @@
 import numpy as np
 
 from pipelines.ops.drr import Geometry, Renderer, base_camera, project_points
-from pipelines.physics.instruments import KWIRE, SCREW, chord_lengths, place_instruments
+from pipelines.physics.instruments import KWIRE, SCREW, instrument_channels, place_instruments
 from schemas.config import InstrumentConfig
 from tests.conftest import synthetic_spine
 
@@ -13,10 +13,12 @@ def test_a_wires_projected_axis_lies_on_its_analytic_projection():
     g = Geometry(160, 160, 0.5, 1020.0, 850.0)
     renderer = Renderer(volume, np.eye(4), g)
     camera = base_camera("AP", g.sod_mm, (0.0, 0.0, 0.0))
-    source, targets = renderer._world_rays(camera.astype(np.float32))
+    source, targets = renderer.world_rays(camera)
     p0, p1 = np.array([-20.0, 5.0, -25.0]), np.array([15.0, -10.0, 30.0])
     wire = {"kind": KWIRE, "p0": list(p0), "p1": list(p1), "radius": 0.8, "material": "ss316l"}
-    chord = chord_lengths(source, targets, [wire])[:, 0].reshape(g.height, g.width)
+    metal, mask = instrument_channels(source, targets, [wire], ["ss316l"], np.array([10.0]))  # 10 g/cm^3: g/cm^2 = mm
+    chord = metal[:, 0].reshape(g.height, g.width)
+    assert np.array_equal(mask.reshape(g.height, g.width) == KWIRE, chord > 0)
     ends = project_points(camera, np.stack([p0, p1]), g)  # (row, col) of both ends
     errors = []
     for row in range(g.height):
