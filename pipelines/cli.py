@@ -95,7 +95,9 @@ def parser() -> argparse.ArgumentParser:
     _add_cache_option(p)
     p = sub.add_parser("fit-xray", help="fit a real X-ray to the training detector's field (crop/pad, resample)")
     p.add_argument("input", help="2D radiograph (DICOM, MHA, NRRD, PNG, ...)")
-    p.add_argument("output", help="output image (.mha, .nrrd, .nii.gz); the valid-region mask goes beside it as *_valid")
+    p.add_argument("output", help="output image: .mha .mhd .nrrd .nii .nii.gz .tif .tiff (float32) or .png .dcm (integers, "
+                                  "min..max mapped linearly, stated on output); the valid-region mask goes beside it as *_valid")
+    p.add_argument("--bits", type=int, default=16, choices=(8, 16), help="PNG bit depth (DICOM: 16) (default: %(default)s)")
     p.add_argument("--spacing", type=float, nargs="+", metavar="MM", help="input pixel spacing (row [col]) if the file does not carry it")
     p.add_argument("--size", type=int, default=1024, help="training detector pixels per side (default: %(default)s)")
     p.add_argument("--pixel", type=float, default=0.2, help="training detector pixel spacing in mm (default: %(default)s)")
@@ -219,25 +221,30 @@ def cmd_report(args) -> int:
 
 
 def cmd_fit_xray(args) -> int:
-    from pipelines.io.volumes import read_xray, write_xray
+    from pipelines.io.volumes import check_xray_output, read_xray, write_xray, xray_suffix
     from pipelines.ops.xray import fit_xray
 
+    output = Path(args.output)
+    check_xray_output(output, args.bits)  # before anything is read or written
     image, spacing = read_xray(Path(args.input))
     if args.spacing:
         spacing = (args.spacing[0], args.spacing[-1])
     out, valid, steps = fit_xray(image, spacing, (args.size, args.size), (args.pixel, args.pixel),
                                  pad_value=float(image.min()))
-    output = Path(args.output)
     name = output.name
-    suffix = ".nii.gz" if name.endswith(".nii.gz") else output.suffix
-    mask_path = output.with_name(name[: len(name) - len(suffix)] + "_valid" + suffix)
-    write_xray(output, out, (args.pixel, args.pixel))
-    write_xray(mask_path, valid.astype(np.uint8), (args.pixel, args.pixel))
+    suffix = xray_suffix(output)
+    mask_path = output.with_name(name[: len(name) - len(suffix)] + "_valid" + name[len(name) - len(suffix):])
+    mapping = write_xray(output, out, (args.pixel, args.pixel), args.bits)
+    try:
+        write_xray(mask_path, valid.astype(np.uint8), (args.pixel, args.pixel), args.bits)
+    except Exception:
+        output.unlink(missing_ok=True)  # both files or neither
+        raise
     print(f"{args.input}: {image.shape[0]}x{image.shape[1]} px at {spacing[0]:g}x{spacing[1]:g} mm -> "
           f"{args.size}x{args.size} at {args.pixel:g} mm "
           f"(rows: {steps['axis0']['action']} to {steps['axis0']['to']}, columns: {steps['axis1']['action']} "
           f"to {steps['axis1']['to']}); valid {valid.mean():.1%}")
-    print(f"wrote {output} and {mask_path}")
+    print(f"wrote {output} ({mapping}) and {mask_path} (1 = real image data)")
     return 0
 
 

@@ -167,6 +167,44 @@ def test_fit_xray_verb_writes_the_training_grid_and_a_valid_mask(tmp_path, home)
     assert 0.5 < valid.mean() < 0.55  # (1000 / 1365)^2 of the field holds real data
 
 
+def test_fit_xray_writes_every_format_it_accepts_and_refuses_others_before_writing(tmp_path, home):
+    """A new user's 1000x1000 PNG at 0.3 mm: a 10 mm grid lands every 50 px at 0.2 mm, centred, in
+    every output format; integer formats state their mapping; an unknown one leaves no file."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    picture = np.zeros((1000, 1000), np.uint8)
+    picture[::33, :] = picture[:, ::33] = 200  # grid lines every 33 px = 9.9 mm, one at the centre column
+    picture[500, :] = picture[:, 500] = 255
+    img = sitk.GetImageFromArray(picture)
+    img.SetSpacing((0.3, 0.3))
+    sitk.WriteImage(img, str(tmp_path / "in.png"))
+    for name, extra in (("out.png", []), ("out8.png", ["--bits", "8"]), ("out.tif", []), ("out.dcm", []),
+                        ("out.nrrd", []), ("out.nii.gz", []), ("out.mha", [])):
+        result = spineforge("fit-xray", str(tmp_path / "in.png"), str(tmp_path / name), "--spacing", "0.3",
+                            *extra, env_home=home)
+        assert result.returncode == 0, (name, result.stderr[-1500:])
+        fitted = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / name))).squeeze()
+        assert fitted.shape == (1024, 1024)
+        # the brightest column is the picture's line at column 500, 0.5 px (0.15 mm) right of its centre:
+        # 0.75 px right of the training grid's centre 511.5; the grid line at column 528, 8.4 mm on, at 554.25
+        row = fitted[100].astype(float)
+        peak = int(np.argmax(row))
+        assert abs(peak - 512.25) <= 1.0, name
+        assert abs(int(np.argmax(row[540:570])) + 540 - 554.25) <= 1.0, name
+        if name.endswith((".png", ".dcm")):
+            assert "linear" in result.stdout and fitted.dtype == (np.uint8 if "8" in name else np.uint16)
+        stem = name.split(".")[0]
+        assert (tmp_path / (stem + "_valid" + name[len(stem):])).is_file()
+    for bad, why in (("out.jpg", "cannot write .jpg"), ("out.dcm", "takes --bits 16")):
+        extra = ["--bits", "8"] if bad == "out.dcm" else []
+        (tmp_path / bad).unlink(missing_ok=True)
+        result = spineforge("fit-xray", str(tmp_path / "in.png"), str(tmp_path / bad), *extra, env_home=home)
+        assert result.returncode == 2 and why in result.stderr and "Traceback" not in result.stderr
+        assert not (tmp_path / bad).exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary file left
+
+
 @pytest.mark.slow
 def test_diff_export_and_report_verbs_on_the_demo(demo, home, tmp_path):
     out, _ = demo

@@ -10,6 +10,8 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import os
+import tempfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +20,7 @@ import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
-from pipelines.errors import VolumeReadError
+from pipelines.errors import InputError, VolumeReadError
 from pipelines.ops.orient import affine_from_sitk
 from schemas.manifest import QC
 
@@ -296,7 +298,60 @@ def read_xray(path: Path) -> tuple[np.ndarray, tuple[float, float]]:
     return array.astype(np.float32), (float(sy), float(sx))
 
 
-def write_xray(path: Path, array: np.ndarray, spacing_mm: tuple[float, float]) -> None:
-    image = sitk.GetImageFromArray(np.ascontiguousarray(array))
+# fit-xray's output formats: float32 with spacing, or integers by a linear mapping stated on output
+XRAY_FLOAT_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nii", ".nii.gz", ".tif", ".tiff")
+XRAY_INTEGER_SUFFIXES = {".png": (8, 16), ".dcm": (16,)}
+
+
+def xray_suffix(path: Path) -> str:
+    name = Path(path).name.lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else Path(name).suffix
+
+
+def check_xray_output(path: Path, bits: int) -> None:
+    """Refuse, before anything is written, an output format fit-xray cannot write faithfully."""
+    suffix = xray_suffix(path)
+    if suffix in XRAY_FLOAT_SUFFIXES:
+        return
+    if suffix not in XRAY_INTEGER_SUFFIXES:
+        known = ", ".join([*XRAY_FLOAT_SUFFIXES, *XRAY_INTEGER_SUFFIXES])
+        raise InputError(f"{path}: cannot write {suffix or 'a file without a suffix'}; use one of {known}")
+    if bits not in XRAY_INTEGER_SUFFIXES[suffix]:
+        raise InputError(f"{path}: {suffix} takes --bits {' or '.join(map(str, XRAY_INTEGER_SUFFIXES[suffix]))}, not {bits}")
+    if not Path(path).parent.is_dir():
+        raise InputError(f"{path}: folder {Path(path).parent} does not exist")
+
+
+def write_xray(path: Path, array: np.ndarray, spacing_mm: tuple[float, float], bits: int = 16,
+               window: tuple[float, float] | None = None) -> str:
+    """Write a 2-D image with its (row, col) spacing, atomically (a temporary file renamed into place;
+    nothing is left on failure). Float formats keep float32 values (uint8 masks stay uint8); PNG and
+    DICOM get unsigned integers of `bits`, mapped linearly from `window` (default: the image's min..max)
+    to 0..2^bits-1. Returns a description of the mapping."""
+    path = Path(path)
+    check_xray_output(path, bits)
+    suffix = xray_suffix(path)
+    array = np.asarray(array)
+    mapping = "values as computed (float32)"
+    if suffix in XRAY_INTEGER_SUFFIXES:
+        top = 2 ** bits - 1
+        lo, hi = window if window is not None else (float(array.min()), float(array.max()))
+        if array.dtype == np.uint8 and window is None:  # a mask: 0/1 kept as 0/1
+            out, mapping = array, "values kept (0/1)"
+        else:
+            scaled = (array.astype(np.float64) - lo) / (hi - lo) * top if hi > lo else np.zeros(array.shape)
+            out = np.clip(np.rint(scaled), 0, top).astype(np.uint8 if bits == 8 else np.uint16)
+            mapping = f"linear {lo:g}..{hi:g} -> 0..{top} ({bits}-bit)"
+    else:
+        out = array if array.dtype == np.uint8 else array.astype(np.float32)
+    image = sitk.GetImageFromArray(np.ascontiguousarray(out))
     image.SetSpacing((spacing_mm[1], spacing_mm[0]))
-    sitk.WriteImage(image, str(path))
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.close(fd)
+    try:
+        sitk.WriteImage(image, tmp)
+        os.replace(tmp, path)
+    except (RuntimeError, OSError) as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise InputError(f"{path}: cannot write it ({str(exc).strip().splitlines()[-1]})") from exc
+    return mapping
