@@ -103,8 +103,9 @@ def place_instruments(rng: np.random.Generator, labels: np.ndarray, affine: np.n
     if frames:
         for _ in range(int(rng.integers(cfg.kwires[0], cfg.kwires[1] + 1))):
             out.append(_kwire(frames[0], rng, cfg))
-    return [{**p, "p0": [float(v) for v in p["p0"]], "p1": [float(v) for v in p["p1"]], "radius": float(p["radius"])}
-            for p in out]
+    # recorded (and rendered) to 1 um: the record is the instrument
+    return [{**p, "p0": [round(float(v), 3) for v in p["p0"]], "p1": [round(float(v), 3) for v in p["p1"]],
+             "radius": round(float(p["radius"]), 4)} for p in out]
 
 
 @numba.njit(inline="always")

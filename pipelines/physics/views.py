@@ -21,8 +21,15 @@ NOISE_STREAM = "xray-noise"
 XRAY_DRAWS = "xray-draws"  # the generator stream of a sample's physics and instruments (beside its poses')
 
 
+RECORD_DIGITS = 6  # drawn values are rounded to 6 significant digits, and rendered as recorded
+
+
+def _round(x: float) -> float:
+    return float(f"{x:.{RECORD_DIGITS}g}")
+
+
 def _uniform(rng: np.random.Generator, r) -> float:
-    return float(rng.uniform(r[0], r[1])) if r[1] > r[0] else float(r[0])
+    return _round(rng.uniform(r[0], r[1])) if r[1] > r[0] else float(r[0])
 
 
 def draw_physics(rng: np.random.Generator, cfg: XrayConfig) -> dict:
@@ -37,7 +44,7 @@ def draw_physics(rng: np.random.Generator, cfg: XrayConfig) -> dict:
         "anode_angle_deg": cfg.anode_angle_deg,
         "filtration_al_mm": _uniform(rng, cfg.filtration_al_mm),
         "filtration_cu_mm": _uniform(rng, cfg.filtration_cu_mm),
-        "mas": float(math.exp(rng.uniform(lo, hi))) if hi > lo else cfg.mas[0],
+        "mas": _round(math.exp(rng.uniform(lo, hi))) if hi > lo else cfg.mas[0],
         "detector_material": cfg.detector_material,
         "detector_thickness_mm": _uniform(rng, cfg.detector_thickness_mm),
         "psf_sigma_mm": _uniform(rng, cfg.psf_sigma_mm),
@@ -45,7 +52,7 @@ def draw_physics(rng: np.random.Generator, cfg: XrayConfig) -> dict:
         "electronic_noise_quanta": _uniform(rng, cfg.electronic_noise_quanta),
         "collimation": shape,
         "collimation_fraction": _uniform(rng, cfg.collimation_fraction),
-        "collimation_aspect": float(rng.uniform(0.7, 1.0)),
+        "collimation_aspect": _round(rng.uniform(0.7, 1.0)),
         "scatter": cfg.scatter.enabled,
         "scatter_amplitude": cfg.scatter.amplitude,
         "scatter_exponent": cfg.scatter.exponent,
