@@ -1,0 +1,44 @@
+"""The realistic views in published versions: x2ct on request, the xray record checked by validate."""
+import json
+
+import h5py
+import hdf5plugin  # noqa: F401
+import numpy as np
+
+from pipelines.flows import run_build
+from pipelines.tools.validate import _check_xray_record, validate_version
+from schemas.shard_layout import Attr, Key
+from tests.conftest import shard_files, write_ctspine_case
+
+
+def test_x2ct_gets_realistic_views_on_request_and_the_version_validates(tmp_path, tiny_config):
+    for i in range(2):
+        write_ctspine_case(tmp_path / "in", f"p{i}", noise_seed=i)
+    config = tiny_config.model_copy(update={"xray": tiny_config.xray.model_copy(update={"x2ct": True})})
+    summary = run_build(config, [str(tmp_path / "in")], str(tmp_path / "out"))
+    version = tmp_path / "out" / "tiny" / "v1"
+    assert summary.published and validate_version(version) == []
+    with h5py.File(shard_files(version, "x2ct")[0], "r") as h5:
+        group = next(iter(h5.values()))
+        record = json.loads(group.attrs[Attr.XRAY])
+        assert len(record["noise_seeds"]) == 2 and record["instruments"] == []
+        for exact, real in ((Key.XRAY1, Key.XRAY1_XRAY), (Key.XRAY2, Key.XRAY2_XRAY)):
+            a, b = group[exact][()], group[real][()]
+            assert a.shape == b.shape and np.isfinite(b).all() and not np.array_equal(a, b)
+            open_field = b < 3.0  # collimated pixels see scatter only: -ln of a few quanta in thousands
+            assert open_field.sum() > 20
+            # the same anatomy through another chain, in the open field
+            assert np.corrcoef(a[open_field], b[open_field])[0, 1] > 0.5
+    with h5py.File(shard_files(version, "drr")[0], "r") as h5:
+        group = next(iter(h5.values()))
+        assert group[Key.DRR_XRAY].shape == group[Key.DRR].shape
+        assert group[Key.INSTRUMENT_MASK].dtype == np.uint8
+
+
+def test_validate_names_a_broken_xray_record():
+    good = json.dumps({"physics": {}, "instruments": [], "noise_seeds": [1, 2], "seed_stream": "s"})
+    assert _check_xray_record("g", good, 2) == []
+    assert "not JSON" in _check_xray_record("g", "{", 2)[0]
+    assert "lacks 'noise_seeds'" in _check_xray_record("g", json.dumps({"physics": {}, "instruments": [],
+                                                                        "seed_stream": "s"}), 2)[0]
+    assert "2 noise seeds for 4 views" in _check_xray_record("g", good, 4)[0]
