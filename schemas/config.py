@@ -61,6 +61,13 @@ class RegistrationPairs(_Strict):
     max_pairs_per_level: int = Field(1000, ge=0)  # per split; drawn deterministically from the seed
 
 
+class VolumeProduct(_Strict):
+    """The whole resampled CT (int16 HU) and label map (uint8) of each accepted case, for views rendered
+    while training (`pipelines.loaders.stream.DRRStream`)."""
+
+    enabled: bool | None = None  # None: on when drr is enabled
+
+
 class DRRProduct(_Strict):
     enabled: bool = True
     pairs_per_case: int = Field(4, ge=0)
@@ -297,6 +304,7 @@ class BuildConfig(_Strict):
     vertebra: VertebraProduct = VertebraProduct()
     x2ct: X2CTProduct = X2CTProduct()
     drr: DRRProduct = DRRProduct()
+    volume: VolumeProduct = VolumeProduct()
     registration_pairs: RegistrationPairs = RegistrationPairs()
     detector: DetectorConfig = DetectorConfig()
     attenuation: AttenuationConfig = AttenuationConfig()
@@ -316,9 +324,44 @@ class BuildConfig(_Strict):
                              "attenuation); set xray.enabled: false to weight bone by hand")
         return self
 
+    @property
+    def volume_enabled(self) -> bool:
+        """Whether the volume product is built: as set, or (unset) whenever drr is."""
+        return self.drr.enabled if self.volume.enabled is None else self.volume.enabled
+
     def canonical_json(self) -> str:
         """Stable text form used for hashing: sorted keys, no whitespace."""
         return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+
+class StreamConfig(_Strict):
+    """Views rendered while training (`pipelines.loaders.stream.DRRStream`): what each item draws and
+    renders. Unset (None) fields take the published version's own settings."""
+
+    height: int = Field(256, gt=0)  # detector pixels
+    width: int = Field(256, gt=0)
+    pixel_spacing_mm: float | None = Field(None, gt=0)  # None: the version's field of view over `width` pixels
+    sdd_mm: float | None = Field(None, gt=0)
+    sod_mm: float | None = Field(None, gt=0)
+    views: list[Literal["AP", "LAT"]] = Field(default_factory=lambda: ["AP", "LAT"], min_length=1)
+    poses_per_item: int = Field(1, ge=1)  # each pose is rendered in every view
+    rotation_range_deg: tuple[float, float, float] | None = None  # None: the version's drr ranges
+    translation_range_mm: tuple[float, float, float] | None = None
+    level_offsets: list[int] | None = None  # None: the version's drr pair rule
+    euler_convention: str | None = None
+    exact: bool = True  # drr and drr_vertebra: exact line integrals
+    realistic: bool = True  # drr_xray and instrument_mask: the physics chain, parameters drawn per item
+    xray: XrayConfig | None = None  # ranges of the physics draws; None: the version's (or the defaults)
+    crop_mm: float | None = Field(None, gt=0)  # render only a cube of this edge around the target vertebra
+    items_per_epoch: int | None = Field(None, gt=0)  # None: cases x the version's drr.pairs_per_case
+    views_per_case: int = Field(8, ge=1)  # consecutive epoch positions that share a case (volume reuse)
+    max_volumes: int = Field(2, ge=1)  # decoded volumes one worker keeps (its memory bound)
+
+    @model_validator(mode="after")
+    def _something(self) -> StreamConfig:
+        if not (self.exact or self.realistic):
+            raise ValueError("a stream renders exact views, realistic views or both: set exact or realistic")
+        return self
 
 
 # Fields that shape how a version is published, not any sample: changing them reuses every cached case.

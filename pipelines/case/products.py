@@ -1,4 +1,5 @@
-"""The products of one prepared case (crop, sample, render; docs/design.md, step 2): vertebra patches, X2CT patches with X-rays, DRR pairs.
+"""The products of one prepared case (crop, sample, render; docs/design.md, step 2): vertebra patches, X2CT patches
+with X-rays, DRR pairs, and the whole resampled volume (for views rendered while training).
 
 Each builder returns Sample records; nothing here touches files.
 """
@@ -8,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import ndimage
 
 from pipelines.case.prepare import PreparedCase
 from pipelines.ingest.labels import level_id
@@ -31,7 +33,7 @@ from pipelines.ops.sampling import (
 from pipelines.physics.instruments import place_instruments
 from pipelines.physics.views import XRAY_DRAWS, XraySynth, draw_physics, noise_seeds, xray_record
 from schemas.config import BuildConfig
-from schemas.manifest import DRR, VERTEBRA, X2CT, SampleRow, sample_id
+from schemas.manifest import DRR, VERTEBRA, VOLUME, X2CT, SampleRow, sample_id
 from schemas.shard_layout import (
     VIEW_AP,
     VIEW_LAT,
@@ -39,6 +41,7 @@ from schemas.shard_layout import (
     Attr,
     Key,
     sample_datasets,
+    volume_dims,
     xray_for,
 )
 
@@ -209,3 +212,30 @@ def drr_samples(case: PreparedCase, config: BuildConfig, progress: Progress, ski
              Attr.ATTENUATION: config.attenuation.model_dump(), **attrs, **_geometry_attrs(case.ct.affine)},
         ))
     return out
+
+
+def vertebra_boxes(labels: np.ndarray, level_ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Per level id: the voxel box (2, 3: first, last + 1) and the centre of mass (voxel index)."""
+    found = ndimage.find_objects(labels, max_label=max(level_ids, default=0))
+    boxes, centres = [], []
+    for lid in level_ids:
+        box = found[lid - 1]
+        lo = np.array([b.start for b in box])
+        boxes.append([lo, [b.stop for b in box]])
+        centres.append(np.argwhere(labels[box] == lid).mean(axis=0) + lo)
+    return np.array(boxes, dtype=np.int32).reshape(-1, 2, 3), np.array(centres, dtype=np.float64).reshape(-1, 3)
+
+
+def volume_samples(case: PreparedCase, config: BuildConfig) -> list[Sample]:
+    """The case's whole canonical-grid CT and label map, with its vertebrae's boxes and centres."""
+    ids = [level_id(level) for level in case.levels]
+    boxes, centres = vertebra_boxes(case.labels.array, ids)
+    return [Sample(
+        SampleRow(sample_id(case.case_id, VOLUME, "whole"), VOLUME),
+        sample_datasets(VOLUME, config, {Key.CT: case.ct.array, Key.LABELS: case.labels.array,
+                                         Key.LEVEL_IDS: np.array(ids, dtype=np.uint8), Key.VERTEBRA_BOXES: boxes,
+                                         Key.VERTEBRA_CENTRES: voxel_to_world(case.ct.affine, centres)},
+                        dims=volume_dims(case.ct.array.shape, len(ids))),
+        {Attr.LEVELS: list(case.levels), Attr.CUT_LEVELS: sorted(case.cut_levels),
+         Attr.ATTENUATION: config.attenuation.model_dump(), **_geometry_attrs(case.ct.affine)},
+    )]

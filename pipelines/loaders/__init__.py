@@ -1,5 +1,6 @@
 """Trainer-side loading of a published version: datasets per product (`datasets`), zero-copy batch
-memory (`batch`), sample transforms (`transforms`) and a resumable shuffled order (`sampler`).
+memory (`batch`), sample transforms (`transforms`), a resumable shuffled order (`sampler`) and views
+rendered while training (`stream.DRRStream`, over the volume product).
 
 Importing this package imports neither Prefect nor diffdrr; `pipelines.loaders.consumers` (TorchIO,
 MONAI and diffdrr views of a sample) imports diffdrr when it is imported itself.
@@ -11,6 +12,7 @@ from pipelines.loaders.datasets import (
     ShardDataset,
     VertebraDataset,
     VertebraPairDataset,
+    VolumeDataset,
     X2CTDataset,
     open_dataset,
 )
@@ -18,5 +20,5 @@ from pipelines.loaders.sampler import IterationState, ShuffledSamples, epoch_ord
 from pipelines.loaders.transforms import PoissonNoise, line_integral, log_normalised, normalised, transmission
 
 __all__ = ["DATASETS", "DRRDataset", "IterationState", "MAX_SLOTS", "PoissonNoise", "ShardDataset", "ShuffledSamples",
-           "VertebraDataset", "VertebraPairDataset", "X2CTDataset", "collate", "epoch_order", "line_integral",
+           "VertebraDataset", "VertebraPairDataset", "VolumeDataset", "X2CTDataset", "collate", "epoch_order", "line_integral",
            "log_normalised", "normalised", "open_dataset", "partition", "transmission"]

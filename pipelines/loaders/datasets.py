@@ -19,7 +19,7 @@ from pipelines.io.shards import PublishedVersion, group_layout, open_shard, read
 from pipelines.loaders.batch import _FLAGS, _SLOTS, _TOKENS, MAX_SLOTS, MAX_WORKERS, _BatchSlots
 from schemas.detector import Geometry
 from schemas.layout import shard_path
-from schemas.manifest import DRR, PRODUCT_COLUMNS, SAMPLE_ID_COLUMNS, SPLITS, VERTEBRA, X2CT, Col, PairRow
+from schemas.manifest import DRR, PRODUCT_COLUMNS, SAMPLE_ID_COLUMNS, SPLITS, VERTEBRA, VOLUME, X2CT, Col, PairRow
 from schemas.shard_layout import product_datasets
 
 
@@ -147,6 +147,18 @@ class DRRDataset(ShardDataset):
         self.attenuation = self.config.attenuation
 
 
+class VolumeDataset(ShardDataset):
+    """A case's whole 1 mm CT `ct` (int16 HU) and canonical `labels` (uint8), with `level_ids` (cranial ->
+    caudal), `vertebra_boxes` (L x 2 x 3 voxel first / last + 1), `vertebra_centres` (L x 3 world mm) and
+    the `affine`: what `pipelines.loaders.stream.DRRStream` renders views from. Shapes differ by case."""
+
+    product = VOLUME
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.attenuation = self.config.attenuation
+
+
 class VertebraPairDataset(Dataset):
     """3D/3D registration pairs from pairs.parquet: `fixed` and `moving` vertebra samples."""
 
@@ -171,7 +183,7 @@ class VertebraPairDataset(Dataset):
         return self.transform(sample) if self.transform else sample
 
 
-DATASETS = {cls.product: cls for cls in (VertebraDataset, X2CTDataset, DRRDataset)}
+DATASETS = {cls.product: cls for cls in (VertebraDataset, X2CTDataset, DRRDataset, VolumeDataset)}
 
 
 def open_dataset(root: str | Path, product: str, split: str | None = None, **kwargs) -> ShardDataset:

@@ -7,17 +7,20 @@ from pathlib import Path
 import h5py
 
 from pipelines.errors import ShardError
+from pipelines.ingest.labels import level_id
 from pipelines.io.shards import PublishedVersion, open_shard
 from schemas import SCHEMA_VERSION
 from schemas.config import BuildConfig
-from schemas.manifest import DRR, MANIFEST_COLUMNS, Col
+from schemas.manifest import DRR, MANIFEST_COLUMNS, VOLUME, Col
 from schemas.shard_layout import (
     GROUP_ATTRS,
     XRAY_RECORD_FIELDS,
     Attr,
+    Key,
     expected_shape,
     product_attrs,
     product_datasets,
+    volume_dims,
 )
 
 
@@ -30,12 +33,16 @@ def _check_group(name: str, group: h5py.Group, product: str, n_views: int, confi
         problems += _check_xray_record(name, group.attrs[Attr.XRAY], n_views if product == DRR else 2)
     if group.attrs.get(Attr.PRODUCT) != product:
         problems.append(f"{name}: product attribute {group.attrs.get(Attr.PRODUCT)!r} != manifest {product!r}")
+    dims = None
+    if product == VOLUME and Key.CT in group and Key.LEVEL_IDS in group:  # the grid and level count are the case's
+        dims = volume_dims(group[Key.CT].shape, len(group[Key.LEVEL_IDS]))
+        problems += _check_volume_levels(name, group)
     for spec in product_datasets(product, config):
         if spec.key not in group:
             problems.append(f"{name}: dataset {spec.key!r} missing")
             continue
         ds = group[spec.key]
-        shape = expected_shape(spec, n_views)
+        shape = expected_shape(spec, n_views, dims)
         if ds.dtype != spec.dtype:
             problems.append(f"{name}/{spec.key}: dtype {ds.dtype}, schema says {spec.dtype}")
         if ds.shape != shape:
@@ -45,6 +52,18 @@ def _check_group(name: str, group: h5py.Group, product: str, n_views: int, confi
         except OSError as exc:
             problems.append(f"{name}/{spec.key}: unreadable ({exc})")
     return problems
+
+
+def _check_volume_levels(name: str, group: h5py.Group) -> list[str]:
+    """A volume's levels attribute names its level ids, in order."""
+    try:
+        levels = json.loads(group.attrs.get(Attr.LEVELS, "[]"))
+        ids = [level_id(level) for level in levels]
+    except (TypeError, ValueError, KeyError) as exc:
+        return [f"{name}: attribute {Attr.LEVELS!r} is not a list of level names ({exc})"]
+    if ids != group[Key.LEVEL_IDS][()].tolist():
+        return [f"{name}: {Attr.LEVELS} {levels} disagree with {Key.LEVEL_IDS} {group[Key.LEVEL_IDS][()].tolist()}"]
+    return []
 
 
 def _check_xray_record(name: str, text, n_views: int) -> list[str]:

