@@ -1,8 +1,10 @@
-"""One rank of the two-rank loader test (run as a script by tests/loaders/test_distributed.py).
+"""One rank of the two-rank loader tests (run as a script by tests/loaders/test_distributed.py).
 
-Each rank iterates a ShuffledSamples over a published version through a DataLoader with two
-workers; sample ids are gathered over gloo and rank 0 prints one JSON line with everything seen.
+`ranks.py ROOT`: each rank iterates a ShuffledSamples over a published version through a DataLoader
+with two workers; `ranks.py ROOT stream`: a DRRStream through its loader (two workers, torch's
+default collate). What each rank saw is gathered over gloo and rank 0 prints one JSON line.
 """
+import hashlib
 import json
 import sys
 
@@ -59,5 +61,50 @@ def ds_epoch(ds, epoch):
     return ds
 
 
+STREAM = {"height": 32, "width": 32, "items_per_epoch": 16, "views_per_case": 2, "xray": {"kv": [80, 80]}}
+
+
+def digest(tensor) -> str:
+    return hashlib.sha256(tensor.contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
+def streamed(loader, limit=None):
+    """(position, digest of its realistic views, of its exact views) of each item, in arrival order."""
+    out = []
+    for n, batch in enumerate(loader):
+        if limit is not None and n == limit:
+            break
+        out += [[int(p), digest(x), digest(d)] for p, x, d in zip(batch["position"], batch["drr_xray"], batch["drr"])]
+    return out
+
+
+def main_stream(root: str) -> None:
+    from pipelines.loaders.stream import DRRStream
+
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+
+    def stream():
+        return DRRStream(root, config=STREAM, seed=7, rank=rank, world_size=world, batch_size=BATCH)
+
+    ds = stream()
+    seen = {"epoch0": streamed(ds.loader(WORKERS, persistent_workers=False))}
+    ds.set_epoch(1)
+    seen["before_stop"] = streamed(ds.loader(WORKERS, persistent_workers=False), limit=STOP_AFTER)
+    state = ds.state_dict(STOP_AFTER * BATCH)
+    restarted = stream()
+    restarted.load_state_dict(json.loads(json.dumps(state)))
+    seen["after_restart"] = streamed(restarted.loader(WORKERS, persistent_workers=False))
+    gathered = [None] * world
+    dist.all_gather_object(gathered, seen)
+    if rank == 0:
+        print(json.dumps({"world_size": world, "workers": WORKERS, "batch": BATCH, "state": state,
+                          "n_items": ds.num_samples, "ranks": gathered}))
+    dist.destroy_process_group()
+
+
 if __name__ == "__main__":
-    main(sys.argv[1])
+    if sys.argv[2:] == ["stream"]:
+        main_stream(sys.argv[1])
+    else:
+        main(sys.argv[1])
