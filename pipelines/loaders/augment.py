@@ -1,0 +1,392 @@
+"""Image-level augmentations for X-ray views and real radiographs (domain randomisation).
+
+Each augmentation is a small pure function of an image (..., H, W) float tensor and explicit
+parameters; `Augment` draws the parameters in documented ranges and applies a chosen set to a sample's
+images, seeded by (seed, sample id, epoch, view): the same augmented sample in any worker or rank,
+fresh draws after `set_epoch`. Every view of a key gets its own draws; every key of a view the same
+ones (an item's `drr` and `drr_xray` move together).
+
+Intensity operations that need a range work on the view min-max windowed to u in [0, 1] and map the
+result back to the view's range: v' = lo + (hi - lo) f(u). Two presets:
+
+- `SYNTHEX`: the strong set of SyntheX (Gao et al., Nat Mach Intell 2023): inversion, Gaussian noise,
+  gamma, linear / log / sigmoid contrast, small affine, random noisy boxes, impulse noise, Gaussian and
+  box blur, pixel dropout, sharpen, emboss, average pooling, multiply, elastic warp;
+- `XVR`: xvr's set (Gopalakrishnan et al., 2025): box blur, Gaussian noise, inversion (at p/5),
+  sharpness, erasing, and collimation (a border of random width blanked).
+
+Geometric operations (affine, elastic, collimation crop) move pixels: they keep an image's content but
+break the pixel-exact link to a view's pose. Pass `ops` without them for pose regression; they are
+listed in `GEOMETRIC`.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from pipelines.ops.sampling import stable_hash
+from schemas.manifest import Col
+from schemas.shard_layout import Key
+
+AUGMENT_STREAM = "augment"
+# Keys augmented by default: the whole-image views (exact and realistic) and loaded radiographs.
+DEFAULT_KEYS = (Key.DRR, Key.DRR_XRAY, Key.XRAY1, Key.XRAY2, Key.XRAY1_XRAY, Key.XRAY2_XRAY, Key.RADIOGRAPH)
+
+
+# --- the operations (pure: image and parameters in, image out) ---------------------------------
+
+def _window(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    lo = v.flatten(-2).amin(-1)[..., None, None]
+    hi = v.flatten(-2).amax(-1)[..., None, None]
+    return (v - lo) / (hi - lo).clamp(min=1e-12), lo, hi
+
+
+def in_window(v: torch.Tensor, f: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """v' = lo + (hi - lo) f((v - lo) / (hi - lo)), lo and hi the view's own minimum and maximum."""
+    u, lo, hi = _window(v)
+    return lo + (hi - lo) * f(u)
+
+
+def invert(v: torch.Tensor) -> torch.Tensor:
+    """v' = max(v) - v (bone dark <-> bone bright)."""
+    return v.flatten(-2).amax(-1)[..., None, None] - v
+
+
+def gaussian_noise(v: torch.Tensor, sigma: float, noise: torch.Tensor) -> torch.Tensor:
+    """In the window: u' = u + sigma n, n ~ N(0, 1) (`noise`, the image's shape)."""
+    return in_window(v, lambda u: u + sigma * noise)
+
+
+def gamma(v: torch.Tensor, g: float) -> torch.Tensor:
+    """In the window: u' = u^g."""
+    return in_window(v, lambda u: u.pow(g))
+
+
+def linear_contrast(v: torch.Tensor, alpha: float) -> torch.Tensor:
+    """In the window: u' = 0.5 + alpha (u - 0.5)."""
+    return in_window(v, lambda u: 0.5 + alpha * (u - 0.5))
+
+
+def log_contrast(v: torch.Tensor, gain: float) -> torch.Tensor:
+    """In the window: u' = gain log2(1 + u)."""
+    return in_window(v, lambda u: gain * torch.log2(1.0 + u))
+
+
+def sigmoid_contrast(v: torch.Tensor, gain: float, cutoff: float) -> torch.Tensor:
+    """In the window: u' = 1 / (1 + exp(gain (cutoff - u)))."""
+    return in_window(v, lambda u: torch.sigmoid(gain * (u - cutoff)))
+
+
+def multiply(v: torch.Tensor, m: float) -> torch.Tensor:
+    """v' = m v."""
+    return v * m
+
+
+def _convolve(v: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """2D correlation of each image with `kernel` (odd square), edges replicated."""
+    shape = v.shape
+    x = v.reshape(-1, 1, *shape[-2:])
+    k = kernel.to(v.dtype)
+    r = k.shape[-1] // 2
+    x = F.pad(x, (r, r, r, r), mode="replicate")
+    return F.conv2d(x, k[None, None]).reshape(shape)
+
+
+def box_blur(v: torch.Tensor, size: int) -> torch.Tensor:
+    """Mean over a size x size neighbourhood (odd size; edges replicated)."""
+    return _convolve(v, torch.full((size, size), 1.0 / size ** 2))
+
+
+def gaussian_blur(v: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Gaussian of `sigma` pixels, truncated at 3 sigma, normalised to sum 1 (edges replicated)."""
+    if sigma <= 0:
+        return v
+    r = max(1, math.ceil(3 * sigma))
+    x = torch.arange(-r, r + 1, dtype=torch.float64)
+    g = torch.exp(-0.5 * (x / sigma) ** 2)
+    g = g / g.sum()
+    return _convolve(v, (g[:, None] * g[None, :]).float())
+
+
+def sharpen(v: torch.Tensor, alpha: float, lightness: float) -> torch.Tensor:
+    """Blend of the image and its sharpened self: kernel (1 - alpha) delta + alpha K, K = -1 around
+    8 + lightness at the centre (a constant image c becomes ((1 - alpha) + alpha lightness) c)."""
+    k = -torch.ones(3, 3)
+    k[1, 1] = 8.0 + lightness
+    delta = torch.zeros(3, 3)
+    delta[1, 1] = 1.0
+    return _convolve(v, (1 - alpha) * delta + alpha * k)
+
+
+def emboss(v: torch.Tensor, alpha: float, strength: float) -> torch.Tensor:
+    """Blend with an emboss: K = [[-1-s, -s, 0], [-s, 1, s], [0, s, 1+s]] (sums to 1: constants kept)."""
+    s = strength
+    k = torch.tensor([[-1 - s, -s, 0.0], [-s, 1.0, s], [0.0, s, 1 + s]])
+    delta = torch.zeros(3, 3)
+    delta[1, 1] = 1.0
+    return _convolve(v, (1 - alpha) * delta + alpha * k)
+
+
+def average_pool(v: torch.Tensor, size: int) -> torch.Tensor:
+    """Mean over size x size blocks, each block's pixels set to its mean (the size kept; a partial last
+    block averages what it holds)."""
+    shape = v.shape
+    x = v.reshape(-1, 1, *shape[-2:])
+    pooled = F.avg_pool2d(x, size, ceil_mode=True, count_include_pad=False)
+    up = pooled.repeat_interleave(size, -2).repeat_interleave(size, -1)[..., :shape[-2], :shape[-1]]
+    return up.reshape(shape)
+
+
+def impulse_noise(v: torch.Tensor, hit: torch.Tensor, salt: torch.Tensor) -> torch.Tensor:
+    """Pixels where `hit` is set become the view's maximum (where `salt`) or minimum."""
+    lo = v.flatten(-2).amin(-1)[..., None, None].expand_as(v)
+    hi = v.flatten(-2).amax(-1)[..., None, None].expand_as(v)
+    return torch.where(hit, torch.where(salt, hi, lo), v)
+
+
+def dropout(v: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
+    """Pixels where `drop` is set become the view's minimum (no signal)."""
+    lo = v.flatten(-2).amin(-1)[..., None, None].expand_as(v)
+    return torch.where(drop, lo, v)
+
+
+def noisy_boxes(v: torch.Tensor, boxes: Sequence[tuple[int, int, int, int]], noise: torch.Tensor) -> torch.Tensor:
+    """Each box (row, col, height, width) gets Gaussian noise of 0.2 x its own value range: v' = v + 0.2
+    (max_box - min_box) n, n from `noise` (the image's shape)."""
+    out = v.clone()
+    for r, c, h, w in boxes:
+        box = out[..., r:r + h, c:c + w]
+        spread = box.flatten(-2).amax(-1) - box.flatten(-2).amin(-1)
+        box += 0.2 * spread[..., None, None] * noise[..., r:r + h, c:c + w]
+    return out
+
+
+def erase(v: torch.Tensor, box: tuple[int, int, int, int], value: float = 0.0) -> torch.Tensor:
+    """The box (row, col, height, width) set to `value`."""
+    out = v.clone()
+    r, c, h, w = box
+    out[..., r:r + h, c:c + w] = value
+    return out
+
+
+def collimate(v: torch.Tensor, border: int, value: float = 0.0) -> torch.Tensor:
+    """A centred field: a border of `border` pixels on every side set to `value` (a collimator's shadow)."""
+    if border <= 0:
+        return v
+    out = torch.full_like(v, value)
+    out[..., border:-border, border:-border] = v[..., border:-border, border:-border]
+    return out
+
+
+def warp(v: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """Bilinear resampling at `grid` ((H, W, 2) in [-1, 1], x then y; align_corners) with reflected edges."""
+    shape = v.shape
+    x = v.reshape(-1, 1, *shape[-2:])
+    g = grid.to(v.dtype)[None].expand(x.shape[0], -1, -1, -1)
+    return F.grid_sample(x, g, mode="bilinear", padding_mode="reflection", align_corners=True).reshape(shape)
+
+
+def affine_grid(shape: tuple[int, int], rotation_deg: float, translation_px: tuple[float, float], scale: float,
+                shear_deg: tuple[float, float]) -> torch.Tensor:
+    """Sampling grid of an affine about the image centre: output pixel p reads input A^-1 (p - c - t) + c,
+    A = R(rotation) Shear(x, y) scale, in pixels (translation (x, y) moves content right / down)."""
+    h, w = shape
+    a = math.radians(rotation_deg)
+    sx, sy = (math.tan(math.radians(s)) for s in shear_deg)
+    rot = torch.tensor([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]], dtype=torch.float64)
+    shear = torch.tensor([[1.0, sx], [sy, 1.0]], dtype=torch.float64)
+    inverse = torch.linalg.inv(rot @ shear * scale)
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
+    c = torch.tensor([(w - 1) / 2.0, (h - 1) / 2.0], dtype=torch.float64)
+    p = torch.stack([xs, ys], -1) - c - torch.tensor(translation_px, dtype=torch.float64)
+    src = p @ inverse.T + c
+    return torch.stack([src[..., 0] / (w - 1) * 2 - 1, src[..., 1] / (h - 1) * 2 - 1], -1)
+
+
+def elastic_grid(displacement: torch.Tensor, alpha: float, sigma: float) -> torch.Tensor:
+    """Sampling grid of an elastic warp: `displacement` (2, H, W) uniform in [-1, 1], smoothed by a
+    Gaussian of `sigma` pixels and scaled by `alpha` pixels (alpha 0: the identity)."""
+    _, h, w = displacement.shape
+    d = gaussian_blur(displacement.float(), sigma).double() * alpha
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
+    return torch.stack([(xs + d[0]) / (w - 1) * 2 - 1, (ys + d[1]) / (h - 1) * 2 - 1], -1)
+
+
+# --- random draws ----------------------------------------------------------------------------------
+
+def _u(gen: torch.Generator, lo: float, hi: float) -> float:
+    return lo + (hi - lo) * float(torch.rand((), generator=gen, dtype=torch.float64))
+
+
+def _int(gen: torch.Generator, lo: int, hi: int) -> int:
+    """Uniform integer in [lo, hi]."""
+    return int(torch.randint(lo, hi + 1, (), generator=gen))
+
+
+def _random_boxes(gen, h, w) -> list[tuple[int, int, int, int]]:
+    boxes = []
+    for _ in range(_int(gen, 1, 5)):  # box sizes ~ N(15 %, 15 %) of the image, kept inside it
+        while True:
+            bh, bw = (round(float(torch.randn((), generator=gen)) * 0.15 * n + 0.15 * n) for n in (h, w))
+            if 0 < bh <= h and 0 < bw <= w:
+                break
+        boxes.append((_int(gen, 0, h - bh), _int(gen, 0, w - bw), bh, bw))
+    return boxes
+
+
+def _erase_box(gen, h, w) -> tuple[int, int, int, int]:
+    """Area 2-33 % of the image, aspect 0.3-3.3 (log-uniform), clipped to fit."""
+    area = _u(gen, 0.02, 0.33) * h * w
+    aspect = math.exp(_u(gen, math.log(0.3), math.log(3.3)))
+    bh, bw = min(h, max(1, round(math.sqrt(area * aspect)))), min(w, max(1, round(math.sqrt(area / aspect))))
+    return _int(gen, 0, h - bh), _int(gen, 0, w - bw), bh, bw
+
+
+def _draw(name: str, gen: torch.Generator, v: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Parameters for one operation, drawn in its documented range; returns the op bound to them."""
+    h, w = v.shape[-2:]
+    if name == "invert":
+        return invert
+    if name == "gaussian_noise":
+        sigma = _u(gen, 0.005, 0.01)
+        noise = torch.randn(v.shape, generator=gen, dtype=v.dtype)
+        return lambda x: gaussian_noise(x, sigma, noise)
+    if name == "gamma":
+        g = _u(gen, 0.7, 1.3)
+        return lambda x: gamma(x, g)
+    if name == "contrast":  # one of linear, gamma, log, sigmoid
+        kind = _int(gen, 0, 3)
+        if kind == 0:
+            a = _u(gen, 0.5, 2.0)
+            return lambda x: linear_contrast(x, a)
+        if kind == 1:
+            g = _u(gen, 0.5, 2.0)
+            return lambda x: gamma(x, g)
+        if kind == 2:
+            g = _u(gen, 0.6, 1.4)
+            return lambda x: log_contrast(x, g)
+        g, c = _u(gen, 3.0, 10.0), _u(gen, 0.4, 0.6)
+        return lambda x: sigmoid_contrast(x, g, c)
+    if name == "affine":  # rotation +/-5 deg, translation up to 20 px, scale 0.9-1.1, shear +/-2 deg
+        direction = _u(gen, 0.0, 2 * math.pi)
+        length = _u(gen, 0.0, 20.0)
+        grid = affine_grid((h, w), _u(gen, -5.0, 5.0), (length * math.cos(direction), length * math.sin(direction)),
+                           _u(gen, 0.9, 1.1), (_u(gen, -2.0, 2.0), _u(gen, -2.0, 2.0)))
+        return lambda x: warp(x, grid)
+    if name == "noisy_boxes":
+        boxes = _random_boxes(gen, h, w)
+        noise = torch.randn(v.shape, generator=gen, dtype=v.dtype)
+        return lambda x: noisy_boxes(x, boxes, noise)
+    if name == "impulse_noise":  # 10 % of pixels to the minimum or maximum
+        hit = torch.rand(v.shape, generator=gen) < 0.1
+        salt = torch.rand(v.shape, generator=gen) < 0.5
+        return lambda x: impulse_noise(x, hit, salt)
+    if name == "blur":  # Gaussian sigma 0-3 px, or a box of 3, 5 or 7
+        if _int(gen, 0, 1) == 0:
+            s = _u(gen, 0.0, 3.0)
+            return lambda x: gaussian_blur(x, s)
+        k = 2 * _int(gen, 1, 3) + 1
+        return lambda x: box_blur(x, k)
+    if name == "box_blur":
+        return lambda x: box_blur(x, 3)
+    if name == "dropout":  # 10-15 % of pixels, singly or in coarse cells of 10-15 % of the image
+        q = _u(gen, 0.1, 0.15)
+        if _int(gen, 0, 1) == 0:
+            drop = torch.rand(v.shape, generator=gen) < q
+        else:
+            cell = max(1, round(_u(gen, 0.1, 0.15) * min(h, w)))
+            coarse = torch.rand((*v.shape[:-2], -(-h // cell), -(-w // cell)), generator=gen) < q
+            drop = coarse.repeat_interleave(cell, -2).repeat_interleave(cell, -1)[..., :h, :w]
+        return lambda x: dropout(x, drop)
+    if name == "sharpen":
+        a, light = _u(gen, 0.5, 1.0), _u(gen, 1.0, 1.5)
+        return lambda x: sharpen(x, a, light)
+    if name == "sharpness":  # xvr / kornia-like: a milder sharpen blend
+        a = _u(gen, 0.0, 0.5)
+        return lambda x: sharpen(x, a, 1.0)
+    if name == "emboss":
+        a, s = _u(gen, 0.5, 1.0), _u(gen, 1.0, 2.0)
+        return lambda x: emboss(x, a, s)
+    if name == "average_pool":
+        k = 2 * _int(gen, 1, 2)  # 2 or 4
+        return lambda x: average_pool(x, k)
+    if name == "multiply":
+        m = _u(gen, 0.5, 1.5)
+        return lambda x: multiply(x, m)
+    if name == "elastic":  # alpha 0.5-3.5 px, sigma 0.25 px (imgaug's ranges in SyntheX)
+        grid = elastic_grid(torch.rand((2, h, w), generator=gen, dtype=torch.float64) * 2 - 1, _u(gen, 0.5, 3.5), 0.25)
+        return lambda x: warp(x, grid)
+    if name == "erase":
+        box = _erase_box(gen, h, w)
+        return lambda x: erase(x, box)
+    if name == "collimation":  # up to 10 % of the field's smaller side blanked on every side
+        border = _int(gen, 0, max(0, min(h, w) // 10))
+        return lambda x: collimate(x, border)
+    raise KeyError(f"unknown augmentation {name!r}; known: {sorted(ALL_OPS)}")
+
+
+ALL_OPS = ("invert", "gaussian_noise", "gamma", "contrast", "affine", "noisy_boxes", "impulse_noise", "blur",
+           "box_blur", "dropout", "sharpen", "sharpness", "emboss", "average_pool", "multiply", "elastic", "erase",
+           "collimation")
+GEOMETRIC = ("affine", "elastic", "collimation")
+# (operation, probability) in application order
+SYNTHEX = (("invert", 0.5), ("gaussian_noise", 0.5), ("gamma", 0.5), ("contrast", 0.5), ("affine", 0.5),
+           ("noisy_boxes", 0.25), ("impulse_noise", 0.2), ("blur", 0.25), ("dropout", 0.25), ("sharpen", 0.125),
+           ("emboss", 0.125), ("average_pool", 0.125), ("multiply", 0.25), ("elastic", 0.25))
+XVR = (("box_blur", 0.5), ("gaussian_noise", 0.5), ("invert", 0.1), ("sharpness", 0.5), ("erase", 0.5),
+       ("collimation", 0.5))
+PRESETS = {"synthex": SYNTHEX, "xvr": XVR}
+
+
+@dataclass
+class Augment:
+    """Transform: image augmentations applied to a sample's views, each op with its probability.
+
+    `ops` is a preset name ('synthex', 'xvr') or (name, probability) pairs, applied in that order;
+    `keys` the images it touches (default: whole-image views and radiographs). Seeded by (seed,
+    sample id, epoch, view); call `set_epoch` each epoch (DRRStream.set_epoch does)."""
+
+    ops: str | Sequence[tuple[str, float]] = "synthex"
+    seed: int = 0
+    keys: Sequence[str] = DEFAULT_KEYS
+    epoch: int = 0
+
+    def __post_init__(self):
+        ops = PRESETS[self.ops] if isinstance(self.ops, str) and self.ops in PRESETS else self.ops
+        if isinstance(ops, str):
+            raise ValueError(f"unknown preset {ops!r}; presets: {sorted(PRESETS)}")
+        self.ops = tuple((str(n), float(p)) for n, p in ops)
+        for name, p in self.ops:
+            if name not in ALL_OPS:
+                raise ValueError(f"unknown augmentation {name!r}; known: {list(ALL_OPS)}")
+            if not 0.0 <= p <= 1.0:
+                raise ValueError(f"{name}: probability must lie in [0, 1], got {p}")
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def view(self, image: torch.Tensor, sample_id: str, view: int) -> torch.Tensor:
+        """One (H, W) image augmented with the draws of (seed, sample id, epoch, view)."""
+        gen = torch.Generator().manual_seed(stable_hash(self.seed, AUGMENT_STREAM, sample_id, self.epoch, view)
+                                            & (2 ** 63 - 1))
+        out = image.float()
+        for name, p in self.ops:
+            chosen = float(torch.rand((), generator=gen, dtype=torch.float64)) < p
+            op = _draw(name, gen, out)  # drawn whether chosen or not: the draws of later ops stay put
+            if chosen:
+                out = op(out)
+        return out.to(image.dtype)
+
+    def __call__(self, sample: dict) -> dict:
+        sid = str(sample.get(Col.SAMPLE_ID, ""))
+        out = dict(sample)
+        for key in self.keys:
+            if key in sample and isinstance(sample[key], torch.Tensor):
+                images = sample[key]
+                flat = images.reshape(-1, *images.shape[-2:])
+                out[key] = torch.stack([self.view(x, sid, v) for v, x in enumerate(flat)]).reshape(images.shape)
+        return out
