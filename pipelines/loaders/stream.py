@@ -13,6 +13,7 @@ so a worker decodes a volume once per run; it keeps at most `max_volumes` decode
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections import OrderedDict
 from collections.abc import Callable
@@ -33,11 +34,13 @@ from pipelines.ops.drr import Geometry, Renderer, camera_for_motion
 from pipelines.ops.orient import world_to_voxel
 from pipelines.ops.sampling import pose_to_matrix, sample_pose, sample_vertebra_pair, stable_hash
 from pipelines.physics.instruments import place_instruments
+from pipelines.physics.tables import warm_tube_spectra
 from pipelines.physics.views import XraySynth, draw_physics, xray_record
 from schemas.config import BuildConfig, StreamConfig, XrayConfig
 from schemas.manifest import SPLITS, Col
 from schemas.shard_layout import Attr, Key
 
+log = logging.getLogger("spineforge")
 STREAM = "stream"  # generator streams of the items: case order, draws, noise
 MIN_LEVELS = 5  # the pair rule needs a reference from the 3rd to the 3rd-from-last vertebra
 
@@ -90,13 +93,17 @@ def item_rng(seed: int, epoch: int, position: int) -> np.random.Generator:
 
 
 def share_cores(worker_id: int) -> None:
-    """DataLoader worker_init_fn: the worker's renderer and synthesis threads get its share of the cores."""
+    """DataLoader worker_init_fn: the worker's renderer, synthesis and BLAS threads get its share of the
+    cores (an uncapped BLAS pool spins on every core beside the other workers: measured 2x the CPU
+    time per realistic view)."""
     import numba
+    from threadpoolctl import threadpool_limits
 
     info = get_worker_info()
     threads = max(1, (os.cpu_count() or 1) // (info.num_workers if info else 1))
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     torch.set_num_threads(threads)
+    threadpool_limits(limits=threads)
 
 
 class _Volume:
@@ -178,6 +185,8 @@ class DRRStream(IterableDataset):
         self.transform = transform
         self.epoch, self.resume_from = 0, 0
         self._cache: OrderedDict[int, _Volume] = OrderedDict()
+        if self.settings.realistic:  # each kV's spectrum computed once on this machine, not once per worker
+            warm_tube_spectra(self.settings.xray.kv, self.settings.xray.anode_angle_deg, log.info)
 
     # --- order and resumption (as ShuffledSamples) ---------------------------------------------
 

@@ -45,6 +45,17 @@ def _tube(kv: int, anode_angle_deg: float) -> tuple[np.ndarray, np.ndarray]:
     return cached_spectrum(key, compute)
 
 
+def warm_tube_spectra(kv: tuple[int, int], anode_angle_deg: float, progress=None) -> int:
+    """Compute (or find in the machine's cache) every whole-kV spectrum of a range, so that processes
+    started later (DataLoader workers) read them instead of each computing them; returns how many."""
+    kvs = range(int(kv[0]), int(kv[1]) + 1)
+    for n, k in enumerate(kvs):
+        _tube(k, float(anode_angle_deg))
+        if progress is not None and (n + 1) % 10 == 0:
+            progress(f"tube spectra: {n + 1}/{len(kvs)}")
+    return len(kvs)
+
+
 def tube_spectrum(kv: int, anode_angle_deg: float, al_mm: float = 0.0, cu_mm: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """(energies keV, photons / cm^2 / mAs at 1 m per 0.5 keV bin) of a tungsten tube behind `al_mm`
     aluminium and `cu_mm` copper."""
