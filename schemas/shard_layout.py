@@ -24,7 +24,7 @@ class Key:
         "pose_params", "pose_matrices", "view_names", "rotation_center")
     LEVEL_IDS, VERTEBRA_BOXES, VERTEBRA_CENTRES = "level_ids", "vertebra_boxes", "vertebra_centres"
     CAMERAS = "cameras"  # views rendered while training: each view's camera (diffdrr's extrinsic)
-    RADIOGRAPH, VALID = "radiograph", "valid"  # a loaded real radiograph, and where it holds real image data
+    RADIOGRAPH, VALID = "real_image", "valid"  # a loaded real radiograph, and where it holds real image data
 
 
 # Datasets holding X-ray images (single views or V x H x W stacks): exact line integrals, and the

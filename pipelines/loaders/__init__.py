@@ -19,10 +19,10 @@ from pipelines.loaders.datasets import (
     open_dataset,
 )
 from pipelines.loaders.radiographs import RadiographDataset
-from pipelines.loaders.sampler import IterationState, ShuffledSamples, epoch_order, partition
+from pipelines.loaders.sampler import EpochPositions, IterationState, ShuffledSamples, epoch_order, partition
 from pipelines.loaders.transforms import PoissonNoise, line_integral, log_normalised, normalised, transmission
 
-__all__ = ["Augment", "DATASETS", "DRRDataset", "IterationState", "MAX_SLOTS", "PoissonNoise", "RadiographDataset",
+__all__ = ["Augment", "DATASETS", "DRRDataset", "EpochPositions", "IterationState", "MAX_SLOTS", "PoissonNoise", "RadiographDataset",
            "ShardDataset", "ShuffledSamples", "VertebraDataset", "VertebraPairDataset", "VolumeDataset", "X2CTDataset",
            "collate", "epoch_order", "line_integral", "log_normalised", "normalised", "open_dataset", "partition",
            "transmission"]

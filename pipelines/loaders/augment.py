@@ -15,7 +15,7 @@ result back to the view's range: v' = lo + (hi - lo) f(u). Two presets:
 - `XVR`: xvr's set (Gopalakrishnan et al., 2025): box blur, Gaussian noise, inversion (at p/5),
   sharpness, erasing, and collimation (a border of random width blanked).
 
-Geometric operations (affine, elastic, collimation crop) move pixels: they keep an image's content but
+Geometric operations (affine_warp, elastic, collimation) move pixels: they keep an image's content but
 break the pixel-exact link to a view's pose. Pass `ops` without them for pose regression; they are
 listed in `GEOMETRIC`.
 """
@@ -271,7 +271,7 @@ def _draw(name: str, gen: torch.Generator, v: torch.Tensor) -> Callable[[torch.T
             return lambda x: log_contrast(x, g)
         g, c = _u(gen, 3.0, 10.0), _u(gen, 0.4, 0.6)
         return lambda x: sigmoid_contrast(x, g, c)
-    if name == "affine":  # rotation +/-5 deg, translation up to 20 px, scale 0.9-1.1, shear +/-2 deg
+    if name == "affine_warp":  # rotation +/-5 deg, translation up to 20 px, scale 0.9-1.1, shear +/-2 deg
         direction = _u(gen, 0.0, 2 * math.pi)
         length = _u(gen, 0.0, 20.0)
         grid = affine_grid((h, w), _u(gen, -5.0, 5.0), (length * math.cos(direction), length * math.sin(direction)),
@@ -329,12 +329,12 @@ def _draw(name: str, gen: torch.Generator, v: torch.Tensor) -> Callable[[torch.T
     raise KeyError(f"unknown augmentation {name!r}; known: {sorted(ALL_OPS)}")
 
 
-ALL_OPS = ("invert", "gaussian_noise", "gamma", "contrast", "affine", "noisy_boxes", "impulse_noise", "blur",
+ALL_OPS = ("invert", "gaussian_noise", "gamma", "contrast", "affine_warp", "noisy_boxes", "impulse_noise", "blur",
            "box_blur", "dropout", "sharpen", "sharpness", "emboss", "average_pool", "multiply", "elastic", "erase",
            "collimation")
-GEOMETRIC = ("affine", "elastic", "collimation")
+GEOMETRIC = ("affine_warp", "elastic", "collimation")
 # (operation, probability) in application order
-SYNTHEX = (("invert", 0.5), ("gaussian_noise", 0.5), ("gamma", 0.5), ("contrast", 0.5), ("affine", 0.5),
+SYNTHEX = (("invert", 0.5), ("gaussian_noise", 0.5), ("gamma", 0.5), ("contrast", 0.5), ("affine_warp", 0.5),
            ("noisy_boxes", 0.25), ("impulse_noise", 0.2), ("blur", 0.25), ("dropout", 0.25), ("sharpen", 0.125),
            ("emboss", 0.125), ("average_pool", 0.125), ("multiply", 0.25), ("elastic", 0.25))
 XVR = (("box_blur", 0.5), ("gaussian_noise", 0.5), ("invert", 0.1), ("sharpness", 0.5), ("erase", 0.5),

@@ -1,5 +1,5 @@
 """Real radiographs as tensors in the conventions of the rendered views, so a trainer validates on
-real images with the code it trains with: one image per item, `radiograph` (1, H, W) float32 with
+real images with the code it trains with: one image per item, `real_image` (1, H, W) float32 with
 bone bright, optionally fitted to a detector geometry (a DRRStream's `geometry`) exactly as
 `spineforge fit-xray` fits it -- central field cropped or padded at the detector plane, resampled to
 the geometry's pixels -- with `valid` marking real image data. The same transforms apply
@@ -23,7 +23,7 @@ from schemas.shard_layout import Key
 class RadiographDataset(Dataset):
     """Radiograph files (DICOM DX/CR/XA, fit-xray's outputs, MHA/NRRD/NIfTI/PNG/TIFF) as samples.
 
-    Each sample: `sample_id` (the file name), `radiograph` and `valid` (1, H, W), `pixel_spacing_mm`
+    Each sample: `sample_id` (the file name), `real_image` and `valid` (1, H, W), `pixel_spacing_mm`
     (row, column) of the returned grid, `source_spacing_mm` and `spacing_source` (the tag it came from),
     `sdd_mm` / `sod_mm` from the file when it states them, `inverted` (MONOCHROME1 turned bone bright).
     `spacing_mm` overrides every file's spacing (for PNG/TIFF, which carry none)."""

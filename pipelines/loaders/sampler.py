@@ -38,47 +38,55 @@ class IterationState:
     num_samples: int
 
 
-class ShuffledSamples(IterableDataset):
-    """Iterate a map-style dataset in a shuffled order fixed by (seed, epoch), resumable mid-epoch.
+class EpochPositions(IterableDataset):
+    """Positions 0 .. num_samples - 1 of an epoch in `order()`, dealt to DDP ranks and DataLoader workers
+    by `partition`, resumable mid-epoch; a subclass says what a position yields (`at`).
 
-    Every sample is yielded exactly once per epoch over all ranks and DataLoader workers. Pass the
-    DataLoader's `batch_size` so that workers hold whole batches: then, after k batches on each rank,
-    `state_dict(k * batch_size)` names exactly the samples consumed, and an iterable given that state
+    Every position is yielded exactly once per epoch over all ranks and workers. Pass the DataLoader's
+    `batch_size` so that workers hold whole batches: then, after k batches on each rank,
+    `state_dict(k * batch_size)` names exactly the positions consumed, and an iterable given that state
     with `load_state_dict` yields only the rest of the epoch (with any number of ranks or workers).
     Call `set_epoch(e)` before each epoch, as with DistributedSampler.
     """
 
-    def __init__(self, dataset: Dataset, seed: int = 0, rank: int = 0, world_size: int = 1, batch_size: int = 1):
+    def __init__(self, seed: int = 0, rank: int = 0, world_size: int = 1, batch_size: int = 1):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        self.dataset = dataset
         self.seed = seed
         self.rank, self.world_size, self.batch_size = rank, world_size, batch_size
         self.epoch = 0
         self.resume_from = 0  # epoch positions already consumed (over all ranks)
+
+    @property
+    def num_samples(self) -> int:
+        raise NotImplementedError
+
+    def order(self) -> np.ndarray:
+        """What each epoch position yields, as an index for `at`."""
+        return np.arange(self.num_samples)
+
+    def at(self, index: int):
+        raise NotImplementedError
 
     def set_epoch(self, epoch: int) -> None:
         if epoch != self.epoch:
             self.resume_from = 0
         self.epoch = epoch
 
-    def order(self) -> np.ndarray:
-        return epoch_order(len(self.dataset), self.seed, self.epoch)
-
     def remaining(self) -> np.ndarray:
-        """Dataset indices of this epoch not yet consumed, in epoch order."""
+        """Indices of this epoch not yet consumed, in epoch order."""
         return self.order()[self.resume_from:]
 
     def __len__(self) -> int:
-        return len(range(self.rank, len(self.remaining()), self.world_size))
+        return len(range(self.rank, self.num_samples - self.resume_from, self.world_size))
 
     def __iter__(self):
         info = get_worker_info()
         workers, worker = (info.num_workers, info.id) if info else (1, 0)
         for index in partition(self.remaining(), self.rank, self.world_size, worker, workers, self.batch_size):
-            yield self.dataset[int(index)]
+            yield self.at(int(index))
 
     def state_dict(self, samples_seen: int) -> dict:
         """State after this rank consumed `samples_seen` samples of the current epoch (k batches: k * batch_size);
@@ -86,12 +94,31 @@ class ShuffledSamples(IterableDataset):
         with the checkpoint."""
         if samples_seen < 0:
             raise ValueError(f"samples_seen must be >= 0, got {samples_seen}")
-        consumed = min(self.resume_from + samples_seen * self.world_size, len(self.dataset))
-        return asdict(IterationState(self.seed, self.epoch, consumed, len(self.dataset)))
+        consumed = min(self.resume_from + samples_seen * self.world_size, self.num_samples)
+        return asdict(IterationState(self.seed, self.epoch, consumed, self.num_samples))
 
     def load_state_dict(self, state: dict) -> None:
         saved = IterationState(**state)
-        if saved.num_samples != len(self.dataset) or saved.seed != self.seed:
+        if saved.num_samples != self.num_samples or saved.seed != self.seed:
             raise ValueError(f"state is for {saved.num_samples} samples with seed {saved.seed}; this "
-                             f"iterable has {len(self.dataset)} samples with seed {self.seed}")
+                             f"iterable has {self.num_samples} samples with seed {self.seed}")
         self.epoch, self.resume_from = int(saved.epoch), int(saved.consumed)
+
+
+class ShuffledSamples(EpochPositions):
+    """Iterate a map-style dataset in a shuffled order fixed by (seed, epoch), resumable mid-epoch
+    (see `EpochPositions` for the guarantees and how to resume)."""
+
+    def __init__(self, dataset: Dataset, seed: int = 0, rank: int = 0, world_size: int = 1, batch_size: int = 1):
+        super().__init__(seed, rank, world_size, batch_size)
+        self.dataset = dataset
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.dataset)
+
+    def order(self) -> np.ndarray:
+        return epoch_order(len(self.dataset), self.seed, self.epoch)
+
+    def at(self, index: int):
+        return self.dataset[index]

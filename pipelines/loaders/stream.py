@@ -5,7 +5,7 @@ An epoch is `items_per_epoch` positions. The content of position p is a function
 alone -- its case, pair, pose, physics and noise come from generators seeded by those -- so the same
 (seed, epoch) gives bit-identical items whatever the number of workers or ranks, and which process
 renders a position does not matter. Positions are dealt to ranks and workers as `ShuffledSamples`
-deals them (`partition`), so `state_dict` / `load_state_dict` resume mid-epoch exactly.
+deals them (`EpochPositions`), so `state_dict` / `load_state_dict` resume mid-epoch exactly.
 
 Consecutive positions share a case in runs of `views_per_case` (cases in a seeded order per epoch),
 so a worker decodes a volume once per run; it keeps at most `max_volumes` decoded volumes.
@@ -17,17 +17,17 @@ import logging
 import os
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, get_worker_info
 
 from pipelines.ingest.labels import id_to_level, level_id
 from pipelines.io.shards import PublishedVersion
 from pipelines.loaders.datasets import VolumeDataset
-from pipelines.loaders.sampler import IterationState, epoch_order, partition
+from pipelines.loaders.sampler import EpochPositions, epoch_order
 from pipelines.ops.attenuation import mu_of
 from pipelines.ops.crop import crop_around, shifted_affine
 from pipelines.ops.drr import Geometry, Renderer, camera_for_motion
@@ -140,7 +140,7 @@ class _Volume:
         return (*self._renderer(mu, labels, affine, settings), labels, affine)
 
 
-class DRRStream(IterableDataset):
+class DRRStream(EpochPositions):
     """Iterable dataset of views rendered on the fly from a version's `volume` product.
 
     Each item: a case (by `views_per_case` runs), a reference and a target vertebra by the pair rule,
@@ -158,12 +158,9 @@ class DRRStream(IterableDataset):
     def __init__(self, root: str | Path, split: str | None = None, config: StreamConfig | dict | None = None,
                  seed: int = 0, rank: int = 0, world_size: int = 1, batch_size: int = 1,
                  transform: Callable[[dict], dict] | None = None):
+        super().__init__(seed, rank, world_size, batch_size)
         if split is not None and split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.config = config if isinstance(config, StreamConfig) else StreamConfig.model_validate(config or {})
         version = PublishedVersion(Path(root))
         build = version.config
@@ -180,45 +177,25 @@ class DRRStream(IterableDataset):
         self.cases = usable  # volume rows that can make a pair
         self.geometry = self.settings.geometry  # for diffdrr_pose / diffdrr_drr
         self.attenuation = build.attenuation
-        self.num_samples = self.config.items_per_epoch or len(usable) * max(build.drr.pairs_per_case, 1)
-        self.seed, self.rank, self.world_size, self.batch_size = seed, rank, world_size, batch_size
+        self._num_samples = self.config.items_per_epoch or len(usable) * max(build.drr.pairs_per_case, 1)
         self.transform = transform
-        self.epoch, self.resume_from = 0, 0
         self._cache: OrderedDict[int, _Volume] = OrderedDict()
         if self.settings.realistic:  # each kV's spectrum computed once on this machine, not once per worker
             warm_tube_spectra(self.settings.xray.kv, self.settings.xray.anode_angle_deg, log.info)
 
-    # --- order and resumption (as ShuffledSamples) ---------------------------------------------
+    # --- order and resumption: EpochPositions, positions in their natural order -----------------
+
+    @property
+    def num_samples(self) -> int:
+        return self._num_samples
 
     def set_epoch(self, epoch: int) -> None:
-        if epoch != self.epoch:
-            self.resume_from = 0
-        self.epoch = epoch
+        super().set_epoch(epoch)
         if self.transform is not None and hasattr(self.transform, "set_epoch"):
             self.transform.set_epoch(epoch)
 
-    def __len__(self) -> int:
-        return len(range(self.rank, self.num_samples - self.resume_from, self.world_size))
-
-    def __iter__(self):
-        info = get_worker_info()
-        workers, worker = (info.num_workers, info.id) if info else (1, 0)
-        positions = np.arange(self.resume_from, self.num_samples)
-        for position in partition(positions, self.rank, self.world_size, worker, workers, self.batch_size):
-            yield self.item(int(position))
-
-    def state_dict(self, samples_seen: int) -> dict:
-        if samples_seen < 0:
-            raise ValueError(f"samples_seen must be >= 0, got {samples_seen}")
-        consumed = min(self.resume_from + samples_seen * self.world_size, self.num_samples)
-        return asdict(IterationState(self.seed, self.epoch, consumed, self.num_samples))
-
-    def load_state_dict(self, state: dict) -> None:
-        saved = IterationState(**state)
-        if saved.num_samples != self.num_samples or saved.seed != self.seed:
-            raise ValueError(f"state is for {saved.num_samples} items with seed {saved.seed}; this stream has "
-                             f"{self.num_samples} items with seed {self.seed}")
-        self.epoch, self.resume_from = int(saved.epoch), int(saved.consumed)
+    def at(self, index: int) -> dict:
+        return self.item(index)
 
     # --- one item ------------------------------------------------------------------------------
 

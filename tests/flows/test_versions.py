@@ -32,10 +32,10 @@ def test_a_new_case_adds_its_shards_and_shares_every_other_one(tmp_path):
     write_ctspine_case(inputs, "c2", noise_seed=2)
     v2 = Path(run_build(small_config(), [str(inputs)], str(out)).version_dir)
     s1, s2 = shards(v1), shards(v2)
-    assert set(s1) < set(s2) and len(s2) - len(s1) == 3  # the new case's shard of each product
+    assert set(s1) < set(s2) and len(s2) - len(s1) == 4  # the new case's shard of each product
     assert all(os.path.samefile(s1[name], s2[name]) for name in s1)  # the same files, not copies
     new = inodes(v2 / "shards").keys() - inodes(v1 / "shards").keys()
-    assert len(new) == 3 and all("c2-" in name for name in set(s2) - set(s1))
+    assert len(new) == 4 and all("c2-" in name for name in set(s2) - set(s1))
     assert card(v2)["storage"] == {"linked": sum(p.stat().st_size for p in s2.values()), "copied": 0, "written": 0}
     assert all(not (os.stat(p).st_mode & 0o222) for p in s2.values())  # shared files are read-only
     assert validate_version(v1) == [] and validate_version(v2) == []
@@ -51,8 +51,8 @@ def test_compaction_packs_on_request_and_later_versions_reuse_the_packs(tmp_path
     config = small_config(shards={"target_bytes": 10**9, "min_shards": 2})
     v1 = Path(run_build(config, [str(inputs)], str(out), compact=True).version_dir)
     packs = {s["file"]: s["members"] for s in card(v1)["shards"]}
-    assert len(packs) == 6 and all("-pack-" in f for f in packs)  # min_shards=2 packs per product
-    for product in ("drr", "vertebra", "x2ct"):  # every case in exactly one pack of each product
+    assert len(packs) == 8 and all("-pack-" in f for f in packs)  # min_shards=2 packs per product
+    for product in ("drr", "vertebra", "x2ct", "volume"):  # every case in exactly one pack of each product
         members = sorted(k for f, m in packs.items() if f.startswith(f"shards/{product}-") for k in m)
         assert [k.split("-")[0] for k in members] == ["c0", "c1", "c2", "c3"]
     assert card(v1)["storage"]["written"] > 0 and validate_version(v1) == []
@@ -60,7 +60,7 @@ def test_compaction_packs_on_request_and_later_versions_reuse_the_packs(tmp_path
     v2 = Path(run_build(config, [str(inputs)], str(out)).version_dir)
     s1, s2 = shards(v1), shards(v2)
     assert set(s1) < set(s2) and all(os.path.samefile(s1[n], s2[n]) for n in s1)  # packs reused as they are
-    assert len(set(s2) - set(s1)) == 3 and card(v2)["storage"]["written"] == 0  # c4 stays loose until asked
+    assert len(set(s2) - set(s1)) == 4 and card(v2)["storage"]["written"] == 0  # c4 stays loose until asked
     assert validate_version(v2) == []
     (inputs / "c0.nii.gz").unlink()  # a case goes: the packs holding it are not reused...
     (inputs / "c0_seg.nii.gz").unlink()
@@ -68,7 +68,7 @@ def test_compaction_packs_on_request_and_later_versions_reuse_the_packs(tmp_path
     kept = [s for s in card(v3)["shards"] if "-pack-" in s["file"]]
     assert kept and all("c0-" not in " ".join(s["members"]) for s in kept)
     assert all(os.path.samefile(v3 / s["file"], v2 / s["file"]) for s in kept)
-    assert len(kept) >= 3  # per product, a pack without c0 is kept
+    assert len(kept) >= 4  # per product, a pack without c0 is kept
     assert validate_version(v3) == []  # ...and its pack partners are served by their own staged shards
 
 

@@ -65,7 +65,7 @@ def test_the_same_case_gives_identical_samples_every_time(tmp_path, tiny_config)
     case = discover([tmp_path / "in"]).cases[0]
     a = process_case(case, tiny_config, "train", tmp_path / "a")
     b = process_case(case, tiny_config, "train", tmp_path / "b")
-    assert a.staging_files.keys() == b.staging_files.keys() == {"vertebra", "x2ct", "drr"}
+    assert a.staging_files.keys() == b.staging_files.keys() == {"vertebra", "x2ct", "drr", "volume"}
     for product in a.staging_files:
         with h5py.File(a.staging_files[product]) as fa, h5py.File(b.staging_files[product]) as fb:
             assert list(fa) == list(fb)

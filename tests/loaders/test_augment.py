@@ -114,9 +114,9 @@ def test_augment_is_seeded_by_sample_and_epoch_and_shared_across_keys():
 def test_presets_run_on_every_view_and_bad_ops_are_refused():
     views = torch.rand(2, 32, 32) * 3
     for preset in ("synthex", "xvr"):
-        out = A.Augment(preset, seed=1)({"sample_id": "x", "drr": views, "radiograph": views[:1]})
+        out = A.Augment(preset, seed=1)({"sample_id": "x", "drr": views, "real_image": views[:1]})
         assert out["drr"].shape == views.shape and torch.isfinite(out["drr"]).all()
-        assert out["radiograph"].shape == (1, 32, 32)
+        assert out["real_image"].shape == (1, 32, 32)
     with pytest.raises(ValueError, match="unknown augmentation 'swirl'"):
         A.Augment([("swirl", 0.5)])
     with pytest.raises(ValueError, match="probability"):

@@ -66,12 +66,12 @@ def test_dx_spacing_distances_and_monochrome1(tmp_path):
     assert a["spacing_source"] == "ImagerPixelSpacing" and torch.allclose(a["pixel_spacing_mm"].double(),
                                                                          torch.tensor([0.139, 0.141]).double())
     assert a["sdd_mm"] == 1100.5 and a["sod_mm"] == 950.0 and a["modality"] == "DX" and a["inverted"]
-    assert a["radiograph"].shape == (1, 30, 40) and a["radiograph"].dtype == torch.float32
-    assert torch.equal(a["radiograph"][0], torch.from_numpy(pixels.max() + pixels.min() - pixels.astype(np.float32)))
+    assert a["real_image"].shape == (1, 30, 40) and a["real_image"].dtype == torch.float32
+    assert torch.equal(a["real_image"][0], torch.from_numpy(pixels.max() + pixels.min() - pixels.astype(np.float32)))
     assert b["spacing_source"] == "PixelSpacing" and b["pixel_spacing_mm"].tolist() == pytest.approx([0.2, 0.25])
-    assert not b["inverted"] and np.isnan(b["sdd_mm"]) and torch.equal(b["radiograph"][0], torch.from_numpy(
+    assert not b["inverted"] and np.isnan(b["sdd_mm"]) and torch.equal(b["real_image"][0], torch.from_numpy(
         pixels.astype(np.float32)))
-    assert c["modality"] == "XA" and c["sdd_mm"] == 1200.0 and torch.equal(c["radiograph"][0],
+    assert c["modality"] == "XA" and c["sdd_mm"] == 1200.0 and torch.equal(c["real_image"][0],
                                                                           torch.from_numpy(pixels.astype(np.float32)))
 
 
@@ -81,9 +81,9 @@ def test_fitted_to_a_stream_geometry_a_10mm_grid_lands_on_the_detector_pitch(tmp
     dx = write_dicom(tmp_path / "grid.dcm", img, "DX", ImagerPixelSpacing=[0.3, 0.3])
     g = Geometry(256, 256, 0.8, 1020.0, 850.0)
     s = RadiographDataset([dx], geometry=g)[0]
-    assert s["radiograph"].shape == (1, 256, 256) and s["pixel_spacing_mm"].tolist() == [0.8, 0.8]
+    assert s["real_image"].shape == (1, 256, 256) and s["pixel_spacing_mm"].tolist() == [0.8, 0.8]
     assert s["valid"][0, 128, 128] and not s["valid"][0, 0, 0]  # 180 mm of film in a 204.8 mm field
-    profile = s["radiograph"][0, :, 100].numpy()
+    profile = s["real_image"][0, :, 100].numpy()
     from scipy.signal import find_peaks
 
     peaks, _ = find_peaks(profile, height=float(profile.min()) + 100, distance=8)
@@ -92,7 +92,7 @@ def test_fitted_to_a_stream_geometry_a_10mm_grid_lands_on_the_detector_pitch(tmp
     assert abs(centre - 127.5) <= 1.0
     # the training transforms and augmentations take it as they take a view
     out = Augment("xvr", seed=0)(s)
-    assert out["radiograph"].shape == (1, 256, 256) and torch.isfinite(out["radiograph"]).all()
+    assert out["real_image"].shape == (1, 256, 256) and torch.isfinite(out["real_image"]).all()
 
 
 @pytest.mark.parametrize("suffix,bits", [(".mha", 16), (".png", 8), (".png", 16), (".tif", 16)])
@@ -105,9 +105,9 @@ def test_fit_xray_outputs_load_back_with_their_spacing(tmp_path, suffix, bits):
     assert run.returncode == 0, run.stderr
     spacing = None if suffix in (".mha", ".tif") else (0.5, 0.5)  # PNG carries no spacing: given
     s = RadiographDataset([out], spacing_mm=spacing)[0]
-    assert s["radiograph"].shape == (1, 200, 200)
+    assert s["real_image"].shape == (1, 200, 200)
     assert s["pixel_spacing_mm"].tolist() == pytest.approx([0.5, 0.5])
-    assert s["radiograph"].max() > s["radiograph"].min()
+    assert s["real_image"].max() > s["real_image"].min()
 
 
 def test_missing_files_are_named():

@@ -72,6 +72,15 @@ def test_a_version_without_volumes_is_refused_with_the_fix(tmp_path, training_ve
         DRRStream(tmp_path / "train" / "v1")
 
 
+def test_the_stream_takes_the_cases_of_its_split_only(training_version):
+    root, _ = training_version  # every case of this version is in train
+    assert {DRRStream(root, split="train", config=SMALL).item(p)["split"] for p in range(0, 12, 3)} == {"train"}
+    with pytest.raises(ValueError, match="no val-split case"):
+        DRRStream(root, split="val", config=SMALL)
+    with pytest.raises(ValueError, match="split must be one of"):
+        DRRStream(root, split="validation", config=SMALL)
+
+
 @pytest.fixture(scope="module")
 def stream(training_version):
     root, _ = training_version
