@@ -18,6 +18,7 @@ Order of the chain (each step a small pure function):
 """
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -38,12 +39,28 @@ def _bands(n_rows: int) -> list[slice]:
     return [slice(a, b) for a, b in zip(edges[:-1], edges[1:])]
 
 
+_POOL: list[ThreadPoolExecutor] = []  # this process's noise threads, made on first use
+
+
+def _forget_pool() -> None:  # a forked child has none of its parent's threads
+    _POOL.clear()
+
+
+os.register_at_fork(after_in_child=_forget_pool)
+
+
+def _noise_pool() -> ThreadPoolExecutor:
+    if not _POOL:
+        _POOL.append(ThreadPoolExecutor(NOISE_BANDS, thread_name_prefix="spineforge-noise"))
+    return _POOL[0]
+
+
 def _noise(seed: int, fill) -> None:
     """Run fill(generator, band) for each row band with a child generator of `seed`: the same
-    numbers whatever the thread count (numpy releases the GIL while it draws)."""
+    numbers whatever the thread count (numpy releases the GIL while it draws). The threads are kept
+    for the process (starting two per image cost ~10 ms a view in a one-core DataLoader worker)."""
     children = np.random.SeedSequence(seed).spawn(NOISE_BANDS)
-    with ThreadPoolExecutor(NOISE_BANDS) as pool:
-        list(pool.map(lambda i: fill(np.random.default_rng(children[i]), i), range(NOISE_BANDS)))
+    list(_noise_pool().map(lambda i: fill(np.random.default_rng(children[i]), i), range(NOISE_BANDS)))
 
 
 def primary(masses: np.ndarray, tables: Tables) -> tuple[np.ndarray, np.ndarray]:
