@@ -100,7 +100,7 @@ def main() -> None:
                 ("streamed exact + realistic, cropped 128 mm", {"crop_mm": 128.0})]
     for name, extra in variants:
         stream = DRRStream(root, config={"items_per_epoch": items * 2, **extra}, seed=0, batch_size=BATCH)
-        v, r0, r1 = timed(stream.loader(2, persistent_workers=False),
+        v, r0, r1 = timed(stream.loader(2),
                           lambda b: b["pose_params"].shape[0] * b["pose_params"].shape[1], args.items)
         rows.append((name, v, r0, r1))
     print(f"{root}: 256^2 views, 2 workers, batch {BATCH}, {args.items} timed items per streamed variant")

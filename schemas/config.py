@@ -358,7 +358,7 @@ class StreamConfig(_Strict):
     max_volumes: int = Field(2, ge=1)  # decoded volumes one worker keeps (its memory bound)
 
     @model_validator(mode="after")
-    def _something(self) -> StreamConfig:
+    def _renders_something(self) -> StreamConfig:
         if not (self.exact or self.realistic):
             raise ValueError("a stream renders exact views, realistic views or both: set exact or realistic")
         return self

@@ -79,7 +79,7 @@ def test_demo_loads_in_a_trainer_process_with_forked_workers(demo):
         # views rendered while training, from the real CT's volume, by forked-server workers
         from pipelines.loaders.stream import DRRStream
         stream = DRRStream(root, config={{"items_per_epoch": 4, "xray": {{"kv": [90, 90]}}}}, seed=0, batch_size=2)
-        batches = list(stream.loader(2, persistent_workers=False))
+        batches = list(stream.loader(2))
         assert [b["drr_xray"].shape for b in batches] == [torch.Size([2, 2, 256, 256])] * 2
         assert torch.equal(batches[1]["drr"][0], stream.item(2)["drr"]) and batches[0]["drr_vertebra"].amax() > 0
         print("stream", sum(len(b["position"]) for b in batches))

@@ -319,23 +319,25 @@ def _dicom_pair(value) -> tuple[float, float] | None:
     return (row, col) if row > 0 and col > 0 else None
 
 
-def _dicom_pixels(header) -> np.ndarray | None:
-    """A DICOM file's pixels as pydicom decodes them, through its modality LUT (rescale slope and
-    intercept); None where pydicom has no decoder for its transfer syntax (SimpleITK's GDCM reads it)."""
-    import pydicom
+def _dicom_pixels(ds) -> np.ndarray | None:
+    """A DICOM dataset's first frame as pydicom decodes it, through its modality LUT (rescale slope and
+    intercept), colour averaged; None where pydicom has no decoder for its transfer syntax."""
     from pydicom.pixels import apply_modality_lut
 
     try:
-        full = pydicom.dcmread(header.filename)
-        return np.asarray(apply_modality_lut(full.pixel_array, full), dtype=np.float32)
+        pixels = np.asarray(apply_modality_lut(ds.pixel_array, ds), dtype=np.float32)
     except (NotImplementedError, RuntimeError, ValueError, AttributeError):
         return None
+    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+        pixels = pixels[0]
+    return pixels[..., :3].mean(-1) if int(ds.get("SamplesPerPixel", 1) or 1) > 1 else pixels
 
 
 def read_radiograph(path: Path, spacing_mm: tuple[float, float] | None = None) -> Radiograph:
-    """A 2D radiograph: DICOM (DX, CR, XA, ...; pixels by SimpleITK, header tags by pydicom) or any image
-    SimpleITK reads (MHA/NRRD/NIfTI with spacing, PNG/TIFF without). DICOM spacing: ImagerPixelSpacing
-    (at the detector, as SpineForge's detector is given), else PixelSpacing; `spacing_mm` overrides it.
+    """A 2D radiograph: DICOM (DX, CR, XA, ...; read once by pydicom, header and pixels) or any image
+    `read_xray` reads (MHA/NRRD/NIfTI with spacing, PNG/TIFF without; also DICOM whose transfer syntax
+    pydicom cannot decode, through SimpleITK's GDCM). DICOM spacing: ImagerPixelSpacing (at the
+    detector, as SpineForge's detector is given), else PixelSpacing; `spacing_mm` overrides it.
     MONOCHROME1 images are inverted (v' = max + min - v of the modality values) so that bone is bright, as
     in radiograph-polarity views. A multi-frame file (XA cine) gives its first frame."""
     import pydicom
@@ -343,40 +345,29 @@ def read_radiograph(path: Path, spacing_mm: tuple[float, float] | None = None) -
     path = Path(path)
     if not path.is_file():
         raise VolumeReadError(path, "no such file")
-    header = None
     try:
-        header = pydicom.dcmread(path, stop_before_pixels=True)
+        ds = pydicom.dcmread(path)
     except (pydicom.errors.InvalidDicomError, OSError, ValueError):
-        pass  # not DICOM: SimpleITK's reader below
-    stored = _dicom_pixels(header) if header is not None else None  # the stored values, as pydicom decodes them
-    try:
-        image = sitk.ReadImage(str(path))
-    except RuntimeError as exc:
-        raise VolumeReadError(path, "unreadable image") from exc
-    array = stored if stored is not None else sitk.GetArrayFromImage(image).astype(np.float32)
-    if array.ndim == 3 and (stored is not None or image.GetDimension() == 3):
-        array = array[0]  # first frame (or the only slice)
-    if array.ndim == 3 and array.shape[-1] in (3, 4):
-        array = array[..., :3].mean(-1)
+        ds = None  # not DICOM
+    array = _dicom_pixels(ds) if ds is not None else None
+    by_pydicom = array is not None
+    source = "image header"
+    if not by_pydicom:
+        array, spacing = read_xray(path)
     if array.ndim != 2:
         raise VolumeReadError(path, f"expected a 2D image, got shape {array.shape}")
-    sx, sy = image.GetSpacing()[:2]
-    spacing, source, sdd, sod, modality, inverted = (float(sy), float(sx)), "image header", None, None, "", False
-    if header is not None:
-        modality = str(header.get("Modality", ""))
-        for tag in ("ImagerPixelSpacing", "PixelSpacing"):
-            pair = _dicom_pair(header.get(tag))
-            if pair is not None:
-                spacing, source = pair, tag
-                break
-        else:
-            source = "none in the DICOM header (1 mm assumed)"
-            spacing = (1.0, 1.0)
-        sdd = float(header.DistanceSourceToDetector) if header.get("DistanceSourceToDetector") else None
-        sod = float(header.DistanceSourceToPatient) if header.get("DistanceSourceToPatient") else None
-        if str(header.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1":
+    sdd = sod = None
+    modality, inverted = "", False
+    if ds is not None:
+        modality = str(ds.get("Modality", ""))
+        pairs = [(tag, _dicom_pair(ds.get(tag))) for tag in ("ImagerPixelSpacing", "PixelSpacing")]
+        source, spacing = next(((t, p) for t, p in pairs if p is not None),
+                               ("none in the DICOM header (1 mm assumed)", (1.0, 1.0)))
+        sdd = float(ds.DistanceSourceToDetector) if ds.get("DistanceSourceToDetector") else None
+        sod = float(ds.DistanceSourceToPatient) if ds.get("DistanceSourceToPatient") else None
+        if str(ds.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1":
             inverted = True
-            if stored is not None:  # (SimpleITK's GDCM reader hands MONOCHROME1 back already inverted)
+            if by_pydicom:  # (SimpleITK's GDCM reader hands MONOCHROME1 back already inverted)
                 array = array.max() + array.min() - array
     if spacing_mm is not None:
         spacing, source = (float(spacing_mm[0]), float(spacing_mm[-1])), "given"

@@ -100,7 +100,7 @@ def share_cores(worker_id: int) -> None:
     from threadpoolctl import threadpool_limits
 
     info = get_worker_info()
-    threads = max(1, (os.cpu_count() or 1) // (info.num_workers if info else 1))
+    threads = max(1, len(os.sched_getaffinity(0)) // (info.num_workers if info else 1))
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     torch.set_num_threads(threads)
     threadpool_limits(limits=threads)
@@ -110,16 +110,17 @@ class _Volume:
     """One decoded case volume, ready to render: attenuation, labels, affine, levels and centres."""
 
     def __init__(self, sample: dict, attenuation, settings: StreamSettings):
-        self.hu = sample[Key.CT].numpy()
-        self.labels = sample[Key.LABELS].numpy()
+        self.labels = sample[Key.LABELS].numpy()  # instruments are placed on the whole label map
         self.affine = np.asarray(sample[Attr.AFFINE], dtype=np.float64)
         names = id_to_level()
         self.levels = [names[int(i)] for i in sample[Key.LEVEL_IDS].tolist()]
         self.centres = sample[Key.VERTEBRA_CENTRES].numpy()
         self.case_id, self.split = sample[Col.CASE_ID], sample[Col.SPLIT]
-        self.mu = mu_of(self.hu, attenuation)
         self.attenuation = attenuation
-        self.whole = None if settings.crop_mm else self._renderer(self.mu, self.labels, self.affine, settings)
+        mu = mu_of(sample[Key.CT].numpy(), attenuation)
+        # whole views: the renderer keeps what it needs (cut to the body's box); crops: the attenuation to cut from
+        self.mu = mu if settings.crop_mm else None
+        self.whole = None if settings.crop_mm else self._renderer(mu, self.labels, self.affine, settings)
 
     def _renderer(self, mu, labels, affine, settings: StreamSettings) -> tuple[Renderer, XraySynth | None]:
         renderer = Renderer(mu, affine, settings.geometry, labels=labels)
@@ -262,7 +263,9 @@ class DRRStream(EpochPositions):
     def loader(self, num_workers: int = 2, **kwargs) -> DataLoader:
         """A DataLoader for this stream: batches of `batch_size`, `num_workers` workers started by a fork
         server (the renderer's OpenMP threads make plain fork unsafe once a kernel has run in this
-        process), each using its share of the cores, kept across epochs."""
+        process), each using its share of the cores. Workers are not kept between epochs: a persistent
+        worker would keep the copy of the stream it started with, and miss `set_epoch` and
+        `load_state_dict`."""
         kwargs.setdefault("batch_size", self.batch_size)
         if kwargs["batch_size"] != self.batch_size:
             raise ValueError(f"the loader's batch_size {kwargs['batch_size']} must be the stream's {self.batch_size} "
@@ -270,7 +273,6 @@ class DRRStream(EpochPositions):
         if num_workers:
             kwargs.setdefault("multiprocessing_context", "forkserver")
             kwargs.setdefault("worker_init_fn", share_cores)
-            kwargs.setdefault("persistent_workers", True)
         return DataLoader(self, num_workers=num_workers, **kwargs)
 
     def __getstate__(self) -> dict:  # a worker starts with an empty volume cache

@@ -88,13 +88,13 @@ def main_stream(root: str) -> None:
         return DRRStream(root, config=STREAM, seed=7, rank=rank, world_size=world, batch_size=BATCH)
 
     ds = stream()
-    seen = {"epoch0": streamed(ds.loader(WORKERS, persistent_workers=False))}
+    seen = {"epoch0": streamed(ds.loader(WORKERS))}
     ds.set_epoch(1)
-    seen["before_stop"] = streamed(ds.loader(WORKERS, persistent_workers=False), limit=STOP_AFTER)
+    seen["before_stop"] = streamed(ds.loader(WORKERS), limit=STOP_AFTER)
     state = ds.state_dict(STOP_AFTER * BATCH)
     restarted = stream()
     restarted.load_state_dict(json.loads(json.dumps(state)))
-    seen["after_restart"] = streamed(restarted.loader(WORKERS, persistent_workers=False))
+    seen["after_restart"] = streamed(restarted.loader(WORKERS))
     gathered = [None] * world
     dist.all_gather_object(gathered, seen)
     if rank == 0:

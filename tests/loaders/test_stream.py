@@ -111,16 +111,18 @@ def test_same_seed_and_epoch_give_bit_identical_items_in_any_worker_layout(strea
     root, _ = training_version
     main = list(stream)
     assert len(main) == 12 and [it["position"] for it in main] == list(range(12))
-    workers = [it for batch in stream.loader(2, collate_fn=list) for it in batch]
+    loader = stream.loader(2, collate_fn=list)
+    workers = [it for batch in loader for it in batch]
     assert [it["position"] for it in workers] == list(range(12))
     fresh = DRRStream(root, config=SMALL, seed=3, batch_size=1)
     assert all(_same(a, b) for a, b in zip(main, workers))
     assert all(_same(a, fresh.item(a["position"])) for a in main[:4])
     stream.set_epoch(1)
-    try:
-        other = [stream.item(p) for p in range(4)]
+    try:  # the same loader's next epoch: the workers see the new epoch
+        other = [it for batch in loader for it in batch]
     finally:
         stream.set_epoch(0)
+    assert [it["epoch"] for it in other] == [1] * 12
     assert all(not torch.equal(a["pose_params"], b["pose_params"]) for a, b in zip(main, other))
 
 
@@ -139,12 +141,12 @@ def test_worker_memory_is_bounded_by_max_volumes(training_version):
     for item in ds:
         held.append(len(ds._cache))
         assert item["drr"].shape == (2, 32, 32) and "drr_xray" not in item
-    assert max(held) == 2 and len({it for it in range(12)}) == 12
+    assert max(held) == 2 and len(ds.cases) > 2  # more cases came by than the cache holds
 
 
 def test_state_dict_resumes_mid_epoch_exactly(stream, training_version):
     root, _ = training_version
-    loader = stream.loader(2, collate_fn=list, persistent_workers=False)
+    loader = stream.loader(2, collate_fn=list)
     before = []
     for n, batch in enumerate(loader):
         if n == 2:
@@ -164,8 +166,8 @@ def test_diffdrr_renders_a_streamed_view_from_the_items_pose(stream):
     """diffdrr's own Siddon, posed by `diffdrr_pose(item, ...)` with the stream's geometry, reproduces a
     streamed exact view; the other view's pose does not."""
     item = stream.item(5)
-    vol = stream._volume(case_of(5, len(stream.cases), 3, 0, 3))
-    drr = diffdrr_drr(vol.hu, vol.affine, stream.geometry, stream.attenuation)
+    volume = stream.volumes[stream.cases[case_of(5, len(stream.cases), 3, 0, 3)]]
+    drr = diffdrr_drr(volume["ct"].numpy(), volume["affine"].numpy(), stream.geometry, stream.attenuation)
     errors = []
     for view in range(2):
         image = drr(diffdrr_pose(item, view, stream.geometry))[0, 0].detach().numpy()
