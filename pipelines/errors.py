@@ -53,6 +53,11 @@ class ShardError(Exception):
     """A shard that is missing, unreadable, corrupt or disagrees with the manifest (names the file)."""
 
 
+class StoreError(Exception):
+    """An object-store request that cannot be served: no credentials, unreachable endpoint, no such bucket
+    or version, denied access, an object that differs from its recorded hash, a cache that is too small."""
+
+
 class ExportError(Exception):
     """A version that cannot be exported in the requested layout."""
 
@@ -66,4 +71,4 @@ class MemoryPlanError(BuildError):
 
 
 USER_ERRORS = (BuildError, InputError, RuleFileError, PublishError, VolumeReadError, ValidationError, ExportError,
-               FileNotFoundError, NotADirectoryError, PermissionError, ShardError)
+               FileNotFoundError, NotADirectoryError, PermissionError, ShardError, StoreError)

@@ -25,6 +25,14 @@ class ShardRecord(BaseModel):
     members: list[str] = []  # case keys whose samples the shard holds
 
 
+class ObjectRecord(BaseModel):
+    """One file of a version published to an object store: the immutable object holding it."""
+
+    key: str  # object name relative to the dataset prefix: objects/<sha256><suffix>
+    sha256: str
+    bytes: int
+
+
 class CaseCounts(BaseModel):
     discovered: int
     accepted: int
@@ -61,6 +69,9 @@ class DatasetCard(BaseModel):
     shards: list[ShardRecord]
     cases: CaseCounts
     storage: dict[str, int] = {}  # shard bytes this version linked (shared), copied and newly written
+    # In an object store only: every file of the version (path relative to the version, e.g.
+    # manifest.parquet, shards/drr-<key>.h5) -> the content-addressed object that holds it.
+    objects: dict[str, ObjectRecord] = {}
 
     def build_config(self) -> BuildConfig:
         return BuildConfig.model_validate(self.config)

@@ -25,6 +25,15 @@ INPUT_HASHES = "input-hashes.json"  # content hashes of input files by (size, mt
 STAGING_PREFIX = ".publishing-"  # a version being assembled; renamed into place when complete
 TMP_SUFFIX = ".tmp"  # a file being written; renamed into place when complete
 
+# In an object store, under s3://<bucket>/<prefix>/<dataset>/ (docs/object-store.md)
+OBJECTS_DIR = "objects"  # immutable objects, named by their content: objects/<sha256><suffix>
+REMOTE_WORK_DIR = "spineforge-work"  # `build --out s3://...`: the local work folder under the user cache
+
+# A loader's local cache of remote objects (cache_dir=...)
+CACHE_OBJECT_DIR = "objects"  # verified, complete objects: <sha256><suffix>
+CACHE_PARTIAL_DIR = "partial"  # downloads under way: <sha256>.part and <sha256>.parts.json (resumable)
+CACHE_LOCK_DIR = "locks"  # one lock file per object (one downloader per object per node) + cache.lock
+
 # `spineforge ingest --out DIR`
 INGEST_SUMMARY = "ingest.json"
 
@@ -78,3 +87,9 @@ def staging_version_dir(dataset_dir: Path, version: str, build_id: str, pid: int
 def tmp_path(path: Path) -> Path:
     path = Path(path)
     return path.with_name(path.name + TMP_SUFFIX)
+
+
+def object_name(sha256: str, file: str) -> str:
+    """An immutable object's name in the store: its content hash, with the file's suffix for people."""
+    suffix = "".join(Path(file).suffixes[-1:])
+    return f"{OBJECTS_DIR}/{sha256}{suffix}"

@@ -3,6 +3,10 @@
 Shards are opened lazily and read-only, one handle per shard per process: a handle opened before
 a DataLoader forks is never used in the child (the process id is checked), and pickling (spawn)
 drops open handles. Rows come from the manifest, so filtering by split touches no shard.
+
+A version may also be an `s3://bucket/prefix/<dataset>/<version>` URL: shards are then downloaded whole
+into `cache_dir` (at most `cache_limit` bytes; see `pipelines.io.object_cache`), verified, and held open
+(not evictable) only while in use: at most `open_shards` per process.
 """
 from __future__ import annotations
 
@@ -15,10 +19,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
-from pipelines.io.shards import PublishedVersion, group_layout, open_shard, read_group
+from pipelines.io.remote_version import RemoteVersion, open_version
+from pipelines.io.shards import group_layout, open_shard, read_group
+from pipelines.io.store import StoreOptions
 from pipelines.loaders.batch import _FLAGS, _SLOTS, _TOKENS, MAX_SLOTS, MAX_WORKERS, _BatchSlots
+from pipelines.loaders.sampler import block_order, epoch_order
 from schemas.detector import Geometry
-from schemas.layout import shard_path
 from schemas.manifest import DRR, PRODUCT_COLUMNS, SAMPLE_ID_COLUMNS, SPLITS, VERTEBRA, VOLUME, X2CT, Col, PairRow
 from schemas.shard_layout import product_datasets
 
@@ -27,11 +33,15 @@ class ShardDataset(Dataset):
     product: str = ""
 
     def __init__(self, root: str | Path, split: str | None = None,
-                 transform: Callable[[dict], dict] | None = None, verify_checksums: bool = False):
-        self.root = Path(root)
+                 transform: Callable[[dict], dict] | None = None, verify_checksums: bool = False,
+                 cache_dir: str | Path | None = None, cache_limit: int | None = None,
+                 store: StoreOptions | None = None, open_shards: int = 8):
         if split is not None and split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-        version = PublishedVersion(self.root)
+        version = open_version(root, cache_dir, cache_limit, store)
+        self.root = version.root if isinstance(version, RemoteVersion) else Path(root)
+        self.version = version
+        self.open_shards = max(1, open_shards)
         version.check_schema()
         self.columns = (*SAMPLE_ID_COLUMNS, *PRODUCT_COLUMNS[self.product])
         rows = version.samples(self.product, split)
@@ -40,7 +50,8 @@ class ShardDataset(Dataset):
         self.config = version.config
         self.keys = [spec.key for spec in product_datasets(self.product, self.config)]
         self.transform = transform
-        self._files: dict[str, h5py.File] = {}
+        self._files: dict[str, h5py.File] = {}  # open shards, least recently used first
+        self._pins: dict[str, object] = {}  # remote shards: the cache pin held while the shard is open
         self._pid: int | None = None
         # batch-slot flags, shared with the DataLoader workers this dataset will be handed to
         self._token = f"{os.getpid()}-{next(_TOKENS)}"  # never reused in this process
@@ -51,12 +62,56 @@ class ShardDataset(Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
+    @property
+    def remote(self) -> bool:
+        return isinstance(self.version, RemoteVersion)
+
     def _shard(self, name: str) -> h5py.File:
         if self._pid != os.getpid():  # new process: forget (never close) inherited handles
-            self._files, self._pid = {}, os.getpid()
-        if name not in self._files:
-            self._files[name] = open_shard(shard_path(self.root, name))
+            self._files, self._pins, self._pid = {}, {}, os.getpid()
+        if name in self._files:
+            self._files[name] = self._files.pop(name)  # most recently used last
+            return self._files[name]
+        if not self.remote:
+            self._files[name] = open_shard(self.version.shard_path(name))
+            return self._files[name]
+        while len(self._files) >= self.open_shards:  # let go of the least recently used: evictable again
+            self._release(next(iter(self._files)))
+        pin = self.version.open_file(name)
+        try:
+            self._files[name] = open_shard(pin.path)
+        except BaseException:
+            pin.close()
+            raise
+        self._pins[name] = pin
         return self._files[name]
+
+    def _release(self, name: str) -> None:
+        self._files.pop(name).close()
+        pin = self._pins.pop(name, None)
+        if pin is not None:
+            pin.close()
+
+    def shard_of(self, index: int) -> str:
+        return self.rows[index][Col.SHARD]
+
+    def epoch_order(self, seed: int, epoch: int) -> np.ndarray:
+        """The shuffled order of (seed, epoch). A remote version larger than its cache is shuffled in
+        blocks of shards that fit a quarter of the cache (`block_order`), so each shard is fetched once."""
+        limit = self.version.cache.limit if self.remote else None
+        if limit is None:
+            return epoch_order(len(self), seed, epoch)
+        names = [r[Col.SHARD] for r in self.rows]
+        sizes = self.version.shard_bytes(set(names))
+        if sum(sizes.values()) <= limit:
+            return epoch_order(len(self), seed, epoch)
+        return block_order(names, sizes, limit // 4, seed, epoch)
+
+    def prefetch(self, indices) -> None:
+        """Download the shards of `indices` ahead of reading them, in that order (remote versions)."""
+        if self.remote:
+            order = list(dict.fromkeys(self.rows[int(i)][Col.SHARD] for i in indices))
+            self.version.prefetch(order)
 
     def __getitem__(self, index: int) -> dict:
         return self._sample(index, None)
@@ -90,7 +145,7 @@ class ShardDataset(Dataset):
 
     def _sample(self, index: int, rows: Callable | None) -> dict:
         row = self.rows[index]
-        where = f"{shard_path(self.root, row[Col.SHARD])}:{row[Col.KEY]}"
+        where = f"{self.version.shard_path(row[Col.SHARD])}:{row[Col.KEY]}"
         tensors: dict[str, torch.Tensor] = {}
 
         def buffer(key: str, shape: tuple, dtype: np.dtype) -> np.ndarray:
@@ -111,14 +166,16 @@ class ShardDataset(Dataset):
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state["_files"], state["_pid"] = {}, None
+        state["_files"], state["_pins"], state["_pid"] = {}, {}, None
         return state
 
     def close(self) -> None:
         if self._pid == os.getpid():
-            for f in self._files.values():
-                f.close()
-        self._files = {}
+            for name in list(self._files):
+                self._release(name)
+            if self.remote:
+                self.version.stop_prefetch()
+        self._files, self._pins = {}, {}
 
 
 class VertebraDataset(ShardDataset):
@@ -163,9 +220,9 @@ class VertebraPairDataset(Dataset):
     """3D/3D registration pairs from pairs.parquet: `fixed` and `moving` vertebra samples."""
 
     def __init__(self, root: str | Path, split: str | None = None,
-                 transform: Callable[[dict], dict] | None = None):
-        self.vertebrae = VertebraDataset(root, split=split)
-        pairs = PublishedVersion(Path(root)).pairs()
+                 transform: Callable[[dict], dict] | None = None, **store_kwargs):
+        self.vertebrae = VertebraDataset(root, split=split, **store_kwargs)
+        pairs = self.vertebrae.version.pairs()
         if split is not None:
             pairs = pairs[pairs[Col.SPLIT] == split]
         self.pairs = [PairRow(**p) for p in pairs.sort_values(Col.PAIR_ID).to_dict("records")]

@@ -14,6 +14,29 @@ def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng(stable_hash(seed, "epoch", epoch)).permutation(n)
 
 
+def block_order(shards: list[str], sizes: dict[str, int], block_bytes: int, seed: int, epoch: int) -> np.ndarray:
+    """A permutation of the samples (sample i lives in `shards[i]`) for (seed, epoch) that visits them
+    block by block: the shards in a shuffled order, grouped into blocks of at most `block_bytes` (at least
+    one shard each), each block's samples shuffled among themselves. A reader whose cache holds a few
+    blocks then fetches every shard once per epoch."""
+    rng = np.random.default_rng(stable_hash(seed, "blocks", epoch))
+    members: dict[str, list[int]] = {}
+    for i, name in enumerate(shards):
+        members.setdefault(name, []).append(i)
+    names = sorted(members)
+    blocks, block, total = [], [], 0
+    for k in rng.permutation(len(names)):
+        name = names[k]
+        if block and total + sizes[name] > block_bytes:
+            blocks.append(block)
+            block, total = [], 0
+        block.append(name)
+        total += sizes[name]
+    blocks += [block] if block else []
+    parts = [rng.permutation(np.concatenate([members[n] for n in b])) for b in blocks]
+    return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+
+
 def partition(positions: np.ndarray, rank: int, world_size: int, worker: int, workers: int,
               batch_size: int) -> np.ndarray:
     """The epoch positions one DataLoader worker of one rank yields, in order.
@@ -82,10 +105,14 @@ class EpochPositions(IterableDataset):
     def __len__(self) -> int:
         return len(range(self.rank, self.num_samples - self.resume_from, self.world_size))
 
-    def __iter__(self):
+    def assigned(self) -> np.ndarray:
+        """The indices this process (rank, DataLoader worker) yields in the rest of the epoch, in order."""
         info = get_worker_info()
         workers, worker = (info.num_workers, info.id) if info else (1, 0)
-        for index in partition(self.remaining(), self.rank, self.world_size, worker, workers, self.batch_size):
+        return partition(self.remaining(), self.rank, self.world_size, worker, workers, self.batch_size)
+
+    def __iter__(self):
+        for index in self.assigned():
             yield self.at(int(index))
 
     def state_dict(self, samples_seen: int) -> dict:
@@ -107,7 +134,11 @@ class EpochPositions(IterableDataset):
 
 class ShuffledSamples(EpochPositions):
     """Iterate a map-style dataset in a shuffled order fixed by (seed, epoch), resumable mid-epoch
-    (see `EpochPositions` for the guarantees and how to resume)."""
+    (see `EpochPositions` for the guarantees and how to resume).
+
+    A dataset may shape the order (`dataset.epoch_order(seed, epoch)`: a remote version larger than its
+    cache is shuffled in shard blocks) and fetch ahead (`dataset.prefetch(indices)`: each process's
+    shards are downloaded in the order it will read them)."""
 
     def __init__(self, dataset: Dataset, seed: int = 0, rank: int = 0, world_size: int = 1, batch_size: int = 1):
         super().__init__(seed, rank, world_size, batch_size)
@@ -118,7 +149,15 @@ class ShuffledSamples(EpochPositions):
         return len(self.dataset)
 
     def order(self) -> np.ndarray:
-        return epoch_order(len(self.dataset), self.seed, self.epoch)
+        shaped = getattr(self.dataset, "epoch_order", None)
+        return shaped(self.seed, self.epoch) if shaped else epoch_order(len(self.dataset), self.seed, self.epoch)
+
+    def __iter__(self):
+        indices = self.assigned()
+        if hasattr(self.dataset, "prefetch"):
+            self.dataset.prefetch(indices)
+        for index in indices:
+            yield self.at(int(index))
 
     def at(self, index: int):
         return self.dataset[index]
