@@ -17,8 +17,12 @@ DEFAULT_OUT = "out"
 
 
 def _add_build_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default=DEFAULT_OUT, help="output root; versions go to OUT/<dataset>/<version> (default: %(default)s)")
+    p.add_argument("--out", default=DEFAULT_OUT, help="output root; versions go to OUT/<dataset>/<version>; an "
+                   "s3://bucket/prefix is built in --work first, then published there (default: %(default)s)")
     p.add_argument("--version", default=None, help="version name (default: next vN, or the existing one for an identical build)")
+    p.add_argument("--work", default=None, metavar="DIR", help="with --out s3://...: the local folder the build is made "
+                   "in, its case cache kept for the next build (default: ~/.cache/spineforge/spineforge-work/...)")
+    _add_store_options(p)
     p.add_argument("--seed", type=int, default=None, help="random seed (overrides the config)")
     p.add_argument("--workers", type=int, default=1, help="local worker processes (Dask LocalCluster when > 1)")
     p.add_argument("--dask-address", default=None, help="use an existing Dask scheduler, e.g. tcp://host:8786")
@@ -27,6 +31,18 @@ def _add_build_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compact", action="store_true",
                    help="pack per-case shards into target-sized shards in the version this build publishes")
     _add_cache_option(p)
+
+
+def _add_store_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--endpoint-url", default=None, metavar="URL", help="S3-compatible server for s3:// locations "
+                   "(default: AWS_ENDPOINT_URL, the AWS config file, or AWS itself)")
+    p.add_argument("--profile", default=None, help="AWS profile for s3:// locations (default: AWS_PROFILE or default)")
+
+
+def _store(args):
+    from pipelines.io.store import StoreOptions
+
+    return StoreOptions(endpoint_url=getattr(args, "endpoint_url", None), profile=getattr(args, "profile", None))
 
 
 def _add_cache_option(p: argparse.ArgumentParser) -> None:
@@ -57,13 +73,21 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--materialize", default=None, metavar="DIR",
                    help="also write DIR/<case>/<role>.<ext> links to the accepted cases' files")
-    p = sub.add_parser("inspect", help="summarise a published version")
+    p = sub.add_parser("inspect", help="summarise a published version (a folder or s3://.../<dataset>/<version>)")
     p.add_argument("dir")
     p.add_argument("--json", action="store_true")
+    _add_store_options(p)
     p = sub.add_parser("diff", help="cases added/removed/changed, config and count changes between two versions")
     p.add_argument("a")
     p.add_argument("b")
     p.add_argument("--json", action="store_true")
+    _add_store_options(p)
+    p = sub.add_parser("publish", help="publish a version folder to an object store: s3://bucket/prefix/<dataset>/<version>")
+    p.add_argument("dir", help="a published version folder, OUT/<dataset>/<version>")
+    p.add_argument("url", help="s3://bucket/prefix (the dataset and version go below it)")
+    p.add_argument("--version", default=None, help="version name in the store (default: the one holding this build, "
+                   "else the next vN there)")
+    _add_store_options(p)
     p = sub.add_parser("export", help="export a product to another code base's layout")
     p.add_argument("format", choices=[X2CT], help="x2ct: OUT/<sample>/ct_xray_data.h5 + train.txt/test.txt (X2CT-GAN)")
     p.add_argument("dir")
@@ -102,13 +126,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=1024, help="training detector pixels per side (default: %(default)s)")
     p.add_argument("--pixel", type=float, default=0.2, help="training detector pixel spacing in mm (default: %(default)s)")
     p = sub.add_parser("gc", help="remove old versions of a dataset; frees only what no kept version uses")
-    p.add_argument("dataset_dir", metavar="DIR", help="the dataset folder, OUT/<dataset>")
+    p.add_argument("dataset_dir", metavar="DIR", help="the dataset folder, OUT/<dataset>, or s3://bucket/prefix/<dataset>")
     p.add_argument("--keep", type=int, required=True, metavar="N", help="keep the N newest versions")
+    p.add_argument("--grace-hours", type=float, default=1.0, metavar="H", help="s3:// only: never delete an object "
+                   "younger than H hours (an upload under way) (default: %(default)g)")
+    _add_store_options(p)
     p = sub.add_parser("api", help="keep a local Prefect API running between builds (they find it by itself)")
     p.add_argument("action", choices=["start", "status", "stop"])
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help="port for `start` (default: %(default)s, Prefect's; 0: any free)")
     p = sub.add_parser("validate", help="re-hash shards, check keys/dtypes/shapes and counts; exit 1 on any mismatch")
-    p.add_argument("dir")
+    p.add_argument("dir", help="a version folder, or s3://.../<dataset>/<version> (every object is downloaded and re-hashed)")
+    _add_store_options(p)
     return ap
 
 
@@ -135,20 +163,26 @@ def _print_summary(summary) -> None:
 
 
 def cmd_build(args, config_path: Path, inputs: list[str]) -> int:
+    from pipelines.io.store import is_remote
     from pipelines.plan import plan_build
+    from pipelines.remote_build import publish_built, work_folder
     from schemas.config import load_config
 
     started = time.perf_counter()
     config = load_config(config_path, seed=args.seed)
+    remote = is_remote(args.out)
+    out, version = work_folder(args.out, args.work), None if remote else args.version
     # a no-op is answered before Prefect, Dask or any server is imported or started
-    plan = plan_build(config, inputs, args.out, args.version, args.cache_keep_days)
+    plan = plan_build(config, inputs, out, version, args.cache_keep_days)
     if not plan.noop:
         from pipelines.flows import run_build
 
-        summary = run_build(config, inputs, args.out, args.version, args.workers, args.dask_address,
+        summary = run_build(config, inputs, out, version, args.workers, args.dask_address,
                             args.manifests, cache_keep_days=args.cache_keep_days, compact=args.compact, plan=plan)
     else:
         summary = plan.noop_summary(started)
+    if remote:
+        summary = publish_built(summary, args.out, args.version, _store(args), progress=logging.getLogger("spineforge").info)
     _print_summary(summary)
     return 0
 
@@ -172,7 +206,7 @@ def cmd_ingest(args) -> int:
 def cmd_inspect(args) -> int:
     from pipelines.tools.inspection import inspect_version
 
-    info = inspect_version(Path(args.dir))
+    info = inspect_version(args.dir, store=_store(args))
     print(json.dumps(info, indent=2, default=str) if args.json else info["text"])
     return 0
 
@@ -193,7 +227,7 @@ def cmd_serve(args) -> int:
 def cmd_diff(args) -> int:
     from pipelines.tools.diff import diff_versions
 
-    result = diff_versions(Path(args.a), Path(args.b))
+    result = diff_versions(args.a, args.b, store=_store(args))
     print(json.dumps(result, indent=2, default=str) if args.json else result["text"])
     return 0
 
@@ -248,9 +282,31 @@ def cmd_fit_xray(args) -> int:
     return 0
 
 
+def cmd_publish(args) -> int:
+    from pipelines.io.publish_store import publish_to_store
+
+    result = publish_to_store(Path(args.dir), args.url, args.version, _store(args),
+                              progress=lambda m: print(m, file=sys.stderr, flush=True))
+    state = "published" if result.published else "already published (no-op)"
+    print(f"{state}: {result.url} (build_id {result.build_id}); sent {result.uploaded_objects} objects, "
+          f"{result.uploaded_bytes / 1e6:.1f} MB; {result.present_objects} already there; {result.seconds:.1f} s")
+    return 0
+
+
 def cmd_gc(args) -> int:
     from pipelines.io.publish import gc_versions
+    from pipelines.io.publish_store import gc_store
+    from pipelines.io.store import is_remote
 
+    if is_remote(args.dataset_dir):
+        if args.grace_hours < 0:
+            from pipelines.errors import PublishError
+
+            raise PublishError(f"--grace-hours must be 0 or more, got {args.grace_hours:g}")
+        store = gc_store(args.dataset_dir, args.keep, args.grace_hours * 3600, _store(args))
+        print(f"removed {len(store.removed)} version(s) ({', '.join(store.removed) or 'none'}); kept "
+              f"{', '.join(store.kept)}; deleted {store.deleted_objects} objects, freed {store.freed_bytes / 1e6:.1f} MB")
+        return 0
     result = gc_versions(Path(args.dataset_dir), args.keep)
     print(f"removed {len(result.removed)} version(s) ({', '.join(result.removed) or 'none'}); "
           f"kept {', '.join(result.kept) or 'none'}; freed {result.freed_bytes / 1e6:.1f} MB")
@@ -280,7 +336,7 @@ def cmd_api(args) -> int:
 def cmd_validate(args) -> int:
     from pipelines.tools.validate import validate_version
 
-    problems = validate_version(Path(args.dir))
+    problems = validate_version(args.dir, store=_store(args))
     if problems:
         for p in problems:
             print(f"FAIL {p}", file=sys.stderr)
@@ -299,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
 
     handlers = {"demo": cmd_demo, "ingest": cmd_ingest, "inspect": cmd_inspect, "validate": cmd_validate,
                 "fit-xray": cmd_fit_xray, "diff": cmd_diff, "export": cmd_export, "report": cmd_report,
-                "serve": cmd_serve, "gc": cmd_gc, "api": cmd_api,
+                "serve": cmd_serve, "gc": cmd_gc, "api": cmd_api, "publish": cmd_publish,
                 "build": lambda a: cmd_build(a, Path(a.config), a.inputs or _missing_inputs())}
     try:
         return handlers[args.command](args)

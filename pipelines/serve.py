@@ -23,7 +23,9 @@ from prefect import flow, get_run_logger
 
 from pipelines.errors import BuildError, InputError
 from pipelines.flows import run_build
+from pipelines.io.store import is_remote
 from pipelines.plan import DEFAULT_CACHE_KEEP_DAYS, check_inputs
+from pipelines.remote_build import publish_built, work_folder
 from schemas.config import BuildConfig, load_config
 
 DEFAULT_CRON = "0 2 * * *"  # nightly at 02:00
@@ -103,8 +105,10 @@ def scheduled_build(config: dict, inputs: list[str], out: str, manifests_dir: st
                 due.astimezone().isoformat(timespec="seconds") if due else "now",
                 "" if flow_run.auto_scheduled else ", triggered by hand")
     try:
-        summary = run_build(built, inputs, out, workers=workers, dask_address=dask_address,
+        summary = run_build(built, inputs, work_folder(out), workers=workers, dask_address=dask_address,
                             manifests_dir=manifests_dir, cache_keep_days=cache_keep_days)
+        if is_remote(out):  # built in the local work folder, then published to the store
+            summary = publish_built(summary, out, None, progress=logger.info)
     except Exception as exc:
         logger.warning("scheduled build attempt %d failed: %s: %s", flow_run.run_count, type(exc).__name__,
                        " ".join(str(exc).split()))
@@ -129,7 +133,7 @@ def deployment_spec(config_path: Path, inputs: list[str], out: str, schedule: Sc
     if retries < 0 or retry_delay_s < 0:
         raise BuildError(f"--retries and --retry-delay must be 0 or more, got {retries} and {retry_delay_s:g}")
     parameters = {"config": config.model_dump(mode="json"), "inputs": [str(Path(p).resolve()) for p in inputs],
-                  "out": str(Path(out).resolve()), "manifests_dir": manifests_dir, "workers": workers,
+                  "out": out if is_remote(out) else str(Path(out).resolve()), "manifests_dir": manifests_dir, "workers": workers,
                   "dask_address": dask_address, "cache_keep_days": cache_keep_days}
     options = dict(
         # runs import the flow by module path: loading it from its file would put pipelines/ itself on

@@ -152,7 +152,7 @@ class ObjectCache:
         key = self.store.key(obj.key)
         where = f"{self.store.child(obj.key)}"
         etag, done = self._resume_point(obj, part, journal)
-        for attempt in range(2):  # a second time from scratch if the object changed under a resumed download
+        for _attempt in range(2):  # a second time from scratch if the object changed under a resumed download
             with store_errors(where):
                 head = self.client.head_object(Bucket=self.store.bucket, Key=key)
             if int(head["ContentLength"]) != obj.bytes:

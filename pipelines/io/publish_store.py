@@ -26,6 +26,7 @@ from pipelines.io.store import (
     StoreOptions,
     delete_keys,
     get_bytes,
+    head,
     list_folders,
     list_objects,
     put_bytes_if_absent,
@@ -41,8 +42,9 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 def version_names(client, dataset_url: S3Url) -> list[str]:
-    """Committed versions of a dataset in the store (a version folder holds only its dataset.json), vN order."""
-    names = [n for n in list_folders(client, dataset_url, dataset_url.prefix) if n != OBJECTS_DIR]
+    """Committed versions of a dataset in the store (those whose dataset.json exists), vN order."""
+    names = [n for n in list_folders(client, dataset_url, dataset_url.prefix)
+             if n != OBJECTS_DIR and head(client, dataset_url, dataset_url.key(n, DATASET_CARD)) is not None]
     numbered = sorted((n for n in names if _VERSION.match(n)), key=lambda n: int(_VERSION.match(n).group(1)))
     return numbered + sorted(n for n in names if not _VERSION.match(n))
 
@@ -120,7 +122,7 @@ def publish_to_store(version_dir: Path, target: str | S3Url, version: str | None
     objects = {rel: ObjectRecord(key=object_name(sha, rel), sha256=sha, bytes=(Path(version_dir) / rel).stat().st_size)
                for rel, sha in files.items()}
     present = list_objects(client, dataset_url, dataset_url.key(OBJECTS_DIR) + "/")
-    for rel, obj in objects.items():
+    for obj in objects.values():
         listed = present.get(dataset_url.key(obj.key))
         if listed is not None and listed.bytes != obj.bytes:
             raise StoreError(f"{dataset_url.child(obj.key)}: {listed.bytes} bytes in the store, {obj.bytes} expected "

@@ -25,7 +25,7 @@ import torch
 from torch.utils.data import DataLoader, get_worker_info
 
 from pipelines.ingest.labels import id_to_level, level_id
-from pipelines.io.shards import PublishedVersion
+from pipelines.io.store import StoreOptions
 from pipelines.loaders.datasets import VolumeDataset
 from pipelines.loaders.sampler import EpochPositions, epoch_order
 from pipelines.ops.attenuation import mu_of
@@ -158,18 +158,21 @@ class DRRStream(EpochPositions):
 
     def __init__(self, root: str | Path, split: str | None = None, config: StreamConfig | dict | None = None,
                  seed: int = 0, rank: int = 0, world_size: int = 1, batch_size: int = 1,
-                 transform: Callable[[dict], dict] | None = None):
+                 transform: Callable[[dict], dict] | None = None, cache_dir: str | Path | None = None,
+                 cache_limit: int | None = None, store: StoreOptions | None = None):
         super().__init__(seed, rank, world_size, batch_size)
         if split is not None and split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         self.config = config if isinstance(config, StreamConfig) else StreamConfig.model_validate(config or {})
-        version = PublishedVersion(Path(root))
+        # an s3:// version: volume shards come through the node's cache in cache_dir (see ShardDataset)
+        self.volumes = VolumeDataset(root, split=split, cache_dir=cache_dir, cache_limit=cache_limit, store=store,
+                                     open_shards=self.config.max_volumes)
+        version = self.volumes.version
         build = version.config
         if not build.volume_enabled:
             raise ValueError(f"{root}: this version has no volume product (it was built with volume.enabled false "
                              "or drr disabled); rebuild with volume.enabled: true to render views while training")
         self.settings = resolve(self.config, build)
-        self.volumes = VolumeDataset(root, split=split)
         levels = version.cases.set_index(Col.CASE_ID)[Col.LEVELS]
         usable = [i for i, row in enumerate(self.volumes.rows)
                   if len(str(levels.get(row[Col.CASE_ID]) or "").split(",")) >= MIN_LEVELS]
@@ -197,6 +200,13 @@ class DRRStream(EpochPositions):
 
     def at(self, index: int) -> dict:
         return self.item(index)
+
+    def __iter__(self):
+        positions = self.assigned()
+        cases = [case_of(int(p), len(self.cases), self.seed, self.epoch, self.config.views_per_case) for p in positions]
+        self.volumes.prefetch([self.cases[c] for c in cases])  # remote volumes: downloaded in this order
+        for position in positions:
+            yield self.at(int(position))
 
     # --- one item ------------------------------------------------------------------------------
 

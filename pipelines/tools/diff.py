@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipelines.io.shards import PublishedVersion
+from pipelines.io.remote_version import open_version
 from schemas.manifest import Col
 
 
@@ -18,8 +18,9 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def diff_versions(a: Path, b: Path) -> dict:
-    va, vb = PublishedVersion(Path(a)), PublishedVersion(Path(b))
+def diff_versions(a: str | Path, b: str | Path, store=None, cache_dir: str | Path | None = None) -> dict:
+    """Two versions, each a folder or an s3:// version (tables only are fetched, through the cache)."""
+    va, vb = open_version(a, cache_dir, store=store), open_version(b, cache_dir, store=store)
     card_a, card_b = va.card, vb.card
     cases_a, cases_b = va.cases.set_index(Col.CASE_ID), vb.cases.set_index(Col.CASE_ID)
     common = cases_a.index.intersection(cases_b.index)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipelines.io.shards import PublishedVersion
+from pipelines.io.remote_version import open_version
 from schemas.manifest import (
     QC_QUARANTINED,
     QUARANTINE_COLUMNS,
@@ -25,8 +25,9 @@ def _config_line(card) -> str:
         f"splits {cfg.splits.model_dump()}"])
 
 
-def inspect_version(version_dir: Path) -> dict:
-    version = PublishedVersion(Path(version_dir))
+def inspect_version(version_dir: str | Path, store=None, cache_dir: str | Path | None = None) -> dict:
+    """A version folder or an s3:// version (its tables read through the cache in `cache_dir`)."""
+    version = open_version(version_dir, cache_dir, store=store)
     card, cases = version.card, version.cases
     quarantined = cases.loc[cases[Col.QC_STATUS] == QC_QUARANTINED, QUARANTINE_COLUMNS].to_dict("records")
     total_bytes = sum(s.bytes for s in card.shards)

@@ -2,15 +2,20 @@
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path
 
 import h5py
 
-from pipelines.errors import ShardError
+from pipelines.errors import ShardError, StoreError
 from pipelines.ingest.labels import level_id
+from pipelines.io.remote_version import RemoteVersion
 from pipelines.io.shards import PublishedVersion, open_shard
+from pipelines.io.store import is_remote
 from schemas import SCHEMA_VERSION
 from schemas.config import BuildConfig
+from schemas.layout import DATASET_CARD
 from schemas.manifest import DRR, MANIFEST_COLUMNS, VOLUME, Col
 from schemas.shard_layout import (
     GROUP_ATTRS,
@@ -94,7 +99,40 @@ def _check_shard(version: PublishedVersion, shard, rows) -> list[str]:
     return problems
 
 
-def validate_version(version_dir: Path) -> list[str]:
+def validate_version(version_dir: str | Path, store=None) -> list[str]:
+    """Problems of a version folder, or of an s3:// version (see `validate_store_version`); [] when sound."""
+    if is_remote(version_dir):
+        return validate_store_version(str(version_dir), store)
+    return _validate_folder(Path(version_dir))
+
+
+def validate_store_version(url: str, store=None) -> list[str]:
+    """Every object of a version in a store downloaded afresh into a temporary folder (size and SHA-256
+    checked against the card on the way), then every check of a local version on that copy."""
+    with tempfile.TemporaryDirectory(prefix="spineforge-validate-") as tmp:
+        version = RemoteVersion(url, Path(tmp) / "cache", None, store)
+        card, problems = version.card, []
+        for shard in card.shards:
+            obj = card.objects.get(shard.file)
+            if obj is None:
+                problems.append(f"{shard.file}: listed as a shard but has no object in {url}/{DATASET_CARD}")
+            elif (obj.sha256, obj.bytes) != (shard.sha256, shard.bytes):
+                problems.append(f"{shard.file}: its object ({obj.key}) disagrees with the shard record")
+        folder = Path(tmp) / "version"
+        folder.mkdir()
+        (folder / DATASET_CARD).write_text(card.to_json())
+        for rel, obj in sorted(card.objects.items()):
+            try:
+                version.cache.fetch(obj)
+            except StoreError as exc:
+                problems.append(str(exc))
+                continue
+            (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+            os.link(version.cache.path(obj), folder / rel)
+        return problems + _validate_folder(folder)
+
+
+def _validate_folder(version_dir: Path) -> list[str]:
     version = PublishedVersion(Path(version_dir))
     card = version.card
     problems = []

@@ -1,0 +1,31 @@
+"""Builds whose output is an object store: built in a local work folder first (its case cache makes the
+next build cost what changed), then published to the store (`pipelines.io.publish_store`)."""
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+
+from pipelines.io.publish_store import publish_to_store
+from pipelines.io.store import S3Url, StoreOptions, is_remote
+from pipelines.plan import BuildSummary
+from schemas.layout import REMOTE_WORK_DIR
+
+
+def work_folder(out: str, work: str | None = None) -> str:
+    """Where a build for `out` is made: `out` itself when local; for an s3:// `out`, `work` or
+    ~/.cache/spineforge/spineforge-work/<bucket>/<prefix>."""
+    if not is_remote(out):
+        return out
+    if work:
+        return work
+    url = S3Url.parse(out)
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return str(cache / "spineforge" / REMOTE_WORK_DIR / url.bucket / (url.prefix or "_"))
+
+
+def publish_built(summary: BuildSummary, out: str, version: str | None, store: StoreOptions | None = None,
+                  progress=None) -> BuildSummary:
+    """A local build's summary, published to `out` (s3://...) and described as the store's version."""
+    result = publish_to_store(Path(summary.version_dir), out, version, store, progress=progress)
+    return replace(summary, version_dir=result.url, version=result.version, published=result.published)
