@@ -9,7 +9,7 @@ import yaml
 
 from tests.conftest import write_ctspine_case
 
-N_CASES = 3
+N_CASES = 6
 BUCKET = "spineforge"
 
 
