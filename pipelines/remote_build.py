@@ -2,14 +2,13 @@
 next build cost what changed), then published to the store (`pipelines.io.publish_store`)."""
 from __future__ import annotations
 
-import os
 from dataclasses import replace
 from pathlib import Path
 
 from pipelines.io.publish_store import publish_to_store
 from pipelines.io.store import S3Url, StoreOptions, is_remote
 from pipelines.plan import BuildSummary
-from schemas.layout import REMOTE_WORK_DIR
+from schemas.layout import REMOTE_WORK_DIR, user_cache_dir
 
 
 def work_folder(out: str, work: str | None = None) -> str:
@@ -20,8 +19,7 @@ def work_folder(out: str, work: str | None = None) -> str:
     if work:
         return work
     url = S3Url.parse(out)
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return str(cache / "spineforge" / REMOTE_WORK_DIR / url.bucket / (url.prefix or "_"))
+    return str(user_cache_dir() / REMOTE_WORK_DIR / url.bucket / (url.prefix or "_"))
 
 
 def publish_built(summary: BuildSummary, out: str, version: str | None, store: StoreOptions | None = None,

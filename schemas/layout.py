@@ -28,6 +28,7 @@ TMP_SUFFIX = ".tmp"  # a file being written; renamed into place when complete
 # In an object store, under s3://<bucket>/<prefix>/<dataset>/ (docs/object-store.md)
 OBJECTS_DIR = "objects"  # immutable objects, named by their content: objects/<sha256><suffix>
 REMOTE_WORK_DIR = "spineforge-work"  # `build --out s3://...`: the local work folder under the user cache
+STORE_CACHE_DIR = "store"  # loaders' default cache of remote objects under the user cache
 
 # A loader's local cache of remote objects (cache_dir=...)
 CACHE_OBJECT_DIR = "objects"  # verified, complete objects: <sha256><suffix>
@@ -93,3 +94,25 @@ def object_name(sha256: str, file: str) -> str:
     """An immutable object's name in the store: its content hash, with the file's suffix for people."""
     suffix = "".join(Path(file).suffixes[-1:])
     return f"{OBJECTS_DIR}/{sha256}{suffix}"
+
+
+def cache_object_path(cache: Path, key: str) -> Path:
+    return Path(cache) / CACHE_OBJECT_DIR / Path(key).name
+
+
+def cache_partial_paths(cache: Path, key: str) -> tuple[Path, Path]:
+    """(the object's bytes so far, the journal of its parts done) of a download under way."""
+    name = Path(key).name
+    return Path(cache) / CACHE_PARTIAL_DIR / f"{name}.part", Path(cache) / CACHE_PARTIAL_DIR / f"{name}.parts.json"
+
+
+def cache_lock_path(cache: Path, key: str | None = None) -> Path:
+    """The lock of one object's download, or (key None) of the whole cache's size accounting."""
+    return Path(cache) / CACHE_LOCK_DIR / f"{Path(key).name if key else 'cache'}{LOCK_FILE}"
+
+
+def user_cache_dir() -> Path:
+    """SpineForge's folder in the user's cache: $XDG_CACHE_HOME/spineforge, else ~/.cache/spineforge."""
+    import os
+
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "spineforge"

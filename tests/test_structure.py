@@ -29,7 +29,7 @@ STAGES = [
     ("pipelines.physics",),
     ("pipelines.ingest",),
     ("pipelines.case",),
-    ("pipelines.plan", "pipelines.case_cache"),
+    ("pipelines.plan", "pipelines.case_cache", "pipelines.remote_build"),
     ("pipelines.tools", "pipelines.loaders", "pipelines.runtime"),
     ("pipelines.tasks",),
     ("pipelines.flows",),

@@ -26,7 +26,15 @@ from pathlib import Path
 from pipelines.errors import StoreError
 from pipelines.io.store import PART_BYTES, S3Url, StoreOptions, is_precondition_failed, store_errors
 from schemas.card import ObjectRecord
-from schemas.layout import CACHE_LOCK_DIR, CACHE_OBJECT_DIR, CACHE_PARTIAL_DIR
+from schemas.layout import (
+    CACHE_LOCK_DIR,
+    CACHE_OBJECT_DIR,
+    CACHE_PARTIAL_DIR,
+    cache_lock_path,
+    cache_object_path,
+    cache_partial_paths,
+    tmp_path,
+)
 
 log = logging.getLogger("spineforge")
 RETRIES = 5  # attempts per part when the connection breaks mid-part
@@ -89,7 +97,7 @@ class ObjectCache:
         return self._client
 
     def path(self, obj: ObjectRecord) -> Path:
-        return self.root / CACHE_OBJECT_DIR / Path(obj.key).name
+        return cache_object_path(self.root, obj.key)
 
     # --- reading -------------------------------------------------------------------------------
 
@@ -122,7 +130,7 @@ class ObjectCache:
         this call downloaded it."""
         if self.path(obj).is_file():
             return False
-        with open(self.root / CACHE_LOCK_DIR / f"{Path(obj.key).name}.lock", "a+") as lock:
+        with open(cache_lock_path(self.root, obj.key), "a+") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # one downloader per object per node; the rest wait here
             if self.path(obj).is_file():
                 return False
@@ -134,8 +142,7 @@ class ObjectCache:
     # --- downloading ---------------------------------------------------------------------------
 
     def _journal(self, obj: ObjectRecord) -> tuple[Path, Path]:
-        name = Path(obj.key).name
-        return (self.root / CACHE_PARTIAL_DIR / f"{name}.part", self.root / CACHE_PARTIAL_DIR / f"{name}.parts.json")
+        return cache_partial_paths(self.root, obj.key)
 
     def _resume_point(self, obj: ObjectRecord, part: Path, journal: Path) -> tuple[str | None, int]:
         """(ETag, parts done) of an earlier, interrupted download of this object, or (None, 0)."""
@@ -238,7 +245,7 @@ class ObjectCache:
         """Evict least recently used objects that no process holds open until `incoming` bytes fit."""
         if self.limit is None:
             return
-        with open(self.root / CACHE_LOCK_DIR / "cache.lock", "a+") as lock:
+        with open(cache_lock_path(self.root), "a+") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             used = self.used_bytes()
             candidates = sorted(((p.stat().st_mtime, p) for p in (self.root / CACHE_OBJECT_DIR).iterdir()),
@@ -279,6 +286,6 @@ def _evict_if_closed(path: Path) -> int:
 
 
 def _write_json(path: Path, record: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = tmp_path(path)
     tmp.write_text(json.dumps(record))
     os.replace(tmp, path)

@@ -144,7 +144,7 @@ def publish_to_store(version_dir: Path, target: str | S3Url, version: str | None
             sent += nbytes
             if done % 20 == 0 or done == len(todo):
                 say(f"  {done}/{len(todo)} objects, {sent / 1e6:.1f} MB")
-    remote_card = card.model_copy(update={"version": name, "objects": objects})
+    remote_card = card.model_copy(update=dict(version=name, objects=objects))
     if not put_bytes_if_absent(client, version_url, version_url.key(DATASET_CARD), remote_card.to_json().encode()):
         winner = read_store_card(client, version_url)
         if winner is not None and winner.build_id == card.build_id:

@@ -2,7 +2,6 @@
 cache (`pipelines.io.object_cache`), and `open_version` choosing between it and a local folder."""
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Iterable
 from pathlib import Path
@@ -15,9 +14,17 @@ from pipelines.io.publish_store import read_store_card
 from pipelines.io.shards import PublishedVersion
 from pipelines.io.store import S3Url, StoreOptions, is_remote
 from schemas.card import ObjectRecord
-from schemas.layout import CASES_PARQUET, DATASET_CARD, MANIFEST_PARQUET, PAIRS_PARQUET, shard_record_file
+from schemas.layout import (
+    CASES_PARQUET,
+    DATASET_CARD,
+    MANIFEST_PARQUET,
+    PAIRS_PARQUET,
+    STORE_CACHE_DIR,
+    shard_record_file,
+    user_cache_dir,
+)
 
-DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "spineforge" / "store"
+DEFAULT_CACHE = user_cache_dir() / STORE_CACHE_DIR
 MIN_SHARDS_IN_CACHE = 4  # cache_limit must hold this many of the largest shard: one open, the next ones coming
 
 
