@@ -54,9 +54,11 @@ def real_patches(n: int) -> list[dict]:
     return out
 
 
-def publish(patches: list[dict], root: Path, compression: str) -> Path:
-    """A real published version holding the patches as vertebra samples."""
-    config = BuildConfig.model_validate({"dataset": f"read-{compression}", "shards": {"compression": compression}})
+def publish(patches: list[dict], root: Path, compression: str, min_shards: int | None = None) -> Path:
+    """A real published version holding the patches as vertebra samples (packed into `min_shards`, default
+    the config's)."""
+    shards = {"compression": compression} | ({"min_shards": min_shards} if min_shards else {})
+    config = BuildConfig.model_validate({"dataset": f"read-{compression}", "shards": shards})
     staging = root / f"stage-{compression}"
     staging.mkdir()
     files_, rows, cases = {}, [], []
@@ -72,7 +74,9 @@ def publish(patches: list[dict], root: Path, compression: str) -> Path:
                                       padded_fraction=0.0, cut_by_border=False))
         files_[case] = {"vertebra": str(path)}
         cases.append(CaseRow(case_id=case, qc_status="accepted"))
-    fields = CardFields(config.dataset, compression, "bench", config.model_dump(mode="json"), 0, "", [], [], [])
+    fields = CardFields(name=config.dataset, build_id=compression, code_version="bench", physics_data={},
+                        config=config.model_dump(mode="json"), seed=0, input_hash="", inputs=[], unmatched_files=[],
+                        ingest_problems=[])
     plan = PublishPlan(root / config.dataset, "v1", False)
     keys = {case: case for case in files_}  # packed into min_shards target-sized shards, as a compacted version
     return publish_version(plan, rows, cases, files_, keys, fields, config.shards, compact=True)

@@ -34,6 +34,7 @@ STORE_CACHE_DIR = "store"  # loaders' default cache of remote objects under the 
 CACHE_OBJECT_DIR = "objects"  # verified, complete objects: <sha256><suffix>
 CACHE_PARTIAL_DIR = "partial"  # downloads under way: <sha256>.part and <sha256>.parts.json (resumable)
 CACHE_LOCK_DIR = "locks"  # one lock file per object (one downloader per object per node) + cache.lock
+CACHE_DOWNLOAD_LOG = "downloads.jsonl"  # one line per completed download: what this node fetched, when
 
 # `spineforge ingest --out DIR`
 INGEST_SUMMARY = "ingest.json"

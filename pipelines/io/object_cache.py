@@ -18,7 +18,6 @@ import hashlib
 import json
 import logging
 import os
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ from pipelines.errors import StoreError
 from pipelines.io.store import PART_BYTES, S3Url, StoreOptions, is_precondition_failed, store_errors
 from schemas.card import ObjectRecord
 from schemas.layout import (
+    CACHE_DOWNLOAD_LOG,
     CACHE_LOCK_DIR,
     CACHE_OBJECT_DIR,
     CACHE_PARTIAL_DIR,
@@ -38,7 +38,6 @@ from schemas.layout import (
 
 log = logging.getLogger("spineforge")
 RETRIES = 5  # attempts per part when the connection breaks mid-part
-_LOCAL = threading.local()
 
 
 @dataclass
@@ -125,13 +124,16 @@ class ObjectCache:
             pinned = self._pin_present(obj)
         return pinned
 
-    def fetch(self, obj: ObjectRecord) -> bool:
+    def fetch(self, obj: ObjectRecord, wait: bool = True) -> bool | None:
         """Make the object present (downloading it unless another process of this node does); True if
-        this call downloaded it."""
+        this call downloaded it. With `wait` False, None (at once) while another downloader has it."""
         if self.path(obj).is_file():
             return False
         with open(cache_lock_path(self.root, obj.key), "a+") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # one downloader per object per node; the rest wait here
+            try:  # one downloader per object per node; the rest wait here (or, not waiting, go on)
+                fcntl.flock(lock, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return None
             if self.path(obj).is_file():
                 return False
             part, _ = self._journal(obj)
@@ -159,6 +161,7 @@ class ObjectCache:
         key = self.store.key(obj.key)
         where = f"{self.store.child(obj.key)}"
         etag, done = self._resume_point(obj, part, journal)
+        resumed_at, started = done, time.time()
         for _attempt in range(2):  # a second time from scratch if the object changed under a resumed download
             with store_errors(where):
                 head = self.client.head_object(Bucket=self.store.bucket, Key=key)
@@ -168,6 +171,7 @@ class ObjectCache:
                                  f"{obj.bytes} (the object was changed; not cached)")
             if etag != head["ETag"]:
                 etag, done = head["ETag"], 0
+                resumed_at = 0
             try:
                 digest = self._fetch_parts(obj, key, etag, done, part, journal, where)
                 break
@@ -183,6 +187,10 @@ class ObjectCache:
         os.replace(part, self.path(obj))
         journal.unlink(missing_ok=True)
         self.stats.objects_downloaded += 1
+        with open(self.root / CACHE_DOWNLOAD_LOG, "a") as log_file:  # one short append: whole lines
+            log_file.write(json.dumps({"key": obj.key, "bytes": obj.bytes, "resumed_at_part": resumed_at,
+                                       "parts": len(_part_ranges(obj.bytes, self.part_bytes)), "pid": os.getpid(),
+                                       "started": round(started, 3), "time": round(time.time(), 3)}) + "\n")
 
     def _fetch_parts(self, obj, key, etag, done, part: Path, journal: Path, where: str) -> str:
         ranges = _part_ranges(obj.bytes, self.part_bytes)
@@ -192,13 +200,15 @@ class ObjectCache:
             os.ftruncate(fd, obj.bytes)
             for start, end in ranges[:done]:  # parts an earlier download finished: hashed from disk
                 hasher.update(os.pread(fd, end - start, start))
+            record = {"etag": etag, "bytes": obj.bytes, "part_bytes": self.part_bytes, "done": done}
             for index in range(done, len(ranges)):
                 start, end = ranges[index]
+                _write_json(journal, record | {"fetching": index})  # a kill now loses at most this part
                 data = self._get_range(key, etag, start, end, where) if end > start else b""
                 os.pwrite(fd, data, start)
                 hasher.update(data)
-                _write_json(journal, {"etag": etag, "bytes": obj.bytes, "part_bytes": self.part_bytes,
-                                      "done": index + 1})
+                record["done"] = index + 1
+            _write_json(journal, record)
         finally:
             os.close(fd)
         return hasher.hexdigest()

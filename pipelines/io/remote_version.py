@@ -135,38 +135,50 @@ class RemoteVersion(PublishedVersion):
 
 
 class Prefetcher:
-    """One thread downloading objects in the reader's order, at most `budget` bytes ahead of it."""
+    """`threads` threads downloading objects in the reader's order, at most `budget` bytes ahead of it.
 
-    def __init__(self, cache: ObjectCache, objects: list[ObjectRecord], names: list[str], budget: int):
+    An object another downloader of this node holds (a DataLoader worker's own prefetcher, say) is
+    skipped rather than waited for, so the workers of a node download different objects side by side."""
+
+    def __init__(self, cache: ObjectCache, objects: list[ObjectRecord], names: list[str], budget: int,
+                 threads: int = 2):
         self.cache, self.objects, self.budget = cache, objects, max(budget, 1)
         self.position = {name: i for i, name in reversed(list(enumerate(names)))}
-        self.cursor = 0
+        self.cursor = 0  # the object the reader opened last
+        self.next = 0  # the next object to claim
         self.error: Exception | None = None
         self._wake = threading.Condition()
         self._stopped = False
-        self.thread = threading.Thread(target=self._run, name="spineforge-prefetch", daemon=True)
-        self.thread.start()
+        self.threads = [threading.Thread(target=self._run, name="spineforge-prefetch", daemon=True)
+                        for _ in range(threads)]
+        for thread in self.threads:
+            thread.start()
 
     def reached(self, name: str) -> None:
         with self._wake:
             self.cursor = max(self.cursor, self.position.get(name, self.cursor))
-            self._wake.notify()
+            self._wake.notify_all()
 
     def stop(self) -> None:
         with self._wake:
             self._stopped = True
-            self._wake.notify()
+            self._wake.notify_all()
+
+    def _claim(self) -> int | None:
+        with self._wake:
+            while not self._stopped and self.next < len(self.objects):
+                i = self.next
+                ahead = sum(o.bytes for o in self.objects[self.cursor:i + 1])
+                if i <= self.cursor or ahead <= self.budget:
+                    self.next += 1
+                    return i
+                self._wake.wait(0.5)
+            return None
 
     def _run(self) -> None:
-        for index, obj in enumerate(self.objects):
-            with self._wake:
-                while not self._stopped and sum(o.bytes for o in self.objects[self.cursor:index]) + obj.bytes > self.budget \
-                        and index > self.cursor:
-                    self._wake.wait(0.5)
-                if self._stopped:
-                    return
+        while (index := self._claim()) is not None:
             try:
-                self.cache.fetch(obj)
+                self.cache.fetch(self.objects[index], wait=False)
             except Exception as exc:  # the reader meets it again when it opens the shard, and reports it there
                 self.error = exc
                 return
