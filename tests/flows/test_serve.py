@@ -179,3 +179,36 @@ def test_serve_uses_the_configured_api_else_the_kept_one(tmp_path, monkeypatch):
     assert seen == [("http://127.0.0.1:4201/api", 1), ("http://127.0.0.1:4999/api", 1)]  # one run at a time
     assert any("kept by `spineforge api start`" in s for s in said)
     assert any("next run due" in s for s in said)
+
+
+@pytest.mark.slow
+def test_a_scheduled_run_publishes_to_an_object_store(tmp_path, s3_server):
+    """`serve --out s3://...`: the run the schedule fires builds in the work folder under the user's cache
+    and publishes to the bucket."""
+    from pipelines.io.publish_store import read_store_card
+    from pipelines.io.store import S3Url, StoreOptions
+
+    inputs = collection(tmp_path / "in", n=1)
+    home = tmp_path / "home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", PYTHONPATH=str(ROOT),
+               PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="2", XDG_CACHE_HOME=str(tmp_path / "cache"))
+    args = [sys.executable, "-m", "pipelines.cli", "serve", "--config", str(_config_file(tmp_path)), "--input",
+            str(inputs), "--out", "s3://spineforge/scheduled", "--every", "10", "--retries", "0"]
+    serve, lines = _start(args, env)
+    try:
+        _wait(lambda: len(_outcomes(lines)) >= 1, "a scheduled run", serve, lines)
+        assert _outcomes(lines)[0] == "published v1"
+    finally:
+        _stop(serve)
+        subprocess.run([sys.executable, "-m", "pipelines.cli", "api", "stop"], env=env, cwd=str(ROOT), timeout=60)
+    card = read_store_card(StoreOptions().client(), S3Url.parse("s3://spineforge/scheduled/orch/v1"))
+    assert card is not None and card.objects
+    work = tmp_path / "cache" / "spineforge" / "spineforge-work" / "spineforge" / "scheduled" / "orch" / "v1"
+    assert (work / "dataset.json").is_file() and read_card_id(work) == card.build_id
+
+
+def read_card_id(version_dir):
+    from pipelines.io.shards import read_card
+
+    return read_card(version_dir).build_id

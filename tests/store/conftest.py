@@ -1,36 +1,14 @@
-"""One real S3 server (SeaweedFS `weed mini`) for the session, and one small version published to it by
+"""One small version published to the session's S3 server (tests/conftest.py) by
 `spineforge build --out s3://...`."""
 from __future__ import annotations
-
-import os
 
 import pytest
 import yaml
 
+from tests.conftest import S3_BUCKET as BUCKET
 from tests.conftest import write_ctspine_case
 
 N_CASES = 6
-BUCKET = "spineforge"
-
-
-@pytest.fixture(scope="session")
-def s3_server(tmp_path_factory):
-    from pipelines.tools.local_store import LocalS3Server
-
-    server = LocalS3Server(tmp_path_factory.mktemp("weed"), bucket=BUCKET)
-    try:
-        server.start()
-    except Exception as exc:  # noqa: BLE001 - the reason is the skip message
-        pytest.skip(f"no local S3 server: {exc}")
-    saved = {k: os.environ.get(k) for k in server.environ()}
-    os.environ.update(server.environ())  # the standard AWS chain: every client in this session finds it
-    yield server
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-    server.stop()
 
 
 def store_config() -> dict:
@@ -56,10 +34,3 @@ def published(s3_server, tmp_path_factory):
                  "--work", str(work)]) == 0
     return {"url": f"s3://{BUCKET}/team/store/v1", "local": work / "store" / "v1", "config": config,
             "inputs": root, "work": work}
-
-
-@pytest.fixture
-def client(s3_server):
-    from pipelines.io.store import StoreOptions
-
-    return StoreOptions().client()

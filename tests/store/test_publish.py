@@ -193,3 +193,23 @@ def test_credentials_errors_are_clear_and_never_printed(published, monkeypatch, 
     monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
     assert main(["inspect", published["url"]]) == 2
     assert "no credentials" in capsys.readouterr().err
+
+
+def test_credentials_from_a_profile_and_the_endpoint_from_an_option(published, s3_server, monkeypatch, tmp_path,
+                                                                   capsys):
+    from pipelines.cli import main
+
+    credentials = tmp_path / "credentials"
+    credentials.write_text(f"[team]\naws_access_key_id = {s3_server.access_key}\n"
+                           f"aws_secret_access_key = {s3_server.secret_key}\n")
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(credentials))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    assert main(["inspect", published["url"], "--profile", "team", "--endpoint-url", s3_server.endpoint]) == 0
+    assert "store v1" in capsys.readouterr().out
+    assert main(["inspect", published["url"], "--profile", "nobody", "--endpoint-url", s3_server.endpoint]) == 2
+    assert "AWS profile 'nobody'" in capsys.readouterr().err
+    monkeypatch.setenv("AWS_PROFILE", "team")  # the profile from the environment, the endpoint from the config file
+    (tmp_path / "no-config").write_text(f"[profile team]\nendpoint_url = {s3_server.endpoint}\n")
+    assert main(["validate", published["url"]]) == 0
