@@ -178,11 +178,13 @@ def cmd_build(args, config_path: Path, inputs: list[str]) -> int:
         from pipelines.flows import run_build
 
         summary = run_build(config, inputs, out, version, args.workers, args.dask_address,
-                            args.manifests, cache_keep_days=args.cache_keep_days, compact=args.compact, plan=plan)
+                            None if remote else args.manifests, cache_keep_days=args.cache_keep_days,
+                            compact=args.compact, plan=plan)
     else:
         summary = plan.noop_summary(started)
-    if remote:
-        summary = publish_built(summary, args.out, args.version, _store(args), progress=logging.getLogger("spineforge").info)
+    if remote:  # lineage under the store's version name
+        summary = publish_built(summary, args.out, args.version, _store(args),
+                                progress=logging.getLogger("spineforge").info, manifests_dir=args.manifests)
     _print_summary(summary)
     return 0
 

@@ -105,10 +105,11 @@ def scheduled_build(config: dict, inputs: list[str], out: str, manifests_dir: st
                 due.astimezone().isoformat(timespec="seconds") if due else "now",
                 "" if flow_run.auto_scheduled else ", triggered by hand")
     try:
+        remote = is_remote(out)
         summary = run_build(built, inputs, work_folder(out), workers=workers, dask_address=dask_address,
-                            manifests_dir=manifests_dir, cache_keep_days=cache_keep_days)
-        if is_remote(out):  # built in the local work folder, then published to the store
-            summary = publish_built(summary, out, None, progress=logger.info)
+                            manifests_dir=None if remote else manifests_dir, cache_keep_days=cache_keep_days)
+        if remote:  # built in the local work folder, then published to the store
+            summary = publish_built(summary, out, None, progress=logger.info, manifests_dir=manifests_dir)
     except Exception as exc:
         logger.warning("scheduled build attempt %d failed: %s: %s", flow_run.run_count, type(exc).__name__,
                        " ".join(str(exc).split()))

@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,7 @@ from schemas.layout import (
 
 log = logging.getLogger("spineforge")
 RETRIES = 5  # attempts per part when the connection breaks mid-part
+_STATS_LOCK = threading.Lock()
 
 
 @dataclass
@@ -49,6 +51,11 @@ class CacheStats:
     objects_downloaded: int = 0
     part_retries: int = 0
     over_limit: int = 0  # downloads that had to exceed the limit: everything else was open
+
+    def add(self, **counts: int) -> None:
+        with _STATS_LOCK:  # prefetch threads and the reader count into one record
+            for name, n in counts.items():
+                setattr(self, name, getattr(self, name) + n)
 
     def as_dict(self) -> dict:
         return dict(vars(self))
@@ -65,6 +72,9 @@ class Pinned:
         if self.fd >= 0:
             os.close(self.fd)  # releases the shared lock
             self.fd = -1
+
+    def __del__(self) -> None:  # a reader dropped without close(): the object is evictable again
+        self.close()
 
 
 def _part_ranges(size: int, part: int) -> list[tuple[int, int]]:
@@ -186,7 +196,7 @@ class ObjectCache:
                              "(the object was changed or corrupted in the store; not cached)")
         os.replace(part, self.path(obj))
         journal.unlink(missing_ok=True)
-        self.stats.objects_downloaded += 1
+        self.stats.add(objects_downloaded=1)
         with open(self.root / CACHE_DOWNLOAD_LOG, "a") as log_file:  # one short append: whole lines
             log_file.write(json.dumps({"key": obj.key, "bytes": obj.bytes, "resumed_at_part": resumed_at,
                                        "parts": len(_part_ranges(obj.bytes, self.part_bytes)), "pid": os.getpid(),
@@ -229,11 +239,10 @@ class ObjectCache:
                     data = body.read()
                 if len(data) != end - start:
                     raise _ShortRead(f"{len(data)} of {end - start} bytes")
-                self.stats.parts_fetched += 1
-                self.stats.bytes_fetched += len(data)
+                self.stats.add(parts_fetched=1, bytes_fetched=len(data))
                 return data
             except (BotoCoreError, OSError, _ShortRead) as exc:  # connection broken mid-part: this part again
-                self.stats.part_retries += 1
+                self.stats.add(part_retries=1)
                 if attempt == RETRIES - 1:
                     raise StoreError(f"{where}: download of bytes {start}-{end - 1} failed {RETRIES} times "
                                      f"({type(exc).__name__}); the parts done are kept for the next try") from None
@@ -265,7 +274,7 @@ class ObjectCache:
                     break
                 used -= _evict_if_closed(path)
             if used + incoming > self.limit:
-                self.stats.over_limit += 1
+                self.stats.add(over_limit=1)
                 log.warning("shard cache %s: %.0f MB over its limit while every cached shard is open",
                             self.root, (used + incoming - self.limit) / 1e6)
 

@@ -2,6 +2,7 @@
 cache (`pipelines.io.object_cache`), and `open_version` choosing between it and a local folder."""
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterable
 from pathlib import Path
@@ -113,23 +114,30 @@ class RemoteVersion(PublishedVersion):
                              f"({largest / 1e6:.1f} MB) of {self.url}: give at least "
                              f"{MIN_SHARDS_IN_CACHE * largest / 1e6:.0f} MB")
 
+    def _own_prefetcher(self) -> Prefetcher | None:
+        """This process's prefetcher: one inherited through a fork has no threads (and its lock may have
+        been held at the fork), so it is dropped untouched."""
+        if self._prefetcher is not None and self._prefetcher.pid != os.getpid():
+            self._prefetcher = None
+        return self._prefetcher
+
     def open_file(self, name: str) -> Pinned:
         """A shard's local file, downloaded if need be and pinned (not evictable) until closed."""
-        if self._prefetcher is not None:
+        if self._own_prefetcher() is not None:
             self._prefetcher.reached(name)
         return self.cache.open(self.shard_object(name))
 
     def prefetch(self, names_in_order: list[str], budget: int | None = None) -> None:
         """Download shards ahead of the reader, in the order it will open them, while at most `budget`
         bytes (default: half the cache limit) lie ahead of it. Replaces any earlier prefetch."""
-        if self._prefetcher is not None:
+        if self._own_prefetcher() is not None:
             self._prefetcher.stop()
         if budget is None:
             budget = self.cache.limit // 2 if self.cache.limit is not None else sum(self.shard_bytes(names_in_order).values())
         self._prefetcher = Prefetcher(self.cache, [self.shard_object(n) for n in names_in_order], names_in_order, budget)
 
     def stop_prefetch(self) -> None:
-        if self._prefetcher is not None:
+        if self._own_prefetcher() is not None:
             self._prefetcher.stop()
             self._prefetcher = None
 
@@ -143,6 +151,7 @@ class Prefetcher:
     def __init__(self, cache: ObjectCache, objects: list[ObjectRecord], names: list[str], budget: int,
                  threads: int = 2):
         self.cache, self.objects, self.budget = cache, objects, max(budget, 1)
+        self.pid = os.getpid()
         self.position = {name: i for i, name in reversed(list(enumerate(names)))}
         self.cursor = 0  # the object the reader opened last
         self.next = 0  # the next object to claim

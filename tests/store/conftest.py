@@ -29,8 +29,8 @@ def published(s3_server, tmp_path_factory):
         write_ctspine_case(root, f"s{n}", noise_seed=300 + n)
     config = root.parent / "store-config.yaml"
     config.write_text(yaml.safe_dump(store_config()))
-    work = tmp_path_factory.mktemp("store-work")
-    assert main(["-q", "build", "--config", str(config), "--input", str(root), "--out", f"s3://{BUCKET}/team",
-                 "--work", str(work)]) == 0
+    work, manifests = tmp_path_factory.mktemp("store-work"), tmp_path_factory.mktemp("store-manifests")
+    assert main(["build", "--config", str(config), "--input", str(root), "--out", f"s3://{BUCKET}/team",
+                 "--work", str(work), "--manifests", str(manifests)]) == 0
     return {"url": f"s3://{BUCKET}/team/store/v1", "local": work / "store" / "v1", "config": config,
-            "inputs": root, "work": work}
+            "inputs": root, "work": work, "manifests": manifests}

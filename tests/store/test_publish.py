@@ -43,6 +43,8 @@ def test_build_publishes_content_named_objects_and_the_card_last(published, clie
     # the version folder in the store holds only its card: everything else is an immutable object
     assert list(list_objects(client, url, url.key() + "/")) == [url.key(DATASET_CARD)]
     assert version_names(client, url.parent()) == ["v1"]
+    lineage = published["manifests"] / "store" / "v1"  # --manifests: the store's card, by the store's name
+    assert read_card(lineage).objects == card.objects and (lineage / "manifest.csv").is_file()
 
 
 def test_republish_sends_nothing_and_a_rebuild_is_a_noop(published, capsys):
