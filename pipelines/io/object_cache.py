@@ -57,9 +57,6 @@ class CacheStats:
             for name, n in counts.items():
                 setattr(self, name, getattr(self, name) + n)
 
-    def as_dict(self) -> dict:
-        return dict(vars(self))
-
 
 @dataclass
 class Pinned:

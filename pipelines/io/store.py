@@ -53,10 +53,6 @@ class S3Url:
     def child(self, *parts: str) -> S3Url:
         return S3Url(self.bucket, self.key(*parts))
 
-    @property
-    def name(self) -> str:
-        return self.prefix.rsplit("/", 1)[-1]
-
     def parent(self) -> S3Url:
         return S3Url(self.bucket, self.prefix.rsplit("/", 1)[0] if "/" in self.prefix else "")
 

@@ -92,9 +92,6 @@ class ShardDataset(Dataset):
         if pin is not None:
             pin.close()
 
-    def shard_of(self, index: int) -> str:
-        return self.rows[index][Col.SHARD]
-
     def epoch_order(self, seed: int, epoch: int) -> np.ndarray:
         """The shuffled order of (seed, epoch). A remote version larger than its cache is shuffled in
         blocks of shards that fit a quarter of the cache (`block_order`), so each shard is fetched once."""
