@@ -195,9 +195,9 @@ class ObjectCache:
         journal.unlink(missing_ok=True)
         self.stats.add(objects_downloaded=1)
         with open(self.root / CACHE_DOWNLOAD_LOG, "a") as log_file:  # one short append: whole lines
-            log_file.write(json.dumps({"key": obj.key, "bytes": obj.bytes, "resumed_at_part": resumed_at,
-                                       "parts": len(_part_ranges(obj.bytes, self.part_bytes)), "pid": os.getpid(),
-                                       "started": round(started, 3), "time": round(time.time(), 3)}) + "\n")
+            log_file.write(json.dumps(dict(key=obj.key, bytes=obj.bytes, resumed_at_part=resumed_at,
+                                           parts=len(_part_ranges(obj.bytes, self.part_bytes)), pid=os.getpid(),
+                                           started=round(started, 3), time=round(time.time(), 3))) + "\n")
 
     def _fetch_parts(self, obj, key, etag, done, part: Path, journal: Path, where: str) -> str:
         ranges = _part_ranges(obj.bytes, self.part_bytes)
