@@ -34,18 +34,14 @@ from common import PeakMemory
 from pipelines.ingest.example import example_ct_and_labels
 from pipelines.ingest.labels import level_id
 from pipelines.ops.attenuation import hu_to_mu
+from pipelines.ops.camera import AP_REORIENT, base_camera, camera_for_motion
 from pipelines.ops.crop import bbox_centre, crop_around, shifted_affine
-from pipelines.ops.drr import (
-    AP_REORIENT,
-    Geometry,
-    Renderer,
-    base_camera,
-    camera_for_motion,
-    default_device,
-)
+from pipelines.ops.diffdrr_adapter import default_device
+from pipelines.ops.drr import Renderer
 from pipelines.ops.orient import volume_from_sitk, voxel_to_world
 from pipelines.ops.resample import resample_onto, resample_to_spacing
 from pipelines.ops.sampling import pose_to_matrix
+from schemas.detector import Geometry
 
 FIELD_MM = 204.8
 

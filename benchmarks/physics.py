@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -29,16 +30,19 @@ import spekpy
 from pipelines.ingest.example import example_ct_and_labels
 from pipelines.ingest.labels import level_id
 from pipelines.ops.attenuation import hu_to_mu
-from pipelines.ops.drr import Geometry, Renderer, base_camera, camera_for_motion
+from pipelines.ops.camera import base_camera, camera_for_motion
+from pipelines.ops.drr import Renderer
 from pipelines.ops.orient import volume_from_sitk
 from pipelines.ops.resample import resample_onto, resample_to_spacing
 from pipelines.ops.sampling import pose_to_matrix
 from pipelines.ops.traversal import traverse_hinges_numba, traverse_numba
 from pipelines.physics import tables
+from pipelines.physics.draw import draw_physics
 from pipelines.physics.instruments import place_instruments
+from pipelines.physics.realistic import RealisticRenderer
 from pipelines.physics.synthesis import DetectorModel, synthesize
-from pipelines.physics.views import XraySynth, draw_physics
 from schemas.config import AttenuationConfig, InstrumentConfig, XrayConfig
+from schemas.detector import Geometry
 
 
 def best(fn, repeats: int) -> float:
@@ -86,7 +90,7 @@ def main() -> None:
     geometry = Geometry(1024, 1024, 0.2, 1020.0, 850.0)
     renderer = Renderer(mu, ct1.affine, geometry, labels=labels)
     cfg = XrayConfig()
-    synth = XraySynth(renderer, cfg, AttenuationConfig())
+    synth = RealisticRenderer(renderer, cfg, AttenuationConfig())
     target = level_id("T8")
     centre = np.argwhere(labels == target).mean(axis=0) @ ct1.affine[:3, :3].T + ct1.affine[:3, 3]
     motion = pose_to_matrix(np.array([0.05, -0.04, 0.08, 4.0, -3.0, 2.0]), centre, "ZXY")
@@ -102,27 +106,27 @@ def main() -> None:
             k_mono = min(k_mono, best(lambda a=args_: traverse_numba(*a, box_labels, target), 1))
             k_mat = min(k_mat, best(lambda a=args_: traverse_hinges_numba(*a, synth.knots, box_labels, target), 1))
     r_mono = best(lambda: renderer.render_labelled(cameras[1:], target), args.repeats)
-    r_mat = best(lambda: renderer.walk_hinges(cameras[1], target, synth.knots), args.repeats)
+    r_mat = best(lambda: renderer.walk(cameras[1], target, synth.knots), args.repeats)
     print(f"walk kernel, mono + vertebra:               {k_mono:.3f} s/view")
     print(f"walk kernel, 3 materials + vertebra:        {k_mat:.3f} s/view  ({k_mat / k_mono:.2f}x)")
     print(f"renderer call, mono + vertebra:             {r_mono:.3f} s/view")
     print(f"renderer call, materials + vertebra + rays: {r_mat:.3f} s/view  ({r_mat / r_mono:.2f}x)")
 
-    physics = draw_physics(np.random.default_rng(3), cfg)
-    physics.update(kv=90, filtration_al_mm=3.0, filtration_cu_mm=0.1, mas=0.5, collimation="iris",
-                   collimation_fraction=0.9, grid=True, grid_primary_transmission=cfg.scatter.grid_primary_transmission,
-                   grid_scatter_transmission=cfg.scatter.grid_scatter_transmission, scatter=True)
+    physics = replace(draw_physics(np.random.default_rng(3), cfg), kv=90, filtration_al_mm=3.0, filtration_cu_mm=0.1,
+                      mas=0.5, collimation="iris", collimation_fraction=0.9, grid=True,
+                      grid_primary_transmission=cfg.scatter.grid_primary_transmission,
+                      grid_scatter_transmission=cfg.scatter.grid_scatter_transmission, scatter=True)
     instruments = place_instruments(np.random.default_rng(2), labels, ct1.affine, [target, level_id("T9")],
                                     InstrumentConfig(probability=1.0, screw_levels=(2, 2), rod_probability=1.0,
                                                      kwires=(1, 1)))
-    walk = renderer.walk_hinges(cameras[1], target, synth.knots)
+    walk = renderer.walk(cameras[1], target, synth.knots)
     t_masses = best(lambda: synth.masses(walk, instruments), args.repeats)
     masses, _ = synth.masses(walk, instruments)
-    synth.image(masses, walk["raylen"], physics, 1)  # tables built once per spectrum (cached)
-    t_synth = best(lambda: synth.image(masses, walk["raylen"], physics, 1), args.repeats)
-    t_view = best(lambda: synth.views(cameras[1:], target, physics, instruments, [1]), args.repeats)
+    synth.image(masses, walk.raylen, physics, 1)  # tables built once per spectrum (cached)
+    t_synth = best(lambda: synth.image(masses, walk.raylen, physics, 1), args.repeats)
+    t_view = best(lambda: synth.view(cameras[1], target, physics, tuple(instruments), 1), args.repeats)
     diag: dict = {}
-    synth.image(masses, walk["raylen"], physics, 1, diag)
+    synth.image(masses, walk.raylen, physics, 1, diag)
     print(f"mass maps (tissue from hinges, {len(instruments)} instrument solids): {t_masses:.3f} s/view")
     print(f"synthesis from the maps (90 kV, grid, iris, noise): {t_synth:.3f} s/view "
           f"(open field {diag['open_field_quanta']:.0f} quanta/pixel, SPR at centre {diag['spr_centre']:.2f})")

@@ -138,6 +138,9 @@ class Alloy(_Strict):
     name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
     mass_fractions: dict[str, float]
 
+    def __hash__(self) -> int:  # frozen, with a dict field: hashed by its items, so an alloy can key a cache
+        return hash((self.name, tuple(sorted(self.mass_fractions.items()))))
+
     @field_validator("mass_fractions")
     @classmethod
     def _sum(cls, v: dict[str, float]) -> dict[str, float]:

@@ -63,11 +63,15 @@ PRODUCT_ATTRS = {
     VOLUME: (Attr.LEVELS, Attr.CUT_LEVELS, Attr.ATTENUATION),
 }
 
-# Fields of the xray attribute's JSON record (pipelines.physics.views)
-XRAY_RECORD_FIELDS = ("physics", "instruments", "noise_seeds", "seed_stream")
+class XrayField:
+    """Fields of the xray attribute's JSON record (`pipelines.physics.draw.XrayRecord`): the drawn physics,
+    the instruments, one noise seed per view and the name of the noise seeds' generator stream."""
 
-VIEW_AP = b"AP"
-VIEW_LAT = b"LAT"
+    PHYSICS, INSTRUMENTS, NOISE_SEEDS, SEED_STREAM = "physics", "instruments", "noise_seeds", "seed_stream"
+
+
+XRAY_RECORD_FIELDS = (XrayField.PHYSICS, XrayField.INSTRUMENTS, XrayField.NOISE_SEEDS, XrayField.SEED_STREAM)
+
 VIEW_NAME_DTYPE = "S3"
 
 

@@ -363,12 +363,12 @@ def test_demo_realistic_views_re_render_bit_identically_from_their_record(demo):
     import numpy as np
 
     from pipelines.case.prepare import load_and_prepare
-    from pipelines.case.products import geometry_from
+    from pipelines.case.products import drr_scene
     from pipelines.ingest.discover import discover
+    from pipelines.ingest.labels import level_id
     from pipelines.io.shards import PublishedVersion, open_shard
-    from pipelines.ops.attenuation import mu_of
-    from pipelines.ops.drr import Renderer, camera_for_motion
-    from pipelines.physics.views import XraySynth
+    from pipelines.physics.draw import XrayRecord
+    from pipelines.physics.render import poses_of, render_views
     from schemas.shard_layout import Attr, Key
 
     out, _ = demo
@@ -378,27 +378,20 @@ def test_demo_realistic_views_re_render_bit_identically_from_their_record(demo):
     config = version.config
     rows = version.manifest[version.manifest["product"] == "drr"]
     case = discover([Path(p) for p in version.card.inputs]).cases[0]
-    prepared = load_and_prepare(case, config)
-    geometry = geometry_from(config)
-    renderer = Renderer(mu_of(prepared.ct.array, config.attenuation), prepared.ct.affine, geometry,
-                        labels=prepared.labels.array)
-    synth = XraySynth(renderer, config.xray, config.attenuation)
-    from pipelines.ingest.labels import level_id
-
+    scene = drr_scene(load_and_prepare(case, config), config)
     seen_instruments = 0
     for row in rows.itertuples():
         with open_shard(root / "shards" / row.shard) as h5:
             g = h5[row.key]
-            record = json.loads(g.attrs[Attr.XRAY])
-            stored, bits, motions = g[Key.DRR_XRAY][()], g[Key.INSTRUMENT_MASK][()], g[Key.POSE_MATRICES][()]
-            names, centre, exact = g[Key.VIEW_NAMES][()], g[Key.ROTATION_CENTER][()], g[Key.DRR][()]
+            record = XrayRecord.from_json(g.attrs[Attr.XRAY])
+            stored, bits, exact = g[Key.DRR_XRAY][()], g[Key.INSTRUMENT_MASK][()], g[Key.DRR][()]
+            poses = poses_of(g[Key.POSE_PARAMS][()], g[Key.POSE_MATRICES][()], g[Key.VIEW_NAMES][()],
+                             g[Key.ROTATION_CENTER][()], config.detector.sod_mm)
         view = 1  # one view per sample: the lateral of the first pose
-        camera = camera_for_motion(names[view].decode(), geometry.sod_mm, centre, motions[view])
-        again = synth.views(camera[None], level_id(row.target_level), record["physics"], record["instruments"],
-                            record["noise_seeds"][view:view + 1])
-        assert np.array_equal(again["realistic"][0], stored[view]) and np.array_equal(again["whole"][0], exact[view])
-        assert np.array_equal(again["instrument_bits"][0], bits[view])
-        seen_instruments += bool(record["instruments"]) and bits.any()
+        again = render_views(scene, poses.cameras[view:view + 1], level_id(row.target_level), record.view(view))
+        assert np.array_equal(again.realistic[0], stored[view]) and np.array_equal(again.whole[0], exact[view])
+        assert np.array_equal(again.instrument_mask[0], bits[view])
+        seen_instruments += bool(record.instruments) and bits.any()
         assert np.isfinite(stored).all() and stored.std() > 0
     assert seen_instruments >= 1  # the demo's seed puts instruments in view
 

@@ -14,6 +14,7 @@ from scipy import ndimage
 from pipelines.case.prepare import PreparedCase
 from pipelines.ingest.labels import level_id
 from pipelines.ops.attenuation import mu_of
+from pipelines.ops.camera import base_camera
 from pipelines.ops.crop import (
     bbox_centre,
     bounding_box,
@@ -22,21 +23,16 @@ from pipelines.ops.crop import (
     crop_around,
     shifted_affine,
 )
-from pipelines.ops.drr import Geometry, Renderer, base_camera, camera_for_motion
+from pipelines.ops.drr import Renderer
 from pipelines.ops.orient import Volume, axis_codes, craniocaudal_axis, voxel_to_world
-from pipelines.ops.sampling import (
-    pose_to_matrix,
-    rng_for,
-    sample_pose,
-    sample_vertebra_pair,
-)
-from pipelines.physics.instruments import place_instruments
-from pipelines.physics.views import XRAY_DRAWS, XraySynth, draw_physics, noise_seeds, xray_record
+from pipelines.ops.sampling import rng_for, sample_vertebra_pair
+from pipelines.physics.draw import XRAY_DRAWS, noise_seeds
+from pipelines.physics.realistic import RealisticRenderer
+from pipelines.physics.render import Scene, Views, draw_xray, render_views, sample_poses
 from schemas.config import BuildConfig
+from schemas.detector import VIEWS, Geometry
 from schemas.manifest import DRR, VERTEBRA, VOLUME, X2CT, SampleRow, sample_id
 from schemas.shard_layout import (
-    VIEW_AP,
-    VIEW_LAT,
     VIEW_NAME_DTYPE,
     Attr,
     Key,
@@ -108,6 +104,7 @@ def x2ct_samples(case: PreparedCase, config: BuildConfig, progress: Progress, sk
     geometry = geometry_from(config)
     axis, sign = craniocaudal_axis(case.ct.affine)
     spacing = case.ct.spacing
+    realistic = xray_for(X2CT, config)  # realistic views beside the exact ones (no instruments in x2ct)
     out = []
     for n, offset in enumerate(config.x2ct.z_offsets_mm):
         centre = (np.array(case.ct.array.shape) - 1) / 2.0
@@ -121,22 +118,20 @@ def x2ct_samples(case: PreparedCase, config: BuildConfig, progress: Progress, sk
         affine = shifted_affine(case.ct.affine, start)
         iso = voxel_to_world(affine, (np.array(ct.shape) - 1) / 2.0)[0]
         renderer = Renderer(mu_of(ct, config.attenuation), affine, geometry)
-        cameras = np.stack([base_camera(v, geometry.sod_mm, iso) for v in ("AP", "LAT")])
+        scene = Scene(renderer, RealisticRenderer(renderer, config.xray, config.attenuation) if realistic else None)
+        cameras = np.stack([base_camera(v, geometry.sod_mm, iso) for v in VIEWS])
         sid = sample_id(case.case_id, X2CT, f"z{offset:+.0f}")
+        xray = (draw_xray(rng_for(config.seed, case.case_id, f"{XRAY_DRAWS}-{X2CT}", n), config.xray,
+                          noise_seeds(config.seed, sid, len(cameras))) if realistic else None)
+        views = render_views(scene, cameras, xray=xray)
         arrays, attrs = {}, {}
-        if xray_for(X2CT, config):  # realistic views beside the exact ones (no instruments in x2ct)
-            physics = draw_physics(rng_for(config.seed, case.case_id, f"{XRAY_DRAWS}-{X2CT}", n), config.xray)
-            seeds = noise_seeds(config.seed, sid, len(cameras))
-            res = XraySynth(renderer, config.xray, config.attenuation).views(cameras, -1, physics, [], seeds)
-            views = res["whole"]
-            arrays = {Key.XRAY1_XRAY: res["realistic"][0], Key.XRAY2_XRAY: res["realistic"][1]}
-            attrs = {Attr.XRAY: xray_record(physics, [], seeds)}
-        else:
-            views = renderer.render(cameras)
+        if xray is not None:
+            arrays = {Key.XRAY1_XRAY: views.realistic[0], Key.XRAY2_XRAY: views.realistic[1]}
+            attrs = {Attr.XRAY: xray.record()}
         progress(f"x2ct {n + 1}/{len(config.x2ct.z_offsets_mm)} (z {offset:+.0f} mm)")
         out.append(Sample(
             SampleRow(sid, X2CT, z_offset_mm=float(offset), padded_fraction=padded, n_views=2),
-            sample_datasets(X2CT, config, {Key.CT: ct, Key.XRAY1: views[0], Key.XRAY2: views[1],
+            sample_datasets(X2CT, config, {Key.CT: ct, Key.XRAY1: views.whole[0], Key.XRAY2: views.whole[1],
                                            Key.SPACING: spacing, Key.ORI_SIZE: case.ct.array.shape, **arrays}),
             {Attr.Z_OFFSET_MM: float(offset), Attr.PADDED_FRACTION: padded, Attr.BODY_FRACTION: body,
              Attr.ISOCENTER: iso, Attr.DETECTOR: renderer.record(), Attr.ATTENUATION: config.attenuation.model_dump(),
@@ -154,13 +149,28 @@ def _vertebra_only(case: PreparedCase, config: BuildConfig, level: str) -> Volum
     return Volume(mu, shifted_affine(case.ct.affine, np.array([s.start for s in box])))
 
 
+def drr_scene(case: PreparedCase, config: BuildConfig) -> Scene:
+    """The whole case as its drr views see it: one 'traversal' walk gives whole, vertebra-only and
+    realistic images; other renderers make the exact images only."""
+    geometry = geometry_from(config)
+    one_walk = geometry.renderer == "traversal"
+    renderer = Renderer(mu_of(case.ct.array, config.attenuation), case.ct.affine, geometry,
+                        labels=case.labels.array if one_walk else None)
+    realistic = RealisticRenderer(renderer, config.xray, config.attenuation) if xray_for(DRR, config) else None
+    return Scene(renderer, realistic, case.labels.array, case.ct.affine, tuple(level_id(lv) for lv in case.levels))
+
+
+def _exact_views(scene: Scene, case: PreparedCase, config: BuildConfig, cameras: np.ndarray, target: str) -> Views:
+    """The exact views of a renderer that cannot walk labels: the whole volume, and the vertebra alone."""
+    vert = _vertebra_only(case, config, target)
+    return Views(scene.renderer.render(cameras),
+                 Renderer(vert.array, vert.affine, scene.renderer.geometry).render(cameras))
+
+
 def drr_samples(case: PreparedCase, config: BuildConfig, progress: Progress, skipped: list[str]) -> list[Sample]:
     cfg = config.drr
-    geometry = geometry_from(config)
-    one_walk = geometry.renderer == "traversal"  # whole and vertebra-only views from the same traversal
-    whole = Renderer(mu_of(case.ct.array, config.attenuation), case.ct.affine, geometry,
-                     labels=case.labels.array if one_walk else None)
-    synth = XraySynth(whole, config.xray, config.attenuation) if xray_for(DRR, config) else None
+    scene = drr_scene(case, config)
+    geometry = scene.renderer.geometry
     rot_range = np.deg2rad(cfg.rotation_range_deg)
     out = []
     for p in range(cfg.pairs_per_case):
@@ -171,44 +181,30 @@ def drr_samples(case: PreparedCase, config: BuildConfig, progress: Progress, ski
             continue
         ref, target = pair
         centre = voxel_to_world(case.ct.affine, centre_of_mass(case.labels.array == level_id(ref)))[0]
-        params, matrices, cameras, names = [], [], [], []
-        for _ in range(cfg.poses_per_pair):
-            theta = sample_pose(rng, rot_range, cfg.translation_range_mm)
-            motion = pose_to_matrix(theta, centre, cfg.euler_convention)
-            for view, name in (("AP", VIEW_AP), ("LAT", VIEW_LAT)):
-                params.append(theta)
-                matrices.append(motion)
-                cameras.append(camera_for_motion(view, geometry.sod_mm, centre, motion))
-                names.append(name)
-        cameras = np.stack(cameras)
+        poses = sample_poses(rng, cfg.poses_per_pair, VIEWS, centre, geometry.sod_mm, rot_range,
+                             cfg.translation_range_mm, cfg.euler_convention)
         sid = sample_id(case.case_id, DRR, f"{p:03d}")
-        arrays, attrs = {}, {}
-        if synth is not None:  # one walk per view: exact, vertebra-only and realistic images
-            xrng = rng_for(config.seed, case.case_id, f"{XRAY_DRAWS}-{DRR}", p)
-            physics = draw_physics(xrng, config.xray)
-            from_target = case.levels[case.levels.index(target):]
-            instruments = place_instruments(xrng, case.labels.array, case.ct.affine,
-                                            [level_id(lv) for lv in from_target], config.xray.instruments)
-            seeds = noise_seeds(config.seed, sid, len(cameras))
-            res = synth.views(cameras, level_id(target), physics, instruments, seeds)
-            drr, drr_vertebra = res["whole"], res["part"]
-            arrays = {Key.DRR_XRAY: res["realistic"], Key.INSTRUMENT_MASK: res["instrument_bits"]}
-            attrs = {Attr.XRAY: xray_record(physics, instruments, seeds)}
-        elif one_walk:
-            drr, drr_vertebra = whole.render_labelled(cameras, level_id(target))
+        xray = None
+        if scene.realistic is not None:
+            xray = draw_xray(rng_for(config.seed, case.case_id, f"{XRAY_DRAWS}-{DRR}", p), config.xray,
+                             noise_seeds(config.seed, sid, len(poses)), scene, level_id(target))
+        if geometry.renderer == "traversal":
+            views = render_views(scene, poses.cameras, level_id(target), xray)
         else:
-            drr = whole.render(cameras)
-            vert = _vertebra_only(case, config, target)
-            drr_vertebra = Renderer(vert.array, vert.affine, whole.geometry).render(cameras)
-        progress(f"drr pair {p + 1}/{cfg.pairs_per_case} ({ref} -> {target}, {len(cameras)} views)")
+            views = _exact_views(scene, case, config, poses.cameras, target)
+        arrays, attrs = {}, {}
+        if xray is not None:
+            arrays = {Key.DRR_XRAY: views.realistic, Key.INSTRUMENT_MASK: views.instrument_mask}
+            attrs = {Attr.XRAY: xray.record()}
+        progress(f"drr pair {p + 1}/{cfg.pairs_per_case} ({ref} -> {target}, {len(poses)} views)")
         out.append(Sample(
-            SampleRow(sid, DRR, ref_level=ref, target_level=target, n_views=len(cameras)),
-            sample_datasets(DRR, config, {Key.DRR: drr, Key.DRR_VERTEBRA: drr_vertebra,
-                                          Key.POSE_PARAMS: np.stack(params), Key.POSE_MATRICES: np.stack(matrices),
-                                          Key.VIEW_NAMES: np.array(names, dtype=VIEW_NAME_DTYPE),
-                                          Key.ROTATION_CENTER: centre, **arrays}, n_views=len(cameras)),
+            SampleRow(sid, DRR, ref_level=ref, target_level=target, n_views=len(poses)),
+            sample_datasets(DRR, config, {Key.DRR: views.whole, Key.DRR_VERTEBRA: views.part,
+                                          Key.POSE_PARAMS: poses.params, Key.POSE_MATRICES: poses.matrices,
+                                          Key.VIEW_NAMES: np.array(poses.names, dtype=VIEW_NAME_DTYPE),
+                                          Key.ROTATION_CENTER: centre, **arrays}, n_views=len(poses)),
             {Attr.REF_LEVEL: ref, Attr.TARGET_LEVEL: target, Attr.EULER_CONVENTION: cfg.euler_convention,
-             Attr.POSE_CONVENTION: POSE_CONVENTION, Attr.DETECTOR: whole.record(),
+             Attr.POSE_CONVENTION: POSE_CONVENTION, Attr.DETECTOR: scene.renderer.record(),
              Attr.ATTENUATION: config.attenuation.model_dump(), **attrs, **_geometry_attrs(case.ct.affine)},
         ))
     return out

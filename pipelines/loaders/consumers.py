@@ -9,7 +9,8 @@ import numpy as np
 import torch
 
 from pipelines.ops.attenuation import mu_of
-from pipelines.ops.drr import camera_for_motion, diffdrr_module
+from pipelines.ops.camera import camera_for_motion
+from pipelines.ops.diffdrr_adapter import diffdrr_module
 from schemas.detector import Geometry
 from schemas.manifest import Col
 from schemas.shard_layout import Attr, Key

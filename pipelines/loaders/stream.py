@@ -12,7 +12,6 @@ so a worker decodes a volume once per run; it keeps at most `max_volumes` decode
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections import OrderedDict
@@ -30,13 +29,15 @@ from pipelines.loaders.datasets import VolumeDataset
 from pipelines.loaders.sampler import EpochPositions, epoch_order
 from pipelines.ops.attenuation import mu_of
 from pipelines.ops.crop import crop_around, shifted_affine
-from pipelines.ops.drr import Geometry, Renderer, camera_for_motion
+from pipelines.ops.drr import Renderer
 from pipelines.ops.orient import world_to_voxel
-from pipelines.ops.sampling import pose_to_matrix, sample_pose, sample_vertebra_pair, stable_hash
-from pipelines.physics.instruments import place_instruments
+from pipelines.ops.sampling import sample_vertebra_pair, stable_hash
+from pipelines.physics.draw import XrayRecord, noise_seeds
+from pipelines.physics.realistic import RealisticRenderer
+from pipelines.physics.render import Poses, Scene, Views, draw_xray, render_views, sample_poses
 from pipelines.physics.tables import warm_tube_spectra
-from pipelines.physics.views import XraySynth, draw_physics, xray_record
 from schemas.config import BuildConfig, StreamConfig, XrayConfig
+from schemas.detector import Geometry
 from schemas.manifest import SPLITS, Col
 from schemas.shard_layout import Attr, Key
 
@@ -113,32 +114,35 @@ class _Volume:
         self.labels = sample[Key.LABELS].numpy()  # instruments are placed on the whole label map
         self.affine = np.asarray(sample[Attr.AFFINE], dtype=np.float64)
         names = id_to_level()
-        self.levels = [names[int(i)] for i in sample[Key.LEVEL_IDS].tolist()]
+        self.level_ids = tuple(int(i) for i in sample[Key.LEVEL_IDS].tolist())
+        self.levels = [names[i] for i in self.level_ids]
         self.centres = sample[Key.VERTEBRA_CENTRES].numpy()
         self.case_id, self.split = sample[Col.CASE_ID], sample[Col.SPLIT]
         self.attenuation = attenuation
         mu = mu_of(sample[Key.CT].numpy(), attenuation)
         # whole views: the renderer keeps what it needs (cut to the body's box); crops: the attenuation to cut from
         self.mu = mu if settings.crop_mm else None
-        self.whole = None if settings.crop_mm else self._renderer(mu, self.labels, self.affine, settings)
+        self.whole = None if settings.crop_mm else self._scene(mu, self.labels, self.affine, settings)
 
-    def _renderer(self, mu, labels, affine, settings: StreamSettings) -> tuple[Renderer, XraySynth | None]:
+    def centre_of(self, level: str) -> np.ndarray:
+        return self.centres[self.levels.index(level)]
+
+    def _scene(self, mu, labels, affine, settings: StreamSettings) -> Scene:
         renderer = Renderer(mu, affine, settings.geometry, labels=labels)
-        return renderer, (XraySynth(renderer, settings.xray, self.attenuation) if settings.realistic else None)
+        realistic = RealisticRenderer(renderer, settings.xray, self.attenuation) if settings.realistic else None
+        return Scene(renderer, realistic, labels, affine, self.level_ids)
 
-    def renderer_for(self, centre: np.ndarray, settings: StreamSettings) -> tuple[Renderer, XraySynth | None,
-                                                                                  np.ndarray, np.ndarray]:
-        """(renderer, synthesis, labels, affine) of what the item's views see: the whole volume, or its
-        crop_mm cube around `centre` (world mm), padded with air."""
+    def scene_for(self, centre: np.ndarray, settings: StreamSettings) -> Scene:
+        """What the item's views see: the whole volume, or its crop_mm cube around `centre` (world mm),
+        padded with air."""
         if not settings.crop_mm:
-            return (*self.whole, self.labels, self.affine)
+            return self.whole
         spacing = np.linalg.norm(self.affine[:3, :3], axis=0)
         size = int(np.ceil(settings.crop_mm / spacing.min()))
         ijk = world_to_voxel(self.affine, centre)[0]
         mu, start, _ = crop_around(self.mu, ijk, size, 0.0)
         labels, _, _ = crop_around(self.labels, ijk, size, 0)
-        affine = shifted_affine(self.affine, start)
-        return (*self._renderer(mu, labels, affine, settings), labels, affine)
+        return self._scene(mu, labels, shifted_affine(self.affine, start), settings)
 
 
 class DRRStream(EpochPositions):
@@ -232,43 +236,37 @@ class DRRStream(EpochPositions):
             raise ValueError(f"{vol.case_id}: no level offset of {list(s.level_offsets)} fits its {len(vol.levels)} "
                              "vertebrae")
         ref, target = pair
-        centre = vol.centres[vol.levels.index(ref)]
-        params, matrices, cameras, names = [], [], [], []
-        for _ in range(s.poses_per_item):
-            theta = sample_pose(rng, s.rotation_range_rad, s.translation_range_mm)
-            motion = pose_to_matrix(theta, centre, s.euler_convention)
-            for view in s.views:
-                params.append(theta)
-                matrices.append(motion)
-                cameras.append(camera_for_motion(view, s.geometry.sod_mm, centre, motion))
-                names.append(view)
-        cameras = np.stack(cameras)
-        renderer, synth, labels, affine = vol.renderer_for(vol.centres[vol.levels.index(target)], s)
+        poses = sample_poses(rng, s.poses_per_item, s.views, vol.centre_of(ref), s.geometry.sod_mm,
+                             s.rotation_range_rad, s.translation_range_mm, s.euler_convention)
+        scene = vol.scene_for(vol.centre_of(target), s)
+        sample = f"{vol.case_id}@{self.seed}:{self.epoch}:{position}"
+        xray = (draw_xray(rng, s.xray, noise_seeds(self.seed, sample, len(poses)), scene, level_id(target))
+                if s.realistic else None)
+        views = render_views(scene, poses.cameras, level_id(target), xray)
         out = {Col.CASE_ID: vol.case_id, Col.SPLIT: vol.split, Col.REF_LEVEL: ref, Col.TARGET_LEVEL: target,
-               "epoch": self.epoch, "position": position,
-               Col.SAMPLE_ID: f"{vol.case_id}@{self.seed}:{self.epoch}:{position}"}
-        if s.realistic:
-            physics = draw_physics(rng, s.xray)
-            from_target = vol.levels[vol.levels.index(target):]
-            instruments = place_instruments(rng, labels, affine, [level_id(lv) for lv in from_target],
-                                            s.xray.instruments)
-            seeds = [stable_hash(self.seed, STREAM, self.epoch, position, v) for v in range(len(cameras))]
-            res = synth.views(cameras, level_id(target), physics, instruments, seeds)
-            whole, part = res["whole"], res["part"]
-            out[Key.DRR_XRAY] = torch.from_numpy(res["realistic"])
-            out[Key.INSTRUMENT_MASK] = torch.from_numpy(res["instrument_bits"])
-            out[Attr.XRAY] = json.dumps(xray_record(physics, instruments, seeds), sort_keys=True)
-        else:
-            whole, part = renderer.render_labelled(cameras, level_id(target))
+               "epoch": self.epoch, "position": position, Col.SAMPLE_ID: sample}
+        if xray is not None:
+            out[Key.DRR_XRAY] = torch.from_numpy(views.realistic)
+            out[Key.INSTRUMENT_MASK] = torch.from_numpy(views.instrument_mask)
+            out[Attr.XRAY] = xray.to_json()
         if s.exact:
-            out[Key.DRR], out[Key.DRR_VERTEBRA] = torch.from_numpy(whole), torch.from_numpy(part)
-        out |= {Key.POSE_PARAMS: torch.from_numpy(np.stack(params)),
-                Key.POSE_MATRICES: torch.from_numpy(np.stack(matrices)),
-                Key.ROTATION_CENTER: torch.from_numpy(np.asarray(centre, dtype=np.float64)),
-                Key.CAMERAS: torch.from_numpy(cameras.astype(np.float64)),
-                Key.VIEW_NAMES: names,
-                Attr.AFFINE: torch.from_numpy(affine)}
+            out[Key.DRR], out[Key.DRR_VERTEBRA] = torch.from_numpy(views.whole), torch.from_numpy(views.part)
+        out |= {Key.POSE_PARAMS: torch.from_numpy(poses.params),
+                Key.POSE_MATRICES: torch.from_numpy(poses.matrices),
+                Key.ROTATION_CENTER: torch.from_numpy(poses.centre),
+                Key.CAMERAS: torch.from_numpy(poses.cameras.astype(np.float64)),
+                Key.VIEW_NAMES: list(poses.names),
+                Attr.AFFINE: torch.from_numpy(scene.affine)}
         return self.transform(out) if self.transform else out
+
+    def views_of(self, case_id: str, target: str, poses: Poses, xray: XrayRecord | None = None) -> Views:
+        """The views of given poses (and physics record) of one of the stream's cases, rendered exactly as
+        an item's are: a stored `drr` sample's record, rendered here, gives its stored images."""
+        index = next((i for i, row in enumerate(self.cases) if self.volumes.rows[row][Col.CASE_ID] == case_id), None)
+        if index is None:
+            raise KeyError(f"case {case_id!r} is not among this stream's cases")
+        vol = self._volume(index)
+        return render_views(vol.scene_for(vol.centre_of(target), self.settings), poses.cameras, level_id(target), xray)
 
     def loader(self, num_workers: int = 2, **kwargs) -> DataLoader:
         """A DataLoader for this stream: batches of `batch_size`, `num_workers` workers started by a fork

@@ -1,83 +1,58 @@
-"""Digitally reconstructed radiographs with diffdrr, in SpineForge's world frame.
-
-World frame: RAS millimetres. Cameras: diffdrr places the source at the camera origin and the detector centre at +z * SDD, then
-applies its 'AP' re-orientation; a camera extrinsic E (4x4, column vectors) then moves both into
-the world. Base views:
-- AP:  source anterior at c + (0, +SOD, 0), detector posterior;
-- LAT: the AP camera turned -90 degrees about S: source at the patient's right, c + (+SOD, 0, 0),
-where c is the isocentre. A volume motion M (4x4 in world mm) is rendered by moving the camera by
-M^-1, which is exact: the moved volume seen from E equals the fixed volume seen from M^-1 E.
+"""Digitally reconstructed radiographs of one volume, in SpineForge's world frame (`ops.camera`).
 
 Intensities: the caller passes linear attenuation (1/mm), never diffdrr's per-volume min-max
 normalisation, so a pixel is the dimensionless line integral of mu along its ray.
 
-Renderers (all use diffdrr's detector rays and calibration):
+Renderers (all use diffdrr's detector rays and calibration, `ops.diffdrr_adapter`):
 - 'traversal' (default): the exact integral of the voxel-constant volume - Siddon's model - by one
   fused voxel walk per ray (`ops.traversal`: numba on CPU, the same float64 arithmetic in torch on
-  CUDA); it also gives the vertebra-only image from the same walk (`render_labelled`).
-- 'clipped_trilinear': each ray clipped to the volume's box and sampled with border-clamped trilinear
-  interpolation; its sampling density is `samples_per_voxel` when given, otherwise the cheapest
-  density whose error against the exact integral stays within `error_budget` on calibration rays
-  (`calibrate_sampling`). The density used is recorded, so a stored view re-renders exactly.
+  CUDA); it also gives the vertebra-only image from the same walk (`render_labelled`), and the
+  material hinge integrals of realistic views (`walk`).
+- 'clipped_trilinear' (`ops.trilinear`): each ray clipped to the volume's box and sampled with
+  border-clamped trilinear interpolation; its sampling density is `samples_per_voxel` when given,
+  otherwise the cheapest density whose error against the exact integral stays within `error_budget`
+  on calibration rays (`calibrate_sampling`). The density used is recorded, so a stored view
+  re-renders exactly.
 - diffdrr's own 'siddon' and 'trilinear' (fixed sample count over the whole batch).
 """
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
-from diffdrr.drr import DRR
 from diffdrr.pose import RigidTransform
-from torchio import ScalarImage, Subject
 
+from pipelines.ops.camera import AP_REORIENT, base_camera
 from pipelines.ops.crop import bounding_box, box_slices, shifted_affine
-from pipelines.ops.traversal import traverse_hinges_numba, traverse_numba, traverse_torch
-from schemas.detector import DEFAULT_ERROR_BUDGET, RENDERERS, VIEWS, Geometry  # noqa: F401 (re-exported)
-
-# diffdrr's 'AP' frame-of-reference change (rotates the C-arm 90 degrees about x).
-AP_REORIENT = np.array(
-    [[1, 0, 0, 0], [0, 0, -1, 0], [0, 1, 0, 0], [0, 0, 0, 1]], dtype=np.float64
+from pipelines.ops.diffdrr_adapter import (
+    default_device,
+    detector_calibration,
+    detector_grid,
+    diffdrr_module,
+    module_affine,
 )
+from pipelines.ops.traversal import traverse_hinges_numba, traverse_numba, traverse_torch
+from pipelines.ops.trilinear import CHUNK_RAYS_CPU, CHUNK_RAYS_GPU, integrate_clipped
+from schemas.detector import RENDERERS, VIEWS, Geometry
+
 SAMPLING_LADDER = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)  # samples per voxel tried by calibration, cheapest first
+
 CALIBRATION_STRIDE = 8  # calibration rays: every 8th detector row and column of the base AP and LAT views
-CHUNK_RAYS_CPU = 1 << 11  # rays per grid_sample call: measured fastest on a 2-core CPU (cache-sized)
-CHUNK_RAYS_GPU = 1 << 18
-GRID_SPLIT = 8  # grid_sample parallelises over its batch dimension: split each chunk this many ways
 
 
-def rotation_z(angle_rad: float) -> np.ndarray:
-    c, s = np.cos(angle_rad), np.sin(angle_rad)
-    m = np.eye(4)
-    m[:2, :2] = [[c, -s], [s, c]]
-    return m
 
+@dataclass(frozen=True)
+class Walk:
+    """One view's traversal with material hinge integrals (`Renderer.walk`)."""
 
-def base_camera(view: str, sod_mm: float, isocentre=(0.0, 0.0, 0.0)) -> np.ndarray:
-    """Camera extrinsic (4x4) of the unperturbed AP or lateral view about `isocentre`."""
-    ap = np.eye(4)
-    ap[1, 3] = sod_mm
-    if view == "AP":
-        cam = ap
-    elif view == "LAT":
-        cam = rotation_z(-np.pi / 2) @ ap
-    else:
-        raise ValueError(f"unknown view {view!r}; expected one of {VIEWS}")
-    cam[:3, 3] += np.asarray(isocentre, dtype=float)
-    return cam
-
-
-def camera_for_motion(view: str, sod_mm: float, isocentre, motion: np.ndarray) -> np.ndarray:
-    """Camera that sees the volume moved by `motion` (world mm) from the base `view`."""
-    return np.linalg.inv(motion) @ base_camera(view, sod_mm, isocentre)
-
-
-def source_and_detector_centre(camera: np.ndarray, sdd_mm: float) -> tuple[np.ndarray, np.ndarray]:
-    """World positions of the source and of the detector centre for a camera extrinsic."""
-    pose = camera @ AP_REORIENT
-    source = pose[:3, 3]
-    centre = pose[:3, :3] @ np.array([0.0, 0.0, sdd_mm]) + pose[:3, 3]
-    return source, centre
+    whole: np.ndarray  # (H, W) float32: the exact image, as `render_labelled` gives it
+    part: np.ndarray  # (H, W) float32: the labelled part's image (zeros without a label)
+    line: np.ndarray  # (H*W,) float64: the whole image before rounding
+    hinges: np.ndarray  # (H*W, 1 + knots) float64: length in the volume (mm) and hinge integrals
+    source: np.ndarray  # (3,) world mm
+    targets: np.ndarray  # (H*W, 3) world mm: detector pixel centres
+    raylen: np.ndarray  # (H*W,) mm: source to pixel
 
 
 def support_box(mu: np.ndarray, margin: int = 1) -> tuple[slice, ...] | None:
@@ -94,85 +69,6 @@ def support_box(mu: np.ndarray, margin: int = 1) -> tuple[slice, ...] | None:
     if np.prod([s.stop - s.start for s in slices]) > 0.9 * mu.size:
         return None
     return slices
-
-
-def ray_box_interval(source: torch.Tensor, target: torch.Tensor,
-                     dims: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Entry and exit (as fractions of source -> target) of rays through the voxel box.
-
-    Voxel coordinates: centres at 0 .. n-1, faces at -0.5 and n - 0.5 (slab method). A ray that
-    misses the box gets entry >= exit.
-    """
-    d = target - source
-    d = torch.where(d.abs() < 1e-8, torch.full_like(d, 1e-8), d)
-    lo = (-0.5 - source) / d
-    hi = (dims - 0.5 - source) / d
-    entry = torch.minimum(lo, hi).amax(-1).clamp(min=0.0)
-    exit_ = torch.maximum(lo, hi).amin(-1).clamp(max=1.0)
-    return entry, exit_
-
-
-def integrate_clipped(density: torch.Tensor, source: torch.Tensor, targets: torch.Tensor,
-                      raylen_mm: torch.Tensor, step_vox: float = 1.0, chunk: int = CHUNK_RAYS_CPU,
-                      split: int = GRID_SPLIT) -> torch.Tensor:
-    """Line integrals of `density` (i, j, k) along rays from `source` ((3,) or (N, 3)) to `targets` (N, 3).
-
-    Coordinates are voxel indices; `raylen_mm` (N,) converts a ray fraction to millimetres. Each
-    ray is sampled uniformly between its own entry and exit (trapezoid rule), no sample is spent
-    outside the volume, and rays that miss it stay 0.
-    """
-    dims = torch.tensor(density.shape, dtype=source.dtype, device=source.device)
-    volume = density.permute(2, 1, 0)[None, None]  # grid_sample wants (N, C, D, H, W) with xyz grids
-    source = source.expand_as(targets)
-    entry, exit_ = ray_box_interval(source, targets, dims)
-    hit = torch.nonzero(exit_ > entry).squeeze(-1)
-    chord_vox = (targets - source).norm(dim=-1)
-    out = torch.zeros(len(targets), dtype=density.dtype, device=density.device)
-    unit = torch.zeros(0, device=source.device)  # sample positions 0..1, rebuilt when n changes
-    for lo in range(0, len(hit), chunk):
-        idx = hit[lo:lo + chunk]
-        a0, a1 = entry[idx, None], exit_[idx, None]
-        n = int(torch.ceil(((a1 - a0)[:, 0] * chord_vox[idx]).max() / step_vox).item()) + 1
-        n = -(-n // 16) * 16  # rows of 16k float32 samples: 64-byte aligned, so each row sums in a fixed order
-        if len(unit) != n:
-            unit = torch.linspace(0, 1, n, device=source.device)
-        # grid coordinates of each ray's entry and the step to its exit, in grid_sample's [-1, 1]
-        to_grid = 2.0 / dims
-        direction = targets[idx] - source[idx]
-        first = (source[idx] + a0 * direction + 0.5) * to_grid - 1
-        span = (a1 - a0) * direction * to_grid
-        grid = torch.addcmul(first[:, None, :], unit[None, :, None], span[:, None, :])  # (R, n, 3)
-        rays = len(idx)
-        parts = min(split, rays)
-        pad = (-rays) % parts
-        if pad:
-            grid = torch.cat([grid, grid[:pad]])
-        samples = torch.nn.functional.grid_sample(
-            volume.expand(parts, -1, -1, -1, -1), grid.view(parts, 1, -1, n, 3),
-            mode="bilinear", padding_mode="border", align_corners=False,
-        ).reshape(-1, n)[:rays]
-        step_mm = (a1 - a0)[:, 0] * raylen_mm[idx] / max(n - 1, 1)
-        # aligned rows reduce in the same order in every process and run: bit-identical images
-        out[idx] = (samples.sum(-1) - 0.5 * (samples[:, 0] + samples[:, -1])) * step_mm
-    return out
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def diffdrr_subject(mu: np.ndarray, affine: np.ndarray) -> Subject:
-    """The torchio Subject diffdrr's DRR takes: density = linear attenuation (1/mm), RAS affine, 'AP' frame."""
-    tensor = torch.as_tensor(np.ascontiguousarray(mu, dtype=np.float32))[None]
-    image = ScalarImage(tensor=tensor, affine=np.asarray(affine, dtype=np.float64))
-    return Subject(volume=image, density=image, mask=None, orientation="AP",
-                   reorient=torch.as_tensor(AP_REORIENT, dtype=torch.float32), fiducials=None)
-
-
-def diffdrr_module(mu: np.ndarray, affine: np.ndarray, geometry: Geometry, renderer: str = "siddon") -> DRR:
-    """diffdrr.drr.DRR for a volume and a stored detector geometry; call it with `RigidTransform(camera)`."""
-    return DRR(diffdrr_subject(mu, affine), sdd=geometry.sdd_mm, height=geometry.height, width=geometry.width,
-               delx=geometry.pixel_spacing_mm, renderer=renderer, reverse_x_axis=geometry.reverse_x_axis)
 
 
 class Renderer:
@@ -261,14 +157,11 @@ class Renderer:
         return whole, part
 
     @torch.no_grad()
-    def walk_hinges(self, camera: np.ndarray, label: int, knots) -> dict[str, np.ndarray]:
+    def walk(self, camera: np.ndarray, label: int, knots) -> Walk:
         """One view's walk ('traversal' only) with the hinge integrals of `knots`
-        (`ops.traversal.traverse_hinges_numba`): 'whole' and 'part' (H, W) float32 exactly as
-        `render_labelled` gives them, 'line' (H*W,) float64 (the whole image before rounding), 'hinges'
-        (H*W, 1 + knots) float64, and the rays in world mm:
-        'source' (3,), 'targets' (H*W, 3), 'raylen' (H*W,)."""
+        (`ops.traversal.traverse_hinges_numba`) and its rays in world mm; `label` -1: no part image."""
         if self.geometry.renderer != "traversal":
-            raise ValueError("walk_hinges needs the 'traversal' renderer")
+            raise ValueError("walk needs the 'traversal' renderer")
         height, width = self.geometry.height, self.geometry.width
         cameras = np.asarray(camera, dtype=np.float32).reshape(1, 4, 4)
         world: list = []
@@ -281,8 +174,8 @@ class Renderer:
             w, p, h = traverse_hinges_numba(self.drr.density.numpy(), source[0].numpy(), targets.numpy(),
                                             raylen.numpy(), height, width, knots, labels, label)
         src_world, tgt_world = world[0]
-        return {"whole": w.reshape(height, width).astype(np.float32), "part": p.reshape(height, width).astype(np.float32),
-                "line": w, "hinges": h, "source": src_world, "targets": tgt_world, "raylen": raylen.cpu().numpy()}
+        return Walk(w.reshape(height, width).astype(np.float32), p.reshape(height, width).astype(np.float32),
+                    w, h, src_world, tgt_world, raylen.cpu().numpy())
 
     def world_rays(self, camera: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(source (3,), detector pixel centres (H*W, 3)) of one camera in world mm, as `_rays` makes them."""
@@ -305,7 +198,7 @@ class Renderer:
         the densest one, and its error, when none does (interpolation itself differs from
         voxel-constant integration by a volume-dependent amount)."""
         g = self.geometry
-        centre = self.drr._affine[0].double().cpu().numpy() @ np.r_[(np.array(self.drr.density.shape) - 1) / 2, 1.0]
+        centre = module_affine(self.drr) @ np.r_[(np.array(self.drr.density.shape) - 1) / 2, 1.0]
         cameras = np.stack([base_camera(v, g.sod_mm, centre[:3]) for v in VIEWS]).astype(np.float32)
         keep = self._calibration_rays()
         source, targets, raylen = self._rays(cameras, keep)
@@ -340,12 +233,11 @@ class Renderer:
         Uses diffdrr's detector points and calibration, composed with each camera as one float64
         4x4 and applied elementwise (no BLAS), so the rays are bit-identical in every process.
         """
-        detector = self.drr.detector
-        points = detector.target[0].double()  # (N, 3) unit-focal detector grid
+        points = detector_grid(self.drr)  # (N, 3) unit-focal detector grid
         if pixels is not None:
             points = points[pixels.to(points.device)]
-        calibration = detector._calibration.double().cpu().numpy()
-        to_voxel = np.linalg.inv(self.drr._affine[0].double().cpu().numpy())
+        calibration = detector_calibration(self.drr)
+        to_voxel = np.linalg.inv(module_affine(self.drr))
         sources, targets, lengths = [], [], []
         world_out = world
         for camera in np.asarray(cameras, dtype=np.float64):
@@ -366,24 +258,3 @@ def _transform_points(matrix: np.ndarray, points: torch.Tensor) -> torch.Tensor:
     x, y, z = points[:, 0:1], points[:, 1:2], points[:, 2:3]
     return x * m[:3, 0] + y * m[:3, 1] + z * m[:3, 2] + m[:3, 3]
 
-
-def project_point(camera: np.ndarray, point: np.ndarray, geometry: Geometry) -> np.ndarray:
-    """(row, column) detector pixel where a world point projects, by pinhole geometry.
-
-    Rows run from the detector's top (superior in AP/LAT) down; with `reverse_x_axis` the
-    column axis follows the radiological convention.
-    """
-    return project_points(camera, np.asarray(point, dtype=float)[None], geometry)[0]
-
-
-def project_points(camera: np.ndarray, points: np.ndarray, geometry: Geometry) -> np.ndarray:
-    """(N, 2) detector (row, column) pixels of (N, 3) world points; see `project_point`."""
-    pose = camera @ AP_REORIENT
-    world = np.asarray(points, dtype=float)
-    q = (np.c_[world, np.ones(len(world))] @ np.linalg.inv(pose).T)[:, :3]
-    x = q[:, 0] * geometry.sdd_mm / q[:, 2]
-    y = q[:, 1] * geometry.sdd_mm / q[:, 2]
-    col_from_x = x / geometry.pixel_spacing_mm
-    col = geometry.width / 2 - 0.5 + (-col_from_x if geometry.reverse_x_axis else col_from_x)
-    row = geometry.height / 2 - 0.5 - y / geometry.pixel_spacing_mm
-    return np.stack([row, col], axis=1)

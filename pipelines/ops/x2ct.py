@@ -20,8 +20,9 @@ from __future__ import annotations
 import numpy as np
 from scipy.ndimage import gaussian_filter, map_coordinates, zoom
 
-from pipelines.ops.drr import Geometry, project_points
+from pipelines.ops.camera import project_points
 from pipelines.ops.orient import reorient
+from schemas.detector import Geometry
 from schemas.shard_layout import Key
 
 # Index directions of X2CT-GAN's (D, H, W) in RAS axis codes (the way each index increases).

@@ -14,98 +14,155 @@ where such implants lie, not a surgical plan: pedicles are not segmented.
 from __future__ import annotations
 
 import math
+from dataclasses import asdict, dataclass
 
 import numba
 import numpy as np
 
 from pipelines.ops.orient import voxel_to_world
+from pipelines.physics.units import MM_PER_CM
 from schemas.config import InstrumentConfig
 
 SCREW, ROD, KWIRE = 1, 2, 4  # bits of the instrument mask
+# Placement geometry (mm, degrees, or fractions of the vertebra's width / depth at its centroid's level)
 HEAD_DIAMETER_FACTOR = 1.8  # tulip head: wider and short, behind the shaft
 HEAD_LENGTH_MM = 12.0
+FRAME_SLAB_MM = 3.0  # the vertebra's width and depth are measured within this distance of its centroid's level
+SCREW_TILT_DEG = (-5.0, 5.0)  # cranio-caudal tilt of a screw's axis
+SCREW_TIP_MEDIAL = (0.02, 0.06)  # tip beside the midline, x width
+SCREW_TIP_BEHIND_FRONT = (0.08, 0.15)  # tip behind the anterior body wall, x depth
+ROD_OVERHANG_MM = 8.0  # a rod runs past the first and last screw heads by this much
+KWIRE_TARGET_LATERAL = (0.0, 0.2)  # x width from the midline
+KWIRE_TARGET_BEHIND_FRONT = (0.2, 0.5)  # x depth
+KWIRE_TARGET_CRANIOCAUDAL_MM = (-10.0, 10.0)
+KWIRE_ANGLE_DEG = (0.0, 35.0)  # lateral angle off the anterior direction
+KWIRE_TILT_DEG = (-25.0, 25.0)
+RECORD_MM_DECIMALS, RECORD_RADIUS_DECIMALS = 3, 4  # recorded (and rendered) to 1 um: the record is the instrument
+
+
+@dataclass(frozen=True)
+class Instrument:
+    """One solid cylinder of an instrument: its kind bit, end points (world mm), radius (mm) and alloy."""
+
+    kind: int
+    p0: tuple[float, float, float]
+    p1: tuple[float, float, float]
+    radius: float
+    material: str
+
+    @classmethod
+    def rounded(cls, kind: int, p0, p1, radius: float, material: str) -> Instrument:
+        """As recorded and rendered: end points to 1 um, radius to 0.1 um."""
+        return cls(int(kind), tuple(round(float(v), RECORD_MM_DECIMALS) for v in p0),
+                   tuple(round(float(v), RECORD_MM_DECIMALS) for v in p1),
+                   round(float(radius), RECORD_RADIUS_DECIMALS), material)
+
+    def record(self) -> dict:
+        return {**asdict(self), "p0": list(self.p0), "p1": list(self.p1)}
+
+    @classmethod
+    def from_record(cls, record: dict) -> Instrument:
+        return cls(int(record["kind"]), tuple(record["p0"]), tuple(record["p1"]), float(record["radius"]),
+                   record["material"])
+
+
+@dataclass(frozen=True)
+class VertebraFrame:
+    """A vertebra's centroid (world mm) and its extents along x (right-left) and y (posterior-anterior) at
+    the centroid's level, and along z overall."""
+
+    centre: np.ndarray
+    x: tuple[float, float]
+    y: tuple[float, float]
+    z: tuple[float, float]
+
+    @property
+    def width(self) -> float:
+        return self.x[1] - self.x[0]
+
+    @property
+    def depth(self) -> float:
+        return self.y[1] - self.y[0]
 
 
 def _uniform(rng: np.random.Generator, r) -> float:
     return float(rng.uniform(r[0], r[1])) if r[1] > r[0] else float(r[0])
 
 
-def vertebra_frame(labels: np.ndarray, affine: np.ndarray, level_id: int) -> dict | None:
-    """Centroid (world mm), width (x extent) and depth (y extent) of one vertebra at its centroid's level."""
+def vertebra_frame(labels: np.ndarray, affine: np.ndarray, level_id: int) -> VertebraFrame | None:
+    """The frame of one vertebra, or None when it has no voxels."""
     idx = np.argwhere(labels == level_id)
     if len(idx) == 0:
         return None
     world = voxel_to_world(affine, idx.astype(float))
     centre = world.mean(axis=0)
-    slab = world[np.abs(world[:, 2] - centre[2]) <= 3.0]
+    slab = world[np.abs(world[:, 2] - centre[2]) <= FRAME_SLAB_MM]
     slab = slab if len(slab) else world
-    return {"centre": centre, "x": (float(slab[:, 0].min()), float(slab[:, 0].max())),
-            "y": (float(slab[:, 1].min()), float(slab[:, 1].max())), "z": (float(world[:, 2].min()), float(world[:, 2].max()))}
+    return VertebraFrame(centre, (float(slab[:, 0].min()), float(slab[:, 0].max())),
+                         (float(slab[:, 1].min()), float(slab[:, 1].max())),
+                         (float(world[:, 2].min()), float(world[:, 2].max())))
 
 
-def _screw(frame: dict, side: int, rng: np.random.Generator, cfg: InstrumentConfig) -> list[dict]:
-    cx, cy, cz = frame["centre"]
-    width = frame["x"][1] - frame["x"][0]
-    y_post, y_ant = frame["y"]
-    depth = y_ant - y_post
+def _screw(frame: VertebraFrame, side: int, rng: np.random.Generator,
+           cfg: InstrumentConfig) -> tuple[list[Instrument], np.ndarray]:
+    """A screw's shaft and head, and the head's centre (where a rod joins it)."""
+    cx, _, cz = frame.centre
     diameter = _uniform(rng, cfg.screw_diameter_mm)
     length = _uniform(rng, cfg.screw_length_mm)
     angle = math.radians(_uniform(rng, cfg.screw_convergence_deg))
-    tilt = math.radians(rng.uniform(-5.0, 5.0))
-    tip = np.array([cx + side * rng.uniform(0.02, 0.06) * width, y_ant - rng.uniform(0.08, 0.15) * depth, cz])
+    tilt = math.radians(rng.uniform(*SCREW_TILT_DEG))
+    tip = np.array([cx + side * rng.uniform(*SCREW_TIP_MEDIAL) * frame.width,
+                    frame.y[1] - rng.uniform(*SCREW_TIP_BEHIND_FRONT) * frame.depth, cz])
     # from the tip back towards the posterior, diverging laterally by the convergence angle
     back = np.array([side * math.sin(angle), -math.cos(angle) * math.cos(tilt), math.sin(tilt)])
     entry = tip + back * length
     head_end = entry + back * HEAD_LENGTH_MM
-    return [{"kind": SCREW, "p0": tip, "p1": entry, "radius": diameter / 2, "material": cfg.screw_material},
-            {"kind": SCREW, "p0": entry, "p1": head_end, "radius": diameter * HEAD_DIAMETER_FACTOR / 2,
-             "material": cfg.screw_material}]
+    return ([Instrument.rounded(SCREW, tip, entry, diameter / 2, cfg.screw_material),
+             Instrument.rounded(SCREW, entry, head_end, diameter * HEAD_DIAMETER_FACTOR / 2, cfg.screw_material)],
+            head_end * 0.5 + entry * 0.5)
 
 
-def _kwire(frame: dict, rng: np.random.Generator, cfg: InstrumentConfig) -> dict:
-    cx, cy, cz = frame["centre"]
-    width = frame["x"][1] - frame["x"][0]
+def _kwire(frame: VertebraFrame, rng: np.random.Generator, cfg: InstrumentConfig) -> Instrument:
+    cx, _, cz = frame.centre
     side = 1 if rng.random() < 0.5 else -1
-    target = np.array([cx + side * rng.uniform(0.0, 0.2) * width, frame["y"][1] - rng.uniform(0.2, 0.5) *
-                       (frame["y"][1] - frame["y"][0]), cz + rng.uniform(-10.0, 10.0)])
-    angle = math.radians(rng.uniform(0.0, 35.0))
-    tilt = math.radians(rng.uniform(-25.0, 25.0))
+    target = np.array([cx + side * rng.uniform(*KWIRE_TARGET_LATERAL) * frame.width,
+                       frame.y[1] - rng.uniform(*KWIRE_TARGET_BEHIND_FRONT) * frame.depth,
+                       cz + rng.uniform(*KWIRE_TARGET_CRANIOCAUDAL_MM)])
+    angle = math.radians(rng.uniform(*KWIRE_ANGLE_DEG))
+    tilt = math.radians(rng.uniform(*KWIRE_TILT_DEG))
     back = np.array([side * math.sin(angle), -math.cos(angle) * math.cos(tilt), math.sin(tilt)])
     length = _uniform(rng, cfg.kwire_length_mm)
-    return {"kind": KWIRE, "p0": target, "p1": target + back * length,
-            "radius": _uniform(rng, cfg.kwire_diameter_mm) / 2, "material": cfg.kwire_material}
+    return Instrument.rounded(KWIRE, target, target + back * length, _uniform(rng, cfg.kwire_diameter_mm) / 2,
+                              cfg.kwire_material)
 
 
 def place_instruments(rng: np.random.Generator, labels: np.ndarray, affine: np.ndarray, level_ids: list[int],
-                      cfg: InstrumentConfig) -> list[dict]:
+                      cfg: InstrumentConfig) -> list[Instrument]:
     """Instruments of one sample: screw pairs in the first of `level_ids` (the target) and the next
     drawn number of them, rods joining each side's heads, drawn K-wires; [] with probability
-    1 - cfg.probability. Each: kind bit, end points p0/p1 (world mm), radius (mm), material."""
+    1 - cfg.probability."""
     if rng.random() >= cfg.probability:
         return []
     n_levels = int(rng.integers(cfg.screw_levels[0], cfg.screw_levels[1] + 1))
     frames = [f for f in (vertebra_frame(labels, affine, lid) for lid in level_ids[:max(n_levels, 1)]) if f is not None]
-    out: list[dict] = []
+    out: list[Instrument] = []
     heads = {-1: [], 1: []}
     for frame in frames[:n_levels]:
         for side in (-1, 1):
-            parts = _screw(frame, side, rng, cfg)
+            parts, head = _screw(frame, side, rng, cfg)
             out += parts
-            heads[side].append(parts[1]["p1"] * 0.5 + parts[1]["p0"] * 0.5)
+            heads[side].append(head)
     if len(heads[1]) >= 2 and rng.random() < cfg.rod_probability:
         radius = _uniform(rng, cfg.rod_diameter_mm) / 2
         for side in (-1, 1):
             ends = np.array(heads[side])
             axis = ends[-1] - ends[0]
-            extend = axis / max(np.linalg.norm(axis), 1e-9) * 8.0
-            out.append({"kind": ROD, "p0": ends[0] - extend, "p1": ends[-1] + extend, "radius": radius,
-                        "material": cfg.rod_material})
+            extend = axis / max(np.linalg.norm(axis), 1e-9) * ROD_OVERHANG_MM
+            out.append(Instrument.rounded(ROD, ends[0] - extend, ends[-1] + extend, radius, cfg.rod_material))
     if frames:
         for _ in range(int(rng.integers(cfg.kwires[0], cfg.kwires[1] + 1))):
             out.append(_kwire(frames[0], rng, cfg))
-    # recorded (and rendered) to 1 um: the record is the instrument
-    return [{**p, "p0": [round(float(v), 3) for v in p["p0"]], "p1": [round(float(v), 3) for v in p["p1"]],
-             "radius": round(float(p["radius"]), 4)} for p in out]
+    return out
 
 
 @numba.njit(inline="always")
@@ -166,17 +223,17 @@ def _channels(source, targets, cylinders, alloy, grams_per_mm, kind, masses, mas
                 mask[r] |= kind[c]
 
 
-def _cylinders(instruments: list[dict]) -> np.ndarray:
+def _cylinders(instruments: list[Instrument]) -> np.ndarray:
     rows = []
     for p in instruments:
-        p0, p1 = np.asarray(p["p0"], dtype=np.float64), np.asarray(p["p1"], dtype=np.float64)
+        p0, p1 = np.asarray(p.p0, dtype=np.float64), np.asarray(p.p1, dtype=np.float64)
         length = float(np.linalg.norm(p1 - p0))
         axis = (p1 - p0) / length if length > 0 else np.zeros(3)
-        rows.append([*p0, *p1, p["radius"], *axis, length, *(0.5 * (p0 + p1)), np.hypot(length / 2, p["radius"])])
+        rows.append([*p0, *p1, p.radius, *axis, length, *(0.5 * (p0 + p1)), np.hypot(length / 2, p.radius)])
     return np.array(rows, dtype=np.float64).reshape(-1, 15)
 
 
-def instrument_channels(source: np.ndarray, targets: np.ndarray, instruments: list[dict], alloys: list[str],
+def instrument_channels(source: np.ndarray, targets: np.ndarray, instruments: list[Instrument], alloys: list[str],
                         densities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """((N, len(alloys)) g/cm^2 per alloy, (N,) uint8 mask of instrument kind bits) along the rays
     (world source (3,) -> targets (N, 3)). A screw's shaft and head share only an end face, so no
@@ -184,9 +241,9 @@ def instrument_channels(source: np.ndarray, targets: np.ndarray, instruments: li
     masses = np.zeros((len(targets), len(alloys)))
     mask = np.zeros(len(targets), dtype=np.uint8)
     if instruments:
-        alloy = np.array([alloys.index(p["material"]) for p in instruments], dtype=np.int64)
-        grams_per_mm = np.asarray(densities, dtype=np.float64)[alloy] / 10.0
-        kind = np.array([p["kind"] for p in instruments], dtype=np.uint8)
+        alloy = np.array([alloys.index(p.material) for p in instruments], dtype=np.int64)
+        grams_per_mm = np.asarray(densities, dtype=np.float64)[alloy] / MM_PER_CM
+        kind = np.array([p.kind for p in instruments], dtype=np.uint8)
         _channels(np.asarray(source, dtype=np.float64), np.ascontiguousarray(targets, dtype=np.float64),
                   _cylinders(instruments), alloy, grams_per_mm, kind, masses, mask)
     return masses, mask

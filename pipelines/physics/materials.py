@@ -19,8 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from pipelines.ops.attenuation import hu_to_mu
-
-MM_PER_CM = 10.0
+from pipelines.physics.units import MM_PER_CM
 
 
 def anchor_knots(anchor_hu: np.ndarray, mu_water_per_mm: float) -> np.ndarray:

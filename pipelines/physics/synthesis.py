@@ -27,6 +27,7 @@ import torch
 from scipy.ndimage import gaussian_filter
 
 from pipelines.physics.tables import SPECTRUM_DISTANCE_CM, Tables
+from pipelines.physics.units import MM_PER_CM
 
 FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
 SCATTER_DOWNSAMPLE = 8  # scatter is smooth: computed on a grid 8x coarser, then interpolated back
@@ -81,8 +82,8 @@ def primary(masses: np.ndarray, tables: Tables) -> tuple[np.ndarray, np.ndarray]
 def fluence_scale(raylen_mm: np.ndarray, sdd_mm: float, pixel_mm: float, mas: float) -> np.ndarray:
     """Per pixel: mAs x (1 m / distance)^2 x pixel area (cm^2) x cos(obliquity), so that spectrum
     fluence (per cm^2 at 1 m) becomes photons reaching the pixel."""
-    r_cm = np.asarray(raylen_mm, dtype=np.float64) / 10.0
-    return mas * (SPECTRUM_DISTANCE_CM / r_cm) ** 2 * (pixel_mm / 10.0) ** 2 * (sdd_mm / 10.0) / r_cm
+    r_cm = np.asarray(raylen_mm, dtype=np.float64) / MM_PER_CM
+    return mas * (SPECTRUM_DISTANCE_CM / r_cm) ** 2 * (pixel_mm / MM_PER_CM) ** 2 * (sdd_mm / MM_PER_CM) / r_cm
 
 
 def collimator(shape: tuple[int, int], kind: str, fraction: float, aspect: float = 1.0) -> np.ndarray:

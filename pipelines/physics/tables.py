@@ -25,6 +25,7 @@ import xraylib
 from scipy.optimize import brentq
 
 from pipelines.io.spectra import cached_spectrum
+from pipelines.physics.units import MM_PER_CM
 from schemas.config import Alloy, MaterialAnchor
 
 FINE_BIN_KEV = 0.5  # spekpy's spectrum resolution used everywhere before binning
@@ -67,7 +68,7 @@ def filter_transmission(energies: np.ndarray, al_mm: float, cu_mm: float) -> np.
     out = np.ones_like(energies)
     for symbol, mm in (("Al", al_mm), ("Cu", cu_mm)):
         if mm > 0:
-            out *= np.exp(-element_mu_rho(symbol, energies) * element_density(symbol) * mm / 10.0)
+            out *= np.exp(-element_mu_rho(symbol, energies) * element_density(symbol) * mm / MM_PER_CM)
     return out
 
 
@@ -122,7 +123,7 @@ def detector_response(material: str, thickness_mm: float, energies: np.ndarray) 
     """(absorbed fraction eta(E), energy deposited per absorbed photon, keV) of a scintillator layer."""
     rho = float(nist(material)["density"])
     mu = compound_mu_rho(material, energies) * rho
-    eta = 1.0 - np.exp(-mu * thickness_mm / 10.0)
+    eta = 1.0 - np.exp(-mu * thickness_mm / MM_PER_CM)
     return eta, np.asarray(energies, dtype=np.float64).copy()
 
 
@@ -149,6 +150,28 @@ def channel_mu_rho(materials: list[MaterialAnchor], alloys: list[Alloy], energie
     return np.stack(rows)
 
 
+@dataclass(frozen=True)
+class SpectrumKey:
+    """What a view's synthesis tables depend on besides the materials: tube, filters, detector, bins."""
+
+    kv: int
+    anode_angle_deg: float
+    filtration_al_mm: float
+    filtration_cu_mm: float
+    detector_material: str
+    detector_thickness_mm: float
+    energy_bins: int
+
+
+@functools.lru_cache(maxsize=32)
+def tables_for(spectrum: SpectrumKey, materials: tuple[MaterialAnchor, ...], alloys: tuple[Alloy, ...]) -> Tables:
+    """The synthesis tables of one spectrum and material set (cached: views of one kV share them)."""
+    energies, fluence = tube_spectrum(spectrum.kv, spectrum.anode_angle_deg, spectrum.filtration_al_mm,
+                                      spectrum.filtration_cu_mm)
+    return make_tables(energies, fluence, list(materials), list(alloys), spectrum.detector_material,
+                       spectrum.detector_thickness_mm, spectrum.energy_bins)
+
+
 def make_tables(energies: np.ndarray, fluence: np.ndarray, materials: list[MaterialAnchor], alloys: list[Alloy],
                 detector_material: str, detector_mm: float, n_bins: int) -> Tables:
     """Integrate fine-binned physics over `n_bins` synthesis bins that each hold an equal share of the
@@ -172,17 +195,9 @@ def make_tables(energies: np.ndarray, fluence: np.ndarray, materials: list[Mater
     )
 
 
-def direct_signal(energies: np.ndarray, fluence: np.ndarray, mu_linear_fine: np.ndarray, detector_material: str,
-                  detector_mm: float) -> np.ndarray:
-    """Reference: detected signal through absorbers given per fine bin (mu x t summed, (..., E_fine)),
-    integrated bin by bin with no synthesis binning (what `Tables` approximates)."""
-    eta, kept = detector_response(detector_material, detector_mm, energies)
-    return np.exp(-np.asarray(mu_linear_fine)) @ (fluence * eta * kept)
-
-
 def hvl_mm_al(energies: np.ndarray, fluence: np.ndarray) -> float:
-    """First half-value layer in aluminium (mm) of a spectrum, by air kerma (xraylib's mu_en of air)."""
+    """First half-value layer in aluminium (mm) of a spectrum, by air kerma (spekpy's NIST mu_en of air)."""
     kerma = fluence * energies * air_muen_rho(energies)
-    mu_al = element_mu_rho("Al", energies) * element_density("Al") / 10.0  # 1/mm
+    mu_al = element_mu_rho("Al", energies) * element_density("Al") / MM_PER_CM  # 1/mm
     half = 0.5 * kerma.sum()
     return float(brentq(lambda t: float(np.sum(kerma * np.exp(-mu_al * t))) - half, 0.0, 100.0, xtol=1e-9))

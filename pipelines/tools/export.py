@@ -14,7 +14,7 @@ import numpy as np
 
 from pipelines.errors import ExportError
 from pipelines.io.shards import PublishedVersion, atomic_h5
-from pipelines.ops.drr import Geometry, base_camera
+from pipelines.ops.camera import base_camera
 from pipelines.ops.x2ct import (
     VIEW_PLANES,
     plane_points,
@@ -24,6 +24,7 @@ from pipelines.ops.x2ct import (
     to_x2ct_order,
     view_on_plane,
 )
+from schemas.detector import Geometry
 from schemas.export import x2ct_export_record
 from schemas.layout import EXPORT_RECORD, X2CT_LIST_SUFFIX, X2CT_SAMPLE_FILE
 from schemas.manifest import X2CT

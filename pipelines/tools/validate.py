@@ -22,6 +22,7 @@ from schemas.shard_layout import (
     XRAY_RECORD_FIELDS,
     Attr,
     Key,
+    XrayField,
     expected_shape,
     product_attrs,
     product_datasets,
@@ -78,8 +79,8 @@ def _check_xray_record(name: str, text, n_views: int) -> list[str]:
     except (TypeError, ValueError) as exc:
         return [f"{name}: attribute {Attr.XRAY!r} is not JSON ({exc})"]
     problems = [f"{name}: {Attr.XRAY} record lacks {k!r}" for k in XRAY_RECORD_FIELDS if k not in record]
-    if not problems and len(record["noise_seeds"]) != n_views:
-        problems.append(f"{name}: {Attr.XRAY} record has {len(record['noise_seeds'])} noise seeds for {n_views} views")
+    if not problems and len(record[XrayField.NOISE_SEEDS]) != n_views:
+        problems.append(f"{name}: {Attr.XRAY} record has {len(record[XrayField.NOISE_SEEDS])} noise seeds for {n_views} views")
     return problems
 
 

@@ -167,7 +167,9 @@ def test_stored_views_re_render_from_stored_inputs(built, collection):
     from pipelines.case.prepare import load_and_prepare
     from pipelines.ingest.discover import discover
     from pipelines.ops.attenuation import hu_to_mu
-    from pipelines.ops.drr import Geometry, Renderer, base_camera, camera_for_motion
+    from pipelines.ops.camera import base_camera, camera_for_motion
+    from pipelines.ops.drr import Renderer
+    from schemas.detector import Geometry
 
     config, out, _ = built
     vdir = out / "tiny" / "v1"

