@@ -34,8 +34,8 @@ from pathlib import Path
 import psutil
 from common import WINDOW, PeakMemory, write_cases
 
+from pipelines.build.run import run_build
 from pipelines.case.process import process_case
-from pipelines.flows import run_build
 from pipelines.ingest.cases import ingest_inputs
 from pipelines.io.publish import CardFields, PublishPlan, publish_version
 from pipelines.runtime.threads import thread_limit

@@ -22,7 +22,7 @@ import pipelines.ingest.load as load  # noqa: E402
 from pipelines.case.prepare import load_and_prepare  # noqa: E402
 from pipelines.ingest.cases import ingest_inputs  # noqa: E402
 from pipelines.ingest.run import run_ingest  # noqa: E402
-from pipelines.io.volumes import load_volume  # noqa: E402
+from pipelines.io.volumes import load_volume
 from pipelines.ops.fingerprint import slice_hashes  # noqa: E402
 from schemas.config import load_config  # noqa: E402
 from schemas.rules import Role  # noqa: E402

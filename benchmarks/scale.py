@@ -37,11 +37,11 @@ from pathlib import Path
 import numpy as np
 from common import PeakMemory, write_cases
 
-import pipelines.tasks as tasks
+import pipelines.build.tasks as tasks
+from pipelines.build.run import run_build
 from pipelines.case import products
 from pipelines.case.prepare import prepare_case
 from pipelines.case.process import stage_samples
-from pipelines.flows import run_build
 from pipelines.ingest.discover import discover
 from pipelines.ingest.load import load_case
 from pipelines.ops import drr as drr_ops

@@ -6,7 +6,6 @@ import json
 import logging
 import os
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +45,7 @@ def _store(args):
 
 
 def _add_cache_option(p: argparse.ArgumentParser) -> None:
-    from pipelines.plan import DEFAULT_CACHE_KEEP_DAYS
+    from pipelines.build.request import DEFAULT_CACHE_KEEP_DAYS
 
     p.add_argument("--cache-keep-days", type=float, default=DEFAULT_CACHE_KEEP_DAYS, metavar="DAYS",
                    help="drop cached cases that no build has used for DAYS (default: %(default)g; 0: keep only "
@@ -163,29 +162,14 @@ def _print_summary(summary) -> None:
 
 
 def cmd_build(args, config_path: Path, inputs: list[str]) -> int:
-    from pipelines.io.store import is_remote
-    from pipelines.plan import plan_build
-    from pipelines.remote_build import publish_built, work_folder
+    from pipelines.build.request import BuildRequest
+    from pipelines.build.run import build
     from schemas.config import load_config
 
-    started = time.perf_counter()
-    config = load_config(config_path, seed=args.seed)
-    remote = is_remote(args.out)
-    out, version = work_folder(args.out, args.work), None if remote else args.version
-    # a no-op is answered before Prefect, Dask or any server is imported or started
-    plan = plan_build(config, inputs, out, version, args.cache_keep_days)
-    if not plan.noop:
-        from pipelines.flows import run_build
-
-        summary = run_build(config, inputs, out, version, args.workers, args.dask_address,
-                            None if remote else args.manifests, cache_keep_days=args.cache_keep_days,
-                            compact=args.compact, plan=plan)
-    else:
-        summary = plan.noop_summary(started)
-    if remote:  # lineage under the store's version name
-        summary = publish_built(summary, args.out, args.version, _store(args),
-                                progress=logging.getLogger("spineforge").info, manifests_dir=args.manifests)
-    _print_summary(summary)
+    request = BuildRequest(load_config(config_path, seed=args.seed), tuple(inputs), args.out, args.version,
+                           args.work, args.workers, args.dask_address, args.manifests, args.cache_keep_days,
+                           args.compact, store=_store(args))
+    _print_summary(build(request))  # a no-op is answered before Prefect, Dask or any server is imported or started
     return 0
 
 
@@ -214,10 +198,8 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from pipelines.serve import DEFAULT_CRON, Schedule, serve
+    from pipelines.build.serve import DEFAULT_CRON, Schedule, serve
 
-    if not args.inputs:
-        _missing_inputs()
     schedule = (Schedule(every_s=args.every) if args.every is not None
                 else Schedule(cron=args.cron or DEFAULT_CRON, timezone=args.timezone))
     serve(Path(args.config), args.inputs, args.out, schedule, args.name, args.manifests, args.workers,
@@ -257,22 +239,23 @@ def cmd_report(args) -> int:
 
 
 def cmd_fit_xray(args) -> int:
-    from pipelines.io.volumes import check_xray_output, read_xray, write_xray, xray_suffix
+    from pipelines.io.fitted_images import check_image_output, image_suffix, write_image_2d
+    from pipelines.io.radiographs import read_image_2d
     from pipelines.ops.xray import fit_xray
 
     output = Path(args.output)
-    check_xray_output(output, args.bits)  # before anything is read or written
-    image, spacing = read_xray(Path(args.input))
+    check_image_output(output, args.bits)  # before anything is read or written
+    image, spacing = read_image_2d(Path(args.input))
     if args.spacing:
         spacing = (args.spacing[0], args.spacing[-1])
     out, valid, steps = fit_xray(image, spacing, (args.size, args.size), (args.pixel, args.pixel),
                                  pad_value=float(image.min()))
     name = output.name
-    suffix = xray_suffix(output)
+    suffix = image_suffix(output)
     mask_path = output.with_name(name[: len(name) - len(suffix)] + "_valid" + name[len(name) - len(suffix):])
-    mapping = write_xray(output, out, (args.pixel, args.pixel), args.bits)
+    mapping = write_image_2d(output, out, (args.pixel, args.pixel), args.bits)
     try:
-        write_xray(mask_path, valid.astype(np.uint8), (args.pixel, args.pixel), args.bits)
+        write_image_2d(mask_path, valid.astype(np.uint8), (args.pixel, args.pixel), args.bits)
     except Exception:
         output.unlink(missing_ok=True)  # both files or neither
         raise
@@ -296,8 +279,8 @@ def cmd_publish(args) -> int:
 
 
 def cmd_gc(args) -> int:
-    from pipelines.io.publish import gc_versions
     from pipelines.io.publish_store import gc_store
+    from pipelines.io.retention import gc_versions
     from pipelines.io.store import is_remote
 
     if is_remote(args.dataset_dir):
@@ -358,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {"demo": cmd_demo, "ingest": cmd_ingest, "inspect": cmd_inspect, "validate": cmd_validate,
                 "fit-xray": cmd_fit_xray, "diff": cmd_diff, "export": cmd_export, "report": cmd_report,
                 "serve": cmd_serve, "gc": cmd_gc, "api": cmd_api, "publish": cmd_publish,
-                "build": lambda a: cmd_build(a, Path(a.config), a.inputs or _missing_inputs())}
+                "build": lambda a: cmd_build(a, Path(a.config), a.inputs)}
     try:
         return handlers[args.command](args)
     except USER_ERRORS as exc:
@@ -369,12 +352,6 @@ def main(argv: list[str] | None = None) -> int:
 def run() -> None:
     """The `spineforge` command."""
     sys.exit(main())
-
-
-def _missing_inputs():
-    from pipelines.errors import InputError
-
-    raise InputError("build needs at least one --input DIR")
 
 
 if __name__ == "__main__":

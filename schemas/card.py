@@ -76,5 +76,9 @@ class DatasetCard(BaseModel):
     def build_config(self) -> BuildConfig:
         return BuildConfig.model_validate(self.config)
 
+    def in_store(self, version: str, objects: dict[str, ObjectRecord]) -> DatasetCard:
+        """This card as a store publishes it: under the store's version name, with the objects holding its files."""
+        return self.model_copy(update={"version": version, "objects": objects})
+
     def to_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True, default=str)

@@ -36,6 +36,18 @@ CACHE_PARTIAL_DIR = "partial"  # downloads under way: <sha256>.part and <sha256>
 CACHE_LOCK_DIR = "locks"  # one lock file per object (one downloader per object per node) + cache.lock
 CACHE_DOWNLOAD_LOG = "downloads.jsonl"  # one line per completed download: what this node fetched, when
 
+
+class DownloadLog:
+    """Fields of a download log line: the object's key and bytes, the part it resumed at (0: a fresh
+    download) and its part count, the downloading process, and when it started and ended (Unix s)."""
+
+    KEY, BYTES, RESUMED_AT_PART, PARTS, PID, STARTED, TIME = (
+        "key", "bytes", "resumed_at_part", "parts", "pid", "started", "time")
+
+
+DOWNLOAD_LOG_FIELDS = (DownloadLog.KEY, DownloadLog.BYTES, DownloadLog.RESUMED_AT_PART, DownloadLog.PARTS,
+                       DownloadLog.PID, DownloadLog.STARTED, DownloadLog.TIME)
+
 # `spineforge ingest --out DIR`
 INGEST_SUMMARY = "ingest.json"
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from pipelines.errors import InputError
 from pipelines.ingest.discover import CaseFiles, Discovery, discover
 from pipelines.ingest.load import has_required_roles
-from pipelines.io.volumes import combined_hash, sha256_file
+from pipelines.io.hashing import combined_hash, sha256_file
 from pipelines.ops.fingerprint import find_duplicates
 from pipelines.ops.sampling import assign_split
 from schemas.config import BuildConfig

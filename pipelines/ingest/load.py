@@ -24,7 +24,8 @@ from pipelines.ingest.labels import (
     translate,
 )
 from pipelines.ingest.qc import check_ct_values, check_geometry, check_levels
-from pipelines.io.volumes import LoadedVolume, load_volume, read_geometry, sha256_file
+from pipelines.io.hashing import sha256_file
+from pipelines.io.volumes import LoadedVolume, load_volume, read_geometry
 from pipelines.ops.fingerprint import slice_hashes
 from pipelines.ops.orient import affine_from_sitk, axis_codes
 from pipelines.ops.resample import (

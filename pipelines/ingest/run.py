@@ -19,9 +19,9 @@ from pipelines.ingest.cases import (
 )
 from pipelines.ingest.discover import CaseFiles
 from pipelines.ingest.load import StoredGeometry, load_case
+from pipelines.io.hashing import sha256_file
 from pipelines.io.input_hashes import file_signature
 from pipelines.io.publish import table, write_frame
-from pipelines.io.volumes import sha256_file
 from schemas.config import load_config
 from schemas.layout import CASES_CSV, CASES_PARQUET, INGEST_SUMMARY
 from schemas.manifest import (

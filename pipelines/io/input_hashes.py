@@ -14,7 +14,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from pipelines.io.volumes import sha256_file
+from pipelines.io.hashing import sha256_file
 from schemas.layout import INPUT_HASHES, tmp_path
 
 

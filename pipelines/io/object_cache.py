@@ -31,6 +31,7 @@ from schemas.layout import (
     CACHE_LOCK_DIR,
     CACHE_OBJECT_DIR,
     CACHE_PARTIAL_DIR,
+    DownloadLog,
     cache_lock_path,
     cache_object_path,
     cache_partial_paths,
@@ -195,9 +196,10 @@ class ObjectCache:
         journal.unlink(missing_ok=True)
         self.stats.add(objects_downloaded=1)
         with open(self.root / CACHE_DOWNLOAD_LOG, "a") as log_file:  # one short append: whole lines
-            log_file.write(json.dumps(dict(key=obj.key, bytes=obj.bytes, resumed_at_part=resumed_at,
-                                           parts=len(_part_ranges(obj.bytes, self.part_bytes)), pid=os.getpid(),
-                                           started=round(started, 3), time=round(time.time(), 3))) + "\n")
+            entry = {DownloadLog.KEY: obj.key, DownloadLog.BYTES: obj.bytes, DownloadLog.RESUMED_AT_PART: resumed_at,
+                     DownloadLog.PARTS: len(_part_ranges(obj.bytes, self.part_bytes)), DownloadLog.PID: os.getpid(),
+                     DownloadLog.STARTED: round(started, 3), DownloadLog.TIME: round(time.time(), 3)}
+            log_file.write(json.dumps(entry) + "\n")
 
     def _fetch_parts(self, obj, key, etag, done, part: Path, journal: Path, where: str) -> str:
         ranges = _part_ranges(obj.bytes, self.part_bytes)

@@ -6,12 +6,9 @@ reader never sees a half-written version, and two builds of one version cannot b
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 import re
 import shutil
-import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,26 +16,21 @@ from pathlib import Path
 import pandas as pd
 
 from pipelines.errors import PublishError
+from pipelines.io.hashing import sha256_file
 from pipelines.io.shards import read_card
 from pipelines.io.version_shards import materialize, plan_product
-from pipelines.io.volumes import sha256_file
 from schemas import SCHEMA_VERSION
 from schemas.card import CaseCounts, Counts, DatasetCard, ShardRecord
 from schemas.config import ShardConfig
 from schemas.layout import (
-    CACHE_CASES,
-    CACHE_RESULTS,
     CASES_CSV,
     CASES_PARQUET,
     DATASET_CARD,
-    LOCK_FILE,
     MANIFEST_CSV,
     MANIFEST_PARQUET,
     PAIRS_CSV,
     PAIRS_PARQUET,
     SHARD_DIR,
-    STAGING_PREFIX,
-    TMP_SUFFIX,
     case_shard_name,
     shard_record_file,
     staging_version_dir,
@@ -237,91 +229,3 @@ def publish_version(plan: PublishPlan, samples: list[SampleRow], cases: list[Cas
     return final
 
 
-@contextmanager
-def dataset_lock(dataset_dir: Path, on_wait=None):
-    """Exclusive lock on a dataset folder for the length of a build (released if the process dies).
-
-    A second build of the same dataset waits here, then finds what the first one published.
-    """
-    dataset_dir.mkdir(parents=True, exist_ok=True)
-    with open(dataset_dir / LOCK_FILE, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if on_wait:
-                on_wait(f"another build of {dataset_dir.name} is running; waiting for it to finish")
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def remove_stale_files(dataset_dir: Path, cache_dir: Path) -> list[str]:
-    """Leftovers of builds that died (call under the dataset lock): half-published folders, temp files."""
-    removed = []
-    for path in sorted(dataset_dir.glob(f"{STAGING_PREFIX}*")):
-        shutil.rmtree(path, ignore_errors=True)
-        removed.append(path.name)
-    for path in sorted(cache_dir.rglob(f"*{TMP_SUFFIX}")) if cache_dir.is_dir() else []:
-        path.unlink(missing_ok=True)
-        removed.append(str(path.relative_to(dataset_dir)))
-    return removed
-
-
-def prune_cache(cache_dir: Path, used: set[str], keep_seconds: float, now: float | None = None) -> list[str]:
-    """Drop cache entries (staged case files and result records) that this build did not use and
-    that no build has used for `keep_seconds`; mark the used ones as used now (call under the lock).
-
-    Entries are named by case cache key: `cases/<key>/` (staged shards) and `results/<key>`. A
-    staged shard that a published version links stays on disk with that version (its other link).
-    """
-    now = time.time() if now is None else now
-    removed = []
-    for folder in (CACHE_CASES, CACHE_RESULTS):
-        for path in sorted((cache_dir / folder).glob("*")) if (cache_dir / folder).is_dir() else []:
-            if path.name in used:
-                os.utime(path, (now, now))
-            elif now - path.stat().st_mtime > keep_seconds:
-                shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-                removed.append(f"{folder}/{path.name}")
-    return removed
-
-
-def record_lineage(version_dir: Path, manifests_dir: Path) -> Path:
-    """Copy a version's card and manifest CSV to `<manifests_dir>/<dataset>/<version>/` for git."""
-    card = read_card(version_dir)
-    target = Path(manifests_dir) / card.name / card.version
-    target.mkdir(parents=True, exist_ok=True)
-    for name in (DATASET_CARD, MANIFEST_CSV):
-        shutil.copyfile(Path(version_dir) / name, target / name)
-    return target
-
-
-@dataclass
-class GCResult:
-    removed: list[str]
-    kept: list[str]
-    freed_bytes: int  # space returned to the file system (files no kept version or cache entry links)
-
-
-def gc_versions(dataset_dir: Path, keep: int) -> GCResult:
-    """Remove all but the `keep` newest versions (vN order), under the dataset lock.
-
-    Shards are hard links, so removing a version frees only the files no other version (or cache
-    entry) still links, and a kept version never loses a byte.
-    """
-    if keep < 1:
-        raise PublishError(f"--keep must be at least 1, got {keep}")
-    dataset_dir = Path(dataset_dir)
-    if not dataset_dir.is_dir():
-        raise FileNotFoundError(f"no dataset folder {dataset_dir}")
-    with dataset_lock(dataset_dir):
-        versions = published_versions(dataset_dir)
-        remove, kept = versions[:-keep], versions[-keep:]
-        freed = 0
-        for name in remove:
-            folder = dataset_dir / name
-            freed += sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and p.stat().st_nlink == 1)
-            shutil.rmtree(folder)
-    return GCResult(remove, kept, freed)

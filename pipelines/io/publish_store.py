@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipelines.errors import PublishError, StoreError
+from pipelines.io.hashing import sha256_file
 from pipelines.io.shards import read_card
 from pipelines.io.store import (
     S3Url,
@@ -32,7 +33,6 @@ from pipelines.io.store import (
     put_bytes_if_absent,
     upload_file_if_absent,
 )
-from pipelines.io.volumes import sha256_file
 from schemas.card import DatasetCard, ObjectRecord
 from schemas.layout import DATASET_CARD, OBJECTS_DIR, object_name
 
@@ -144,7 +144,7 @@ def publish_to_store(version_dir: Path, target: str | S3Url, version: str | None
             sent += nbytes
             if done % 20 == 0 or done == len(todo):
                 say(f"  {done}/{len(todo)} objects, {sent / 1e6:.1f} MB")
-    remote_card = card.model_copy(update=dict(version=name, objects=objects))
+    remote_card = card.in_store(name, objects)
     if not put_bytes_if_absent(client, version_url, version_url.key(DATASET_CARD), remote_card.to_json().encode()):
         winner = read_store_card(client, version_url)
         if winner is not None and winner.build_id == card.build_id:

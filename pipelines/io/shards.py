@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines.errors import ShardError
-from pipelines.io.volumes import sha256_file
+from pipelines.io.hashing import sha256_file
 from schemas import SCHEMA_VERSION
 from schemas.card import DatasetCard
 from schemas.layout import (

@@ -114,7 +114,8 @@ def store_errors(where: str) -> Iterator[None]:
                          "(set AWS_ENDPOINT_URL or --endpoint-url for an S3-compatible server)") from None
     except bx.ClientError as exc:
         code = error_code(exc)
-        hint = {"NoSuchBucket": "no such bucket", "AccessDenied": "access denied",
+        hint = {"NoSuchBucket": "no such bucket", "AccessDenied": "access denied", "403": "access denied",
+                "404": "not found", "NotFound": "not found",
                 "InvalidAccessKeyId": "the access key is not known to the store",
                 "SignatureDoesNotMatch": "the secret key does not match the access key"}.get(code, code)
         raise StoreError(f"{where}: {hint}") from None

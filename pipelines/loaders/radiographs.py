@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from pipelines.io.volumes import read_radiograph
+from pipelines.io.radiographs import read_radiograph
 from pipelines.ops.xray import fit_xray
 from schemas.detector import Geometry
 from schemas.manifest import Col

@@ -108,65 +108,15 @@ def _advance(off, ni, nj, nk, inc_i, inc_j, inc_k, left_i, left_j, left_k, strid
     return e, off, ni, nj, nk, left_i, left_j, left_k
 
 
-@numba.njit(inline="always")
-def _ray(flat, n_i, n_j, n_k, labels, label, box, sx, sy, sz, tx, ty, tz, with_label):
-    """(whole, labelled) integrals in ray-fraction units along one ray; see the module docstring."""
-    (a0, a1, b0, b1, off, ni, nj, nk, inc_i, inc_j, inc_k, left_i, left_j, left_k,
-     stride_i, stride_j, stride_k) = _enter(n_i, n_j, n_k, box, sx, sy, sz, tx - sx, ty - sy, tz - sz, with_label)
-    if a1 <= a0:
-        return 0.0, 0.0
-    acc = 0.0
-    acc_label = 0.0
-    a = a0
-    # exactly left_i + left_j + left_k crossings: every index stays inside the volume
-    for _ in range(left_i + left_j + left_k):
-        v = flat[off]
-        at = off
-        e, off, ni, nj, nk, left_i, left_j, left_k = _advance(off, ni, nj, nk, inc_i, inc_j, inc_k, left_i, left_j,
-                                                              left_k, stride_i, stride_j, stride_k)
-        seg = (e - a) * v
-        acc += seg
-        if with_label:
-            if e > b0 and a < b1 and labels[at] == label:
-                acc_label += seg
-        a = e
-    seg = (a1 - a) * flat[off]
-    acc += seg
-    if with_label:
-        if a1 > b0 and a < b1 and labels[off] == label:
-            acc_label += seg
-    return acc, acc_label
-
-
-@numba.njit(parallel=True, nogil=True, cache=True)
-def _traverse(flat, shape, labels, label, box, source, targets, raylen, height, width, out, out_label):
-    """The image loop: parallel over detector tiles, each ray by one thread."""
-    n_i, n_j, n_k = shape[0], shape[1], shape[2]
-    tiles_w = (width + TILE - 1) // TILE
-    n_tiles = ((height + TILE - 1) // TILE) * tiles_w
-    sx, sy, sz = source[0], source[1], source[2]
-    for tile in numba.prange(n_tiles):
-        row0 = (tile // tiles_w) * TILE
-        col0 = (tile % tiles_w) * TILE
-        for row in range(row0, min(height, row0 + TILE)):
-            for col in range(col0, min(width, col0 + TILE)):
-                r = row * width + col
-                tx, ty, tz = targets[r, 0], targets[r, 1], targets[r, 2]
-                if label >= 0:  # two inlined copies: the label test costs nothing when there is no label
-                    whole, part = _ray(flat, n_i, n_j, n_k, labels, label, box, sx, sy, sz, tx, ty, tz, True)
-                else:
-                    whole, part = _ray(flat, n_i, n_j, n_k, labels, label, box, sx, sy, sz, tx, ty, tz, False)
-                out[r] = whole * raylen[r]
-                out_label[r] = part * raylen[r]
-
-
 MAX_KNOTS = 2  # hinge accumulators per ray (`traverse_hinges_numba`); unused ones get a knot at +inf
 
 
 @numba.njit(inline="always")
-def _ray_hinges(flat, n_i, n_j, n_k, labels, label, box, sx, sy, sz, tx, ty, tz, with_label, knots):
-    """`_ray`'s (whole, labelled) integrals, the ray's length inside the volume and, for each of the
-    MAX_KNOTS knots c, the integral of max(v - c, 0): branch-free, in registers (ray-fraction units)."""
+def _ray(flat, n_i, n_j, n_k, labels, label, box, sx, sy, sz, tx, ty, tz, with_label, with_hinges, knots):
+    """Along one ray, in ray-fraction units: the whole and labelled integrals and, `with_hinges`, the
+    ray's length inside the volume and for each of the MAX_KNOTS knots c the integral of max(v - c, 0)
+    (branch-free, in registers). `with_label` and `with_hinges` are constants at every call site, so
+    each inlined copy compiles only the arithmetic it asks for."""
     (a0, a1, b0, b1, off, ni, nj, nk, inc_i, inc_j, inc_k, left_i, left_j, left_k,
      stride_i, stride_j, stride_k) = _enter(n_i, n_j, n_k, box, sx, sy, sz, tx - sx, ty - sy, tz - sz, with_label)
     if a1 <= a0:
@@ -177,6 +127,7 @@ def _ray_hinges(flat, n_i, n_j, n_k, labels, label, box, sx, sy, sz, tx, ty, tz,
     h0 = 0.0
     h1 = 0.0
     a = a0
+    # exactly left_i + left_j + left_k crossings: every index stays inside the volume
     for _ in range(left_i + left_j + left_k):
         v = flat[off]
         at = off
@@ -188,8 +139,9 @@ def _ray_hinges(flat, n_i, n_j, n_k, labels, label, box, sx, sy, sz, tx, ty, tz,
         if with_label:
             if e > b0 and a < b1 and labels[at] == label:
                 acc_label += seg
-        h0 += w * max(v - c0, np.float32(0.0))
-        h1 += w * max(v - c1, np.float32(0.0))
+        if with_hinges:
+            h0 += w * max(v - c0, np.float32(0.0))
+            h1 += w * max(v - c1, np.float32(0.0))
         a = e
     v = flat[off]
     w = a1 - a
@@ -198,38 +150,50 @@ def _ray_hinges(flat, n_i, n_j, n_k, labels, label, box, sx, sy, sz, tx, ty, tz,
     if with_label:
         if a1 > b0 and a < b1 and labels[off] == label:
             acc_label += seg
-    h0 += w * max(v - c0, np.float32(0.0))
-    h1 += w * max(v - c1, np.float32(0.0))
+    if with_hinges:
+        h0 += w * max(v - c0, np.float32(0.0))
+        h1 += w * max(v - c1, np.float32(0.0))
     return acc, acc_label, a1 - a0, h0, h1
 
 
+@numba.njit(inline="always")
+def _ray_of(flat, n_i, n_j, n_k, labels, label, box, sx, sy, sz, tx, ty, tz, hinged, knots):
+    """`_ray` with its flags made constants: four inlined copies, one per combination, so a walk without
+    a label or hinges pays nothing for them."""
+    if label >= 0:
+        if hinged:
+            return _ray(flat, n_i, n_j, n_k, labels, label, box, sx, sy, sz, tx, ty, tz, True, True, knots)
+        return _ray(flat, n_i, n_j, n_k, labels, label, box, sx, sy, sz, tx, ty, tz, True, False, knots)
+    if hinged:
+        return _ray(flat, n_i, n_j, n_k, labels, label, box, sx, sy, sz, tx, ty, tz, False, True, knots)
+    return _ray(flat, n_i, n_j, n_k, labels, label, box, sx, sy, sz, tx, ty, tz, False, False, knots)
+
+
 @numba.njit(parallel=True, nogil=True, cache=True)
-def _traverse_hinges(flat, shape, labels, label, box, source, targets, raylen, height, width, knots, out, out_label,
-                     out_hinges):
-    """`_traverse`, with each ray's length and hinge integrals (`_ray_hinges`) in out_hinges[r]."""
+def _traverse(flat, shape, labels, label, box, source, targets, raylen, height, width, knots, out, out_label,
+              out_hinges):
+    """The image loop: parallel over detector tiles, each ray by one thread; hinge columns are written
+    when `out_hinges` has a row per ray (a (0, 1 + MAX_KNOTS) array asks for none)."""
     n_i, n_j, n_k = shape[0], shape[1], shape[2]
     tiles_w = (width + TILE - 1) // TILE
     n_tiles = ((height + TILE - 1) // TILE) * tiles_w
     sx, sy, sz = source[0], source[1], source[2]
+    hinged = out_hinges.shape[0] > 0
     for tile in numba.prange(n_tiles):
         row0 = (tile // tiles_w) * TILE
         col0 = (tile % tiles_w) * TILE
         for row in range(row0, min(height, row0 + TILE)):
             for col in range(col0, min(width, col0 + TILE)):
                 r = row * width + col
-                tx, ty, tz = targets[r, 0], targets[r, 1], targets[r, 2]
-                if label >= 0:
-                    whole, part, length, h0, h1 = _ray_hinges(flat, n_i, n_j, n_k, labels, label, box, sx, sy, sz,
-                                                                  tx, ty, tz, True, knots)
-                else:
-                    whole, part, length, h0, h1 = _ray_hinges(flat, n_i, n_j, n_k, labels, label, box, sx, sy, sz,
-                                                                  tx, ty, tz, False, knots)
+                whole, part, length, h0, h1 = _ray_of(flat, n_i, n_j, n_k, labels, label, box, sx, sy, sz,
+                                                      targets[r, 0], targets[r, 1], targets[r, 2], hinged, knots)
                 scale = raylen[r]
                 out[r] = whole * scale
                 out_label[r] = part * scale
-                out_hinges[r, 0] = length * scale
-                out_hinges[r, 1] = h0 * scale
-                out_hinges[r, 2] = h1 * scale
+                if hinged:
+                    out_hinges[r, 0] = length * scale
+                    out_hinges[r, 1] = h0 * scale
+                    out_hinges[r, 2] = h1 * scale
 
 
 _workqueue_lock = threading.Lock()
@@ -244,15 +208,8 @@ def traverse_numba(volume: np.ndarray, source: np.ndarray, targets: np.ndarray, 
     Returns (whole, labelled) float64 (H*W,) images; `labelled` integrates only voxels whose
     `labels` value equals `label` (zeros when no label is asked for).
     """
-    flat = np.ascontiguousarray(volume, dtype=np.float32).reshape(-1)
-    labels_flat, label, box = _label_arrays(volume.shape, labels, label)
-    n = height * width
-    out, out_label = np.empty(n), np.empty(n)
-    args = (flat, np.asarray(volume.shape, dtype=np.int64), labels_flat, int(label), box,
-            np.asarray(source, dtype=np.float64).reshape(3), np.ascontiguousarray(targets, dtype=np.float64),
-            np.ascontiguousarray(raylen, dtype=np.float64), int(height), int(width), out, out_label)
-    _run(_traverse, args)
-    return out, out_label
+    whole, part, _ = _walk(volume, source, targets, raylen, height, width, labels, label, None)
+    return whole, part
 
 
 def traverse_hinges_numba(volume: np.ndarray, source: np.ndarray, targets: np.ndarray, raylen: np.ndarray,
@@ -267,19 +224,35 @@ def traverse_hinges_numba(volume: np.ndarray, source: np.ndarray, targets: np.nd
     densities (`pipelines.physics.materials`) - integrates exactly from these columns and the whole
     image, so the walk still reads one float per voxel and keeps its accumulators in registers.
     """
-    knots = np.asarray(knots, dtype=np.float32).reshape(-1)
+    return _walk(volume, source, targets, raylen, height, width, labels, label, knots)
+
+
+def _padded_knots(knots) -> np.ndarray:
+    """Knots as MAX_KNOTS float32 values, absent ones at +inf (float32 max): their hinges are 0."""
+    knots = np.asarray([] if knots is None else knots, dtype=np.float32).reshape(-1)
     if len(knots) > MAX_KNOTS:
         raise ValueError(f"at most {MAX_KNOTS} knots, got {len(knots)}")
     padded = np.full(MAX_KNOTS, np.finfo(np.float32).max, dtype=np.float32)
     padded[:len(knots)] = knots
+    return padded
+
+
+def _walk(volume, source, targets, raylen, height, width, labels, label, knots):
+    """Pack the arguments of `_traverse` once; hinge columns only when `knots` is given."""
     flat = np.ascontiguousarray(volume, dtype=np.float32).reshape(-1)
     labels_flat, label, box = _label_arrays(volume.shape, labels, label)
     n = height * width
-    out, out_label, hinges = np.empty(n), np.empty(n), np.empty((n, 1 + MAX_KNOTS))
+    out, out_label = np.empty(n), np.empty(n)
+    hinges = np.empty((n if knots is not None else 0, 1 + MAX_KNOTS))
     args = (flat, np.asarray(volume.shape, dtype=np.int64), labels_flat, int(label), box,
             np.asarray(source, dtype=np.float64).reshape(3), np.ascontiguousarray(targets, dtype=np.float64),
-            np.ascontiguousarray(raylen, dtype=np.float64), int(height), int(width), padded, out, out_label, hinges)
-    _run(_traverse_hinges, args)
+            np.ascontiguousarray(raylen, dtype=np.float64), int(height), int(width), _padded_knots(knots), out,
+            out_label, hinges)
+    if _layer() == "workqueue":  # numba's fallback thread pool must not be entered from two threads at once
+        with _workqueue_lock:
+            _traverse(*args)
+    else:
+        _traverse(*args)
     return out, out_label, hinges
 
 
@@ -289,14 +262,6 @@ def _label_arrays(shape, labels, label):
     if labels.shape != tuple(shape):
         raise ValueError(f"labels {labels.shape} do not match the volume {tuple(shape)}")
     return np.ascontiguousarray(labels, dtype=np.uint8).reshape(-1), int(label), label_box(labels, label)
-
-
-def _run(kernel, args):
-    if _layer() == "workqueue":  # numba's fallback thread pool must not be entered from two threads at once
-        with _workqueue_lock:
-            kernel(*args)
-    else:
-        kernel(*args)
 
 
 def label_box(labels: np.ndarray, label: int) -> np.ndarray:
@@ -332,11 +297,7 @@ def traverse_torch(volume: torch.Tensor, source: torch.Tensor, targets: torch.Te
     dims = volume.shape
     flat = volume.reshape(-1)
     lab = labels.reshape(-1) if labels is not None and label >= 0 else None
-    hinge_knots = None
-    if knots is not None:
-        padded = np.full(MAX_KNOTS, np.finfo(np.float32).max, dtype=np.float32)
-        padded[:len(knots)] = np.asarray(knots, dtype=np.float32)
-        hinge_knots = torch.as_tensor(padded, device=volume.device)
+    hinge_knots = None if knots is None else torch.as_tensor(_padded_knots(knots), device=volume.device)
     outs, outs_label, outs_hinges = [], [], []
     src = source.double().reshape(3)
     for lo in range(0, len(targets), chunk):

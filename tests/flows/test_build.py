@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 from torch.utils.data import DataLoader
 
+from pipelines.build.run import run_build
 from pipelines.errors import BuildError, PublishError
-from pipelines.flows import run_build
 from pipelines.loaders import DRRDataset, VertebraDataset, X2CTDataset, open_dataset
 from pipelines.tools.validate import validate_version
 from tests.conftest import shard_files, write_ctspine_case

@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pipelines.build.run import run_build
 from pipelines.errors import BuildError, PublishError
-from pipelines.flows import run_build
 from tests.conftest import write_ctspine_case
 
 

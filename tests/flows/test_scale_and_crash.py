@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.flows import run_build
+from pipelines.build.run import run_build
 from tests.conftest import write_ctspine_case
 from tests.flows.test_orchestration import assert_same_content, collection, small_config
 

@@ -4,8 +4,8 @@ import json
 import os
 from pathlib import Path
 
-from pipelines.flows import run_build
-from pipelines.io.publish import gc_versions
+from pipelines.build.run import run_build
+from pipelines.io.retention import gc_versions
 from pipelines.tools.validate import validate_version
 from tests.conftest import write_ctspine_case
 from tests.flows.test_orchestration import assert_same_content, small_config

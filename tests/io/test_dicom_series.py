@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from pipelines.errors import VolumeReadError
-from pipelines.io.volumes import dicom_series, load_volume
+from pipelines.io.dicom_series import dicom_series
+from pipelines.io.volumes import load_volume
 from tests.conftest import write_dicom_series
 
 

@@ -12,10 +12,10 @@ import threading
 import pytest
 
 from pipelines.errors import PublishError, StoreError
+from pipelines.io.hashing import sha256_file
 from pipelines.io.publish_store import gc_store, publish_to_store, read_store_card, version_names
 from pipelines.io.shards import read_card
 from pipelines.io.store import S3Url, list_objects
-from pipelines.io.volumes import sha256_file
 from schemas.layout import DATASET_CARD, OBJECTS_DIR
 
 

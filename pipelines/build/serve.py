@@ -21,11 +21,10 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
+from pipelines.build.request import DEFAULT_CACHE_KEEP_DAYS, BuildRequest, check_destination
+from pipelines.build.run import build
 from pipelines.errors import BuildError, InputError
-from pipelines.flows import run_build
 from pipelines.io.store import is_remote
-from pipelines.plan import DEFAULT_CACHE_KEEP_DAYS, check_inputs
-from pipelines.remote_build import publish_built, work_folder
 from schemas.config import BuildConfig, load_config
 
 DEFAULT_CRON = "0 2 * * *"  # nightly at 02:00
@@ -105,11 +104,9 @@ def scheduled_build(config: dict, inputs: list[str], out: str, manifests_dir: st
                 due.astimezone().isoformat(timespec="seconds") if due else "now",
                 "" if flow_run.auto_scheduled else ", triggered by hand")
     try:
-        remote = is_remote(out)
-        summary = run_build(built, inputs, work_folder(out), workers=workers, dask_address=dask_address,
-                            manifests_dir=None if remote else manifests_dir, cache_keep_days=cache_keep_days)
-        if remote:  # built in the local work folder, then published to the store
-            summary = publish_built(summary, out, None, progress=logger.info, manifests_dir=manifests_dir)
+        request = BuildRequest(built, tuple(inputs), out, workers=workers, dask_address=dask_address,
+                               manifests_dir=manifests_dir, cache_keep_days=cache_keep_days)
+        summary = build(request, progress=logger.info)
     except Exception as exc:
         logger.warning("scheduled build attempt %d failed: %s: %s", flow_run.run_count, type(exc).__name__,
                        " ".join(str(exc).split()))
@@ -127,10 +124,10 @@ def deployment_spec(config_path: Path, inputs: list[str], out: str, schedule: Sc
     from prefect.deployments.runner import EntrypointType
 
     schedule = schedule or Schedule(cron=DEFAULT_CRON)
-    config = load_config(config_path)
-    check_inputs(inputs)
-    if workers < 1:
-        raise BuildError(f"--workers must be at least 1, got {workers}")
+    request = BuildRequest(load_config(config_path), tuple(inputs), out, workers=workers, dask_address=dask_address,
+                           manifests_dir=manifests_dir, cache_keep_days=cache_keep_days)
+    check_destination(request)  # a schedule that cannot write (or reach its store) is refused now
+    config = request.config
     if retries < 0 or retry_delay_s < 0:
         raise BuildError(f"--retries and --retry-delay must be 0 or more, got {retries} and {retry_delay_s:g}")
     parameters = {"config": config.model_dump(mode="json"), "inputs": [str(Path(p).resolve()) for p in inputs],
@@ -147,12 +144,6 @@ def deployment_spec(config_path: Path, inputs: list[str], out: str, schedule: Sc
         **schedule.deployment_kwargs(),
     )
     return scheduled_build.with_options(retries=retries, retry_delay_seconds=retry_delay_s), options
-
-
-def make_deployment(*args, **kwargs):
-    """The RunnerDeployment `deployment_spec` describes (what the server registers)."""
-    build_flow, options = deployment_spec(*args, **kwargs)
-    return build_flow.to_deployment(**options)
 
 
 def next_due(schedule: Schedule, after: dt.datetime | None = None, anchor: dt.datetime | None = None) -> dt.datetime:

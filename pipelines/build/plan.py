@@ -5,7 +5,7 @@ earlier build while its (size, mtime, inode) signature is unchanged and hashes e
 now, computes every case's cache key and the build_id once, and decides under the dataset lock
 whether a version with that build_id exists (a no-op). Everything is keyed by content, so a touched,
 copied, restored or re-mounted input tree finds its cases in the cache and its version published.
-The CLI (before Prefect is imported), `run_build` and the flow all use the one plan.
+`pipelines.build.run.build` makes the plan before Prefect is imported; the flow runs it.
 """
 from __future__ import annotations
 
@@ -18,19 +18,19 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, InstanceOf, model_serializer
 
 import pipelines
+from pipelines.build.request import DEFAULT_CACHE_KEEP_DAYS
 from pipelines.case.keys import job_key
-from pipelines.errors import InputError
 from pipelines.ingest.cases import IngestResult, hash_files, ingest_inputs
-from pipelines.ingest.discover import check_roots
+from pipelines.io.dataset_lock import dataset_lock
 from pipelines.io.input_hashes import InputHashes
-from pipelines.io.publish import PublishPlan, dataset_lock, plan_version, prune_cache
+from pipelines.io.publish import PublishPlan, plan_version
+from pipelines.io.retention import prune_cache
 from pipelines.io.shards import read_card
 from schemas.card import Counts, compute_build_id
 from schemas.config import BuildConfig
 from schemas.layout import cache_dir
 
 log = logging.getLogger("spineforge")
-DEFAULT_CACHE_KEEP_DAYS = 30.0
 
 
 @dataclass
@@ -96,18 +96,10 @@ class BuildPlan(BaseModel):
                             False, card.counts, [], time.perf_counter() - started, cases_cached, self.hashes.hashed)
 
 
-def check_inputs(inputs: list[str]) -> None:
-    """Fail before any work when an input folder is missing (discovery checks the same as it walks)."""
-    if not inputs:
-        raise InputError("a build needs at least one input folder")
-    check_roots([Path(p) for p in inputs])
-
-
 def plan_build(config: BuildConfig, inputs: list[str], out: str, version: str | None = None,
                cache_keep_days: float | None = DEFAULT_CACHE_KEEP_DAYS, progress=log.info) -> BuildPlan:
     """Walk, hash and key the inputs once and decide the version (a no-op finishes here: hashes kept,
     cache pruned with `cache_keep_days` unless it is None)."""
-    check_inputs(inputs)
     dataset_dir = Path(out) / config.dataset
     hashes = InputHashes(cache_dir(dataset_dir))
 

@@ -2,8 +2,8 @@
 
 A case task's result is stored by Prefect under the case's key (`pipelines.case.keys`: content,
 relevant config, code), in a LocalFileSystem block on the dataset's cache folder; its staged shards
-lie in `<cache>/cases/<key>/`. A record whose staged files are gone or lie elsewhere is recomputed
-once. Pruning (`BuildPlan.finish`) drops entries no build has used for the keep period.
+lie in `<cache>/cases/<key>/`; the key is the plan's, computed once per case. A record whose staged
+files are gone or lie elsewhere is recomputed once. Pruning (`BuildPlan.finish`) drops entries no build has used for the keep period.
 """
 from __future__ import annotations
 
@@ -39,15 +39,15 @@ def run_cases(task, jobs: list[CaseJob], keys: dict[str, str], config: BuildConf
               options: dict) -> tuple[dict[str, CaseResult | Exception], int]:
     """One task per case, cached by its key; returns (result or the exception it failed with, per case;
     how many came from the cache)."""
-    futures = task.map(jobs, config=unmapped(config), cache_dir=unmapped(str(cache)),
-                       **{k: unmapped(v) for k, v in options.items()})
+    futures = task.map(jobs, [keys[j.case.case_id] for j in jobs], config=unmapped(config),
+                       cache_dir=unmapped(str(cache)), **{k: unmapped(v) for k, v in options.items()})
     results, cached = {}, 0
     for job, future in zip(jobs, futures):
         try:
             result: CaseResult = future.result()
             if not staged_in_place(result, keys[job.case.case_id], cache):  # recompute once
-                result = task.with_options(refresh_cache=True).submit(job, config=config, cache_dir=str(cache),
-                                                                      **options).result()
+                result = task.with_options(refresh_cache=True).submit(job, keys[job.case.case_id], config=config,
+                                                                      cache_dir=str(cache), **options).result()
             elif future.state.name == "Cached":
                 cached += 1
         except Exception as exc:  # noqa: BLE001 - any failure of one case (after retries) quarantines it

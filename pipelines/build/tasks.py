@@ -1,4 +1,4 @@
-"""Thin Prefect tasks: one coarse task per case, one to publish."""
+"""Thin Prefect tasks: one coarse task per case, cached by the key its plan computed; one to publish."""
 from __future__ import annotations
 
 from functools import partial
@@ -7,7 +7,6 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from pipelines.case.keys import job_key
 from pipelines.case.process import CaseResult, process_case
 from pipelines.ingest.cases import CaseJob
 from pipelines.io.publish import CardFields, PublishPlan, publish_version
@@ -18,15 +17,17 @@ from schemas.manifest import CaseRow, SampleRow
 
 
 def case_cache_key(context, parameters: dict) -> str:
-    """Prefect cache key: an unchanged case under unchanged relevant config is not recomputed."""
-    return job_key(parameters["job"], parameters["config"])
+    """Prefect cache key: the case's key as the plan computed it (content, relevant config, code), so an
+    unchanged case under unchanged relevant config is not recomputed."""
+    return parameters["case_key"]
 
 
 @task(name="process-case", task_run_name="case-{job.case.case_id}", cache_key_fn=case_cache_key,
       persist_result=True, retries=2, retry_delay_seconds=2)
-def process_case_task(job: CaseJob, config: BuildConfig, cache_dir: str, torch_threads: int | None = None,
+def process_case_task(job: CaseJob, case_key: str, config: BuildConfig, cache_dir: str, torch_threads: int | None = None,
                       host_threads: dict[str, int] | None = None) -> CaseResult:
-    """One case, read to staged shards; results persist in the build cache (result_storage set by the flow).
+    """One case, read to staged shards under its cache key `case_key`; results persist in the build cache
+    (result_storage set by the flow).
 
     `torch_threads` holds torch and SimpleITK to that many threads; without it, a task on a worker
     of an existing Dask cluster takes its host's share (`host_threads`: Dask threads per host).
@@ -34,7 +35,7 @@ def process_case_task(job: CaseJob, config: BuildConfig, cache_dir: str, torch_t
     threads = torch_threads or dask_worker_share(host_threads)
     with thread_limit(threads):  # several workers share the machine: each keeps to its share
         return process_case(job.case, config, job.split, Path(cache_dir), progress=get_run_logger().info,
-                            stage_name=job_key(job, config), expected_hashes=job.file_sha256)
+                            stage_name=case_key, expected_hashes=job.file_sha256)
 
 
 @task(name="publish", cache_policy=NO_CACHE)

@@ -1,13 +1,13 @@
 """The build flow: the pipeline's steps, in order (docs/design.md states them and their guarantees).
 
-`run_build` plans the build (`pipelines.plan`: inputs walked, hashed by content and keyed once;
-a no-op decided under the dataset lock before any cluster or API server starts), then runs
-`build_dataset`, which holds the dataset lock throughout: one coarse task per case (read, QC,
+`pipelines.build.run.build` checks the request and plans the build (`pipelines.build.plan`: inputs
+walked, hashed by content and keyed once; a no-op decided under the dataset lock before any cluster or
+API server starts); `run_flow` then runs `build_dataset`, which holds the dataset lock throughout: one coarse task per case (read, QC,
 translate labels, resample, crop, sample, render -> staged shards, cached by case content), then
 content duplicates, then publishing (shards -> manifest -> cases -> report -> dataset.json -> atomic
 rename). Concurrent builds of one dataset run one after the other; leftovers of a build that died
 are removed under the lock. Where the tasks run (threads here, a local Dask cluster, an existing
-scheduler) is chosen by `run_build`, not by the flow.
+scheduler) is chosen by `run_flow`, not by the flow.
 """
 from __future__ import annotations
 
@@ -25,8 +25,11 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.utilities.annotations import quote
 
 import pipelines
+from pipelines.build.cache import result_storage, run_cases
+from pipelines.build.plan import BuildPlan, BuildSummary
+from pipelines.build.request import DEFAULT_CACHE_KEEP_DAYS, BuildRequest
+from pipelines.build.tasks import process_case_task, publish_task
 from pipelines.case.process import CaseResult
-from pipelines.case_cache import result_storage, run_cases
 from pipelines.errors import BuildError
 from pipelines.ingest.cases import (
     CaseJob,
@@ -35,11 +38,10 @@ from pipelines.ingest.cases import (
     quarantine_content_duplicates,
     record_read,
 )
-from pipelines.io.publish import CardFields, dataset_lock, record_lineage, remove_stale_files
+from pipelines.io.dataset_lock import dataset_lock, remove_stale_files
+from pipelines.io.publish import CardFields
 from pipelines.io.shards import read_card
-from pipelines.plan import DEFAULT_CACHE_KEEP_DAYS, BuildPlan, BuildSummary, check_inputs, plan_build
 from pipelines.runtime.threads import thread_share
-from pipelines.tasks import process_case_task, publish_task
 from schemas.card import Counts
 from schemas.config import BuildConfig
 from schemas.layout import CACHE_RESULTS
@@ -113,9 +115,8 @@ def _artifacts(counts: Counts, quarantined: list[dict], version_dir: str, build_
 
 
 @flow(name="spineforge-build")
-def build_dataset(plan: BuildPlan, manifests_dir: str | None = None, torch_threads: int | None = None,
-                  cache_keep_days: float = DEFAULT_CACHE_KEEP_DAYS, host_threads: dict[str, int] | None = None,
-                  compact: bool = False) -> BuildSummary:
+def build_dataset(plan: BuildPlan, torch_threads: int | None = None, cache_keep_days: float = DEFAULT_CACHE_KEEP_DAYS,
+                  host_threads: dict[str, int] | None = None, compact: bool = False) -> BuildSummary:
     started = time.perf_counter()
     logger = get_run_logger()
     config, ingest = plan.config, plan.ingest
@@ -149,65 +150,34 @@ def build_dataset(plan: BuildPlan, manifests_dir: str | None = None, torch_threa
         plan.finish(cache_keep_days)
     card = read_card(Path(version_dir))
     logger.info("published %s", version_dir)
-    if manifests_dir:
-        logger.info("recorded lineage in %s", record_lineage(Path(version_dir), Path(manifests_dir)))
     _artifacts(card.counts, quarantined, version_dir, plan.build_id)
     return BuildSummary(version_dir, plan.target.version, plan.build_id, True, card.counts, quarantined,
                         time.perf_counter() - started, cached, plan.hashes.hashed)
 
 
-# --- entry point -----------------------------------------------------------------------------
-
-def _check_output(out: Path, dataset: str) -> None:
-    """Fail before any work when the output folder cannot be written."""
-    target = Path(out) / dataset
-    try:
-        target.mkdir(parents=True, exist_ok=True)
-        probe = target / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise BuildError(f"output folder is not writable: {target} ({exc.strerror})") from exc
-
-
-def run_build(config: BuildConfig, inputs: list[str], out: str, version: str | None = None,
-              workers: int = 1, dask_address: str | None = None, manifests_dir: str | None = None,
-              threads_per_worker: int | None = None, cache_keep_days: float = DEFAULT_CACHE_KEEP_DAYS,
-              compact: bool = False, plan: BuildPlan | None = None) -> BuildSummary:
-    """Plan the build (or take the `plan` made for these arguments) and, unless it is a no-op, run the
-    build flow on threads here, a local Dask cluster (`workers` > 1) or an existing scheduler."""
+def run_flow(request: BuildRequest, plan: BuildPlan) -> BuildSummary:
+    """Run the build flow of a plan that is not a no-op: on threads here, a local Dask cluster
+    (`workers` > 1) or an existing scheduler, against the Prefect API `build_api` gives."""
     from pipelines.runtime.cluster import check_cluster, local_cluster, local_memory_limit, task_runner_for
     from pipelines.runtime.prefect_api import begin_local_api, build_api
 
-    if workers < 1:
-        raise BuildError(f"--workers must be at least 1, got {workers}")
-    if cache_keep_days < 0:
-        raise BuildError(f"--cache-keep-days must be 0 or more, got {cache_keep_days}")
-    check_inputs(inputs)  # fail before any flow machinery starts
-    started = time.perf_counter()
-    plan = plan or plan_build(config, inputs, out, version, cache_keep_days)
-    if plan.noop:  # decided before any cluster or API server starts
-        log.info("build %s is already published as %s; nothing to do", plan.build_id, plan.target.version)
-        return plan.noop_summary(started)
-    _check_output(Path(out), config.dataset)
     # local workers split this machine's cores; on an existing cluster each task takes its host's share
-    local = workers > 1 and not dask_address
-    threads = threads_per_worker or (thread_share(os.cpu_count() or 1, workers) if local else None)
+    dask_address = request.dask_address
+    local = request.workers > 1 and not dask_address
+    threads = request.threads_per_worker or (thread_share(os.cpu_count() or 1, request.workers) if local else None)
     host_threads = None
+    cases = [j.case for j in plan.ingest.jobs]
     with ExitStack() as stack:
         if local:
             begin_local_api()  # starts while the local workers do
-            memory_limit = local_memory_limit([j.case for j in plan.ingest.jobs], config, workers)
+            memory_limit = local_memory_limit(cases, plan.config, request.workers)
             log.info("starting %d local Dask workers (%d thread(s) each, memory limit %.1f GiB each)",
-                     workers, threads, memory_limit / 2**30)
-            dask_address = stack.enter_context(local_cluster(workers, memory_limit))
+                     request.workers, threads, memory_limit / 2**30)
+            dask_address = stack.enter_context(local_cluster(request.workers, memory_limit))
         build = build_dataset.with_options(task_runner=task_runner_for(dask_address))  # before waiting for the API
         stack.enter_context(build_api(dask_address))
         if dask_address and not local:
-            host_threads = check_cluster(dask_address, [j.case for j in plan.ingest.jobs], config)
+            host_threads = check_cluster(dask_address, cases, plan.config)
         # quote: Prefect passes the plan as it is, without walking every case of it for futures
-        summary = build(plan=quote(plan), manifests_dir=str(manifests_dir) if manifests_dir else None,
-                        torch_threads=threads, cache_keep_days=cache_keep_days, host_threads=host_threads,
-                        compact=compact)
-    # wall time of the whole call: cluster and API start-up included, not just the flow run
-    return replace(summary, seconds=time.perf_counter() - started)
+        return build(plan=quote(plan), torch_threads=threads, cache_keep_days=request.cache_keep_days,
+                     host_threads=host_threads, compact=request.compact)
