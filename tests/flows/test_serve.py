@@ -171,7 +171,7 @@ def test_scheduled_runs_fire_publish_then_noop_and_a_failed_run_leaves_the_servi
 def test_serve_uses_the_configured_api_else_the_kept_one(tmp_path, monkeypatch):
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from pipelines import serve as serving
+    from pipelines.build import serve as serving
     from pipelines.runtime import api_service
 
     config = _config_file(tmp_path)

@@ -200,3 +200,10 @@ def test_report_renders_in_headless_chromium(two_versions, tmp_path):
     assert probe["images"] >= 4 and probe["decoded"] == probe["images"]  # histogram + DRR, X2CT, patch sheets
     assert sorted(probe["qc_rows"]) == sorted(cases.case_id)
     assert probe["errors"] == []
+
+
+def test_the_reports_level_chart_runs_cranio_caudally():
+    from pipelines.tools.report import level_bars
+
+    by_level = {"L1": 4, "L2": 3, "L3": 2, "T1": 1, "T10": 5, "T3": 6, "T6": 7}  # as the card stores them
+    assert level_bars(by_level) == (["T1", "T3", "T6", "T10", "L1", "L2", "L3"], [1, 6, 7, 5, 4, 3, 2])
