@@ -137,6 +137,16 @@ def s3_server(tmp_path_factory):
     server.stop()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def store_environment_first(request):
+    """A DataLoader's fork server keeps the environment it was started with, and so do the workers it
+    forks: when this session holds object-store tests, the S3 server and its credentials are put in the
+    environment before any test can start a fork server (an earlier loader's would hand later remote
+    loaders' workers no credentials). Sessions without such tests start no server."""
+    if any("s3_server" in item.fixturenames for item in request.session.items):
+        request.getfixturevalue("s3_server")
+
+
 @pytest.fixture
 def client(s3_server):
     from pipelines.io.store import StoreOptions

@@ -129,9 +129,10 @@ def test_scheduled_runs_fire_publish_then_noop_and_a_failed_run_leaves_the_servi
     out = tmp_path / "out"
     home = tmp_path / "home"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    # the scheduler visits deployments every 2 s rather than 60 s, so the test need not wait minutes
+    # Prefect's own settings: the server's scheduler visits deployments every 2 s rather than 60 s, and the
+    # serving process asks for due runs every second rather than every 10 s, so the test need not wait
     env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", PYTHONPATH=str(ROOT),
-               PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="2")
+               PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="2", PREFECT_RUNNER_POLL_FREQUENCY="1")
     args = [sys.executable, "-m", "pipelines.cli", "serve", "--config", str(_config_file(tmp_path)), "--input",
             str(inputs), "--out", str(out), "--every", "20", "--retries", "1", "--retry-delay", "1"]
     serve, lines = _start(args, env)
@@ -200,7 +201,8 @@ def test_a_scheduled_run_publishes_to_an_object_store(tmp_path, s3_server):
     home = tmp_path / "home"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", PYTHONPATH=str(ROOT),
-               PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="2", XDG_CACHE_HOME=str(tmp_path / "cache"))
+               PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="2", PREFECT_RUNNER_POLL_FREQUENCY="1",
+               XDG_CACHE_HOME=str(tmp_path / "cache"))
     args = [sys.executable, "-m", "pipelines.cli", "serve", "--config", str(_config_file(tmp_path)), "--input",
             str(inputs), "--out", "s3://spineforge/scheduled", "--every", "10", "--retries", "0"]
     serve, lines = _start(args, env)
