@@ -121,17 +121,22 @@ def store_errors(where: str) -> Iterator[None]:
         raise StoreError(f"{where}: {hint}") from None
 
 
+def _put_if_absent(client, url: S3Url, key: str, data: bytes) -> bool:
+    """One create-only PUT carrying the data's SHA-256; False when the key already exists."""
+    try:
+        client.put_object(Bucket=url.bucket, Key=key, Body=data, IfNoneMatch="*",
+                          ChecksumSHA256=b64_sha256(hashlib.sha256(data).digest()))
+    except Exception as exc:
+        if is_precondition_failed(exc):
+            return False
+        raise
+    return True
+
+
 def put_bytes_if_absent(client, url: S3Url, key: str, data: bytes) -> bool:
     """Create `key` holding `data`; False (and nothing written) when the key already exists."""
     with store_errors(f"{url.bucket}/{key}"):
-        try:
-            client.put_object(Bucket=url.bucket, Key=key, Body=data, IfNoneMatch="*",
-                              ChecksumSHA256=b64_sha256(hashlib.sha256(data).digest()))
-        except Exception as exc:
-            if is_precondition_failed(exc):
-                return False
-            raise
-    return True
+        return _put_if_absent(client, url, key, data)
 
 
 def _read_parts(path: Path, part_bytes: int) -> Iterator[bytes]:
@@ -160,14 +165,7 @@ def upload_file_if_absent(client, url: S3Url, key: str, path: Path, sha256: str,
             data = Path(path).read_bytes()
             whole.update(data)
             check()
-            try:
-                client.put_object(Bucket=url.bucket, Key=key, Body=data, IfNoneMatch="*",
-                                  ChecksumSHA256=b64_sha256(hashlib.sha256(data).digest()))
-            except Exception as exc:
-                if is_precondition_failed(exc):
-                    return False
-                raise
-            return True
+            return _put_if_absent(client, url, key, data)
         upload = client.create_multipart_upload(Bucket=url.bucket, Key=key, ChecksumAlgorithm="SHA256")["UploadId"]
         try:
             parts = []
