@@ -34,7 +34,7 @@ from pathlib import Path
 import psutil
 from common import WINDOW, PeakMemory, write_cases
 
-from pipelines.build.run import run_build
+from pipelines.builds.run import run_build
 from pipelines.case.process import process_case
 from pipelines.ingest.cases import ingest_inputs
 from pipelines.io.publish import CardFields, PublishPlan, publish_version

@@ -37,8 +37,8 @@ from pathlib import Path
 import numpy as np
 from common import PeakMemory, write_cases
 
-import pipelines.build.tasks as tasks
-from pipelines.build.run import run_build
+import pipelines.builds.tasks as tasks
+from pipelines.builds.run import run_build
 from pipelines.case import products
 from pipelines.case.prepare import prepare_case
 from pipelines.case.process import stage_samples

@@ -45,7 +45,7 @@ def _store(args):
 
 
 def _add_cache_option(p: argparse.ArgumentParser) -> None:
-    from pipelines.build.request import DEFAULT_CACHE_KEEP_DAYS
+    from pipelines.builds.request import DEFAULT_CACHE_KEEP_DAYS
 
     p.add_argument("--cache-keep-days", type=float, default=DEFAULT_CACHE_KEEP_DAYS, metavar="DAYS",
                    help="drop cached cases that no build has used for DAYS (default: %(default)g; 0: keep only "
@@ -162,8 +162,8 @@ def _print_summary(summary) -> None:
 
 
 def cmd_build(args, config_path: Path, inputs: list[str]) -> int:
-    from pipelines.build.request import BuildRequest
-    from pipelines.build.run import build
+    from pipelines.builds.request import BuildRequest
+    from pipelines.builds.run import build
     from schemas.config import load_config
 
     request = BuildRequest(load_config(config_path, seed=args.seed), tuple(inputs), args.out, args.version,
@@ -198,7 +198,7 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from pipelines.build.serve import DEFAULT_CRON, Schedule, serve
+    from pipelines.builds.serve import DEFAULT_CRON, Schedule, serve
 
     schedule = (Schedule(every_s=args.every) if args.every is not None
                 else Schedule(cron=args.cron or DEFAULT_CRON, timezone=args.timezone))

@@ -94,14 +94,13 @@ def tiny_config():
 
 @pytest.fixture(scope="session", autouse=True)
 def prefect_home():
-    """Prefect state in a throw-away folder; one test harness (temporary API + DB) per session."""
+    """Prefect state in a throw-away folder. No API server starts here: the first build a test process
+    runs starts the build's own temporary server (`pipelines.runtime.prefect_api`, as any build with no
+    API configured does) and keeps it for the process, so sessions that run no flow start none."""
     home = tempfile.mkdtemp(prefix="spineforge-prefect-")
     os.environ["PREFECT_HOME"] = home
     os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield home
+    yield home
 
 
 def shared_fixture(*parts: str) -> Path:

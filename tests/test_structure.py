@@ -29,13 +29,13 @@ STAGES = [
     ("pipelines.physics",),
     ("pipelines.ingest",),
     ("pipelines.case",),
-    ("pipelines.build.request", "pipelines.build.plan", "pipelines.build.cache", "pipelines.build.publish"),
+    ("pipelines.builds.request", "pipelines.builds.plan", "pipelines.builds.cache", "pipelines.builds.publish"),
     ("pipelines.tools", "pipelines.loaders", "pipelines.runtime"),
-    ("pipelines.build.tasks",),
-    ("pipelines.build.flow",),
-    ("pipelines.build.run",),
-    ("pipelines.build.serve",),
-    ("pipelines.build", "pipelines.cli"),
+    ("pipelines.builds.tasks",),
+    ("pipelines.builds.flow",),
+    ("pipelines.builds.run",),
+    ("pipelines.builds.serve",),
+    ("pipelines.builds", "pipelines.cli"),
 ]
 
 
@@ -111,8 +111,8 @@ def test_no_schema_name_is_written_as_a_literal_outside_schemas(path):
 
 def test_the_checks_catch_what_they_look_for(tmp_path):
     """The two checks above are not vacuous: a literal key, a dict(...) keyword and an upward import are found."""
-    tree = ast.parse("from pipelines.build.flow import run_flow\nx = group['drr_vertebra']\ny = dict(sample_id=1, n=2)\n")
-    assert [n for _, n in imported(tree) if stage_of(n) > stage_of("pipelines.io.shards")] == ["pipelines.build.flow"]
+    tree = ast.parse("from pipelines.builds.flow import run_flow\nx = group['drr_vertebra']\ny = dict(sample_id=1, n=2)\n")
+    assert [n for _, n in imported(tree) if stage_of(n) > stage_of("pipelines.io.shards")] == ["pipelines.builds.flow"]
     assert {n for _, n in literal_names(tree)} & schema_names() == {"drr_vertebra", "sample_id"}
 
 

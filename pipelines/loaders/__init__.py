@@ -1,7 +1,7 @@
 """Trainer-side loading of a published version: datasets per product (`datasets`), zero-copy batch
 memory (`batch`), sample transforms (`transforms`), a resumable shuffled order (`sampler`) and views
-rendered while training (`stream.DRRStream`, over the volume product), image augmentations (`augment`)
-and real radiographs in the same conventions (`radiographs`).
+rendered while training (`stream.DRRStream`, over the volume product), image augmentations (`augment`,
+drawing the pure operations of `image_ops`) and real radiographs in the same conventions (`radiographs`).
 
 Importing this package imports neither Prefect nor diffdrr; `pipelines.loaders.consumers` (TorchIO,
 MONAI and diffdrr views of a sample) imports diffdrr when it is imported itself.

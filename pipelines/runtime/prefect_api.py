@@ -92,6 +92,12 @@ def begin_local_api() -> None:
         _local_server()
 
 
+def temporary_api_url() -> str | None:
+    """The API of this process's temporary server while it runs (what its builds reported to), else None."""
+    server = _server
+    return server.url if server is not None and server.alive() and server.ready else None
+
+
 def _local_server() -> LocalAPI:
     """This process's temporary server, launched if none is running."""
     global _server

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from torch.utils.data import DataLoader
 
-from pipelines.build.run import run_build
+from pipelines.builds.run import run_build
 from pipelines.errors import BuildError, PublishError
 from pipelines.loaders import DRRDataset, VertebraDataset, X2CTDataset, open_dataset
 from pipelines.tools.validate import validate_version

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.build.run import run_build
+from pipelines.builds.run import run_build
 from pipelines.errors import BuildError, PublishError
 from tests.conftest import write_ctspine_case
 
@@ -125,9 +125,14 @@ def test_a_transient_failure_is_retried_and_a_persistent_one_quarantined(tmp_pat
 def test_every_build_leaves_prefect_artifacts(tmp_path):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from pipelines.runtime.prefect_api import temporary_api_url
 
     summary = run_build(small_config(), [str(collection(tmp_path / "in", n=1))], str(tmp_path / "out"))
-    with get_client(sync_client=True) as client:
+    api = PREFECT_API_URL.value() or temporary_api_url()  # the API the build reported to
+    assert api
+    with temporary_settings({PREFECT_API_URL: api}), get_client(sync_client=True) as client:
         found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["spineforge-build-report"])))
     # other builds of this session share the key: pick this build's report by its unique folder
     mine = [a for a in found if summary.version_dir in a.data]

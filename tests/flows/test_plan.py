@@ -5,8 +5,8 @@ import time
 
 import pandas as pd
 
-from pipelines.build.plan import plan_build
-from pipelines.build.run import run_build
+from pipelines.builds.plan import plan_build
+from pipelines.builds.run import run_build
 from tests.conftest import write_ctspine_case
 from tests.flows.test_orchestration import collection, small_config
 

@@ -83,7 +83,7 @@ def test_a_kept_api_serves_builds_until_stopped(clean_env, tmp_path):
     import psutil
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from pipelines.build.run import run_build
+    from pipelines.builds.run import run_build
     from pipelines.runtime.api_service import recorded_api, running_api_url, start_api, stop_api
     from tests.flows.test_orchestration import ProcessTree, collection, small_config
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import SimpleITK as sitk
 
-from pipelines.build.run import run_build
+from pipelines.builds.run import run_build
 from tests.flows.test_orchestration import collection, small_config
 
 

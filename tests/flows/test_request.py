@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.build.request import BuildRequest, check_destination
+from pipelines.builds.request import BuildRequest, check_destination
 from pipelines.errors import BuildError, InputError, StoreError
 from tests.flows.test_orchestration import collection, small_config
 from tests.flows.test_scale_and_crash import _config_file

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.build.run import run_build
+from pipelines.builds.run import run_build
 from schemas.config import load_config
 from tests.conftest import write_ctspine_case
 from tests.flows.test_orchestration import assert_same_content, collection, small_config

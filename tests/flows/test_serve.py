@@ -17,14 +17,14 @@ from tests.flows.test_scale_and_crash import ROOT, _config_file
 
 def make_deployment(*args, **kwargs):
     """The RunnerDeployment that `deployment_spec` describes (what the server registers)."""
-    from pipelines.build.serve import deployment_spec
+    from pipelines.builds.serve import deployment_spec
 
     build_flow, options = deployment_spec(*args, **kwargs)
     return build_flow.to_deployment(**options)
 
 
 def test_the_deployment_has_the_schedule_retries_and_the_build_parameters(tmp_path):
-    from pipelines.build.serve import DEFAULT_CRON, Schedule
+    from pipelines.builds.serve import DEFAULT_CRON, Schedule
 
     inputs = collection(tmp_path / "in", n=1)
     deployment = make_deployment(_config_file(tmp_path), [str(inputs)], str(tmp_path / "out"), retries=3,
@@ -34,8 +34,8 @@ def test_the_deployment_has_the_schedule_retries_and_the_build_parameters(tmp_pa
     assert deployment.parameters["inputs"] == [str(inputs.resolve())]
     assert deployment.parameters["config"]["dataset"] == "orch"
     assert deployment.parameters["workers"] == 1 and deployment.parameters["dask_address"] is None
-    assert deployment.entrypoint == "pipelines.build.serve.scheduled_build"  # imported, not loaded from its file
-    from pipelines.build.serve import deployment_spec
+    assert deployment.entrypoint == "pipelines.builds.serve.scheduled_build"  # imported, not loaded from its file
+    from pipelines.builds.serve import deployment_spec
 
     build_flow, _ = deployment_spec(_config_file(tmp_path), [str(inputs)], str(tmp_path / "out"), retries=3,
                                     retry_delay_s=7)
@@ -52,7 +52,7 @@ def test_the_deployment_has_the_schedule_retries_and_the_build_parameters(tmp_pa
     ({"cron": "0 2 * * *", "timezone": "Mars/Olympus"}, "not a known time zone"),
 ])
 def test_a_bad_schedule_is_refused_with_a_clear_error(kwargs, message):
-    from pipelines.build.serve import Schedule
+    from pipelines.builds.serve import Schedule
 
     with pytest.raises(InputError, match=message):
         Schedule(**kwargs)
@@ -61,7 +61,7 @@ def test_a_bad_schedule_is_refused_with_a_clear_error(kwargs, message):
 def test_the_next_due_time_is_the_schedules_own():
     import datetime as dt
 
-    from pipelines.build.serve import Schedule, next_due
+    from pipelines.builds.serve import Schedule, next_due
 
     at = dt.datetime(2026, 12, 1, 1, 30, 5, tzinfo=dt.timezone.utc)
     assert next_due(Schedule(cron="0 2 * * *"), after=at) == dt.datetime(2026, 12, 1, 2, 0, tzinfo=dt.timezone.utc)
@@ -172,7 +172,7 @@ def test_scheduled_runs_fire_publish_then_noop_and_a_failed_run_leaves_the_servi
 def test_serve_uses_the_configured_api_else_the_kept_one(tmp_path, monkeypatch):
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from pipelines.build import serve as serving
+    from pipelines.builds import serve as serving
     from pipelines.runtime import api_service
 
     config = _config_file(tmp_path)

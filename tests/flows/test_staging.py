@@ -1,7 +1,7 @@
 """A cached case result is used only when its staged files are this dataset's, under its own key."""
 from pathlib import Path
 
-from pipelines.build.cache import staged_in_place
+from pipelines.builds.cache import staged_in_place
 from pipelines.case.keys import job_key
 from pipelines.case.process import CaseResult
 from pipelines.ingest.cases import CaseJob

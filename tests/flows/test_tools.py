@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from torch.utils.data import DataLoader
 
-from pipelines.build.run import run_build
+from pipelines.builds.run import run_build
 from pipelines.errors import ShardError
 from pipelines.io.version_shards import byte_balanced_groups
 from pipelines.loaders import ShuffledSamples, VertebraDataset, X2CTDataset

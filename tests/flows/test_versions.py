@@ -4,7 +4,7 @@ import json
 import os
 from pathlib import Path
 
-from pipelines.build.run import run_build
+from pipelines.builds.run import run_build
 from pipelines.io.retention import gc_versions
 from pipelines.tools.validate import validate_version
 from tests.conftest import write_ctspine_case

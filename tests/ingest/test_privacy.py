@@ -5,7 +5,7 @@ import re
 import numpy as np
 import SimpleITK as sitk
 
-from pipelines.build.run import run_build
+from pipelines.builds.run import run_build
 from pipelines.io.volumes import read_image
 from tests.conftest import synthetic_spine, write_dicom_series
 

@@ -109,7 +109,7 @@ def _config(tmp_path):
 
 @pytest.fixture(scope="module")
 def verdicts(mixed_tree, tmp_path_factory):
-    from pipelines.build.run import run_build
+    from pipelines.builds.run import run_build
 
     tmp = tmp_path_factory.mktemp("runs")
     config, path = _config(tmp)

@@ -18,7 +18,7 @@ def training_config():
 
 @pytest.fixture(scope="session")
 def training_version(tmp_path_factory):
-    from pipelines.build.run import run_build
+    from pipelines.builds.run import run_build
 
     root = tmp_path_factory.mktemp("training-inputs")
     for n in range(N_CASES):

@@ -61,7 +61,7 @@ def test_volume_is_the_resampled_case_with_its_vertebrae(training_version):
 
 
 def test_a_version_without_volumes_is_refused_with_the_fix(tmp_path, training_version):
-    from pipelines.build.run import run_build
+    from pipelines.builds.run import run_build
     from tests.loaders.conftest import training_config
 
     _, inputs = training_version

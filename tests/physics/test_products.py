@@ -5,7 +5,7 @@ import h5py
 import hdf5plugin  # noqa: F401
 import numpy as np
 
-from pipelines.build.run import run_build
+from pipelines.builds.run import run_build
 from pipelines.tools.validate import _check_xray_record, validate_version
 from schemas.shard_layout import Attr, Key
 from tests.conftest import shard_files, write_ctspine_case

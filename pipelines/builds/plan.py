@@ -5,7 +5,7 @@ earlier build while its (size, mtime, inode) signature is unchanged and hashes e
 now, computes every case's cache key and the build_id once, and decides under the dataset lock
 whether a version with that build_id exists (a no-op). Everything is keyed by content, so a touched,
 copied, restored or re-mounted input tree finds its cases in the cache and its version published.
-`pipelines.build.run.build` makes the plan before Prefect is imported; the flow runs it.
+`pipelines.builds.run.build` makes the plan before Prefect is imported; the flow runs it.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, InstanceOf, model_serializer
 
 import pipelines
-from pipelines.build.request import DEFAULT_CACHE_KEEP_DAYS
+from pipelines.builds.request import DEFAULT_CACHE_KEEP_DAYS
 from pipelines.case.keys import job_key
 from pipelines.ingest.cases import IngestResult, hash_files, ingest_inputs
 from pipelines.io.dataset_lock import dataset_lock

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from pipelines.build.plan import BuildSummary
+from pipelines.builds.plan import BuildSummary
 from pipelines.io.lineage import record_lineage
 from pipelines.io.publish_store import publish_to_store, read_store_card
 from pipelines.io.store import S3Url, StoreOptions

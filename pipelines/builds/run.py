@@ -12,9 +12,9 @@ import logging
 import time
 from dataclasses import replace
 
-from pipelines.build.plan import BuildPlan, BuildSummary, plan_build
-from pipelines.build.publish import publish_built
-from pipelines.build.request import DEFAULT_CACHE_KEEP_DAYS, BuildRequest, check_destination
+from pipelines.builds.plan import BuildPlan, BuildSummary, plan_build
+from pipelines.builds.publish import publish_built
+from pipelines.builds.request import DEFAULT_CACHE_KEEP_DAYS, BuildRequest, check_destination
 from pipelines.io.lineage import record_lineage
 from schemas.config import BuildConfig
 
@@ -31,7 +31,7 @@ def build(request: BuildRequest, plan: BuildPlan | None = None, progress=log.inf
         progress(f"build {plan.build_id} is already published as {plan.target.version}; nothing to do")
         summary = plan.noop_summary(started)
     else:
-        from pipelines.build.flow import run_flow  # Prefect and Dask: only when there is work
+        from pipelines.builds.flow import run_flow  # Prefect and Dask: only when there is work
 
         summary = run_flow(request, plan)
     if request.remote:  # built in the work folder; the store names the version and holds the lineage

@@ -21,8 +21,8 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
-from pipelines.build.request import DEFAULT_CACHE_KEEP_DAYS, BuildRequest, check_destination
-from pipelines.build.run import build
+from pipelines.builds.request import DEFAULT_CACHE_KEEP_DAYS, BuildRequest, check_destination
+from pipelines.builds.run import build
 from pipelines.errors import BuildError, InputError
 from pipelines.io.store import is_remote
 from schemas.config import BuildConfig, load_config

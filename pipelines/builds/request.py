@@ -2,7 +2,7 @@
 the request is made, and the destination checked before any input is read.
 
 `spineforge build` / `demo`, the scheduled flow of `spineforge serve` and the Python API (`run_build`)
-each make one and hand it to `pipelines.build.run.build`. An output that is an object store
+each make one and hand it to `pipelines.builds.run.build`. An output that is an object store
 (`s3://bucket/prefix`) is built in a local work folder first and then published; whether it is one is
 decided here, once.
 """

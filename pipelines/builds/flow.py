@@ -1,6 +1,6 @@
 """The build flow: the pipeline's steps, in order (docs/design.md states them and their guarantees).
 
-`pipelines.build.run.build` checks the request and plans the build (`pipelines.build.plan`: inputs
+`pipelines.builds.run.build` checks the request and plans the build (`pipelines.builds.plan`: inputs
 walked, hashed by content and keyed once; a no-op decided under the dataset lock before any cluster or
 API server starts); `run_flow` then runs `build_dataset`, which holds the dataset lock throughout: one coarse task per case (read, QC,
 translate labels, resample, crop, sample, render -> staged shards, cached by case content), then
@@ -25,10 +25,10 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.utilities.annotations import quote
 
 import pipelines
-from pipelines.build.cache import result_storage, run_cases
-from pipelines.build.plan import BuildPlan, BuildSummary
-from pipelines.build.request import DEFAULT_CACHE_KEEP_DAYS, BuildRequest
-from pipelines.build.tasks import process_case_task, publish_task
+from pipelines.builds.cache import result_storage, run_cases
+from pipelines.builds.plan import BuildPlan, BuildSummary
+from pipelines.builds.request import DEFAULT_CACHE_KEEP_DAYS, BuildRequest
+from pipelines.builds.tasks import process_case_task, publish_task
 from pipelines.case.process import CaseResult
 from pipelines.errors import BuildError
 from pipelines.ingest.cases import (
