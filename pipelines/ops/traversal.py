@@ -158,42 +158,44 @@ def _ray(flat, n_i, n_j, n_k, labels, label, box, sx, sy, sz, tx, ty, tz, with_l
 
 @numba.njit(inline="always")
 def _ray_of(flat, n_i, n_j, n_k, labels, label, box, sx, sy, sz, tx, ty, tz, hinged, knots):
-    """`_ray` with its flags made constants: four inlined copies, one per combination, so a walk without
-    a label or hinges pays nothing for them."""
+    """`_ray` with its label flag made a constant (two inlined copies), `hinged` a constant of the caller."""
     if label >= 0:
-        if hinged:
-            return _ray(flat, n_i, n_j, n_k, labels, label, box, sx, sy, sz, tx, ty, tz, True, True, knots)
-        return _ray(flat, n_i, n_j, n_k, labels, label, box, sx, sy, sz, tx, ty, tz, True, False, knots)
-    if hinged:
-        return _ray(flat, n_i, n_j, n_k, labels, label, box, sx, sy, sz, tx, ty, tz, False, True, knots)
-    return _ray(flat, n_i, n_j, n_k, labels, label, box, sx, sy, sz, tx, ty, tz, False, False, knots)
+        return _ray(flat, n_i, n_j, n_k, labels, label, box, sx, sy, sz, tx, ty, tz, True, hinged, knots)
+    return _ray(flat, n_i, n_j, n_k, labels, label, box, sx, sy, sz, tx, ty, tz, False, hinged, knots)
 
 
-@numba.njit(parallel=True, nogil=True, cache=True)
-def _traverse(flat, shape, labels, label, box, source, targets, raylen, height, width, knots, out, out_label,
-              out_hinges):
-    """The image loop: parallel over detector tiles, each ray by one thread; hinge columns are written
-    when `out_hinges` has a row per ray (a (0, 1 + MAX_KNOTS) array asks for none)."""
-    n_i, n_j, n_k = shape[0], shape[1], shape[2]
-    tiles_w = (width + TILE - 1) // TILE
-    n_tiles = ((height + TILE - 1) // TILE) * tiles_w
-    sx, sy, sz = source[0], source[1], source[2]
-    hinged = out_hinges.shape[0] > 0
-    for tile in numba.prange(n_tiles):
-        row0 = (tile // tiles_w) * TILE
-        col0 = (tile % tiles_w) * TILE
-        for row in range(row0, min(height, row0 + TILE)):
-            for col in range(col0, min(width, col0 + TILE)):
-                r = row * width + col
-                whole, part, length, h0, h1 = _ray_of(flat, n_i, n_j, n_k, labels, label, box, sx, sy, sz,
-                                                      targets[r, 0], targets[r, 1], targets[r, 2], hinged, knots)
-                scale = raylen[r]
-                out[r] = whole * scale
-                out_label[r] = part * scale
-                if hinged:
-                    out_hinges[r, 0] = length * scale
-                    out_hinges[r, 1] = h0 * scale
-                    out_hinges[r, 2] = h1 * scale
+def _image_kernel(hinged: bool):
+    """The image loop, compiled for one value of the flag `hinged` (a closure constant, which numba
+    compiles in, and keys its on-disk cache by): parallel over detector tiles, each ray by one thread.
+    Each kernel compiles on its first use and holds only the arithmetic it needs."""
+
+    @numba.njit(parallel=True, nogil=True, cache=True)
+    def traverse(flat, shape, labels, label, box, source, targets, raylen, height, width, knots, out, out_label,
+                 out_hinges):
+        n_i, n_j, n_k = shape[0], shape[1], shape[2]
+        tiles_w = (width + TILE - 1) // TILE
+        n_tiles = ((height + TILE - 1) // TILE) * tiles_w
+        sx, sy, sz = source[0], source[1], source[2]
+        for tile in numba.prange(n_tiles):
+            row0 = (tile // tiles_w) * TILE
+            col0 = (tile % tiles_w) * TILE
+            for row in range(row0, min(height, row0 + TILE)):
+                for col in range(col0, min(width, col0 + TILE)):
+                    r = row * width + col
+                    whole, part, length, h0, h1 = _ray_of(flat, n_i, n_j, n_k, labels, label, box, sx, sy, sz,
+                                                          targets[r, 0], targets[r, 1], targets[r, 2], hinged, knots)
+                    scale = raylen[r]
+                    out[r] = whole * scale
+                    out_label[r] = part * scale
+                    if hinged:
+                        out_hinges[r, 0] = length * scale
+                        out_hinges[r, 1] = h0 * scale
+                        out_hinges[r, 2] = h1 * scale
+
+    return traverse
+
+
+_TRAVERSE = {False: _image_kernel(False), True: _image_kernel(True)}  # without / with hinge integrals
 
 
 _workqueue_lock = threading.Lock()
@@ -238,7 +240,7 @@ def _padded_knots(knots) -> np.ndarray:
 
 
 def _walk(volume, source, targets, raylen, height, width, labels, label, knots):
-    """Pack the arguments of `_traverse` once; hinge columns only when `knots` is given."""
+    """Pack the arguments of the image kernel once; hinge columns only when `knots` is given."""
     flat = np.ascontiguousarray(volume, dtype=np.float32).reshape(-1)
     labels_flat, label, box = _label_arrays(volume.shape, labels, label)
     n = height * width
@@ -248,11 +250,12 @@ def _walk(volume, source, targets, raylen, height, width, labels, label, knots):
             np.asarray(source, dtype=np.float64).reshape(3), np.ascontiguousarray(targets, dtype=np.float64),
             np.ascontiguousarray(raylen, dtype=np.float64), int(height), int(width), _padded_knots(knots), out,
             out_label, hinges)
+    kernel = _TRAVERSE[knots is not None]
     if _layer() == "workqueue":  # numba's fallback thread pool must not be entered from two threads at once
         with _workqueue_lock:
-            _traverse(*args)
+            kernel(*args)
     else:
-        _traverse(*args)
+        kernel(*args)
     return out, out_label, hinges
 
 
