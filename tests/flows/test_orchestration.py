@@ -193,15 +193,21 @@ class ProcessTree:
         self._thread.join()
 
 
-def test_one_and_two_local_workers_build_identical_datasets(tmp_path):
+def test_one_and_two_local_workers_build_identical_datasets(tmp_path, monkeypatch):
+    """... and the two-worker build walks its input folders once (in the plan, not again in workers)."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    import pipelines.ingest.cases as cases
 
     inputs = collection(tmp_path / "in")
     one = run_build(small_config(), [str(inputs)], str(tmp_path / "one"))
+    walks, real = [], cases.discover
+    monkeypatch.setattr(cases, "discover", lambda roots: walks.append(roots) or real(roots))
     # as on a user's machine: no API configured, so Prefect would start temporary servers on demand
     with temporary_settings(restore_defaults={PREFECT_API_URL}), ProcessTree() as tree:
         two = run_build(small_config(), [str(inputs)], str(tmp_path / "two"), workers=2)
-    assert one.build_id == two.build_id and two.cases_cached == 0
+    assert one.build_id == two.build_id and two.cases_cached == 0 and two.published
+    assert len(walks) == 1
     assert_same_content(tmp_path / "one" / "orch" / "v1", tmp_path / "two" / "orch" / "v1")
     workers = {pid: env for pid, (_, cmd, env) in tree.seen.items() if "spawn_main" in cmd}
     assert len(workers) >= 2, tree.seen

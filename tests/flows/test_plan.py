@@ -43,22 +43,3 @@ def test_a_copied_input_tree_with_one_new_case_computes_only_that_case_and_share
     assert second.cases_cached == 2  # c0 and c1 came from the cache: only c9 was computed
     v1, v2 = _shard_inodes(out / "orch" / "v1", ["c0", "c1"]), _shard_inodes(out / "orch" / "v2", ["c0", "c1"])
     assert v1 and v1 == v2  # every unchanged case's shard is v1's file, not a copy
-
-
-def test_a_build_with_two_workers_walks_its_inputs_once(tmp_path, monkeypatch):
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    import pipelines.ingest.cases as cases
-
-    walks = []
-    real = cases.discover
-
-    def counting(roots):
-        walks.append(roots)
-        return real(roots)
-
-    monkeypatch.setattr(cases, "discover", counting)
-    inputs = collection(tmp_path / "in", n=2)
-    with temporary_settings(restore_defaults={PREFECT_API_URL}):
-        summary = run_build(small_config(), [str(inputs)], str(tmp_path / "out"), workers=2)
-    assert summary.published and len(walks) == 1

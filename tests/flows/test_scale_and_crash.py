@@ -135,7 +135,7 @@ def test_a_build_killed_with_sigkill_resumes_and_publishes_what_an_uninterrupted
 
 
 def test_two_builds_of_one_version_at_once_publish_it_once(tmp_path):
-    inputs = collection(tmp_path / "in", n=2)
+    inputs = collection(tmp_path / "in", n=1)
     config = _config_file(tmp_path)
     args = ["build", "--config", str(config), "--input", str(inputs), "--out", str(tmp_path / "out"), "--version", "v1"]
     first, second = _cli(args, tmp_path / "h1"), _cli(args, tmp_path / "h2")

@@ -7,7 +7,7 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "training.md"
 
 
 def _stream_snippet() -> str:
-    blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.S)
+    blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(encoding="utf-8"), flags=re.S)
     return next(b for b in blocks if "stream.loader(" in b)
 
 
