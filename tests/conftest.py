@@ -17,6 +17,18 @@ SHARED_FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 SYNTH_LEVELS = [("T11", 18), ("T12", 19), ("L1", 20), ("L2", 21), ("L3", 22), ("L4", 23)]
 
 
+# Test files whose tests each make their own builds and share no module fixture: spread over the xdist
+# workers test by test. Every other file's tests stay together on one worker (with the module and
+# session fixtures they share), as `--dist=loadgroup` keeps each xdist_group on one worker.
+SPREAD_FILES = {"test_scale_and_crash.py", "test_orchestration.py"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.name not in SPREAD_FILES:
+            item.add_marker(pytest.mark.xdist_group(str(item.path.relative_to(config.rootpath))))
+
+
 def make_affine(spacing=(1.0, 1.0, 1.0), codes="RAS", origin=(0.0, 0.0, 0.0)) -> np.ndarray:
     affine = np.eye(4)
     affine[:3, :3] = direction_from_codes(codes) * np.asarray(spacing, dtype=float)
