@@ -134,7 +134,7 @@ def test_scheduled_runs_fire_publish_then_noop_and_a_failed_run_leaves_the_servi
     env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", PYTHONPATH=str(ROOT),
                PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="2", PREFECT_RUNNER_POLL_FREQUENCY="1")
     args = [sys.executable, "-m", "pipelines.cli", "serve", "--config", str(_config_file(tmp_path)), "--input",
-            str(inputs), "--out", str(out), "--every", "10", "--retries", "1", "--retry-delay", "1"]
+            str(inputs), "--out", str(out), "--every", "20", "--retries", "1", "--retry-delay", "1"]
     serve, lines = _start(args, env)
     api_url = None
     try:
