@@ -121,7 +121,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("output", help="output image: .mha .mhd .nrrd .nii .nii.gz .tif .tiff (float32) or .png .dcm (integers, "
                                   "min..max mapped linearly, stated on output); the valid-region mask goes beside it as *_valid")
     p.add_argument("--bits", type=int, default=16, choices=(8, 16), help="PNG bit depth (DICOM: 16) (default: %(default)s)")
-    p.add_argument("--spacing", type=float, nargs="+", metavar="MM", help="input pixel spacing (row [col]) if the file does not carry it")
+    p.add_argument("--spacing", type=float, nargs="+", metavar="MM",
+                   help="input pixel spacing (row [col]) in mm; needed where the file states none (a size is never "
+                        "assumed), and overrides what it states")
+    p.add_argument("--spacing-at", choices=("detector", "isocentre"), default="detector",
+                   help="the plane the input spacing is taken at: the detector (ImagerPixelSpacing) or the isocentre "
+                        "(divided by EstimatedRadiographicMagnificationFactor) (default: %(default)s)")
+    p.add_argument("--frame", type=int, default=0, help="frame of a multi-frame DICOM (XA/RF cine) (default: %(default)s)")
+    p.add_argument("--voi", action="store_true", help="apply the DICOM header's VOI LUT or window to the values")
     p.add_argument("--size", type=int, default=1024, help="training detector pixels per side (default: %(default)s)")
     p.add_argument("--pixel", type=float, default=0.2, help="training detector pixel spacing in mm (default: %(default)s)")
     p = sub.add_parser("gc", help="remove old versions of a dataset; frees only what no kept version uses")
@@ -239,31 +246,26 @@ def cmd_report(args) -> int:
 
 
 def cmd_fit_xray(args) -> int:
-    from pipelines.io.fitted_images import check_image_output, image_suffix, write_image_2d
-    from pipelines.io.radiographs import read_image_2d
+    from pipelines.io.fitted_images import check_image_output, write_fitted
+    from pipelines.io.radiographs import read_radiograph
     from pipelines.ops.xray import fit_xray
 
     output = Path(args.output)
     check_image_output(output, args.bits)  # before anything is read or written
-    image, spacing = read_image_2d(Path(args.input))
-    if args.spacing:
-        spacing = (args.spacing[0], args.spacing[-1])
+    radiograph = read_radiograph(Path(args.input), tuple(args.spacing) if args.spacing else None, args.spacing_at,
+                                 args.frame, args.voi)
+    image, spacing = radiograph.image, radiograph.spacing_mm
     out, valid, steps = fit_xray(image, spacing, (args.size, args.size), (args.pixel, args.pixel),
                                  pad_value=float(image.min()))
-    name = output.name
-    suffix = image_suffix(output)
-    mask_path = output.with_name(name[: len(name) - len(suffix)] + "_valid" + name[len(name) - len(suffix):])
-    mapping = write_image_2d(output, out, (args.pixel, args.pixel), args.bits)
-    try:
-        write_image_2d(mask_path, valid.astype(np.uint8), (args.pixel, args.pixel), args.bits)
-    except Exception:
-        output.unlink(missing_ok=True)  # both files or neither
-        raise
-    print(f"{args.input}: {image.shape[0]}x{image.shape[1]} px at {spacing[0]:g}x{spacing[1]:g} mm -> "
-          f"{args.size}x{args.size} at {args.pixel:g} mm "
+    written = write_fitted(output, out, valid, (args.pixel, args.pixel), args.bits,
+                           {"input": str(args.input), "radiograph": radiograph.record(), "fit": steps,
+                            "output": {"size": [args.size, args.size], "pixel_spacing_mm": [args.pixel, args.pixel]}})
+    print(f"{args.input}: {image.shape[0]}x{image.shape[1]} px at {spacing[0]:g}x{spacing[1]:g} mm "
+          f"({radiograph.spacing_source}, at the {radiograph.spacing_plane}) -> {args.size}x{args.size} at {args.pixel:g} mm "
           f"(rows: {steps['axis0']['action']} to {steps['axis0']['to']}, columns: {steps['axis1']['action']} "
           f"to {steps['axis1']['to']}); valid {valid.mean():.1%}")
-    print(f"wrote {output} ({mapping}) and {mask_path} (1 = real image data)")
+    print(f"wrote {output} ({written.mapping}), {written.mask} (1 = real image data) and {written.sidecar} "
+          "(where every value came from)")
     return 0
 
 

@@ -67,7 +67,8 @@ def test_dx_spacing_distances_and_monochrome1(tmp_path):
                                                                          torch.tensor([0.139, 0.141]).double())
     assert a["sdd_mm"] == 1100.5 and a["sod_mm"] == 950.0 and a["modality"] == "DX" and a["inverted"]
     assert a["real_image"].shape == (1, 30, 40) and a["real_image"].dtype == torch.float32
-    assert torch.equal(a["real_image"][0], torch.from_numpy(pixels.max() + pixels.min() - pixels.astype(np.float32)))
+    # MONOCHROME1 reflected in the 16 stored bits' range, whatever the image's own min and max
+    assert torch.equal(a["real_image"][0], torch.from_numpy(65535 - pixels.astype(np.float32)))
     assert b["spacing_source"] == "PixelSpacing" and b["pixel_spacing_mm"].tolist() == pytest.approx([0.2, 0.25])
     assert not b["inverted"] and np.isnan(b["sdd_mm"]) and torch.equal(b["real_image"][0], torch.from_numpy(
         pixels.astype(np.float32)))
