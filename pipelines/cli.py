@@ -8,8 +8,6 @@ import os
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from schemas.manifest import X2CT, describe_quarantine
 
 DEFAULT_OUT = "out"
