@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from schemas.detector import SPACING_PLANES, SpacingPlane
 from schemas.manifest import X2CT, describe_quarantine
 
 DEFAULT_OUT = "out"
@@ -122,7 +123,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--spacing", type=float, nargs="+", metavar="MM",
                    help="input pixel spacing (row [col]) in mm; needed where the file states none (a size is never "
                         "assumed), and overrides what it states")
-    p.add_argument("--spacing-at", choices=("detector", "isocentre"), default="detector",
+    p.add_argument("--spacing-at", choices=SPACING_PLANES, default=SpacingPlane.DETECTOR,
                    help="the plane the input spacing is taken at: the detector (ImagerPixelSpacing) or the isocentre "
                         "(divided by EstimatedRadiographicMagnificationFactor) (default: %(default)s)")
     p.add_argument("--frame", type=int, default=0, help="frame of a multi-frame DICOM (XA/RF cine) (default: %(default)s)")

@@ -99,9 +99,18 @@ class DetectorConfig(_Strict):
     samples_per_voxel: float | None = Field(None, gt=0)  # trilinear renderers: fixed density (overrides the budget)
     error_budget: float = Field(0.005, gt=0, lt=0.5)  # clipped_trilinear: relative L2 per view vs the exact integral
     reverse_x_axis: bool = True  # radiological convention (patient's right on image left in AP)
+    # the detector of a real radiograph (or a folder of them sharing one): height, width, pitch, SDD and SOD
+    # read from its DICOM header when the build is asked for, binned like_binning x like_binning; the
+    # published config holds the numbers, and `from_radiograph` where they came from
+    like_radiograph: str | None = None
+    like_binning: int = Field(1, ge=1)
+    from_radiograph: str | None = None  # set by the build: the radiograph the numbers were read from
 
     @model_validator(mode="after")
     def _geometry(self) -> DetectorConfig:
+        clash = sorted({"height", "width", "pixel_spacing_mm", "sdd_mm", "sod_mm"} & self.model_fields_set)
+        if self.like_radiograph and clash:
+            raise ValueError(f"detector.like_radiograph sets the detector; drop {', '.join(clash)}")
         if self.sod_mm >= self.sdd_mm:
             raise ValueError("sod_mm must be smaller than sdd_mm (the isocentre lies between source and detector)")
         return self
@@ -332,6 +341,10 @@ class BuildConfig(_Strict):
         """Whether the volume product is built: as set, or (unset) whenever drr is."""
         return self.drr.enabled if self.volume.enabled is None else self.volume.enabled
 
+    def with_detector(self, detector: DetectorConfig) -> BuildConfig:
+        """This config with another detector (its values already checked: `like_radiograph` read)."""
+        return self.model_copy(update={"detector": detector})
+
     def canonical_json(self) -> str:
         """Stable text form used for hashing: sorted keys, no whitespace."""
         return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
@@ -359,11 +372,20 @@ class StreamConfig(_Strict):
     items_per_epoch: int | None = Field(None, gt=0)  # None: cases x the version's drr.pairs_per_case
     views_per_case: int = Field(8, ge=1)  # consecutive epoch positions that share a case (volume reuse)
     max_volumes: int = Field(2, ge=1)  # decoded volumes one worker keeps (its memory bound)
+    # render like a real radiograph, or each item like one of a folder of them: detector size, pitch, SDD,
+    # SOD and direction from its DICOM header (`pipelines.physics.radiograph_view`); sdd_mm / sod_mm stand
+    # in only where a header states none
+    like_radiograph: str | None = None
+    like_binning: int = Field(1, ge=1)  # the radiograph's pixels binned b x b: a coarser grid, the same field
 
     @model_validator(mode="after")
     def _renders_something(self) -> StreamConfig:
         if not (self.exact or self.realistic):
             raise ValueError("a stream renders exact views, realistic views or both: set exact or realistic")
+        clash = sorted({"height", "width", "pixel_spacing_mm", "views"} & self.model_fields_set)
+        if self.like_radiograph and clash:
+            raise ValueError(f"like_radiograph sets the detector and the view; drop {', '.join(clash)} "
+                             "(like_binning coarsens the grid)")
         return self
 
 

@@ -30,3 +30,13 @@ class Geometry:
         out = asdict(self)
         out.update(principal_point_mm=[0.0, 0.0], reorient="AP", views=list(VIEWS), world="RAS mm")
         return out
+
+
+class SpacingPlane:
+    """Where a radiograph's pixel spacing is measured: at the detector (DICOM ImagerPixelSpacing, the pitch
+    SpineForge's detector is given in) or at the isocentre (divided by the radiographic magnification)."""
+
+    DETECTOR, ISOCENTRE = "detector", "isocentre"
+
+
+SPACING_PLANES = (SpacingPlane.DETECTOR, SpacingPlane.ISOCENTRE)

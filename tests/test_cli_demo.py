@@ -408,3 +408,73 @@ def test_export_of_a_version_without_x2ct_samples_is_a_one_line_error(tmp_path, 
     result = spineforge("export", "x2ct", str(tmp_path / "out" / "orch" / "v1"), str(tmp_path / "x"), env_home=home)
     assert result.returncode == 2 and "holds no x2ct samples" in result.stderr
     assert "Traceback" not in result.stderr and result.stderr.strip().count("\n") == 0
+
+
+def _expected_centroid(ct, labels, affine, label, attenuation, iso, beam, sod, sdd, col_axis, row_axis, shape,
+                       pitch):
+    """Where a vertebra's rendered image has its centroid, by pinhole geometry written here: each voxel's
+    mu at its projected pixel, weighted by the detector area x ray length it covers (sdd^2 / (r^2 cos^3))."""
+    import numpy as np
+
+    from pipelines.ops.attenuation import mu_of
+
+    ijk = np.argwhere(labels == label)
+    mu = mu_of(ct[tuple(ijk.T)], attenuation).astype(np.float64)
+    world = ijk @ affine[:3, :3].T + affine[:3, 3]
+    source = iso - sod * beam
+    d = world - source
+    along = d @ beam
+    on_detector = source + d * (sdd / along)[:, None] - (source + sdd * beam)
+    col = (shape[1] - 1) / 2 + on_detector @ col_axis / pitch
+    row = (shape[0] - 1) / 2 + on_detector @ row_axis / pitch
+    r = np.linalg.norm(d, axis=1)
+    w = mu * sdd ** 2 / (r ** 2 * (along / r) ** 3)
+    return np.array([np.sum(w * row), np.sum(w * col)]) / np.sum(w)
+
+
+@pytest.mark.slow
+def test_views_rendered_like_a_given_radiograph_put_vertebrae_where_its_geometry_does(demo, tmp_path):
+    """The demo CT rendered like a synthetic DX (AP, 150 x 190 px at 1.2 mm, SDD 1100 mm, magnification
+    1100/750) and like an XA (LAO 30 CAU 15, 130 x 140 px at 1.5 mm, SDD 1000 mm, DistanceSourceToPatient
+    720 mm): the target vertebra's image centroid lies within 0.5 px of where pinhole geometry puts it."""
+    import numpy as np
+
+    from pipelines.ingest.labels import level_id
+    from pipelines.io.shards import PublishedVersion
+    from pipelines.loaders import VolumeDataset
+    from pipelines.loaders.stream import DRRStream
+    from pipelines.physics.radiograph_view import rotation_x, rotation_z
+    from tests.loaders.test_radiographs import write_dicom
+
+    vdir = demo[0] / "demo" / "v1"
+    dx = write_dicom(tmp_path / "dx.dcm", np.zeros((150, 190), np.uint16), "DX", ImagerPixelSpacing=[1.2, 1.2],
+                     DistanceSourceToDetector=1100, EstimatedRadiographicMagnificationFactor=1100 / 750,
+                     ViewPosition="AP", PatientOrientation=["L", "F"])
+    xa = write_dicom(tmp_path / "xa.dcm", np.zeros((2, 130, 140), np.uint16), "XA", ImagerPixelSpacing=[1.5, 1.5],
+                     DistanceSourceToDetector=1000, DistanceSourceToPatient=720, PositionerPrimaryAngle=30,
+                     PositionerSecondaryAngle=-15, PatientOrientation=["LP", "F"])
+    turn = rotation_z(30) @ rotation_x(-15)
+    cases = [(dx, (150, 190), 1.2, 1100.0, 750.0, np.array([0.0, -1.0, 0.0]), np.array([-1.0, 0, 0]),
+              np.array([0, 0, -1.0])),
+             (xa, (130, 140), 1.5, 1000.0, 720.0, turn @ [0, 1.0, 0], turn @ [-1.0, 0, 0], turn @ [0, 0, -1.0])]
+    volume = VolumeDataset(vdir)[0]
+    ct, labels, affine = volume["ct"].numpy(), volume["labels"].numpy(), volume["affine"].numpy()
+    attenuation = PublishedVersion(vdir).config.attenuation
+    still = {"rotation_range_deg": [0, 0, 0], "translation_range_mm": [0, 0, 0], "realistic": False,
+             "items_per_epoch": 2}
+    for path, shape, pitch, sdd, sod, beam, col_axis, row_axis in cases:
+        stream = DRRStream(vdir, config={**still, "like_radiograph": str(path)})
+        assert stream.geometry.sdd_mm == sdd and stream.geometry.sod_mm == pytest.approx(sod)
+        for position in range(2):
+            item = stream.item(position)
+            part = item["drr_vertebra"][0].numpy().astype(np.float64)
+            assert part.shape == shape and item["radiograph"] == path.name
+            rows, cols = np.indices(shape)
+            seen = np.array([np.sum(part * rows), np.sum(part * cols)]) / part.sum()
+            expected = _expected_centroid(ct, labels, affine, level_id(item["target_level"]), attenuation,
+                                          item["rotation_center"].numpy(), beam, sod, sdd, col_axis, row_axis,
+                                          shape, pitch)
+            assert np.abs(seen - expected).max() < 0.5, (path.name, seen, expected)
+    # binned: the same field on a coarser grid
+    binned = DRRStream(vdir, config={**still, "like_radiograph": str(dx), "like_binning": 2})
+    assert binned.item(0)["drr"].shape[-2:] == (75, 95) and binned.geometry.pixel_spacing_mm == pytest.approx(2.4)

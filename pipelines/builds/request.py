@@ -21,6 +21,30 @@ from schemas.layout import REMOTE_WORK_DIR, user_cache_dir
 DEFAULT_CACHE_KEEP_DAYS = 30.0
 
 
+def detector_like_radiograph(config: BuildConfig) -> BuildConfig:
+    """The config with `detector.like_radiograph` read into numbers (height, width, pitch, SDD, SOD of
+    the radiograph, or of a folder's radiographs, which must agree): the version records what it rendered.
+    Stored views stay AP and LAT; the radiograph's direction is for views rendered while training."""
+    d = config.detector
+    if not d.like_radiograph:
+        return config
+    from pipelines.physics.radiograph_view import views_like
+    from schemas.detector import Geometry
+
+    template = Geometry(d.height, d.width, d.pixel_spacing_mm, d.sdd_mm, d.sod_mm, d.renderer,
+                        d.samples_per_voxel, d.reverse_x_axis, d.error_budget)
+    views = views_like(d.like_radiograph, template, d.like_binning)
+    sods = sorted({round(v.geometry.sod_mm, 6) for v in views})
+    if len(sods) > 1:
+        raise BuildError(f"detector.like_radiograph {d.like_radiograph}: the radiographs' source-to-isocentre "
+                         f"distances differ ({', '.join(f'{s:g}' for s in sods)} mm); a build has one")
+    g = views[0].geometry
+    detector = d.model_copy(update={"height": g.height, "width": g.width, "pixel_spacing_mm": g.pixel_spacing_mm,
+                                    "sdd_mm": g.sdd_mm, "sod_mm": g.sod_mm, "like_radiograph": None,
+                                    "from_radiograph": str(d.like_radiograph)})
+    return config.with_detector(detector)
+
+
 def check_inputs(inputs) -> None:
     """Fail before any work when there is no input folder or one is missing."""
     if not inputs:
@@ -48,6 +72,7 @@ class BuildRequest:
     def __post_init__(self):
         object.__setattr__(self, "inputs", tuple(str(p) for p in self.inputs))
         object.__setattr__(self, "out", str(self.out))
+        object.__setattr__(self, "config", detector_like_radiograph(self.config))
         check_inputs(self.inputs)
         if self.workers < 1:
             raise BuildError(f"--workers must be at least 1, got {self.workers}")

@@ -18,11 +18,11 @@ import numpy as np
 import SimpleITK as sitk
 
 from pipelines.errors import VolumeReadError
+from schemas.detector import SPACING_PLANES, SpacingPlane
 
 # where a DICOM radiograph's pixel spacing is looked for, in this order (all at the detector plane but
 # PixelSpacing, which some modalities calibrate to the patient: see `spacing_plane`)
 SPACING_TAGS = ("ImagerPixelSpacing", "PixelSpacing", "NominalScannedPixelSpacing")
-SPACING_PLANES = ("detector", "isocentre")
 # 2-D formats whose header always states the pixel spacing
 SPACED_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nhdr", ".nii", ".nii.gz")
 GREY = ("MONOCHROME1", "MONOCHROME2")
@@ -37,14 +37,16 @@ class Radiograph:
     """A real radiograph as loaded: float32 values with bone bright -- (rows, columns), or
     (frames, rows, columns) when every frame of a multi-frame file was asked for -- and its geometry."""
 
-    image: np.ndarray
+    image: np.ndarray | None  # None where only the header was read (`pixels=False`)
     spacing_mm: tuple[float, float]  # (row, column) pixel pitch at `spacing_plane`
     spacing_source: str  # the tag or header the spacing came from, or 'given'
-    spacing_plane: str = "detector"  # 'detector' (as SpineForge's detector is given) or 'isocentre'
+    spacing_plane: str = SpacingPlane.DETECTOR  # 'detector' (as SpineForge's detector is given) or 'isocentre'
     sdd_mm: float | None = None  # source to detector (DistanceSourceToDetector)
     sod_mm: float | None = None  # source to isocentre (see `sod_source`)
     sod_source: str = ""  # DistanceSourceToIsocenter, DistanceSourceToDetector / magnification, DistanceSourceToPatient
     magnification: float | None = None  # EstimatedRadiographicMagnificationFactor
+    shape: tuple[int, int] = (0, 0)  # (rows, columns) of a frame
+    patient_orientation: tuple[str, ...] = ()  # PatientOrientation: where +column and +row point on the patient
     primary_angle_deg: float | None = None  # PositionerPrimaryAngle (+ = LAO), XA/RF
     secondary_angle_deg: float | None = None  # PositionerSecondaryAngle (+ = cranial), XA/RF
     view_position: str = ""  # ViewPosition (AP, PA, LL, RL, ...)
@@ -62,13 +64,14 @@ class Radiograph:
     @property
     def detector_mm(self) -> tuple[float, float]:
         """The image's physical size (rows, columns) at `spacing_plane`."""
-        rows, cols = self.image.shape[-2:]
+        rows, cols = self.shape
         return rows * self.spacing_mm[0], cols * self.spacing_mm[1]
 
     def record(self) -> dict:
         """Everything but the pixels, as plain values (fit-xray's sidecar, RadiographDataset's items)."""
         out = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "image"}
-        out.update(shape=list(self.image.shape), detector_mm=list(self.detector_mm),
+        out.update(shape=list(self.shape), detector_mm=list(self.detector_mm),
+                   patient_orientation=list(self.patient_orientation),
                    spacing_mm=list(self.spacing_mm), notes=list(self.notes),
                    value_range=None if self.value_range is None else list(self.value_range))
         return out
@@ -96,7 +99,7 @@ def _tag_text(ds, tag: str) -> str:
     return "absent" if element is None or element == "" else repr(str(element))
 
 
-def dicom_spacing(ds, path: Path, plane: str = "detector") -> tuple[tuple[float, float], str, str]:
+def dicom_spacing(ds, path: Path, plane: str = SpacingPlane.DETECTOR) -> tuple[tuple[float, float], str, str]:
     """(spacing, source, plane) of a DICOM radiograph at `plane`: ImagerPixelSpacing, else PixelSpacing,
     else NominalScannedPixelSpacing; at the isocentre, divided by EstimatedRadiographicMagnificationFactor.
     A missing, zero, negative or non-numeric value everywhere is a SpacingUnknownError naming the tags."""
@@ -108,9 +111,9 @@ def dicom_spacing(ds, path: Path, plane: str = "detector") -> tuple[tuple[float,
         raise SpacingUnknownError(path, f"no usable pixel spacing in the DICOM header ({looked}); give it "
                                         "(--spacing ROW COL / spacing_mm=)")
     tag, spacing = found
-    at = "detector"
+    at = SpacingPlane.DETECTOR
     if tag == "PixelSpacing" and ds.get("PixelSpacingCalibrationType"):
-        at = "isocentre"  # calibrated to the patient (PS3.3 C.8.11.7)
+        at = SpacingPlane.ISOCENTRE  # calibrated to the patient (PS3.3 C.8.11.7)
     if at == plane:
         return spacing, tag, plane
     m = _number(ds.get("EstimatedRadiographicMagnificationFactor"))
@@ -118,7 +121,7 @@ def dicom_spacing(ds, path: Path, plane: str = "detector") -> tuple[tuple[float,
         raise SpacingUnknownError(path, f"{tag} is at the {at}; the spacing at the {plane} needs "
                                         "EstimatedRadiographicMagnificationFactor, which is "
                                         f"{_tag_text(ds, 'EstimatedRadiographicMagnificationFactor')}")
-    scale = 1.0 / m if plane == "isocentre" else m
+    scale = 1.0 / m if plane == SpacingPlane.ISOCENTRE else m
     return (spacing[0] * scale, spacing[1] * scale), f"{tag} {'/' if plane == 'isocentre' else 'x'} " \
         "EstimatedRadiographicMagnificationFactor", plane
 
@@ -220,8 +223,8 @@ def _values(ds, pixels: np.ndarray, voi: bool) -> tuple[np.ndarray, tuple[float,
     return np.asarray(values, dtype=np.float32), (float(ends.min()), float(ends.max())), applied
 
 
-def read_dicom_radiograph(path: Path, ds, spacing_mm=None, plane: str = "detector", frame: int | None = 0,
-                          voi: bool = False, decoder: str = "") -> Radiograph:
+def read_dicom_radiograph(path: Path, ds, spacing_mm=None, plane: str = SpacingPlane.DETECTOR, frame: int | None = 0,
+                          voi: bool = False, decoder: str = "", pixels: bool = True) -> Radiograph:
     """A DICOM radiograph read by pydicom: see `read_radiograph`."""
     from pydicom.uid import JPEG2000, JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLSNearLossless
 
@@ -232,15 +235,17 @@ def read_dicom_radiograph(path: Path, ds, spacing_mm=None, plane: str = "detecto
         spacing, source, plane = dicom_spacing(ds, path, plane)
     else:
         spacing, source = (float(spacing_mm[0]), float(spacing_mm[-1])), "given"
-    pixels = _decoded(ds, path, frame, decoder)
-    try:
-        values, value_range, applied = _values(ds, pixels, voi)
-    except ValueError as exc:
-        raise VolumeReadError(path, f"cannot apply the header's LUTs: {exc}") from exc
     photometric = str(ds.get("PhotometricInterpretation", "")).strip()
     inverted = photometric == "MONOCHROME1" or str(ds.get("PresentationLUTShape", "")).strip() == "INVERSE"
-    if inverted:  # reflected in the declared range: the same values whichever encoding carried them
-        values = np.float32(value_range[0] + value_range[1]) - values
+    values, value_range, applied = None, None, ""
+    if pixels:
+        stored = _decoded(ds, path, frame, decoder)
+        try:
+            values, value_range, applied = _values(ds, stored, voi)
+        except ValueError as exc:
+            raise VolumeReadError(path, f"cannot apply the header's LUTs: {exc}") from exc
+        if inverted:  # reflected in the declared range: the same values whichever encoding carried them
+            values = np.float32(value_range[0] + value_range[1]) - values
     sdd = _number(ds.get("DistanceSourceToDetector"))
     sdd = sdd if sdd and sdd > 0 else None
     if sdd is None:
@@ -251,7 +256,9 @@ def read_dicom_radiograph(path: Path, ds, spacing_mm=None, plane: str = "detecto
     lossy = str(ds.get("LossyImageCompression", "")).strip() == "01" or syntax in (
         JPEGBaseline8Bit, JPEGExtended12Bit, JPEG2000, JPEGLSNearLossless)
     frames = int(_number(ds.get("NumberOfFrames")) or 1)
+    orientation = tuple(str(v).strip().upper() for v in (ds.get("PatientOrientation") or ()))
     return Radiograph(values, spacing, source, plane, sdd, sod, sod_source, m,
+                      (int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)), orientation,
                       _number(ds.get("PositionerPrimaryAngle")), _number(ds.get("PositionerSecondaryAngle")),
                       str(ds.get("ViewPosition", "") or ""), str(ds.get("Modality", "") or ""), photometric,
                       inverted, value_range, applied, syntax.name, lossy, frames,
@@ -283,9 +290,9 @@ def read_image_2d(path: Path) -> tuple[np.ndarray, tuple[float, float] | None]:
     return array.astype(np.float32), ((float(sy), float(sx)) if spaced else None)
 
 
-def read_radiograph(path: Path, spacing_mm: tuple[float, float] | None = None, plane: str = "detector",
-                    frame: int | None = 0, voi: bool = False, decoder: str = "") -> Radiograph:
-    """A 2-D radiograph with its spacing and geometry.
+def read_radiograph(path: Path, spacing_mm: tuple[float, float] | None = None, plane: str = SpacingPlane.DETECTOR,
+                    frame: int | None = 0, voi: bool = False, decoder: str = "", pixels: bool = True) -> Radiograph:
+    """A 2-D radiograph with its spacing and geometry (`pixels=False`: a DICOM header alone, image None).
 
     DICOM (DX, CR, XA, RF, ...; any transfer syntax pydicom's handlers decode): spacing from
     ImagerPixelSpacing, else PixelSpacing, else NominalScannedPixelSpacing, at `plane` ('detector', or
@@ -303,13 +310,13 @@ def read_radiograph(path: Path, spacing_mm: tuple[float, float] | None = None, p
     if spacing_mm is not None and (len(spacing_mm) not in (1, 2) or min(spacing_mm) <= 0):
         raise ValueError(f"spacing_mm must be one or two positive numbers (row, column), got {spacing_mm}")
     try:
-        ds = pydicom.dcmread(path)
+        ds = pydicom.dcmread(path, defer_size=None if pixels else "64 KB")  # the header alone: pixels not read
     except (pydicom.errors.InvalidDicomError, OSError, ValueError, EOFError):
         ds = None  # not DICOM
     if ds is not None:
-        return read_dicom_radiograph(path, ds, spacing_mm, plane, frame, voi, decoder)
-    if frame not in (0, None) or voi:
-        raise ValueError(f"{path}: frame and voi apply to DICOM files only")
+        return read_dicom_radiograph(path, ds, spacing_mm, plane, frame, voi, decoder, pixels)
+    if frame not in (0, None) or voi or not pixels:
+        raise ValueError(f"{path}: frame, voi and a header-only read apply to DICOM files only")
     array, spacing = read_image_2d(path)
     source = "image header"
     if spacing_mm is not None:
@@ -317,13 +324,13 @@ def read_radiograph(path: Path, spacing_mm: tuple[float, float] | None = None, p
     elif spacing is None:
         raise SpacingUnknownError(path, f"a {path.suffix or 'suffix-less'} file without a physical pixel size; "
                                         "give it (--spacing ROW COL / spacing_mm=)")
-    if plane != "detector" and source != "given":
+    if plane != SpacingPlane.DETECTOR and source != "given":
         raise SpacingUnknownError(path, f"the spacing at the {plane} needs a magnification only DICOM states")
-    return Radiograph(array, spacing, source, plane, value_range=(float(array.min()), float(array.max())),
+    return Radiograph(array, spacing, source, plane, shape=array.shape, value_range=(float(array.min()), float(array.max())),
                       notes=("geometry: none in a non-DICOM file",))
 
 
-def radiograph_problem(path: Path, spacing_mm=None, plane: str = "detector") -> tuple[str, str]:
+def radiograph_problem(path: Path, spacing_mm=None, plane: str = SpacingPlane.DETECTOR) -> tuple[str, str]:
     """(spacing source, '') of a radiograph file that can be used, or ('', the reason) of one that cannot,
     from its header alone (pixels are decoded when the file is read)."""
     import pydicom

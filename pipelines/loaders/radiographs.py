@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 
 from pipelines.io.radiographs import radiograph_problem, read_radiograph
 from pipelines.ops.xray import fit_xray
-from schemas.detector import Geometry
+from schemas.detector import Geometry, SpacingPlane
 from schemas.manifest import Col
 from schemas.shard_layout import Key
 
@@ -39,7 +39,7 @@ class RadiographDataset(Dataset):
 
     def __init__(self, paths: Sequence[str | Path] | str | Path, geometry: Geometry | None = None,
                  transform: Callable[[dict], dict] | None = None, spacing_mm: tuple[float, float] | None = None,
-                 spacing_plane: str = "detector", frame: int = 0, voi: bool = False):
+                 spacing_plane: str = SpacingPlane.DETECTOR, frame: int = 0, voi: bool = False):
         if isinstance(paths, (str, Path)):  # a folder: its files, in name order
             folder = Path(paths)
             if not folder.is_dir():

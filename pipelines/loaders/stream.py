@@ -33,6 +33,7 @@ from pipelines.ops.drr import Renderer
 from pipelines.ops.orient import world_to_voxel
 from pipelines.ops.sampling import sample_vertebra_pair, stable_hash
 from pipelines.physics.draw import XrayRecord, noise_seeds
+from pipelines.physics.radiograph_view import RadiographView, views_like
 from pipelines.physics.realistic import RealisticRenderer
 from pipelines.physics.render import Poses, Scene, Views, draw_xray, render_views, sample_poses
 from pipelines.physics.tables import warm_tube_spectra
@@ -61,25 +62,35 @@ class StreamSettings:
     realistic: bool
     xray: XrayConfig
     crop_mm: float | None
+    radiographs: tuple[RadiographView, ...] = ()  # like_radiograph: each item renders like one of them
 
 
 def resolve(stream: StreamConfig, version: BuildConfig) -> StreamSettings:
     d = version.detector
+    radiographs: tuple[RadiographView, ...] = ()
     if stream.realistic and version.attenuation.bone_multiplier != 1.0:
         raise ValueError("realistic views need the version's attenuation.bone_multiplier to be 1 (the physics "
                          "gives bone its own attenuation); set realistic: false")
     spacing = stream.pixel_spacing_mm or d.pixel_spacing_mm * d.width / stream.width
     geometry = Geometry(stream.height, stream.width, spacing, stream.sdd_mm or d.sdd_mm, stream.sod_mm or d.sod_mm,
                         "traversal", None, d.reverse_x_axis, d.error_budget)
+    views = tuple(stream.views)
+    if stream.like_radiograph:
+        radiographs = views_like(stream.like_radiograph, geometry, stream.like_binning, stream.sdd_mm, stream.sod_mm)
+        geometry, views = radiographs[0].geometry, ("AP",)  # the AP camera, turned by each radiograph's gantry
+        for r in radiographs:
+            log.info("rendering like %s: %dx%d px at %g mm, SDD %g mm, SOD %g mm, %s%s", r.name, r.geometry.height,
+                     r.geometry.width, r.geometry.pixel_spacing_mm, r.geometry.sdd_mm, r.geometry.sod_mm, r.direction,
+                     "".join(f"; {n}" for n in r.notes))
     if geometry.sod_mm >= geometry.sdd_mm:
         raise ValueError(f"sod_mm {geometry.sod_mm} must be smaller than sdd_mm {geometry.sdd_mm}")
     xray = stream.xray or version.xray.model_copy(update={"enabled": True})
     return StreamSettings(
-        geometry, tuple(stream.views), stream.poses_per_item,
+        geometry, views, stream.poses_per_item,
         np.deg2rad(stream.rotation_range_deg or version.drr.rotation_range_deg),
         np.asarray(stream.translation_range_mm or version.drr.translation_range_mm, dtype=float),
         tuple(stream.level_offsets or version.drr.level_offsets), stream.euler_convention or version.drr.euler_convention,
-        stream.exact, stream.realistic, xray, stream.crop_mm)
+        stream.exact, stream.realistic, xray, stream.crop_mm, radiographs)
 
 
 def case_of(position: int, n_cases: int, seed: int, epoch: int, views_per_case: int) -> int:
@@ -236,8 +247,11 @@ class DRRStream(EpochPositions):
             raise ValueError(f"{vol.case_id}: no level offset of {list(s.level_offsets)} fits its {len(vol.levels)} "
                              "vertebrae")
         ref, target = pair
-        poses = sample_poses(rng, s.poses_per_item, s.views, vol.centre_of(ref), s.geometry.sod_mm,
-                             s.rotation_range_rad, s.translation_range_mm, s.euler_convention)
+        like = (s.radiographs[stable_hash(self.seed, "radiograph", self.epoch, position) % len(s.radiographs)]
+                if s.radiographs else None)
+        poses = sample_poses(rng, s.poses_per_item, s.views, vol.centre_of(ref),
+                             (like.geometry if like else s.geometry).sod_mm, s.rotation_range_rad,
+                             s.translation_range_mm, s.euler_convention, like.gantry if like else None)
         scene = vol.scene_for(vol.centre_of(target), s)
         sample = f"{vol.case_id}@{self.seed}:{self.epoch}:{position}"
         xray = (draw_xray(rng, s.xray, noise_seeds(self.seed, sample, len(poses)), scene, level_id(target))
@@ -245,6 +259,8 @@ class DRRStream(EpochPositions):
         views = render_views(scene, poses.cameras, level_id(target), xray)
         out = {Col.CASE_ID: vol.case_id, Col.SPLIT: vol.split, Col.REF_LEVEL: ref, Col.TARGET_LEVEL: target,
                "epoch": self.epoch, "position": position, Col.SAMPLE_ID: sample}
+        if like is not None:
+            out["radiograph"] = like.name
         if xray is not None:
             out[Key.DRR_XRAY] = torch.from_numpy(views.realistic)
             out[Key.INSTRUMENT_MASK] = torch.from_numpy(views.instrument_mask)

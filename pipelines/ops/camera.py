@@ -40,9 +40,24 @@ def base_camera(view: str, sod_mm: float, isocentre=(0.0, 0.0, 0.0)) -> np.ndarr
     return cam
 
 
-def camera_for_motion(view: str, sod_mm: float, isocentre, motion: np.ndarray) -> np.ndarray:
-    """Camera that sees the volume moved by `motion` (world mm) from the base `view`."""
-    return np.linalg.inv(motion) @ base_camera(view, sod_mm, isocentre)
+def turned_about(isocentre, rotation: np.ndarray) -> np.ndarray:
+    """(4, 4) world motion: `rotation` (3, 3) about `isocentre`."""
+    c = np.asarray(isocentre, dtype=float)
+    out = np.eye(4)
+    out[:3, :3] = rotation
+    out[:3, 3] = c - rotation @ c
+    return out
+
+
+def camera_for_motion(view: str, sod_mm: float, isocentre, motion: np.ndarray,
+                      gantry: np.ndarray | None = None) -> np.ndarray:
+    """Camera that sees the volume moved by `motion` (world mm) from the base `view`, the source and
+    detector first turned by `gantry` (3, 3) about the isocentre (a C-arm's angles: see
+    `physics.radiograph_view`)."""
+    base = base_camera(view, sod_mm, isocentre)
+    if gantry is not None:
+        base = turned_about(isocentre, gantry) @ base
+    return np.linalg.inv(motion) @ base
 
 
 def project_point(camera: np.ndarray, point: np.ndarray, geometry: Geometry) -> np.ndarray:

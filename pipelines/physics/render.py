@@ -36,16 +36,20 @@ class Poses:
         return len(self.cameras)
 
 
-def poses_of(params: np.ndarray, matrices: np.ndarray, names, centre: np.ndarray, sod_mm: float) -> Poses:
-    """The cameras of recorded poses (a stored sample's `pose_params`, `pose_matrices`, `view_names`)."""
+def poses_of(params: np.ndarray, matrices: np.ndarray, names, centre: np.ndarray, sod_mm: float,
+             gantry: np.ndarray | None = None) -> Poses:
+    """The cameras of recorded poses (a stored sample's `pose_params`, `pose_matrices`, `view_names`),
+    each base view turned by `gantry` about the centre where one is given (a radiograph's C-arm)."""
     names = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names)
-    cameras = np.stack([camera_for_motion(n, sod_mm, centre, m) for n, m in zip(names, matrices)])
+    cameras = np.stack([camera_for_motion(n, sod_mm, centre, m, gantry) for n, m in zip(names, matrices)])
     return Poses(np.asarray(params), np.asarray(matrices), cameras, names, np.asarray(centre, dtype=np.float64))
 
 
 def sample_poses(rng: np.random.Generator, n_poses: int, views, centre: np.ndarray, sod_mm: float,
-                 rotation_range_rad: np.ndarray, translation_range_mm: np.ndarray, convention: str) -> Poses:
-    """`n_poses` poses drawn uniformly in +/- the ranges about `centre`, each seen from every view."""
+                 rotation_range_rad: np.ndarray, translation_range_mm: np.ndarray, convention: str,
+                 gantry: np.ndarray | None = None) -> Poses:
+    """`n_poses` poses drawn uniformly in +/- the ranges about `centre`, each seen from every view
+    (turned by `gantry` about the centre where given)."""
     params, matrices, names = [], [], []
     for _ in range(n_poses):
         theta = sample_pose(rng, rotation_range_rad, translation_range_mm)
@@ -54,7 +58,7 @@ def sample_poses(rng: np.random.Generator, n_poses: int, views, centre: np.ndarr
             params.append(theta)
             matrices.append(motion)
             names.append(view)
-    return poses_of(np.stack(params), np.stack(matrices), names, centre, sod_mm)
+    return poses_of(np.stack(params), np.stack(matrices), names, centre, sod_mm, gantry)
 
 
 @dataclass

@@ -230,3 +230,28 @@ def test_a_stored_view_re_renders_bit_identically_through_the_streams_path(train
     other = XrayRecord(xray.physics, xray.instruments, tuple(s + 1 for s in xray.noise_seeds))
     assert not np.array_equal(stream.views_of(row.case_id, row.target_level, poses, other).realistic,
                               stored[Key.DRR_XRAY])  # the check can fail: other noise seeds, other images
+
+
+def test_a_build_renders_its_drr_product_on_a_given_radiographs_detector(tmp_path, training_version):
+    """detector.like_radiograph: the version's drr views have the DX's rows and columns (binned 2 x 2),
+    its pitch, SDD and SOD, and its config records the numbers and where they came from."""
+    from pipelines.builds.run import run_build
+    from pipelines.io.shards import PublishedVersion
+    from tests.loaders.conftest import training_config
+    from tests.loaders.test_radiographs import write_dicom
+
+    _, inputs = training_version
+    dx = write_dicom(tmp_path / "dx.dcm", np.zeros((64, 72), np.uint16), "DX", ImagerPixelSpacing=[2.0, 2.0],
+                     DistanceSourceToDetector=1000, EstimatedRadiographicMagnificationFactor=1.25, ViewPosition="AP")
+    base = training_config().model_dump(mode="json")
+    base["detector"] = {"samples_per_voxel": 2.0, "like_radiograph": str(dx), "like_binning": 2}
+    from schemas.config import BuildConfig
+
+    run_build(BuildConfig.model_validate(base), [str(inputs)], str(tmp_path / "out"))
+    version = PublishedVersion(tmp_path / "out" / "train" / "v1")
+    d = version.config.detector
+    assert (d.height, d.width, d.pixel_spacing_mm, d.sdd_mm, d.sod_mm) == (32, 36, 4.0, 1000.0, 800.0)
+    assert d.from_radiograph == str(dx) and d.like_radiograph is None
+    drrs = DRRDataset(tmp_path / "out" / "train" / "v1")
+    assert drrs[0]["drr"].shape[-2:] == (32, 36)
+    assert (drrs.geometry.height, drrs.geometry.width, drrs.geometry.sod_mm) == (32, 36, 800.0)
