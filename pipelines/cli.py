@@ -115,6 +115,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="local worker processes per run (Dask LocalCluster when > 1)")
     p.add_argument("--dask-address", default=None, help="run the case tasks on an existing Dask scheduler")
     _add_cache_option(p)
+    p = sub.add_parser("xray-info", help="what SpineForge reads from radiograph files: encoding, spacing and its "
+                                         "source, geometry, and whether the pixels decode")
+    p.add_argument("inputs", nargs="+", metavar="FILE", help="radiographs (DICOM, MHA, NRRD, PNG, ...) or folders of them")
+    p.add_argument("--spacing", type=float, nargs="+", metavar="MM", help="the spacing to use where a file states none")
+    p.add_argument("--json", action="store_true", help="one JSON record per file instead of the table")
     p = sub.add_parser("fit-xray", help="fit a real X-ray to the training detector's field (crop/pad, resample)")
     p.add_argument("input", help="2D radiograph (DICOM, MHA, NRRD, PNG, ...)")
     p.add_argument("output", help="output image: .mha .mhd .nrrd .nii .nii.gz .tif .tiff (float32) or .png .dcm (integers, "
@@ -244,6 +249,24 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_xray_info(args) -> int:
+    from pipelines.tools.radiograph_info import radiograph_rows
+
+    rows = radiograph_rows([Path(p) for p in args.inputs], tuple(args.spacing) if args.spacing else None)
+    if args.json:
+        for row in rows:
+            print(json.dumps(row, default=str))
+    else:
+        columns = ("file", "modality", "encoding", "frames", "size", "spacing_mm", "spacing_source", "sdd_mm",
+                   "sod_mm", "direction", "pixels", "outcome")
+        table = [[str(row.get(c, "")) for c in columns] for row in rows]
+        widths = [max(len(c), *(len(r[i]) for r in table)) for i, c in enumerate(columns)]
+        print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
+        for r in table:
+            print("  ".join(v.ljust(w) for v, w in zip(r, widths)))
+    return 0 if all(row["outcome"] == "read" for row in rows) else 1
+
+
 def cmd_fit_xray(args) -> int:
     from pipelines.io.fitted_images import check_image_output, write_fitted
     from pipelines.io.radiographs import read_radiograph
@@ -340,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipelines.errors import USER_ERRORS
 
     handlers = {"demo": cmd_demo, "ingest": cmd_ingest, "inspect": cmd_inspect, "validate": cmd_validate,
-                "fit-xray": cmd_fit_xray, "diff": cmd_diff, "export": cmd_export, "report": cmd_report,
+                "fit-xray": cmd_fit_xray, "xray-info": cmd_xray_info, "diff": cmd_diff, "export": cmd_export, "report": cmd_report,
                 "serve": cmd_serve, "gc": cmd_gc, "api": cmd_api, "publish": cmd_publish,
                 "build": lambda a: cmd_build(a, Path(a.config), a.inputs)}
     try:

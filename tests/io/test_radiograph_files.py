@@ -259,3 +259,19 @@ def test_fit_xray_refuses_an_unknown_spacing_and_records_a_given_one_in_files_th
     assert run.returncode == 0, run.stderr
     assert {p.name: p.stat().st_mode & 0o777 for p in private.iterdir()} == {
         "p.png": 0o600, "p_valid.png": 0o600, "p.json": 0o600}
+
+
+def test_xray_info_tells_what_is_read_refused_or_broken(tmp_path):
+    files = [data("RG1_J2KI.dcm"), data("MR_small_RLE.dcm"), data("MR_truncated.dcm")]
+    run = subprocess.run([sys.executable, "-m", "pipelines.cli", "xray-info", *files, "--json"], capture_output=True,
+                         text=True, cwd=tmp_path)
+    assert run.returncode == 1, run.stderr  # not every file is usable
+    rows = {r["file"]: r for r in map(json.loads, run.stdout.splitlines())}
+    assert rows["RG1_J2KI.dcm"]["outcome"].startswith("refused: no usable pixel spacing")
+    assert rows["RG1_J2KI.dcm"]["pixels"] == "decoded" and rows["RG1_J2KI.dcm"]["sdd_mm"] == "1996"
+    assert rows["MR_small_RLE.dcm"]["outcome"] == "read" and rows["MR_small_RLE.dcm"]["encoding"] == "RLE Lossless"
+    assert rows["MR_small_RLE.dcm"]["spacing_source"] == "PixelSpacing"
+    assert rows["MR_truncated.dcm"]["outcome"].startswith("broken: broken pixel data")
+    table = subprocess.run([sys.executable, "-m", "pipelines.cli", "xray-info", files[0], "--spacing", "0.2"],
+                           capture_output=True, text=True, cwd=tmp_path)
+    assert table.returncode == 0 and "given" in table.stdout.splitlines()[1] and not list(tmp_path.iterdir())
