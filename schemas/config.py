@@ -203,7 +203,7 @@ class ScatterConfig(_Strict):
     the air gap; a grid passes primary and scatter by its own transmissions."""
 
     enabled: bool = True
-    amplitude: float = Field(0.25, ge=0)  # SPR ~1.1 through 20 cm water, full 1024^2 field, no grid (docs/physics.md)
+    amplitude: float = Field(0.25, ge=0)  # SPR 1.75 behind 20 cm water, 204.8 mm field, no grid (Monte Carlo: 2.09; docs/physics.md)
     exponent: float = Field(1.3, ge=0)
     spread_deg: float = Field(25.0, gt=0, lt=80)  # RMS angle of scattered photons off the primary ray
     min_sigma_mm: float = Field(20.0, gt=0)  # kernel width leaving the patient
