@@ -159,10 +159,11 @@ class Alloy(_Strict):
 
 
 def _default_materials() -> list[MaterialAnchor]:
-    # -1000 HU: where the attenuation mapping is 0 (air); 0 HU: ICRP soft tissue at xraylib's 1.00 g/cm^3
-    # (water's density); 1500 HU: ICRP cortical bone, 1.85 g/cm^3, a typical CT calibration point for it
+    # -1000 HU: where the attenuation mapping is 0 (air); 0 HU: water, by which HU is defined and on which a
+    # CT scanner is calibrated (ICRP soft tissue at 1.00 g/cm^3 attenuates 0.8-5.8 % less per gram over
+    # 20-150 keV); 1500 HU: ICRP cortical bone, 1.85 g/cm^3, a typical CT calibration point for it
     return [MaterialAnchor(name="air", nist="Air, Dry (near sea level)", hu=-1000.0),
-            MaterialAnchor(name="soft_tissue", nist="Tissue, Soft (ICRP)", hu=0.0),
+            MaterialAnchor(name="water", nist="Water, Liquid", hu=0.0),
             MaterialAnchor(name="bone", nist="Bone, Cortical (ICRP)", hu=1500.0)]
 
 
