@@ -223,6 +223,9 @@ class XrayConfig(_Strict):
     alloys: list[Alloy] = Field(default_factory=_default_alloys)
     kv: tuple[int, int] = (70, 110)  # tube voltage (kVp), whole kV
     anode_angle_deg: float = Field(12.0, gt=0, lt=45)
+    # the anode heel effect: each view's anode -> cathode direction on the detector is drawn from these
+    # (degrees; 0: along +columns, 90: along +rows) and recorded; [] renders without the heel
+    heel_directions_deg: list[float] = Field(default_factory=lambda: [0.0, 90.0, 180.0, 270.0])
     filtration_al_mm: Range = (2.5, 4.0)  # total aluminium filtration
     filtration_cu_mm: Range = (0.0, 0.3)  # added copper (spectral) filter
     mas: Range = (0.1, 1.0)  # tube current-time product per image, drawn log-uniformly

@@ -60,6 +60,7 @@ class PhysicsDraw:
     grid_scatter_transmission: float  # 1 without a grid
     polarity: str  # radiograph (-ln, bone bright) or fluoroscopy (I/I0)
     energy_bins: int
+    heel_direction_deg: float | None = None  # anode -> cathode on the detector (0: +columns, 90: +rows); None: no heel
 
     @property
     def spectrum(self) -> SpectrumKey:
@@ -105,6 +106,8 @@ def draw_physics(rng: np.random.Generator, cfg: XrayConfig) -> PhysicsDraw:
         grid_scatter_transmission=scatter.grid_scatter_transmission if grid else 1.0,
         polarity=cfg.polarity,
         energy_bins=cfg.energy_bins,
+        heel_direction_deg=(float(cfg.heel_directions_deg[int(rng.integers(len(cfg.heel_directions_deg)))])
+                            if cfg.heel_directions_deg else None),
     )
 
 

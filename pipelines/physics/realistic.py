@@ -50,7 +50,8 @@ class RealisticRenderer:
         g = self.renderer.geometry
         return DetectorModel(g.pixel_spacing_mm, g.sdd_mm, g.sod_mm, physics.mas, physics.focal_spot_mm,
                              physics.psf_sigma_mm, physics.electronic_noise_quanta, physics.collimation,
-                             physics.collimation_fraction, physics.collimation_aspect, physics.polarity)
+                             physics.collimation_fraction, physics.collimation_aspect, physics.polarity,
+                             physics.heel_direction_deg)
 
     def scatter(self, masses: np.ndarray, physics: PhysicsDraw) -> ScatterModel | None:
         if not physics.scatter:

@@ -22,11 +22,12 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 import torch
 from scipy.ndimage import gaussian_filter
 
-from pipelines.physics.tables import SPECTRUM_DISTANCE_CM, Tables
+from pipelines.physics.tables import HEEL_ANGLES_DEG, HEEL_STEP_DEG, SPECTRUM_DISTANCE_CM, Tables
 from pipelines.physics.units import MM_PER_CM
 
 FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
@@ -64,6 +65,16 @@ def _noise(seed: int, fill) -> None:
     list(_noise_pool().map(lambda i: fill(np.random.default_rng(children[i]), i), range(NOISE_BANDS)))
 
 
+def heel_angles(shape: tuple[int, int], pixel_mm: float, sdd_mm: float, direction_deg: float) -> np.ndarray:
+    """(H, W) each pixel's ray angle off the central ray towards the cathode (degrees), the anode-cathode
+    axis pointing `direction_deg` on the detector (0: along +columns, 90: along +rows)."""
+    h, w = shape
+    rows = (np.arange(h) - (h - 1) / 2.0)[:, None] * pixel_mm
+    cols = (np.arange(w) - (w - 1) / 2.0)[None, :] * pixel_mm
+    a = np.deg2rad(direction_deg)
+    return np.rad2deg(np.arctan((cols * np.cos(a) + rows * np.sin(a)) / sdd_mm))
+
+
 def primary(masses: np.ndarray, tables: Tables) -> tuple[np.ndarray, np.ndarray]:
     """(Q, S): expected absorbed quanta and deposited energy (keV) per unit fluence scale, for (P, C)
     mass thicknesses (g/cm^2) in the tables' channel order; an all-zero row gives the open field.
@@ -77,6 +88,52 @@ def primary(masses: np.ndarray, tables: Tables) -> tuple[np.ndarray, np.ndarray]
         torch.mm(a.neg_().exp_(), weights, out=out[lo:lo + CHUNK_PIXELS])
     q, s = out.numpy().T
     return q, s
+
+
+@numba.njit(cache=True)
+def _bilinear(table, i, ta, lo, hi, tx):
+    return ((table[i, lo] * (1 - tx) + table[i, hi] * tx) * (1 - ta)
+            + (table[i + 1, lo] * (1 - tx) + table[i + 1, hi] * tx) * ta)
+
+
+@numba.njit(cache=True, parallel=True)
+def _heel_kernel(q, s, s0, width, pixel_mm, sdd_mm, cos_a, sin_a, a0, da, dx, fq, fs, open_q, open_s):
+    """In place: q, s (flat, row-major of `width` columns) times their heel factors; open_q, open_s
+    get the open field's. A pixel's angle towards the cathode is atan(offset along the axis / SDD); the
+    tables are uniform: angles a0 + k da, attenuations k dx."""
+    n_angles, n_grid = fq.shape
+    rows = len(q) // width
+    for p in numba.prange(len(q)):
+        r, c = p // width, p % width
+        u = ((c - (width - 1) / 2.0) * cos_a + (r - (rows - 1) / 2.0) * sin_a) * pixel_mm
+        fa = min(max((np.degrees(np.arctan(u / sdd_mm)) - a0) / da, 0.0), n_angles - 1.0)
+        i = min(int(fa), n_angles - 2)
+        ta = fa - i
+        fx = min(max(-np.log(max(s[p] / s0, 1e-30)) / dx, 0.0), n_grid - 1.0)
+        lo = min(int(fx), n_grid - 2)
+        hi = lo + 1
+        tx = fx - lo
+        q[p] *= _bilinear(fq, i, ta, lo, hi, tx)
+        s[p] *= _bilinear(fs, i, ta, lo, hi, tx)
+        open_q[p] = _bilinear(fq, i, ta, 0, 1, 0.0)
+        open_s[p] = _bilinear(fs, i, ta, 0, 1, 0.0)
+
+
+def apply_heel(q: np.ndarray, s: np.ndarray, s0: float, shape: tuple[int, int], pixel_mm: float, sdd_mm: float,
+               direction_deg: float, tables: Tables) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(q, s, open_q, open_s): the primary quanta and signal (flat, per pixel, under the central ray's
+    spectrum) each under its own pixel's heel spectrum, and the open field's factors. A pixel's spectrum
+    is spekpy's at its ray's angle towards the cathode (the axis at `direction_deg` on the detector),
+    read bilinearly from the tables' heel grid by that angle and the pixel's attenuation -ln(S / S_open)
+    (`heel_attenuation`, in the 0 HU anchor's material)."""
+    q, s = np.ascontiguousarray(q, dtype=np.float32).copy(), np.ascontiguousarray(s, dtype=np.float32).copy()
+    open_q, open_s = np.empty_like(q), np.empty_like(s)
+    a = np.deg2rad(direction_deg)
+    grid = tables.heel_attenuation
+    _heel_kernel(q, s, np.float32(s0), shape[1], pixel_mm, sdd_mm, float(np.cos(a)), float(np.sin(a)),
+                 float(HEEL_ANGLES_DEG[0]), HEEL_STEP_DEG, float(grid[1] - grid[0]),
+                 tables.heel_quanta.astype(np.float32), tables.heel_signal.astype(np.float32), open_q, open_s)
+    return q, s, open_q, open_s
 
 
 def fluence_scale(raylen_mm: np.ndarray, sdd_mm: float, pixel_mm: float, mas: float) -> np.ndarray:
@@ -174,6 +231,7 @@ class DetectorModel:
     collimation_fraction: float = 1.0
     collimation_aspect: float = 1.0
     polarity: str = "radiograph"
+    heel_direction_deg: float | None = None  # anode -> cathode on the detector (0: +columns); None: no heel
 
 
 def synthesize(masses: np.ndarray, raylen_mm: np.ndarray, tables: Tables, detector: DetectorModel,
@@ -184,8 +242,12 @@ def synthesize(masses: np.ndarray, raylen_mm: np.ndarray, tables: Tables, detect
     h, w = masses.shape[:2]
     scale = fluence_scale(raylen_mm, detector.sdd_mm, detector.pixel_mm, detector.mas).reshape(h, w)
     q, s = primary(masses.reshape(h * w, -1), tables)
-    q0, s0 = (float(x[0]) for x in primary(np.zeros((1, masses.shape[-1])), tables))
+    q0, s0 = (float(x[0]) for x in primary(np.zeros((1, masses.shape[-1])), tables))  # the central ray's
     flat_q, flat_s = q0 * scale, s0 * scale
+    if detector.heel_direction_deg is not None and tables.heel_quanta is not None:
+        q, s, open_q, open_s = apply_heel(q, s, s0, (h, w), detector.pixel_mm, detector.sdd_mm,
+                                          detector.heel_direction_deg, tables)
+        flat_q, flat_s = flat_q * open_q.reshape(h, w), flat_s * open_s.reshape(h, w)
     open_field = collimator((h, w), detector.collimation, detector.collimation_fraction, detector.collimation_aspect)
     focal_px = focal_sigma_mm(detector.focal_spot_mm, detector.sdd_mm, detector.sod_mm) / detector.pixel_mm
     gate = (scale * open_field).astype(np.float32)  # photons per unit fluence where the collimator is open

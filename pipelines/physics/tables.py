@@ -30,6 +30,15 @@ from schemas.config import Alloy, MaterialAnchor
 
 FINE_BIN_KEV = 0.5  # spekpy's spectrum resolution used everywhere before binning
 SPECTRUM_DISTANCE_CM = 100.0  # spekpy's fluence is given at 1 m from the focal spot
+# the anode heel: spekpy's spectra at these offsets from the central ray (degrees towards the cathode),
+# between which a pixel's spectrum is interpolated linearly; denser on the anode side, where the heel
+# bends (the signal interpolated this way is within 0.7 % of spekpy's own over +/- 6 deg, the default
+# C-arm's detector; every 5 deg it was 3 % off at the anode edge)
+HEEL_ANGLES_DEG = (-10.0, -7.5, -5.0, -2.5, 0.0, 5.0, 10.0)
+# ... and at these thicknesses (g/cm^2) of the 0 HU anchor's material, whose hardening stands for all
+HEEL_THICKNESS_G_CM2 = np.concatenate([np.linspace(0.0, 10.0, 41), np.linspace(10.5, 100.0, 180)])
+HEEL_STEP_DEG = 2.5  # the uniform angle grid the heel tables are kept on (the spectra's angles lie on it)
+HEEL_ATTENUATION_STEPS = 1024
 
 
 @functools.lru_cache(maxsize=64)
@@ -46,12 +55,44 @@ def _tube(kv: int, anode_angle_deg: float) -> tuple[np.ndarray, np.ndarray]:
     return cached_spectrum(key, compute)
 
 
+@functools.lru_cache(maxsize=64)
+def _tube_off_axis(kv: int, anode_angle_deg: float, angle_deg: float) -> tuple[np.ndarray, np.ndarray]:
+    """spekpy's spectrum `angle_deg` off the central ray in the anode-cathode plane (+ towards the
+    cathode), without oblique filtration, at 1 m along that ray (the inverse square taken out)."""
+    def compute():
+        import spekpy
+
+        x_cm = SPECTRUM_DISTANCE_CM * float(np.tan(np.deg2rad(angle_deg)))
+        spectrum = spekpy.Spek(kvp=float(kv), th=float(anode_angle_deg), dk=FINE_BIN_KEV, x=x_cm, y=0.0,
+                               z=SPECTRUM_DISTANCE_CM, obli=False)
+        energies, fluence = spectrum.get_spectrum(diff=False)
+        inverse_square = 1.0 / np.cos(np.deg2rad(angle_deg)) ** 2  # spekpy's fluence is at the off-axis point
+        return np.asarray(energies, dtype=np.float64), np.asarray(fluence, dtype=np.float64) * inverse_square
+
+    if angle_deg == 0.0:
+        return _tube(kv, anode_angle_deg)
+    key = f"spekpy{version('spekpy')}-kv{int(kv)}-th{float(anode_angle_deg):g}-dk{FINE_BIN_KEV:g}-heel{angle_deg:g}"
+    return cached_spectrum(key, compute)
+
+
+def heel_ratios(kv: int, anode_angle_deg: float, energies: np.ndarray) -> np.ndarray:
+    """(len(HEEL_ANGLES_DEG), E): each heel angle's spectrum over the central one, per fine bin of
+    `energies` (1 where the central spectrum is empty)."""
+    centre = dict(zip(*_tube(kv, anode_angle_deg)))
+    rows = []
+    for angle in HEEL_ANGLES_DEG:
+        off = dict(zip(*_tube_off_axis(kv, anode_angle_deg, angle)))
+        rows.append([off.get(e, 0.0) / centre[e] if centre.get(e, 0.0) > 0 else 1.0 for e in energies])
+    return np.asarray(rows)
+
+
 def warm_tube_spectra(kv: tuple[int, int], anode_angle_deg: float, progress=None) -> int:
     """Compute (or find in the machine's cache) every whole-kV spectrum of a range, so that processes
     started later (DataLoader workers) read them instead of each computing them; returns how many."""
     kvs = range(int(kv[0]), int(kv[1]) + 1)
     for n, k in enumerate(kvs):
-        _tube(k, float(anode_angle_deg))
+        for angle in HEEL_ANGLES_DEG:
+            _tube_off_axis(k, float(anode_angle_deg), angle)
         if progress is not None and (n + 1) % 10 == 0:
             progress(f"tube spectra: {n + 1}/{len(kvs)}")
     return len(kvs)
@@ -138,6 +179,12 @@ class Tables:
     eta: np.ndarray
     kept_kev: np.ndarray
     channels: tuple[str, ...]
+    # the anode heel: per angle (HEEL_ANGLES_DEG[0] to [-1] every HEEL_STEP_DEG) and attenuation
+    # -ln(S/S_open) under the central spectrum (`heel_attenuation`, uniform, through the 0 HU anchor's
+    # material), the quanta and the signal under that angle's spectrum over the central one's; None: no heel
+    heel_attenuation: np.ndarray | None = None
+    heel_quanta: np.ndarray | None = None
+    heel_signal: np.ndarray | None = None
 
     @property
     def signal_weights(self) -> np.ndarray:
@@ -168,12 +215,13 @@ def tables_for(spectrum: SpectrumKey, materials: tuple[MaterialAnchor, ...], all
     """The synthesis tables of one spectrum and material set (cached: views of one kV share them)."""
     energies, fluence = tube_spectrum(spectrum.kv, spectrum.anode_angle_deg, spectrum.filtration_al_mm,
                                       spectrum.filtration_cu_mm)
+    heel = heel_ratios(spectrum.kv, spectrum.anode_angle_deg, energies)
     return make_tables(energies, fluence, list(materials), list(alloys), spectrum.detector_material,
-                       spectrum.detector_thickness_mm, spectrum.energy_bins)
+                       spectrum.detector_thickness_mm, spectrum.energy_bins, heel)
 
 
 def make_tables(energies: np.ndarray, fluence: np.ndarray, materials: list[MaterialAnchor], alloys: list[Alloy],
-                detector_material: str, detector_mm: float, n_bins: int) -> Tables:
+                detector_material: str, detector_mm: float, n_bins: int, heel: np.ndarray | None = None) -> Tables:
     """Integrate fine-binned physics over `n_bins` synthesis bins that each hold an equal share of the
     detected signal (fluence x absorbed fraction x energy): resolution goes where the signal is. Each
     bin's coefficients are its fine bins' signal-weighted means (exact for thin absorbers)."""
@@ -185,6 +233,23 @@ def make_tables(energies: np.ndarray, fluence: np.ndarray, materials: list[Mater
     groups = [g for g in (np.flatnonzero(index == b) for b in range(n_bins)) if len(g) and weight[g].sum() > 0]
     w = [weight[g] / weight[g].sum() for g in groups]
     q = [fluence[g] * eta[g] for g in groups]
+    heel_grid = heel_q = heel_s = None
+    if heel is not None:  # fine-binned, through HEEL_THICKNESS_G_CM2 of the 0 HU anchor's material
+        through = np.exp(-np.outer(HEEL_THICKNESS_G_CM2, mu_fine[1]))  # (T, E)
+        quanta, signal = fluence * eta, weight
+        central_q, central_s = through @ quanta, through @ signal
+        attenuation = -np.log(central_s / central_s[0])
+        heel_q = np.stack([(through @ (quanta * r)) / central_q for r in heel])
+        heel_s = np.stack([(through @ (signal * r)) / central_s for r in heel])
+        # resampled on uniform grids (angle every HEEL_STEP_DEG, linear between the spectra's angles, and
+        # HEEL_ATTENUATION_STEPS attenuations), so that a pixel's cell is found by arithmetic
+        heel_grid = np.linspace(0.0, attenuation[-1], HEEL_ATTENUATION_STEPS)
+        angles = np.arange(HEEL_ANGLES_DEG[0], HEEL_ANGLES_DEG[-1] + HEEL_STEP_DEG / 2, HEEL_STEP_DEG)
+
+        def uniform(table):
+            by_attenuation = np.stack([np.interp(heel_grid, attenuation, row) for row in table])
+            return np.stack([np.interp(angles, HEEL_ANGLES_DEG, col) for col in by_attenuation.T], axis=1)
+        heel_q, heel_s = uniform(heel_q), uniform(heel_s)
     return Tables(
         energies_kev=np.array([float(np.sum(energies[g] * wg)) for g, wg in zip(groups, w)]),
         fluence=np.array([fluence[g].sum() for g in groups]),
@@ -192,6 +257,9 @@ def make_tables(energies: np.ndarray, fluence: np.ndarray, materials: list[Mater
         eta=np.array([(fluence[g] * eta[g]).sum() / fluence[g].sum() for g in groups]),
         kept_kev=np.array([float(np.sum(kept[g] * qg) / qg.sum()) for g, qg in zip(groups, q)]),
         channels=tuple(m.name for m in materials) + tuple(a.name for a in alloys),
+        heel_attenuation=heel_grid,
+        heel_quanta=heel_q,
+        heel_signal=heel_s,
     )
 
 

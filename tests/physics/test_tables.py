@@ -89,3 +89,40 @@ def test_alloy_densities_and_versions_come_from_the_libraries():
     assert set(pipelines.physics_data_versions()) == {"spekpy", "xraylib"}
     with pytest.raises(ValueError, match="NIST"):
         tables.nist("unobtainium")
+
+
+@pytest.mark.parametrize("water_cm", [0.0, 20.0])
+def test_the_heel_at_the_field_edges_is_spekpys_own_spectrum_there(water_cm):
+    """A 1024 x 0.2 mm detector at SDD 1020 mm, anode -> cathode along +columns: the signal at the anode
+    and cathode edges over the centre's, open and behind 20 cm water, is what spekpy's own spectra at
+    those rays' angles give (x = z tan(angle), no oblique filtration, inverse square taken out) within 2 %."""
+    from pipelines.physics.synthesis import apply_heel, heel_angles
+
+    kv, al = 90, 3.0
+    key = tables.SpectrumKey(kv, 12.0, al, 0.0, "Cesium Iodide", 0.6, CFG.energy_bins)
+    t = tables.tables_for(key, tuple(CFG.materials), tuple(CFG.alloys))
+    angles = heel_angles((1, 1024), 0.2, 1020.0, 0.0)[0, [0, 512, 1023]]
+    assert angles[0] == pytest.approx(-5.73, abs=0.01)  # the anode edge, between the table's angles
+    masses = np.zeros((3, len(t.channels)))
+    masses[:, 1] = water_cm
+    quanta, signal = primary(masses, t)
+    _, open_signal = primary(np.zeros((1, len(t.channels))), t)
+    # the three pixels as one row: the two edges of a 1024-pixel detector and a pixel at its centre
+    row_q, row_s = np.repeat(quanta[1], 1024), np.repeat(signal[1], 1024)
+    row_q[[0, 1023]], row_s[[0, 1023]] = quanta[[0, 2]], signal[[0, 2]]
+    _, row_s, _, open_s = apply_heel(row_q, row_s, float(open_signal[0]), (1, 1024), 0.2, 1020.0, 0.0, t)
+    signal = row_s[[0, 512, 1023]]
+    assert open_s[512] == pytest.approx(1.0, abs=0.01) and open_s[0] < 0.95  # the open field's own heel
+    eta, kept = tables.detector_response("Cesium Iodide", 0.6, t_energies := tables.tube_spectrum(kv, 12.0, al)[0])
+    water = tables.compound_mu_rho("Water, Liquid", t_energies)
+
+    def direct(angle):
+        s = spekpy.Spek(kvp=kv, th=12.0, dk=tables.FINE_BIN_KEV, x=100 * np.tan(np.deg2rad(angle)), z=100, obli=False)
+        energies, fluence = s.get_spectrum()
+        fluence = dict(zip(energies, fluence / np.cos(np.deg2rad(angle)) ** 2))
+        f = np.array([fluence.get(e, 0.0) for e in t_energies]) * tables.filter_transmission(t_energies, al, 0.0)
+        return float(np.sum(f * eta * kept * np.exp(-water * water_cm)))
+
+    expected = np.array([direct(a) for a in angles])
+    np.testing.assert_allclose(signal / signal[1], expected / expected[1], rtol=0.02)
+    assert signal[0] < signal[1] < signal[2]  # less on the anode side
