@@ -11,7 +11,8 @@
 - with --case: one default-config case end to end (benchmarks/scale.py's `full_default_case`).
 
 Timings are the minimum of alternating repeats (one heavy job at a time on this machine). Ends with
-`RESULT materials_over_mono=... synth_s_per_view=... synth_heel_over_plain=... realistic_1024_s_per_view=... hvl_rel_error=...
+`RESULT materials_over_mono=... synth_s_per_view=... synth_heel_over_plain=... synth_over_gaussian_no_heel=...
+realistic_1024_s_per_view=... hvl_rel_error=...
 noise_slope=... [full_default_case_s=...]`.
 
     python benchmarks/physics.py [--repeats N] [--case]
@@ -116,8 +117,9 @@ def main() -> None:
                       mas=0.5, collimation="iris", collimation_fraction=0.9, grid=True,
                       grid_primary_transmission=cfg.scatter.grid_primary_transmission,
                       grid_scatter_transmission=cfg.scatter.grid_scatter_transmission, scatter=True,
-                      heel_direction_deg=90.0)
+                      heel_direction_deg=90.0, scatter_model="kernels")
     plain = replace(physics, heel_direction_deg=None)  # the same view without the anode heel
+    before = replace(plain, scatter_model="gaussian")  # ... and with the fixed-width scatter model
     instruments = place_instruments(np.random.default_rng(2), labels, ct1.affine, [target, level_id("T9")],
                                     InstrumentConfig(probability=1.0, screw_levels=(2, 2), rod_probability=1.0,
                                                      kwires=(1, 1)))
@@ -125,10 +127,11 @@ def main() -> None:
     t_masses = best(lambda: synth.masses(walk, instruments), args.repeats)
     masses, _ = synth.masses(walk, instruments)
     synth.image(masses, walk.raylen, physics, 1)  # tables built once per spectrum (cached)
-    t_synth, t_plain = np.inf, np.inf
-    for _ in range(args.repeats):  # alternate, so both see the same machine state
+    t_synth, t_plain, t_before = np.inf, np.inf, np.inf
+    for _ in range(args.repeats):  # alternate, so all see the same machine state
         t_synth = min(t_synth, best(lambda: synth.image(masses, walk.raylen, physics, 1), 1))
         t_plain = min(t_plain, best(lambda: synth.image(masses, walk.raylen, plain, 1), 1))
+        t_before = min(t_before, best(lambda: synth.image(masses, walk.raylen, before, 1), 1))
     t_view = best(lambda: synth.view(cameras[1], target, physics, tuple(instruments), 1), args.repeats)
     diag: dict = {}
     synth.image(masses, walk.raylen, physics, 1, diag)
@@ -136,6 +139,7 @@ def main() -> None:
     print(f"synthesis from the maps (90 kV, grid, iris, noise): {t_synth:.3f} s/view "
           f"(open field {diag['open_field_quanta']:.0f} quanta/pixel, SPR at centre {diag['spr_centre']:.2f})")
     print(f"  the same without the anode heel:           {t_plain:.3f} s/view ({t_synth / t_plain:.2f}x with it)")
+    print(f"  ... and with the Gaussian scatter model:   {t_before:.3f} s/view ({t_synth / t_before:.2f}x the default)")
     print(f"whole realistic view:                       {t_view:.3f} s/view")
     hvl = hvl_error()
     slope = noise_slope(tables.make_tables(*tables.tube_spectrum(80, 12.0, 3.0, 0.1), cfg.materials, cfg.alloys,
@@ -157,7 +161,7 @@ def main() -> None:
                   f"(drr pairs {full['times']['drr pairs (total)']:.1f} s)")
         extra = f" full_default_case_s={totals[True]:.1f} full_case_without_xray_s={totals[False]:.1f}"
     print(f"RESULT materials_over_mono={k_mat / k_mono:.3f} synth_s_per_view={t_synth:.3f} "
-          f"synth_heel_over_plain={t_synth / t_plain:.3f} "
+          f"synth_heel_over_plain={t_synth / t_plain:.3f} synth_over_gaussian_no_heel={t_synth / t_before:.3f} "
           f"realistic_1024_s_per_view={t_view:.3f} hvl_rel_error={hvl:.4f} noise_slope={slope:.3f}{extra}")
 
 

@@ -199,12 +199,17 @@ class InstrumentConfig(_Strict):
 
 
 class ScatterConfig(_Strict):
-    """Scatter by kernel superposition (docs/physics.md): each pixel's primary spreads a share
-    amplitude * (mu_eff * t_water)^exponent over the detector with a Gaussian whose width grows with
-    the air gap; a grid passes primary and scatter by its own transmissions."""
+    """Scatter by kernel superposition (docs/physics.md): by default every pixel's open-field signal is a
+    pencil through its water-equivalent thickness, spread by the Monte Carlo's kernel for that thickness,
+    kV and air gap; or (model 'gaussian') each pixel's primary spreads a share
+    amplitude * (mu_eff * t_water)^exponent with a Gaussian whose width grows with the air gap. A grid
+    passes primary and scatter by its own transmissions."""
 
     enabled: bool = True
-    amplitude: float = Field(0.25, ge=0)  # SPR 1.75 behind 20 cm water, 204.8 mm field, no grid (Monte Carlo: 2.09; docs/physics.md)
+    # 'kernels': the project's Monte Carlo's pencil-beam kernels (pipelines/physics/scatter_kernels.py),
+    # superposed by each pixel's water-equivalent thickness; 'gaussian': the fixed-width model below
+    model: Literal["kernels", "gaussian"] = "kernels"
+    amplitude: float = Field(0.25, ge=0)  # gaussian: SPR 1.75 behind 20 cm water, 204.8 mm field (Monte Carlo: 2.09)
     exponent: float = Field(1.3, ge=0)
     spread_deg: float = Field(25.0, gt=0, lt=80)  # RMS angle of scattered photons off the primary ray
     min_sigma_mm: float = Field(20.0, gt=0)  # kernel width leaving the patient

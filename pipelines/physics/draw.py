@@ -61,6 +61,7 @@ class PhysicsDraw:
     polarity: str  # radiograph (-ln, bone bright) or fluoroscopy (I/I0)
     energy_bins: int
     heel_direction_deg: float | None = None  # anode -> cathode on the detector (0: +columns, 90: +rows); None: no heel
+    scatter_model: str = "gaussian"  # 'kernels' (the Monte Carlo's pencil kernels) or 'gaussian' (amplitude, exponent)
 
     @property
     def spectrum(self) -> SpectrumKey:
@@ -108,6 +109,7 @@ def draw_physics(rng: np.random.Generator, cfg: XrayConfig) -> PhysicsDraw:
         energy_bins=cfg.energy_bins,
         heel_direction_deg=(float(cfg.heel_directions_deg[int(rng.integers(len(cfg.heel_directions_deg)))])
                             if cfg.heel_directions_deg else None),
+        scatter_model=scatter.model,
     )
 
 

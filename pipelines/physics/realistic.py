@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipelines.ops.drr import Renderer, Walk
-from pipelines.physics import materials, tables
+from pipelines.physics import materials, scatter_kernels, tables
 from pipelines.physics.draw import PhysicsDraw
 from pipelines.physics.instruments import Instrument, instrument_channels
 from pipelines.physics.synthesis import DetectorModel, ScatterModel, scatter_sigma_mm, synthesize
@@ -59,6 +59,12 @@ class RealisticRenderer:
         g = self.renderer.geometry
         centre = masses[g.height // 2, g.width // 2, 1:3].sum()  # ~cm of unit-density tissue on the central ray
         gap = g.sdd_mm - g.sod_mm - 0.5 * centre * MM_PER_CM
+        if physics.scatter_model == "kernels":
+            k = scatter_kernels.load()
+            return ScatterModel(physics.scatter_amplitude, physics.scatter_exponent, 0.0,
+                                physics.grid_primary_transmission, physics.grid_scatter_transmission,
+                                k.at(physics.kv, max(gap, 0.0) / MM_PER_CM), k.thickness_cm, k.radii_mm,
+                                k.source_scale(g.sod_mm, g.sdd_mm))
         return ScatterModel(physics.scatter_amplitude, physics.scatter_exponent,
                             scatter_sigma_mm(physics.scatter_min_sigma_mm, physics.scatter_spread_deg, gap),
                             physics.grid_primary_transmission, physics.grid_scatter_transmission)

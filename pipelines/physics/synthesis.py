@@ -27,7 +27,8 @@ import numpy as np
 import torch
 from scipy.ndimage import gaussian_filter
 
-from pipelines.physics.tables import HEEL_ANGLES_DEG, HEEL_STEP_DEG, SPECTRUM_DISTANCE_CM, Tables
+from pipelines.physics.scatter_kernels import kernel_scatter
+from pipelines.physics.tables import HEEL_ANGLES_DEG, HEEL_STEP_DEG, HEEL_THICKNESS_G_CM2, SPECTRUM_DISTANCE_CM, Tables
 from pipelines.physics.units import MM_PER_CM
 
 FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
@@ -176,6 +177,12 @@ class ScatterModel:
     sigma_mm: float  # kernel width at the detector
     grid_primary: float  # 1 without a grid
     grid_scatter: float  # 1 without a grid
+    # the Monte Carlo's pencil kernels at this view's kV and air gap (`physics.scatter_kernels`), (T, R)
+    # over `kernel_thickness_cm` and `kernel_radii_mm`; None: the Gaussian model of amplitude and exponent
+    kernels: np.ndarray | None = None
+    kernel_thickness_cm: np.ndarray | None = None
+    kernel_radii_mm: np.ndarray | None = None
+    source_scale: float = 1.0  # the pencils' sources drawn towards the centre (scatter_kernels.source_scale)
 
 
 def scatter_sigma_mm(min_sigma_mm: float, spread_deg: float, air_gap_mm: float) -> float:
@@ -203,6 +210,29 @@ def scatter_signal(primary_signal: np.ndarray, open_signal: np.ndarray, model: S
     thickness_mu = -np.log(np.clip(p / np.maximum(p_open, 1e-300), 1e-12, 1.0))
     source = p * model.amplitude * np.power(thickness_mu, model.exponent)
     spread = gaussian_filter(source, model.sigma_mm / (pixel_mm * f), mode="constant", truncate=4.0) / (f * f)
+    return _upsample_rows(hc, f, h) @ spread @ _upsample_rows(wc, f, w).T
+
+
+def kernel_scatter_signal(primary_signal: np.ndarray, open_signal: np.ndarray, model: ScatterModel,
+                          pixel_mm: float, tables: Tables) -> np.ndarray:
+    """Scatter signal on the detector (before the grid) by the Monte Carlo's pencil kernels: every
+    pixel's collimated open-field signal `open_signal` is a pencil through the water-equivalent thickness
+    its primary attenuation gives (the beam's own hardening curve, `tables.water_attenuation`); on a grid
+    SCATTER_DOWNSAMPLE times coarser, interpolated back."""
+    f = SCATTER_DOWNSAMPLE
+    h, w = primary_signal.shape
+    hc, wc = -(-h // f), -(-w // f)
+
+    def coarse(a):
+        padded = np.zeros((hc * f, wc * f))
+        padded[:h, :w] = a
+        return padded.reshape(hc, f, wc, f).sum(axis=(1, 3))
+
+    p, p_open = coarse(primary_signal), coarse(open_signal)
+    attenuation = -np.log(np.clip(p / np.maximum(p_open, 1e-300), 1e-12, 1.0))
+    thickness = np.interp(attenuation, tables.water_attenuation, HEEL_THICKNESS_G_CM2)  # g/cm^2 of water = cm
+    spread = kernel_scatter(p_open, thickness, model.kernels, model.kernel_thickness_cm, model.kernel_radii_mm,
+                            pixel_mm, pixel_mm * f, model.source_scale)
     return _upsample_rows(hc, f, h) @ spread @ _upsample_rows(wc, f, w).T
 
 
@@ -256,7 +286,10 @@ def synthesize(masses: np.ndarray, raylen_mm: np.ndarray, tables: Tables, detect
     mean_energy = s0 / q0
     grid_p = scatter.grid_primary if scatter is not None else 1.0
     scatter_s = np.zeros_like(s)
-    if scatter is not None and scatter.amplitude > 0:
+    if scatter is not None and scatter.kernels is not None:
+        scatter_s = (kernel_scatter_signal(s, flat_s * open_field, scatter, detector.pixel_mm,
+                                           tables) * scatter.grid_scatter).astype(np.float32)
+    elif scatter is not None and scatter.amplitude > 0:
         scatter_s = (scatter_signal(s, flat_s, scatter, detector.pixel_mm) * scatter.grid_scatter).astype(np.float32)
     q_total = q * np.float32(grid_p) + scatter_s / np.float32(mean_energy)
     s_total = s * np.float32(grid_p) + scatter_s

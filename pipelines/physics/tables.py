@@ -185,6 +185,8 @@ class Tables:
     heel_attenuation: np.ndarray | None = None
     heel_quanta: np.ndarray | None = None
     heel_signal: np.ndarray | None = None
+    # -ln(S/S_open) through WATER_CURVE_G_CM2 of the 0 HU anchor's material: its water-equivalent thickness
+    water_attenuation: np.ndarray | None = None
 
     @property
     def signal_weights(self) -> np.ndarray:
@@ -233,6 +235,7 @@ def make_tables(energies: np.ndarray, fluence: np.ndarray, materials: list[Mater
     groups = [g for g in (np.flatnonzero(index == b) for b in range(n_bins)) if len(g) and weight[g].sum() > 0]
     w = [weight[g] / weight[g].sum() for g in groups]
     q = [fluence[g] * eta[g] for g in groups]
+    water_curve = -np.log(np.exp(-np.outer(HEEL_THICKNESS_G_CM2, mu_fine[1])) @ weight / weight.sum())
     heel_grid = heel_q = heel_s = None
     if heel is not None:  # fine-binned, through HEEL_THICKNESS_G_CM2 of the 0 HU anchor's material
         through = np.exp(-np.outer(HEEL_THICKNESS_G_CM2, mu_fine[1]))  # (T, E)
@@ -258,6 +261,7 @@ def make_tables(energies: np.ndarray, fluence: np.ndarray, materials: list[Mater
         kept_kev=np.array([float(np.sum(kept[g] * qg) / qg.sum()) for g, qg in zip(groups, q)]),
         channels=tuple(m.name for m in materials) + tuple(a.name for a in alloys),
         heel_attenuation=heel_grid,
+        water_attenuation=water_curve,
         heel_quanta=heel_q,
         heel_signal=heel_s,
     )

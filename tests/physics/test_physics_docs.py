@@ -1,6 +1,7 @@
-"""The physics figures docs/physics.md states are what the repository's scripts print: the scatter model's
-SPR exactly; the Monte Carlo's SPR (10 and 20 cm: 30 cm needs more histories than a test affords, the benchmark
-prints it) and TG-195 totals within their statistics, re-run with fewer histories."""
+"""The physics figures docs/physics.md states are what the repository's scripts print: the scatter models'
+SPRs exactly (deterministic); the Monte Carlo's SPRs (10 and 20 cm at 90 kV: thicker slabs need more
+histories than a test affords, the benchmark prints them) and TG-195 totals within their statistics,
+re-run with fewer histories."""
 import re
 from pathlib import Path
 
@@ -18,14 +19,16 @@ def _rows(header: str) -> list[list[str]]:
 
 
 def test_the_documented_spr_table_is_what_benchmarks_scatter_prints():
-    rows = _rows("| water | SPR, Monte Carlo | SPR, model (defaults) | model / Monte Carlo |")
-    assert [r[0] for r in rows] == ["10 cm", "20 cm", "30 cm"]
-    for water, mc, model, ratio in rows:
-        t = float(water.split()[0])
-        assert f"{model_spr(t):.3f}" == model, water  # deterministic: exactly as printed
-        assert float(ratio) == pytest.approx(float(model) / float(mc), abs=0.006)
-        if t <= 20:  # the Monte Carlo column, re-run with fewer histories: within 4 standard errors
-            fresh = water_slab_spr(t, 2_000_000 if t < 15 else 6_000_000, seed=11)
+    rows = _rows("| water | kV | field | SPR, Monte Carlo | kernels (default) | / MC | gaussian | / MC |")
+    assert len(rows) >= 7
+    for water, kv, field, mc, kernels, k_ratio, gaussian, g_ratio in rows:
+        t, kv, field_cm = float(water.split()[0]), int(kv), float(field.split()[0]) / 10
+        assert f"{model_spr(t, kv, 'kernels', field_cm):.3f}" == kernels, (water, kv, field)
+        assert f"{model_spr(t, kv, 'gaussian', field_cm):.3f}" == gaussian, (water, kv, field)
+        assert float(k_ratio) == pytest.approx(float(kernels) / float(mc), abs=0.006)
+        assert float(g_ratio) == pytest.approx(float(gaussian) / float(mc), abs=0.006)
+        if t <= 20 and kv == 90 and field_cm > 15:  # the Monte Carlo column, re-run with fewer histories
+            fresh = water_slab_spr(t, 2_000_000 if t < 15 else 6_000_000, kv, seed=11, field_cm=field_cm)
             assert abs(fresh["spr"] - float(mc)) < 4 * fresh["spr_se"], (water, fresh["spr"], fresh["spr_se"])
 
 

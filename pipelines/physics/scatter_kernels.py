@@ -1,0 +1,263 @@
+"""Scatter by pencil-beam kernels from the project's Monte Carlo (`physics.montecarlo`).
+
+A kernel K(r; t, kV, gap) is the scatter signal a CsI detector records per mm^2 at distance r (mm) from
+where a pencil beam meets it, per unit of the pencil's own open-field signal, behind t cm of water whose
+exit face lies `gap` cm before the detector, for a tungsten tube at kV behind 3 mm Al. A view's scatter is
+the superposition of every pixel's pencil: S(x) = A sum_x' O(x') K(|x - x'|; t(x')), O the collimated
+open-field signal and t the pixel's water-equivalent thickness (from its primary attenuation) -- done
+per thickness node by FFT on a coarse grid. Unlike a kernel of fixed width, it keeps the Monte Carlo's
+long tails, so the centre's scatter keeps rising with the irradiated field as real scatter does.
+
+`python -m pipelines.physics.scatter_kernels [--histories N]` regenerates the tables (KERNEL_FILE) and
+their provenance (PROVENANCE_FILE) from the Monte Carlo; synthesis only reads them.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import time
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+
+DATA = Path(__file__).parent / "data"
+KERNEL_FILE = DATA / "scatter_kernels.npz"
+PROVENANCE_FILE = DATA / "scatter_kernels.json"
+KV_NODES = (60, 80, 100, 120)
+THICKNESS_NODES_CM = (1.0, 5.0, 10.0, 15.0, 20.0, 25.0, 30.0, 40.0)
+GAP_NODES_CM = (0.0, 2.0, 4.0, 7.0, 10.0, 14.0, 20.0, 30.0, 40.0)  # dense where the kernel changes fastest
+FILTRATION_AL_MM = 3.0
+RADII_EDGES_MM = np.concatenate([np.arange(0.0, 20.0, 4.0), np.arange(20.0, 100.0, 5.0),
+                                 np.arange(100.0, 500.0 + 1e-9, 20.0)])
+SOURCE_TO_SLAB_CM = 60.0
+# Where a view's scatter comes from: the kernels are measured from where a pencil meets the detector, but
+# a diverging beam's scatter starts inside the patient, nearer the axis. The pencils' sources are placed at
+# m times their detector positions about the centre, m = 1 - k (1 - SOD / SDD), k the origin factor (0:
+# the detector plane, 1: the isocentre plane), fitted by `main` to the Monte Carlo's full-field SPRs
+# behind FIT_THICKNESSES_CM of water at the default geometry, and stored with the kernels.
+FIT_THICKNESSES_CM = (10.0, 20.0, 30.0)
+FIT_GEOMETRY_CM = {"sdd": 102.0, "sod": 85.0, "field": 20.48}
+TALLY_PIXEL_CM = 0.2
+TALLY_PIXELS = 520  # 104 cm square: the kernels' 50 cm radius fits
+
+
+@dataclass(frozen=True)
+class Kernels:
+    kv: np.ndarray  # (K,)
+    thickness_cm: np.ndarray  # (T,)
+    gap_cm: np.ndarray  # (G,)
+    radii_mm: np.ndarray  # (R,) bin centres
+    values: np.ndarray  # (K, T, G, R) per mm^2 per unit open signal
+    origin_factor: float = 0.0  # k of `source_scale`
+
+    def source_scale(self, sod_mm: float, sdd_mm: float) -> float:
+        """m: the pencils' sources at m times their detector positions about the centre."""
+        return 1.0 - self.origin_factor * (1.0 - sod_mm / sdd_mm)
+
+    def at(self, kv: float, gap_cm: float) -> np.ndarray:
+        """(T, R): the kernels at one kV and gap, linear between nodes (held at the ends)."""
+        def weights(nodes, x):
+            x = float(np.clip(x, nodes[0], nodes[-1]))
+            i = int(np.clip(np.searchsorted(nodes, x, side="right") - 1, 0, len(nodes) - 2))
+            t = (x - nodes[i]) / (nodes[i + 1] - nodes[i])
+            return i, t
+        i, ti = weights(self.kv, kv)
+        j, tj = weights(self.gap_cm, gap_cm)
+        v = self.values
+        by_kv = v[i] * (1 - ti) + v[i + 1] * ti
+        return by_kv[:, j] * (1 - tj) + by_kv[:, j + 1] * tj
+
+
+def pencil_kernel(thickness_cm: float, kv: int, gap_cm: float, histories: int, seed: int = 0) -> np.ndarray:
+    """(R,) one kernel from the Monte Carlo: scatter CsI signal per mm^2 in each radial bin, per unit of
+    the pencil's open CsI signal."""
+    from pipelines.physics.montecarlo import Detector, Material, box_phantom, simulate
+    from pipelines.physics.tables import tube_spectrum
+
+    energies, fluence = tube_spectrum(kv, 12.0, al_mm=FILTRATION_AL_MM)
+    tables = _tables(float(kv))
+    slab_centre = SOURCE_TO_SLAB_CM + thickness_cm / 2
+    distance = SOURCE_TO_SLAB_CM + thickness_cm + gap_cm
+    phantom = box_phantom((120.0, 120.0, thickness_cm), (0.0, 0.0, slab_centre), 2.0, tables.materials[1].density)
+    detector = Detector(distance, (TALLY_PIXELS, TALLY_PIXELS), TALLY_PIXEL_CM)
+    half = 0.01  # cm at the detector: a pencil
+    result = simulate(tables, phantom, detector, histories, (half, half), (energies, fluence), seed)
+    csi = Material.nist("Cesium Iodide")
+    mu = csi.mass_coefficients(energies).sum(0) * detector.csi_density
+    open_signal = float(np.sum(fluence * energies * (1 - np.exp(-mu * detector.csi_thickness))) / fluence.sum())
+    centres = (np.arange(TALLY_PIXELS) - TALLY_PIXELS / 2 + 0.5) * TALLY_PIXEL_CM * 10.0  # mm
+    r = np.hypot(*np.meshgrid(centres, centres))
+    area = np.histogram(r, RADII_EDGES_MM)[0] * (TALLY_PIXEL_CM * 10.0) ** 2
+    signal = np.histogram(r, RADII_EDGES_MM, weights=result.csi_scatter)[0]
+    return np.where(area > 0, signal / np.maximum(area, 1e-300), 0.0) / open_signal
+
+
+@functools.lru_cache(maxsize=8)
+def _tables(max_energy: float):
+    from pipelines.physics.montecarlo import Material, Tables
+
+    return Tables((Material.nist("Air, Dry (near sea level)"), Material.nist("Water, Liquid")), max_energy + 1.0)
+
+
+def generate(histories: int, progress=print) -> Kernels:
+    values = np.zeros((len(KV_NODES), len(THICKNESS_NODES_CM), len(GAP_NODES_CM), len(RADII_EDGES_MM) - 1))
+    total, n = values[..., 0].size, 0
+    for a, kv in enumerate(KV_NODES):
+        for b, t in enumerate(THICKNESS_NODES_CM):
+            for c, g in enumerate(GAP_NODES_CM):
+                values[a, b, c] = pencil_kernel(t, kv, g, histories, seed=1000 * a + 100 * b + c)
+                n += 1
+                progress(f"scatter kernels: {n}/{total} (kV {kv}, {t:g} cm water, gap {g:g} cm)")
+    radii = (RADII_EDGES_MM[1:] + RADII_EDGES_MM[:-1]) / 2
+    return Kernels(np.array(KV_NODES, float), np.array(THICKNESS_NODES_CM), np.array(GAP_NODES_CM), radii, values)
+
+
+def full_field_spr(thickness_cm: float, histories: int, kv: int = 90, al_mm: float = FILTRATION_AL_MM,
+                   seed: int = 0, batches: int = 32, field_cm: float = FIT_GEOMETRY_CM["field"]) -> dict:
+    """The Monte Carlo's SPR of the CsI signal at the centre of a square field (at the detector) behind a
+    40 x 40 cm water slab centred on the isocentre, no grid, at the default geometry."""
+    from pipelines.physics.montecarlo import Detector, box_phantom, simulate, standard_error
+    from pipelines.physics.tables import tube_spectrum
+
+    sdd, sod = FIT_GEOMETRY_CM["sdd"], FIT_GEOMETRY_CM["sod"]
+    energies, weights = tube_spectrum(kv, 12.0, al_mm=al_mm)
+    tables = _tables(float(kv))
+    phantom = box_phantom((40.0, 40.0, thickness_cm), (0.0, 0.0, sod), 1.0, tables.materials[1].density)
+    detector = Detector(sdd, (52, 52), 0.4, csi_thickness=0.06)
+    start = time.perf_counter()
+    result = simulate(tables, phantom, detector, histories, (field_cm / 2, field_cm / 2), (energies, weights), seed,
+                      batches)
+    seconds = time.perf_counter() - start
+    centre = slice(23, 29) if field_cm < 15 else slice(21, 31)  # the central 2.4 or 4 cm
+    spr = result.csi_scatter[centre, centre].sum() / result.csi_primary[centre, centre].sum()
+    counts = np.array([b[0] for b in result.batches])
+    primaries = np.array([b[2][centre, centre].sum() for b in result.batches])
+    ratios = [b[3][centre, centre].sum() / p for b, p in zip(result.batches, primaries) if p > 0]
+    spr_se = standard_error(ratios, counts[primaries > 0]) if len(ratios) > 1 else float("nan")
+    return {"thickness_cm": thickness_cm, "spr": float(spr), "spr_se": spr_se, "seconds": seconds,
+            "histories": histories}
+
+
+def model_spr(thickness_cm: float, kv: int = 90, al_mm: float = FILTRATION_AL_MM, model: str = "kernels",
+              field_cm: float = FIT_GEOMETRY_CM["field"], kernels: Kernels | None = None) -> float:
+    """A synthesis scatter model's SPR at the field centre for `full_field_spr`'s slab, beam and detector,
+    through `physics.synthesis`'s own functions (the air gap from the slab's mid-depth), no grid."""
+    from pipelines.physics.synthesis import ScatterModel, kernel_scatter_signal, scatter_sigma_mm, scatter_signal
+    from pipelines.physics.tables import HEEL_THICKNESS_G_CM2, SpectrumKey, tables_for
+    from schemas.config import ScatterConfig, XrayConfig
+
+    cfg = XrayConfig()
+    tables = tables_for(SpectrumKey(kv, 12.0, al_mm, 0.0, "Cesium Iodide", 0.6, cfg.energy_bins),
+                        tuple(cfg.materials), tuple(cfg.alloys))
+    transmitted = float(np.exp(-np.interp(thickness_cm, HEEL_THICKNESS_G_CM2, tables.water_attenuation)))
+    sdd_mm, sod_mm = FIT_GEOMETRY_CM["sdd"] * 10, FIT_GEOMETRY_CM["sod"] * 10
+    gap_mm = sdd_mm - sod_mm - thickness_cm * 10 / 2
+    pixel_mm, n = 0.8, 256  # the detector: 204.8 mm
+    open_field = np.zeros((n, n))
+    half = int(round(field_cm * 10 / pixel_mm / 2))
+    open_field[n // 2 - half:n // 2 + half, n // 2 - half:n // 2 + half] = 1.0
+    primary = transmitted * open_field
+    if model == "kernels":
+        k = kernels or load()
+        m = ScatterModel(0.0, 0.0, 0.0, 1.0, 1.0, k.at(kv, gap_mm / 10), k.thickness_cm, k.radii_mm,
+                         k.source_scale(sod_mm, sdd_mm))
+        scatter = kernel_scatter_signal(primary, open_field, m, pixel_mm, tables)
+    else:
+        s = ScatterConfig()
+        m = ScatterModel(s.amplitude, s.exponent, scatter_sigma_mm(s.min_sigma_mm, s.spread_deg, gap_mm), 1.0, 1.0)
+        scatter = scatter_signal(primary, np.ones((n, n)), m, pixel_mm)
+    return float(scatter[n // 2, n // 2] / transmitted)
+
+
+def fit_origin_factor(kernels: Kernels, reference: dict[float, float]) -> float:
+    """The origin factor (0 to 1, every 0.02) whose model SPRs are nearest the Monte Carlo's (rms log)."""
+    from dataclasses import replace
+
+    def error(k):
+        trial = replace(kernels, origin_factor=k)
+        return float(np.mean([np.log(model_spr(t, kernels=trial) / spr) ** 2 for t, spr in reference.items()]))
+    return min(np.round(np.arange(0.0, 1.0001, 0.02), 2), key=error)
+
+
+def save(kernels: Kernels, histories: int, seconds: float, fit: dict) -> None:
+    DATA.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(KERNEL_FILE, kv=kernels.kv, thickness_cm=kernels.thickness_cm, gap_cm=kernels.gap_cm,
+                        radii_mm=kernels.radii_mm, values=kernels.values, origin_factor=kernels.origin_factor)
+    PROVENANCE_FILE.write_text(json.dumps({
+        "origin_factor": kernels.origin_factor, "origin_factor_fit": fit,
+        "made_by": "python -m pipelines.physics.scatter_kernels", "histories_per_kernel": histories,
+        "seconds": round(seconds, 1), "monte_carlo": "pipelines/physics/montecarlo.py (checked: benchmarks/tg195.py)",
+        "beam": f"tungsten, 12 deg anode, {FILTRATION_AL_MM} mm Al (spekpy)", "phantom": "water slabs, 120 cm square",
+        "scintillator": "CsI 0.6 mm, energy absorbed", "source_to_slab_cm": SOURCE_TO_SLAB_CM,
+        "kv": list(KV_NODES), "thickness_cm": list(THICKNESS_NODES_CM), "gap_cm": list(GAP_NODES_CM),
+        "radii_edges_mm": RADII_EDGES_MM.tolist(),
+        "versions": {p: version(p) for p in ("xraylib", "spekpy", "numba", "numpy")},
+    }, indent=2) + "\n", encoding="utf-8")
+
+
+@functools.lru_cache(maxsize=1)
+def load() -> Kernels:
+    if not KERNEL_FILE.is_file():
+        raise FileNotFoundError(f"{KERNEL_FILE} is missing: make it with python -m pipelines.physics.scatter_kernels")
+    with np.load(KERNEL_FILE) as d:
+        return Kernels(d["kv"], d["thickness_cm"], d["gap_cm"], d["radii_mm"], d["values"], float(d["origin_factor"]))
+
+
+def kernel_scatter(open_coarse: np.ndarray, thickness_cm: np.ndarray, kernels_tr: np.ndarray,
+                   thickness_nodes: np.ndarray, radii_mm: np.ndarray, pixel_mm: float, cell_mm: float,
+                   scale: float = 1.0) -> np.ndarray:
+    """Scatter signal per detector pixel at the centres of a coarse grid of `cell_mm` cells, from each
+    cell's summed collimated open-field signal (hc, wc) and its water-equivalent thickness (cm): per
+    thickness node, the cells' open signal weighted by their share of that node, convolved with the
+    node's kernel times the pixel area -- one FFT product summed over the nodes. With the sources drawn
+    together about the centre by `scale` = m (`source_scale`), S(x) = sum O(x') K(|x - m x'|): the
+    convolution with K(m r) read at x / m (the smooth scatter field is what gets interpolated)."""
+    hc, wc = open_coarse.shape
+    t = np.clip(thickness_cm, thickness_nodes[0], thickness_nodes[-1])
+    i = np.clip(np.searchsorted(thickness_nodes, t, side="right") - 1, 0, len(thickness_nodes) - 2)
+    frac = (t - thickness_nodes[i]) / (thickness_nodes[i + 1] - thickness_nodes[i])
+    shape = (2 * hc, 2 * wc)  # zero-padded: no wrap-around
+    dy = np.minimum(np.arange(shape[0]), shape[0] - np.arange(shape[0])) * cell_mm
+    dx = np.minimum(np.arange(shape[1]), shape[1] - np.arange(shape[1])) * cell_mm
+    r = np.hypot(dy[:, None], dx[None, :])
+    total = np.zeros((shape[0], shape[1] // 2 + 1), dtype=np.complex128)
+    for k in range(len(thickness_nodes)):
+        share = np.where(i == k, 1 - frac, 0.0) + np.where(i == k - 1, frac, 0.0)
+        if not share.any():
+            continue
+        kernel = np.interp(r * scale, radii_mm, kernels_tr[k], right=0.0) * pixel_mm * pixel_mm
+        total += np.fft.rfft2(open_coarse * share, shape) * np.fft.rfft2(kernel)
+    out = np.fft.irfft2(total, shape)[:hc, :wc]
+    if scale != 1.0:
+        from scipy.ndimage import affine_transform
+
+        c = (np.array(out.shape) - 1) / 2.0
+        out = affine_transform(out, np.full(2, 1.0 / scale), offset=c - c / scale, order=1, mode="nearest")
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="regenerate the scatter kernels from the Monte Carlo")
+    parser.add_argument("--histories", type=int, default=2_000_000, help="per kernel (default: %(default)s)")
+    parser.add_argument("--fit-histories", type=int, default=20_000_000,
+                        help="per full-field Monte Carlo the origin factor is fitted to (default: %(default)s)")
+    args = parser.parse_args()
+    start = time.perf_counter()
+    kernels = generate(args.histories)
+    reference = {t: full_field_spr(t, args.fit_histories)["spr"] for t in FIT_THICKNESSES_CM}
+    from dataclasses import replace
+
+    kernels = replace(kernels, origin_factor=fit_origin_factor(kernels, reference))
+    fit = {"monte_carlo_spr": {f"{t:g} cm": round(v, 4) for t, v in reference.items()},
+           "model_spr": {f"{t:g} cm": round(model_spr(t, kernels=kernels), 4) for t in FIT_THICKNESSES_CM},
+           "histories": args.fit_histories, "geometry_cm": FIT_GEOMETRY_CM, "kv": 90}
+    print(f"origin factor {kernels.origin_factor:g}: model SPR {fit['model_spr']} against {fit['monte_carlo_spr']}")
+    save(kernels, args.histories, time.perf_counter() - start, fit)
+    print(f"wrote {KERNEL_FILE} and {PROVENANCE_FILE} in {time.perf_counter() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
