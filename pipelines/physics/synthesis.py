@@ -200,13 +200,7 @@ def scatter_signal(primary_signal: np.ndarray, open_signal: np.ndarray, model: S
     f = SCATTER_DOWNSAMPLE
     h, w = primary_signal.shape
     hc, wc = -(-h // f), -(-w // f)
-
-    def coarse(a):
-        padded = np.zeros((hc * f, wc * f))
-        padded[:h, :w] = a
-        return padded.reshape(hc, f, wc, f).sum(axis=(1, 3))
-
-    p, p_open = coarse(primary_signal), coarse(np.broadcast_to(open_signal, primary_signal.shape))
+    p, p_open = _block_sums(primary_signal, f), _block_sums(np.broadcast_to(open_signal, primary_signal.shape), f)
     thickness_mu = -np.log(np.clip(p / np.maximum(p_open, 1e-300), 1e-12, 1.0))
     source = p * model.amplitude * np.power(thickness_mu, model.exponent)
     spread = gaussian_filter(source, model.sigma_mm / (pixel_mm * f), mode="constant", truncate=4.0) / (f * f)
@@ -222,18 +216,21 @@ def kernel_scatter_signal(primary_signal: np.ndarray, open_signal: np.ndarray, m
     f = SCATTER_DOWNSAMPLE
     h, w = primary_signal.shape
     hc, wc = -(-h // f), -(-w // f)
-
-    def coarse(a):
-        padded = np.zeros((hc * f, wc * f))
-        padded[:h, :w] = a
-        return padded.reshape(hc, f, wc, f).sum(axis=(1, 3))
-
-    p, p_open = coarse(primary_signal), coarse(open_signal)
+    p, p_open = _block_sums(primary_signal, f), _block_sums(open_signal, f)
     attenuation = -np.log(np.clip(p / np.maximum(p_open, 1e-300), 1e-12, 1.0))
     thickness = np.interp(attenuation, tables.water_attenuation, HEEL_THICKNESS_G_CM2)  # g/cm^2 of water = cm
     spread = kernel_scatter(p_open, thickness, model.kernels, model.kernel_thickness_cm, model.kernel_radii_mm,
                             pixel_mm, pixel_mm * f, model.source_scale)
     return _upsample_rows(hc, f, h) @ spread @ _upsample_rows(wc, f, w).T
+
+
+def _block_sums(a: np.ndarray, f: int) -> np.ndarray:
+    """(ceil(H/f), ceil(W/f)) sums of f x f blocks (the last ones zero-padded)."""
+    h, w = a.shape
+    hc, wc = -(-h // f), -(-w // f)
+    padded = np.zeros((hc * f, wc * f))
+    padded[:h, :w] = a
+    return padded.reshape(hc, f, wc, f).sum(axis=(1, 3))
 
 
 def _upsample_rows(n: int, f: int, out: int) -> np.ndarray:

@@ -142,8 +142,10 @@ def test_scheduled_runs_fire_publish_then_noop_and_a_failed_run_leaves_the_servi
         started = next(ln for ln in lines if "started the Prefect API" in ln)
         api_url = re.search(r"(http://\S+/api)", started).group(1)
         _wait(lambda: len(_outcomes(lines)) >= 2, "two scheduled runs", serve, lines)
-        assert _outcomes(lines)[:2] == ["published v1", "no-op"]
-        assert sorted(p.name for p in (out / "orch").iterdir() if not p.name.startswith(".")) == ["v1"]
+        said = "".join(lines)[-6000:]  # what serve printed, for a failure's message
+        assert _outcomes(lines)[:2] == ["published v1", "no-op"], said
+        assert sorted(p.name for p in (out / "orch").iterdir() if not p.name.startswith(".")) == ["v1"], (
+            sorted(p.name for p in (out / "orch").iterdir()), said)
         assert any("next scheduled run:" in ln for ln in lines)
 
         shutil.rmtree(inputs)  # a later run fails: retried once, reported, and the service keeps serving
@@ -162,7 +164,8 @@ def test_scheduled_runs_fire_publish_then_noop_and_a_failed_run_leaves_the_servi
     text = "".join(lines)
     assert "polling for scheduled runs" in text or "being served" in text
     ran = [r for r in runs if r.state.type.value in ("COMPLETED", "FAILED")]
-    assert len(ran) >= 3 and all(r.auto_scheduled for r in runs), [(r.name, r.auto_scheduled) for r in runs]
+    assert len(ran) >= 3 and all(r.auto_scheduled for r in runs), [(r.name, r.auto_scheduled, r.state.type.value,
+                                                                    r.expected_start_time) for r in runs]
     assert [r.state.type.value for r in ran[:2]] == ["COMPLETED", "COMPLETED"]
     assert ran[-1].state.type.value == "FAILED" and ran[-1].run_count == 2
     # Prefect's scheduler service logged no error while it created those runs
