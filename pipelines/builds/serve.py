@@ -213,7 +213,7 @@ def resolve_api(say) -> str:
     """The API URL to serve against: the configured one, else the kept server (started if none runs)."""
     from prefect.settings import PREFECT_API_URL
 
-    from pipelines.runtime.api_service import DEFAULT_PORT, port_is_free, running_api_url, start_api
+    from pipelines.runtime.api_service import DEFAULT_PORT, PortInUse, port_is_free, running_api_url, start_api
 
     if PREFECT_API_URL.value():
         say(f"using the configured Prefect API {PREFECT_API_URL.value()}")
@@ -222,7 +222,10 @@ def resolve_api(say) -> str:
         say(f"using the Prefect API kept by `spineforge api start`: {url}")
         return url
     say("no Prefect API configured or running: starting one with its scheduler (`spineforge api start`) ...")
-    api, _ = start_api(DEFAULT_PORT if port_is_free(DEFAULT_PORT) else 0)
+    try:
+        api, _ = start_api(DEFAULT_PORT if port_is_free(DEFAULT_PORT) else 0)
+    except PortInUse:  # another server took Prefect's default port meanwhile: never share it, take a free one
+        api, _ = start_api(0)
     say(f"started the Prefect API {api.url} (pid {api.pid}, log {api.log}); it keeps running after serve "
         "stops (`spineforge api stop` stops it)")
     return api.url

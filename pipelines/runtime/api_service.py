@@ -30,6 +30,7 @@ DEFAULT_PORT = 4200  # Prefect's own default, so its UI is where Prefect's docum
 START_TIMEOUT_S = 180.0  # a first start creates Prefect's database (~18 s on 2 cores)
 KILL_WAIT_S = 10.0  # after SIGKILL, how long to wait for the process to be gone
 SERVER_MODULE = "pipelines.runtime.api_server"
+PORT_IN_USE = 3  # uvicorn's exit status when it cannot bind its port
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,29 @@ def healthy(url: str) -> bool:
             return response.status == 200
     except OSError:  # refused, reset or timed out (URLError is an OSError)
         return False
+
+
+def listens_on(pid: int, port: int) -> bool:
+    """Whether process `pid` itself holds the listening socket on 127.0.0.1:port. A health check alone
+    cannot tell: when two servers start on one port at once, the one that lost the bind is still
+    starting while the winner answers on that port."""
+    import psutil
+
+    try:
+        sockets = psutil.Process(pid).net_connections(kind="tcp")
+    except psutil.Error:  # gone, or not ours to inspect
+        return False
+    return any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port for c in sockets)
+
+
+def answers_from(process: subprocess.Popen, port: int) -> bool:
+    """The server `process` was started to be answers on `port`: the port answers Prefect's health
+    check and the socket behind it is that process's."""
+    return healthy(f"http://127.0.0.1:{port}/api") and listens_on(process.pid, port)
+
+
+class PortInUse(BuildError):
+    """The server could not bind its port: another process took it."""
 
 
 def prefect_home() -> Path:
@@ -99,7 +123,10 @@ def recorded_api() -> RunningAPI | None:
 def running_api_url() -> str | None:
     """The recorded server's API URL when it answers its health check now, else None."""
     api = recorded_api()
-    return api.url if api is not None and healthy(api.url) else None
+    if api is None or not healthy(api.url):
+        return None
+    port = int(api.url.rsplit(":", 1)[1].split("/", 1)[0])
+    return api.url if listens_on(api.pid, port) else None  # the recorded server answers, not another on its port
 
 
 def start_api(port: int = DEFAULT_PORT, timeout_s: float = START_TIMEOUT_S) -> tuple[RunningAPI, bool]:
@@ -118,7 +145,10 @@ def start_api(port: int = DEFAULT_PORT, timeout_s: float = START_TIMEOUT_S) -> t
                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     api = RunningAPI(process.pid, f"http://127.0.0.1:{port}/api", str(log))
     deadline = time.monotonic() + timeout_s
-    while not healthy(api.url):
+    while not answers_from(process, port):
+        if process.poll() == PORT_IN_USE:
+            raise PortInUse(f"port {port} was taken by another process while the Prefect API server started; "
+                            "choose another with --port (0 picks a free one)")
         if process.poll() is not None:
             raise BuildError(f"the Prefect API server exited with status {process.returncode} while starting; "
                              f"see {log}")

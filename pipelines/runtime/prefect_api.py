@@ -18,11 +18,10 @@ import time
 from contextlib import contextmanager
 
 from pipelines.errors import BuildError
-from pipelines.runtime.api_service import START_TIMEOUT_S, free_port, healthy, running_api_url
+from pipelines.runtime.api_service import PORT_IN_USE, START_TIMEOUT_S, answers_from, free_port, running_api_url
 from pipelines.runtime.cluster import on_this_machine
 
 log = logging.getLogger(__name__)
-PORT_IN_USE = 3  # uvicorn's exit status when it cannot bind its port
 _lock = threading.Lock()
 _server: LocalAPI | None = None
 
@@ -61,7 +60,7 @@ class LocalAPI:
             elif code is not None:
                 raise BuildError(f"the temporary Prefect API server exited with status {code} while starting; "
                                  "run `prefect server start` to see why, or set PREFECT_API_URL to a running server")
-            elif healthy(self.url):
+            elif answers_from(self.process, self.port):  # not another server that took the port
                 self.ready = True
             elif time.monotonic() > deadline:
                 self.stop()

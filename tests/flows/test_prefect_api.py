@@ -118,3 +118,75 @@ def test_a_kept_api_serves_builds_until_stopped(clean_env, tmp_path):
     assert stopped == api and recorded_api() is None and running_api_url() is None
     assert not psutil.pid_exists(api.pid) or psutil.Process(api.pid).status() == psutil.STATUS_ZOMBIE
     assert "no Prefect API was running" in spineforge_api("stop").stdout
+
+
+class _Health:
+    """Another Prefect-like server on a port: it answers the health check, in this process."""
+
+    def __enter__(self):
+        import http.server
+        import threading
+
+        class Answer(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                self.send_response(200 if self.path == "/api/health" else 404)
+                self.end_headers()
+                self.wfile.write(b"true")
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.HTTPServer(("127.0.0.1", 0), Answer)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_server_is_ours_only_when_its_own_process_holds_the_port():
+    from pipelines.runtime.api_service import answers_from, healthy, listens_on
+
+    with _Health() as other:
+        bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+        try:
+            assert healthy(f"http://127.0.0.1:{other.port}/api")  # the port answers ...
+            assert not answers_from(bystander, other.port)  # ... but not from the process we started
+            assert listens_on(__import__("os").getpid(), other.port)
+        finally:
+            bystander.kill()
+            bystander.wait()
+
+
+def test_a_kept_api_that_loses_its_port_to_another_server_is_refused_not_shared(clean_env, tmp_path):
+    """Two `serve` commands starting the kept API at once both find port 4200 free; the one whose
+    server loses the bind must not take the winner's answers for its own (it would register its
+    deployment on the other's server); `serve` then starts one on a free port."""
+    from pipelines.runtime import api_service
+
+    clean_env.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[2]))
+    clean_env.setattr(api_service, "SERVER_MODULE", "tests.flows.port_loser")
+    clean_env.setattr(api_service, "port_is_free", lambda port: True)  # the winner bound it after our check
+    with _Health() as other:
+        with pytest.raises(api_service.PortInUse, match=f"port {other.port} was taken"):
+            api_service.start_api(other.port, timeout_s=30)
+    assert not api_service.state_file().exists()  # nothing recorded: no later build uses the other's server
+    from pipelines.builds import serve as serving
+
+    tried = []
+
+    def start(port, timeout_s=30):
+        tried.append(port)
+        if port:
+            raise api_service.PortInUse("taken")
+        return api_service.RunningAPI(1, "http://127.0.0.1:5555/api", "log"), True
+
+    clean_env.setattr(api_service, "start_api", start)
+    clean_env.setattr(api_service, "running_api_url", lambda: None)
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        assert serving.resolve_api(say=lambda s: None) == "http://127.0.0.1:5555/api"
+    assert tried[-1] == 0  # then a free port of its own
