@@ -69,10 +69,9 @@ def noise_slope(t: tables.Tables) -> float:
     counts, variances = [], []
     for mas in (0.01, 0.03, 0.1, 0.3, 1.0):
         d = DetectorModel(0.2, 1020.0, 850.0, mas, 0.0, 0.0, 0.0, polarity="fluoroscopy")
-        diag: dict = {}
-        image = synthesize(np.zeros((256, 256, 5)), np.full(256 * 256, 1020.0), t, d, None,
-                           1, diag)
-        counts.append(diag["open_field_quanta"])
+        detected = synthesize(np.zeros((256, 256, 5)), np.full(256 * 256, 1020.0), t, d, None, 1)
+        image = detected.image
+        counts.append(float(detected.open_quanta[128, 128]))
         variances.append(np.var(image) / np.mean(image) ** 2)
     return float(np.polyfit(np.log(counts), np.log(variances), 1)[0])
 
@@ -133,11 +132,11 @@ def main() -> None:
         t_plain = min(t_plain, best(lambda: synth.image(masses, walk.raylen, plain, 1), 1))
         t_before = min(t_before, best(lambda: synth.image(masses, walk.raylen, before, 1), 1))
     t_view = best(lambda: synth.view(cameras[1], target, physics, tuple(instruments), 1), args.repeats)
-    diag: dict = {}
-    synth.image(masses, walk.raylen, physics, 1, diag)
+    detected = synth.image(masses, walk.raylen, physics, 1)
+    h, w = detected.image.shape
     print(f"mass maps (tissue from hinges, {len(instruments)} instrument solids): {t_masses:.3f} s/view")
     print(f"synthesis from the maps (90 kV, grid, iris, noise): {t_synth:.3f} s/view "
-          f"(open field {diag['open_field_quanta']:.0f} quanta/pixel, SPR at centre {diag['spr_centre']:.2f})")
+          f"(open field {detected.open_quanta[h // 2, w // 2]:.0f} quanta/pixel, SPR at centre {detected.spr_centre():.2f})")
     print(f"  the same without the anode heel:           {t_plain:.3f} s/view ({t_synth / t_plain:.2f}x with it)")
     print(f"  ... and with the Gaussian scatter model:   {t_before:.3f} s/view ({t_synth / t_before:.2f}x the default)")
     print(f"whole realistic view:                       {t_view:.3f} s/view")

@@ -11,26 +11,42 @@ from pipelines.ops.drr import Renderer, Walk
 from pipelines.physics import materials, scatter_kernels, tables
 from pipelines.physics.draw import PhysicsDraw
 from pipelines.physics.instruments import Instrument, instrument_channels
-from pipelines.physics.synthesis import DetectorModel, ScatterModel, scatter_sigma_mm, synthesize
+from pipelines.physics.synthesis import Detection, DetectorModel, ScatterModel, scatter_sigma_mm, synthesize
 from pipelines.physics.units import MM_PER_CM
 from schemas.config import AttenuationConfig, XrayConfig
 
 
 @dataclass(frozen=True)
 class RealisticView:
-    """One camera's images: exact (`whole`, `part`), realistic, and the instrument mask's kind bits."""
+    """One camera's images: exact (`whole`, `part`), the detector's (`detection`: the processed image,
+    its primary and its scatter apart), and the instrument mask's kind bits."""
 
-    whole: np.ndarray  # (H, W) float32
-    part: np.ndarray  # (H, W) float32
-    realistic: np.ndarray  # (H, W) float32
+    whole: np.ndarray  # (H, W) float32: the attenuation line integral
+    part: np.ndarray | None  # (H, W) float32: the labelled part's line integral (None without a label)
+    detection: Detection
     instrument_bits: np.ndarray  # (H, W) uint8
+
+    @property
+    def realistic(self) -> np.ndarray:
+        """(H, W) float32: the processed detector image."""
+        return self.detection.image
+
+    @property
+    def primary(self) -> np.ndarray:
+        return self.detection.primary
+
+    @property
+    def scatter(self) -> np.ndarray:
+        return self.detection.scatter
 
 
 class RealisticRenderer:
     """Realistic views of the volume a 'traversal' Renderer holds, with the config's materials and alloys."""
 
-    def __init__(self, renderer: Renderer, cfg: XrayConfig, attenuation: AttenuationConfig):
+    def __init__(self, renderer: Renderer, cfg: XrayConfig, attenuation: AttenuationConfig,
+                 kernels: scatter_kernels.Kernels | None = None):
         self.renderer = renderer
+        self.kernels = kernels  # the scatter kernels; None: the stored ones (`scatter_kernels.load`)
         self.materials, self.alloys = tuple(cfg.materials), tuple(cfg.alloys)
         anchor_hu = np.array([m.hu for m in cfg.materials])
         self.knots = materials.anchor_knots(anchor_hu, attenuation.mu_water_per_mm)
@@ -59,26 +75,25 @@ class RealisticRenderer:
         g = self.renderer.geometry
         centre = masses[g.height // 2, g.width // 2, 1:3].sum()  # ~cm of unit-density tissue on the central ray
         gap = g.sdd_mm - g.sod_mm - 0.5 * centre * MM_PER_CM
-        if physics.scatter_model == "kernels":
-            k = scatter_kernels.load()
+        if physics.scatter_model == "kernels":  # each pencil's gap from its own thickness, centred on the isocentre
+            k = self.kernels or scatter_kernels.load()
             return ScatterModel(physics.scatter_amplitude, physics.scatter_exponent, 0.0,
                                 physics.grid_primary_transmission, physics.grid_scatter_transmission,
-                                k.at(physics.kv, max(gap, 0.0) / MM_PER_CM), k.thickness_cm, k.radii_mm,
-                                k.source_scale(g.sod_mm, g.sdd_mm))
+                                k.centred(physics.kv, (g.sdd_mm - g.sod_mm) / MM_PER_CM), k.thickness_cm,
+                                k.radii_mm, k.source_scale(g.sod_mm, g.sdd_mm), k.destination_factor)
         return ScatterModel(physics.scatter_amplitude, physics.scatter_exponent,
                             scatter_sigma_mm(physics.scatter_min_sigma_mm, physics.scatter_spread_deg, gap),
                             physics.grid_primary_transmission, physics.grid_scatter_transmission)
 
-    def image(self, masses: np.ndarray, raylen: np.ndarray, physics: PhysicsDraw, seed: int | None,
-              diagnostics: dict | None = None) -> np.ndarray:
-        """The processed detector image of one view's mass thicknesses (`seed` None: noiseless)."""
+    def image(self, masses: np.ndarray, raylen: np.ndarray, physics: PhysicsDraw, seed: int | None) -> Detection:
+        """The detector image of one view's mass thicknesses (`seed` None: noiseless), parts apart."""
         lookup = tables.tables_for(physics.spectrum, self.materials, self.alloys)
-        return synthesize(masses, raylen, lookup, self.detector(physics), self.scatter(masses, physics), seed,
-                          diagnostics)
+        return synthesize(masses, raylen, lookup, self.detector(physics), self.scatter(masses, physics), seed)
 
     def view(self, camera: np.ndarray, label: int, physics: PhysicsDraw, instruments: tuple[Instrument, ...],
              seed: int | None) -> RealisticView:
         """One camera's exact and realistic images from one walk (`label` -1: no part image)."""
         walk = self.renderer.walk(camera, label, self.knots)
         masses, mask = self.masses(walk, instruments)
-        return RealisticView(walk.whole, walk.part, self.image(masses, walk.raylen, physics, seed), mask)
+        return RealisticView(walk.whole, walk.part if label >= 0 else None,
+                             self.image(masses, walk.raylen, physics, seed), mask)

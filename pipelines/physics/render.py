@@ -5,7 +5,10 @@ while training (`loaders.stream`) both call it, so a view means the same thing w
 2. `draw_xray`: the realistic views' physics and instruments, drawn from a generator, with noise seeds
    by the one rule (`draw.noise_seeds`: seed, sample id, view) -- a record that renders alone;
 3. `render_views`: exact whole and vertebra-only images from one walk per camera and, with a record,
-   realistic images and instrument masks.
+   realistic images and instrument masks, each realistic view by `render_xray`.
+
+`render_xray` is the physics API (docs/physics.md, "Python API"): one view of a CT or a phantom
+(`scene_of` makes its scene from HU), with the processed image, its primary and its scatter apart.
 """
 from __future__ import annotations
 
@@ -16,10 +19,11 @@ import numpy as np
 from pipelines.ops.camera import camera_for_motion
 from pipelines.ops.drr import Renderer
 from pipelines.ops.sampling import pose_to_matrix, sample_pose
-from pipelines.physics.draw import XrayRecord, draw_physics
-from pipelines.physics.instruments import place_instruments
-from pipelines.physics.realistic import RealisticRenderer
-from schemas.config import XrayConfig
+from pipelines.physics.draw import PhysicsDraw, XrayRecord, draw_physics
+from pipelines.physics.instruments import Instrument, place_instruments
+from pipelines.physics.realistic import RealisticRenderer, RealisticView
+from schemas.config import AttenuationConfig, XrayConfig
+from schemas.detector import Geometry
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,37 @@ class Scene:
     level_ids: tuple[int, ...] = ()
 
 
+def scene_of(hu: np.ndarray, affine: np.ndarray, geometry: Geometry, xray: XrayConfig | None = None,
+             attenuation: AttenuationConfig | None = None, labels: np.ndarray | None = None,
+             level_ids: tuple[int, ...] = (), kernels=None) -> Scene:
+    """The scene of a CT or a phantom given in HU (X, Y, Z) with its voxel-to-world affine (RAS mm), seen
+    through `geometry` with the 'traversal' renderer (the one realistic views need), the config's
+    materials mapping HU to tissue as in a build (water at 0 HU). `labels` (same grid, uint8) gives
+    part images and places instruments; `kernels` replaces the stored scatter kernels (fits and checks)."""
+    from dataclasses import replace
+
+    from pipelines.ops.attenuation import mu_of
+
+    xray, attenuation = xray or XrayConfig(), attenuation or AttenuationConfig()
+    geometry = replace(geometry, renderer="traversal")
+    renderer = Renderer(mu_of(np.asarray(hu, dtype=np.float32), attenuation), np.asarray(affine, dtype=np.float64),
+                        geometry, labels=labels)
+    return Scene(renderer, RealisticRenderer(renderer, xray, attenuation, kernels), labels,
+                 None if labels is None else np.asarray(affine, dtype=np.float64), level_ids)
+
+
+def render_xray(scene: Scene, camera: np.ndarray, physics: PhysicsDraw, instruments: tuple[Instrument, ...] = (),
+                seed: int | None = None, label: int = -1) -> RealisticView:
+    """One realistic view: the camera's walk through the scene's volume gives the tissue mass thicknesses
+    (and the exact image), the instruments add theirs, and the detector model under `physics` makes the
+    image -- returned with its primary and scatter apart (`.detection`, `.primary`, `.scatter`, as
+    transmissions over the open field). `seed` None: the expected, noiseless image; `label` >= 0 adds
+    that label's part image. Builds and the training stream make every realistic view through here."""
+    if scene.realistic is None:
+        raise ValueError("realistic views need a scene with a RealisticRenderer (see scene_of)")
+    return scene.realistic.view(np.asarray(camera), label, physics, tuple(instruments), seed)
+
+
 def draw_xray(rng: np.random.Generator, cfg: XrayConfig, seeds, scene: Scene | None = None,
               target: int | None = None) -> XrayRecord:
     """The realistic views' record: physics drawn from `cfg`, then (given a scene with labels and the
@@ -110,7 +145,7 @@ def render_views(scene: Scene, cameras: np.ndarray, label: int = -1, xray: XrayR
         raise ValueError("realistic views need a scene with a RealisticRenderer")
     if len(xray.noise_seeds) != len(cameras):
         raise ValueError(f"the record has {len(xray.noise_seeds)} noise seeds for {len(cameras)} cameras")
-    views = [scene.realistic.view(c, label, xray.physics, xray.instruments, xray.noise_seeds[v])
+    views = [render_xray(scene, c, xray.physics, xray.instruments, xray.noise_seeds[v], label)
              for v, c in enumerate(cameras)]
     return Views(np.stack([v.whole for v in views]), np.stack([v.part for v in views]) if label >= 0 else None,
                  np.stack([v.realistic for v in views]), np.stack([v.instrument_bits for v in views]), xray)

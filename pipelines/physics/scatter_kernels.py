@@ -52,6 +52,7 @@ class Kernels:
     radii_mm: np.ndarray  # (R,) bin centres
     values: np.ndarray  # (K, T, G, R) per mm^2 per unit open signal
     origin_factor: float = 0.0  # k of `source_scale`
+    destination_factor: float = 0.0  # c of `kernel_scatter`, per cm of water-equivalent thickness
 
     def source_scale(self, sod_mm: float, sdd_mm: float) -> float:
         """m: the pencils' sources at m times their detector positions about the centre."""
@@ -59,16 +60,31 @@ class Kernels:
 
     def at(self, kv: float, gap_cm: float) -> np.ndarray:
         """(T, R): the kernels at one kV and gap, linear between nodes (held at the ends)."""
-        def weights(nodes, x):
-            x = float(np.clip(x, nodes[0], nodes[-1]))
-            i = int(np.clip(np.searchsorted(nodes, x, side="right") - 1, 0, len(nodes) - 2))
-            t = (x - nodes[i]) / (nodes[i + 1] - nodes[i])
-            return i, t
-        i, ti = weights(self.kv, kv)
-        j, tj = weights(self.gap_cm, gap_cm)
-        v = self.values
-        by_kv = v[i] * (1 - ti) + v[i + 1] * ti
-        return by_kv[:, j] * (1 - tj) + by_kv[:, j + 1] * tj
+        return self.at_gaps(kv, np.full(len(self.thickness_cm), gap_cm))
+
+    def at_gaps(self, kv: float, gaps_cm: np.ndarray) -> np.ndarray:
+        """(T, R): the kernels at one kV, thickness node t taken at its own gap `gaps_cm[t]`."""
+        i, ti = _weights(self.kv, kv)
+        by_kv = self.values[i] * (1 - ti) + self.values[i + 1] * ti
+        out = np.empty(by_kv[:, 0].shape)
+        for t, gap in enumerate(gaps_cm):
+            j, tj = _weights(self.gap_cm, gap)
+            out[t] = by_kv[t, j] * (1 - tj) + by_kv[t, j + 1] * tj
+        return out
+
+    def centred(self, kv: float, body_height_cm: float) -> np.ndarray:
+        """(T, R): the kernels at one kV for pencils through a body centred `body_height_cm` above the
+        detector: thickness node t's water centred there, so its exit face t / 2 nearer (gap >= 0). Each
+        pencil thus has the air gap of its own water-equivalent thickness: a thin column's scatter
+        starts farther from the detector than a thick one's, as in a patient on the isocentre."""
+        return self.at_gaps(kv, np.maximum(body_height_cm - self.thickness_cm / 2, 0.0))
+
+
+def _weights(nodes: np.ndarray, x: float) -> tuple[int, float]:
+    """Linear interpolation between `nodes` (held at the ends): (lower node, weight of the upper)."""
+    x = float(np.clip(x, nodes[0], nodes[-1]))
+    i = int(np.clip(np.searchsorted(nodes, x, side="right") - 1, 0, len(nodes) - 2))
+    return i, (x - nodes[i]) / (nodes[i + 1] - nodes[i])
 
 
 def pencil_kernel(thickness_cm: float, kv: int, gap_cm: float, histories: int, seed: int = 0) -> np.ndarray:
@@ -162,8 +178,8 @@ def model_spr(thickness_cm: float, kv: int = 90, al_mm: float = FILTRATION_AL_MM
     primary = transmitted * open_field
     if model == "kernels":
         k = kernels or load()
-        m = ScatterModel(0.0, 0.0, 0.0, 1.0, 1.0, k.at(kv, gap_mm / 10), k.thickness_cm, k.radii_mm,
-                         k.source_scale(sod_mm, sdd_mm))
+        m = ScatterModel(0.0, 0.0, 0.0, 1.0, 1.0, k.centred(kv, (sdd_mm - sod_mm) / 10), k.thickness_cm, k.radii_mm,
+                         k.source_scale(sod_mm, sdd_mm), k.destination_factor)
         scatter = kernel_scatter_signal(primary, open_field, m, pixel_mm, tables)
     else:
         s = ScatterConfig()
@@ -182,12 +198,39 @@ def fit_origin_factor(kernels: Kernels, reference: dict[float, float]) -> float:
     return min(np.round(np.arange(0.0, 1.0001, 0.02), 2), key=error)
 
 
-def save(kernels: Kernels, histories: int, seconds: float, fit: dict) -> None:
+DESTINATION_GRID = np.round(np.arange(0.0, 0.0501, 0.005), 3)  # c per cm, the fit's candidates
+FIT_PROFILE_HISTORIES = 40_000_000
+
+
+def fit_destination_factor(kernels: Kernels, histories: int = FIT_PROFILE_HISTORIES) -> tuple[float, dict]:
+    """The destination factor c (`kernel_scatter`) whose SPR profiles across the heterogeneous phantoms
+    (`phantoms.spine_slab`, `phantoms.chest_slab`) are nearest the Monte Carlo's (rms log over every band)."""
+    from dataclasses import replace
+
+    from pipelines.physics import phantoms, scatter_profiles
+
+    cases = {"spine": phantoms.spine_slab(), "chest": phantoms.chest_slab()}
+    references = {name: scatter_profiles.compare(hu, affine, histories, seed=7, kernels=kernels)
+                  for name, (hu, affine) in cases.items()}
+
+    def error(c):
+        trial = replace(kernels, destination_factor=float(c))
+        ratios = np.concatenate([scatter_profiles.refit(references[n], *cases[n], trial) for n in cases])
+        return float(np.sqrt(np.mean(np.log(ratios) ** 2)))
+    errors = {float(c): error(c) for c in DESTINATION_GRID}
+    best = min(errors, key=errors.get)
+    return best, {"rms_log_error": {f"{c:g}": round(e, 4) for c, e in errors.items()}, "histories": histories,
+                  "phantoms": list(cases), "kv": 90}
+
+
+def save(kernels: Kernels, histories: int, seconds: float, fit: dict, destination_fit: dict) -> None:
     DATA.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(KERNEL_FILE, kv=kernels.kv, thickness_cm=kernels.thickness_cm, gap_cm=kernels.gap_cm,
-                        radii_mm=kernels.radii_mm, values=kernels.values, origin_factor=kernels.origin_factor)
+                        radii_mm=kernels.radii_mm, values=kernels.values, origin_factor=kernels.origin_factor,
+                        destination_factor=kernels.destination_factor)
     PROVENANCE_FILE.write_text(json.dumps({
         "origin_factor": kernels.origin_factor, "origin_factor_fit": fit,
+        "destination_factor": kernels.destination_factor, "destination_factor_fit": destination_fit,
         "made_by": "python -m pipelines.physics.scatter_kernels", "histories_per_kernel": histories,
         "seconds": round(seconds, 1), "monte_carlo": "pipelines/physics/montecarlo.py (checked: benchmarks/tg195.py)",
         "beam": f"tungsten, 12 deg anode, {FILTRATION_AL_MM} mm Al (spekpy)", "phantom": "water slabs, 120 cm square",
@@ -203,20 +246,28 @@ def load() -> Kernels:
     if not KERNEL_FILE.is_file():
         raise FileNotFoundError(f"{KERNEL_FILE} is missing: make it with python -m pipelines.physics.scatter_kernels")
     with np.load(KERNEL_FILE) as d:
-        return Kernels(d["kv"], d["thickness_cm"], d["gap_cm"], d["radii_mm"], d["values"], float(d["origin_factor"]))
+        return Kernels(d["kv"], d["thickness_cm"], d["gap_cm"], d["radii_mm"], d["values"], float(d["origin_factor"]),
+                       float(d["destination_factor"]) if "destination_factor" in d else 0.0)
 
 
 def kernel_scatter(open_coarse: np.ndarray, thickness_cm: np.ndarray, kernels_tr: np.ndarray,
                    thickness_nodes: np.ndarray, radii_mm: np.ndarray, pixel_mm: float, cell_mm: float,
-                   scale: float = 1.0) -> np.ndarray:
+                   scale: float = 1.0, destination: float = 0.0) -> np.ndarray:
     """Scatter signal per detector pixel at the centres of a coarse grid of `cell_mm` cells, from each
     cell's summed collimated open-field signal (hc, wc) and its water-equivalent thickness (cm): per
     thickness node, the cells' open signal weighted by their share of that node, convolved with the
     node's kernel times the pixel area -- one FFT product summed over the nodes. With the sources drawn
     together about the centre by `scale` = m (`source_scale`), S(x) = sum O(x') K(|x - m x'|): the
-    convolution with K(m r) read at x / m (the smooth scatter field is what gets interpolated)."""
+    convolution with K(m r) read at x / m (the smooth scatter field is what gets interpolated).
+
+    `destination` = c makes the kernels asymmetric: a pencil's scatter reaching x is weighted by
+    exp(-c (t(x) - t(x'))), so scatter leaving through a thicker column than its pencil's is attenuated
+    more, through a thinner one less (in water of one thickness the factor is 1); it factorises, so
+    the sources carry exp(c t(x')) and the result exp(-c t(x))."""
     hc, wc = open_coarse.shape
     t = np.clip(thickness_cm, thickness_nodes[0], thickness_nodes[-1])
+    if destination:
+        open_coarse = open_coarse * np.exp(destination * t)
     i = np.clip(np.searchsorted(thickness_nodes, t, side="right") - 1, 0, len(thickness_nodes) - 2)
     frac = (t - thickness_nodes[i]) / (thickness_nodes[i + 1] - thickness_nodes[i])
     shape = (2 * hc, 2 * wc)  # zero-padded: no wrap-around
@@ -236,7 +287,7 @@ def kernel_scatter(open_coarse: np.ndarray, thickness_cm: np.ndarray, kernels_tr
 
         c = (np.array(out.shape) - 1) / 2.0
         out = affine_transform(out, np.full(2, 1.0 / scale), offset=c - c / scale, order=1, mode="nearest")
-    return out
+    return out * np.exp(-destination * t) if destination else out
 
 
 def main() -> None:
@@ -244,8 +295,20 @@ def main() -> None:
     parser.add_argument("--histories", type=int, default=2_000_000, help="per kernel (default: %(default)s)")
     parser.add_argument("--fit-histories", type=int, default=20_000_000,
                         help="per full-field Monte Carlo the origin factor is fitted to (default: %(default)s)")
+    parser.add_argument("--refit-destination", action="store_true",
+                        help="keep the stored kernels and origin factor; fit the destination factor again")
     args = parser.parse_args()
     start = time.perf_counter()
+    if args.refit_destination:
+        stored = load()
+        before = json.loads(PROVENANCE_FILE.read_text(encoding="utf-8"))
+        c, destination_fit = fit_destination_factor(stored)
+        from dataclasses import replace
+
+        print(f"destination factor {c:g} per cm: rms log error {destination_fit['rms_log_error']}")
+        save(replace(stored, destination_factor=c), before["histories_per_kernel"], before["seconds"],
+             before["origin_factor_fit"], destination_fit)
+        return
     kernels = generate(args.histories)
     reference = {t: full_field_spr(t, args.fit_histories)["spr"] for t in FIT_THICKNESSES_CM}
     from dataclasses import replace
@@ -255,7 +318,10 @@ def main() -> None:
            "model_spr": {f"{t:g} cm": round(model_spr(t, kernels=kernels), 4) for t in FIT_THICKNESSES_CM},
            "histories": args.fit_histories, "geometry_cm": FIT_GEOMETRY_CM, "kv": 90}
     print(f"origin factor {kernels.origin_factor:g}: model SPR {fit['model_spr']} against {fit['monte_carlo_spr']}")
-    save(kernels, args.histories, time.perf_counter() - start, fit)
+    c, destination_fit = fit_destination_factor(kernels)
+    kernels = replace(kernels, destination_factor=c)
+    print(f"destination factor {c:g} per cm: rms log error {destination_fit['rms_log_error']}")
+    save(kernels, args.histories, time.perf_counter() - start, fit, destination_fit)
     print(f"wrote {KERNEL_FILE} and {PROVENANCE_FILE} in {time.perf_counter() - start:.0f} s")
 
 

@@ -183,6 +183,7 @@ class ScatterModel:
     kernel_thickness_cm: np.ndarray | None = None
     kernel_radii_mm: np.ndarray | None = None
     source_scale: float = 1.0  # the pencils' sources drawn towards the centre (scatter_kernels.source_scale)
+    destination: float = 0.0  # the kernels' asymmetry per cm of thickness (scatter_kernels.kernel_scatter)
 
 
 def scatter_sigma_mm(min_sigma_mm: float, spread_deg: float, air_gap_mm: float) -> float:
@@ -220,7 +221,7 @@ def kernel_scatter_signal(primary_signal: np.ndarray, open_signal: np.ndarray, m
     attenuation = -np.log(np.clip(p / np.maximum(p_open, 1e-300), 1e-12, 1.0))
     thickness = np.interp(attenuation, tables.water_attenuation, HEEL_THICKNESS_G_CM2)  # g/cm^2 of water = cm
     spread = kernel_scatter(p_open, thickness, model.kernels, model.kernel_thickness_cm, model.kernel_radii_mm,
-                            pixel_mm, pixel_mm * f, model.source_scale)
+                            pixel_mm, pixel_mm * f, model.source_scale, model.destination)
     return _upsample_rows(hc, f, h) @ spread @ _upsample_rows(wc, f, w).T
 
 
@@ -261,11 +262,44 @@ class DetectorModel:
     heel_direction_deg: float | None = None  # anode -> cathode on the detector (0: +columns); None: no heel
 
 
+@dataclass(frozen=True)
+class Detection:
+    """One view's detector image with its parts kept apart. `image` is the processed image (H, W);
+    `primary` and `scatter` are the expected (noiseless) primary and scatter signals the detector
+    records behind the grid, before its own blur, each over the open field's signal there (the flat
+    field the image is corrected by) -- so primary is the transmission, and scatter / primary the
+    scatter-to-primary ratio (SPR); `open_quanta` the open field's expected quanta per pixel."""
+
+    image: np.ndarray
+    primary_signal: np.ndarray  # (H, W) float32, behind the grid
+    scatter_signal: np.ndarray  # (H, W) float32, behind the grid
+    flat_signal: np.ndarray  # (H, W) float32, the open field behind the grid
+    open_quanta: np.ndarray  # (H, W)
+
+    @property
+    def primary(self) -> np.ndarray:
+        return self.primary_signal / self.flat_signal
+
+    @property
+    def scatter(self) -> np.ndarray:
+        return self.scatter_signal / self.flat_signal
+
+    @property
+    def spr(self) -> np.ndarray:
+        """Scatter-to-primary ratio per pixel (inf where no primary arrives)."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return self.scatter_signal / self.primary_signal
+
+    def spr_centre(self) -> float:
+        h, w = self.image.shape
+        return float(self.scatter_signal[h // 2, w // 2] / max(float(self.primary_signal[h // 2, w // 2]), 1e-300))
+
+
 def synthesize(masses: np.ndarray, raylen_mm: np.ndarray, tables: Tables, detector: DetectorModel,
-               scatter: ScatterModel | None, seed: int | None, diagnostics: dict | None = None) -> np.ndarray:
-    """A processed detector image (H, W) float32 from (H, W, C) mass thicknesses (g/cm^2) and the
-    rays' lengths (mm). `seed` None: the expected (noiseless) image. `diagnostics`, when given, gets
-    the open-field quanta per pixel and the scatter-to-primary ratio at the field's centre."""
+               scatter: ScatterModel | None, seed: int | None) -> Detection:
+    """A detector image from (H, W, C) mass thicknesses (g/cm^2) and the rays' lengths (mm): the
+    processed image (H, W) float32 with its primary and scatter apart (`Detection`). `seed` None: the
+    expected (noiseless) image."""
     h, w = masses.shape[:2]
     scale = fluence_scale(raylen_mm, detector.sdd_mm, detector.pixel_mm, detector.mas).reshape(h, w)
     q, s = primary(masses.reshape(h * w, -1), tables)
@@ -288,12 +322,9 @@ def synthesize(masses: np.ndarray, raylen_mm: np.ndarray, tables: Tables, detect
                                            tables) * scatter.grid_scatter).astype(np.float32)
     elif scatter is not None and scatter.amplitude > 0:
         scatter_s = (scatter_signal(s, flat_s, scatter, detector.pixel_mm) * scatter.grid_scatter).astype(np.float32)
+    primary_s = s * np.float32(grid_p)
     q_total = q * np.float32(grid_p) + scatter_s / np.float32(mean_energy)
-    s_total = s * np.float32(grid_p) + scatter_s
-    if diagnostics is not None:
-        c = (h // 2, w // 2)
-        diagnostics["open_field_quanta"] = float(flat_q[c])
-        diagnostics["spr_centre"] = float(scatter_s[c] / max(s[c] * grid_p, 1e-300))
+    s_total = primary_s + scatter_s
     if seed is None:
         signal = s_total
     else:
@@ -318,4 +349,4 @@ def synthesize(masses: np.ndarray, raylen_mm: np.ndarray, tables: Tables, detect
     floor = (1.0 / np.maximum(flat_q, 1.0)).astype(np.float32)  # one quantum
     transmission = np.maximum(signal / flat, floor)
     out = -np.log(transmission) if detector.polarity == "radiograph" else transmission
-    return out.astype(np.float32)
+    return Detection(out.astype(np.float32), primary_s, scatter_s, flat, flat_q)

@@ -42,3 +42,24 @@ def test_the_documented_tg195_totals_are_what_benchmarks_tg195_prints():
         assert float(difference.rstrip(" %").replace("−", "-")) == pytest.approx(
             (float(mc) / float(reference) - 1) * 100, abs=0.006)
     assert re.search(r"3\.449 mm; mean energy 56\.38 keV", DOC)
+
+
+def test_the_documented_spr_profiles_are_what_benchmarks_scatter_prints():
+    """The profile table: the API's SPRs exactly (deterministic), the ratios from the printed columns, and the
+    spine phantom's Monte Carlo SPRs in its three central bands again with fewer histories."""
+    from pipelines.physics import phantoms, scatter_profiles
+
+    rows = _rows("| band centre | water: MC | API | / MC | spine: MC | API | / MC | chest: MC | API | / MC |")
+    assert len(rows) == scatter_profiles.BANDS
+    cases = {"water": phantoms.box_hu((400.0, 200.0, 400.0), 5.0), "spine": phantoms.spine_slab(),
+             "chest": phantoms.chest_slab()}
+    for k, (name, (hu, affine)) in enumerate(cases.items()):
+        api = scatter_profiles.model_profile(hu, affine)["spr"]
+        for band, row in enumerate(rows):
+            mc, model, ratio = row[1 + 3 * k: 4 + 3 * k]
+            assert f"{api[band]:.3f}" == model, (name, band)
+            assert float(ratio) == pytest.approx(float(model) / float(mc), abs=0.006), (name, band)
+    fresh = scatter_profiles.monte_carlo_profile(cases["spine"][0], 5.0, 3_000_000, seed=11)
+    for band in (4, 5, 6):
+        documented = float(rows[band][4])
+        assert abs(fresh["spr"][band] - documented) < 4 * fresh["spr_se"][band], (band, fresh["spr"][band])

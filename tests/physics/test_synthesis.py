@@ -35,9 +35,9 @@ def test_flat_field_relative_variance_falls_as_one_over_the_photon_count():
     raylen = np.full(128 * 128, 1020.0)
     counts, variances = [], []
     for mas in (0.01, 0.03, 0.1, 0.3, 1.0):
-        diag = {}
-        image = synthesize(_slab(0.0), raylen, TABLES, _detector(mas=mas), None, 7, diag)
-        counts.append(diag["open_field_quanta"])
+        detected = synthesize(_slab(0.0), raylen, TABLES, _detector(mas=mas), None, 7)
+        image = detected.image
+        counts.append(float(detected.open_quanta[64, 64]))
         variances.append(np.var(image) / np.mean(image) ** 2)
     slope = np.polyfit(np.log(counts), np.log(variances), 1)[0]
     assert slope == pytest.approx(-1.0, abs=0.05)
@@ -57,7 +57,7 @@ def test_an_edge_spreads_as_the_configured_detector_psf_and_focal_spot():
     raylen = np.full(64 * 128, 1020.0)
     for focal, psf in ((1.2, 0.0), (0.0, 0.3), (0.8, 0.25)):  # magnification 1.7: resolvable on 0.2 mm pixels
         detector = _detector(focal_spot_mm=focal, psf_sigma_mm=psf, sod_mm=600.0)
-        image = synthesize(m, raylen, TABLES, detector, None, None)
+        image = synthesize(m, raylen, TABLES, detector, None, None).image
         expected = np.hypot(focal_sigma_mm(focal, 1020.0, 600.0), psf) / 0.2
         assert _edge_sigma_px(image[32]) == pytest.approx(expected, rel=0.05)
 
@@ -65,7 +65,7 @@ def test_an_edge_spreads_as_the_configured_detector_psf_and_focal_spot():
 def test_the_same_seed_gives_the_same_image_and_another_seed_another():
     raylen = np.full(128 * 128, 1020.0)
     d = _detector(electronic_quanta=2.0, psf_sigma_mm=0.1, polarity="radiograph")
-    a, b, c = (synthesize(_slab(10.0), raylen, TABLES, d, None, s) for s in (1, 1, 2))
+    a, b, c = (synthesize(_slab(10.0), raylen, TABLES, d, None, s).image for s in (1, 1, 2))
     assert np.array_equal(a, b) and not np.array_equal(a, c)
     assert np.all(a > 0)  # radiograph polarity: -ln(I/I0) of tissue is positive
 
@@ -73,10 +73,8 @@ def test_the_same_seed_gives_the_same_image_and_another_seed_another():
 def _spr(tissue, fraction=0.9, grid=(1.0, 1.0), gap_mm=150.0, shape=(256, 256)):
     model = ScatterModel(CFG.scatter.amplitude, CFG.scatter.exponent,
                          scatter_sigma_mm(CFG.scatter.min_sigma_mm, CFG.scatter.spread_deg, gap_mm), *grid)
-    diag = {}
     d = _detector(collimation="rectangle", collimation_fraction=fraction, pixel_mm=0.8)
-    synthesize(_slab(tissue, shape), np.full(shape[0] * shape[1], 1020.0), TABLES, d, model, None, diag)
-    return diag["spr_centre"]
+    return synthesize(_slab(tissue, shape), np.full(shape[0] * shape[1], 1020.0), TABLES, d, model, None).spr_centre()
 
 
 def test_scatter_to_primary_rises_with_thickness_and_field_and_falls_with_grid_and_air_gap():
