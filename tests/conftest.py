@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import os
+import sqlite3
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -23,6 +26,7 @@ SYNTH_LEVELS = [("T11", 18), ("T12", 19), ("L1", 20), ("L2", 21), ("L3", 22), ("
 SPREAD_FILES = {"test_scale_and_crash.py", "test_orchestration.py"}
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which turns xdist_group marks into the groups
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.path.name not in SPREAD_FILES:
@@ -113,6 +117,46 @@ def prefect_home():
     os.environ["PREFECT_HOME"] = home
     os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
     yield home
+
+
+@pytest.fixture(scope="session")
+def prefect_db_template(tmp_path_factory) -> Path:
+    """Prefect's database with every migration applied, made once for the whole run by Prefect's own
+    `prefect server database upgrade` (xdist workers share it through a file lock: pytest-xdist's
+    documented way to run a session fixture once). Migrating an empty database costs about 18 s on
+    2 cores at every server start in a fresh PREFECT_HOME; tests that need a fresh home get a copy."""
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp().parent  # shared by the workers of one run
+    template = root / "prefect-template" / "prefect.db"
+    with FileLock(str(root / "prefect-template.lock")):
+        if not template.exists():
+            env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+            env.update(PREFECT_HOME=str(template.parent), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+            template.parent.mkdir(exist_ok=True)
+            subprocess.run([sys.executable, "-m", "prefect", "server", "database", "upgrade", "-y"], env=env,
+                           check=True, capture_output=True, timeout=600)
+    return template
+
+
+@pytest.fixture
+def fresh_prefect_home(prefect_db_template):
+    """make(path): a PREFECT_HOME of a test's own at `path`, its database a copy of the migrated template
+    (sqlite's online backup), as empty as a fresh one."""
+    def make(path: Path) -> Path:
+        return copy_prefect_db(prefect_db_template, path)
+    return make
+
+
+def copy_prefect_db(template: Path, home: Path) -> Path:
+    home.mkdir(parents=True, exist_ok=True)
+    source, target = sqlite3.connect(template), sqlite3.connect(home / "prefect.db")
+    try:
+        source.backup(target)
+    finally:
+        target.close()
+        source.close()
+    return home
 
 
 def shared_fixture(*parts: str) -> Path:

@@ -16,8 +16,10 @@ def spineforge(*args, env_home, timeout=600):
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory):
-    return tmp_path_factory.mktemp("prefect-home")
+def home(tmp_path_factory, prefect_db_template):
+    from tests.conftest import copy_prefect_db
+
+    return copy_prefect_db(prefect_db_template, tmp_path_factory.mktemp("prefect-home"))
 
 
 @pytest.fixture(scope="module")

@@ -16,11 +16,11 @@ PREFECT_VARS = ("PREFECT_API_URL", "PREFECT_PROFILE", "PREFECT_PROFILES_PATH")
 
 
 @pytest.fixture
-def clean_env(monkeypatch, tmp_path):
+def clean_env(monkeypatch, tmp_path, fresh_prefect_home):
     """No API configured by the environment; an empty PREFECT_HOME of this test's own."""
     for name in PREFECT_VARS:
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("PREFECT_HOME", str(fresh_prefect_home(tmp_path / "home")))
     return monkeypatch
 
 

@@ -99,15 +99,16 @@ def _config_file(tmp_path, **update) -> Path:
     return path
 
 
-def test_a_build_killed_with_sigkill_resumes_and_publishes_what_an_uninterrupted_build_would(tmp_path):
+def test_a_build_killed_with_sigkill_resumes_and_publishes_what_an_uninterrupted_build_would(tmp_path,
+                                                                                              fresh_prefect_home):
     inputs = tmp_path / "in"
     for i in range(6):
         write_ctspine_case(inputs, f"k{i}", noise_seed=i)
-    config = _config_file(tmp_path, drr={"pairs_per_case": 6, "poses_per_pair": 3},
-                          detector={"height": 64, "width": 64, "pixel_spacing_mm": 3.0})
+    config = _config_file(tmp_path, drr={"pairs_per_case": 3, "poses_per_pair": 2},
+                          detector={"height": 48, "width": 48, "pixel_spacing_mm": 4.0})
     out = tmp_path / "out"
     args = ["build", "--config", str(config), "--input", str(inputs), "--out", str(out)]
-    victim = _cli(args, tmp_path / "home1", start_new_session=True)
+    victim = _cli(args, fresh_prefect_home(tmp_path / "home1"), start_new_session=True)
     cases = out / "orch" / ".cache" / "cases"
     deadline = time.monotonic() + 240
     results = out / "orch" / ".cache" / "results"
@@ -121,7 +122,7 @@ def test_a_build_killed_with_sigkill_resumes_and_publishes_what_an_uninterrupted
     (out / "orch" / ".publishing-v1-dead-1").mkdir()  # as if it had died while publishing
     (cases / "k5-partial.h5.tmp").write_bytes(b"half a file")
 
-    resumed = _cli(args, tmp_path / "home2")
+    resumed = _cli(args, fresh_prefect_home(tmp_path / "home2"))
     log, _ = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, log[-3000:]
     assert "from cache" in log and "removed leftover of an interrupted build" in log
@@ -134,11 +135,11 @@ def test_a_build_killed_with_sigkill_resumes_and_publishes_what_an_uninterrupted
     assert_same_content(out / "orch" / "v1", tmp_path / "clean" / "orch" / "v1")
 
 
-def test_two_builds_of_one_version_at_once_publish_it_once(tmp_path):
+def test_two_builds_of_one_version_at_once_publish_it_once(tmp_path, fresh_prefect_home):
     inputs = collection(tmp_path / "in", n=1)
     config = _config_file(tmp_path)
     args = ["build", "--config", str(config), "--input", str(inputs), "--out", str(tmp_path / "out"), "--version", "v1"]
-    first, second = _cli(args, tmp_path / "h1"), _cli(args, tmp_path / "h2")
+    first, second = _cli(args, fresh_prefect_home(tmp_path / "h1")), _cli(args, fresh_prefect_home(tmp_path / "h2"))
     logs = [p.communicate(timeout=600)[0] for p in (first, second)]
     assert [p.returncode for p in (first, second)] == [0, 0], logs
     assert sum("published: " in log for log in logs) == 1
@@ -147,7 +148,7 @@ def test_two_builds_of_one_version_at_once_publish_it_once(tmp_path):
 
 
 @pytest.mark.parametrize("workers", [1, 2], ids=["in-process", "local-dask"])
-def test_a_build_killed_with_sigkill_leaves_no_process_behind(tmp_path, workers):
+def test_a_build_killed_with_sigkill_leaves_no_process_behind(tmp_path, workers, fresh_prefect_home):
     """Only the build's own process is killed (not its group): its API server and Dask scheduler and
     workers must go with it."""
     import psutil
@@ -157,7 +158,7 @@ def test_a_build_killed_with_sigkill_leaves_no_process_behind(tmp_path, workers)
                           detector={"height": 64, "width": 64, "pixel_spacing_mm": 3.0})
     args = ["build", "--config", str(config), "--input", str(inputs), "--out", str(tmp_path / "out"),
             "--workers", str(workers)]
-    victim = _cli(args, tmp_path / "home", start_new_session=True)
+    victim = _cli(args, fresh_prefect_home(tmp_path / "home"), start_new_session=True)
     build = psutil.Process(victim.pid)
     cases = tmp_path / "out" / "orch" / ".cache" / "cases"
     descendants: dict[int, psutil.Process] = {}

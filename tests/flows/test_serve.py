@@ -121,13 +121,14 @@ def _scheduled_runs(api: str, deployment: str):
 
 
 @pytest.mark.slow
-def test_scheduled_runs_fire_publish_then_noop_and_a_failed_run_leaves_the_service_serving(tmp_path):
+def test_scheduled_runs_fire_publish_then_noop_and_a_failed_run_leaves_the_service_serving(tmp_path,
+                                                                                           fresh_prefect_home):
     """No API configured: `serve` starts the kept API (with Prefect's scheduler service), and the runs
     that scheduler creates on an interval build v1, then find nothing changed; a run that fails is
     retried, reported, and the service goes on serving."""
     inputs = collection(tmp_path / "in", n=1)
     out = tmp_path / "out"
-    home = tmp_path / "home"
+    home = fresh_prefect_home(tmp_path / "home")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     # Prefect's own settings: the server's scheduler visits deployments every 2 s rather than 60 s, and the
     # serving process asks for due runs every second rather than every 10 s, so the test need not wait
@@ -194,14 +195,14 @@ def test_serve_uses_the_configured_api_else_the_kept_one(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_a_scheduled_run_publishes_to_an_object_store(tmp_path, s3_server):
+def test_a_scheduled_run_publishes_to_an_object_store(tmp_path, s3_server, fresh_prefect_home):
     """`serve --out s3://...`: the run the schedule fires builds in the work folder under the user's cache
     and publishes to the bucket."""
     from pipelines.io.publish_store import read_store_card
     from pipelines.io.store import S3Url, StoreOptions
 
     inputs = collection(tmp_path / "in", n=1)
-    home = tmp_path / "home"
+    home = fresh_prefect_home(tmp_path / "home")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", PYTHONPATH=str(ROOT),
                PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="2", PREFECT_RUNNER_POLL_FREQUENCY="1",
