@@ -26,8 +26,16 @@ SYNTH_LEVELS = [("T11", 18), ("T12", 19), ("L1", 20), ("L2", 21), ("L3", 22), ("
 SPREAD_FILES = {"test_scale_and_crash.py", "test_orchestration.py"}
 
 
+# The longest files first (minutes each on 2 cores): xdist hands out groups in collection order, so a long
+# group collected last runs on one worker while the other idles; longest-first keeps both busy to the end.
+LONGEST_FIRST = ("test_cli_demo.py", "test_scale_and_crash.py", "test_serve.py", "test_build.py",
+                 "test_orchestration.py", "test_distributed.py", "test_stream.py")
+
+
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which turns xdist_group marks into the groups
 def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order kept otherwise
     for item in items:
         if item.path.name not in SPREAD_FILES:
             item.add_marker(pytest.mark.xdist_group(str(item.path.relative_to(config.rootpath))))
