@@ -73,14 +73,14 @@ class RealisticRenderer:
         if not physics.scatter:
             return None
         g = self.renderer.geometry
-        centre = masses[g.height // 2, g.width // 2, 1:3].sum()  # ~cm of unit-density tissue on the central ray
-        gap = g.sdd_mm - g.sod_mm - 0.5 * centre * MM_PER_CM
         if physics.scatter_model == "kernels":  # each pencil's gap from its own thickness, centred on the isocentre
             k = self.kernels or scatter_kernels.load()
             return ScatterModel(physics.scatter_amplitude, physics.scatter_exponent, 0.0,
                                 physics.grid_primary_transmission, physics.grid_scatter_transmission,
                                 k.centred(physics.kv, (g.sdd_mm - g.sod_mm) / MM_PER_CM), k.thickness_cm,
                                 k.radii_mm, k.source_scale(g.sod_mm, g.sdd_mm), k.destination_factor)
+        centre = masses[g.height // 2, g.width // 2, 1:3].sum()  # ~cm of unit-density tissue on the central ray
+        gap = g.sdd_mm - g.sod_mm - 0.5 * centre * MM_PER_CM  # the Gaussian model's one gap, from the central ray
         return ScatterModel(physics.scatter_amplitude, physics.scatter_exponent,
                             scatter_sigma_mm(physics.scatter_min_sigma_mm, physics.scatter_spread_deg, gap),
                             physics.grid_primary_transmission, physics.grid_scatter_transmission)

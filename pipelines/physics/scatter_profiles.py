@@ -91,14 +91,14 @@ def monte_carlo_profile(hu: np.ndarray, voxel_mm: float, histories: int, kv: int
                                  material_densities(cfg.materials))
     detector = mc.Detector(FIT_GEOMETRY_CM["sdd"], (MC_PIXELS, MC_PIXELS), MC_PIXEL_CM, csi_thickness=0.06)
     half = DETECTOR_PIXELS * DETECTOR_PIXEL_MM / 20
+    spectrum = tube_spectrum(kv, cfg.anode_angle_deg, FILTRATION_AL_MM)  # the beam physics_for renders
     start = time.perf_counter()
-    result = mc.simulate(tables, phantom, detector, histories, (half, half), tube_spectrum(kv, 12.0, FILTRATION_AL_MM),
-                         seed, batches)
+    result = mc.simulate(tables, phantom, detector, histories, (half, half), spectrum, seed, batches)
     seconds = time.perf_counter() - start
     air = mc.Phantom(np.zeros_like(phantom.index), np.full(phantom.index.shape, tables.materials[0].density),
                      phantom.origin, phantom.spacing)  # the open field: the phantom's box of air
-    open_field = mc.simulate(tables, air, detector, max(histories // 10, 1_000_000), (half, half),
-                             tube_spectrum(kv, 12.0, FILTRATION_AL_MM), seed + 1, batches)
+    open_field = mc.simulate(tables, air, detector, max(histories // 10, 1_000_000), (half, half), spectrum,
+                             seed + 1, batches)
     pixel_mm = MC_PIXEL_CM * 10
     primary, scatter = _band_sums(result.csi_primary, pixel_mm), _band_sums(result.csi_scatter, pixel_mm)
     transmission = primary / _band_sums(open_field.csi_primary, pixel_mm)

@@ -284,12 +284,6 @@ class Detection:
     def scatter(self) -> np.ndarray:
         return self.scatter_signal / self.flat_signal
 
-    @property
-    def spr(self) -> np.ndarray:
-        """Scatter-to-primary ratio per pixel (inf where no primary arrives)."""
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return self.scatter_signal / self.primary_signal
-
     def spr_centre(self) -> float:
         h, w = self.image.shape
         return float(self.scatter_signal[h // 2, w // 2] / max(float(self.primary_signal[h // 2, w // 2]), 1e-300))
