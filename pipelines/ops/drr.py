@@ -32,7 +32,7 @@ from pipelines.ops.diffdrr_adapter import (
     diffdrr_module,
     module_affine,
 )
-from pipelines.ops.traversal import traverse_hinges_numba, traverse_numba, traverse_torch
+from pipelines.ops.traversal import occupancy, traverse_hinges_numba, traverse_numba, traverse_torch
 from pipelines.ops.trilinear import CHUNK_RAYS_CPU, CHUNK_RAYS_GPU, integrate_clipped
 from schemas.detector import RENDERERS, VIEWS, Geometry
 
@@ -95,6 +95,9 @@ class Renderer:
                                   if self.labels is not None and self.device.type == "cuda" else self.labels)
         self.drr = diffdrr_module(mu, affine, geometry,
                                   "siddon" if geometry.renderer == "siddon" else "trilinear").to(self.device)
+        # the CPU walk jumps over blocks of exact zeros (air clipped to mu = 0): the same images, fewer reads
+        self.occupied = (occupancy(self.drr.density.numpy())
+                         if geometry.renderer == "traversal" and self.device.type == "cpu" else None)
         diagonal_vox = float(np.linalg.norm(np.array(mu.shape, dtype=float)))
         self.calibrated_error: float | None = None
         if geometry.renderer == "clipped_trilinear" and geometry.samples_per_voxel is None:
@@ -152,7 +155,7 @@ class Renderer:
                 w, p = w.cpu().numpy(), p.cpu().numpy()
             else:
                 w, p = traverse_numba(self.drr.density.numpy(), source[0].numpy(), targets.numpy(), raylen.numpy(),
-                                      height, width, labels, label)
+                                      height, width, labels, label, self.occupied)
             whole[v], part[v] = w.reshape(height, width), p.reshape(height, width)
         return whole, part
 
@@ -172,7 +175,7 @@ class Renderer:
             w, p, h = w.cpu().numpy(), p.cpu().numpy(), h.cpu().numpy()
         else:
             w, p, h = traverse_hinges_numba(self.drr.density.numpy(), source[0].numpy(), targets.numpy(),
-                                            raylen.numpy(), height, width, knots, labels, label)
+                                            raylen.numpy(), height, width, knots, labels, label, self.occupied)
         src_world, tgt_world = world[0]
         return Walk(w.reshape(height, width).astype(np.float32), p.reshape(height, width).astype(np.float32),
                     w, h, src_world, tgt_world, raylen.cpu().numpy())

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import threading
+from dataclasses import dataclass
 
 import numba
 import numpy as np
@@ -27,7 +28,7 @@ TILE = 16  # detector tile edge: neighbouring rays share cache lines of the volu
 _BIG = 1e300
 
 
-@numba.njit(inline="always")
+@numba.njit
 def _slab(s, d, n, a0, a1):
     """Clip the ray fraction interval [a0, a1] to one axis' slab [-0.5, n - 0.5]."""
     if d == 0.0:
@@ -41,12 +42,12 @@ def _slab(s, d, n, a0, a1):
     return max(a0, lo), min(a1, hi)
 
 
-@numba.njit(inline="always")
+@numba.njit
 def _voxel(s, d, a, n):
     return min(max(int(math.floor(s + a * d + 0.5)), 0), n - 1)
 
 
-@numba.njit(inline="always")
+@numba.njit
 def _axis(s, d, i):
     """Step sign, fraction of the next plane crossing, fraction between crossings."""
     if d > 0.0:
@@ -56,10 +57,11 @@ def _axis(s, d, i):
     return 0, _BIG, 0.0
 
 
-@numba.njit(inline="always")
+@numba.njit
 def _enter(n_i, n_j, n_k, box, sx, sy, sz, dx, dy, dz, with_label):
-    """A ray's walk state at its entry voxel: (a0, a1, b0, b1, off, steps, per-axis next crossing,
-    increment, remaining crossings and stride); a1 <= a0 when it misses the volume."""
+    """A ray's walk state at its entry voxel: (a0, a1, b0, b1, voxel index i, j, k and flat offset,
+    per-axis next crossing, increment, remaining crossings, step sign and stride); a1 <= a0 when it
+    misses the volume."""
     a0, a1 = _slab(sx, dx, n_i, 0.0, 1.0)
     a0, a1 = _slab(sy, dy, n_j, a0, a1)
     a0, a1 = _slab(sz, dz, n_k, a0, a1)
@@ -83,56 +85,147 @@ def _enter(n_i, n_j, n_k, box, sx, sy, sz, dx, dy, dz, with_label):
     if left_k == 0:
         nk = _BIG
     off = (i * n_j + j) * n_k + k
-    return (a0, a1, b0, b1, off, ni, nj, nk, inc_i, inc_j, inc_k, left_i, left_j, left_k,
+    return (a0, a1, b0, b1, i, j, k, off, ni, nj, nk, inc_i, inc_j, inc_k, left_i, left_j, left_k, si, sj, sk,
             si * n_j * n_k, sj * n_k, sk)
 
 
 @numba.njit(inline="always")
 def _advance(off, ni, nj, nk, inc_i, inc_j, inc_k, left_i, left_j, left_k, stride_i, stride_j, stride_k):
-    """One plane crossing: (ray fraction at the crossing, next voxel offset, updated axis state)."""
+    """One plane crossing: (ray fraction at the crossing, the axis crossed, next voxel offset, updated
+    axis state)."""
     if ni <= nj and ni <= nk:
         e = ni
+        axis = 0
         off += stride_i
         left_i -= 1
         ni = _BIG if left_i == 0 else ni + inc_i
     elif nj <= nk:
         e = nj
+        axis = 1
         off += stride_j
         left_j -= 1
         nj = _BIG if left_j == 0 else nj + inc_j
     else:
         e = nk
+        axis = 2
         off += stride_k
         left_k -= 1
         nk = _BIG if left_k == 0 else nk + inc_k
-    return e, off, ni, nj, nk, left_i, left_j, left_k
+    return e, axis, off, ni, nj, nk, left_i, left_j, left_k
+
+
+@numba.njit
+def _to_block_face(index, sign, left, shift):
+    """Crossings along one axis until the walk leaves the voxel's block (2**shift voxels a side);
+    left + 1 (never) when the ray ends first."""
+    if sign == 0:
+        return left + 1
+    block = index >> shift
+    m = ((block + 1) << shift) - index if sign > 0 else index - (block << shift) + 1
+    return m if m <= left else left + 1
+
+
+@numba.njit
+def _nth(value, inc, m):
+    """The m-th crossing's fraction (m >= 1) from the next one's, by the walk's own repeated additions."""
+    for _ in range(m - 1):
+        value += inc
+    return value
+
+
+@numba.njit
+def _before(value, inc, left, axis, e, e_axis):
+    """(crossings of one axis up to and including the crossing (e, e_axis), the fraction of its next
+    one): the walk takes crossings in (fraction, axis) order."""
+    c = 0
+    while c < left and (value < e or (value == e and axis <= e_axis)):
+        c += 1
+        if c < left:
+            value += inc
+    return c, (value if c < left else _BIG)
+
+
+@numba.njit
+def _skip_block(i, j, k, ni, nj, nk, inc_i, inc_j, inc_k, left_i, left_j, left_k, si, sj, sk, shift):
+    """Jump over an empty block: the walk's state at the first crossing out of it, computed with the
+    walk's own arithmetic (each axis' fractions by the same repeated additions, crossings in the same
+    (fraction, axis) order), so the voxels after the block see bit-identical segments. Returns
+    (e, counts i, j, k, next fractions); e = _BIG when the ray ends inside the block."""
+    m_i = _to_block_face(i, si, left_i, shift)
+    m_j = _to_block_face(j, sj, left_j, shift)
+    m_k = _to_block_face(k, sk, left_k, shift)
+    e_i = _nth(ni, inc_i, m_i) if m_i <= left_i else _BIG
+    e_j = _nth(nj, inc_j, m_j) if m_j <= left_j else _BIG
+    e_k = _nth(nk, inc_k, m_k) if m_k <= left_k else _BIG
+    if e_i <= e_j and e_i <= e_k:
+        e, e_axis = e_i, 0
+    elif e_j <= e_k:
+        e, e_axis = e_j, 1
+    else:
+        e, e_axis = e_k, 2
+    if e == _BIG:
+        return e, 0, 0, 0, ni, nj, nk
+    c_i, ni = _before(ni, inc_i, left_i, 0, e, e_axis)
+    c_j, nj = _before(nj, inc_j, left_j, 1, e, e_axis)
+    c_k, nk = _before(nk, inc_k, left_k, 2, e, e_axis)
+    return e, c_i, c_j, c_k, ni, nj, nk
 
 
 MAX_KNOTS = 2  # hinge accumulators per ray (`traverse_hinges_numba`); unused ones get a knot at +inf
 
 
 @numba.njit(inline="always")
-def _ray(flat, n_i, n_j, n_k, labels, label, box, sx, sy, sz, tx, ty, tz, with_label, with_hinges, knots):
+def _ray(flat, n_i, n_j, n_k, labels, label, box, occ, nb_j, nb_k, shift, sx, sy, sz, tx, ty, tz, with_label,
+         with_hinges, knots):
     """Along one ray, in ray-fraction units: the whole and labelled integrals and, `with_hinges`, the
     ray's length inside the volume and for each of the MAX_KNOTS knots c the integral of max(v - c, 0)
-    (branch-free, in registers). `with_label` and `with_hinges` are constants at every call site, so
-    each inlined copy compiles only the arithmetic it asks for."""
-    (a0, a1, b0, b1, off, ni, nj, nk, inc_i, inc_j, inc_k, left_i, left_j, left_k,
+    (branch-free, in registers); then the voxels on the ray and those read. `with_label` and
+    `with_hinges` are constants at every call site, so each inlined copy compiles only the arithmetic it
+    asks for.
+
+    A voxel whose block (2**shift voxels a side) is 0 in the occupancy grid `occ` holds only zeros: the
+    walk jumps to the block's exit (`_skip_block`) instead of adding its zero segments. Adding +0.0
+    leaves a float64 sum unchanged and the state after the jump is the one the step-by-step walk reaches,
+    so the images are bit-identical with and without skipping."""
+    (a0, a1, b0, b1, i, j, k, off, ni, nj, nk, inc_i, inc_j, inc_k, left_i, left_j, left_k, si, sj, sk,
      stride_i, stride_j, stride_k) = _enter(n_i, n_j, n_k, box, sx, sy, sz, tx - sx, ty - sy, tz - sz, with_label)
     if a1 <= a0:
-        return 0.0, 0.0, 0.0, 0.0, 0.0
+        return 0.0, 0.0, 0.0, 0.0, 0.0, 0, 0
     c0, c1 = knots[0], knots[1]
     acc = 0.0
     acc_label = 0.0
     h0 = 0.0
     h1 = 0.0
     a = a0
+    on_ray = left_i + left_j + left_k + 1
+    read = 0
     # exactly left_i + left_j + left_k crossings: every index stays inside the volume
-    for _ in range(left_i + left_j + left_k):
+    while left_i + left_j + left_k > 0:
+        if occ[((i >> shift) * nb_j + (j >> shift)) * nb_k + (k >> shift)] == 0:
+            e, c_i, c_j, c_k, ni, nj, nk = _skip_block(i, j, k, ni, nj, nk, inc_i, inc_j, inc_k, left_i, left_j,
+                                                       left_k, si, sj, sk, shift)
+            if e == _BIG:  # the ray ends inside this empty block
+                return acc, acc_label, a1 - a0, h0, h1, on_ray, read
+            i += si * c_i
+            j += sj * c_j
+            k += sk * c_k
+            left_i -= c_i
+            left_j -= c_j
+            left_k -= c_k
+            off += stride_i * c_i + stride_j * c_j + stride_k * c_k
+            a = e
+            continue
         v = flat[off]
         at = off
-        e, off, ni, nj, nk, left_i, left_j, left_k = _advance(off, ni, nj, nk, inc_i, inc_j, inc_k, left_i, left_j,
-                                                              left_k, stride_i, stride_j, stride_k)
+        read += 1
+        e, axis, off, ni, nj, nk, left_i, left_j, left_k = _advance(off, ni, nj, nk, inc_i, inc_j, inc_k, left_i,
+                                                                    left_j, left_k, stride_i, stride_j, stride_k)
+        if axis == 0:
+            i += si
+        elif axis == 1:
+            j += sj
+        else:
+            k += sk
         w = e - a
         seg = w * v
         acc += seg
@@ -144,6 +237,7 @@ def _ray(flat, n_i, n_j, n_k, labels, label, box, sx, sy, sz, tx, ty, tz, with_l
             h1 += w * max(v - c1, np.float32(0.0))
         a = e
     v = flat[off]
+    read += 1
     w = a1 - a
     seg = w * v
     acc += seg
@@ -153,15 +247,17 @@ def _ray(flat, n_i, n_j, n_k, labels, label, box, sx, sy, sz, tx, ty, tz, with_l
     if with_hinges:
         h0 += w * max(v - c0, np.float32(0.0))
         h1 += w * max(v - c1, np.float32(0.0))
-    return acc, acc_label, a1 - a0, h0, h1
+    return acc, acc_label, a1 - a0, h0, h1, on_ray, read
 
 
-@numba.njit(inline="always")
-def _ray_of(flat, n_i, n_j, n_k, labels, label, box, sx, sy, sz, tx, ty, tz, hinged, knots):
+@numba.njit
+def _ray_of(flat, n_i, n_j, n_k, labels, label, box, occ, nb_j, nb_k, shift, sx, sy, sz, tx, ty, tz, hinged, knots):
     """`_ray` with its label flag made a constant (two inlined copies), `hinged` a constant of the caller."""
     if label >= 0:
-        return _ray(flat, n_i, n_j, n_k, labels, label, box, sx, sy, sz, tx, ty, tz, True, hinged, knots)
-    return _ray(flat, n_i, n_j, n_k, labels, label, box, sx, sy, sz, tx, ty, tz, False, hinged, knots)
+        return _ray(flat, n_i, n_j, n_k, labels, label, box, occ, nb_j, nb_k, shift, sx, sy, sz, tx, ty, tz, True,
+                    hinged, knots)
+    return _ray(flat, n_i, n_j, n_k, labels, label, box, occ, nb_j, nb_k, shift, sx, sy, sz, tx, ty, tz, False,
+                hinged, knots)
 
 
 def _image_kernel(hinged: bool):
@@ -170,9 +266,10 @@ def _image_kernel(hinged: bool):
     Each kernel compiles on its first use and holds only the arithmetic it needs."""
 
     @numba.njit(parallel=True, nogil=True, cache=True)
-    def traverse(flat, shape, labels, label, box, source, targets, raylen, height, width, knots, out, out_label,
-                 out_hinges):
+    def traverse(flat, shape, labels, label, box, occ, occ_shape, shift, source, targets, raylen, height, width,
+                 knots, out, out_label, out_hinges, out_steps):
         n_i, n_j, n_k = shape[0], shape[1], shape[2]
+        nb_j, nb_k = occ_shape[1], occ_shape[2]
         tiles_w = (width + TILE - 1) // TILE
         n_tiles = ((height + TILE - 1) // TILE) * tiles_w
         sx, sy, sz = source[0], source[1], source[2]
@@ -182,11 +279,14 @@ def _image_kernel(hinged: bool):
             for row in range(row0, min(height, row0 + TILE)):
                 for col in range(col0, min(width, col0 + TILE)):
                     r = row * width + col
-                    whole, part, length, h0, h1 = _ray_of(flat, n_i, n_j, n_k, labels, label, box, sx, sy, sz,
-                                                          targets[r, 0], targets[r, 1], targets[r, 2], hinged, knots)
+                    whole, part, length, h0, h1, on_ray, read = _ray_of(
+                        flat, n_i, n_j, n_k, labels, label, box, occ, nb_j, nb_k, shift, sx, sy, sz,
+                        targets[r, 0], targets[r, 1], targets[r, 2], hinged, knots)
                     scale = raylen[r]
                     out[r] = whole * scale
                     out_label[r] = part * scale
+                    out_steps[r, 0] = on_ray
+                    out_steps[r, 1] = read
                     if hinged:
                         out_hinges[r, 0] = length * scale
                         out_hinges[r, 1] = h0 * scale
@@ -201,22 +301,54 @@ _TRAVERSE = {False: _image_kernel(False), True: _image_kernel(True)}  # without 
 _workqueue_lock = threading.Lock()
 
 
+@dataclass(frozen=True)
+class Occupancy:
+    """Which blocks of a volume hold anything: the walk jumps over the others (`occupancy`)."""
+
+    grid: np.ndarray  # (nb_i, nb_j, nb_k) uint8: 1 where the block holds a non-zero voxel
+    shift: int  # blocks are 2**shift voxels a side
+    shape: tuple[int, int, int]  # the volume's shape
+
+    @property
+    def empty_fraction(self) -> float:
+        return float(1.0 - self.grid.mean()) if self.grid.size else 0.0
+
+
+BLOCK_SHIFT = 3  # 8^3-voxel blocks: the demo CT's walk reads 1/4 fewer voxels (benchmarks/stream.py)
+_NO_SKIP = np.ones(1, dtype=np.uint8), np.ones(3, dtype=np.int64), 62  # one block, never empty
+
+
+def occupancy(volume: np.ndarray, shift: int = BLOCK_SHIFT) -> Occupancy:
+    """The occupancy grid of `volume` (i, j, k): a block is empty when every voxel in it is exactly 0
+    (air clipped to mu = 0), so skipping it changes no image. Built once per volume (one pass over it)."""
+    if not 0 <= shift < 16:
+        raise ValueError(f"block shift must be in [0, 16), got {shift}")
+    size = 1 << shift
+    blocks = [-(-n // size) for n in volume.shape]
+    padded = np.zeros([b * size for b in blocks], dtype=bool)
+    padded[tuple(slice(0, n) for n in volume.shape)] = volume != 0
+    grid = padded.reshape(blocks[0], size, blocks[1], size, blocks[2], size).any(axis=(1, 3, 5))
+    return Occupancy(grid.astype(np.uint8), shift, tuple(int(n) for n in volume.shape))
+
+
 def traverse_numba(volume: np.ndarray, source: np.ndarray, targets: np.ndarray, raylen: np.ndarray,
                    height: int, width: int, labels: np.ndarray | None = None,
-                   label: int = -1) -> tuple[np.ndarray, np.ndarray]:
+                   label: int = -1, occupied: Occupancy | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Line integrals of `volume` (i, j, k; float32) along rays from `source` (3,) to `targets` (H*W, 3),
     both in voxel coordinates; `raylen` (H*W,) is each ray's source-detector length in mm.
 
     Returns (whole, labelled) float64 (H*W,) images; `labelled` integrates only voxels whose
-    `labels` value equals `label` (zeros when no label is asked for).
+    `labels` value equals `label` (zeros when no label is asked for). With `occupied` (the volume's
+    `occupancy`), empty blocks are jumped over: the same images, bit for bit, from fewer voxel reads.
     """
-    whole, part, _ = _walk(volume, source, targets, raylen, height, width, labels, label, None)
+    whole, part, _, _ = _walk(volume, source, targets, raylen, height, width, labels, label, None, occupied)
     return whole, part
 
 
 def traverse_hinges_numba(volume: np.ndarray, source: np.ndarray, targets: np.ndarray, raylen: np.ndarray,
                           height: int, width: int, knots, labels: np.ndarray | None = None,
-                          label: int = -1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                          label: int = -1, occupied: Occupancy | None = None
+                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """`traverse_numba` (the same two images, bit for bit) and, from the same walk, (H*W, 1 + MAX_KNOTS)
     float64: each ray's length inside the volume (mm) and, per knot c (at most MAX_KNOTS), the line
     integral of max(v - c, 0) (columns of absent knots are 0).
@@ -225,8 +357,18 @@ def traverse_hinges_numba(volume: np.ndarray, source: np.ndarray, targets: np.nd
     at the knots, q(v) = alpha + beta v + sum_k gamma_k max(v - c_k, 0) - the materials' partial
     densities (`pipelines.physics.materials`) - integrates exactly from these columns and the whole
     image, so the walk still reads one float per voxel and keeps its accumulators in registers.
+    Empty blocks are skipped only when every knot is >= 0 (then max(0 - c, 0) = 0 there too).
     """
-    return _walk(volume, source, targets, raylen, height, width, labels, label, knots)
+    whole, part, hinges, _ = _walk(volume, source, targets, raylen, height, width, labels, label, knots, occupied)
+    return whole, part, hinges
+
+
+def walk_counts(volume: np.ndarray, source: np.ndarray, targets: np.ndarray, height: int, width: int,
+                occupied: Occupancy | None = None) -> tuple[int, int]:
+    """(voxels on the rays, voxels the walk reads): what skipping empty blocks saves on one view."""
+    n = height * width
+    _, _, _, steps = _walk(volume, source, targets, np.ones(n), height, width, None, -1, None, occupied)
+    return int(steps[:, 0].sum()), int(steps[:, 1].sum())
 
 
 def _padded_knots(knots) -> np.ndarray:
@@ -239,24 +381,36 @@ def _padded_knots(knots) -> np.ndarray:
     return padded
 
 
-def _walk(volume, source, targets, raylen, height, width, labels, label, knots):
+def _occupancy_arrays(volume: np.ndarray, occupied: Occupancy | None, knots: np.ndarray):
+    if occupied is None or np.any(knots < 0):
+        return _NO_SKIP
+    if occupied.shape != tuple(volume.shape):
+        raise ValueError(f"occupancy of a {occupied.shape} volume given for a {tuple(volume.shape)} one")
+    grid = occupied.grid
+    return grid.reshape(-1), np.asarray(grid.shape, dtype=np.int64), occupied.shift
+
+
+def _walk(volume, source, targets, raylen, height, width, labels, label, knots, occupied):
     """Pack the arguments of the image kernel once; hinge columns only when `knots` is given."""
     flat = np.ascontiguousarray(volume, dtype=np.float32).reshape(-1)
     labels_flat, label, box = _label_arrays(volume.shape, labels, label)
     n = height * width
     out, out_label = np.empty(n), np.empty(n)
     hinges = np.empty((n if knots is not None else 0, 1 + MAX_KNOTS))
-    args = (flat, np.asarray(volume.shape, dtype=np.int64), labels_flat, int(label), box,
+    steps = np.empty((n, 2), dtype=np.int64)
+    padded = _padded_knots(knots)
+    occ, occ_shape, shift = _occupancy_arrays(volume, occupied, padded)
+    args = (flat, np.asarray(volume.shape, dtype=np.int64), labels_flat, int(label), box, occ, occ_shape, int(shift),
             np.asarray(source, dtype=np.float64).reshape(3), np.ascontiguousarray(targets, dtype=np.float64),
-            np.ascontiguousarray(raylen, dtype=np.float64), int(height), int(width), _padded_knots(knots), out,
-            out_label, hinges)
+            np.ascontiguousarray(raylen, dtype=np.float64), int(height), int(width), padded, out,
+            out_label, hinges, steps)
     kernel = _TRAVERSE[knots is not None]
     if _layer() == "workqueue":  # numba's fallback thread pool must not be entered from two threads at once
         with _workqueue_lock:
             kernel(*args)
     else:
         kernel(*args)
-    return out, out_label, hinges
+    return out, out_label, hinges, steps
 
 
 def _label_arrays(shape, labels, label):
