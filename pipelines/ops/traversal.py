@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 import torch
+from scipy import ndimage
 
 from pipelines.ops.crop import bounding_box
 
@@ -333,21 +334,23 @@ def occupancy(volume: np.ndarray, shift: int = BLOCK_SHIFT) -> Occupancy:
 
 def traverse_numba(volume: np.ndarray, source: np.ndarray, targets: np.ndarray, raylen: np.ndarray,
                    height: int, width: int, labels: np.ndarray | None = None,
-                   label: int = -1, occupied: Occupancy | None = None) -> tuple[np.ndarray, np.ndarray]:
+                   label: int = -1, occupied: Occupancy | None = None,
+                   box: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Line integrals of `volume` (i, j, k; float32) along rays from `source` (3,) to `targets` (H*W, 3),
     both in voxel coordinates; `raylen` (H*W,) is each ray's source-detector length in mm.
 
     Returns (whole, labelled) float64 (H*W,) images; `labelled` integrates only voxels whose
     `labels` value equals `label` (zeros when no label is asked for). With `occupied` (the volume's
     `occupancy`), empty blocks are jumped over: the same images, bit for bit, from fewer voxel reads.
+    `box`: `label_box(labels, label)` when the caller keeps it (it is a pass over the label volume).
     """
-    whole, part, _, _ = _walk(volume, source, targets, raylen, height, width, labels, label, None, occupied)
+    whole, part, _, _ = _walk(volume, source, targets, raylen, height, width, labels, label, None, occupied, box)
     return whole, part
 
 
 def traverse_hinges_numba(volume: np.ndarray, source: np.ndarray, targets: np.ndarray, raylen: np.ndarray,
                           height: int, width: int, knots, labels: np.ndarray | None = None,
-                          label: int = -1, occupied: Occupancy | None = None
+                          label: int = -1, occupied: Occupancy | None = None, box: np.ndarray | None = None
                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """`traverse_numba` (the same two images, bit for bit) and, from the same walk, (H*W, 1 + MAX_KNOTS)
     float64: each ray's length inside the volume (mm) and, per knot c (at most MAX_KNOTS), the line
@@ -359,7 +362,8 @@ def traverse_hinges_numba(volume: np.ndarray, source: np.ndarray, targets: np.nd
     image, so the walk still reads one float per voxel and keeps its accumulators in registers.
     Empty blocks are skipped only when every knot is >= 0 (then max(0 - c, 0) = 0 there too).
     """
-    whole, part, hinges, _ = _walk(volume, source, targets, raylen, height, width, labels, label, knots, occupied)
+    whole, part, hinges, _ = _walk(volume, source, targets, raylen, height, width, labels, label, knots, occupied,
+                                   box)
     return whole, part, hinges
 
 
@@ -367,7 +371,7 @@ def walk_counts(volume: np.ndarray, source: np.ndarray, targets: np.ndarray, hei
                 occupied: Occupancy | None = None) -> tuple[int, int]:
     """(voxels on the rays, voxels the walk reads): what skipping empty blocks saves on one view."""
     n = height * width
-    _, _, _, steps = _walk(volume, source, targets, np.ones(n), height, width, None, -1, None, occupied)
+    _, _, _, steps = _walk(volume, source, targets, np.ones(n), height, width, None, -1, None, occupied, None)
     return int(steps[:, 0].sum()), int(steps[:, 1].sum())
 
 
@@ -390,10 +394,10 @@ def _occupancy_arrays(volume: np.ndarray, occupied: Occupancy | None, knots: np.
     return grid.reshape(-1), np.asarray(grid.shape, dtype=np.int64), occupied.shift
 
 
-def _walk(volume, source, targets, raylen, height, width, labels, label, knots, occupied):
+def _walk(volume, source, targets, raylen, height, width, labels, label, knots, occupied, box):
     """Pack the arguments of the image kernel once; hinge columns only when `knots` is given."""
     flat = np.ascontiguousarray(volume, dtype=np.float32).reshape(-1)
-    labels_flat, label, box = _label_arrays(volume.shape, labels, label)
+    labels_flat, label, box = _label_arrays(volume.shape, labels, label, box)
     n = height * width
     out, out_label = np.empty(n), np.empty(n)
     hinges = np.empty((n if knots is not None else 0, 1 + MAX_KNOTS))
@@ -413,12 +417,22 @@ def _walk(volume, source, targets, raylen, height, width, labels, label, knots, 
     return out, out_label, hinges, steps
 
 
-def _label_arrays(shape, labels, label):
+def _label_arrays(shape, labels, label, box=None):
     if labels is None or label < 0:
         return np.zeros(1, dtype=np.uint8), -1, np.zeros(6, dtype=np.int64)
     if labels.shape != tuple(shape):
         raise ValueError(f"labels {labels.shape} do not match the volume {tuple(shape)}")
-    return np.ascontiguousarray(labels, dtype=np.uint8).reshape(-1), int(label), label_box(labels, label)
+    box = label_box(labels, label) if box is None else np.asarray(box, dtype=np.int64).reshape(6)
+    return np.ascontiguousarray(labels, dtype=np.uint8).reshape(-1), int(label), box
+
+
+def label_boxes(labels: np.ndarray) -> dict[int, np.ndarray]:
+    """`label_box` of every label > 0 of a label volume, from one pass over it."""
+    boxes = {}
+    for value, found in enumerate(ndimage.find_objects(np.asarray(labels)), start=1):
+        if found is not None:
+            boxes[value] = np.array([s.start for s in found] + [s.stop for s in found], dtype=np.int64)
+    return boxes
 
 
 def label_box(labels: np.ndarray, label: int) -> np.ndarray:

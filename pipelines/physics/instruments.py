@@ -89,9 +89,16 @@ def _uniform(rng: np.random.Generator, r) -> float:
     return float(rng.uniform(r[0], r[1])) if r[1] > r[0] else float(r[0])
 
 
-def vertebra_frame(labels: np.ndarray, affine: np.ndarray, level_id: int) -> VertebraFrame | None:
-    """The frame of one vertebra, or None when it has no voxels."""
-    idx = np.argwhere(labels == level_id)
+def vertebra_frame(labels: np.ndarray, affine: np.ndarray, level_id: int,
+                   box: np.ndarray | None = None) -> VertebraFrame | None:
+    """The frame of one vertebra, or None when it has no voxels. `box`: the label's voxel box
+    (`ops.traversal.label_box`) when known, so only it is searched (the same voxels, in the same order)."""
+    if box is None:
+        idx = np.argwhere(labels == level_id)
+    else:
+        lo, hi = np.asarray(box[:3], dtype=np.int64), np.asarray(box[3:], dtype=np.int64)
+        inside = labels[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+        idx = np.argwhere(inside == level_id) + lo
     if len(idx) == 0:
         return None
     world = voxel_to_world(affine, idx.astype(float))
@@ -137,14 +144,20 @@ def _kwire(frame: VertebraFrame, rng: np.random.Generator, cfg: InstrumentConfig
 
 
 def place_instruments(rng: np.random.Generator, labels: np.ndarray, affine: np.ndarray, level_ids: list[int],
-                      cfg: InstrumentConfig) -> list[Instrument]:
+                      cfg: InstrumentConfig, boxes: dict[int, np.ndarray] | None = None) -> list[Instrument]:
     """Instruments of one sample: screw pairs in the first of `level_ids` (the target) and the next
     drawn number of them, rods joining each side's heads, drawn K-wires; [] with probability
-    1 - cfg.probability."""
+    1 - cfg.probability. `boxes`: every label's voxel box (`ops.traversal.label_boxes`) when the caller
+    keeps them, so each vertebra is found without a pass over the whole label map."""
     if rng.random() >= cfg.probability:
         return []
     n_levels = int(rng.integers(cfg.screw_levels[0], cfg.screw_levels[1] + 1))
-    frames = [f for f in (vertebra_frame(labels, affine, lid) for lid in level_ids[:max(n_levels, 1)]) if f is not None]
+    levels = level_ids[:max(n_levels, 1)]
+    if boxes is not None:
+        found = [vertebra_frame(labels, affine, lid, boxes[lid]) if lid in boxes else None for lid in levels]
+    else:
+        found = [vertebra_frame(labels, affine, lid) for lid in levels]
+    frames = [f for f in found if f is not None]
     out: list[Instrument] = []
     heads = {-1: [], 1: []}
     for frame in frames[:n_levels]:

@@ -13,12 +13,14 @@ while training (`loaders.stream`) both call it, so a view means the same thing w
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
 from pipelines.ops.camera import camera_for_motion
 from pipelines.ops.drr import Renderer
 from pipelines.ops.sampling import pose_to_matrix, sample_pose
+from pipelines.ops.traversal import label_boxes
 from pipelines.physics.draw import PhysicsDraw, XrayRecord, draw_physics
 from pipelines.physics.instruments import Instrument, place_instruments
 from pipelines.physics.realistic import RealisticRenderer, RealisticView
@@ -77,6 +79,11 @@ class Scene:
     affine: np.ndarray | None = None
     level_ids: tuple[int, ...] = ()
 
+    @cached_property
+    def label_boxes(self) -> dict[int, np.ndarray]:
+        """Every label's voxel box in `labels`, from one pass, kept for the scene's later samples."""
+        return {} if self.labels is None else label_boxes(self.labels)
+
 
 def scene_of(hu: np.ndarray, affine: np.ndarray, geometry: Geometry, xray: XrayConfig | None = None,
              attenuation: AttenuationConfig | None = None, labels: np.ndarray | None = None,
@@ -117,7 +124,8 @@ def draw_xray(rng: np.random.Generator, cfg: XrayConfig, seeds, scene: Scene | N
     instruments = ()
     if scene is not None and scene.labels is not None and target is not None:
         from_target = list(scene.level_ids[list(scene.level_ids).index(target):])
-        instruments = tuple(place_instruments(rng, scene.labels, scene.affine, from_target, cfg.instruments))
+        instruments = tuple(place_instruments(rng, scene.labels, scene.affine, from_target, cfg.instruments,
+                                                  scene.label_boxes))
     return XrayRecord(physics, instruments, tuple(int(s) for s in seeds))
 
 

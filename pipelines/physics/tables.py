@@ -41,7 +41,17 @@ HEEL_STEP_DEG = 2.5  # the uniform angle grid the heel tables are kept on (the s
 HEEL_ATTENUATION_STEPS = 1024
 
 
-@functools.lru_cache(maxsize=64)
+# every whole kV of a drawn range at every heel angle stays in memory (a spectrum is ~5 kB): a stream's
+# items draw kV at random, and a smaller cache re-read them from disk item after item
+SPECTRA_IN_MEMORY = 2048
+
+
+@functools.cache
+def _spekpy_version() -> str:
+    return version("spekpy")
+
+
+@functools.lru_cache(maxsize=SPECTRA_IN_MEMORY)
 def _tube(kv: int, anode_angle_deg: float) -> tuple[np.ndarray, np.ndarray]:
     def compute():
         import spekpy  # ~2 s to import, ~0.6 s a spectrum: only where a spectrum is not cached yet
@@ -51,11 +61,11 @@ def _tube(kv: int, anode_angle_deg: float) -> tuple[np.ndarray, np.ndarray]:
         keep = fluence > 0
         return np.asarray(energies[keep], dtype=np.float64), np.asarray(fluence[keep], dtype=np.float64)
 
-    key = f"spekpy{version('spekpy')}-kv{int(kv)}-th{float(anode_angle_deg):g}-dk{FINE_BIN_KEV:g}"
+    key = f"spekpy{_spekpy_version()}-kv{int(kv)}-th{float(anode_angle_deg):g}-dk{FINE_BIN_KEV:g}"
     return cached_spectrum(key, compute)
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=SPECTRA_IN_MEMORY)
 def _tube_off_axis(kv: int, anode_angle_deg: float, angle_deg: float) -> tuple[np.ndarray, np.ndarray]:
     """spekpy's spectrum `angle_deg` off the central ray in the anode-cathode plane (+ towards the
     cathode), without oblique filtration, at 1 m along that ray (the inverse square taken out)."""
@@ -71,13 +81,28 @@ def _tube_off_axis(kv: int, anode_angle_deg: float, angle_deg: float) -> tuple[n
 
     if angle_deg == 0.0:
         return _tube(kv, anode_angle_deg)
-    key = f"spekpy{version('spekpy')}-kv{int(kv)}-th{float(anode_angle_deg):g}-dk{FINE_BIN_KEV:g}-heel{angle_deg:g}"
+    key = f"spekpy{_spekpy_version()}-kv{int(kv)}-th{float(anode_angle_deg):g}-dk{FINE_BIN_KEV:g}-heel{angle_deg:g}"
     return cached_spectrum(key, compute)
 
 
 def heel_ratios(kv: int, anode_angle_deg: float, energies: np.ndarray) -> np.ndarray:
     """(len(HEEL_ANGLES_DEG), E): each heel angle's spectrum over the central one, per fine bin of
     `energies` (1 where the central spectrum is empty)."""
+    tube_energies, ratios = _heel_ratios(int(kv), float(anode_angle_deg))
+    if np.array_equal(energies, tube_energies):
+        return ratios  # the tube's own bins: computed once per (kV, anode angle)
+    return _ratios_at(kv, anode_angle_deg, energies)
+
+
+@functools.lru_cache(maxsize=SPECTRA_IN_MEMORY // len(HEEL_ANGLES_DEG))
+def _heel_ratios(kv: int, anode_angle_deg: float) -> tuple[np.ndarray, np.ndarray]:
+    energies = _tube(kv, anode_angle_deg)[0]
+    ratios = _ratios_at(kv, anode_angle_deg, energies)
+    ratios.setflags(write=False)
+    return energies, ratios
+
+
+def _ratios_at(kv: int, anode_angle_deg: float, energies: np.ndarray) -> np.ndarray:
     centre = dict(zip(*_tube(kv, anode_angle_deg)))
     rows = []
     for angle in HEEL_ANGLES_DEG:

@@ -10,6 +10,7 @@ from pipelines.ops.drr import Renderer
 from pipelines.ops.sampling import pose_to_matrix
 from pipelines.ops.traversal import (
     label_box,
+    label_boxes,
     occupancy,
     traverse_hinges_numba,
     traverse_numba,
@@ -179,6 +180,11 @@ def test_labelled_channel_equals_the_masked_volume_and_reads_only_its_box():
     labels[20, 20, 20] = 5  # a stray voxel widens the box
     np.testing.assert_array_equal(label_box(labels, 5), [8, 5, 9, 21, 21, 21])
     np.testing.assert_array_equal(label_box(labels, 6), [0] * 6)
+    labels[0, 0, 0] = 2  # every label's box from one pass is its own label_box
+    assert set(label_boxes(labels)) == {2, 5}
+    np.testing.assert_array_equal(label_boxes(labels)[5], label_box(labels, 5))
+    np.testing.assert_array_equal(label_boxes(labels)[2], [0, 0, 0, 1, 1, 1])
+    labels[0, 0, 0] = 0
     source, targets, lengths = random_rays(rng, 400, vol.shape)
     whole, part = traverse_numba(vol, source, targets, lengths, 20, 20, labels, 5)
     masked, _ = traverse_numba(np.where(labels == 5, vol, 0).astype(np.float32), source, targets, lengths, 20, 20)

@@ -3,6 +3,7 @@ import numpy as np
 
 from pipelines.ops.camera import base_camera, project_points
 from pipelines.ops.drr import Renderer
+from pipelines.ops.traversal import label_boxes
 from pipelines.physics.instruments import KWIRE, SCREW, Instrument, instrument_channels, place_instruments
 from schemas.config import InstrumentConfig
 from schemas.detector import Geometry
@@ -42,6 +43,8 @@ def test_screws_sit_in_the_target_vertebra_and_placement_is_seeded():
     a = place_instruments(np.random.default_rng(4), labels, affine, ids, cfg)
     b = place_instruments(np.random.default_rng(4), labels, affine, ids, cfg)
     assert a == b and a != place_instruments(np.random.default_rng(5), labels, affine, ids, cfg)
+    # with the labels' boxes kept by the caller: the same instruments, found without whole-map passes
+    assert place_instruments(np.random.default_rng(4), labels, affine, ids, cfg, label_boxes(labels)) == a
     kinds = [p.kind for p in a]
     assert kinds.count(SCREW) == 8 and kinds.count(KWIRE) == 1 and len(a) == 11  # 2 levels x 2 screws x (shaft, head), 2 rods
     inverse = np.linalg.inv(affine)
