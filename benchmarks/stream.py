@@ -12,7 +12,8 @@ Before the loaders, where a view's time goes, in this process on one thread (`pe
 the first streamed items' cameras, the walk with and without jumping over empty blocks (voxels on the
 rays, the fraction skipped, ns per voxel step) and the realistic view's parts back to back on the
 item's own record (the synthesis share: instrument chords, tables, masses, primary, scatter, blur and
-noise over the walk's time).
+noise over the walk's time); and the walk's ns per step on random volumes of 1 MB to 187 MB (is a step bound by
+memory or by its instructions?).
 
 Each loader runs one warm-up batch per worker (workers start, volumes decode, kernels load), then `--items`
 timed items; views/s count the views the trainer process receives (V = 2 per streamed item: AP and
@@ -131,6 +132,36 @@ def per_view_costs(root: Path, items: int) -> dict[str, float]:
     return out
 
 
+def ns_per_step_by_size(sizes=(64, 128, 256, 360)) -> dict[int, float]:
+    """ns per voxel step of the walk (one thread) on random n^3 volumes, 256^2 rays crossing each along
+    one axis: whether the step is bound by memory (the time would grow once the volume leaves the
+    caches) or by the walk's own instructions (flat)."""
+    rng = np.random.default_rng(0)
+    out = {}
+    before = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        for n in sizes:
+            volume = rng.uniform(0.001, 0.03, (n, n, n)).astype(np.float32)
+            u = (np.arange(256) - 127.5) * (1.2 * n / 256) + n / 2
+            targets = np.stack(np.meshgrid(u, [4.0 * n], u, indexing="ij"), -1).reshape(-1, 3)
+            source = np.array([n / 2, -3.0 * n, n / 2])
+            on_ray, _ = walk_counts(volume, source, targets, 256, 256)
+            args = (volume, source, targets, np.ones(len(targets)), 256, 256)
+            traverse_numba(*args)
+            t = min(_timed_once(traverse_numba, args) for _ in range(3))
+            out[n] = t / on_ray * 1e9
+    finally:
+        numba.set_num_threads(before)
+    return out
+
+
+def _timed_once(fn, args) -> float:
+    t0 = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - t0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--version", type=Path, help="a published version with the volume product (default: build the demo)")
@@ -159,6 +190,9 @@ def main() -> None:
     print(f"  realistic view: the walk with material hinges {costs['hinged_s'] / views * 1e3:.1f} ms, then "
           f"instruments, tables, primary, scatter, blur and noise {costs['synthesis_s'] / views * 1e3:.1f} ms "
           f"({synthesis_share:.1%} of the walk)")
+    by_size = ns_per_step_by_size()
+    print("  ns per voxel step by volume size (random n^3, one thread): "
+          + ", ".join(f"{n}^3 ({n ** 3 * 4 / 1e6:.0f} MB) {ns:.2f}" for n, ns in by_size.items()))
     rows = []
     stored = DRRDataset(root)
     n_stored = max(args.items // 2, BATCH * 2)
