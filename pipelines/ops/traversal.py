@@ -315,7 +315,7 @@ class Occupancy:
         return float(1.0 - self.grid.mean()) if self.grid.size else 0.0
 
 
-BLOCK_SHIFT = 3  # 8^3-voxel blocks: the demo CT's walk reads 1/4 fewer voxels (benchmarks/stream.py)
+BLOCK_SHIFT = 3  # 8^3-voxel blocks (benchmarks/stream.py prints the share of steps they skip)
 _NO_SKIP = np.ones(1, dtype=np.uint8), np.ones(3, dtype=np.int64), 62  # one block, never empty
 
 
