@@ -6,13 +6,16 @@
   focal spot, PSF, scatter with a grid, collimation, Poisson + electronic noise, flat field, -log),
   with two pedicle screws, a rod and a K-wire in view;
 - a whole realistic view (walk + instruments + synthesis), as a drr sample makes it;
+- mesh implants: a realistic view with ten mesh implants (four threaded screws with their tulips and
+  two bent rods) over the same view with none, and the worst ray's chord through a 512-facet mesh
+  cylinder against the analytic cylinder it approximates;
 - physics checks: the worst half-value-layer error against spekpy's own (three spectra) and the
   flat-field noise slope (log relative variance against log photon count);
 - with --case: one default-config case end to end (benchmarks/scale.py's `full_default_case`).
 
 Timings are the minimum of alternating repeats (one heavy job at a time on this machine). Ends with
 `RESULT materials_over_mono=... synth_s_per_view=... synth_heel_over_plain=... synth_over_gaussian_no_heel=...
-realistic_1024_s_per_view=... hvl_rel_error=...
+realistic_1024_s_per_view=... mesh_implants_over_none=... mesh_chord_max_error_mm=... hvl_rel_error=...
 noise_slope=... [full_default_case_s=...]`.
 
     python benchmarks/physics.py [--repeats N] [--case]
@@ -39,6 +42,7 @@ from pipelines.ops.sampling import pose_to_matrix
 from pipelines.ops.traversal import traverse_hinges_numba, traverse_numba
 from pipelines.physics import tables
 from pipelines.physics.draw import draw_physics
+from pipelines.physics.implants import MeshImplant
 from pipelines.physics.instruments import place_instruments
 from pipelines.physics.realistic import RealisticRenderer
 from pipelines.physics.synthesis import DetectorModel, synthesize
@@ -53,6 +57,24 @@ def best(fn, repeats: int) -> float:
         fn()
         out = min(out, time.perf_counter() - t0)
     return out
+
+
+def mesh_chord_error(walk, geometry: Geometry, pose: np.ndarray) -> float:
+    """The worst ray's chord difference (mm) between a 6.5 x 45 mm cylinder as a 512-facet mesh and as
+    the analytic cylinder, posed like a placed screw, over every ray of the view."""
+    import trimesh
+
+    from pipelines.physics.instruments import SCREW, Instrument, instrument_channels
+    from pipelines.physics.meshes import chords
+
+    mesh = trimesh.creation.cylinder(radius=3.25, height=45.0, sections=512)
+    mesh.apply_transform(pose @ trimesh.transformations.translation_matrix([0.0, 0.0, 22.5]))
+    shape = (geometry.height, geometry.width)
+    by_mesh = chords(mesh.vertices, mesh.faces, walk.source, walk.targets, shape).ravel()
+    tip, end = pose[:3, 3], pose[:3, 3] + pose[:3, 2] * 45.0
+    exact, _ = instrument_channels(walk.source, walk.targets, [Instrument(SCREW, tuple(tip), tuple(end), 3.25, "x")],
+                                   ["x"], np.array([10.0]))  # 10 g/cm^3: g/cm^2 = mm
+    return float(np.abs(by_mesh - exact[:, 0]).max())
 
 
 def hvl_error() -> float:
@@ -114,14 +136,14 @@ def main() -> None:
 
     physics = replace(draw_physics(np.random.default_rng(3), cfg), kv=90, filtration_al_mm=3.0, filtration_cu_mm=0.1,
                       mas=0.5, collimation="iris", collimation_fraction=0.9, grid=True,
-                      grid_primary_transmission=cfg.scatter.grid_primary_transmission,
-                      grid_scatter_transmission=cfg.scatter.grid_scatter_transmission, scatter=True,
+                      grid_ratio=10.0, grid_lines_per_cm=40.0, grid_lamella_mm=cfg.scatter.grid_lamella_mm,
+                      grid_interspace=cfg.scatter.grid_interspace, scatter=True,
                       heel_direction_deg=90.0, scatter_model="kernels")
     plain = replace(physics, heel_direction_deg=None)  # the same view without the anode heel
     before = replace(plain, scatter_model="gaussian")  # ... and with the fixed-width scatter model
     instruments = place_instruments(np.random.default_rng(2), labels, ct1.affine, [target, level_id("T9")],
                                     InstrumentConfig(probability=1.0, screw_levels=(2, 2), rod_probability=1.0,
-                                                     kwires=(1, 1)))
+                                                     kwires=(1, 1), shapes="cylinders"))
     walk = renderer.walk(cameras[1], target, synth.knots)
     t_masses = best(lambda: synth.masses(walk, instruments), args.repeats)
     masses, _ = synth.masses(walk, instruments)
@@ -140,6 +162,18 @@ def main() -> None:
     print(f"  the same without the anode heel:           {t_plain:.3f} s/view ({t_synth / t_plain:.2f}x with it)")
     print(f"  ... and with the Gaussian scatter model:   {t_before:.3f} s/view ({t_synth / t_before:.2f}x the default)")
     print(f"whole realistic view:                       {t_view:.3f} s/view")
+    meshes = place_instruments(np.random.default_rng(2), labels, ct1.affine, [target, level_id("T9")],
+                               InstrumentConfig(probability=1.0, screw_levels=(2, 2), rod_probability=1.0,
+                                                kwires=(0, 0), cage_probability=0.0, plate_probability=0.0))
+    assert len(meshes) == 10 and all(isinstance(m, MeshImplant) for m in meshes)
+    synth.view(cameras[1], target, physics, tuple(meshes), 1)  # meshes made and checked once (cached)
+    t_none, t_meshes = np.inf, np.inf
+    for _ in range(args.repeats):
+        t_none = min(t_none, best(lambda: synth.view(cameras[1], target, physics, (), 1), 1))
+        t_meshes = min(t_meshes, best(lambda: synth.view(cameras[1], target, physics, tuple(meshes), 1), 1))
+    print(f"realistic view with ten mesh implants:      {t_meshes:.3f} s/view ({t_meshes / t_none:.3f}x none, {t_none:.3f} s)")
+    chord_error = mesh_chord_error(walk, renderer.geometry, np.asarray(meshes[0].pose).reshape(4, 4))
+    print(f"mesh cylinder (512 facets) against the analytic cylinder: worst ray {chord_error:.4f} mm")
     hvl = hvl_error()
     slope = noise_slope(tables.make_tables(*tables.tube_spectrum(80, 12.0, 3.0, 0.1), cfg.materials, cfg.alloys,
                                            cfg.detector_material, 0.6, cfg.energy_bins))
@@ -161,7 +195,8 @@ def main() -> None:
         extra = f" full_default_case_s={totals[True]:.1f} full_case_without_xray_s={totals[False]:.1f}"
     print(f"RESULT materials_over_mono={k_mat / k_mono:.3f} synth_s_per_view={t_synth:.3f} "
           f"synth_heel_over_plain={t_synth / t_plain:.3f} synth_over_gaussian_no_heel={t_synth / t_before:.3f} "
-          f"realistic_1024_s_per_view={t_view:.3f} hvl_rel_error={hvl:.4f} noise_slope={slope:.3f}{extra}")
+          f"realistic_1024_s_per_view={t_view:.3f} mesh_implants_over_none={t_meshes / t_none:.3f} "
+          f"mesh_chord_max_error_mm={chord_error:.4f} hvl_rel_error={hvl:.4f} noise_slope={slope:.3f}{extra}")
 
 
 if __name__ == "__main__":

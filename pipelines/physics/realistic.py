@@ -10,6 +10,7 @@ import numpy as np
 from pipelines.ops.drr import Renderer, Walk
 from pipelines.physics import materials, scatter_kernels, tables
 from pipelines.physics.draw import PhysicsDraw
+from pipelines.physics.implants import MeshImplant
 from pipelines.physics.instruments import Instrument, instrument_channels
 from pipelines.physics.synthesis import Detection, DetectorModel, ScatterModel, scatter_sigma_mm, synthesize
 from pipelines.physics.units import MM_PER_CM
@@ -54,12 +55,12 @@ class RealisticRenderer:
         self.alloy_names = [a.name for a in cfg.alloys]
         self.alloy_densities = np.array([tables.alloy_density(a) for a in cfg.alloys])
 
-    def masses(self, walk: Walk, instruments: tuple[Instrument, ...]) -> tuple[np.ndarray, np.ndarray]:
+    def masses(self, walk: Walk, instruments: tuple[Instrument | MeshImplant, ...]) -> tuple[np.ndarray, np.ndarray]:
         """(H, W, channels) g/cm^2 and (H, W) instrument mask of one walked view."""
         g = self.renderer.geometry
         tissue = materials.mass_thickness(walk.line, walk.hinges, self.coefficients)
         metal, mask = instrument_channels(walk.source, walk.targets, list(instruments), self.alloy_names,
-                                          self.alloy_densities)
+                                          self.alloy_densities, (g.height, g.width))
         return np.concatenate([tissue, metal], axis=1).reshape(g.height, g.width, -1), mask.reshape(g.height, g.width)
 
     def detector(self, physics: PhysicsDraw) -> DetectorModel:
@@ -73,24 +74,26 @@ class RealisticRenderer:
         if not physics.scatter:
             return None
         g = self.renderer.geometry
+        grid = physics.anti_scatter_grid
+        k = self.kernels or scatter_kernels.load() if (physics.scatter_model == "kernels" or grid) else None
+        height_cm = (g.sdd_mm - g.sod_mm) / MM_PER_CM
         if physics.scatter_model == "kernels":  # each pencil's gap from its own thickness, centred on the isocentre
-            k = self.kernels or scatter_kernels.load()
-            return ScatterModel(physics.scatter_amplitude, physics.scatter_exponent, 0.0,
-                                physics.grid_primary_transmission, physics.grid_scatter_transmission,
-                                k.centred(physics.kv, (g.sdd_mm - g.sod_mm) / MM_PER_CM), k.thickness_cm,
-                                k.radii_mm, k.source_scale(g.sod_mm, g.sdd_mm), k.destination_factor)
+            return ScatterModel(physics.scatter_amplitude, physics.scatter_exponent, 0.0, 1.0,
+                                k.centred(physics.kv, height_cm, grid), k.thickness_cm,
+                                k.radii_mm, k.source_scale(g.sod_mm, g.sdd_mm), k.destination_factor,
+                                scatter_kernels.reference_attenuation(physics.spectrum, self.materials, self.alloys))
         centre = masses[g.height // 2, g.width // 2, 1:3].sum()  # ~cm of unit-density tissue on the central ray
         gap = g.sdd_mm - g.sod_mm - 0.5 * centre * MM_PER_CM  # the Gaussian model's one gap, from the central ray
         return ScatterModel(physics.scatter_amplitude, physics.scatter_exponent,
                             scatter_sigma_mm(physics.scatter_min_sigma_mm, physics.scatter_spread_deg, gap),
-                            physics.grid_primary_transmission, physics.grid_scatter_transmission)
+                            k.grid_scatter_factor(physics.kv, float(centre), gap / MM_PER_CM, grid) if grid else 1.0)
 
     def image(self, masses: np.ndarray, raylen: np.ndarray, physics: PhysicsDraw, seed: int | None) -> Detection:
         """The detector image of one view's mass thicknesses (`seed` None: noiseless), parts apart."""
         lookup = tables.tables_for(physics.spectrum, self.materials, self.alloys)
         return synthesize(masses, raylen, lookup, self.detector(physics), self.scatter(masses, physics), seed)
 
-    def view(self, camera: np.ndarray, label: int, physics: PhysicsDraw, instruments: tuple[Instrument, ...],
+    def view(self, camera: np.ndarray, label: int, physics: PhysicsDraw, instruments: tuple[Instrument | MeshImplant, ...],
              seed: int | None) -> RealisticView:
         """One camera's exact and realistic images from one walk (`label` -1: no part image)."""
         walk = self.renderer.walk(camera, label, self.knots)

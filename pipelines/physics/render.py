@@ -22,6 +22,7 @@ from pipelines.ops.drr import Renderer
 from pipelines.ops.sampling import pose_to_matrix, sample_pose
 from pipelines.ops.traversal import label_boxes
 from pipelines.physics.draw import PhysicsDraw, XrayRecord, draw_physics
+from pipelines.physics.implants import MeshImplant
 from pipelines.physics.instruments import Instrument, place_instruments
 from pipelines.physics.realistic import RealisticRenderer, RealisticView
 from schemas.config import AttenuationConfig, XrayConfig
@@ -104,7 +105,7 @@ def scene_of(hu: np.ndarray, affine: np.ndarray, geometry: Geometry, xray: XrayC
                  None if labels is None else np.asarray(affine, dtype=np.float64), level_ids)
 
 
-def render_xray(scene: Scene, camera: np.ndarray, physics: PhysicsDraw, instruments: tuple[Instrument, ...] = (),
+def render_xray(scene: Scene, camera: np.ndarray, physics: PhysicsDraw, instruments: tuple[Instrument | MeshImplant, ...] = (),
                 seed: int | None = None, label: int = -1) -> RealisticView:
     """One realistic view: the camera's walk through the scene's volume gives the tissue mass thicknesses
     (and the exact image), the instruments add theirs, and the detector model under `physics` makes the

@@ -8,6 +8,12 @@ open-field signal and t the pixel's water-equivalent thickness (from its primary
 per thickness node by FFT on a coarse grid. Unlike a kernel of fixed width, it keeps the Monte Carlo's
 long tails, so the centre's scatter keeps rising with the irradiated field as real scatter does.
 
+Behind an anti-scatter grid (`physics.grid`) the same Monte Carlo runs weight every scattered photon by the
+grid's exact transmission at its own energy and incidence angle, for a lattice of grid ratios and line
+densities (GRID_RATIOS x GRID_LINES_PER_CM, lamellae and interspace of `GRID_LAMELLA`); those kernels are
+per unit of the pencil's open signal behind the grid, and a view's grid is read between the nodes. They
+are tallied with the lamellae in one orientation and averaged over the directions around the pencil.
+
 `python -m pipelines.physics.scatter_kernels [--histories N]` regenerates the tables (KERNEL_FILE) and
 their provenance (PROVENANCE_FILE) from the Monte Carlo; synthesis only reads them.
 """
@@ -22,6 +28,9 @@ from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
+
+from pipelines.physics.grid import Grid
+from schemas.config import KERNEL_GRID_LAMELLA, KERNEL_GRID_LINES_PER_CM, KERNEL_GRID_RATIOS
 
 DATA = Path(__file__).parent / "data"
 KERNEL_FILE = DATA / "scatter_kernels.npz"
@@ -42,6 +51,14 @@ FIT_THICKNESSES_CM = (10.0, 20.0, 30.0)
 FIT_GEOMETRY_CM = {"sdd": 102.0, "sod": 85.0, "field": 20.48}
 TALLY_PIXEL_CM = 0.2
 TALLY_PIXELS = 520  # 104 cm square: the kernels' 50 cm radius fits
+GRID_RATIOS, GRID_LINES_PER_CM = KERNEL_GRID_RATIOS, KERNEL_GRID_LINES_PER_CM
+GRID_LAMELLA = Grid(strip_mm=KERNEL_GRID_LAMELLA[0], interspace=KERNEL_GRID_LAMELLA[1])  # every node's lamellae
+
+
+def grid_nodes() -> tuple[Grid, ...]:
+    """The grids the kernels are tallied behind, ratio-major."""
+    return tuple(Grid(r, n, GRID_LAMELLA.strip_mm, GRID_LAMELLA.interspace) for r in GRID_RATIOS
+                 for n in GRID_LINES_PER_CM)
 
 
 @dataclass(frozen=True)
@@ -53,6 +70,21 @@ class Kernels:
     values: np.ndarray  # (K, T, G, R) per mm^2 per unit open signal
     origin_factor: float = 0.0  # k of `source_scale`
     destination_factor: float = 0.0  # c of `kernel_scatter`, per cm of water-equivalent thickness
+    # behind the grids of `grid_nodes()`: (K, T, G, len(GRID_RATIOS), len(GRID_LINES_PER_CM), R), per mm^2
+    # per unit of the pencil's open signal behind the same grid; None: tables made without grids
+    grid_values: np.ndarray | None = None
+
+    def check_grid(self, grid: Grid) -> None:
+        if self.grid_values is None:
+            raise ValueError("these scatter kernels have no grid tables: regenerate them with "
+                             "python -m pipelines.physics.scatter_kernels")
+        if (grid.strip_mm, grid.interspace) != (GRID_LAMELLA.strip_mm, GRID_LAMELLA.interspace):
+            raise ValueError(f"the scatter kernels are tallied behind {GRID_LAMELLA.strip_mm} mm lead lamellae with "
+                             f"{GRID_LAMELLA.interspace} interspace, not {grid.strip_mm} mm and {grid.interspace}")
+        for name, value, nodes in (("ratio", grid.ratio, GRID_RATIOS), ("lines per cm", grid.lines_per_cm,
+                                                                          GRID_LINES_PER_CM)):
+            if not nodes[0] <= value <= nodes[-1]:
+                raise ValueError(f"grid {name} {value:g} is outside the scatter kernels' {nodes[0]:g}-{nodes[-1]:g}")
 
     def source_scale(self, sod_mm: float, sdd_mm: float) -> float:
         """m: the pencils' sources at m times their detector positions about the centre."""
@@ -62,22 +94,60 @@ class Kernels:
         """(T, R): the kernels at one kV and gap, linear between nodes (held at the ends)."""
         return self.at_gaps(kv, np.full(len(self.thickness_cm), gap_cm))
 
-    def at_gaps(self, kv: float, gaps_cm: np.ndarray) -> np.ndarray:
-        """(T, R): the kernels at one kV, thickness node t taken at its own gap `gaps_cm[t]`."""
+    def at_gaps(self, kv: float, gaps_cm: np.ndarray, grid: Grid | None = None) -> np.ndarray:
+        """(T, R): the kernels at one kV, thickness node t taken at its own gap `gaps_cm[t]`, behind
+        `grid` (None: no grid; between the grid nodes, bilinear in ratio and line density)."""
+        values = self.values
+        if grid is not None:
+            self.check_grid(grid)
+            r, tr = _weights(np.array(GRID_RATIOS), grid.ratio)
+            n, tn = _weights(np.array(GRID_LINES_PER_CM), grid.lines_per_cm)
+            g = self.grid_values
+            values = ((g[:, :, :, r, n] * (1 - tn) + g[:, :, :, r, n + 1] * tn) * (1 - tr)
+                      + (g[:, :, :, r + 1, n] * (1 - tn) + g[:, :, :, r + 1, n + 1] * tn) * tr)
         i, ti = _weights(self.kv, kv)
-        by_kv = self.values[i] * (1 - ti) + self.values[i + 1] * ti
+        by_kv = values[i] * (1 - ti) + values[i + 1] * ti
         out = np.empty(by_kv[:, 0].shape)
         for t, gap in enumerate(gaps_cm):
             j, tj = _weights(self.gap_cm, gap)
             out[t] = by_kv[t, j] * (1 - tj) + by_kv[t, j + 1] * tj
         return out
 
-    def centred(self, kv: float, body_height_cm: float) -> np.ndarray:
+    def grid_scatter_factor(self, kv: float, thickness_cm: float, gap_cm: float, grid: Grid) -> float:
+        """A grid's scatter over its primary transmission, by the kernels: the scatter behind it (per unit
+        of open signal behind it) over the scatter without it, over the whole kernel, for one thickness."""
+        area = np.pi * np.diff(self._edges ** 2)
+        gaps = np.full(len(self.thickness_cm), gap_cm)
+        behind, without = (np.interp(thickness_cm, self.thickness_cm, self.at_gaps(kv, gaps, g) @ area)
+                           for g in (grid, None))
+        return float(behind / without)
+
+    @property
+    def _edges(self) -> np.ndarray:
+        """The radial bins' edges (mm) from their centres (the first edge at 0)."""
+        edges = [0.0]
+        for c in self.radii_mm:
+            edges.append(2 * c - edges[-1])
+        return np.array(edges)
+
+    def centred(self, kv: float, body_height_cm: float, grid: Grid | None = None) -> np.ndarray:
         """(T, R): the kernels at one kV for pencils through a body centred `body_height_cm` above the
         detector: thickness node t's water centred there, so its exit face t / 2 nearer (gap >= 0). Each
         pencil thus has the air gap of its own water-equivalent thickness: a thin column's scatter
         starts farther from the detector than a thick one's, as in a patient on the isocentre."""
-        return self.at_gaps(kv, np.maximum(body_height_cm - self.thickness_cm / 2, 0.0))
+        return self.at_gaps(kv, np.maximum(body_height_cm - self.thickness_cm / 2, 0.0), grid)
+
+
+def reference_attenuation(spectrum, materials: tuple, alloys: tuple) -> np.ndarray:
+    """-ln(S / S_open) through water (`tables.HEEL_THICKNESS_G_CM2`) of the beam the kernels were tallied
+    with at a view's kV, detector and grid: its `spectrum` (a `tables.SpectrumKey`) behind the kernels'
+    filtration (FILTRATION_AL_MM, no copper)."""
+    from dataclasses import replace
+
+    from pipelines.physics.tables import tables_for
+
+    return tables_for(replace(spectrum, filtration_al_mm=FILTRATION_AL_MM, filtration_cu_mm=0.0), materials,
+                      alloys).water_attenuation
 
 
 def _weights(nodes: np.ndarray, x: float) -> tuple[int, float]:
@@ -90,25 +160,38 @@ def _weights(nodes: np.ndarray, x: float) -> tuple[int, float]:
 def pencil_kernel(thickness_cm: float, kv: int, gap_cm: float, histories: int, seed: int = 0) -> np.ndarray:
     """(R,) one kernel from the Monte Carlo: scatter CsI signal per mm^2 in each radial bin, per unit of
     the pencil's open CsI signal."""
+    return pencil_kernels(thickness_cm, kv, gap_cm, histories, seed)[0]
+
+
+def pencil_kernels(thickness_cm: float, kv: int, gap_cm: float, histories: int, seed: int = 0,
+                   grids: tuple[Grid, ...] = ()) -> tuple[np.ndarray, np.ndarray]:
+    """One Monte Carlo pencil: its kernel without a grid (R,), and behind each of `grids` (len(grids), R),
+    each per unit of the pencil's open CsI signal (behind that grid)."""
     from pipelines.physics.montecarlo import Detector, Material, box_phantom, simulate
-    from pipelines.physics.tables import tube_spectrum
+    from pipelines.physics.tables import grid_coefficients, tube_spectrum
 
     energies, fluence = tube_spectrum(kv, 12.0, al_mm=FILTRATION_AL_MM)
     tables = _tables(float(kv))
     slab_centre = SOURCE_TO_SLAB_CM + thickness_cm / 2
     distance = SOURCE_TO_SLAB_CM + thickness_cm + gap_cm
     phantom = box_phantom((120.0, 120.0, thickness_cm), (0.0, 0.0, slab_centre), 2.0, tables.materials[1].density)
-    detector = Detector(distance, (TALLY_PIXELS, TALLY_PIXELS), TALLY_PIXEL_CM)
+    detector = Detector(distance, (TALLY_PIXELS, TALLY_PIXELS), TALLY_PIXEL_CM, grids=tuple(grids))
     half = 0.01  # cm at the detector: a pencil
     result = simulate(tables, phantom, detector, histories, (half, half), (energies, fluence), seed)
     csi = Material.nist("Cesium Iodide")
     mu = csi.mass_coefficients(energies).sum(0) * detector.csi_density
-    open_signal = float(np.sum(fluence * energies * (1 - np.exp(-mu * detector.csi_thickness))) / fluence.sum())
+    absorbed = fluence * energies * (1 - np.exp(-mu * detector.csi_thickness))
+    open_signal = float(absorbed.sum() / fluence.sum())
     centres = (np.arange(TALLY_PIXELS) - TALLY_PIXELS / 2 + 0.5) * TALLY_PIXEL_CM * 10.0  # mm
     r = np.hypot(*np.meshgrid(centres, centres))
     area = np.histogram(r, RADII_EDGES_MM)[0] * (TALLY_PIXEL_CM * 10.0) ** 2
-    signal = np.histogram(r, RADII_EDGES_MM, weights=result.csi_scatter)[0]
-    return np.where(area > 0, signal / np.maximum(area, 1e-300), 0.0) / open_signal
+
+    def radial(image, signal):
+        binned = np.histogram(r, RADII_EDGES_MM, weights=image)[0]
+        return np.where(area > 0, binned / np.maximum(area, 1e-300), 0.0) / signal
+    behind = [radial(result.grid_scatter[g], float(np.sum(absorbed * grid.primary_transmission(
+        *grid_coefficients(grid, energies))) / fluence.sum())) for g, grid in enumerate(grids)]
+    return radial(result.csi_scatter, open_signal), np.array(behind).reshape(len(grids), len(area))
 
 
 @functools.lru_cache(maxsize=8)
@@ -119,72 +202,94 @@ def _tables(max_energy: float):
 
 
 def generate(histories: int, progress=print) -> Kernels:
+    nodes = grid_nodes()
     values = np.zeros((len(KV_NODES), len(THICKNESS_NODES_CM), len(GAP_NODES_CM), len(RADII_EDGES_MM) - 1))
+    grid_values = np.zeros((*values.shape[:3], len(GRID_RATIOS), len(GRID_LINES_PER_CM), values.shape[-1]))
     total, n = values[..., 0].size, 0
     for a, kv in enumerate(KV_NODES):
         for b, t in enumerate(THICKNESS_NODES_CM):
             for c, g in enumerate(GAP_NODES_CM):
-                values[a, b, c] = pencil_kernel(t, kv, g, histories, seed=1000 * a + 100 * b + c)
+                values[a, b, c], behind = pencil_kernels(t, kv, g, histories, seed=1000 * a + 100 * b + c, grids=nodes)
+                grid_values[a, b, c] = behind.reshape(grid_values.shape[3:])
                 n += 1
                 progress(f"scatter kernels: {n}/{total} (kV {kv}, {t:g} cm water, gap {g:g} cm)")
     radii = (RADII_EDGES_MM[1:] + RADII_EDGES_MM[:-1]) / 2
-    return Kernels(np.array(KV_NODES, float), np.array(THICKNESS_NODES_CM), np.array(GAP_NODES_CM), radii, values)
+    return Kernels(np.array(KV_NODES, float), np.array(THICKNESS_NODES_CM), np.array(GAP_NODES_CM), radii, values,
+                   grid_values=grid_values)
 
 
 def full_field_spr(thickness_cm: float, histories: int, kv: int = 90, al_mm: float = FILTRATION_AL_MM,
-                   seed: int = 0, batches: int = 32, field_cm: float = FIT_GEOMETRY_CM["field"]) -> dict:
+                   seed: int = 0, batches: int = 32, field_cm: float = FIT_GEOMETRY_CM["field"],
+                   grids: tuple[Grid, ...] = (), cu_mm: float = 0.0, sdd_cm: float = FIT_GEOMETRY_CM["sdd"],
+                   sod_cm: float = FIT_GEOMETRY_CM["sod"]) -> dict:
     """The Monte Carlo's SPR of the CsI signal at the centre of a square field (at the detector) behind a
-    40 x 40 cm water slab centred on the isocentre, no grid, at the default geometry."""
+    40 x 40 cm water slab centred on the isocentre (SOD), no grid, by default at the default geometry;
+    with `grids`, also behind each of them (`grid_spr`, `grid_spr_se`: lists, one per grid, from the same
+    photons)."""
     from pipelines.physics.montecarlo import Detector, box_phantom, simulate, standard_error
     from pipelines.physics.tables import tube_spectrum
 
-    sdd, sod = FIT_GEOMETRY_CM["sdd"], FIT_GEOMETRY_CM["sod"]
-    energies, weights = tube_spectrum(kv, 12.0, al_mm=al_mm)
+    sdd, sod = sdd_cm, sod_cm
+    if sod + thickness_cm / 2 > sdd:
+        raise ValueError(f"{thickness_cm:g} cm of water centred {sod:g} cm from the source does not fit before {sdd:g} cm")
+    energies, weights = tube_spectrum(kv, 12.0, al_mm=al_mm, cu_mm=cu_mm)
     tables = _tables(float(kv))
     phantom = box_phantom((40.0, 40.0, thickness_cm), (0.0, 0.0, sod), 1.0, tables.materials[1].density)
-    detector = Detector(sdd, (52, 52), 0.4, csi_thickness=0.06)
+    n = 52 if field_cm <= 20.8 else 104  # 0.4 cm pixels: the field and a margin
+    detector = Detector(sdd, (n, n), 0.4, csi_thickness=0.06, grids=tuple(grids))
     start = time.perf_counter()
     result = simulate(tables, phantom, detector, histories, (field_cm / 2, field_cm / 2), (energies, weights), seed,
                       batches)
     seconds = time.perf_counter() - start
-    centre = slice(23, 29) if field_cm < 15 else slice(21, 31)  # the central 2.4 or 4 cm
+    centre = slice(n // 2 - 3, n // 2 + 3) if field_cm < 15 else slice(n // 2 - 5, n // 2 + 5)  # the central 2.4 or 4 cm
     spr = result.csi_scatter[centre, centre].sum() / result.csi_primary[centre, centre].sum()
     counts = np.array([b[0] for b in result.batches])
-    primaries = np.array([b[2][centre, centre].sum() for b in result.batches])
-    ratios = [b[3][centre, centre].sum() / p for b, p in zip(result.batches, primaries) if p > 0]
-    spr_se = standard_error(ratios, counts[primaries > 0]) if len(ratios) > 1 else float("nan")
+
+    def ratio_se(primary_of, scatter_of):
+        primaries = np.array([primary_of(b)[centre, centre].sum() for b in result.batches])
+        ratios = [scatter_of(b)[centre, centre].sum() / p for b, p in zip(result.batches, primaries) if p > 0]
+        return standard_error(ratios, counts[primaries > 0]) if len(ratios) > 1 else float("nan")
+    spr_se = ratio_se(lambda b: b[2], lambda b: b[3])
+    grid_spr = [float(result.grid_scatter[g][centre, centre].sum() / result.grid_primary[g][centre, centre].sum())
+                for g in range(len(grids))]
+    grid_se = [ratio_se(lambda b, g=g: b[4][g], lambda b, g=g: b[5][g]) for g in range(len(grids))]
     return {"thickness_cm": thickness_cm, "spr": float(spr), "spr_se": spr_se, "seconds": seconds,
-            "histories": histories}
+            "histories": histories, "grid_spr": grid_spr, "grid_spr_se": grid_se}
 
 
 def model_spr(thickness_cm: float, kv: int = 90, al_mm: float = FILTRATION_AL_MM, model: str = "kernels",
-              field_cm: float = FIT_GEOMETRY_CM["field"], kernels: Kernels | None = None) -> float:
+              field_cm: float = FIT_GEOMETRY_CM["field"], kernels: Kernels | None = None,
+              grid: Grid | None = None, cu_mm: float = 0.0, sdd_cm: float = FIT_GEOMETRY_CM["sdd"],
+              sod_cm: float = FIT_GEOMETRY_CM["sod"]) -> float:
     """A synthesis scatter model's SPR at the field centre for `full_field_spr`'s slab, beam and detector,
-    through `physics.synthesis`'s own functions (the air gap from the slab's mid-depth), no grid."""
+    through `physics.synthesis`'s own functions (the air gap from the slab's mid-depth), behind `grid`."""
     from pipelines.physics.synthesis import ScatterModel, kernel_scatter_signal, scatter_sigma_mm, scatter_signal
     from pipelines.physics.tables import HEEL_THICKNESS_G_CM2, SpectrumKey, tables_for
     from schemas.config import ScatterConfig, XrayConfig
 
     cfg = XrayConfig()
-    tables = tables_for(SpectrumKey(kv, 12.0, al_mm, 0.0, "Cesium Iodide", 0.6, cfg.energy_bins),
-                        tuple(cfg.materials), tuple(cfg.alloys))
+    on = (grid.ratio, grid.lines_per_cm, grid.strip_mm, grid.interspace) if grid else ()
+    key = SpectrumKey(kv, 12.0, al_mm, cu_mm, "Cesium Iodide", 0.6, cfg.energy_bins, *on)
+    tables = tables_for(key, tuple(cfg.materials), tuple(cfg.alloys))
     transmitted = float(np.exp(-np.interp(thickness_cm, HEEL_THICKNESS_G_CM2, tables.water_attenuation)))
-    sdd_mm, sod_mm = FIT_GEOMETRY_CM["sdd"] * 10, FIT_GEOMETRY_CM["sod"] * 10
+    sdd_mm, sod_mm = sdd_cm * 10, sod_cm * 10
     gap_mm = sdd_mm - sod_mm - thickness_cm * 10 / 2
-    pixel_mm, n = 0.8, 256  # the detector: 204.8 mm
+    pixel_mm, n = 0.8, 256 if field_cm <= 20.48 else 512  # the detector: 204.8 or 409.6 mm
     open_field = np.zeros((n, n))
     half = int(round(field_cm * 10 / pixel_mm / 2))
     open_field[n // 2 - half:n // 2 + half, n // 2 - half:n // 2 + half] = 1.0
     primary = transmitted * open_field
+    k = kernels or load()
     if model == "kernels":
-        k = kernels or load()
-        m = ScatterModel(0.0, 0.0, 0.0, 1.0, 1.0, k.centred(kv, (sdd_mm - sod_mm) / 10), k.thickness_cm, k.radii_mm,
-                         k.source_scale(sod_mm, sdd_mm), k.destination_factor)
+        m = ScatterModel(0.0, 0.0, 0.0, 1.0, k.centred(kv, (sdd_mm - sod_mm) / 10, grid), k.thickness_cm, k.radii_mm,
+                         k.source_scale(sod_mm, sdd_mm), k.destination_factor,
+                         reference_attenuation(key, tuple(cfg.materials), tuple(cfg.alloys)))
         scatter = kernel_scatter_signal(primary, open_field, m, pixel_mm, tables)
     else:
         s = ScatterConfig()
-        m = ScatterModel(s.amplitude, s.exponent, scatter_sigma_mm(s.min_sigma_mm, s.spread_deg, gap_mm), 1.0, 1.0)
-        scatter = scatter_signal(primary, np.ones((n, n)), m, pixel_mm)
+        factor = k.grid_scatter_factor(kv, thickness_cm, gap_mm / 10, grid) if grid else 1.0
+        m = ScatterModel(s.amplitude, s.exponent, scatter_sigma_mm(s.min_sigma_mm, s.spread_deg, gap_mm), factor)
+        scatter = scatter_signal(primary, np.ones((n, n)), m, pixel_mm) * factor
     return float(scatter[n // 2, n // 2] / transmitted)
 
 
@@ -227,7 +332,8 @@ def save(kernels: Kernels, histories: int, seconds: float, fit: dict, destinatio
     DATA.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(KERNEL_FILE, kv=kernels.kv, thickness_cm=kernels.thickness_cm, gap_cm=kernels.gap_cm,
                         radii_mm=kernels.radii_mm, values=kernels.values, origin_factor=kernels.origin_factor,
-                        destination_factor=kernels.destination_factor)
+                        destination_factor=kernels.destination_factor, grid_values=kernels.grid_values.astype(np.float32),
+                        grid_ratios=np.array(GRID_RATIOS), grid_lines_per_cm=np.array(GRID_LINES_PER_CM))
     PROVENANCE_FILE.write_text(json.dumps({
         "origin_factor": kernels.origin_factor, "origin_factor_fit": fit,
         "destination_factor": kernels.destination_factor, "destination_factor_fit": destination_fit,
@@ -236,6 +342,9 @@ def save(kernels: Kernels, histories: int, seconds: float, fit: dict, destinatio
         "beam": f"tungsten, 12 deg anode, {FILTRATION_AL_MM} mm Al (spekpy)", "phantom": "water slabs, 120 cm square",
         "scintillator": "CsI 0.6 mm, energy absorbed", "source_to_slab_cm": SOURCE_TO_SLAB_CM,
         "kv": list(KV_NODES), "thickness_cm": list(THICKNESS_NODES_CM), "gap_cm": list(GAP_NODES_CM),
+        "grids": {"ratio": list(GRID_RATIOS), "lines_per_cm": list(GRID_LINES_PER_CM),
+                  "lamella_mm": GRID_LAMELLA.strip_mm, "lamella": "Pb", "interspace": GRID_LAMELLA.interspace,
+                  "focused": "on the source", "tallied": "lamellae in planes of constant column; kernels radial"},
         "radii_edges_mm": RADII_EDGES_MM.tolist(),
         "versions": {p: version(p) for p in ("xraylib", "spekpy", "numba", "numpy")},
     }, indent=2) + "\n", encoding="utf-8")
@@ -246,8 +355,14 @@ def load() -> Kernels:
     if not KERNEL_FILE.is_file():
         raise FileNotFoundError(f"{KERNEL_FILE} is missing: make it with python -m pipelines.physics.scatter_kernels")
     with np.load(KERNEL_FILE) as d:
+        grid_values = None
+        if "grid_values" in d:
+            if (tuple(d["grid_ratios"]), tuple(d["grid_lines_per_cm"])) != (GRID_RATIOS, GRID_LINES_PER_CM):
+                raise ValueError(f"{KERNEL_FILE} holds other grid nodes than GRID_RATIOS x GRID_LINES_PER_CM: "
+                                 "regenerate it with python -m pipelines.physics.scatter_kernels")
+            grid_values = d["grid_values"].astype(np.float64)
         return Kernels(d["kv"], d["thickness_cm"], d["gap_cm"], d["radii_mm"], d["values"], float(d["origin_factor"]),
-                       float(d["destination_factor"]) if "destination_factor" in d else 0.0)
+                       float(d["destination_factor"]) if "destination_factor" in d else 0.0, grid_values)
 
 
 def kernel_scatter(open_coarse: np.ndarray, thickness_cm: np.ndarray, kernels_tr: np.ndarray,
@@ -310,6 +425,7 @@ def main() -> None:
              before["origin_factor_fit"], destination_fit)
         return
     kernels = generate(args.histories)
+    np.savez_compressed(DATA / "scatter_kernels.unfitted.npz", values=kernels.values, grid_values=kernels.grid_values)
     reference = {t: full_field_spr(t, args.fit_histories)["spr"] for t in FIT_THICKNESSES_CM}
     from dataclasses import replace
 
@@ -322,6 +438,7 @@ def main() -> None:
     kernels = replace(kernels, destination_factor=c)
     print(f"destination factor {c:g} per cm: rms log error {destination_fit['rms_log_error']}")
     save(kernels, args.histories, time.perf_counter() - start, fit, destination_fit)
+    (DATA / "scatter_kernels.unfitted.npz").unlink()
     print(f"wrote {KERNEL_FILE} and {PROVENANCE_FILE} in {time.perf_counter() - start:.0f} s")
 
 

@@ -50,8 +50,8 @@ def physics_for(kv: int, scatter_model: str = "kernels"):
                        psf_sigma_mm=0.0, focal_spot_mm=0.0, electronic_noise_quanta=0.0, collimation="none",
                        collimation_fraction=1.0, collimation_aspect=1.0, scatter=True,
                        scatter_amplitude=s.amplitude, scatter_exponent=s.exponent, scatter_spread_deg=s.spread_deg,
-                       scatter_min_sigma_mm=s.min_sigma_mm, grid=False, grid_primary_transmission=1.0,
-                       grid_scatter_transmission=1.0, polarity="radiograph", energy_bins=cfg.energy_bins,
+                       scatter_min_sigma_mm=s.min_sigma_mm, grid=False, grid_ratio=0.0,
+                       grid_lines_per_cm=0.0, grid_lamella_mm=0.0, grid_interspace="", polarity="radiograph", energy_bins=cfg.energy_bins,
                        heel_direction_deg=None, scatter_model=scatter_model)
 
 

@@ -1,16 +1,18 @@
 """Mass thicknesses -> a detector image, as a C-arm with a flat panel makes it (docs/physics.md).
 
 Order of the chain (each step a small pure function):
-1. primary: per energy bin, Beer-Lambert through every channel's mass thickness; the detector
-   absorbs eta(E) of the photons and deposits their energy: expected quanta Q and signal S per pixel;
+1. primary: per energy bin, Beer-Lambert through every channel's mass thickness; an anti-scatter grid
+   passes the primary by its transmission at that energy (in the tables), the detector absorbs eta(E)
+   of the photons and deposits their energy: expected quanta Q and signal S per pixel;
    fluence = spectrum (photons / cm^2 / mAs at 1 m) x mAs x inverse square x the pixel's solid angle;
 2. collimation (rectangle or iris at the detector) blocks the primary outside the field;
 3. focal-spot unsharpness: the expected primary blurred by the focal spot magnified to the detector
    at the isocentre, sigma = f / 2.355 x (SDD / SOD - 1);
 4. scatter by kernel superposition (Ohnesorge et al., Med Phys 26:3, 1999; Sun & Star-Lack, Phys Med
-   Biol 55:6695, 2010): each pixel's primary adds amplitude x (mu_eff t)^exponent of itself, spread
-   by a Gaussian whose width grows with the air gap; a grid passes the primary and scatter by its own
-   transmissions;
+   Biol 55:6695, 2010): the Monte Carlo's pencil kernels by each pixel's water-equivalent thickness
+   (tallied behind the view's grid, each photon passed by its energy and incidence angle), or each
+   pixel's primary adding amplitude x (mu_eff t)^exponent of itself, spread by a Gaussian whose width
+   grows with the air gap (behind a grid, times the kernels' own scatter-over-primary transmission);
 5. quantum noise: Poisson counts of the expected quanta, each carrying its pixel's mean energy;
 6. detector blur (scintillator light spread, Gaussian PSF), then electronic noise (Gaussian);
 7. flat-field correction by the noiseless open-field image (with the grid, as calibrated), and
@@ -18,6 +20,7 @@ Order of the chain (each step a small pure function):
 """
 from __future__ import annotations
 
+import functools
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -98,18 +101,39 @@ def _bilinear(table, i, ta, lo, hi, tx):
 
 
 @numba.njit(cache=True, parallel=True)
-def _heel_kernel(q, s, s0, width, pixel_mm, sdd_mm, cos_a, sin_a, a0, da, dx, fq, fs, open_q, open_s):
-    """In place: q, s (flat, row-major of `width` columns) times their heel factors; open_q, open_s
-    get the open field's. A pixel's angle towards the cathode is atan(offset along the axis / SDD); the
-    tables are uniform: angles a0 + k da, attenuations k dx."""
-    n_angles, n_grid = fq.shape
-    rows = len(q) // width
-    for p in numba.prange(len(q)):
+def _heel_angles(rows, width, pixel_mm, sdd_mm, cos_a, sin_a, a0, da, n_angles, index, frac):
+    """Per pixel (flat, row-major): the heel table's angle row and the weight of the next one. A pixel's
+    angle towards the cathode is atan(offset along the axis / SDD); the angles are a0 + k da."""
+    for p in numba.prange(rows * width):
         r, c = p // width, p % width
         u = ((c - (width - 1) / 2.0) * cos_a + (r - (rows - 1) / 2.0) * sin_a) * pixel_mm
         fa = min(max((np.degrees(np.arctan(u / sdd_mm)) - a0) / da, 0.0), n_angles - 1.0)
         i = min(int(fa), n_angles - 2)
-        ta = fa - i
+        index[p] = i
+        frac[p] = fa - i
+
+
+@functools.lru_cache(maxsize=16)
+def heel_table_rows(shape: tuple[int, int], pixel_mm: float, sdd_mm: float, direction_deg: float,
+                n_angles: int) -> tuple[np.ndarray, np.ndarray]:
+    """(angle row, weight of the next) per pixel of a detector for a heel direction: the same for every
+    view of that detector and direction, so computed once."""
+    a = np.deg2rad(direction_deg)
+    index, frac = np.empty(shape[0] * shape[1], dtype=np.int64), np.empty(shape[0] * shape[1])
+    _heel_angles(shape[0], shape[1], pixel_mm, sdd_mm, float(np.cos(a)), float(np.sin(a)), float(HEEL_ANGLES_DEG[0]),
+                 HEEL_STEP_DEG, n_angles, index, frac)
+    index.setflags(write=False)
+    frac.setflags(write=False)
+    return index, frac
+
+
+@numba.njit(cache=True, parallel=True)
+def _heel_kernel(q, s, s0, index, frac, dx, fq, fs, open_q, open_s):
+    """In place: q, s (flat) times their heel factors, read bilinearly by each pixel's angle (`index`,
+    `frac`) and attenuation -ln(s / s0) (uniform every dx); open_q, open_s get the open field's."""
+    n_grid = fq.shape[1]
+    for p in numba.prange(len(q)):
+        i, ta = index[p], frac[p]
         fx = min(max(-np.log(max(s[p] / s0, 1e-30)) / dx, 0.0), n_grid - 1.0)
         lo = min(int(fx), n_grid - 2)
         hi = lo + 1
@@ -129,11 +153,11 @@ def apply_heel(q: np.ndarray, s: np.ndarray, s0: float, shape: tuple[int, int], 
     (`heel_attenuation`, in the 0 HU anchor's material)."""
     q, s = np.ascontiguousarray(q, dtype=np.float32).copy(), np.ascontiguousarray(s, dtype=np.float32).copy()
     open_q, open_s = np.empty_like(q), np.empty_like(s)
-    a = np.deg2rad(direction_deg)
     grid = tables.heel_attenuation
-    _heel_kernel(q, s, np.float32(s0), shape[1], pixel_mm, sdd_mm, float(np.cos(a)), float(np.sin(a)),
-                 float(HEEL_ANGLES_DEG[0]), HEEL_STEP_DEG, float(grid[1] - grid[0]),
-                 tables.heel_quanta.astype(np.float32), tables.heel_signal.astype(np.float32), open_q, open_s)
+    index, frac = heel_table_rows(tuple(shape), float(pixel_mm), float(sdd_mm), float(direction_deg),
+                              tables.heel_quanta.shape[0])
+    _heel_kernel(q, s, np.float32(s0), index, frac, float(grid[1] - grid[0]), tables.heel_quanta_f32,
+                 tables.heel_signal_f32, open_q, open_s)
     return q, s, open_q, open_s
 
 
@@ -175,8 +199,10 @@ class ScatterModel:
     amplitude: float
     exponent: float
     sigma_mm: float  # kernel width at the detector
-    grid_primary: float  # 1 without a grid
-    grid_scatter: float  # 1 without a grid
+    # the Gaussian model's scatter behind a grid, over the primary's transmission (the kernels' own ratio
+    # at the view's central thickness, `scatter_kernels.Kernels.grid_scatter_factor`); 1 without a grid.
+    # The primary's transmission is in the tables, the kernels are tallied behind the grid.
+    grid_scatter: float
     # the Monte Carlo's pencil kernels at this view's kV and air gap (`physics.scatter_kernels`), (T, R)
     # over `kernel_thickness_cm` and `kernel_radii_mm`; None: the Gaussian model of amplitude and exponent
     kernels: np.ndarray | None = None
@@ -184,6 +210,9 @@ class ScatterModel:
     kernel_radii_mm: np.ndarray | None = None
     source_scale: float = 1.0  # the pencils' sources drawn towards the centre (scatter_kernels.source_scale)
     destination: float = 0.0  # the kernels' asymmetry per cm of thickness (scatter_kernels.kernel_scatter)
+    # -ln(S / S_open) through HEEL_THICKNESS_G_CM2 of water for the beam the kernels were tallied with
+    # (the view's kV, detector and grid behind the kernels' filtration): see `kernel_scatter_signal`
+    reference_attenuation: np.ndarray | None = None
 
 
 def scatter_sigma_mm(min_sigma_mm: float, spread_deg: float, air_gap_mm: float) -> float:
@@ -194,7 +223,7 @@ def scatter_sigma_mm(min_sigma_mm: float, spread_deg: float, air_gap_mm: float) 
 
 def scatter_signal(primary_signal: np.ndarray, open_signal: np.ndarray, model: ScatterModel,
                    pixel_mm: float) -> np.ndarray:
-    """Scatter signal on the detector (before the grid) from the collimated primary signal (H, W):
+    """Scatter signal on the detector (before a grid's scatter factor) from the collimated primary signal (H, W):
     each pixel's primary times amplitude x (mu_eff t)^exponent, mu_eff t = -ln(primary / open field),
     spread by the Gaussian kernel, zero beyond the detector's edges; on a grid SCATTER_DOWNSAMPLE
     times coarser (block sums), interpolated back."""
@@ -210,7 +239,7 @@ def scatter_signal(primary_signal: np.ndarray, open_signal: np.ndarray, model: S
 
 def kernel_scatter_signal(primary_signal: np.ndarray, open_signal: np.ndarray, model: ScatterModel,
                           pixel_mm: float, tables: Tables) -> np.ndarray:
-    """Scatter signal on the detector (before the grid) by the Monte Carlo's pencil kernels: every
+    """Scatter signal on the detector (behind the kernels' grid) by the Monte Carlo's pencil kernels: every
     pixel's collimated open-field signal `open_signal` is a pencil through the water-equivalent thickness
     its primary attenuation gives (the beam's own hardening curve, `tables.water_attenuation`); on a grid
     SCATTER_DOWNSAMPLE times coarser, interpolated back."""
@@ -218,9 +247,18 @@ def kernel_scatter_signal(primary_signal: np.ndarray, open_signal: np.ndarray, m
     h, w = primary_signal.shape
     hc, wc = -(-h // f), -(-w // f)
     p, p_open = _block_sums(primary_signal, f), _block_sums(open_signal, f)
-    attenuation = -np.log(np.clip(p / np.maximum(p_open, 1e-300), 1e-12, 1.0))
+    transmitted = np.clip(p / np.maximum(p_open, 1e-300), 1e-12, 1.0)
+    attenuation = -np.log(transmitted)
     thickness = np.interp(attenuation, tables.water_attenuation, HEEL_THICKNESS_G_CM2)  # g/cm^2 of water = cm
-    spread = kernel_scatter(p_open, thickness, model.kernels, model.kernel_thickness_cm, model.kernel_radii_mm,
+    sources = p_open
+    if model.reference_attenuation is not None:
+        # the kernels give scatter per unit of open signal for their own beam; a view's beam filtered
+        # otherwise scatters as much per unit of *primary* (the SPR hardly depends on filtration; the
+        # Monte Carlo: 2.19 at 110 kV behind 4 mm Al + 0.3 mm Cu, 2.20 at 120 kV behind 3 mm Al), so
+        # each pencil is weighted by its primary over the kernels' beam's transmission at its thickness
+        reference = np.exp(-np.interp(thickness, HEEL_THICKNESS_G_CM2, model.reference_attenuation))
+        sources = p_open * (transmitted / reference)
+    spread = kernel_scatter(sources, thickness, model.kernels, model.kernel_thickness_cm, model.kernel_radii_mm,
                             pixel_mm, pixel_mm * f, model.source_scale, model.destination)
     return _upsample_rows(hc, f, h) @ spread @ _upsample_rows(wc, f, w).T
 
@@ -309,15 +347,13 @@ def synthesize(masses: np.ndarray, raylen_mm: np.ndarray, tables: Tables, detect
     q = blur(q.reshape(h, w) * gate, focal_px)
     s = blur(s.reshape(h, w) * gate, focal_px)
     mean_energy = s0 / q0
-    grid_p = scatter.grid_primary if scatter is not None else 1.0
     scatter_s = np.zeros_like(s)
     if scatter is not None and scatter.kernels is not None:
-        scatter_s = (kernel_scatter_signal(s, flat_s * open_field, scatter, detector.pixel_mm,
-                                           tables) * scatter.grid_scatter).astype(np.float32)
+        scatter_s = kernel_scatter_signal(s, flat_s * open_field, scatter, detector.pixel_mm, tables).astype(np.float32)
     elif scatter is not None and scatter.amplitude > 0:
         scatter_s = (scatter_signal(s, flat_s, scatter, detector.pixel_mm) * scatter.grid_scatter).astype(np.float32)
-    primary_s = s * np.float32(grid_p)
-    q_total = q * np.float32(grid_p) + scatter_s / np.float32(mean_energy)
+    primary_s = s
+    q_total = q + scatter_s / np.float32(mean_energy)
     s_total = primary_s + scatter_s
     if seed is None:
         signal = s_total
@@ -339,7 +375,7 @@ def synthesize(masses: np.ndarray, raylen_mm: np.ndarray, tables: Tables, detect
             b = bands[i]
             signal[b] += rng.normal(0.0, sigma, signal[b].shape).astype(np.float32)
         _noise(seed + 1, electronic)
-    flat = (flat_s * grid_p).astype(np.float32)
+    flat = flat_s.astype(np.float32)
     floor = (1.0 / np.maximum(flat_q, 1.0)).astype(np.float32)  # one quantum
     transmission = np.maximum(signal / flat, floor)
     out = -np.log(transmission) if detector.polarity == "radiograph" else transmission

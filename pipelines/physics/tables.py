@@ -25,6 +25,7 @@ import xraylib
 from scipy.optimize import brentq
 
 from pipelines.io.spectra import cached_spectrum
+from pipelines.physics.grid import LAMELLA, Grid
 from pipelines.physics.units import MM_PER_CM
 from schemas.config import Alloy, MaterialAnchor
 
@@ -147,6 +148,17 @@ def element_mu_rho(symbol: str, energies: np.ndarray) -> np.ndarray:
     return np.array([xraylib.CS_Total(z, float(e)) for e in np.atleast_1d(energies)])
 
 
+def grid_coefficients(grid: Grid, energies: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(lead, interspace) linear attenuation coefficients (total) per mm of an anti-scatter grid."""
+    energies = np.asarray(energies, dtype=np.float64)
+    lead = element_mu_rho(LAMELLA, energies) * element_density(LAMELLA)
+    if len(grid.interspace) <= 2 and grid.interspace[:1].isupper():  # an element symbol
+        gap = element_mu_rho(grid.interspace, energies) * element_density(grid.interspace)
+    else:
+        gap = compound_mu_rho(grid.interspace, energies) * float(nist(grid.interspace)["density"])
+    return lead / MM_PER_CM, gap / MM_PER_CM
+
+
 def nist(name: str) -> dict:
     try:
         return xraylib.GetCompoundDataNISTByName(name)
@@ -213,6 +225,15 @@ class Tables:
     # -ln(S/S_open) through WATER_CURVE_G_CM2 of the 0 HU anchor's material: its water-equivalent thickness
     water_attenuation: np.ndarray | None = None
 
+    @functools.cached_property
+    def heel_quanta_f32(self) -> np.ndarray:
+        """`heel_quanta` as the heel kernel reads it (float32), converted once per tables."""
+        return self.heel_quanta.astype(np.float32)
+
+    @functools.cached_property
+    def heel_signal_f32(self) -> np.ndarray:
+        return self.heel_signal.astype(np.float32)
+
     @property
     def signal_weights(self) -> np.ndarray:
         """Expected deposited energy per unit of unattenuated fluence, per bin (keV)."""
@@ -235,6 +256,17 @@ class SpectrumKey:
     detector_material: str
     detector_thickness_mm: float
     energy_bins: int
+    # a focused anti-scatter grid in front of the detector (physics.grid), 0 / "" for none: its primary
+    # transmission per energy is part of the detector's response
+    grid_ratio: float = 0.0
+    grid_lines_per_cm: float = 0.0
+    grid_lamella_mm: float = 0.0
+    grid_interspace: str = ""
+
+    @property
+    def grid(self) -> Grid | None:
+        return Grid(self.grid_ratio, self.grid_lines_per_cm, self.grid_lamella_mm, self.grid_interspace) \
+            if self.grid_ratio > 0 else None
 
 
 @functools.lru_cache(maxsize=32)
@@ -244,16 +276,20 @@ def tables_for(spectrum: SpectrumKey, materials: tuple[MaterialAnchor, ...], all
                                       spectrum.filtration_cu_mm)
     heel = heel_ratios(spectrum.kv, spectrum.anode_angle_deg, energies)
     return make_tables(energies, fluence, list(materials), list(alloys), spectrum.detector_material,
-                       spectrum.detector_thickness_mm, spectrum.energy_bins, heel)
+                       spectrum.detector_thickness_mm, spectrum.energy_bins, heel, spectrum.grid)
 
 
 def make_tables(energies: np.ndarray, fluence: np.ndarray, materials: list[MaterialAnchor], alloys: list[Alloy],
-                detector_material: str, detector_mm: float, n_bins: int, heel: np.ndarray | None = None) -> Tables:
+                detector_material: str, detector_mm: float, n_bins: int, heel: np.ndarray | None = None,
+                grid=None) -> Tables:
     """Integrate fine-binned physics over `n_bins` synthesis bins that each hold an equal share of the
     detected signal (fluence x absorbed fraction x energy): resolution goes where the signal is. Each
-    bin's coefficients are its fine bins' signal-weighted means (exact for thin absorbers)."""
+    bin's coefficients are its fine bins' signal-weighted means (exact for thin absorbers). A `grid`
+    (physics.grid.Grid) passes each energy's primary by its own transmission, before the scintillator."""
     mu_fine = channel_mu_rho(materials, alloys, energies)
     eta, kept = detector_response(detector_material, detector_mm, energies)
+    if grid is not None:
+        eta = eta * grid.primary_transmission(*grid_coefficients(grid, energies))
     weight = fluence * eta * kept
     share = np.cumsum(weight) / weight.sum()
     index = np.minimum((share - 0.5 * weight / weight.sum()) * n_bins, n_bins - 1).astype(int)

@@ -81,6 +81,13 @@ def _check_xray_record(name: str, text, n_views: int) -> list[str]:
     problems = [f"{name}: {Attr.XRAY} record lacks {k!r}" for k in XRAY_RECORD_FIELDS if k not in record]
     if not problems and len(record[XrayField.NOISE_SEEDS]) != n_views:
         problems.append(f"{name}: {Attr.XRAY} record has {len(record[XrayField.NOISE_SEEDS])} noise seeds for {n_views} views")
+    if not problems:  # the record must make its views again: its physics and every instrument parse
+        from pipelines.physics.draw import XrayRecord
+
+        try:
+            XrayRecord.from_record(record)
+        except (KeyError, TypeError, ValueError) as exc:
+            problems.append(f"{name}: {Attr.XRAY} record does not parse ({exc})")
     return problems
 
 

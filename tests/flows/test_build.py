@@ -51,7 +51,7 @@ def test_publishes_the_design_layout(built):
     assert len(names) == 12 and {n.split("-")[0] for n in names} == {"drr", "vertebra", "x2ct", "volume"}
     assert all(len(s["members"]) == 1 and s["file"] == f"shards/{s['product']}-{s['members'][0]}.h5"
                for s in card["shards"])
-    assert card["build_id"] == summary.build_id and card["schema_version"] == "1.0"
+    assert card["build_id"] == summary.build_id and card["schema_version"] == "1.1"
     assert card["counts"]["by_product"] == {"drr": 6, "vertebra": 9, "x2ct": 9, "volume": 3}
     assert card["cases"] == {"discovered": 4, "accepted": 3, "quarantined": 1}
     hidden = sorted(p.name for p in (out / "tiny").glob(".*"))

@@ -8,6 +8,7 @@ import pytest
 
 from pipelines.builds.request import BuildRequest, check_destination
 from pipelines.errors import BuildError, InputError, StoreError
+from schemas.config import UserMesh
 from tests.flows.test_orchestration import collection, small_config
 from tests.flows.test_scale_and_crash import _config_file
 
@@ -28,6 +29,21 @@ def test_a_request_refuses_missing_inputs_and_bad_counts_when_made(tmp_path):
     assert not local.remote and local.build_root == str(tmp_path / "out") and local.build_version == "v7"
     remote = BuildRequest(small_config(), (str(inputs),), out="s3://bucket/p", version="v7", work=str(tmp_path / "w"))
     assert remote.remote and remote.build_root == str(tmp_path / "w") and remote.build_version is None
+
+
+def test_a_request_refuses_an_implant_mesh_that_cannot_be_projected(tmp_path):
+    inputs = collection(tmp_path / "in", n=1)
+    (tmp_path / "open.stl").write_text("solid x\nfacet normal 0 0 1\nouter loop\nvertex 0 0 0\nvertex 1 0 0\n"
+                                       "vertex 0 1 0\nendloop\nendfacet\nendsolid x\n")
+
+    def with_mesh(path):
+        c = small_config()
+        instruments = c.xray.instruments.model_copy(update={"meshes": [UserMesh(path=str(path), material="ti6al4v")]})
+        return c.model_copy(update={"xray": c.xray.model_copy(update={"enabled": True, "instruments": instruments})})
+    with pytest.raises(BuildError, match="xray.instruments.meshes: .*open.stl: the mesh is open"):
+        BuildRequest(with_mesh(tmp_path / "open.stl"), (str(inputs),))
+    with pytest.raises(BuildError, match="missing.stl: no such mesh file"):
+        BuildRequest(with_mesh(tmp_path / "missing.stl"), (str(inputs),))
 
 
 def test_a_store_build_without_credentials_fails_before_any_input_is_read(tmp_path, monkeypatch, capsys):

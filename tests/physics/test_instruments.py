@@ -36,7 +36,7 @@ def test_a_wires_projected_axis_lies_on_its_analytic_projection():
 
 def test_screws_sit_in_the_target_vertebra_and_placement_is_seeded():
     ct, labels, affine = synthetic_spine(shape=(60, 60, 72), spacing=(1.0, 1.0, 1.0))
-    cfg = InstrumentConfig(probability=1.0, screw_levels=(2, 2), rod_probability=1.0, kwires=(1, 1))
+    cfg = InstrumentConfig(probability=1.0, screw_levels=(2, 2), rod_probability=1.0, kwires=(1, 1), shapes="cylinders")
     target = int(labels[labels > 0].max())
     ids = sorted(set(labels[labels > 0].tolist()), reverse=True)
     ids = ids[ids.index(target):]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.scatter import model_spr, water_slab_spr
+from benchmarks.scatter import CASES, GRIDS, Case, model_spr, water_slab_spr
 from benchmarks.tg195 import run_case2
 
 DOC = (Path(__file__).resolve().parents[2] / "docs" / "physics.md").read_text(encoding="utf-8")
@@ -15,21 +15,47 @@ DOC = (Path(__file__).resolve().parents[2] / "docs" / "physics.md").read_text(en
 
 def _rows(header: str) -> list[list[str]]:
     table = DOC[DOC.index(header):].split("\n\n")[0]
-    return [[c.strip() for c in line.strip("|").split("|")] for line in table.splitlines()[2:]]
+    lines = [line for line in table.splitlines()[2:] if line.startswith("|")]
+    return [[c.strip() for c in line.strip("|").split("|")] for line in lines]
+
+
+def _case(water: str, kv: str, field: str, filtration: str, gap: str) -> Case:
+    """The benchmark's case a documented row names (its filtration and air gap as printed)."""
+    case = next(c for c in CASES if (f"{c.water_cm:g} cm", f"{c.kv}", f"{c.field_cm * 10:g} mm", c.filtration,
+                                     f"{c.gap_cm:g} cm") == (water, kv, field, filtration, gap))
+    return case
 
 
 def test_the_documented_spr_table_is_what_benchmarks_scatter_prints():
-    rows = _rows("| water | kV | field | SPR, Monte Carlo | kernels (default) | / MC | gaussian | / MC |")
-    assert len(rows) >= 7
-    for water, kv, field, mc, kernels, k_ratio, gaussian, g_ratio in rows:
-        t, kv, field_cm = float(water.split()[0]), int(kv), float(field.split()[0]) / 10
-        assert f"{model_spr(t, kv, 'kernels', field_cm):.3f}" == kernels, (water, kv, field)
-        assert f"{model_spr(t, kv, 'gaussian', field_cm):.3f}" == gaussian, (water, kv, field)
+    rows = _rows("| water | kV | field | filtration | air gap | SPR, Monte Carlo | kernels (default) | / MC | gaussian | / MC |")
+    assert len(rows) == len(CASES)
+    for water, kv, field, filtration, gap, mc, kernels, k_ratio, gaussian, g_ratio in rows:
+        case = _case(water, kv, field, filtration, gap)
+        assert f"{model_spr(0, model='kernels', case=case):.3f}" == kernels, case
+        assert f"{model_spr(0, model='gaussian', case=case):.3f}" == gaussian, case
         assert float(k_ratio) == pytest.approx(float(kernels) / float(mc), abs=0.006)
         assert float(g_ratio) == pytest.approx(float(gaussian) / float(mc), abs=0.006)
-        if t <= 20 and kv == 90 and field_cm > 15:  # the Monte Carlo column, re-run with fewer histories
-            fresh = water_slab_spr(t, 2_000_000 if t < 15 else 6_000_000, kv, seed=11, field_cm=field_cm)
-            assert abs(fresh["spr"] - float(mc)) < 4 * fresh["spr_se"], (water, fresh["spr"], fresh["spr_se"])
+        if case in (Case(10.0, 90), Case(20.0, 90)):  # the Monte Carlo column, re-run with fewer histories
+            fresh = water_slab_spr(0, 2_000_000 if case.water_cm < 15 else 6_000_000, seed=11, case=case)
+            assert abs(fresh["spr"] - float(mc)) < 4 * fresh["spr_se"], (case, fresh["spr"], fresh["spr_se"])
+
+
+def test_the_documented_grid_table_is_what_benchmarks_scatter_prints():
+    """Behind grids: the models' SPRs exactly, and the Monte Carlo's behind a 10:1 grid through 20 cm again."""
+    rows = _rows("| water | kV | field | filtration | air gap | grid | SPR, Monte Carlo | kernels | / MC | gaussian | / MC |")
+    assert len(rows) >= 8
+    for water, kv, field, filtration, gap, grid, mc, kernels, k_ratio, gaussian, g_ratio in rows:
+        case = _case(water, kv, field, filtration, gap)
+        ratio, lines = grid.split(":1, ")
+        g = next(g for g in GRIDS if (f"{g.ratio:g}", f"{g.lines_per_cm:g}/cm") == (ratio, lines))
+        assert f"{model_spr(0, model='kernels', grid=g, case=case):.3f}" == kernels, (case, grid)
+        assert f"{model_spr(0, model='gaussian', grid=g, case=case):.3f}" == gaussian, (case, grid)
+        for model, ratio in ((kernels, k_ratio), (gaussian, g_ratio)):  # within the printed MC's rounding
+            assert float(ratio) == pytest.approx(float(model) / float(mc),
+                                                 abs=0.006 + float(model) * 0.0005 / float(mc) ** 2)
+        if case == Case(20.0, 90) and g == GRIDS[0]:
+            fresh = water_slab_spr(0, 6_000_000, seed=11, grids=(g,), case=case)
+            assert abs(fresh["grid_spr"][0] - float(mc)) < 4 * fresh["grid_spr_se"][0], (fresh["grid_spr"], mc)
 
 
 def test_the_documented_tg195_totals_are_what_benchmarks_tg195_prints():

@@ -36,8 +36,14 @@ def test_x2ct_gets_realistic_views_on_request_and_the_version_validates(tmp_path
 
 
 def test_validate_names_a_broken_xray_record():
-    good = json.dumps({"physics": {}, "instruments": [], "noise_seeds": [1, 2], "seed_stream": "s"})
+    from pipelines.physics.draw import XrayRecord
+    from pipelines.physics.scatter_profiles import physics_for
+
+    good = XrayRecord(physics_for(90), (), (1, 2), "s").to_json()
     assert _check_xray_record("g", good, 2) == []
+    stale = json.loads(good)
+    stale["physics"].pop("grid_ratio")
+    assert "does not parse" in _check_xray_record("g", json.dumps(stale), 2)[0]
     assert "not JSON" in _check_xray_record("g", "{", 2)[0]
     assert "lacks 'noise_seeds'" in _check_xray_record("g", json.dumps({"physics": {}, "instruments": [],
                                                                         "seed_stream": "s"}), 2)[0]

@@ -1,0 +1,258 @@
+"""Implants as triangle meshes: a small library generated in code (no downloaded CAD), and meshes from
+files, each placed by a pose and recorded by what makes it again.
+
+Generators (local frame, mm; every size a parameter, the defaults stated with their source):
+- `pedicle_screw`: a threaded shank along +z, tip at z = 0. The thread is a helical V of `pitch` and
+  `thread_depth` on a core of `major_diameter - 2 thread_depth`; it runs out over the last pitch and
+  the tip tapers over `tip_length`. Default pitch 2.75 mm: ISO 5835's HB 6.5 cancellous thread.
+- `tulip`: a polyaxial screw's head, a cylinder of `diameter` and `height` with a U-slot across x for a
+  rod of `rod_diameter` (the rod's axis at `seat_height`); 12 x 13 mm for 5.5-6.0 mm rods, the size of
+  common lumbar systems' heads.
+- `rod`: a round rod of `diameter` swept along a smooth curve through given points (world mm): a rod
+  bent to pass through the placed screws' seats. 5.5 and 6.0 mm are the lumbar systems' rod sizes.
+- `cage`: an interbody cage, a `length` x `width` x `height` block with a vertical graft window;
+  26 x 10 mm with 8-14 mm heights spans common TLIF/PLIF cages.
+- `plate`: a `length` x `width` x `thickness` plate with `holes` screw holes along its axis; 16 mm wide
+  and 2.5 mm thick like anterior plates.
+Booleans (slot, window, holes) go through trimesh with the manifold3d engine; every generated mesh
+passes `meshes.check_mesh`.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipelines.physics import meshes
+
+SECTIONS = 96  # facets around a round part (a 7.5 mm screw: its facets lie within 2 um of the circle)
+THREAD_STEPS = 24  # rings per thread pitch
+# the kinds' mask bits (physics.instruments has SCREW 1, ROD 2, KWIRE 4)
+CAGE, PLATE = 8, 16
+
+
+def pedicle_screw(major_diameter: float = 6.5, length: float = 45.0, pitch: float = 2.75,
+                  thread_depth: float = 1.0, tip_length: float = 4.0):
+    import trimesh
+
+    if not 0 < thread_depth < major_diameter / 2 or pitch <= 0 or length <= pitch:
+        raise ValueError(f"a pedicle screw needs 0 < thread depth < radius and length > pitch: "
+                         f"{major_diameter=}, {length=}, {pitch=}, {thread_depth=}")
+    core = major_diameter / 2 - thread_depth
+    n_z = int(math.ceil(length / pitch * THREAD_STEPS))
+    z = np.linspace(0.0, length, n_z + 1)
+    phi = np.arange(SECTIONS) * (2 * math.pi / SECTIONS)
+    zz, pp = np.meshgrid(z, phi, indexing="ij")
+    phase = (zz - pitch * pp / (2 * math.pi)) / pitch
+    v_profile = 1.0 - 2.0 * np.abs(phase - np.floor(phase) - 0.5)  # 0 at the root, 1 at the crest
+    run_out = np.clip((length - zz) / pitch, 0.0, 1.0)
+    taper = 0.35 + 0.65 * np.clip(zz / tip_length, 0.0, 1.0)
+    radius = (core + thread_depth * v_profile * run_out) * taper
+    rings = np.stack([radius * np.cos(pp), radius * np.sin(pp), zz], axis=-1).reshape(-1, 3)
+    return _closed_tube(trimesh, rings, n_z + 1, SECTIONS, np.array([0.0, 0.0, 0.0]), np.array([0.0, 0.0, length]))
+
+
+def tulip(diameter: float = 12.0, height: float = 13.0, rod_diameter: float = 5.5):
+    import trimesh
+
+    slot_width = rod_diameter + 0.2
+    seat = tulip_seat_height(height, rod_diameter)
+    body = trimesh.creation.cylinder(radius=diameter / 2, height=height, sections=SECTIONS)
+    body.apply_translation([0.0, 0.0, height / 2])
+    slot_depth = height - (seat - rod_diameter / 2)
+    slot = trimesh.creation.box([diameter * 2, slot_width, slot_depth])
+    slot.apply_translation([0.0, 0.0, height - slot_depth / 2 + 0.5])
+    seat_bore = trimesh.creation.cylinder(radius=slot_width / 2, height=diameter * 2, sections=SECTIONS)
+    seat_bore.apply_transform(_rotate_z_to([1.0, 0.0, 0.0]))
+    seat_bore.apply_translation([0.0, 0.0, seat])
+    return trimesh.boolean.difference([body, slot, seat_bore], engine="manifold")
+
+
+def tulip_seat_height(height: float, rod_diameter: float) -> float:
+    """Where a rod's axis lies in a tulip (mm above its base): one rod diameter below the top."""
+    return height - rod_diameter
+
+
+def rod(points, diameter: float = 5.5, step: float = 1.0):
+    """A rod through `points` (world mm, in order): centripetal Catmull-Rom between them."""
+    import trimesh
+
+    points = np.asarray(points, dtype=np.float64)
+    if len(points) < 2:
+        raise ValueError("a rod needs two points or more")
+    path = _catmull_rom(points, step)
+    tangents = np.gradient(path, axis=0)
+    tangents /= np.linalg.norm(tangents, axis=1, keepdims=True)
+    bend = _min_bend_radius(path)
+    if bend < diameter:
+        raise ValueError(f"a {diameter:g} mm rod cannot bend to a {bend:.2g} mm radius through {points.tolist()}")
+    normal = np.cross(tangents[0], [1.0, 0.0, 0.0] if abs(tangents[0][0]) < 0.9 else [0.0, 1.0, 0.0])
+    normal /= np.linalg.norm(normal)
+    frames = []
+    for t in tangents:  # parallel transport: no twist
+        normal = normal - t * (normal @ t)
+        normal /= np.linalg.norm(normal)
+        frames.append((normal, np.cross(t, normal)))
+    phi = np.arange(SECTIONS) * (2 * math.pi / SECTIONS)
+    r = diameter / 2
+    rings = np.concatenate([p + r * (np.cos(phi)[:, None] * n + np.sin(phi)[:, None] * b)
+                            for p, (n, b) in zip(path, frames)])
+    return _closed_tube(trimesh, rings, len(path), SECTIONS, path[0], path[-1])
+
+
+def cage(length: float = 26.0, width: float = 10.0, height: float = 11.0, window: float = 0.45):
+    """Centred on the origin, long along x, `height` along z, a window of `window` x its footprint."""
+    import trimesh
+
+    block = trimesh.creation.box([length, width, height])
+    hole = trimesh.creation.box([length * window, width * window, height * 2])
+    return trimesh.boolean.difference([block, hole], engine="manifold")
+
+
+def plate(length: float = 60.0, width: float = 16.0, thickness: float = 2.5, holes: int = 4,
+          hole_diameter: float = 4.5):
+    """Centred on the origin, long along z, `thickness` along y, holes through it along y."""
+    import trimesh
+
+    body = trimesh.creation.box([width, thickness, length])
+    cutters = []
+    for k in range(holes):
+        c = trimesh.creation.cylinder(radius=hole_diameter / 2, height=thickness * 3, sections=SECTIONS)
+        c.apply_transform(_rotate_z_to([0.0, 1.0, 0.0]))
+        c.apply_translation([0.0, 0.0, (k - (holes - 1) / 2) * length / max(holes, 1)])
+        cutters.append(c)
+    return trimesh.boolean.difference([body, *cutters], engine="manifold") if cutters else body
+
+
+GENERATORS = {"pedicle_screw": pedicle_screw, "tulip": tulip, "rod": rod, "cage": cage, "plate": plate}
+
+
+@dataclass(frozen=True)
+class MeshImplant:
+    """One mesh implant as recorded: its mask bit, how its mesh is made (a generator and its parameters,
+    or a file and its SHA-256), its pose (local mm -> world mm, 4 x 4 row-major) and its alloy."""
+
+    kind: int
+    generator: str  # a GENERATORS name, or "file"
+    params: str  # JSON (sorted keys) of the generator's parameters, or {"path", "sha256"} of a file
+    pose: tuple[float, ...]
+    material: str
+
+    @classmethod
+    def make(cls, kind: int, generator: str, params: dict, pose: np.ndarray, material: str) -> MeshImplant:
+        return cls(int(kind), generator, json.dumps(_plain(params), sort_keys=True),
+                   tuple(round(float(v), 6) for v in np.asarray(pose, dtype=np.float64).ravel()), material)
+
+    def record(self) -> dict:
+        return {"kind": self.kind, "generator": self.generator, "params": json.loads(self.params),
+                "pose": list(self.pose), "material": self.material}
+
+    @classmethod
+    def from_record(cls, record: dict) -> MeshImplant:
+        return cls.make(record["kind"], record["generator"], record["params"], np.array(record["pose"]).reshape(4, 4),
+                        record["material"])
+
+    def world(self) -> tuple[np.ndarray, np.ndarray]:
+        """(vertices (V, 3) world mm, faces (F, 3)) of the posed mesh."""
+        vertices, faces = local_mesh(self.generator, self.params)
+        pose = np.asarray(self.pose).reshape(4, 4)
+        return vertices @ pose[:3, :3].T + pose[:3, 3], faces
+
+
+@functools.lru_cache(maxsize=64)
+def local_mesh(generator: str, params: str) -> tuple[np.ndarray, np.ndarray]:
+    """The checked mesh of a generator's parameters or of a file (its hash checked), read-only arrays."""
+    p = json.loads(params)
+    if generator == "file":
+        if meshes.file_sha256(p["path"]) != p["sha256"]:
+            raise meshes.MeshError(f"{p['path']}: the file changed since it was recorded (SHA-256 differs)")
+        mesh = meshes.load_mesh(p["path"])
+    elif generator in GENERATORS:
+        mesh = meshes.check_mesh(GENERATORS[generator](**p), f"{generator}({params})")
+    else:
+        raise ValueError(f"unknown implant generator {generator!r}; known: file, {', '.join(GENERATORS)}")
+    vertices, faces = np.array(mesh.vertices, dtype=np.float64), np.array(mesh.faces, dtype=np.int64)
+    vertices.setflags(write=False)
+    faces.setflags(write=False)
+    return vertices, faces
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (np.floating, float)):
+        return round(float(value), 6)
+    if isinstance(value, (np.integer, int)):
+        return int(value)
+    return value
+
+
+def _closed_tube(trimesh, rings: np.ndarray, n_rings: int, sections: int, start: np.ndarray, end: np.ndarray):
+    """A watertight tube from `n_rings` rings of `sections` points (ring-major), capped by fans to
+    `start` and `end`; faces wound outwards for rings running counter-clockwise about the direction
+    from start to end."""
+    ring = np.arange(sections)
+    nxt = (ring + 1) % sections
+    faces = []
+    for k in range(n_rings - 1):
+        a, b = k * sections + ring, k * sections + nxt
+        c, d = (k + 1) * sections + ring, (k + 1) * sections + nxt
+        faces += [np.stack([a, b, d], 1), np.stack([a, d, c], 1)]
+    s, e = len(rings), len(rings) + 1
+    last = (n_rings - 1) * sections
+    faces += [np.stack([np.full(sections, s), nxt, ring], 1), np.stack([np.full(sections, e), last + ring, last + nxt], 1)]
+    vertices = np.concatenate([rings, start[None], end[None]])
+    return trimesh.Trimesh(vertices, np.concatenate(faces), process=False)
+
+
+def _catmull_rom(points: np.ndarray, step: float) -> np.ndarray:
+    """Samples every ~`step` mm of the centripetal Catmull-Rom curve through `points` (ends extended)."""
+    ext = np.concatenate([2 * points[:1] - points[1:2], points, 2 * points[-1:] - points[-2:-1]])
+    out = []
+    for i in range(1, len(ext) - 2):
+        p0, p1, p2, p3 = ext[i - 1], ext[i], ext[i + 1], ext[i + 2]
+        t0 = 0.0
+        t1 = t0 + np.linalg.norm(p1 - p0) ** 0.5
+        t2 = t1 + np.linalg.norm(p2 - p1) ** 0.5
+        t3 = t2 + np.linalg.norm(p3 - p2) ** 0.5
+        n = max(int(math.ceil(np.linalg.norm(p2 - p1) / step)), 1)
+        for t in np.linspace(t1, t2, n, endpoint=False):
+            a1 = (t1 - t) / (t1 - t0) * p0 + (t - t0) / (t1 - t0) * p1
+            a2 = (t2 - t) / (t2 - t1) * p1 + (t - t1) / (t2 - t1) * p2
+            a3 = (t3 - t) / (t3 - t2) * p2 + (t - t2) / (t3 - t2) * p3
+            b1 = (t2 - t) / (t2 - t0) * a1 + (t - t0) / (t2 - t0) * a2
+            b2 = (t3 - t) / (t3 - t1) * a2 + (t - t1) / (t3 - t1) * a3
+            out.append((t2 - t) / (t2 - t1) * b1 + (t - t1) / (t2 - t1) * b2)
+    out.append(points[-1])
+    return np.array(out)
+
+
+def _min_bend_radius(path: np.ndarray) -> float:
+    """The smallest radius of the circles through three consecutive samples."""
+    a, b, c = path[:-2], path[1:-1], path[2:]
+    ab, bc, ca = (np.linalg.norm(x, axis=1) for x in (b - a, c - b, a - c))
+    area2 = np.linalg.norm(np.cross(b - a, c - a), axis=1)
+    with np.errstate(divide="ignore"):
+        r = np.where(area2 > 1e-12, ab * bc * ca / np.maximum(2 * area2, 1e-300), np.inf)
+    return float(r.min()) if len(r) else math.inf
+
+
+def _rotate_z_to(direction) -> np.ndarray:
+    """A 4 x 4 rotation taking +z to `direction`."""
+    import trimesh
+
+    return trimesh.geometry.align_vectors([0.0, 0.0, 1.0], np.asarray(direction, dtype=np.float64))
+
+
+def pose_along(start: np.ndarray, direction: np.ndarray, roll: float = 0.0) -> np.ndarray:
+    """A 4 x 4 pose putting a local +z axis from `start` along `direction`, rolled by `roll` radians."""
+    import trimesh
+
+    pose = _rotate_z_to(direction) @ trimesh.transformations.rotation_matrix(roll, [0.0, 0.0, 1.0])
+    pose[:3, 3] = start
+    return pose

@@ -1,0 +1,234 @@
+"""Mesh implants: chords against the analytic cylinder and against an independent ray engine (Embree
+through trimesh), transmission against Beer-Lambert, masks at the silhouette, clear errors for open and
+self-intersecting meshes, placement in the spine, records that make the same mesh again."""
+import json
+
+import numpy as np
+import pytest
+import trimesh
+
+from pipelines.physics import implants, meshes
+from pipelines.physics.implants import CAGE, PLATE, MeshImplant
+from pipelines.physics.instruments import ROD, SCREW, Instrument, instrument_channels, place_instruments
+from schemas.config import InstrumentConfig, UserMesh
+from tests.conftest import synthetic_spine
+
+SDD, SOD = 1020.0, 850.0
+
+
+def _detector(n=200, pixel=0.2):
+    """A source on -z and an n x n detector (rows along y, columns along x), pixel centres' world points."""
+    source = np.array([0.0, 0.0, -SOD])
+    jj, ii = np.meshgrid(np.arange(n), np.arange(n))
+    targets = np.stack([(jj - (n - 1) / 2) * pixel, (ii - (n - 1) / 2) * pixel, np.full(jj.shape, SDD - SOD)], -1)
+    return source, targets.reshape(-1, 3), (n, n)
+
+
+def _embree_chords(mesh, source, targets):
+    """Every ray's exits minus entries from Embree's hits (trimesh's ray engine): an independent chord."""
+    d = targets - source
+    unit = d / np.linalg.norm(d, axis=1, keepdims=True)
+    tri, ray, loc = mesh.ray.intersects_id(np.repeat(source[None], len(d), 0), d, multiple_hits=True,
+                                           return_locations=True)
+    t = np.einsum("ij,ij->i", loc - source, unit[ray])
+    sign = np.sign(np.einsum("ij,ij->i", mesh.face_normals[tri], unit[ray]))
+    out = np.zeros(len(d))
+    np.add.at(out, ray, sign * t)
+    return out
+
+
+def test_a_mesh_cylinders_chords_agree_with_the_analytic_cylinder_on_every_ray():
+    source, targets, shape = _detector(256, 0.25)
+    axis = np.array([np.cos(0.3), np.sin(0.3), 0.2])
+    axis /= np.linalg.norm(axis)
+    mesh = trimesh.creation.cylinder(radius=3.0, height=40.0, sections=512)
+    mesh.apply_transform(implants.pose_along(-20.0 * axis, axis) @ trimesh.transformations.translation_matrix([0, 0, 20.0]))
+    meshes.check_mesh(mesh, "cylinder")
+    chord = meshes.chords(mesh.vertices, mesh.faces, source, targets, shape).ravel()
+    exact, _ = instrument_channels(source, targets, [Instrument(SCREW, tuple(-20 * axis), tuple(20 * axis), 3.0, "x")],
+                                   ["x"], np.array([10.0]))  # 10 g/cm^3: g/cm^2 = mm
+    assert (exact[:, 0] > 0).sum() > 2000
+    assert np.abs(chord - exact[:, 0]).max() < 0.1
+
+
+def test_a_threaded_screws_chords_are_the_independent_ray_engines():
+    source, targets, shape = _detector(200, 0.1)
+    mesh = implants.pedicle_screw(6.5, 45.0)
+    mesh.apply_transform(implants.pose_along(np.array([0.0, -22.0, 3.0]), np.array([0.05, 1.0, 0.2])))
+    chord = meshes.chords(mesh.vertices, mesh.faces, source, targets, shape).ravel()
+    assert (chord > 0).sum() > 10_000 and chord.max() > 6.0
+    assert np.abs(chord - _embree_chords(mesh, source, targets)).max() < 1e-4
+
+
+def test_a_mesh_screws_transmission_is_its_alloys_beer_lambert():
+    """The synthesis's primary through a mesh screw (its binned tables) against the fine spectrum's
+    Beer-Lambert integral over the chord Embree gives, ray by ray."""
+    from pipelines.physics import tables
+    from pipelines.physics.synthesis import primary
+    from schemas.config import XrayConfig
+
+    cfg = XrayConfig()
+    alloy = next(a for a in cfg.alloys if a.name == "ti6al4v")
+    source, targets, shape = _detector(160, 0.1)
+    mesh = implants.pedicle_screw(6.5, 45.0)
+    mesh.apply_transform(implants.pose_along(np.array([0.0, -22.0, 0.0]), np.array([0.0, 1.0, 0.0])))
+    implant = MeshImplant.make(SCREW, "pedicle_screw", {"major_diameter": 6.5, "length": 45.0},
+                               implants.pose_along(np.array([0.0, -22.0, 0.0]), np.array([0.0, 1.0, 0.0])), "ti6al4v")
+    lookup = tables.tables_for(tables.SpectrumKey(90, 12.0, 3.0, 0.0, "Cesium Iodide", 0.6, 24), tuple(cfg.materials),
+                               tuple(cfg.alloys))
+    density = tables.alloy_density(alloy)
+    metal, _ = instrument_channels(source, targets, [implant], ["ti6al4v"], np.array([density]), shape)
+    masses = np.zeros((len(targets), len(lookup.channels)))
+    masses[:, lookup.channels.index("ti6al4v")] = metal[:, 0]
+    _, signal = primary(masses, lookup)
+    energies, fluence = tables.tube_spectrum(90, 12.0, al_mm=3.0)
+    eta, kept = tables.detector_response("Cesium Iodide", 0.6, energies)
+    weight = fluence * eta * kept
+    mu = tables.alloy_mu_rho(alloy, energies) * density / 10.0  # per mm
+    length = _embree_chords(mesh, source, targets)
+    through = length > 0.5
+    beer_lambert = np.exp(-np.outer(length[through], mu)) @ weight / weight.sum()
+    assert through.sum() > 1000
+    assert np.abs(signal[through] / signal[~through].max() / beer_lambert - 1).max() < 0.005
+
+
+def test_a_convex_meshs_mask_is_its_vertices_projection_to_half_a_pixel():
+    from scipy.spatial import ConvexHull, Delaunay
+
+    source, targets, shape = _detector(200, 0.2)
+    mesh = trimesh.creation.box([14.0, 9.0, 6.0])
+    mesh.apply_transform(trimesh.transformations.euler_matrix(0.4, 0.7, 0.2))
+    implant_mask = meshes.chords(mesh.vertices, mesh.faces, source, targets, shape) > meshes.CHORD_EPS_MM
+    # the vertices' projection (column, row), from the detector's own frame
+    origin, eu, ev = meshes.detector_frame(targets, shape)
+    t = (SDD - SOD - source[2]) / (mesh.vertices[:, 2] - source[2])
+    hit = source + (mesh.vertices - source) * t[:, None]
+    uv = np.stack([(hit[:, 0] - origin[0]) / eu[0], (hit[:, 1] - origin[1]) / ev[1]], 1)
+    hull = ConvexHull(uv)
+    rows, cols = np.mgrid[0:shape[0], 0:shape[1]]
+    centres = np.stack([cols.ravel(), rows.ravel()], 1).astype(float)
+    inside = (Delaunay(uv[hull.vertices]).find_simplex(centres) >= 0).reshape(shape)
+    assert implant_mask.sum() > 1000
+    differ = np.argwhere(implant_mask != inside)
+    if len(differ):
+        normals, offsets = hull.equations[:, :2], hull.equations[:, 2]
+        distance = np.abs(centres.reshape(*shape, 2)[differ[:, 0], differ[:, 1]] @ normals.T + offsets).min(axis=1)
+        assert distance.max() <= 0.5
+
+
+def test_open_self_intersecting_and_inside_out_meshes_are_refused_by_name(tmp_path):
+    box = trimesh.creation.box([10.0, 10.0, 10.0])
+    open_box = trimesh.Trimesh(box.vertices, box.faces[:-1], process=False)
+    open_box.export(tmp_path / "open.stl")
+    with pytest.raises(meshes.MeshError, match="open.stl: the mesh is open"):
+        meshes.load_mesh(tmp_path / "open.stl")
+    other = box.copy()
+    other.apply_translation([4.0, 3.0, 2.0])
+    overlapping = trimesh.Trimesh(np.concatenate([box.vertices, other.vertices]),
+                                  np.concatenate([box.faces, other.faces + len(box.vertices)]), process=False)
+    overlapping.export(tmp_path / "overlap.ply")
+    with pytest.raises(meshes.MeshError, match="overlap.ply: the mesh intersects itself"):
+        meshes.load_mesh(tmp_path / "overlap.ply")
+    inverted = box.copy()
+    inverted.invert()
+    inverted.export(tmp_path / "inside_out.obj")
+    with pytest.raises(meshes.MeshError, match="inside_out.obj: the mesh's normals point inwards"):
+        meshes.load_mesh(tmp_path / "inside_out.obj")
+    with pytest.raises(meshes.MeshError, match="mesh.txt: a mesh must be one of"):
+        meshes.load_mesh(tmp_path / "mesh.txt")
+    box.export(tmp_path / "box.stl")
+    assert meshes.load_mesh(tmp_path / "box.stl").volume == pytest.approx(1000.0)
+
+
+def test_every_generated_implant_is_a_closed_simple_mesh_of_its_stated_size():
+    screw = meshes.check_mesh(implants.pedicle_screw(6.5, 45.0, pitch=2.75, thread_depth=1.0), "screw")
+    radii = np.hypot(screw.vertices[:, 0], screw.vertices[:, 1])
+    assert radii.max() == pytest.approx(3.25, abs=0.01) and screw.bounds[1][2] == pytest.approx(45.0)
+    # between a core cylinder and a major one
+    assert np.pi * 2.25 ** 2 * 40 < screw.volume < np.pi * 3.25 ** 2 * 45
+    for mesh in (implants.tulip(), implants.cage(), implants.plate(),
+                 implants.rod([[0, 0, 0], [5, 2, 40], [8, 0, 80]], 5.5)):
+        meshes.check_mesh(mesh, "generated")
+    with pytest.raises(ValueError, match="cannot bend"):
+        implants.rod([[0, 0, 0], [10, 0, 2], [0, 0, 4]], 6.0)
+
+
+@pytest.fixture(scope="module")
+def spine():
+    ct, labels, affine = synthetic_spine(shape=(60, 60, 72), spacing=(1.0, 1.0, 1.0))
+    target = int(labels[labels > 0].max())
+    ids = sorted(set(labels[labels > 0].tolist()), reverse=True)
+    return labels, affine, ids[ids.index(target):]
+
+
+def test_mesh_implants_are_placed_in_the_spine_seeded_and_recorded(spine, tmp_path):
+    labels, affine, ids = spine
+    box = trimesh.creation.box([4.0, 4.0, 4.0])
+    box.export(tmp_path / "marker.stl")
+    cfg = InstrumentConfig(probability=1.0, screw_levels=(2, 2), rod_probability=1.0, kwires=(0, 0),
+                           cage_probability=1.0, plate_probability=1.0,
+                           meshes=[UserMesh(path=str(tmp_path / "marker.stl"), material="ss316l", kind="cage")])
+    a = place_instruments(np.random.default_rng(4), labels, affine, ids, cfg)
+    assert a == place_instruments(np.random.default_rng(4), labels, affine, ids, cfg)
+    generators = [p.generator for p in a]
+    assert generators.count("pedicle_screw") == 4 and generators.count("tulip") == 4 and generators.count("rod") == 2
+    assert generators.count("cage") == 1 and generators.count("plate") == 1 and generators.count("file") == 1
+    inverse = np.linalg.inv(affine)
+    screws = [p for p in a if p.generator == "pedicle_screw"]
+    for level, screw in zip([ids[0], ids[0], ids[1], ids[1]], screws):
+        tip = np.asarray(screw.pose).reshape(4, 4)[:3, 3]
+        i, j, k = np.rint(inverse[:3, :3] @ tip + inverse[:3, 3]).astype(int)
+        assert labels[i, j, k] == level  # each screw's tip inside its vertebra
+    # each rod passes through its side's tulip seats
+    for r in (p for p in a if p.generator == "rod"):
+        params = json.loads(r.params)
+        points, radius = np.array(params["points"]), params["diameter"] / 2
+        axis = implants._catmull_rom(points, 1.0)
+        for seat in points[1:-1]:
+            assert np.linalg.norm(axis - seat, axis=1).min() < 1e-9
+        rod = trimesh.Trimesh(*r.world(), process=False)
+        length = np.linalg.norm(np.diff(axis, axis=0), axis=1).sum()
+        assert rod.volume == pytest.approx(np.pi * radius ** 2 * length, rel=0.01)  # a round rod along that path
+    centres = [np.array(f) for f in (np.argwhere(labels == lid).mean(0) for lid in ids[:2])]
+    cage = next(p for p in a if p.generator == "cage")
+    z = np.asarray(cage.pose).reshape(4, 4)[2, 3]
+    world_z = sorted(float((affine[:3, :3] @ c + affine[:3, 3])[2]) for c in centres)
+    assert world_z[0] < z < world_z[1]  # between the two levels
+    for implant in a:
+        again = MeshImplant.from_record(json.loads(json.dumps(implant.record())))
+        assert again == implant
+        assert np.array_equal(again.world()[0], implant.world()[0])
+
+
+def test_a_changed_mesh_file_is_refused_and_masks_carry_the_kinds(spine, tmp_path):
+    box = trimesh.creation.box([4.0, 4.0, 4.0])
+    box.export(tmp_path / "marker.stl")
+    implant = MeshImplant.make(PLATE, "file", {"path": str(tmp_path / "marker.stl"),
+                                               "sha256": meshes.file_sha256(tmp_path / "marker.stl")},
+                               np.eye(4), "ss316l")
+    source, targets, shape = _detector(64, 0.5)
+    _, mask = instrument_channels(source, targets, [implant], ["ss316l"], np.array([8.0]), shape)
+    assert set(np.unique(mask).tolist()) == {0, PLATE}
+    trimesh.creation.box([5.0, 4.0, 4.0]).export(tmp_path / "marker.stl")
+    implants.local_mesh.cache_clear()
+    with pytest.raises(meshes.MeshError, match="marker.stl: the file changed"):
+        implant.world()
+    rod = MeshImplant.make(ROD, "rod", {"points": [[0, 0, -20], [0, 0, 20]], "diameter": 5.5}, np.eye(4), "ss316l")
+    cage = MeshImplant.make(CAGE, "cage", {}, np.eye(4), "ss316l")
+    _, mask = instrument_channels(source, targets, [rod, cage], ["ss316l"], np.array([8.0]), shape)
+    assert set(np.unique(mask).tolist()) == {0, ROD, CAGE, ROD | CAGE}
+
+
+def test_validate_parses_every_recorded_implant():
+    from pipelines.physics.draw import XrayRecord, draw_physics
+    from pipelines.tools.validate import _check_xray_record
+    from schemas.config import XrayConfig
+
+    screw = MeshImplant.make(SCREW, "pedicle_screw", {"major_diameter": 6.5, "length": 45.0}, np.eye(4), "ti6al4v")
+    wire = Instrument.rounded(4, [0, 0, 0], [1, 2, 3], 0.8, "ss316l")
+    record = XrayRecord(draw_physics(np.random.default_rng(1), XrayConfig()), (screw, wire), (7, 8)).record()
+    assert _check_xray_record("s", json.dumps(record), 2) == []
+    assert XrayRecord.from_record(record).instruments == (screw, wire)
+    record["instruments"][0]["pose"] = [1.0, 2.0]
+    problems = _check_xray_record("s", json.dumps(record), 2)
+    assert len(problems) == 1 and "record does not parse" in problems[0]
