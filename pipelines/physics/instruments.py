@@ -333,6 +333,19 @@ def _cylinders(instruments: list[Instrument]) -> np.ndarray:
     return np.array(rows, dtype=np.float64).reshape(-1, 15)
 
 
+@numba.njit(cache=True)
+def _add_mesh(chord, masses, mask, alloy, density, kind):
+    """Within one mesh's box: its chords (mm) as g/cm^2 of its alloy and its kind bit where a ray is inside
+    (chord above CHORD_EPS_MM); the chords are zeroed for the next mesh."""
+    for i in range(chord.shape[0]):
+        for j in range(chord.shape[1]):
+            c = chord[i, j]
+            if c > meshes.CHORD_EPS_MM:
+                masses[i, j, alloy] += c * density / MM_PER_CM
+                mask[i, j] |= kind
+            chord[i, j] = 0.0
+
+
 def instrument_channels(source: np.ndarray, targets: np.ndarray, instruments: list[Instrument | MeshImplant],
                         alloys: list[str], densities: np.ndarray,
                         shape: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -349,13 +362,18 @@ def instrument_channels(source: np.ndarray, targets: np.ndarray, instruments: li
         kind = np.array([p.kind for p in cylinders], dtype=np.uint8)
         _channels(np.asarray(source, dtype=np.float64), np.ascontiguousarray(targets, dtype=np.float64),
                   _cylinders(cylinders), alloy, grams_per_mm, kind, masses, mask)
-    for implant in (p for p in instruments if isinstance(p, MeshImplant)):
+    implants = [p for p in instruments if isinstance(p, MeshImplant)]
+    if implants:
         if shape is None:
             raise ValueError("mesh implants need the detector's shape")
-        vertices, faces = implant.world()
-        chord = meshes.chords(vertices, faces, source, targets, shape).ravel()
-        inside = chord > meshes.CHORD_EPS_MM
-        a = alloys.index(implant.material)
-        masses[inside, a] += chord[inside] * float(densities[a]) / MM_PER_CM
-        mask[inside] |= np.uint8(implant.kind)
+        frame = meshes.detector_frame(targets, shape)
+        chord = np.zeros(shape)  # one mesh's chords at a time, zeroed again inside its box
+        by_pixel, mask_2d = masses.reshape(shape[0], shape[1], -1), mask.reshape(shape)
+        for implant in implants:
+            vertices, faces = implant.world()
+            r0, r1, c0, c1 = meshes.add_chords(vertices, faces, source, frame, chord)
+            if r0 <= r1:
+                a = alloys.index(implant.material)
+                _add_mesh(chord[r0:r1 + 1, c0:c1 + 1], by_pixel[r0:r1 + 1, c0:c1 + 1], mask_2d[r0:r1 + 1, c0:c1 + 1],
+                          a, float(densities[a]), np.uint8(implant.kind))
     return masses, mask

@@ -118,11 +118,21 @@ def chords(vertices: np.ndarray, faces: np.ndarray, source: np.ndarray, targets:
            shape: tuple[int, int]) -> np.ndarray:
     """(H, W) length (mm) of every detector ray (world `source` -> `targets`, H * W of them) inside the
     closed mesh of world `vertices` (mm) and outward-wound `faces`."""
-    origin, eu, ev = detector_frame(targets, shape)
     out = np.zeros(shape, dtype=np.float64)
-    _raster_chords(np.ascontiguousarray(vertices, dtype=np.float64), np.ascontiguousarray(faces, dtype=np.int64),
-                   np.asarray(source, dtype=np.float64), origin, eu, ev, out)
+    add_chords(vertices, faces, source, detector_frame(targets, shape), out)
     return out
+
+
+def add_chords(vertices: np.ndarray, faces: np.ndarray, source: np.ndarray,
+               frame: tuple[np.ndarray, np.ndarray, np.ndarray], out: np.ndarray) -> tuple[int, int, int, int]:
+    """Add the mesh's chords to `out` (H, W, float64) for a detector `frame` (`detector_frame`); returns the
+    pixel box (first row, last row, first column, last column) it touched, empty (first > last) if none."""
+    origin, eu, ev = frame
+    box = np.array([out.shape[0], -1, out.shape[1], -1], dtype=np.int64)
+    _raster_chords(np.ascontiguousarray(vertices, dtype=np.float64), np.ascontiguousarray(faces, dtype=np.int64),
+                   np.asarray(source, dtype=np.float64), np.asarray(origin, dtype=np.float64),
+                   np.asarray(eu, dtype=np.float64), np.asarray(ev, dtype=np.float64), out, box)
+    return int(box[0]), int(box[1]), int(box[2]), int(box[3])
 
 
 @numba.njit(cache=True)
@@ -152,13 +162,20 @@ def _owns(ax, ay, bx, by):
 
 
 @numba.njit(cache=True)
-def _raster_chords(vertices, faces, source, origin, eu, ev, out):
+def _raster_chords(vertices, faces, source, origin, eu, ev, out, box):
+    """Scalar arithmetic throughout (no small arrays per face or pixel): a pixel's ray direction is
+    o + j eu + i ev (o = origin - source), so n . d is linear in (i, j) per face. `box` grows to the
+    pixels touched."""
     h, w = out.shape
     uv = _project(vertices, source, origin, eu, ev)
     fixed = np.empty((len(uv), 2), dtype=np.int64)
     for k in range(len(uv)):
         fixed[k, 0] = np.int64(np.round(uv[k, 0] * SUBPIXEL))
         fixed[k, 1] = np.int64(np.round(uv[k, 1] * SUBPIXEL))
+    ox, oy, oz = origin[0] - source[0], origin[1] - source[1], origin[2] - source[2]
+    ux, uy, uz = eu[0], eu[1], eu[2]
+    vx, vy, vz = ev[0], ev[1], ev[2]
+    sx, sy, sz = source[0], source[1], source[2]
     for f in range(len(faces)):
         a, b, c = faces[f, 0], faces[f, 1], faces[f, 2]
         ax, ay = fixed[a, 0], fixed[a, 1]
@@ -175,9 +192,14 @@ def _raster_chords(vertices, faces, source, origin, eu, ev, out):
         hi_y = min(max(ay, by, cy) // SUBPIXEL, h - 1)
         if lo_x > hi_x or lo_y > hi_y:
             continue
-        pa, pb, pc = vertices[a], vertices[b], vertices[c]
-        normal = np.cross(pb - pa, pc - pa)  # outward (the faces' winding)
-        reach = normal @ (pa - source)
+        box[0], box[1] = min(box[0], lo_y), max(box[1], hi_y)
+        box[2], box[3] = min(box[2], lo_x), max(box[3], hi_x)
+        pax, pay, paz = vertices[a, 0], vertices[a, 1], vertices[a, 2]
+        e1x, e1y, e1z = vertices[b, 0] - pax, vertices[b, 1] - pay, vertices[b, 2] - paz
+        e2x, e2y, e2z = vertices[c, 0] - pax, vertices[c, 1] - pay, vertices[c, 2] - paz
+        nx, ny, nz = e1y * e2z - e1z * e2y, e1z * e2x - e1x * e2z, e1x * e2y - e1y * e2x  # outward (the winding)
+        reach = nx * (pax - sx) + ny * (pay - sy) + nz * (paz - sz)
+        n_o, n_u, n_v = nx * ox + ny * oy + nz * oz, nx * ux + ny * uy + nz * uz, nx * vx + ny * vy + nz * vz
         tl0, tl1, tl2 = _owns(bx, by, cx, cy), _owns(cx, cy, ax, ay), _owns(ax, ay, bx, by)
         for i in range(lo_y, hi_y + 1):
             py = i * SUBPIXEL
@@ -189,10 +211,9 @@ def _raster_chords(vertices, faces, source, origin, eu, ev, out):
                 if (e0 < 0 or (e0 == 0 and not tl0)) or (e1 < 0 or (e1 == 0 and not tl1)) \
                         or (e2 < 0 or (e2 == 0 and not tl2)):
                     continue
-                d = origin + j * eu + i * ev - source
-                nd = normal @ d
+                nd = n_o + j * n_u + i * n_v
                 if nd == 0.0:
                     continue
-                t = reach / nd  # where the ray meets the face's plane, in units of |d|
-                length = np.sqrt(d @ d)
-                out[i, j] += t * length if nd > 0.0 else -t * length
+                dx, dy, dz = ox + j * ux + i * vx, oy + j * uy + i * vy, oz + j * uz + i * vz
+                length = np.sqrt(dx * dx + dy * dy + dz * dz) * (reach / nd)  # t |d|, t in units of |d|
+                out[i, j] += length if nd > 0.0 else -length
