@@ -9,18 +9,22 @@ import json
 import sys
 from pathlib import Path
 
+import h5py
 import matplotlib.pyplot as plt
 
 from pipelines.loaders import DRRDataset
+from schemas.manifest import Col
+from schemas.shard_layout import Attr
 
 plt.switch_backend("Agg")
 
 ds = DRRDataset(sys.argv[1])
 fig, axes = plt.subplots(2, 4, figsize=(13, 7))
 for col in range(4):
-    item = ds[col]
-    physics = json.loads(item["xray"])["physics"]
-    grid = (f"grid {physics['grid_ratio']:g}:1 {physics['grid_lines_per_cm']:g}/cm" if physics["grid"]
+    item, row = ds[col], ds.rows[col]
+    with h5py.File(ds.version.shard_path(row[Col.SHARD]), "r") as h5:  # the view's recorded physics
+        physics = json.loads(h5[row[Col.KEY]].attrs[Attr.XRAY])["physics"]
+    grid = (f"grid {physics['grid_ratio']:.1f}:1, {physics['grid_lines_per_cm']:.0f}/cm" if physics["grid"]
             else "no grid")
     mask = item["instrument_mask"][0].numpy()
     for row, (name, img) in enumerate([("exact", item["drr"][0].numpy()), ("realistic", item["drr_xray"][0].numpy())]):
@@ -33,7 +37,7 @@ for col in range(4):
         if col == 0:
             ax.set_ylabel(name)
         title = (f"{item['sample_id'].split('__')[-1]} {item['view_names'][0]}" if row == 0 else
-                 f"{physics['kv']} kV, {physics['mas']:g} mAs, {physics['collimation']}, {grid}")
+                 f"{physics['kv']} kV, {physics['mas']:.2f} mAs,\n{physics['collimation']}, {grid}")
         ax.set_title(title, fontsize=8)
 fig.tight_layout()
 out = Path(__file__).with_name("physics_demo.png")
