@@ -232,7 +232,7 @@ class InstrumentConfig(_Strict):
         return _ordered(v, info.field_name)
 
 
-# the anti-scatter grids the scatter kernels are tallied behind (pipelines/physics/scatter_kernels.py):
+# the anti-scatter grids the scatter kernels are tallied behind (pipelines/physics/kernels.py; made by scatter_kernels.py):
 # every ratio x line density, lead lamellae of KERNEL_GRID_LAMELLA (mm, interspace); a view's grid is read
 # between them, so the config's ranges must lie within
 KERNEL_GRID_RATIOS = (6.0, 8.0, 10.0, 12.0, 16.0)
@@ -250,7 +250,7 @@ class ScatterConfig(_Strict):
     the detector's response, the scatter through the kernels tallied behind grids."""
 
     enabled: bool = True
-    # 'kernels': the project's Monte Carlo's pencil-beam kernels (pipelines/physics/scatter_kernels.py),
+    # 'kernels': the project's Monte Carlo's pencil-beam kernels (pipelines/physics/kernels.py),
     # superposed by each pixel's water-equivalent thickness; 'gaussian': the fixed-width model below
     model: Literal["kernels", "gaussian"] = "kernels"
     amplitude: float = Field(0.25, ge=0)  # gaussian: SPR 1.75 behind 20 cm water, 204.8 mm field (Monte Carlo: 2.09)

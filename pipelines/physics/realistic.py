@@ -8,10 +8,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipelines.ops.drr import Renderer, Walk
-from pipelines.physics import materials, scatter_kernels, tables
+from pipelines.physics import materials, tables
 from pipelines.physics.draw import PhysicsDraw
 from pipelines.physics.implants import MeshImplant
 from pipelines.physics.instruments import Instrument, instrument_channels
+from pipelines.physics.kernels import Kernels, reference_attenuation
+from pipelines.physics.kernels import load as load_kernels
 from pipelines.physics.synthesis import Detection, DetectorModel, ScatterModel, scatter_sigma_mm, synthesize
 from pipelines.physics.units import MM_PER_CM
 from schemas.config import AttenuationConfig, XrayConfig
@@ -45,9 +47,9 @@ class RealisticRenderer:
     """Realistic views of the volume a 'traversal' Renderer holds, with the config's materials and alloys."""
 
     def __init__(self, renderer: Renderer, cfg: XrayConfig, attenuation: AttenuationConfig,
-                 kernels: scatter_kernels.Kernels | None = None):
+                 kernels: Kernels | None = None):
         self.renderer = renderer
-        self.kernels = kernels  # the scatter kernels; None: the stored ones (`scatter_kernels.load`)
+        self.kernels = kernels  # the scatter kernels; None: the stored ones (`kernels.load`)
         self.materials, self.alloys = tuple(cfg.materials), tuple(cfg.alloys)
         anchor_hu = np.array([m.hu for m in cfg.materials])
         self.knots = materials.anchor_knots(anchor_hu, attenuation.mu_water_per_mm)
@@ -75,13 +77,13 @@ class RealisticRenderer:
             return None
         g = self.renderer.geometry
         grid = physics.anti_scatter_grid
-        k = self.kernels or scatter_kernels.load() if (physics.scatter_model == "kernels" or grid) else None
+        k = self.kernels or load_kernels() if (physics.scatter_model == "kernels" or grid) else None
         height_cm = (g.sdd_mm - g.sod_mm) / MM_PER_CM
         if physics.scatter_model == "kernels":  # each pencil's gap from its own thickness, centred on the isocentre
             return ScatterModel(physics.scatter_amplitude, physics.scatter_exponent, 0.0, 1.0,
                                 k.centred(physics.kv, height_cm, grid), k.thickness_cm,
                                 k.radii_mm, k.source_scale(g.sod_mm, g.sdd_mm), k.destination_factor,
-                                scatter_kernels.reference_attenuation(physics.spectrum, self.materials, self.alloys))
+                                reference_attenuation(physics.spectrum, self.materials, self.alloys))
         centre = masses[g.height // 2, g.width // 2, 1:3].sum()  # ~cm of unit-density tissue on the central ray
         gap = g.sdd_mm - g.sod_mm - 0.5 * centre * MM_PER_CM  # the Gaussian model's one gap, from the central ray
         return ScatterModel(physics.scatter_amplitude, physics.scatter_exponent,

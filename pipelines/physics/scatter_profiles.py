@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from pipelines.physics.scatter_kernels import FILTRATION_AL_MM, FIT_GEOMETRY_CM
+from pipelines.physics.kernels import FILTRATION_AL_MM, FIT_GEOMETRY_CM
 
 BAND_MM = 20.0
 BANDS = 10  # 10 bands of 20 mm: the central 200 mm of the 204.8 mm detector

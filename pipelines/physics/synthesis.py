@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from scipy.ndimage import gaussian_filter
 
-from pipelines.physics.scatter_kernels import kernel_scatter
+from pipelines.physics.kernels import kernel_scatter
 from pipelines.physics.tables import HEEL_ANGLES_DEG, HEEL_STEP_DEG, HEEL_THICKNESS_G_CM2, SPECTRUM_DISTANCE_CM, Tables
 from pipelines.physics.units import MM_PER_CM
 
@@ -200,16 +200,16 @@ class ScatterModel:
     exponent: float
     sigma_mm: float  # kernel width at the detector
     # the Gaussian model's scatter behind a grid, over the primary's transmission (the kernels' own ratio
-    # at the view's central thickness, `scatter_kernels.Kernels.grid_scatter_factor`); 1 without a grid.
+    # at the view's central thickness, `kernels.Kernels.grid_scatter_factor`); 1 without a grid.
     # The primary's transmission is in the tables, the kernels are tallied behind the grid.
     grid_scatter: float
-    # the Monte Carlo's pencil kernels at this view's kV and air gap (`physics.scatter_kernels`), (T, R)
+    # the Monte Carlo's pencil kernels at this view's kV and air gap (`physics.kernels`), (T, R)
     # over `kernel_thickness_cm` and `kernel_radii_mm`; None: the Gaussian model of amplitude and exponent
     kernels: np.ndarray | None = None
     kernel_thickness_cm: np.ndarray | None = None
     kernel_radii_mm: np.ndarray | None = None
-    source_scale: float = 1.0  # the pencils' sources drawn towards the centre (scatter_kernels.source_scale)
-    destination: float = 0.0  # the kernels' asymmetry per cm of thickness (scatter_kernels.kernel_scatter)
+    source_scale: float = 1.0  # the pencils' sources drawn towards the centre (kernels.Kernels.source_scale)
+    destination: float = 0.0  # the kernels' asymmetry per cm of thickness (kernels.kernel_scatter)
     # -ln(S / S_open) through HEEL_THICKNESS_G_CM2 of water for the beam the kernels were tallied with
     # (the view's kV, detector and grid behind the kernels' filtration): see `kernel_scatter_signal`
     reference_attenuation: np.ndarray | None = None
