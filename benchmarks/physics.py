@@ -72,7 +72,7 @@ def mesh_chord_error(walk, geometry: Geometry, pose: np.ndarray) -> float:
     shape = (geometry.height, geometry.width)
     by_mesh = chords(mesh.vertices, mesh.faces, walk.source, walk.targets, shape).ravel()
     tip, end = pose[:3, 3], pose[:3, 3] + pose[:3, 2] * 45.0
-    exact, _ = instrument_channels(walk.source, walk.targets, [Instrument(SCREW, tuple(tip), tuple(end), 3.25, "x")],
+    exact, *_ = instrument_channels(walk.source, walk.targets, [Instrument(SCREW, tuple(tip), tuple(end), 3.25, "x")],
                                    ["x"], np.array([10.0]))  # 10 g/cm^3: g/cm^2 = mm
     return float(np.abs(by_mesh - exact[:, 0]).max())
 
@@ -146,7 +146,7 @@ def main() -> None:
                                                      kwires=(1, 1), shapes="cylinders"))
     walk = renderer.walk(cameras[1], target, synth.knots)
     t_masses = best(lambda: synth.masses(walk, instruments), args.repeats)
-    masses, _ = synth.masses(walk, instruments)
+    masses, *_ = synth.masses(walk, instruments)
     synth.image(masses, walk.raylen, physics, 1)  # tables built once per spectrum (cached)
     t_synth, t_plain, t_before = np.inf, np.inf, np.inf
     for _ in range(args.repeats):  # alternate, so all see the same machine state

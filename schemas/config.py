@@ -193,6 +193,9 @@ class UserMesh(_Strict):
         return v
 
 
+MAX_INSTRUMENTS = 31  # instruments in one view: the value bits of the per-instrument mask (`instrument_ids`, int32)
+
+
 class InstrumentConfig(_Strict):
     """Surgical instruments placed at random (seeded) near the target vertebra; sizes of common lumbar implants."""
 
@@ -230,6 +233,14 @@ class InstrumentConfig(_Strict):
     @classmethod
     def _range(cls, v, info):
         return _ordered(v, info.field_name)
+
+    @model_validator(mode="after")
+    def _fits_the_id_mask(self) -> InstrumentConfig:
+        most = 4 * self.screw_levels[1] + 2 + self.kwires[1] + 2 + len(self.meshes)  # a screw is 2 parts; rods, cage, plate
+        if most > MAX_INSTRUMENTS:
+            raise ValueError(f"up to {most} instruments in a view (4 per screw level, 2 rods, K-wires, a cage, a plate, "
+                             f"user meshes): instrument_ids holds {MAX_INSTRUMENTS}")
+        return self
 
 
 # the anti-scatter grids the scatter kernels are tallied behind (pipelines/physics/kernels.py; made by scatter_kernels.py):

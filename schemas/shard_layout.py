@@ -20,6 +20,7 @@ class Key:
     XRAY1, XRAY2, SPACING, ORI_SIZE = "xray1", "xray2", "spacing", "ori_size"
     DRR, DRR_VERTEBRA = "drr", "drr_vertebra"
     DRR_XRAY, INSTRUMENT_MASK, XRAY1_XRAY, XRAY2_XRAY = "drr_xray", "instrument_mask", "xray1_xray", "xray2_xray"
+    INSTRUMENT_IDS = "instrument_ids"  # bit k: the ray crosses instrument k of the group's xray record
     POSE_PARAMS, POSE_MATRICES, VIEW_NAMES, ROTATION_CENTER = (
         "pose_params", "pose_matrices", "view_names", "rotation_center")
     LEVEL_IDS, VERTEBRA_BOXES, VERTEBRA_CENTRES = "level_ids", "vertebra_boxes", "vertebra_centres"
@@ -33,7 +34,7 @@ EXACT_IMAGE_KEYS = (Key.XRAY1, Key.XRAY2, Key.DRR, Key.DRR_VERTEBRA)
 REALISTIC_IMAGE_KEYS = (Key.DRR_XRAY, Key.XRAY1_XRAY, Key.XRAY2_XRAY)
 IMAGE_KEYS = EXACT_IMAGE_KEYS + REALISTIC_IMAGE_KEYS
 # Datasets stored one chunk per view.
-VIEW_STACK_KEYS = (Key.DRR, Key.DRR_VERTEBRA, Key.DRR_XRAY, Key.INSTRUMENT_MASK)
+VIEW_STACK_KEYS = (Key.DRR, Key.DRR_VERTEBRA, Key.DRR_XRAY, Key.INSTRUMENT_MASK, Key.INSTRUMENT_IDS)
 
 
 class Attr:
@@ -120,7 +121,8 @@ def product_datasets(product: str, config: BuildConfig) -> list[DatasetSpec]:
             DatasetSpec(Key.POSE_MATRICES, "float64", ("V", 4, 4)),
             DatasetSpec(Key.VIEW_NAMES, VIEW_NAME_DTYPE, ("V",)),
             DatasetSpec(Key.ROTATION_CENTER, "float64", (3,)),
-        ] + ([DatasetSpec(Key.DRR_XRAY, "float32", ("V", *det)), DatasetSpec(Key.INSTRUMENT_MASK, "uint8", ("V", *det))]
+        ] + ([DatasetSpec(Key.DRR_XRAY, "float32", ("V", *det)), DatasetSpec(Key.INSTRUMENT_MASK, "uint8", ("V", *det)),
+              DatasetSpec(Key.INSTRUMENT_IDS, "int32", ("V", *det))]
              if xray_for(DRR, config) else [])
     if product == VOLUME:
         return [

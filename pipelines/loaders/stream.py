@@ -162,8 +162,8 @@ class DRRStream(EpochPositions):
     Each item: a case (by `views_per_case` runs), a reference and a target vertebra by the pair rule,
     `poses_per_item` poses in the configured ranges (each rendered in every view), physics drawn in the
     `xray` ranges (kV, dose, filtration, scatter and grid, PSF, focal spot, collimation, instruments).
-    It returns `drr` / `drr_vertebra` (exact; V x H x W float32), `drr_xray` / `instrument_mask`
-    (realistic), `pose_params` (V x 6), `pose_matrices` (V x 4 x 4), `rotation_center` (3,), `cameras`
+    It returns `drr` / `drr_vertebra` (exact; V x H x W float32), `drr_xray` / `instrument_mask` /
+    `instrument_ids` (realistic), `pose_params` (V x 6), `pose_matrices` (V x 4 x 4), `rotation_center` (3,), `cameras`
     (V x 4 x 4: diffdrr's extrinsic of each view; `pipelines.loaders.consumers.diffdrr_pose` takes the
     item), `view_names`, `affine` (of the rendered volume), the `xray` record (JSON), ids and levels.
 
@@ -264,6 +264,7 @@ class DRRStream(EpochPositions):
         if xray is not None:
             out[Key.DRR_XRAY] = torch.from_numpy(views.realistic)
             out[Key.INSTRUMENT_MASK] = torch.from_numpy(views.instrument_mask)
+            out[Key.INSTRUMENT_IDS] = torch.from_numpy(views.instrument_ids)
             out[Attr.XRAY] = xray.to_json()
         if s.exact:
             out[Key.DRR], out[Key.DRR_VERTEBRA] = torch.from_numpy(views.whole), torch.from_numpy(views.part)

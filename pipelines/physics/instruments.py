@@ -30,7 +30,7 @@ from pipelines.ops.orient import voxel_to_world
 from pipelines.physics import implants, meshes
 from pipelines.physics.implants import CAGE, PLATE, MeshImplant
 from pipelines.physics.units import MM_PER_CM
-from schemas.config import InstrumentConfig
+from schemas.config import MAX_INSTRUMENTS, InstrumentConfig
 
 SCREW, ROD, KWIRE = 1, 2, 4  # bits of the instrument mask (with implants.CAGE 8 and implants.PLATE 16)
 KIND_BITS = {"screw": SCREW, "rod": ROD, "kwire": KWIRE, "cage": CAGE, "plate": PLATE}
@@ -312,8 +312,8 @@ def _chord(sx, sy, sz, dx, dy, dz, cyl, n):
 
 
 @numba.njit(parallel=True, cache=True)
-def _channels(source, targets, cylinders, alloy, grams_per_mm, kind, masses, mask):
-    """Per ray: mass thickness per alloy (g/cm^2) and the kind bits of the instruments it crosses."""
+def _channels(source, targets, cylinders, alloy, grams_per_mm, kind, bit, masses, mask, ids):
+    """Per ray: mass thickness per alloy (g/cm^2), the kind bits and the id bits of the instruments it crosses."""
     for r in numba.prange(len(targets)):
         dx, dy, dz = targets[r, 0] - source[0], targets[r, 1] - source[1], targets[r, 2] - source[2]
         for c in range(len(cylinders)):
@@ -321,6 +321,7 @@ def _channels(source, targets, cylinders, alloy, grams_per_mm, kind, masses, mas
             if chord > 0.0:
                 masses[r, alloy[c]] += chord * grams_per_mm[c]
                 mask[r] |= kind[c]
+                ids[r] |= bit[c]
 
 
 def _cylinders(instruments: list[Instrument]) -> np.ndarray:
@@ -334,46 +335,53 @@ def _cylinders(instruments: list[Instrument]) -> np.ndarray:
 
 
 @numba.njit(cache=True)
-def _add_mesh(chord, masses, mask, alloy, density, kind):
-    """Within one mesh's box: its chords (mm) as g/cm^2 of its alloy and its kind bit where a ray is inside
-    (chord above CHORD_EPS_MM); the chords are zeroed for the next mesh."""
+def _add_mesh(chord, masses, mask, ids, alloy, density, kind, bit):
+    """Within one mesh's box: its chords (mm) as g/cm^2 of its alloy, its kind bit and its id bit where a
+    ray is inside (chord above CHORD_EPS_MM); the chords are zeroed for the next mesh."""
     for i in range(chord.shape[0]):
         for j in range(chord.shape[1]):
             c = chord[i, j]
             if c > meshes.CHORD_EPS_MM:
                 masses[i, j, alloy] += c * density / MM_PER_CM
                 mask[i, j] |= kind
+                ids[i, j] |= bit
             chord[i, j] = 0.0
 
 
 def instrument_channels(source: np.ndarray, targets: np.ndarray, instruments: list[Instrument | MeshImplant],
                         alloys: list[str], densities: np.ndarray,
-                        shape: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """((N, len(alloys)) g/cm^2 per alloy, (N,) uint8 mask of instrument kind bits) along the rays
-    (world source (3,) -> targets (N, 3)). A screw's shaft and head share only an end face, so no
-    mass is counted twice. Mesh implants need the detector's `shape` (H, W = N): their rays end on
-    its regular grid."""
+                        shape: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """((N, len(alloys)) g/cm^2 per alloy, (N,) uint8 mask of instrument kind bits, (N,) int32 mask of
+    instrument id bits: bit k where the ray crosses `instruments[k]`) along the rays (world source (3,)
+    -> targets (N, 3)). A screw's shaft and head share only an end face, so no mass is counted twice.
+    Mesh implants need the detector's `shape` (H, W = N): their rays end on its regular grid."""
+    if len(instruments) > MAX_INSTRUMENTS:
+        raise ValueError(f"{len(instruments)} instruments in one view: the id mask holds {MAX_INSTRUMENTS}")
     masses = np.zeros((len(targets), len(alloys)))
     mask = np.zeros(len(targets), dtype=np.uint8)
-    cylinders = [p for p in instruments if isinstance(p, Instrument)]
+    ids = np.zeros(len(targets), dtype=np.int32)
+    cylinders = [(k, p) for k, p in enumerate(instruments) if isinstance(p, Instrument)]
     if cylinders:
+        bit = np.array([1 << k for k, _ in cylinders], dtype=np.int32)
+        cylinders = [p for _, p in cylinders]
         alloy = np.array([alloys.index(p.material) for p in cylinders], dtype=np.int64)
         grams_per_mm = np.asarray(densities, dtype=np.float64)[alloy] / MM_PER_CM
         kind = np.array([p.kind for p in cylinders], dtype=np.uint8)
         _channels(np.asarray(source, dtype=np.float64), np.ascontiguousarray(targets, dtype=np.float64),
-                  _cylinders(cylinders), alloy, grams_per_mm, kind, masses, mask)
-    implants = [p for p in instruments if isinstance(p, MeshImplant)]
+                  _cylinders(cylinders), alloy, grams_per_mm, kind, bit, masses, mask, ids)
+    implants = [(k, p) for k, p in enumerate(instruments) if isinstance(p, MeshImplant)]
     if implants:
         if shape is None:
             raise ValueError("mesh implants need the detector's shape")
         frame = meshes.detector_frame(targets, shape)
         chord = np.zeros(shape)  # one mesh's chords at a time, zeroed again inside its box
-        by_pixel, mask_2d = masses.reshape(shape[0], shape[1], -1), mask.reshape(shape)
-        for implant in implants:
+        by_pixel, mask_2d, ids_2d = masses.reshape(shape[0], shape[1], -1), mask.reshape(shape), ids.reshape(shape)
+        for k, implant in implants:
             vertices, faces = implant.world()
             r0, r1, c0, c1 = meshes.add_chords(vertices, faces, source, frame, chord)
             if r0 <= r1:
                 a = alloys.index(implant.material)
-                _add_mesh(chord[r0:r1 + 1, c0:c1 + 1], by_pixel[r0:r1 + 1, c0:c1 + 1], mask_2d[r0:r1 + 1, c0:c1 + 1],
-                          a, float(densities[a]), np.uint8(implant.kind))
-    return masses, mask
+                box = (slice(r0, r1 + 1), slice(c0, c1 + 1))
+                _add_mesh(chord[box], by_pixel[box], mask_2d[box], ids_2d[box], a, float(densities[a]),
+                          np.uint8(implant.kind), np.int32(1 << k))
+    return masses, mask, ids

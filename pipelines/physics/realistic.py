@@ -27,7 +27,8 @@ class RealisticView:
     whole: np.ndarray  # (H, W) float32: the attenuation line integral
     part: np.ndarray | None  # (H, W) float32: the labelled part's line integral (None without a label)
     detection: Detection
-    instrument_bits: np.ndarray  # (H, W) uint8
+    instrument_bits: np.ndarray  # (H, W) uint8: kind bits
+    instrument_ids: np.ndarray  # (H, W) int32: bit k where the ray crosses the record's instrument k
 
     @property
     def realistic(self) -> np.ndarray:
@@ -57,13 +58,15 @@ class RealisticRenderer:
         self.alloy_names = [a.name for a in cfg.alloys]
         self.alloy_densities = np.array([tables.alloy_density(a) for a in cfg.alloys])
 
-    def masses(self, walk: Walk, instruments: tuple[Instrument | MeshImplant, ...]) -> tuple[np.ndarray, np.ndarray]:
-        """(H, W, channels) g/cm^2 and (H, W) instrument mask of one walked view."""
+    def masses(self, walk: Walk, instruments: tuple[Instrument | MeshImplant, ...]
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(H, W, channels) g/cm^2, (H, W) instrument kind bits and (H, W) instrument id bits of one walked view."""
         g = self.renderer.geometry
         tissue = materials.mass_thickness(walk.line, walk.hinges, self.coefficients)
-        metal, mask = instrument_channels(walk.source, walk.targets, list(instruments), self.alloy_names,
-                                          self.alloy_densities, (g.height, g.width))
-        return np.concatenate([tissue, metal], axis=1).reshape(g.height, g.width, -1), mask.reshape(g.height, g.width)
+        metal, mask, ids = instrument_channels(walk.source, walk.targets, list(instruments), self.alloy_names,
+                                               self.alloy_densities, (g.height, g.width))
+        shape = (g.height, g.width)
+        return np.concatenate([tissue, metal], axis=1).reshape(*shape, -1), mask.reshape(shape), ids.reshape(shape)
 
     def detector(self, physics: PhysicsDraw) -> DetectorModel:
         g = self.renderer.geometry
@@ -99,6 +102,6 @@ class RealisticRenderer:
              seed: int | None) -> RealisticView:
         """One camera's exact and realistic images from one walk (`label` -1: no part image)."""
         walk = self.renderer.walk(camera, label, self.knots)
-        masses, mask = self.masses(walk, instruments)
+        masses, mask, ids = self.masses(walk, instruments)
         return RealisticView(walk.whole, walk.part if label >= 0 else None,
-                             self.image(masses, walk.raylen, physics, seed), mask)
+                             self.image(masses, walk.raylen, physics, seed), mask, ids)

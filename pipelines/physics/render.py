@@ -133,13 +133,15 @@ def draw_xray(rng: np.random.Generator, cfg: XrayConfig, seeds, scene: Scene | N
 @dataclass(frozen=True)
 class Views:
     """A sample's images, (V, H, W) each: exact whole and part (None without a label), and with a record
-    the realistic images (float32) and instrument masks (uint8 kind bits)."""
+    the realistic images (float32) and instrument masks (uint8 kind bits; int32 id bits, bit k for the
+    record's instrument k)."""
 
     whole: np.ndarray
     part: np.ndarray | None = None
     realistic: np.ndarray | None = None
     instrument_mask: np.ndarray | None = None
     xray: XrayRecord | None = None
+    instrument_ids: np.ndarray | None = None
 
 
 def render_views(scene: Scene, cameras: np.ndarray, label: int = -1, xray: XrayRecord | None = None) -> Views:
@@ -157,4 +159,5 @@ def render_views(scene: Scene, cameras: np.ndarray, label: int = -1, xray: XrayR
     views = [render_xray(scene, c, xray.physics, xray.instruments, xray.noise_seeds[v], label)
              for v, c in enumerate(cameras)]
     return Views(np.stack([v.whole for v in views]), np.stack([v.part for v in views]) if label >= 0 else None,
-                 np.stack([v.realistic for v in views]), np.stack([v.instrument_bits for v in views]), xray)
+                 np.stack([v.realistic for v in views]), np.stack([v.instrument_bits for v in views]), xray,
+                 np.stack([v.instrument_ids for v in views]))

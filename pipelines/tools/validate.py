@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 
 import h5py
+import numpy as np
 
 from pipelines.errors import ShardError, StoreError
 from pipelines.ingest.labels import level_id
@@ -14,7 +15,7 @@ from pipelines.io.remote_version import RemoteVersion
 from pipelines.io.shards import PublishedVersion, open_shard
 from pipelines.io.store import is_remote
 from schemas import SCHEMA_VERSION
-from schemas.config import BuildConfig
+from schemas.config import MAX_INSTRUMENTS, BuildConfig
 from schemas.layout import DATASET_CARD
 from schemas.manifest import DRR, MANIFEST_COLUMNS, VOLUME, Col
 from schemas.shard_layout import (
@@ -57,6 +58,21 @@ def _check_group(name: str, group: h5py.Group, product: str, n_views: int, confi
             ds[()]  # reading verifies every chunk's fletcher32 checksum
         except OSError as exc:
             problems.append(f"{name}/{spec.key}: unreadable ({exc})")
+    if not problems and Key.INSTRUMENT_IDS in group:
+        problems += _check_instrument_ids(name, group)
+    return problems
+
+
+def _check_instrument_ids(name: str, group: h5py.Group) -> list[str]:
+    """A ray crosses an instrument (some id bit) exactly where it has an instrument kind, and only the
+    record's instruments have bits."""
+    ids, kinds = group[Key.INSTRUMENT_IDS][()], group[Key.INSTRUMENT_MASK][()]
+    problems = []
+    if not np.array_equal(ids > 0, kinds > 0):
+        problems.append(f"{name}: {Key.INSTRUMENT_IDS} and {Key.INSTRUMENT_MASK} disagree on where instruments are")
+    count = len(json.loads(group.attrs[Attr.XRAY])[XrayField.INSTRUMENTS])
+    if count < MAX_INSTRUMENTS and (ids >> count).any():
+        problems.append(f"{name}: {Key.INSTRUMENT_IDS} has bits beyond the record's {count} instruments")
     return problems
 
 

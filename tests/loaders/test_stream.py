@@ -94,6 +94,8 @@ def test_items_carry_views_poses_and_physics_in_the_configured_ranges(stream):
         assert item[key].shape == (v, 32, 32) and item[key].dtype == torch.float32
         assert torch.isfinite(item[key]).all()
     assert item["instrument_mask"].shape == (v, 32, 32) and item["instrument_mask"].dtype == torch.uint8
+    assert item["instrument_ids"].shape == (v, 32, 32) and item["instrument_ids"].dtype == torch.int32
+    assert torch.equal(item["instrument_ids"] > 0, item["instrument_mask"] > 0)
     assert (item["drr"] >= item["drr_vertebra"] - 1e-6).all() and item["drr_vertebra"].amax() > 0
     assert item["pose_params"].shape == (v, 6) and item["pose_matrices"].shape == (v, 4, 4)
     assert item["view_names"] == ["AP", "LAT"]
@@ -216,7 +218,8 @@ def test_a_stored_view_re_renders_bit_identically_through_the_streams_path(train
     for row in rows.itertuples():
         with h5py.File(root / "shards" / row.shard, "r") as h5:
             g = h5[row.key]
-            stored = {k: g[k][()] for k in (Key.DRR, Key.DRR_VERTEBRA, Key.DRR_XRAY, Key.INSTRUMENT_MASK)}
+            stored = {k: g[k][()] for k in (Key.DRR, Key.DRR_VERTEBRA, Key.DRR_XRAY, Key.INSTRUMENT_MASK,
+                                             Key.INSTRUMENT_IDS)}
             poses = poses_of(g[Key.POSE_PARAMS][()], g[Key.POSE_MATRICES][()], g[Key.VIEW_NAMES][()],
                              g[Key.ROTATION_CENTER][()], stream.geometry.sod_mm)
             xray = XrayRecord.from_json(g.attrs[Attr.XRAY])
@@ -224,6 +227,7 @@ def test_a_stored_view_re_renders_bit_identically_through_the_streams_path(train
         assert np.array_equal(views.whole, stored[Key.DRR]) and np.array_equal(views.part, stored[Key.DRR_VERTEBRA])
         assert np.array_equal(views.realistic, stored[Key.DRR_XRAY])
         assert np.array_equal(views.instrument_mask, stored[Key.INSTRUMENT_MASK])
+        assert np.array_equal(views.instrument_ids, stored[Key.INSTRUMENT_IDS])
         assert stored[Key.DRR_XRAY].std() > 0
         checked += 1
     assert checked == len(rows) > 0

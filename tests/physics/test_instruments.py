@@ -19,7 +19,7 @@ def test_a_wires_projected_axis_lies_on_its_analytic_projection():
     source, targets = renderer.world_rays(camera)
     p0, p1 = np.array([-20.0, 5.0, -25.0]), np.array([15.0, -10.0, 30.0])
     wire = Instrument(KWIRE, tuple(p0), tuple(p1), 0.8, "ss316l")
-    metal, mask = instrument_channels(source, targets, [wire], ["ss316l"], np.array([10.0]))  # 10 g/cm^3: g/cm^2 = mm
+    metal, mask, _ = instrument_channels(source, targets, [wire], ["ss316l"], np.array([10.0]))  # 10 g/cm^3: g/cm^2 = mm
     chord = metal[:, 0].reshape(g.height, g.width)
     assert np.array_equal(mask.reshape(g.height, g.width) == KWIRE, chord > 0)
     ends = project_points(camera, np.stack([p0, p1]), g)  # (row, col) of both ends

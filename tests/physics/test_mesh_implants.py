@@ -45,7 +45,7 @@ def test_a_mesh_cylinders_chords_agree_with_the_analytic_cylinder_on_every_ray()
     mesh.apply_transform(implants.pose_along(-20.0 * axis, axis) @ trimesh.transformations.translation_matrix([0, 0, 20.0]))
     meshes.check_mesh(mesh, "cylinder")
     chord = meshes.chords(mesh.vertices, mesh.faces, source, targets, shape).ravel()
-    exact, _ = instrument_channels(source, targets, [Instrument(SCREW, tuple(-20 * axis), tuple(20 * axis), 3.0, "x")],
+    exact, *_ = instrument_channels(source, targets, [Instrument(SCREW, tuple(-20 * axis), tuple(20 * axis), 3.0, "x")],
                                    ["x"], np.array([10.0]))  # 10 g/cm^3: g/cm^2 = mm
     assert (exact[:, 0] > 0).sum() > 2000
     assert np.abs(chord - exact[:, 0]).max() < 0.1
@@ -77,7 +77,7 @@ def test_a_mesh_screws_transmission_is_its_alloys_beer_lambert():
     lookup = tables.tables_for(tables.SpectrumKey(90, 12.0, 3.0, 0.0, "Cesium Iodide", 0.6, 24), tuple(cfg.materials),
                                tuple(cfg.alloys))
     density = tables.alloy_density(alloy)
-    metal, _ = instrument_channels(source, targets, [implant], ["ti6al4v"], np.array([density]), shape)
+    metal, *_ = instrument_channels(source, targets, [implant], ["ti6al4v"], np.array([density]), shape)
     masses = np.zeros((len(targets), len(lookup.channels)))
     masses[:, lookup.channels.index("ti6al4v")] = metal[:, 0]
     _, signal = primary(masses, lookup)
@@ -207,7 +207,7 @@ def test_a_changed_mesh_file_is_refused_and_masks_carry_the_kinds(spine, tmp_pat
                                                "sha256": meshes.file_sha256(tmp_path / "marker.stl")},
                                np.eye(4), "ss316l")
     source, targets, shape = _detector(64, 0.5)
-    _, mask = instrument_channels(source, targets, [implant], ["ss316l"], np.array([8.0]), shape)
+    _, mask, _ = instrument_channels(source, targets, [implant], ["ss316l"], np.array([8.0]), shape)
     assert set(np.unique(mask).tolist()) == {0, PLATE}
     trimesh.creation.box([5.0, 4.0, 4.0]).export(tmp_path / "marker.stl")
     implants.local_mesh.cache_clear()
@@ -215,7 +215,7 @@ def test_a_changed_mesh_file_is_refused_and_masks_carry_the_kinds(spine, tmp_pat
         implant.world()
     rod = MeshImplant.make(ROD, "rod", {"points": [[0, 0, -20], [0, 0, 20]], "diameter": 5.5}, np.eye(4), "ss316l")
     cage = MeshImplant.make(CAGE, "cage", {}, np.eye(4), "ss316l")
-    _, mask = instrument_channels(source, targets, [rod, cage], ["ss316l"], np.array([8.0]), shape)
+    _, mask, _ = instrument_channels(source, targets, [rod, cage], ["ss316l"], np.array([8.0]), shape)
     assert set(np.unique(mask).tolist()) == {0, ROD, CAGE, ROD | CAGE}
 
 
@@ -232,3 +232,26 @@ def test_validate_parses_every_recorded_implant():
     record["instruments"][0]["pose"] = [1.0, 2.0]
     problems = _check_xray_record("s", json.dumps(record), 2)
     assert len(problems) == 1 and "record does not parse" in problems[0]
+
+
+def test_each_instrument_has_its_own_exact_bit_where_they_overlap():
+    """instrument_ids: bit k is exactly where instrument k alone has a chord, for meshes and cylinders alike,
+    so overlapping implants keep both; a config that could place more than the mask holds is refused."""
+    source, targets, shape = _detector(96, 0.5)
+    parts = [MeshImplant.make(ROD, "rod", {"points": [[0, -15, -20], [0, 15, 20]], "diameter": 5.5}, np.eye(4), "ss316l"),
+             MeshImplant.make(CAGE, "cage", {}, np.eye(4), "ti6al4v"),
+             Instrument.rounded(4, [-15, -15, 0], [15, 15, 0], 1.0, "ss316l"),
+             MeshImplant.make(SCREW, "pedicle_screw", {"major_diameter": 6.5, "length": 45.0}, np.eye(4), "ti6al4v")]
+    alloys, densities = ["ss316l", "ti6al4v"], np.array([8.0, 4.43])
+    masses, kinds, ids = instrument_channels(source, targets, parts, alloys, densities, shape)
+    alone_all = []
+    for k, part in enumerate(parts):
+        alone_masses, alone_kinds, alone_ids = instrument_channels(source, targets, [part], alloys, densities, shape)
+        alone = alone_kinds > 0
+        assert alone.sum() > 50 and np.array_equal(alone_ids > 0, alone)
+        assert np.array_equal((ids >> k) & 1 == 1, alone), k
+        alone_all.append(alone)
+    assert (np.sum(alone_all, axis=0) >= 2).sum() > 20  # they do overlap, and keep every bit there
+    assert np.array_equal(ids > 0, kinds > 0) and ids.dtype == np.int32
+    with pytest.raises(ValueError, match="instrument_ids holds 31"):
+        InstrumentConfig(screw_levels=(6, 8))

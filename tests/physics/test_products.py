@@ -48,3 +48,25 @@ def test_validate_names_a_broken_xray_record():
     assert "lacks 'noise_seeds'" in _check_xray_record("g", json.dumps({"physics": {}, "instruments": [],
                                                                         "seed_stream": "s"}), 2)[0]
     assert "2 noise seeds for 4 views" in _check_xray_record("g", good, 4)[0]
+
+
+def test_validate_checks_instrument_ids_against_the_kind_mask_and_the_record(tmp_path):
+    from pipelines.physics.draw import XrayRecord
+    from pipelines.physics.instruments import Instrument
+    from pipelines.physics.scatter_profiles import physics_for
+    from pipelines.tools.validate import _check_instrument_ids
+
+    wire = Instrument.rounded(4, [0, 0, 0], [1, 2, 3], 0.8, "ss316l")
+    record = XrayRecord(physics_for(90), (wire, wire), (1,), "s").to_json()
+    kinds = np.zeros((1, 4, 4), np.uint8)
+    kinds[0, 1, 1:3] = 4
+    with h5py.File(tmp_path / "g.h5", "w") as h5:
+        for name, ids in (("good", [0, 1, 3]), ("elsewhere", [1, 1, 0]), ("unrecorded", [0, 4, 1])):
+            g = h5.create_group(name)
+            g.attrs[Attr.XRAY] = record
+            g[Key.INSTRUMENT_MASK] = kinds
+            g[Key.INSTRUMENT_IDS] = np.zeros((1, 4, 4), np.int32)
+            g[Key.INSTRUMENT_IDS][0, 1, :3] = ids
+        assert _check_instrument_ids("good", h5["good"]) == []
+        assert "disagree on where" in _check_instrument_ids("elsewhere", h5["elsewhere"])[0]
+        assert "beyond the record's 2 instruments" in _check_instrument_ids("unrecorded", h5["unrecorded"])[0]

@@ -68,7 +68,7 @@ def test_transmission_through_a_titanium_cylinder_matches_table_integration():
     source = np.array([0.0, 0.0, -500.0])
     targets = np.c_[offsets * 2.0, np.zeros(4), np.full(4, 500.0)]  # the rays cross z = 0 at x = offsets
     densities = np.array([tables.alloy_density(a) for a in CFG.alloys])
-    metal, mask = instrument_channels(source, targets, [cylinder], [a.name for a in CFG.alloys], densities)
+    metal, mask, _ = instrument_channels(source, targets, [cylinder], [a.name for a in CFG.alloys], densities)
     distance = offsets * 1000.0 / np.linalg.norm(targets - source, axis=1)  # from the axis to each (tilted) ray
     chord_mm = 2 * np.sqrt(radius ** 2 - distance ** 2)
     np.testing.assert_allclose(metal[:, 0] * 10.0 / densities[0], chord_mm, rtol=1e-6)
