@@ -53,9 +53,6 @@ class Case(NamedTuple):
     def filtration(self) -> str:
         return f"{self.al_mm:g} mm Al" + (f" + {self.cu_mm:g} mm Cu" if self.cu_mm else "")
 
-    def name(self) -> str:
-        return f"{self.water_cm:g} cm, {self.kv} kV, {self.field_cm * 10:g} mm, {self.filtration}, gap {self.gap_cm:g}"
-
     def key(self) -> str:
         extra = (f"_{self.al_mm:g}al" + (f"{self.cu_mm:g}cu" if self.cu_mm else "")
                  if (self.al_mm, self.cu_mm) != (scatter_kernels.FILTRATION_AL_MM, 0.0) else "")

@@ -73,7 +73,8 @@ class PhysicsDraw:
 
     @property
     def anti_scatter_grid(self) -> Grid | None:
-        return Grid(self.grid_ratio, self.grid_lines_per_cm, self.grid_lamella_mm, self.grid_interspace) if self.grid else None
+        """The view's grid (None without one): the same the spectrum's tables pass the primary through."""
+        return self.spectrum.grid
 
     def record(self) -> dict:
         return asdict(self)
@@ -84,7 +85,11 @@ class PhysicsDraw:
         if set(record) - known:
             raise ValueError(f"a physics record with fields {sorted(set(record) - known)} is from another schema "
                              "version (schema 1.1 records a grid by ratio and line density)")
-        return cls(**record)
+        draw = cls(**record)
+        if draw.grid != (draw.grid_ratio > 0):
+            raise ValueError(f"a physics record with grid {draw.grid} and grid_ratio {draw.grid_ratio}: a grid needs a "
+                             "positive ratio, no grid a ratio of 0")
+        return draw
 
 
 def draw_physics(rng: np.random.Generator, cfg: XrayConfig) -> PhysicsDraw:

@@ -89,6 +89,9 @@ def rod(points, diameter: float = 5.5, step: float = 1.0):
     bend = _min_bend_radius(path)
     if bend < diameter:
         raise ValueError(f"a {diameter:g} mm rod cannot bend to a {bend:.2g} mm radius through {points.tolist()}")
+    gap = _min_far_distance(path, math.pi * diameter / 2)
+    if gap < 1.5 * diameter:
+        raise ValueError(f"a {diameter:g} mm rod through {points.tolist()} comes back within {gap:.2g} mm of itself")
     normal = np.cross(tangents[0], [1.0, 0.0, 0.0] if abs(tangents[0][0]) < 0.9 else [0.0, 1.0, 0.0])
     normal /= np.linalg.norm(normal)
     frames = []
@@ -128,6 +131,10 @@ def plate(length: float = 60.0, width: float = 16.0, thickness: float = 2.5, hol
 
 
 GENERATORS = {"pedicle_screw": pedicle_screw, "tulip": tulip, "rod": rod, "cage": cage, "plate": plate}
+# generators that refuse parameters whose mesh could touch itself (the rod: its bend radius and its
+# clearance from itself), so their meshes skip the ray-cast self-intersection check: a rod's mesh is
+# new with every sample's screw heads, and that check was ~0.05 s a rod (the other checks still run)
+SIMPLE_BY_CONSTRUCTION = frozenset({"rod"})
 
 
 @dataclass(frozen=True)
@@ -171,7 +178,8 @@ def local_mesh(generator: str, params: str) -> tuple[np.ndarray, np.ndarray]:
             raise meshes.MeshError(f"{p['path']}: the file changed since it was recorded (SHA-256 differs)")
         mesh = meshes.load_mesh(p["path"])
     elif generator in GENERATORS:
-        mesh = meshes.check_mesh(GENERATORS[generator](**p), f"{generator}({params})")
+        mesh = meshes.check_mesh(GENERATORS[generator](**p), f"{generator}({params})",
+                                 self_intersection=generator not in SIMPLE_BY_CONSTRUCTION)
     else:
         raise ValueError(f"unknown implant generator {generator!r}; known: file, {', '.join(GENERATORS)}")
     vertices, faces = np.array(mesh.vertices, dtype=np.float64), np.array(mesh.faces, dtype=np.int64)
@@ -240,6 +248,19 @@ def _min_bend_radius(path: np.ndarray) -> float:
     with np.errstate(divide="ignore"):
         r = np.where(area2 > 1e-12, ab * bc * ca / np.maximum(2 * area2, 1e-300), np.inf)
     return float(r.min()) if len(r) else math.inf
+
+
+def _min_far_distance(path: np.ndarray, arc: float) -> float:
+    """The closest approach of two samples of the path more than `arc` mm apart along it. With the bend
+    radius at least the diameter (no fold within `arc`), a tube around the path is free of self-contact
+    when this is above its diameter; the rod asks 1.5 diameters, a margin for the 1 mm sampling and the
+    flat facets (`local_mesh` then skips the ray-cast check)."""
+    s = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(path, axis=0), axis=1))])
+    far = np.abs(s[:, None] - s[None, :]) > arc
+    if not far.any():
+        return math.inf
+    distance = np.linalg.norm(path[:, None] - path[None, :], axis=2)
+    return float(distance[far].min())
 
 
 def _rotate_z_to(direction) -> np.ndarray:

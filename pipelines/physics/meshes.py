@@ -59,8 +59,9 @@ def load_mesh(path: str | Path):
     return check_mesh(mesh, str(path))
 
 
-def check_mesh(mesh, name: str):
-    """`mesh` itself when it is closed, consistently wound, outward and free of self-intersections."""
+def check_mesh(mesh, name: str, self_intersection: bool = True):
+    """`mesh` itself when it is closed, consistently wound, outward and (unless `self_intersection` is
+    False: a generator that rules it out) free of self-intersections."""
     if len(mesh.faces) == 0:
         raise MeshError(f"{name}: the mesh has no faces")
     if not mesh.is_watertight:
@@ -71,7 +72,7 @@ def check_mesh(mesh, name: str):
     if mesh.volume <= 0:
         raise MeshError(f"{name}: the mesh's normals point inwards (volume {mesh.volume:.4g} mm^3); "
                         "write it with outward normals")
-    depth = max_winding(mesh)
+    depth = max_winding(mesh) if self_intersection else 1
     if depth > 1:
         raise MeshError(f"{name}: the mesh intersects itself (a ray through it is {depth} surfaces deep inside)")
     return mesh

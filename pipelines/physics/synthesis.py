@@ -100,28 +100,16 @@ def _bilinear(table, i, ta, lo, hi, tx):
             + (table[i + 1, lo] * (1 - tx) + table[i + 1, hi] * tx) * ta)
 
 
-@numba.njit(cache=True, parallel=True)
-def _heel_angles(rows, width, pixel_mm, sdd_mm, cos_a, sin_a, a0, da, n_angles, index, frac):
-    """Per pixel (flat, row-major): the heel table's angle row and the weight of the next one. A pixel's
-    angle towards the cathode is atan(offset along the axis / SDD); the angles are a0 + k da."""
-    for p in numba.prange(rows * width):
-        r, c = p // width, p % width
-        u = ((c - (width - 1) / 2.0) * cos_a + (r - (rows - 1) / 2.0) * sin_a) * pixel_mm
-        fa = min(max((np.degrees(np.arctan(u / sdd_mm)) - a0) / da, 0.0), n_angles - 1.0)
-        i = min(int(fa), n_angles - 2)
-        index[p] = i
-        frac[p] = fa - i
-
-
 @functools.lru_cache(maxsize=16)
 def heel_table_rows(shape: tuple[int, int], pixel_mm: float, sdd_mm: float, direction_deg: float,
                 n_angles: int) -> tuple[np.ndarray, np.ndarray]:
     """(angle row, weight of the next) per pixel of a detector for a heel direction: the same for every
-    view of that detector and direction, so computed once."""
-    a = np.deg2rad(direction_deg)
-    index, frac = np.empty(shape[0] * shape[1], dtype=np.int64), np.empty(shape[0] * shape[1])
-    _heel_angles(shape[0], shape[1], pixel_mm, sdd_mm, float(np.cos(a)), float(np.sin(a)), float(HEEL_ANGLES_DEG[0]),
-                 HEEL_STEP_DEG, n_angles, index, frac)
+    view of that detector and direction, so computed once (the table's angles are uniform: HEEL_ANGLES_DEG[0]
+    + k HEEL_STEP_DEG, held at its ends)."""
+    angles = heel_angles(shape, pixel_mm, sdd_mm, direction_deg).ravel()
+    at = np.clip((angles - HEEL_ANGLES_DEG[0]) / HEEL_STEP_DEG, 0.0, n_angles - 1.0)
+    index = np.minimum(at.astype(np.int64), n_angles - 2)
+    frac = at - index
     index.setflags(write=False)
     frac.setflags(write=False)
     return index, frac
@@ -352,9 +340,8 @@ def synthesize(masses: np.ndarray, raylen_mm: np.ndarray, tables: Tables, detect
         scatter_s = kernel_scatter_signal(s, flat_s * open_field, scatter, detector.pixel_mm, tables).astype(np.float32)
     elif scatter is not None and scatter.amplitude > 0:
         scatter_s = (scatter_signal(s, flat_s, scatter, detector.pixel_mm) * scatter.grid_scatter).astype(np.float32)
-    primary_s = s
     q_total = q + scatter_s / np.float32(mean_energy)
-    s_total = primary_s + scatter_s
+    s_total = s + scatter_s
     if seed is None:
         signal = s_total
     else:
@@ -379,4 +366,4 @@ def synthesize(masses: np.ndarray, raylen_mm: np.ndarray, tables: Tables, detect
     floor = (1.0 / np.maximum(flat_q, 1.0)).astype(np.float32)  # one quantum
     transmission = np.maximum(signal / flat, floor)
     out = -np.log(transmission) if detector.polarity == "radiograph" else transmission
-    return Detection(out.astype(np.float32), primary_s, scatter_s, flat, flat_q)
+    return Detection(out.astype(np.float32), s, scatter_s, flat, flat_q)

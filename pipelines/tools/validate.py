@@ -44,6 +44,7 @@ def _check_group(name: str, group: h5py.Group, product: str, n_views: int, confi
     if product == VOLUME and Key.CT in group and Key.LEVEL_IDS in group:  # the grid and level count are the case's
         dims = volume_dims(group[Key.CT].shape, len(group[Key.LEVEL_IDS]))
         problems += _check_volume_levels(name, group)
+    masks = {}  # the instrument masks, as read for their checksums
     for spec in product_datasets(product, config):
         if spec.key not in group:
             problems.append(f"{name}: dataset {spec.key!r} missing")
@@ -55,22 +56,25 @@ def _check_group(name: str, group: h5py.Group, product: str, n_views: int, confi
         if ds.shape != shape:
             problems.append(f"{name}/{spec.key}: shape {ds.shape}, schema says {shape}")
         try:
-            ds[()]  # reading verifies every chunk's fletcher32 checksum
+            data = ds[()]  # reading verifies every chunk's fletcher32 checksum
         except OSError as exc:
             problems.append(f"{name}/{spec.key}: unreadable ({exc})")
-    if not problems and Key.INSTRUMENT_IDS in group:
-        problems += _check_instrument_ids(name, group)
+            continue
+        if spec.key in (Key.INSTRUMENT_IDS, Key.INSTRUMENT_MASK):
+            masks[spec.key] = data
+    if not problems and len(masks) == 2:
+        problems += _check_instrument_ids(name, masks[Key.INSTRUMENT_IDS], masks[Key.INSTRUMENT_MASK],
+                                          group.attrs[Attr.XRAY])
     return problems
 
 
-def _check_instrument_ids(name: str, group: h5py.Group) -> list[str]:
+def _check_instrument_ids(name: str, ids: np.ndarray, kinds: np.ndarray, xray_record: str) -> list[str]:
     """A ray crosses an instrument (some id bit) exactly where it has an instrument kind, and only the
     record's instruments have bits."""
-    ids, kinds = group[Key.INSTRUMENT_IDS][()], group[Key.INSTRUMENT_MASK][()]
     problems = []
     if not np.array_equal(ids > 0, kinds > 0):
         problems.append(f"{name}: {Key.INSTRUMENT_IDS} and {Key.INSTRUMENT_MASK} disagree on where instruments are")
-    count = len(json.loads(group.attrs[Attr.XRAY])[XrayField.INSTRUMENTS])
+    count = len(json.loads(xray_record)[XrayField.INSTRUMENTS])
     if count < MAX_INSTRUMENTS and (ids >> count).any():
         problems.append(f"{name}: {Key.INSTRUMENT_IDS} has bits beyond the record's {count} instruments")
     return problems

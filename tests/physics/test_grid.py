@@ -98,8 +98,10 @@ def test_a_drawn_grid_is_recorded_and_an_old_record_is_refused_by_name():
     assert drawn.anti_scatter_grid == Grid(drawn.grid_ratio, drawn.grid_lines_per_cm, 0.036, "Al")
     assert drawn.spectrum.grid == drawn.anti_scatter_grid
     assert PhysicsDraw.from_record(drawn.record()) == drawn
-    none = replace(drawn, grid=False)
-    assert none.anti_scatter_grid is None
+    none = replace(drawn, grid=False, grid_ratio=0.0, grid_lines_per_cm=0.0, grid_lamella_mm=0.0, grid_interspace="")
+    assert none.anti_scatter_grid is None and PhysicsDraw.from_record(none.record()) == none
+    with pytest.raises(ValueError, match="grid False and grid_ratio 1"):  # one flag, one ratio: never at odds
+        PhysicsDraw.from_record(replace(drawn, grid=False).record())
     old = {k: v for k, v in drawn.record().items() if not k.startswith("grid_")}
     old.update(grid_primary_transmission=0.7, grid_scatter_transmission=0.15)
     with pytest.raises(ValueError, match="grid_primary_transmission.*another schema"):

@@ -151,6 +151,14 @@ def test_every_generated_implant_is_a_closed_simple_mesh_of_its_stated_size():
         meshes.check_mesh(mesh, "generated")
     with pytest.raises(ValueError, match="cannot bend"):
         implants.rod([[0, 0, 0], [10, 0, 2], [0, 0, 4]], 6.0)
+    # a rod is simple by construction (its mesh skips the ray-cast check in `local_mesh`): a gentle helix
+    # whose turns lie 6 mm apart would touch itself, and is refused
+    angle = np.arange(17) * np.pi / 4
+    helix = np.stack([20 * np.cos(angle), 20 * np.sin(angle), 6 * angle / (2 * np.pi)], 1)
+    with pytest.raises(ValueError, match="comes back within"):
+        implants.rod(helix, 5.5)
+    wide = helix * [1, 1, 3]  # the same helix with its turns 18 mm apart: accepted, and the full check agrees
+    assert meshes.max_winding(implants.rod(wide, 5.5)) == 1
 
 
 @pytest.fixture(scope="module")

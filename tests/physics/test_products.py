@@ -1,5 +1,6 @@
 """The realistic views in published versions: x2ct on request, the xray record checked by validate."""
 import json
+import shutil
 
 import h5py
 import hdf5plugin  # noqa: F401
@@ -33,6 +34,18 @@ def test_x2ct_gets_realistic_views_on_request_and_the_version_validates(tmp_path
         group = next(iter(h5.values()))
         assert group[Key.DRR_XRAY].shape == group[Key.DRR].shape
         assert group[Key.INSTRUMENT_MASK].dtype == np.uint8
+        name = group.name.strip("/")
+    # validate reads the stored masks: an id bit where no instrument is, written into a copy, is named
+    copy = tmp_path / "copy"
+    shutil.copytree(version, copy)
+    for f in copy.rglob("*"):
+        f.chmod(0o755 if f.is_dir() else 0o644)
+    with h5py.File(shard_files(copy, "drr")[0], "r+") as h5:
+        ids = h5[name][Key.INSTRUMENT_IDS]
+        broken = ids[()]
+        broken[0, 0, 0] = 1 - min(broken[0, 0, 0], 1)  # flips whether a corner ray crosses an instrument
+        ids[...] = broken
+    assert any("disagree on where instruments are" in p for p in validate_version(copy))
 
 
 def test_validate_names_a_broken_xray_record():
@@ -50,7 +63,7 @@ def test_validate_names_a_broken_xray_record():
     assert "2 noise seeds for 4 views" in _check_xray_record("g", good, 4)[0]
 
 
-def test_validate_checks_instrument_ids_against_the_kind_mask_and_the_record(tmp_path):
+def test_validate_checks_instrument_ids_against_the_kind_mask_and_the_record():
     from pipelines.physics.draw import XrayRecord
     from pipelines.physics.instruments import Instrument
     from pipelines.physics.scatter_profiles import physics_for
@@ -60,13 +73,12 @@ def test_validate_checks_instrument_ids_against_the_kind_mask_and_the_record(tmp
     record = XrayRecord(physics_for(90), (wire, wire), (1,), "s").to_json()
     kinds = np.zeros((1, 4, 4), np.uint8)
     kinds[0, 1, 1:3] = 4
-    with h5py.File(tmp_path / "g.h5", "w") as h5:
-        for name, ids in (("good", [0, 1, 3]), ("elsewhere", [1, 1, 0]), ("unrecorded", [0, 4, 1])):
-            g = h5.create_group(name)
-            g.attrs[Attr.XRAY] = record
-            g[Key.INSTRUMENT_MASK] = kinds
-            g[Key.INSTRUMENT_IDS] = np.zeros((1, 4, 4), np.int32)
-            g[Key.INSTRUMENT_IDS][0, 1, :3] = ids
-        assert _check_instrument_ids("good", h5["good"]) == []
-        assert "disagree on where" in _check_instrument_ids("elsewhere", h5["elsewhere"])[0]
-        assert "beyond the record's 2 instruments" in _check_instrument_ids("unrecorded", h5["unrecorded"])[0]
+    cases = {"good": [0, 1, 3], "elsewhere": [1, 1, 0], "unrecorded": [0, 4, 1]}
+    found = {}
+    for name, row in cases.items():
+        ids = np.zeros((1, 4, 4), np.int32)
+        ids[0, 1, :3] = row
+        found[name] = _check_instrument_ids(name, ids, kinds, record)
+    assert found["good"] == []
+    assert "disagree on where" in found["elsewhere"][0]
+    assert "beyond the record's 2 instruments" in found["unrecorded"][0]
