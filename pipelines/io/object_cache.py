@@ -144,8 +144,7 @@ class ObjectCache:
                 return None
             if self.path(obj).is_file():
                 return False
-            part, _ = self._journal(obj)
-            self._make_room(obj.bytes - (part.stat().st_size if part.is_file() else 0))  # a resumed part is counted
+            self._reserve(obj)
             self._download(obj)
             return True
 
@@ -259,23 +258,38 @@ class ObjectCache:
         return sum(p.stat().st_size for sub in (CACHE_OBJECT_DIR, CACHE_PARTIAL_DIR)
                    for p in (self.root / sub).iterdir() if p.is_file())
 
-    def _make_room(self, incoming: int) -> None:
-        """Evict least recently used objects that no process holds open until `incoming` bytes fit."""
+    def _reserve(self, obj: ObjectRecord) -> None:
+        """Make room for the object, then hold it: its partial file is grown to the object's full size
+        under the cache-wide lock, so a download that starts meanwhile (another thread or process)
+        counts this one's bytes before it has fetched them. A resumed part is counted as it stands."""
         if self.limit is None:
             return
+        part, _ = self._journal(obj)
         with open(cache_lock_path(self.root), "a+") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            used = self.used_bytes()
-            candidates = sorted(((p.stat().st_mtime, p) for p in (self.root / CACHE_OBJECT_DIR).iterdir()),
-                                key=lambda item: item[0])
-            for _, path in candidates:
-                if used + incoming <= self.limit:
-                    break
-                used -= _evict_if_closed(path)
-            if used + incoming > self.limit:
-                self.stats.add(over_limit=1)
-                log.warning("shard cache %s: %.0f MB over its limit while every cached shard is open",
-                            self.root, (used + incoming - self.limit) / 1e6)
+            have = part.stat().st_size if part.is_file() else 0
+            self._make_room(obj.bytes - have)
+            if have < obj.bytes:
+                fd = os.open(part, os.O_RDWR | os.O_CREAT, 0o644)
+                try:
+                    os.ftruncate(fd, obj.bytes)  # sparse: the reservation costs no write
+                finally:
+                    os.close(fd)
+
+    def _make_room(self, incoming: int) -> None:
+        """Evict least recently used objects that no process holds open until `incoming` bytes fit
+        (the caller holds the cache-wide lock)."""
+        used = self.used_bytes()
+        candidates = sorted(((p.stat().st_mtime, p) for p in (self.root / CACHE_OBJECT_DIR).iterdir()),
+                            key=lambda item: item[0])
+        for _, path in candidates:
+            if used + incoming <= self.limit:
+                break
+            used -= _evict_if_closed(path)
+        if used + incoming > self.limit:
+            self.stats.add(over_limit=1)
+            log.warning("shard cache %s: %.0f MB over its limit while every cached shard is open",
+                        self.root, (used + incoming - self.limit) / 1e6)
 
 
 class _Changed(Exception):

@@ -6,9 +6,11 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing as mp
+import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -129,6 +131,41 @@ def test_eviction_is_least_recently_used_and_never_takes_an_open_file(client, tm
     assert cache.used_bytes() <= 3 * MiB and cache.stats.over_limit == 0
     assert held.path.read_bytes()[:4]  # still readable
     held.close()
+
+
+class _HeldHead:
+    """A store client whose HEAD of one key waits for `release`: a download caught between making room
+    and fetching its first byte."""
+
+    def __init__(self, client, key: str):
+        self.client, self.key = client, key
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def head_object(self, **kwargs):
+        if kwargs["Key"] == self.key:
+            self.entered.set()
+            assert self.release.wait(30)
+        return self.client.head_object(**kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.client, name)
+
+
+def test_two_downloads_at_once_count_each_other_against_the_limit(client, tmp_path):
+    old, first, second = (_blob(client, f"r{i}", MiB, 40 + i)[0] for i in range(3))
+    cache = ObjectCache(tmp_path, 2 * MiB + MiB // 2, STORE, part_bytes=MiB)
+    cache.open(old).close()  # closed, so evictable
+    held = _HeldHead(cache.options.client(), STORE.key(first.key))
+    cache._client, cache._pid = held, os.getpid()  # this process's client, as the property would keep it
+    thread = threading.Thread(target=cache.fetch, args=(first,))
+    thread.start()
+    assert held.entered.wait(30)  # `first` has made its room and not yet fetched a byte
+    assert cache.used_bytes() == 2 * MiB  # ... but its whole size is already held
+    cache.fetch(second)  # must evict `old`: `first` is coming
+    held.release.set()
+    thread.join(30)
+    assert not cache.path(old).exists() and cache.path(first).exists() and cache.path(second).exists()
+    assert cache.used_bytes() == 2 * MiB and cache.stats.over_limit == 0
 
 
 def test_a_tampered_object_is_an_error_and_never_cached(client, tmp_path):
