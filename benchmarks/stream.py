@@ -19,9 +19,14 @@ Each loader runs one warm-up batch per worker (workers start, volumes decode, ke
 timed items; views/s count the views the trainer process receives (V = 2 per streamed item: AP and
 LAT). Worker memory (RSS, the largest worker) is sampled after the warm-up and at the end. Ends with
 `RESULT stream_views_per_s=... stream_realistic_views_per_s=... stored_views_per_s=...` plus the cropped
-figures, the worker memory growth, `steps_skipped`, `ns_per_step`, `skip_speedup` and `synthesis_share`.
+figures, the worker memory growth, `steps_skipped`, `ns_per_step`, `skip_speedup`, `synthesis_share`
+and the GPU figures.
 
-    python benchmarks/stream.py [--version DIR] [--items N]
+On a machine with CUDA it first measures `DRRStream(device="cuda")` in this process (batches of 16
+items, whole CT, exact and exact + realistic, at 256^2 and 1024^2 over the version's field): views/s
+and peak GPU memory (`gpu_*` in the RESULT line; nan without a CUDA device, said so in the output).
+
+    python benchmarks/stream.py [--version DIR] [--items N] [--gpu-only]
 """
 from __future__ import annotations
 
@@ -56,18 +61,20 @@ def worker_rss_mb() -> float:
     return max((k.memory_info().rss for k in kids if k.is_running()), default=0) / 1e6
 
 
-def timed(loader, views_of, items: int) -> tuple[float, float, float]:
+def timed(loader, views_of, items: int, batch: int = BATCH) -> tuple[float, float, float]:
     """(views/s, worker RSS MB after warm-up, at the end) over `items` items after one warm-up batch
-    from each worker."""
+    from each worker (a stream on a GPU: its work finished before the clock stops)."""
     it = iter(loader)
     for _ in range(max(loader.num_workers, 1)):
         next(it)
     rss0 = worker_rss_mb()
     views, seen, t0 = 0, 0, time.perf_counter()
     while seen < items:
-        batch = next(it)
-        views += views_of(batch)
-        seen += BATCH
+        got = next(it)
+        views += views_of(got)
+        seen += batch
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
     dt = time.perf_counter() - t0
     rss1 = worker_rss_mb()
     del it
@@ -162,10 +169,29 @@ def _timed_once(fn, args) -> float:
     return time.perf_counter() - t0
 
 
+GPU_BATCH = 16  # items per batch on the GPU: one walk for all their views
+
+
+def gpu_rows(root: Path, items: int) -> list[tuple[str, float, float]]:
+    """(variant, views/s, peak GPU MB) of DRRStream(device='cuda') in this process, whole CT, at 256^2
+    and 1024^2 over the version's field, exact and exact + realistic."""
+    rows = []
+    for size, n in ((256, items), (1024, max(items // 4, GPU_BATCH))):
+        for name, extra in (("exact", {"realistic": False}), ("exact + realistic", {})):
+            config = {"items_per_epoch": 4 * n + 2 * GPU_BATCH, "height": size, "width": size, **extra}
+            stream = DRRStream(root, config=config, seed=0, batch_size=GPU_BATCH, device="cuda")
+            torch.cuda.reset_peak_memory_stats()
+            v, _, _ = timed(stream.loader(), lambda b: b["pose_params"].shape[0] * b["pose_params"].shape[1], n,
+                            GPU_BATCH)
+            rows.append((f"GPU {name}, whole CT, {size}^2", v, torch.cuda.max_memory_allocated() / 1e6))
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--version", type=Path, help="a published version with the volume product (default: build the demo)")
     ap.add_argument("--items", type=int, default=48, help="timed streamed items per variant (2 views each)")
+    ap.add_argument("--gpu-only", action="store_true", help="only DRRStream(device='cuda') (needs a CUDA device)")
     args = ap.parse_args()
     tmp = None
     if args.version is None:
@@ -176,6 +202,19 @@ def main() -> None:
             sys.exit(f"demo build failed: {run.stderr[-2000:]}")
         args.version = Path(tmp.name) / "demo" / "v1"
     root = args.version
+    gpu = gpu_rows(root, args.items) if torch.cuda.is_available() else []
+    for name, v, mb in gpu:
+        print(f"{name:48s} {v:8.2f} views/s, peak GPU memory {mb:.0f} MB")
+    if not gpu:
+        print(f"GPU: not measured (no CUDA device on this machine; torch {torch.__version__})")
+    gpu_result = " ".join(f"{k}={v:.2f}" for k, v in zip(
+        ("gpu_views_per_s", "gpu_realistic_views_per_s", "gpu_1024_views_per_s", "gpu_1024_realistic_views_per_s"),
+        [v for _, v, _ in gpu] or [float("nan")] * 4))
+    if args.gpu_only:
+        if not gpu:
+            sys.exit("--gpu-only: no CUDA device")
+        print(f"RESULT {gpu_result}")
+        return
     costs = per_view_costs(root, max(args.items // 8, 2))
     views = max(args.items // 8, 2) * 2
     steps_skipped = 1.0 - costs["read"] / costs["on_ray"]
@@ -219,7 +258,7 @@ def main() -> None:
           f"stored_views_per_s={rows[0][1]:.2f} stream_cropped_views_per_s={rows[3][1]:.2f} "
           f"stream_cropped_realistic_views_per_s={rows[4][1]:.2f} worker_rss_growth_mb={growth:.0f} "
           f"steps_skipped={steps_skipped:.3f} ns_per_step={ns_per_step:.2f} skip_speedup={skip_speedup:.3f} "
-          f"synthesis_share={synthesis_share:.3f}")
+          f"synthesis_share={synthesis_share:.3f} {gpu_result}")
     if tmp is not None:
         tmp.cleanup()
 

@@ -35,7 +35,7 @@ from pipelines.ops.sampling import sample_vertebra_pair, stable_hash
 from pipelines.physics.draw import XrayRecord, noise_seeds
 from pipelines.physics.radiograph_view import RadiographView, views_like
 from pipelines.physics.realistic import RealisticRenderer
-from pipelines.physics.render import Poses, Scene, Views, draw_xray, render_views, sample_poses
+from pipelines.physics.render import Poses, Sample, Scene, Views, draw_xray, render_samples, render_views, sample_poses
 from pipelines.physics.tables import warm_tube_spectra
 from schemas.config import BuildConfig, StreamConfig, XrayConfig
 from schemas.detector import Geometry
@@ -121,7 +121,8 @@ def share_cores(worker_id: int) -> None:
 class _Volume:
     """One decoded case volume, ready to render: attenuation, labels, affine, levels and centres."""
 
-    def __init__(self, sample: dict, attenuation, settings: StreamSettings):
+    def __init__(self, sample: dict, attenuation, settings: StreamSettings, device: torch.device | None = None):
+        self.device = device  # None: the numba walker on the CPU; a device: the torch walker there
         self.labels = sample[Key.LABELS].numpy()  # instruments are placed on the whole label map
         self.affine = np.asarray(sample[Attr.AFFINE], dtype=np.float64)
         names = id_to_level()
@@ -139,7 +140,9 @@ class _Volume:
         return self.centres[self.levels.index(level)]
 
     def _scene(self, mu, labels, affine, settings: StreamSettings) -> Scene:
-        renderer = Renderer(mu, affine, settings.geometry, labels=labels)
+        renderer = (Renderer(mu, affine, settings.geometry, device="cpu", labels=labels, walker="numba")
+                    if self.device is None else
+                    Renderer(mu, affine, settings.geometry, device=self.device, labels=labels, walker="torch"))
         realistic = RealisticRenderer(renderer, settings.xray, self.attenuation) if settings.realistic else None
         return Scene(renderer, realistic, labels, affine, self.level_ids)
 
@@ -156,6 +159,32 @@ class _Volume:
         return self._scene(mu, labels, shifted_affine(self.affine, start), settings)
 
 
+@dataclass(frozen=True)
+class _Draw:
+    """One item's draws, before rendering (`DRRStream._draw`)."""
+
+    position: int
+    vol: _Volume
+    ref: str
+    target: str
+    like: RadiographView | None
+    poses: Poses
+    scene: Scene
+    sample: str
+    xray: XrayRecord | None
+
+
+def _device(device: str | torch.device | None) -> torch.device | None:
+    """The stream's render device, checked here (not at the first item): None keeps the CPU workers."""
+    if device is None:
+        return None
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r}: CUDA is not available on this machine (torch "
+                         f"{torch.__version__}); use device=None (CPU workers) or 'cpu'")
+    return device
+
+
 class DRRStream(EpochPositions):
     """Iterable dataset of views rendered on the fly from a version's `volume` product.
 
@@ -169,13 +198,22 @@ class DRRStream(EpochPositions):
 
     Pass the DataLoader's `batch_size`; call `set_epoch(e)` before each epoch; `state_dict(samples_seen)`
     after k batches on each rank (k * batch_size) and `load_state_dict` resume the epoch exactly.
+
+    `device` (e.g. "cuda"): render on that device in the process that iterates the stream (the
+    trainer's; `loader()` then starts no workers), the walks of each batch of `batch_size` items taken
+    together by the torch walker (`ops.traversal.traverse_torch`), the items' tensors on the device.
+    The items are those of the CPU stream for the same (seed, epoch, position): bit for bit with
+    device "cpu", within float64 rounding of the walk on a GPU. None (default): the numba walker
+    on the CPU, in DataLoader workers. The realistic synthesis runs on the CPU either way.
     """
 
     def __init__(self, root: str | Path, split: str | None = None, config: StreamConfig | dict | None = None,
                  seed: int = 0, rank: int = 0, world_size: int = 1, batch_size: int = 1,
                  transform: Callable[[dict], dict] | None = None, cache_dir: str | Path | None = None,
-                 cache_limit: int | None = None, store: StoreOptions | None = None):
+                 cache_limit: int | None = None, store: StoreOptions | None = None,
+                 device: str | torch.device | None = None):
         super().__init__(seed, rank, world_size, batch_size)
+        self.device = _device(device)
         if split is not None and split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         self.config = config if isinstance(config, StreamConfig) else StreamConfig.model_validate(config or {})
@@ -220,8 +258,12 @@ class DRRStream(EpochPositions):
         positions = self.assigned()
         cases = [case_of(int(p), len(self.cases), self.seed, self.epoch, self.config.views_per_case) for p in positions]
         self.volumes.prefetch([self.cases[c] for c in cases])  # remote volumes: downloaded in this order
-        for position in positions:
-            yield self.at(int(position))
+        if self.device is None:
+            for position in positions:
+                yield self.at(int(position))
+            return
+        for lo in range(0, len(positions), self.batch_size):  # a batch's walks in one pass on the device
+            yield from self.batch([int(p) for p in positions[lo:lo + self.batch_size]])
 
     # --- one item ------------------------------------------------------------------------------
 
@@ -231,11 +273,28 @@ class DRRStream(EpochPositions):
             return self._cache[case]
         while len(self._cache) >= self.config.max_volumes:
             self._cache.popitem(last=False)
-        self._cache[case] = _Volume(self.volumes[self.cases[case]], self.attenuation, self.settings)
+        self._cache[case] = _Volume(self.volumes[self.cases[case]], self.attenuation, self.settings, self.device)
         return self._cache[case]
 
     def item(self, position: int) -> dict:
         """The item at an epoch position of the current epoch (the same in every process)."""
+        d = self._draw(position)
+        return self._assemble(d, render_views(d.scene, d.poses.cameras, level_id(d.target), d.xray))
+
+    def batch(self, positions: list[int]) -> list[dict]:
+        """The items at several epoch positions, each as `item` gives it, their views rendered together:
+        one walk per volume for all of them (`render_samples`)."""
+        draws = [self._draw(p) for p in positions]
+        views: dict[int, Views] = {}
+        for scene_id in dict.fromkeys(id(d.scene) for d in draws):
+            group = [i for i, d in enumerate(draws) if id(d.scene) == scene_id]
+            samples = [Sample(draws[i].poses.cameras, level_id(draws[i].target), draws[i].xray) for i in group]
+            views |= dict(zip(group, render_samples(draws[group[0]].scene, samples)))
+        return [self._assemble(d, views[i]) for i, d in enumerate(draws)]
+
+    def _draw(self, position: int) -> _Draw:
+        """Everything an item draws before rendering: case, pair, poses, physics (a function of the seed,
+        epoch and position alone)."""
         if not 0 <= position < self.num_samples:
             raise IndexError(f"position {position} outside the epoch's {self.num_samples} items")
         s = self.settings
@@ -256,24 +315,30 @@ class DRRStream(EpochPositions):
         sample = f"{vol.case_id}@{self.seed}:{self.epoch}:{position}"
         xray = (draw_xray(rng, s.xray, noise_seeds(self.seed, sample, len(poses)), scene, level_id(target))
                 if s.realistic else None)
-        views = render_views(scene, poses.cameras, level_id(target), xray)
-        out = {Col.CASE_ID: vol.case_id, Col.SPLIT: vol.split, Col.REF_LEVEL: ref, Col.TARGET_LEVEL: target,
-               "epoch": self.epoch, "position": position, Col.SAMPLE_ID: sample}
-        if like is not None:
-            out["radiograph"] = like.name
+        return _Draw(position, vol, ref, target, like, poses, scene, sample, xray)
+
+    def _assemble(self, d: _Draw, views: Views) -> dict:
+        """An item's dict from its draw and its rendered views (tensors on the stream's device)."""
+        vol, poses, xray = d.vol, d.poses, d.xray
+        out = {Col.CASE_ID: vol.case_id, Col.SPLIT: vol.split, Col.REF_LEVEL: d.ref, Col.TARGET_LEVEL: d.target,
+               "epoch": self.epoch, "position": d.position, Col.SAMPLE_ID: d.sample}
+        if d.like is not None:
+            out["radiograph"] = d.like.name
+        tensors = {}
         if xray is not None:
-            out[Key.DRR_XRAY] = torch.from_numpy(views.realistic)
-            out[Key.INSTRUMENT_MASK] = torch.from_numpy(views.instrument_mask)
-            out[Key.INSTRUMENT_IDS] = torch.from_numpy(views.instrument_ids)
+            tensors[Key.DRR_XRAY] = views.realistic
+            tensors[Key.INSTRUMENT_MASK] = views.instrument_mask
+            tensors[Key.INSTRUMENT_IDS] = views.instrument_ids
             out[Attr.XRAY] = xray.to_json()
-        if s.exact:
-            out[Key.DRR], out[Key.DRR_VERTEBRA] = torch.from_numpy(views.whole), torch.from_numpy(views.part)
-        out |= {Key.POSE_PARAMS: torch.from_numpy(poses.params),
-                Key.POSE_MATRICES: torch.from_numpy(poses.matrices),
-                Key.ROTATION_CENTER: torch.from_numpy(poses.centre),
-                Key.CAMERAS: torch.from_numpy(poses.cameras.astype(np.float64)),
-                Key.VIEW_NAMES: list(poses.names),
-                Attr.AFFINE: torch.from_numpy(scene.affine)}
+        if self.settings.exact:
+            tensors[Key.DRR], tensors[Key.DRR_VERTEBRA] = views.whole, views.part
+        tensors |= {Key.POSE_PARAMS: poses.params, Key.POSE_MATRICES: poses.matrices,
+                    Key.ROTATION_CENTER: poses.centre, Key.CAMERAS: poses.cameras.astype(np.float64),
+                    Attr.AFFINE: d.scene.affine}
+        for key, value in tensors.items():
+            t = torch.from_numpy(value)
+            out[key] = t if self.device is None else t.to(self.device)
+        out[Key.VIEW_NAMES] = list(poses.names)
         return self.transform(out) if self.transform else out
 
     def views_of(self, case_id: str, target: str, poses: Poses, xray: XrayRecord | None = None) -> Views:
@@ -285,12 +350,17 @@ class DRRStream(EpochPositions):
         vol = self._volume(index)
         return render_views(vol.scene_for(vol.centre_of(target), self.settings), poses.cameras, level_id(target), xray)
 
-    def loader(self, num_workers: int = 2, **kwargs) -> DataLoader:
-        """A DataLoader for this stream: batches of `batch_size`, `num_workers` workers started by a fork
-        server (the renderer's OpenMP threads make plain fork unsafe once a kernel has run in this
-        process), each using its share of the cores. Workers are not kept between epochs: a persistent
-        worker would keep the copy of the stream it started with, and miss `set_epoch` and
-        `load_state_dict`."""
+    def loader(self, num_workers: int | None = None, **kwargs) -> DataLoader:
+        """A DataLoader for this stream: batches of `batch_size`, `num_workers` workers (default 2; 0 for
+        a stream on a device, which renders in this process) started by a fork server (the renderer's
+        OpenMP threads make plain fork unsafe once a kernel has run in this process), each using its
+        share of the cores. Workers are not kept between epochs: a persistent worker would keep the
+        copy of the stream it started with, and miss `set_epoch` and `load_state_dict`."""
+        if num_workers is None:
+            num_workers = 2 if self.device is None else 0
+        if self.device is not None and num_workers:
+            raise ValueError(f"a stream on device {self.device} renders in the process that iterates it: "
+                             f"num_workers must be 0, got {num_workers}")
         kwargs.setdefault("batch_size", self.batch_size)
         if kwargs["batch_size"] != self.batch_size:
             raise ValueError(f"the loader's batch_size {kwargs['batch_size']} must be the stream's {self.batch_size} "

@@ -42,8 +42,10 @@ from pipelines.ops.traversal import (
 from pipelines.ops.trilinear import CHUNK_RAYS_CPU, CHUNK_RAYS_GPU, integrate_clipped
 from schemas.detector import RENDERERS, VIEWS, Geometry
 
+WALKERS = ("numba", "torch")  # the traversal's kernels: CPU numba, or its float64 torch twin (any device)
 SAMPLING_LADDER = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)  # samples per voxel tried by calibration, cheapest first
 
+CHUNK_WALK_GPU, CHUNK_WALK_CPU = 1 << 21, 1 << 16  # rays per torch walk step on CUDA / on the CPU
 CALIBRATION_STRIDE = 8  # calibration rays: every 8th detector row and column of the base AP and LAT views
 
 
@@ -55,7 +57,7 @@ class Walk:
     whole: np.ndarray  # (H, W) float32: the exact image, as `render_labelled` gives it
     part: np.ndarray  # (H, W) float32: the labelled part's image (zeros without a label)
     line: np.ndarray  # (H*W,) float64: the whole image before rounding
-    hinges: np.ndarray  # (H*W, 1 + knots) float64: length in the volume (mm) and hinge integrals
+    hinges: np.ndarray | None  # (H*W, 1 + knots) float64: length in the volume (mm) and hinge integrals
     source: np.ndarray  # (3,) world mm
     targets: np.ndarray  # (H*W, 3) world mm: detector pixel centres
     raylen: np.ndarray  # (H*W,) mm: source to pixel
@@ -82,13 +84,23 @@ class Renderer:
 
     `labels` (same grid as `mu`, uint8) lets the 'traversal' renderer give a labelled part's image
     from the same walk as the whole image (`render_labelled`).
+
+    `walker` picks the traversal's kernel: 'numba' (the CPU kernel, one view at a time, skipping empty
+    blocks) or 'torch' (its float64 twin on `device`, every view of a call in one batch of rays: the
+    same images on the CPU, bit for bit). Default: 'torch' on CUDA, 'numba' otherwise.
     """
 
     def __init__(self, mu: np.ndarray, affine: np.ndarray, geometry: Geometry,
-                 device: torch.device | None = None, labels: np.ndarray | None = None):
+                 device: torch.device | str | None = None, labels: np.ndarray | None = None,
+                 walker: str | None = None):
         if geometry.renderer not in RENDERERS:
             raise ValueError(f"renderer must be one of {RENDERERS}, got {geometry.renderer!r}")
-        self.device = device or default_device()
+        self.device = torch.device(device) if device is not None else default_device()
+        self.walker = walker or ("torch" if self.device.type == "cuda" else "numba")
+        if self.walker not in WALKERS:
+            raise ValueError(f"walker must be one of {WALKERS}, got {self.walker!r}")
+        if self.walker == "numba" and self.device.type != "cpu":
+            raise ValueError(f"the numba walker runs on the CPU; on {self.device} use walker='torch'")
         self.labels = None
         if geometry.renderer in ("traversal", "clipped_trilinear"):
             box = support_box(mu)
@@ -98,13 +110,13 @@ class Renderer:
             self.labels = None if labels is None else np.ascontiguousarray(labels, dtype=np.uint8)
         # the label volume where the traversal runs (moved to the GPU once per volume, not per view)
         self._labels_on_device = (torch.as_tensor(self.labels, device=self.device)
-                                  if self.labels is not None and self.device.type == "cuda" else self.labels)
+                                  if self.labels is not None and self.walker == "torch" else self.labels)
         self.drr = diffdrr_module(mu, affine, geometry,
                                   "siddon" if geometry.renderer == "siddon" else "trilinear").to(self.device)
         self._boxes = label_boxes(self.labels) if self.labels is not None else {}  # one pass, not one per view
         # the CPU walk jumps over blocks of exact zeros (air clipped to mu = 0): the same images, fewer reads
         self.occupied = (occupancy(self.drr.density.numpy())
-                         if geometry.renderer == "traversal" and self.device.type == "cpu" else None)
+                         if geometry.renderer == "traversal" and self.walker == "numba" else None)
         diagonal_vox = float(np.linalg.norm(np.array(mu.shape, dtype=float)))
         self.calibrated_error: float | None = None
         if geometry.renderer == "clipped_trilinear" and geometry.samples_per_voxel is None:
@@ -150,21 +162,8 @@ class Renderer:
         return self._render_traversal(np.asarray(cameras, dtype=np.float32).reshape(-1, 4, 4), int(label))
 
     def _render_traversal(self, cameras: np.ndarray, label: int) -> tuple[np.ndarray, np.ndarray]:
-        height, width = self.geometry.height, self.geometry.width
-        whole = np.empty((len(cameras), height, width), dtype=np.float32)
-        part = np.empty_like(whole)
-        cuda = self.device.type == "cuda"
-        labels = self._labels_on_device
-        for v in range(len(cameras)):  # one view's rays at a time: memory does not grow with the views
-            source, targets, raylen = (x[0] for x in self._rays(cameras[v:v + 1]))
-            if cuda:
-                w, p = traverse_torch(self.drr.density, source[0], targets, raylen, labels, label)
-                w, p = w.cpu().numpy(), p.cpu().numpy()
-            else:
-                w, p = traverse_numba(self.drr.density.numpy(), source[0].numpy(), targets.numpy(), raylen.numpy(),
-                                      height, width, labels, label, self.occupied, self._box(label))
-            whole[v], part[v] = w.reshape(height, width), p.reshape(height, width)
-        return whole, part
+        walks = self.walks(cameras, [label] * len(cameras))
+        return np.stack([w.whole for w in walks]), np.stack([w.part for w in walks])
 
     def _box(self, label: int) -> np.ndarray | None:
         """The label's voxel box (`ops.traversal.label_box`), kept from the renderer's one pass."""
@@ -177,23 +176,66 @@ class Renderer:
     def walk(self, camera: np.ndarray, label: int, knots) -> Walk:
         """One view's walk ('traversal' only) with the hinge integrals of `knots`
         (`ops.traversal.traverse_hinges_numba`) and its rays in world mm; `label` -1: no part image."""
+        return self.walks(np.asarray(camera).reshape(1, 4, 4), [label], knots)[0]
+
+    @torch.no_grad()
+    def walks(self, cameras: np.ndarray, labels, knots=None) -> list[Walk]:
+        """The walk of every camera, `labels[v]` the part label of view v (-1: none), with the hinge
+        integrals of `knots` (None: the exact images only, `Walk.hinges` None). The 'torch' walker takes
+        all the views' rays in one batch, the 'numba' one walks them one after another; a view's Walk is
+        the same whichever views share the call."""
         if self.geometry.renderer != "traversal":
             raise ValueError("walk needs the 'traversal' renderer")
+        cameras = np.asarray(cameras, dtype=np.float32).reshape(-1, 4, 4)
+        labels = [int(x) for x in labels]
+        if len(labels) != len(cameras):
+            raise ValueError(f"{len(labels)} labels for {len(cameras)} cameras")
+        if not len(cameras):
+            return []
         height, width = self.geometry.height, self.geometry.width
-        cameras = np.asarray(camera, dtype=np.float32).reshape(1, 4, 4)
+        n = height * width
         world: list = []
-        source, targets, raylen = (x[0] for x in self._rays(cameras, world=world))
-        labels = self._labels_on_device if label >= 0 else None
-        if self.device.type == "cuda":
-            w, p, h = traverse_torch(self.drr.density, source[0], targets, raylen, labels, label, knots=knots)
-            w, p, h = w.cpu().numpy(), p.cpu().numpy(), h.cpu().numpy()
+        if self.walker == "torch":
+            source, targets, raylen = self._batch_rays(cameras, world)
+            per_ray = torch.as_tensor(np.repeat(labels, n), device=self.device)
+            with_labels = self._labels_on_device if max(labels) >= 0 else None
+            out = traverse_torch(self.drr.density, source, targets, raylen, with_labels, per_ray, knots=knots,
+                                 chunk=self._chunk())
+            w, p = out[0].cpu().numpy(), out[1].cpu().numpy()
+            h = out[2].cpu().numpy() if knots is not None else None
+            lengths = raylen.cpu().numpy()
+            parts = [(w[v * n:(v + 1) * n], p[v * n:(v + 1) * n], None if h is None else h[v * n:(v + 1) * n],
+                      lengths[v * n:(v + 1) * n]) for v in range(len(cameras))]
         else:
-            w, p, h = traverse_hinges_numba(self.drr.density.numpy(), source[0].numpy(), targets.numpy(),
-                                            raylen.numpy(), height, width, knots, labels, label, self.occupied,
-                                            self._box(label))
-        src_world, tgt_world = world[0]
-        return Walk(w.reshape(height, width).astype(np.float32), p.reshape(height, width).astype(np.float32),
-                    w, h, src_world, tgt_world, raylen.cpu().numpy())
+            parts = []
+            volume = self.drr.density.numpy()
+            for v, label in enumerate(labels):  # one view's rays at a time: memory does not grow with the views
+                source, targets, raylen = (x[0] for x in self._rays(cameras[v:v + 1], world=world))
+                args = (volume, source[0].numpy(), targets.numpy(), raylen.numpy(), height, width)
+                box = self._box(label)
+                lab = self._labels_on_device if label >= 0 else None
+                if knots is None:
+                    w, p = traverse_numba(*args, lab, label, self.occupied, box)
+                    h = None
+                else:
+                    w, p, h = traverse_hinges_numba(*args, knots, lab, label, self.occupied, box)
+                parts.append((w, p, h, raylen.numpy()))
+        return [Walk(w.reshape(height, width).astype(np.float32), p.reshape(height, width).astype(np.float32), w, h,
+                     world[v][0], world[v][1], lengths) for v, (w, p, h, lengths) in enumerate(parts)]
+
+    def _batch_rays(self, cameras: np.ndarray, world: list | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Every camera's rays as one batch on the device: per-ray sources (N, 3), targets (N, 3) and
+        lengths (N,), views one after another."""
+        source, targets, raylen = self._rays(cameras, world=world)
+        views, rays = targets.shape[:2]
+        dev = self.device
+        return (source.expand(-1, rays, -1).reshape(-1, 3).to(dev), targets.reshape(-1, 3).to(dev),
+                raylen.reshape(-1).to(dev))
+
+    def _chunk(self) -> int:
+        """Rays per torch walk step: bounded memory (~0.2 KB a ray) on the GPU, cache-sized on the CPU."""
+        return CHUNK_WALK_GPU if self.device.type == "cuda" else CHUNK_WALK_CPU
 
     def world_rays(self, camera: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(source (3,), detector pixel centres (H*W, 3)) of one camera in world mm, as `_rays` makes them."""

@@ -461,22 +461,35 @@ def _has_safe_layer() -> bool:
 
 
 def traverse_torch(volume: torch.Tensor, source: torch.Tensor, targets: torch.Tensor, raylen: torch.Tensor,
-                   labels: torch.Tensor | None = None, label: int = -1, chunk: int = 1 << 18,
+                   labels: torch.Tensor | None = None, label: int | torch.Tensor = -1, chunk: int = 1 << 18,
                    knots=None) -> tuple[torch.Tensor, torch.Tensor] | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`traverse_numba`'s arithmetic as float64 torch operations, chunk by chunk of rays (for CUDA).
-    With `knots`: also `traverse_hinges_numba`'s (N, 1 + MAX_KNOTS) columns, as a third result."""
+    With `knots`: also `traverse_hinges_numba`'s (N, 1 + MAX_KNOTS) columns, as a third result.
+
+    Several views walk in one call: `source` may be (N, 3), one source per ray, and `label` an (N,)
+    tensor, one label per ray (-1: no part image for that ray). Each ray's sums are the same whichever
+    rays share its call."""
     dims = volume.shape
     flat = volume.reshape(-1)
-    lab = labels.reshape(-1) if labels is not None and label >= 0 else None
-    hinge_knots = None if knots is None else torch.as_tensor(_padded_knots(knots), device=volume.device)
+    dev = volume.device
+    n = len(targets)
+    per_ray = torch.as_tensor(label, dtype=torch.long, device=dev).expand(n) if n else torch.zeros(0, dtype=torch.long,
+                                                                                                     device=dev)
+    lab = labels.reshape(-1) if labels is not None and bool((per_ray >= 0).any()) else None
+    hinge_knots = None if knots is None else torch.as_tensor(_padded_knots(knots), device=dev)
     outs, outs_label, outs_hinges = [], [], []
-    src = source.double().reshape(3)
-    for lo in range(0, len(targets), chunk):
-        whole, part, hinges = _traverse_chunk(flat, dims, lab, label, src, targets[lo:lo + chunk].double(),
-                                              raylen[lo:lo + chunk].double(), hinge_knots)
+    src = source.double().reshape(-1, 3).expand(n, 3) if n else source.double().reshape(-1, 3)[:0]
+    for lo in range(0, n, chunk):
+        whole, part, hinges = _traverse_chunk(flat, dims, lab, per_ray[lo:lo + chunk], src[lo:lo + chunk],
+                                              targets[lo:lo + chunk].double(), raylen[lo:lo + chunk].double(),
+                                              hinge_knots)
         outs.append(whole)
         outs_label.append(part)
         outs_hinges.append(hinges)
+    if not outs:
+        empty = torch.zeros(0, dtype=torch.float64, device=dev)
+        outs, outs_label, outs_hinges = [empty], [empty], [torch.zeros((0, 1 + MAX_KNOTS), dtype=torch.float64,
+                                                                       device=dev)]
     if knots is None:
         return torch.cat(outs), torch.cat(outs_label)
     return torch.cat(outs), torch.cat(outs_label), torch.cat(outs_hinges)
@@ -489,7 +502,7 @@ def _traverse_chunk(flat, dims, labels, label, src, tgt, raylen, knots=None):
     a0 = torch.zeros(n, dtype=torch.float64, device=dev)
     a1 = torch.ones(n, dtype=torch.float64, device=dev)
     for ax in range(3):
-        s, dd, size = src[ax], d[:, ax], dims[ax]
+        s, dd, size = src[:, ax], d[:, ax], dims[ax]
         safe = torch.where(dd == 0, torch.ones_like(dd), dd)
         lo, hi = (-0.5 - s) / safe, (size - 0.5 - s) / safe
         lo, hi = torch.minimum(lo, hi), torch.maximum(lo, hi)
@@ -501,7 +514,7 @@ def _traverse_chunk(flat, dims, labels, label, src, tgt, raylen, knots=None):
     idx, left, step, nxt, inc = [], [], [], [], []
     strides = (dims[1] * dims[2], dims[2], 1)
     for ax in range(3):
-        s, dd, size = src[ax], d[:, ax], dims[ax]
+        s, dd, size = src[:, ax], d[:, ax], dims[ax]
         first = torch.floor(s + (a0 + inside) * dd + 0.5).clamp(0, size - 1)
         last = torch.floor(s + (a1 - inside) * dd + 0.5).clamp(0, size - 1)
         count = torch.where(hit, (last - first).abs(), torch.zeros_like(first)).long()
@@ -533,7 +546,7 @@ def _traverse_chunk(flat, dims, labels, label, src, tgt, raylen, knots=None):
         if hinges is not None:
             hinges[:, 1:] += torch.where(active[:, None], (e - a)[:, None] * (v.float()[:, None] - knots).clamp(min=0), 0.0)
         if labels is not None:
-            acc_label = torch.where(active & (labels[off] == label), acc_label + seg, acc_label)
+            acc_label = torch.where(active & (labels[off].long() == label), acc_label + seg, acc_label)
         moved = off
         for ax, pick in enumerate((pick_i, pick_j, pick_k)):
             go = active & pick
@@ -550,6 +563,6 @@ def _traverse_chunk(flat, dims, labels, label, src, tgt, raylen, knots=None):
         hinges[:, 0] = a1 - a0
         hinges = torch.where(hit[:, None], hinges, 0.0) * raylen[:, None]
     if labels is not None:
-        acc_label = torch.where(hit & (labels[off] == label), acc_label + seg, acc_label)
+        acc_label = torch.where(hit & (labels[off].long() == label), acc_label + seg, acc_label)
     acc_label = torch.where(hit, acc_label, torch.zeros_like(acc_label)) * raylen
     return acc, acc_label, hinges

@@ -101,7 +101,11 @@ class RealisticRenderer:
     def view(self, camera: np.ndarray, label: int, physics: PhysicsDraw, instruments: tuple[Instrument | MeshImplant, ...],
              seed: int | None) -> RealisticView:
         """One camera's exact and realistic images from one walk (`label` -1: no part image)."""
-        walk = self.renderer.walk(camera, label, self.knots)
+        return self.from_walk(self.renderer.walk(camera, label, self.knots), label, physics, instruments, seed)
+
+    def from_walk(self, walk: Walk, label: int, physics: PhysicsDraw,
+                  instruments: tuple[Instrument | MeshImplant, ...], seed: int | None) -> RealisticView:
+        """The view of a walk taken with this renderer's knots (`Renderer.walks`, several views at once)."""
         masses, mask, ids = self.masses(walk, instruments)
         return RealisticView(walk.whole, walk.part if label >= 0 else None,
                              self.image(masses, walk.raylen, physics, seed), mask, ids)

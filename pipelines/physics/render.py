@@ -5,10 +5,11 @@ while training (`loaders.stream`) both call it, so a view means the same thing w
 2. `draw_xray`: the realistic views' physics and instruments, drawn from a generator, with noise seeds
    by the one rule (`draw.noise_seeds`: seed, sample id, view) -- a record that renders alone;
 3. `render_views`: exact whole and vertebra-only images from one walk per camera and, with a record,
-   realistic images and instrument masks, each realistic view by `render_xray`.
+   realistic images and instrument masks, every realistic view by `render_xrays`.
 
-`render_xray` is the physics API (docs/physics.md, "Python API"): one view of a CT or a phantom
-(`scene_of` makes its scene from HU), with the processed image, its primary and its scatter apart.
+`render_xray` / `render_xrays` are the physics API (docs/physics.md, "Python API"): one view (or
+several, walked together) of a CT or a phantom (`scene_of` makes its scene from HU), with the
+processed image, its primary and its scatter apart.
 """
 from __future__ import annotations
 
@@ -111,10 +112,22 @@ def render_xray(scene: Scene, camera: np.ndarray, physics: PhysicsDraw, instrume
     (and the exact image), the instruments add theirs, and the detector model under `physics` makes the
     image -- returned with its primary and scatter apart (`.detection`, `.primary`, `.scatter`, as
     transmissions over the open field). `seed` None: the expected, noiseless image; `label` >= 0 adds
-    that label's part image. Builds and the training stream make every realistic view through here."""
-    if scene.realistic is None:
-        raise ValueError("realistic views need a scene with a RealisticRenderer (see scene_of)")
-    return scene.realistic.view(np.asarray(camera), label, physics, tuple(instruments), seed)
+    that label's part image. `render_xrays` of this one camera."""
+    return render_xrays(scene, np.asarray(camera)[None], physics, instruments, (seed,), label)[0]
+
+
+def render_xrays(scene: Scene, cameras: np.ndarray, physics: PhysicsDraw,
+                 instruments: tuple[Instrument | MeshImplant, ...] = (), seeds=None, label: int = -1
+                 ) -> list[RealisticView]:
+    """`render_xray` of every camera of (V, 4, 4) `cameras` under one physics record, view v with noise
+    seed `seeds[v]` (None: all noiseless). The walks go together (one batch of rays on a torch walker),
+    and each view is the one `render_xray` gives it alone."""
+    cameras = np.asarray(cameras).reshape(-1, 4, 4)
+    seeds = [None] * len(cameras) if seeds is None else list(seeds)
+    if len(seeds) != len(cameras):
+        raise ValueError(f"{len(seeds)} noise seeds for {len(cameras)} cameras")
+    sample = Sample(cameras, label, XrayRecord(physics, tuple(instruments), tuple(seeds)))
+    return _realistic_views(scene, [sample], _walk_samples(scene, [sample]))[0]
 
 
 def draw_xray(rng: np.random.Generator, cfg: XrayConfig, seeds, scene: Scene | None = None,
@@ -144,20 +157,65 @@ class Views:
     instrument_ids: np.ndarray | None = None
 
 
+@dataclass(frozen=True)
+class Sample:
+    """What one sample asks of a scene: its cameras (V, 4, 4), the part label (-1: none) and, for
+    realistic views, the physics record."""
+
+    cameras: np.ndarray
+    label: int = -1
+    xray: XrayRecord | None = None
+
+
 def render_views(scene: Scene, cameras: np.ndarray, label: int = -1, xray: XrayRecord | None = None) -> Views:
     """Every camera's images: `label` >= 0 adds the part image of that label (one walk gives both);
     `xray` adds the realistic images rendered from that record alone."""
-    if xray is None:
-        if label >= 0:
-            whole, part = scene.renderer.render_labelled(cameras, label)
-            return Views(whole, part)
-        return Views(scene.renderer.render(cameras))
-    if scene.realistic is None:
+    return render_samples(scene, [Sample(np.asarray(cameras).reshape(-1, 4, 4), label, xray)])[0]
+
+
+def render_samples(scene: Scene, samples: list[Sample]) -> list[Views]:
+    """`render_views` of several samples of one scene, all their walks taken together (one batch of
+    rays on a torch walker: a batch of training items in one pass); each sample's Views are the ones
+    it gets alone. Builds and the training stream make every view through here."""
+    realistic = [s for s in samples if s.xray is not None]
+    if realistic and scene.realistic is None:
         raise ValueError("realistic views need a scene with a RealisticRenderer")
-    if len(xray.noise_seeds) != len(cameras):
-        raise ValueError(f"the record has {len(xray.noise_seeds)} noise seeds for {len(cameras)} cameras")
-    views = [render_xray(scene, c, xray.physics, xray.instruments, xray.noise_seeds[v], label)
-             for v, c in enumerate(cameras)]
-    return Views(np.stack([v.whole for v in views]), np.stack([v.part for v in views]) if label >= 0 else None,
-                 np.stack([v.realistic for v in views]), np.stack([v.instrument_bits for v in views]), xray,
-                 np.stack([v.instrument_ids for v in views]))
+    for s in realistic:
+        if len(s.xray.noise_seeds) != len(s.cameras):
+            raise ValueError(f"the record has {len(s.xray.noise_seeds)} noise seeds for {len(s.cameras)} cameras")
+    walks = _walk_samples(scene, samples)
+    xrays = _realistic_views(scene, samples, walks)
+    out = []
+    for s, ws, xs in zip(samples, walks, xrays):
+        whole = np.stack([w.whole for w in ws])
+        part = np.stack([w.part for w in ws]) if s.label >= 0 else None
+        if xs is None:
+            out.append(Views(whole, part))
+            continue
+        out.append(Views(whole, part, np.stack([v.realistic for v in xs]), np.stack([v.instrument_bits for v in xs]),
+                         s.xray, np.stack([v.instrument_ids for v in xs])))
+    return out
+
+
+def _walk_samples(scene: Scene, samples: list[Sample]) -> list[list]:
+    """Every sample's walks from one `Renderer.walks` call (hinge integrals when any sample is realistic)."""
+    knots = scene.realistic.knots if any(s.xray is not None for s in samples) else None
+    cameras = np.concatenate([np.asarray(s.cameras).reshape(-1, 4, 4) for s in samples])
+    labels = [s.label for s in samples for _ in range(len(np.asarray(s.cameras).reshape(-1, 4, 4)))]
+    walks = scene.renderer.walks(cameras, labels, knots)
+    out, at = [], 0
+    for s in samples:
+        n = len(np.asarray(s.cameras).reshape(-1, 4, 4))
+        out.append(walks[at:at + n])
+        at += n
+    return out
+
+
+def _realistic_views(scene: Scene, samples: list[Sample], walks: list[list]) -> list[list[RealisticView] | None]:
+    """Each realistic sample's views from its walks (None for an exact-only sample)."""
+    if any(s.xray is not None for s in samples) and scene.realistic is None:
+        raise ValueError("realistic views need a scene with a RealisticRenderer (see scene_of)")
+    return [None if s.xray is None else
+            [scene.realistic.from_walk(w, s.label, s.xray.physics, tuple(s.xray.instruments), seed)
+             for w, seed in zip(ws, s.xray.noise_seeds)]
+            for s, ws in zip(samples, walks)]

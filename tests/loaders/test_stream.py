@@ -128,6 +128,40 @@ def test_same_seed_and_epoch_give_bit_identical_items_in_any_worker_layout(strea
     assert all(not torch.equal(a["pose_params"], b["pose_params"]) for a, b in zip(main, other))
 
 
+@pytest.mark.parametrize("crop_mm", [None, 60.0])
+def test_a_stream_on_a_device_gives_the_cpu_streams_items(stream, training_version, crop_mm):
+    """device='cpu' runs the GPU mode's path (the torch walker, a batch's walks in one pass, rendered in
+    this process) on the CPU: the items of the numba stream for the same positions, bit for bit, across
+    batches that span two cases (views_per_case 3, batch 4)."""
+    root, _ = training_version
+    config = {**SMALL, "crop_mm": crop_mm}
+    cpu = stream if crop_mm is None else DRRStream(root, config=config, seed=3, batch_size=2)
+    device = DRRStream(root, config=config, seed=3, batch_size=4, device="cpu")
+    assert device._volume(0).whole is None or device._volume(0).whole.renderer.walker == "torch"
+    items = list(device)
+    assert [it["position"] for it in items] == list(range(12)) and len({it["case_id"] for it in items[:4]}) == 2
+    assert all(_same(a, cpu.item(a["position"])) for a in items)
+    batches = list(device.loader(collate_fn=list))  # no workers: the items come from this process
+    assert [len(b) for b in batches] == [4, 4, 4] and all(_same(a, b) for a, b in zip(items, sum(batches, [])))
+    with pytest.raises(ValueError, match="num_workers must be 0"):
+        device.loader(2)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            DRRStream(root, config=config, seed=3, device="cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_a_stream_on_the_gpu_agrees_with_the_cpu_stream(stream, training_version):
+    root, _ = training_version
+    gpu = DRRStream(root, config=SMALL, seed=3, batch_size=4, device="cuda")
+    for a in list(gpu)[:4]:
+        b = stream.item(a["position"])
+        assert a["drr"].device.type == "cuda" and a["xray"] == b["xray"]
+        for key in ("drr", "drr_vertebra", "drr_xray"):
+            torch.testing.assert_close(a[key].cpu(), b[key], rtol=1e-5, atol=1e-6)
+        assert torch.equal(a["instrument_ids"].cpu(), b["instrument_ids"])
+
+
 def test_runs_of_positions_share_a_case_and_every_case_comes_up(stream):
     n = len(stream.cases)
     order = [case_of(p, n, 3, 0, 3) for p in range(3 * n)]
