@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import scipy.fft
 
 from pipelines.physics.grid import Grid
 from schemas.config import KERNEL_GRID_LAMELLA, KERNEL_GRID_LINES_PER_CM, KERNEL_GRID_RATIOS
@@ -65,6 +66,9 @@ class Kernels:
     # behind the grids of `grid_nodes()`: (K, T, G, len(GRID_RATIOS), len(GRID_LINES_PER_CM), R), per mm^2
     # per unit of the pencil's open signal behind the same grid; None: tables made without grids
     grid_values: np.ndarray | None = None
+    # k of `source_scale` behind a grid: a focused grid passes the scatter that travels near the source's
+    # rays, which lands nearer its pencil's own primary than scatter in every direction does
+    grid_origin_factor: float | None = None
 
     def check_grid(self, grid: Grid) -> None:
         if self.grid_values is None:
@@ -78,9 +82,11 @@ class Kernels:
             if not nodes[0] <= value <= nodes[-1]:
                 raise ValueError(f"grid {name} {value:g} is outside the scatter kernels' {nodes[0]:g}-{nodes[-1]:g}")
 
-    def source_scale(self, sod_mm: float, sdd_mm: float) -> float:
-        """m: the pencils' sources at m times their detector positions about the centre."""
-        return 1.0 - self.origin_factor * (1.0 - sod_mm / sdd_mm)
+    def source_scale(self, sod_mm: float, sdd_mm: float, grid: Grid | None = None) -> float:
+        """m: the pencils' sources at m times their detector positions about the centre (behind `grid`,
+        by the grid's own origin factor)."""
+        k = self.origin_factor if grid is None or self.grid_origin_factor is None else self.grid_origin_factor
+        return 1.0 - k * (1.0 - sod_mm / sdd_mm)
 
     def at(self, kv: float, gap_cm: float) -> np.ndarray:
         """(T, R): the kernels at one kV and gap, linear between nodes (held at the ends)."""
@@ -161,7 +167,8 @@ def load() -> Kernels:
                                  "regenerate it with python -m pipelines.physics.scatter_kernels")
             grid_values = d["grid_values"].astype(np.float64)
         return Kernels(d["kv"], d["thickness_cm"], d["gap_cm"], d["radii_mm"], d["values"], float(d["origin_factor"]),
-                       float(d["destination_factor"]) if "destination_factor" in d else 0.0, grid_values)
+                       float(d["destination_factor"]) if "destination_factor" in d else 0.0, grid_values,
+                       float(d["grid_origin_factor"]) if "grid_origin_factor" in d else None)
 
 
 def kernel_scatter(open_coarse: np.ndarray, thickness_cm: np.ndarray, kernels_tr: np.ndarray,
@@ -185,17 +192,20 @@ def kernel_scatter(open_coarse: np.ndarray, thickness_cm: np.ndarray, kernels_tr
     i = np.clip(np.searchsorted(thickness_nodes, t, side="right") - 1, 0, len(thickness_nodes) - 2)
     frac = (t - thickness_nodes[i]) / (thickness_nodes[i + 1] - thickness_nodes[i])
     shape = (2 * hc, 2 * wc)  # zero-padded: no wrap-around
-    dy = np.minimum(np.arange(shape[0]), shape[0] - np.arange(shape[0])) * cell_mm
-    dx = np.minimum(np.arange(shape[1]), shape[1] - np.arange(shape[1])) * cell_mm
-    r = np.hypot(dy[:, None], dx[None, :])
-    total = np.zeros((shape[0], shape[1] // 2 + 1), dtype=np.complex128)
+    # a kernel is even in dy and dx: read on one quadrant of distances, then mirrored into the padded
+    # (wrap-around) layout; float32 transforms (the scatter field is smooth: ~1e-7 relative)
+    r = np.hypot(np.arange(hc + 1)[:, None] * cell_mm, np.arange(wc + 1)[None, :] * cell_mm) * scale
+    mirror = np.ix_(np.r_[np.arange(hc + 1), np.arange(hc - 1, 0, -1)], np.r_[np.arange(wc + 1), np.arange(wc - 1, 0, -1)])
+    source, kernel = np.zeros(shape, dtype=np.float32), np.empty(shape, dtype=np.float32)
+    total = np.zeros((shape[0], shape[1] // 2 + 1), dtype=np.complex64)
     for k in range(len(thickness_nodes)):
         share = np.where(i == k, 1 - frac, 0.0) + np.where(i == k - 1, frac, 0.0)
         if not share.any():
             continue
-        kernel = np.interp(r * scale, radii_mm, kernels_tr[k], right=0.0) * pixel_mm * pixel_mm
-        total += np.fft.rfft2(open_coarse * share, shape) * np.fft.rfft2(kernel)
-    out = np.fft.irfft2(total, shape)[:hc, :wc]
+        kernel[:] = (np.interp(r, radii_mm, kernels_tr[k], right=0.0) * (pixel_mm * pixel_mm))[mirror]
+        source[:hc, :wc] = open_coarse * share
+        total += scipy.fft.rfft2(source) * scipy.fft.rfft2(kernel)
+    out = scipy.fft.irfft2(total, shape)[:hc, :wc].astype(np.float64)
     if scale != 1.0:
         from scipy.ndimage import affine_transform
 

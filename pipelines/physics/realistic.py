@@ -85,8 +85,9 @@ class RealisticRenderer:
         if physics.scatter_model == "kernels":  # each pencil's gap from its own thickness, centred on the isocentre
             return ScatterModel(physics.scatter_amplitude, physics.scatter_exponent, 0.0, 1.0,
                                 k.centred(physics.kv, height_cm, grid), k.thickness_cm,
-                                k.radii_mm, k.source_scale(g.sod_mm, g.sdd_mm), k.destination_factor,
-                                reference_attenuation(physics.spectrum, self.materials, self.alloys))
+                                k.radii_mm, k.source_scale(g.sod_mm, g.sdd_mm, grid), k.destination_factor,
+                                reference_attenuation(physics.spectrum, self.materials, self.alloys),
+                                tables.electron_ratios(self.materials, self.alloys))
         centre = masses[g.height // 2, g.width // 2, 1:3].sum()  # ~cm of unit-density tissue on the central ray
         gap = g.sdd_mm - g.sod_mm - 0.5 * centre * MM_PER_CM  # the Gaussian model's one gap, from the central ray
         return ScatterModel(physics.scatter_amplitude, physics.scatter_exponent,

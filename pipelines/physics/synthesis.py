@@ -79,19 +79,28 @@ def heel_angles(shape: tuple[int, int], pixel_mm: float, sdd_mm: float, directio
     return np.rad2deg(np.arctan((cols * np.cos(a) + rows * np.sin(a)) / sdd_mm))
 
 
-def primary(masses: np.ndarray, tables: Tables) -> tuple[np.ndarray, np.ndarray]:
+def primary(masses: np.ndarray, tables: Tables, electron_ratios: np.ndarray | None = None):
     """(Q, S): expected absorbed quanta and deposited energy (keV) per unit fluence scale, for (P, C)
     mass thicknesses (g/cm^2) in the tables' channel order; an all-zero row gives the open field.
-    float32 Beer-Lambert per bin and sums (torch's vectorised exp and matmul, on its threads)."""
+    float32 Beer-Lambert per bin and sums (torch's vectorised exp and matmul, on its threads).
+    With (C,) `electron_ratios`: (Q, S, E), E each pixel's electron-equivalent water thickness (cm),
+    from the same pass over the masses."""
     m = torch.from_numpy(np.ascontiguousarray(masses, dtype=np.float32).reshape(-1, tables.mu_rho.shape[0]))
     mu = torch.from_numpy(tables.mu_rho.astype(np.float32))
     weights = torch.from_numpy(np.stack([tables.fluence * tables.eta, tables.signal_weights], axis=1).astype(np.float32))
     out = torch.empty((len(m), 2), dtype=torch.float32)
+    ratios = None if electron_ratios is None else torch.from_numpy(np.array(electron_ratios, dtype=np.float32))
+    electrons = torch.empty(len(m) if ratios is not None else 0, dtype=torch.float32)
     for lo in range(0, len(m), CHUNK_PIXELS):
-        a = m[lo:lo + CHUNK_PIXELS] @ mu
+        chunk = m[lo:lo + CHUNK_PIXELS]
+        if ratios is not None:  # while the chunk is in cache
+            torch.mv(chunk, ratios, out=electrons[lo:lo + CHUNK_PIXELS])
+        a = chunk @ mu
         torch.mm(a.neg_().exp_(), weights, out=out[lo:lo + CHUNK_PIXELS])
     q, s = out.numpy().T
-    return q, s
+    if ratios is None:
+        return q, s
+    return q, s, electrons.numpy()
 
 
 @numba.njit(cache=True)
@@ -201,6 +210,10 @@ class ScatterModel:
     # -ln(S / S_open) through HEEL_THICKNESS_G_CM2 of water for the beam the kernels were tallied with
     # (the view's kV, detector and grid behind the kernels' filtration): see `kernel_scatter_signal`
     reference_attenuation: np.ndarray | None = None
+    # (C,) each mass channel's electrons per gram over water's (`tables.electron_ratios`): the kernel a
+    # pencil takes is the one of the water thickness holding its electrons; None: the water thickness
+    # its primary attenuation gives (right for water alone)
+    electron_ratios: np.ndarray | None = None
 
 
 def scatter_sigma_mm(min_sigma_mm: float, spread_deg: float, air_gap_mm: float) -> float:
@@ -226,18 +239,25 @@ def scatter_signal(primary_signal: np.ndarray, open_signal: np.ndarray, model: S
 
 
 def kernel_scatter_signal(primary_signal: np.ndarray, open_signal: np.ndarray, model: ScatterModel,
-                          pixel_mm: float, tables: Tables) -> np.ndarray:
+                          pixel_mm: float, tables: Tables, electron_cm: np.ndarray | None = None) -> np.ndarray:
     """Scatter signal on the detector (behind the kernels' grid) by the Monte Carlo's pencil kernels: every
-    pixel's collimated open-field signal `open_signal` is a pencil through the water-equivalent thickness
-    its primary attenuation gives (the beam's own hardening curve, `tables.water_attenuation`); on a grid
-    SCATTER_DOWNSAMPLE times coarser, interpolated back."""
+    pixel's collimated open-field signal `open_signal` is a pencil through a water-equivalent thickness:
+    the water holding as many electrons as its ray crosses (`electron_cm`, (H, W) cm: Compton scattering
+    goes with the electrons, so bone, which absorbs more per electron, does not count as the thicker
+    water its attenuation matches), or without it the water thickness of its primary attenuation (the
+    beam's own hardening curve, `tables.water_attenuation`; the same for water); on a grid
+    SCATTER_DOWNSAMPLE times coarser, interpolated back. Each pencil is weighted by its own primary
+    transmission over that of its thickness of water (`reference_attenuation`), so what bone absorbs
+    does not scatter."""
     f = SCATTER_DOWNSAMPLE
     h, w = primary_signal.shape
     hc, wc = -(-h // f), -(-w // f)
     p, p_open = _block_sums(primary_signal, f), _block_sums(open_signal, f)
     transmitted = np.clip(p / np.maximum(p_open, 1e-300), 1e-12, 1.0)
-    attenuation = -np.log(transmitted)
-    thickness = np.interp(attenuation, tables.water_attenuation, HEEL_THICKNESS_G_CM2)  # g/cm^2 of water = cm
+    if electron_cm is None:
+        thickness = np.interp(-np.log(transmitted), tables.water_attenuation, HEEL_THICKNESS_G_CM2)  # g/cm^2 = cm
+    else:
+        thickness = _block_means(electron_cm, f)
     sources = p_open
     if model.reference_attenuation is not None:
         # the kernels give scatter per unit of open signal for their own beam; a view's beam filtered
@@ -258,6 +278,16 @@ def _block_sums(a: np.ndarray, f: int) -> np.ndarray:
     padded = np.zeros((hc * f, wc * f))
     padded[:h, :w] = a
     return padded.reshape(hc, f, wc, f).sum(axis=(1, 3))
+
+
+def _block_means(a: np.ndarray, f: int) -> np.ndarray:
+    """(ceil(H/f), ceil(W/f)) means of f x f blocks (the last ones over the pixels they hold)."""
+    h, w = a.shape
+    if h % f == 0 and w % f == 0:  # the usual detector: one reshape, no padded copy
+        return a.reshape(h // f, f, w // f, f).mean(axis=(1, 3), dtype=np.float64)
+    rows = np.minimum(f, h - np.arange(0, h, f))
+    cols = np.minimum(f, w - np.arange(0, w, f))
+    return _block_sums(a, f) / np.outer(rows, cols)
 
 
 def _upsample_rows(n: int, f: int, out: int) -> np.ndarray:
@@ -322,7 +352,9 @@ def synthesize(masses: np.ndarray, raylen_mm: np.ndarray, tables: Tables, detect
     expected (noiseless) image."""
     h, w = masses.shape[:2]
     scale = fluence_scale(raylen_mm, detector.sdd_mm, detector.pixel_mm, detector.mas).reshape(h, w)
-    q, s = primary(masses.reshape(h * w, -1), tables)
+    ratios = scatter.electron_ratios if scatter is not None and scatter.kernels is not None else None
+    q, s, *electrons = primary(masses.reshape(h * w, -1), tables, ratios)
+    electron_cm = electrons[0].reshape(h, w) if electrons else None
     q0, s0 = (float(x[0]) for x in primary(np.zeros((1, masses.shape[-1])), tables))  # the central ray's
     flat_q, flat_s = q0 * scale, s0 * scale
     if detector.heel_direction_deg is not None and tables.heel_quanta is not None:
@@ -337,7 +369,8 @@ def synthesize(masses: np.ndarray, raylen_mm: np.ndarray, tables: Tables, detect
     mean_energy = s0 / q0
     scatter_s = np.zeros_like(s)
     if scatter is not None and scatter.kernels is not None:
-        scatter_s = kernel_scatter_signal(s, flat_s * open_field, scatter, detector.pixel_mm, tables).astype(np.float32)
+        scatter_s = kernel_scatter_signal(s, flat_s * open_field, scatter, detector.pixel_mm, tables,
+                                          electron_cm).astype(np.float32)
     elif scatter is not None and scatter.amplitude > 0:
         scatter_s = (scatter_signal(s, flat_s, scatter, detector.pixel_mm) * scatter.grid_scatter).astype(np.float32)
     q_total = q + scatter_s / np.float32(mean_energy)

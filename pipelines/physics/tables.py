@@ -193,6 +193,33 @@ def alloy_density(alloy: Alloy) -> float:
     return 1.0 / sum(f / element_density(symbol) for symbol, f in alloy.mass_fractions.items())
 
 
+WATER = "Water, Liquid"
+
+
+def _z_over_a(fractions: dict[int, float]) -> float:
+    """Electrons per unit mass (mol/g) of a mixture: sum of mass fraction x Z / A (xraylib's atomic weights)."""
+    return sum(w * z / xraylib.AtomicWeight(z) for z, w in fractions.items())
+
+
+def _nist_z_over_a(name: str) -> float:
+    d = nist(name)
+    return _z_over_a(dict(zip(d["Elements"], d["massFractions"])))
+
+
+@functools.lru_cache(maxsize=8)
+def electron_ratios(materials: tuple[MaterialAnchor, ...], alloys: tuple[Alloy, ...]) -> np.ndarray:
+    """(C,) each channel's electrons per gram over water's (Z/A over water's, from xraylib's compositions
+    and atomic weights): a mass thickness (g/cm^2) times its ratio is the water thickness (cm) holding
+    as many electrons -- as much Compton scattering -- in the tables' channel order (tissue, alloys)."""
+    water = _nist_z_over_a(WATER)
+    tissue = [_nist_z_over_a(m.nist) / water for m in materials]
+    metal = [_z_over_a({xraylib.SymbolToAtomicNumber(sym): w for sym, w in a.mass_fractions.items()}) / water
+             for a in alloys]
+    out = np.array(tissue + metal, dtype=np.float32)
+    out.setflags(write=False)
+    return out
+
+
 def material_densities(materials: list[MaterialAnchor]) -> np.ndarray:
     return np.array([float(nist(m.nist)["density"]) for m in materials])
 

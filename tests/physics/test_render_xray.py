@@ -66,3 +66,33 @@ def test_a_phantom_that_mixes_tissue_and_bone_is_refused_by_the_monte_carlo():
     lung, _ = phantoms.box_hu((40.0, 40.0, 40.0), 10.0, hu=phantoms.LUNG_HU)
     p = phantom_from_hu(lung, 1.0, (0.0, 0.0, 85.0), [-1000.0, 0.0, 1500.0], [0.0012, 1.0, 1.92])
     assert np.all(p.index == 1) and np.allclose(p.density, 0.26)
+
+
+def test_the_pencils_count_electrons_which_in_water_is_its_attenuation_thickness():
+    """The kernels' thickness is the water holding a pencil's electrons; through water alone that is the
+    thickness its primary attenuation gives (the beam's hardening curve), so both give one scatter; through
+    bone the electron thickness is the smaller (bone absorbs more per electron), and so is its scatter."""
+    from dataclasses import replace
+
+    from pipelines.physics import tables
+    from pipelines.physics.synthesis import _block_means, synthesize
+
+    def both(hu_value):
+        hu, affine = phantoms.box_hu((400.0, 200.0, 400.0), 10.0, hu_value)
+        scene = render.scene_of(hu, affine, Geometry(128, 128, 1.6, SDD, SOD))
+        r, physics = scene.realistic, physics_for(90)
+        walk = r.renderer.walk(base_camera("AP", SOD), -1, r.knots)
+        masses, *_ = r.masses(walk, ())
+        model, lookup = r.scatter(masses, physics), tables.tables_for(physics.spectrum, r.materials, r.alloys)
+        assert model.electron_ratios is not None
+        return [synthesize(masses, walk.raylen, lookup, r.detector(physics), m, None).scatter_signal[64, 64]
+                for m in (model, replace(model, electron_ratios=None))]
+
+    electrons, attenuation = both(0.0)
+    assert electrons == pytest.approx(attenuation, rel=0.01)
+    electrons, attenuation = both(1500.0)  # 20 cm of cortical bone
+    assert electrons < 0.9 * attenuation
+    a = np.arange(7 * 10, dtype=float).reshape(7, 10)  # block means over the pixels a block holds
+    assert np.allclose(_block_means(a, 4), [[a[:4, :4].mean(), a[:4, 4:8].mean(), a[:4, 8:].mean()],
+                                            [a[4:, :4].mean(), a[4:, 4:8].mean(), a[4:, 8:].mean()]])
+    assert np.array_equal(_block_means(a[:4, :8], 4), [[a[:4, :4].mean(), a[:4, 4:8].mean()]])

@@ -91,6 +91,20 @@ def test_alloy_densities_and_versions_come_from_the_libraries():
         tables.nist("unobtainium")
 
 
+def test_electrons_per_gram_match_nists_published_z_over_a():
+    """The scatter kernels' thickness counts electrons: each channel's Z/A over water's. NIST's material
+    composition tables publish <Z/A> = 0.55508 (water), 0.49919 (dry air), 0.52130 (cortical bone,
+    ICRP); water's is also 10 / 18.015 from its formula. A titanium alloy has fewer electrons per gram."""
+    ratios = tables.electron_ratios(tuple(CFG.materials), tuple(CFG.alloys))
+    names = [m.nist for m in CFG.materials]
+    published = {"Air, Dry (near sea level)": 0.49919, "Water, Liquid": 0.55508, "Bone, Cortical (ICRP)": 0.52130}
+    for name, z_over_a in published.items():
+        assert ratios[names.index(name)] == pytest.approx(z_over_a / 0.55508, rel=1e-3), name
+    assert 10 / (2 * 1.008 + 15.999) == pytest.approx(0.55508, rel=1e-3)
+    ti = len(names) + [a.name for a in CFG.alloys].index("ti6al4v")
+    assert 0.8 < ratios[ti] < 0.9 and not ratios.flags.writeable
+
+
 @pytest.mark.parametrize("water_cm", [0.0, 20.0])
 def test_the_heel_at_the_field_edges_is_spekpys_own_spectrum_there(water_cm):
     """A 1024 x 0.2 mm detector at SDD 1020 mm, anode -> cathode along +columns: the signal at the anode
