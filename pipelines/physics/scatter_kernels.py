@@ -220,10 +220,10 @@ def fit_grid_origin_factor(kernels: Kernels, histories: int) -> tuple[float, dic
     errors = {float(k): error(k) for k in np.round(np.arange(0.0, 1.0001, 0.02), 2)}
     best = min(errors, key=errors.get)
     return best, {"rms_log_error": {f"{k:g}": round(e, 4) for k, e in errors.items()}, "histories": histories,
-                  "cases": [{"water_cm": t, "sdd_cm": sdd, "sod_cm": sod, "field_cm": field,
+                  "fit_cases": [{"water_cm": t, "sdd_cm": sdd, "sod_cm": sod, "field_cm": field,
                              "monte_carlo_spr": round(spr, 4)} for (t, sdd, sod, field), spr in reference.items()],
                   "grid": {"ratio": GRID_FIT_GRID.ratio, "lines_per_cm": GRID_FIT_GRID.lines_per_cm}, "kv": 90,
-                  "seed": GRID_FIT_SEED}
+                  "monte_carlo_seed": GRID_FIT_SEED}
 
 
 DESTINATION_GRID = np.round(np.arange(0.0, 0.0501, 0.005), 3)  # c per cm, the fit's candidates
