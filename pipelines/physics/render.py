@@ -4,8 +4,9 @@ while training (`loaders.stream`) both call it, so a view means the same thing w
 1. `sample_poses`: 6-DOF poses about a rotation centre, each seen from every base view;
 2. `draw_xray`: the realistic views' physics and instruments, drawn from a generator, with noise seeds
    by the one rule (`draw.noise_seeds`: seed, sample id, view) -- a record that renders alone;
-3. `render_views`: exact whole and vertebra-only images from one walk per camera and, with a record,
-   realistic images and instrument masks, every realistic view by `render_xrays`.
+3. `render_views` (one sample of `render_samples`, which walks several samples' cameras together):
+   exact whole and vertebra-only images from one walk per camera and, with a record, realistic
+   images and instrument masks, made from the walks exactly as `render_xrays` makes them.
 
 `render_xray` / `render_xrays` are the physics API (docs/physics.md, "Python API"): one view (or
 several, walked together) of a CT or a phantom (`scene_of` makes its scene from HU), with the
