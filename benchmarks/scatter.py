@@ -11,6 +11,10 @@ The same Monte Carlo runs tally the CsI signal behind focused anti-scatter grids
 line density, `physics.grid`, each photon by its energy and incidence angle); the second table gives
 their SPRs against the synthesis's with the same grid.
 
+From the same runs, every case's SPR across the field: each 20 mm band wholly inside the field, over
+the central 40 mm of rows (`scatter_kernels.band_spr`), without a grid and behind the 10:1 grid, the
+worst band of each case against the kernels' (a table, and the worst of all in the RESULT line).
+
 Then the SPR across the field (`physics.scatter_profiles`): 20 mm bands over the central 40 mm of rows,
 behind 20 cm of water and behind the heterogeneous `phantoms.spine_slab` (lung on one side, a cortical
 bone column on the other) and `phantoms.chest_slab` (two lungs beside a spine), the Monte Carlo against
@@ -18,9 +22,11 @@ the physics API (`render.render_xray`).
 
     python benchmarks/scatter.py [--histories N] [--profile-histories N]
 
+(the two 40 cm cases run 10 x --histories: through 40 cm a 20 mm band sees too few primaries otherwise)
+
 Ends with `RESULT spr_<case>=... kernels_<case>=... gaussian_<case>=... worst_kernels_error=...
 worst_profile_error_water=... worst_profile_error_spine=... worst_profile_error_chest=... worst_grid_error=...
-histories_per_s=...`.
+worst_case_profile_error=... worst_grid_profile_error=... histories_per_s=...`.
 """
 from __future__ import annotations
 
@@ -69,6 +75,8 @@ CASES = (Case(10.0, 90), Case(20.0, 90), Case(30.0, 90), Case(20.0, 60), Case(20
          Case(20.0, 90, 40.0), Case(20.0, 70, al_mm=2.5), Case(20.0, 110, al_mm=4.0, cu_mm=0.3),
          Case(20.0, 90, sod_cm=SDD_CM - 10.0), Case(20.0, 90, sdd_cm=130.0, sod_cm=80.0))
 
+THICK_FACTOR = 10  # histories of the 40 cm cases over the others
+
 # (ratio, lines per cm): the default draw's ends and middle, and the kernels' outer nodes
 GRIDS = tuple(Grid(r, n) for r, n in ((10.0, 40.0), (8.0, 60.0), (12.0, 80.0), (6.0, 40.0), (16.0, 80.0)))
 
@@ -98,8 +106,8 @@ def main() -> None:
     args = parser.parse_args()
     water_slab_spr(10.0, 10_000)  # compile
     rows = []
-    for c in CASES:
-        r = water_slab_spr(c.water_cm, args.histories, grids=GRIDS, case=c)
+    for c in CASES:  # 40 cm of water passes ~3e-4 of the primary: 10x the histories, or its bands are noise
+        r = water_slab_spr(c.water_cm, args.histories * (THICK_FACTOR if c.water_cm >= 40 else 1), grids=GRIDS, case=c)
         r.update(case=c, kernels=model_spr(0, model="kernels", case=c), gaussian=model_spr(0, model="gaussian", case=c),
                  grid_kernels=[model_spr(0, model="kernels", grid=g, case=c) for g in GRIDS],
                  grid_gaussian=[model_spr(0, model="gaussian", grid=g, case=c) for g in GRIDS])
@@ -126,6 +134,29 @@ def main() -> None:
     within = sum(e <= 0.15 for e in grid_errors)
     print(f"behind grids: {within} of {len(grid_errors)} case and grid pairs within 15 % of the Monte Carlo, the "
           f"worst {max(grid_errors):.1%} (the Monte Carlo's relative standard errors up to {max(grid_se):.1%})")
+    print("\n| water | kV | field | filtration | air gap | grid | bands | worst band | SPR, Monte Carlo | ± s.e. "
+          "| kernels | / MC |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    case_profile_errors, grid_profile_errors = [], []
+    for r in rows:  # the SPR across the field, every 20 mm band inside it, from the same Monte Carlo runs
+        c = r["case"]
+        model = scatter_kernels.model_spr(c.water_cm, c.kv, c.al_mm, field_cm=c.field_cm, cu_mm=c.cu_mm,
+                                          sdd_cm=c.sdd_cm, sod_cm=c.sod_cm, profile=True)
+        behind = scatter_kernels.model_spr(c.water_cm, c.kv, c.al_mm, field_cm=c.field_cm, cu_mm=c.cu_mm,
+                                           sdd_cm=c.sdd_cm, sod_cm=c.sod_cm, profile=True, grid=GRIDS[0])
+        ratio, grid_ratio = model / r["profile"], behind / r["grid_profiles"][0]
+        k, g = int(np.argmax(np.abs(ratio - 1))), int(np.argmax(np.abs(grid_ratio - 1)))
+        bands = scatter_kernels.profile_bands_mm(c.field_cm)
+        case_profile_errors.append(abs(ratio[k] - 1))
+        grid_profile_errors.append(abs(grid_ratio[g] - 1))
+        for name, b, mc, se, kern, rat in (
+                ("none", k, r["profile"], r["profile_se"], model, ratio),
+                (f"{GRIDS[0].ratio:g}:1, {GRIDS[0].lines_per_cm:g}/cm", g, r["grid_profiles"][0],
+                 r["grid_profiles_se"][0], behind, grid_ratio)):
+            print(f"| {_columns(c)} | {name} | {len(bands)} | {bands[b]:+.0f} mm | {mc[b]:.3f} | {se[b]:.3f} | "
+                  f"{kern[b]:.3f} | {rat[b]:.2f} |")
+    print(f"profiles across the field: every band of every case within {max(case_profile_errors):.1%} of the Monte "
+          f"Carlo without a grid, within {max(grid_profile_errors):.1%} behind the 10:1 grid")
     worst_profile = {}
     for name, (hu, affine) in (("water", phantoms.box_hu((400.0, 200.0, 400.0), 5.0)), ("spine", phantoms.spine_slab()),
                                ("chest", phantoms.chest_slab())):
@@ -141,6 +172,8 @@ def main() -> None:
     print(f"RESULT {keys} worst_kernels_error={worst:.3f} worst_profile_error_water={worst_profile['water']:.3f} "
           f"worst_profile_error_spine={worst_profile['spine']:.3f} "
           f"worst_profile_error_chest={worst_profile['chest']:.3f} worst_grid_error={max(grid_errors):.3f} "
+          f"worst_case_profile_error={max(case_profile_errors):.3f} "
+          f"worst_grid_profile_error={max(grid_profile_errors):.3f} "
           f"histories_per_s={rate:.0f}")
 
 

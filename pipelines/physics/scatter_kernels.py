@@ -145,16 +145,57 @@ def full_field_spr(thickness_cm: float, histories: int, kv: int = 90, al_mm: flo
     grid_spr = [float(result.grid_scatter[g][centre, centre].sum() / result.grid_primary[g][centre, centre].sum())
                 for g in range(len(grids))]
     grid_se = [ratio_se(lambda b, g=g: b[4][g], lambda b, g=g: b[5][g]) for g in range(len(grids))]
+    pixel_mm = 4.0
+
+    def bands_se(primary_of, scatter_of):  # each band's standard error over the batches that saw a primary there
+        with np.errstate(divide="ignore", invalid="ignore"):
+            per_batch = np.array([band_spr(primary_of(b), scatter_of(b), pixel_mm, field_cm) for b in result.batches])
+        out = []
+        for k in range(per_batch.shape[1]):
+            seen = np.isfinite(per_batch[:, k])
+            out.append(standard_error(per_batch[seen, k], counts[seen]) if seen.sum() > 1 else float("nan"))
+        return np.array(out)
+    profile = band_spr(result.csi_primary, result.csi_scatter, pixel_mm, field_cm)
+    grid_profiles = [band_spr(result.grid_primary[g], result.grid_scatter[g], pixel_mm, field_cm)
+                     for g in range(len(grids))]
     return {"thickness_cm": thickness_cm, "spr": float(spr), "spr_se": spr_se, "seconds": seconds,
-            "histories": histories, "grid_spr": grid_spr, "grid_spr_se": grid_se}
+            "histories": histories, "grid_spr": grid_spr, "grid_spr_se": grid_se, "profile": profile,
+            "profile_se": bands_se(lambda b: b[2], lambda b: b[3]), "grid_profiles": grid_profiles,
+            "grid_profiles_se": [bands_se(lambda b, g=g: b[4][g], lambda b, g=g: b[5][g]) for g in range(len(grids))]}
+
+
+PROFILE_BAND_MM, PROFILE_ROWS_MM = 20.0, 40.0
+
+
+def profile_bands_mm(field_cm: float) -> np.ndarray:
+    """Centres (mm, at the detector) of the 20 mm bands across a square field that lie wholly inside it."""
+    half = field_cm * 10 / 2
+    centres = np.arange(PROFILE_BAND_MM / 2, half, PROFILE_BAND_MM)
+    centres = centres[centres + PROFILE_BAND_MM / 2 <= half + 1e-9]
+    return np.concatenate([-centres[::-1], centres])
+
+
+def band_spr(primary: np.ndarray, scatter: np.ndarray, pixel_mm: float, field_cm: float) -> np.ndarray:
+    """The SPR in each of `profile_bands_mm`'s bands along the detector's columns, over its central 40 mm
+    of rows (a pixel counts where its centre lies), from (rows, columns) primary and scatter images."""
+    rows, cols = primary.shape
+    y = (np.arange(rows) - (rows - 1) / 2) * pixel_mm
+    x = (np.arange(cols) - (cols - 1) / 2) * pixel_mm
+    central = np.abs(y) < PROFILE_ROWS_MM / 2
+    out = []
+    for c in profile_bands_mm(field_cm):
+        band = np.abs(x - c) < PROFILE_BAND_MM / 2
+        out.append(scatter[np.ix_(central, band)].sum() / primary[np.ix_(central, band)].sum())
+    return np.array(out)
 
 
 def model_spr(thickness_cm: float, kv: int = 90, al_mm: float = FILTRATION_AL_MM, model: str = "kernels",
               field_cm: float = FIT_GEOMETRY_CM["field"], kernels: Kernels | None = None,
               grid: Grid | None = None, cu_mm: float = 0.0, sdd_cm: float = FIT_GEOMETRY_CM["sdd"],
-              sod_cm: float = FIT_GEOMETRY_CM["sod"]) -> float:
+              sod_cm: float = FIT_GEOMETRY_CM["sod"], profile: bool = False) -> float | np.ndarray:
     """A synthesis scatter model's SPR at the field centre for `full_field_spr`'s slab, beam and detector,
-    through `physics.synthesis`'s own functions (the air gap from the slab's mid-depth), behind `grid`."""
+    through `physics.synthesis`'s own functions (the air gap from the slab's mid-depth), behind `grid`;
+    with `profile`, its SPR in `band_spr`'s bands across the field instead."""
     from pipelines.physics.synthesis import ScatterModel, kernel_scatter_signal, scatter_sigma_mm, scatter_signal
     from pipelines.physics.tables import HEEL_THICKNESS_G_CM2, SpectrumKey, tables_for
     from schemas.config import ScatterConfig, XrayConfig
@@ -182,6 +223,8 @@ def model_spr(thickness_cm: float, kv: int = 90, al_mm: float = FILTRATION_AL_MM
         factor = k.grid_scatter_factor(kv, thickness_cm, gap_mm / 10, grid) if grid else 1.0
         m = ScatterModel(s.amplitude, s.exponent, scatter_sigma_mm(s.min_sigma_mm, s.spread_deg, gap_mm), factor)
         scatter = scatter_signal(primary, np.ones((n, n)), m, pixel_mm) * factor
+    if profile:
+        return band_spr(primary, scatter, pixel_mm, field_cm)
     return float(scatter[n // 2, n // 2] / transmitted)
 
 

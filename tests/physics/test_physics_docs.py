@@ -58,6 +58,26 @@ def test_the_documented_grid_table_is_what_benchmarks_scatter_prints():
             assert abs(fresh["grid_spr"][0] - float(mc)) < 4 * fresh["grid_spr_se"][0], (fresh["grid_spr"], mc)
 
 
+def test_the_documented_profile_of_every_case_is_what_benchmarks_scatter_prints():
+    """Each case's worst band across the field, without a grid and behind the 10:1 grid: the band is one of
+    the field's, the kernels' SPR there exactly (deterministic), the ratio from the printed columns."""
+    from pipelines.physics import scatter_kernels
+
+    rows = _rows("| water | kV | field | filtration | air gap | grid | bands | worst band | SPR, Monte Carlo | ± s.e. "
+                 "| kernels | / MC |")
+    assert len(rows) == 2 * len(CASES)
+    for water, kv, field, filtration, gap, grid, bands, band, mc, se, kernels, ratio in rows:
+        c = _case(water, kv, field, filtration, gap)
+        centres = list(scatter_kernels.profile_bands_mm(c.field_cm))
+        assert len(centres) == int(bands) and float(se) > 0
+        model = scatter_kernels.model_spr(c.water_cm, c.kv, c.al_mm, field_cm=c.field_cm, cu_mm=c.cu_mm,
+                                          sdd_cm=c.sdd_cm, sod_cm=c.sod_cm, profile=True,
+                                          grid=None if grid == "none" else GRIDS[0])
+        assert f"{model[centres.index(float(band.removesuffix(' mm')))]:.3f}" == kernels, (c, grid, band)
+        m, v = float(kernels), float(mc)
+        assert float(ratio) == pytest.approx(m / v, abs=0.0051 + 0.0005 / (v - 0.0005) + m * 0.0005 / (v - 0.0005) ** 2)
+
+
 def test_the_documented_tg195_totals_are_what_benchmarks_tg195_prints():
     rows = _rows("| beam | total body, Monte Carlo | TG-195 | difference |")
     assert [r[0] for r in rows] == ["56.4 keV", "120 kVp"]
