@@ -473,12 +473,11 @@ def traverse_torch(volume: torch.Tensor, source: torch.Tensor, targets: torch.Te
     flat = volume.reshape(-1)
     dev = volume.device
     n = len(targets)
-    per_ray = torch.as_tensor(label, dtype=torch.long, device=dev).expand(n) if n else torch.zeros(0, dtype=torch.long,
-                                                                                                     device=dev)
+    per_ray = torch.as_tensor(label, dtype=torch.long, device=dev).expand(n)
     lab = labels.reshape(-1) if labels is not None and bool((per_ray >= 0).any()) else None
     hinge_knots = None if knots is None else torch.as_tensor(_padded_knots(knots), device=dev)
     outs, outs_label, outs_hinges = [], [], []
-    src = source.double().reshape(-1, 3).expand(n, 3) if n else source.double().reshape(-1, 3)[:0]
+    src = source.double().reshape(-1, 3).expand(n, 3)
     for lo in range(0, n, chunk):
         whole, part, hinges = _traverse_chunk(flat, dims, lab, per_ray[lo:lo + chunk], src[lo:lo + chunk],
                                               targets[lo:lo + chunk].double(), raylen[lo:lo + chunk].double(),

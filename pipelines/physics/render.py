@@ -125,8 +125,6 @@ def render_xrays(scene: Scene, cameras: np.ndarray, physics: PhysicsDraw,
     and each view is the one `render_xray` gives it alone."""
     cameras = np.asarray(cameras).reshape(-1, 4, 4)
     seeds = [None] * len(cameras) if seeds is None else list(seeds)
-    if len(seeds) != len(cameras):
-        raise ValueError(f"{len(seeds)} noise seeds for {len(cameras)} cameras")
     sample = Sample(cameras, label, XrayRecord(physics, tuple(instruments), tuple(seeds)))
     return _realistic_views(scene, [sample], _walk_samples(scene, [sample]))[0]
 
@@ -178,12 +176,6 @@ def render_samples(scene: Scene, samples: list[Sample]) -> list[Views]:
     """`render_views` of several samples of one scene, all their walks taken together (one batch of
     rays on a torch walker: a batch of training items in one pass); each sample's Views are the ones
     it gets alone. Builds and the training stream make every view through here."""
-    realistic = [s for s in samples if s.xray is not None]
-    if realistic and scene.realistic is None:
-        raise ValueError("realistic views need a scene with a RealisticRenderer")
-    for s in realistic:
-        if len(s.xray.noise_seeds) != len(s.cameras):
-            raise ValueError(f"the record has {len(s.xray.noise_seeds)} noise seeds for {len(s.cameras)} cameras")
     walks = _walk_samples(scene, samples)
     xrays = _realistic_views(scene, samples, walks)
     out = []
@@ -199,23 +191,23 @@ def render_samples(scene: Scene, samples: list[Sample]) -> list[Views]:
 
 
 def _walk_samples(scene: Scene, samples: list[Sample]) -> list[list]:
-    """Every sample's walks from one `Renderer.walks` call (hinge integrals when any sample is realistic)."""
-    knots = scene.realistic.knots if any(s.xray is not None for s in samples) else None
-    cameras = np.concatenate([np.asarray(s.cameras).reshape(-1, 4, 4) for s in samples])
-    labels = [s.label for s in samples for _ in range(len(np.asarray(s.cameras).reshape(-1, 4, 4)))]
-    walks = scene.renderer.walks(cameras, labels, knots)
-    out, at = [], 0
-    for s in samples:
-        n = len(np.asarray(s.cameras).reshape(-1, 4, 4))
-        out.append(walks[at:at + n])
-        at += n
-    return out
+    """Every sample's walks from one `Renderer.walks` call (hinge integrals when any sample is realistic),
+    after checking that the scene and the records can make what the samples ask for."""
+    cameras = [np.asarray(s.cameras).reshape(-1, 4, 4) for s in samples]
+    realistic = any(s.xray is not None for s in samples)
+    if realistic and scene.realistic is None:
+        raise ValueError("realistic views need a scene with a RealisticRenderer (see scene_of)")
+    for s, c in zip(samples, cameras):
+        if s.xray is not None and len(s.xray.noise_seeds) != len(c):
+            raise ValueError(f"the record has {len(s.xray.noise_seeds)} noise seeds for {len(c)} cameras")
+    walks = scene.renderer.walks(np.concatenate(cameras), [s.label for s, c in zip(samples, cameras) for _ in c],
+                                 scene.realistic.knots if realistic else None)
+    ends = np.cumsum([len(c) for c in cameras])
+    return [walks[end - len(c):end] for c, end in zip(cameras, ends)]
 
 
 def _realistic_views(scene: Scene, samples: list[Sample], walks: list[list]) -> list[list[RealisticView] | None]:
     """Each realistic sample's views from its walks (None for an exact-only sample)."""
-    if any(s.xray is not None for s in samples) and scene.realistic is None:
-        raise ValueError("realistic views need a scene with a RealisticRenderer (see scene_of)")
     return [None if s.xray is None else
             [scene.realistic.from_walk(w, s.label, s.xray.physics, tuple(s.xray.instruments), seed)
              for w, seed in zip(ws, s.xray.noise_seeds)]

@@ -223,3 +223,22 @@ def test_records_made_before_the_budget_existed_still_load():
            "renderer": "clipped_trilinear", "samples_per_voxel": 1.0, "reverse_x_axis": True}
     g = Geometry.from_record(old)
     assert g.samples_per_voxel == 1.0 and g.error_budget == 0.005
+
+
+def test_several_views_in_one_torch_call_are_each_views_own_walk():
+    """One source and one label per ray: two views (other sources, other labels, one with no label) in one
+    call give each view's numba images bit for bit."""
+    rng = np.random.default_rng(8)
+    vol = rng.uniform(0, 1, (21, 19, 17)).astype(np.float32)
+    labels = rng.integers(0, 3, vol.shape).astype(np.uint8)
+    views = [random_rays(rng, 12 * 10, vol.shape), random_rays(rng, 12 * 10, vol.shape)]
+    views[1] = (views[1][0] + np.array([4.0, 0.0, -3.0]),) + views[1][1:]
+    views[1] = (views[1][0], views[1][1], np.linalg.norm(views[1][1] - views[1][0], axis=1))
+    (s1, t1, n1), (s2, t2, n2) = views
+    wanted = [traverse_numba(vol, s1, t1, n1, 12, 10, labels, 2), traverse_numba(vol, s2, t2, n2, 12, 10)]
+    sources = torch.as_tensor(np.concatenate([np.tile(s1, (len(t1), 1)), np.tile(s2, (len(t2), 1))]))
+    per_ray = torch.as_tensor(np.r_[np.full(len(t1), 2), np.full(len(t2), -1)])
+    whole, part = traverse_torch(torch.as_tensor(vol), sources, torch.as_tensor(np.concatenate([t1, t2])),
+                                 torch.as_tensor(np.r_[n1, n2]), torch.as_tensor(labels), per_ray, chunk=53)
+    np.testing.assert_array_equal(whole.numpy(), np.r_[wanted[0][0], wanted[1][0]])
+    np.testing.assert_array_equal(part.numpy(), np.r_[wanted[0][1], np.zeros(len(t2))])
