@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import scipy.fft
+from scipy.ndimage import affine_transform
 
 from pipelines.physics.grid import Grid
 from schemas.config import KERNEL_GRID_LAMELLA, KERNEL_GRID_LINES_PER_CM, KERNEL_GRID_RATIOS
@@ -40,10 +41,14 @@ RADII_EDGES_MM = np.concatenate([np.arange(0.0, 20.0, 4.0), np.arange(20.0, 100.
                                  np.arange(100.0, 500.0 + 1e-9, 20.0)])
 # Where a view's scatter comes from: the kernels are measured from where a pencil meets the detector, but
 # a diverging beam's scatter starts inside the patient, nearer the axis. The pencils' sources are placed at
-# m times their detector positions about the centre, m = 1 - k (1 - SOD / SDD), k the origin factor (0:
-# the detector plane, 1: the isocentre plane), fitted by `scatter_kernels.main` to the Monte Carlo's full-field
-# SPRs behind 10, 20 and 30 cm of water at FIT_GEOMETRY_CM, and stored with the kernels.
+# m times their detector positions about the centre, m = 1 - k (1 - SOD / SDD), k an origin factor (0:
+# the detector plane, 1: the isocentre plane). Off-axis pencils in the Monte Carlo show that the pull
+# grows with distance: scatter reaching a few centimetres comes mostly from near the exit face, scatter
+# reaching 10-20 cm from deep inside. So each kernel has two parts, nearer and farther than
+# FAR_RADIUS_MM, each with its own origin factor, fitted by `scatter_kernels.main` to the Monte Carlo's
+# full-field SPRs (scatter_kernels.ORIGIN_FIT_CASES) without and behind a grid, and stored with the kernels.
 FIT_GEOMETRY_CM = {"sdd": 102.0, "sod": 85.0, "field": 20.48}
+FAR_RADIUS_MM = 60.0
 GRID_RATIOS, GRID_LINES_PER_CM = KERNEL_GRID_RATIOS, KERNEL_GRID_LINES_PER_CM
 GRID_LAMELLA = Grid(strip_mm=KERNEL_GRID_LAMELLA[0], interspace=KERNEL_GRID_LAMELLA[1])  # every node's lamellae
 
@@ -61,14 +66,17 @@ class Kernels:
     gap_cm: np.ndarray  # (G,)
     radii_mm: np.ndarray  # (R,) bin centres
     values: np.ndarray  # (K, T, G, R) per mm^2 per unit open signal
-    origin_factor: float = 0.0  # k of `source_scale`
+    origin_factor: float = 0.0  # k of `source_scale`, for the kernels' part within FAR_RADIUS_MM
     destination_factor: float = 0.0  # c of `kernel_scatter`, per cm of water-equivalent thickness
     # behind the grids of `grid_nodes()`: (K, T, G, len(GRID_RATIOS), len(GRID_LINES_PER_CM), R), per mm^2
     # per unit of the pencil's open signal behind the same grid; None: tables made without grids
     grid_values: np.ndarray | None = None
-    # k of `source_scale` behind a grid: a focused grid passes the scatter that travels near the source's
-    # rays, which lands nearer its pencil's own primary than scatter in every direction does
+    # k of `source_scale` behind a grid: a focused grid passes the near scatter that travels near the
+    # source's rays, which lands nearer its pencil's own primary than scatter in every direction does
     grid_origin_factor: float | None = None
+    # k for the parts beyond FAR_RADIUS_MM, without and behind a grid (None: the near part's k)
+    far_origin_factor: float | None = None
+    grid_far_origin_factor: float | None = None
 
     def check_grid(self, grid: Grid) -> None:
         if self.grid_values is None:
@@ -82,11 +90,14 @@ class Kernels:
             if not nodes[0] <= value <= nodes[-1]:
                 raise ValueError(f"grid {name} {value:g} is outside the scatter kernels' {nodes[0]:g}-{nodes[-1]:g}")
 
-    def source_scale(self, sod_mm: float, sdd_mm: float, grid: Grid | None = None) -> float:
-        """m: the pencils' sources at m times their detector positions about the centre (behind `grid`,
-        by the grid's own origin factor)."""
-        k = self.origin_factor if grid is None or self.grid_origin_factor is None else self.grid_origin_factor
-        return 1.0 - k * (1.0 - sod_mm / sdd_mm)
+    def source_scale(self, sod_mm: float, sdd_mm: float, grid: Grid | None = None) -> tuple[float, float]:
+        """(m near, m far): the pencils' sources at m times their detector positions about the centre, for
+        the kernels' parts within and beyond FAR_RADIUS_MM (behind `grid`, by the grid's own factors)."""
+        near, far = self.origin_factor, self.far_origin_factor
+        if grid is not None and self.grid_origin_factor is not None:
+            near, far = self.grid_origin_factor, self.grid_far_origin_factor
+        far = near if far is None else far
+        return tuple(1.0 - k * (1.0 - sod_mm / sdd_mm) for k in (near, far))
 
     def at(self, kv: float, gap_cm: float) -> np.ndarray:
         """(T, R): the kernels at one kV and gap, linear between nodes (held at the ends)."""
@@ -166,20 +177,24 @@ def load() -> Kernels:
                 raise ValueError(f"{KERNEL_FILE} holds other grid nodes than GRID_RATIOS x GRID_LINES_PER_CM: "
                                  "regenerate it with python -m pipelines.physics.scatter_kernels")
             grid_values = d["grid_values"].astype(np.float64)
+        def optional(name):
+            return float(d[name]) if name in d else None
         return Kernels(d["kv"], d["thickness_cm"], d["gap_cm"], d["radii_mm"], d["values"], float(d["origin_factor"]),
-                       float(d["destination_factor"]) if "destination_factor" in d else 0.0, grid_values,
-                       float(d["grid_origin_factor"]) if "grid_origin_factor" in d else None)
+                       optional("destination_factor") or 0.0, grid_values, optional("grid_origin_factor"),
+                       optional("far_origin_factor"), optional("grid_far_origin_factor"))
 
 
 def kernel_scatter(open_coarse: np.ndarray, thickness_cm: np.ndarray, kernels_tr: np.ndarray,
                    thickness_nodes: np.ndarray, radii_mm: np.ndarray, pixel_mm: float, cell_mm: float,
-                   scale: float = 1.0, destination: float = 0.0) -> np.ndarray:
+                   scale: float | tuple[float, float] = 1.0, destination: float = 0.0) -> np.ndarray:
     """Scatter signal per detector pixel at the centres of a coarse grid of `cell_mm` cells, from each
     cell's summed collimated open-field signal (hc, wc) and its water-equivalent thickness (cm): per
     thickness node, the cells' open signal weighted by their share of that node, convolved with the
     node's kernel times the pixel area -- one FFT product summed over the nodes. With the sources drawn
     together about the centre by `scale` = m (`source_scale`), S(x) = sum O(x') K(|x - m x'|): the
-    convolution with K(m r) read at x / m (the smooth scatter field is what gets interpolated).
+    convolution with K(m r) read at x / m (the smooth scatter field is what gets interpolated). A pair
+    (m near, m far) draws the kernels' parts within and beyond FAR_RADIUS_MM by their own m: each part
+    is its own product, sharing the sources' transforms.
 
     `destination` = c makes the kernels asymmetric: a pencil's scatter reaching x is weighted by
     exp(-c (t(x) - t(x'))), so scatter leaving through a thicker column than its pencil's is attenuated
@@ -192,23 +207,38 @@ def kernel_scatter(open_coarse: np.ndarray, thickness_cm: np.ndarray, kernels_tr
     i = np.clip(np.searchsorted(thickness_nodes, t, side="right") - 1, 0, len(thickness_nodes) - 2)
     frac = (t - thickness_nodes[i]) / (thickness_nodes[i + 1] - thickness_nodes[i])
     shape = (2 * hc, 2 * wc)  # zero-padded: no wrap-around
-    # a kernel is even in dy and dx: read on one quadrant of distances, then mirrored into the padded
-    # (wrap-around) layout; float32 transforms (the scatter field is smooth: ~1e-7 relative)
-    r = np.hypot(np.arange(hc + 1)[:, None] * cell_mm, np.arange(wc + 1)[None, :] * cell_mm) * scale
-    mirror = np.ix_(np.r_[np.arange(hc + 1), np.arange(hc - 1, 0, -1)], np.r_[np.arange(wc + 1), np.arange(wc - 1, 0, -1)])
-    source, kernel = np.zeros(shape, dtype=np.float32), np.empty(shape, dtype=np.float32)
-    total = np.zeros((shape[0], shape[1] // 2 + 1), dtype=np.complex64)
-    for k in range(len(thickness_nodes)):
-        share = np.where(i == k, 1 - frac, 0.0) + np.where(i == k - 1, frac, 0.0)
-        if not share.any():
-            continue
-        kernel[:] = (np.interp(r, radii_mm, kernels_tr[k], right=0.0) * (pixel_mm * pixel_mm))[mirror]
-        source[:hc, :wc] = open_coarse * share
-        total += scipy.fft.rfft2(source) * scipy.fft.rfft2(kernel)
-    out = scipy.fft.irfft2(total, shape)[:hc, :wc].astype(np.float64)
-    if scale != 1.0:
-        from scipy.ndimage import affine_transform
-
-        c = (np.array(out.shape) - 1) / 2.0
-        out = affine_transform(out, np.full(2, 1.0 / scale), offset=c - c / scale, order=1, mode="nearest")
+    scales = (scale, scale) if np.isscalar(scale) else tuple(scale)
+    # the parts: (m, lower and upper kernel distance); one part where both m are equal
+    parts = [(scales[0], 0.0, np.inf)] if scales[0] == scales[1] else \
+        [(scales[0], 0.0, FAR_RADIUS_MM), (scales[1], FAR_RADIUS_MM, np.inf)]
+    # each cell's open signal split between its two thickness nodes; the nodes no cell uses are left out
+    nodes = np.union1d(i[frac < 1], i[frac > 0] + 1)
+    sources = np.zeros((len(nodes), *shape), dtype=np.float32)
+    for n, k in enumerate(nodes):
+        sources[n, :hc, :wc] = open_coarse * (np.where(i == k, 1 - frac, 0.0) + np.where(i == k - 1, frac, 0.0))
+    sources_ft = scipy.fft.rfft2(sources)  # (nodes, 2 hc, wc + 1)
+    # A kernel is even in dy and dx, so its transform in the padded (wrap-around) layout is real: the
+    # type-1 DCT of one quadrant of distances (0..hc, 0..wc), its rows mirrored beyond hc. Float32
+    # transforms (the scatter field is smooth: ~1e-7 relative).
+    r = np.hypot(np.arange(hc + 1)[:, None] * cell_mm, np.arange(wc + 1)[None, :] * cell_mm)
+    rows = np.r_[np.arange(hc + 1), np.arange(hc - 1, 0, -1)]
+    totals = []
+    for m, lo, hi in parts:
+        # every node's kernel at these distances, linear between the radii (held below the first, 0
+        # beyond the last), times the pixel area, 0 outside the part
+        at = r * m
+        j = np.clip(np.searchsorted(radii_mm, at, side="right") - 1, 0, len(radii_mm) - 2)
+        w = np.clip((at - radii_mm[j]) / (radii_mm[j + 1] - radii_mm[j]), 0.0, 1.0).astype(np.float32)
+        keep = ((at >= lo) & (at < hi) & (at <= radii_mm[-1])) * (pixel_mm * pixel_mm)
+        table = kernels_tr[nodes].astype(np.float32)
+        quadrant = (table[:, j] * (1 - w) + table[:, j + 1] * w) * keep.astype(np.float32)
+        kernels_ft = scipy.fft.dctn(quadrant, type=1, axes=(-2, -1))
+        totals.append((sources_ft * kernels_ft[:, rows, :]).sum(axis=0))
+    out = np.zeros((hc, wc))
+    for (m, _, _), total in zip(parts, totals):
+        part = scipy.fft.irfft2(total, shape)[:hc, :wc].astype(np.float64)
+        if m != 1.0:
+            c = (np.array(part.shape) - 1) / 2.0
+            part = affine_transform(part, np.full(2, 1.0 / m), offset=c - c / m, order=1, mode="nearest")
+        out += part
     return out * np.exp(-destination * t) if destination else out

@@ -258,8 +258,8 @@ def _world_exit(x, y, z, u, v, w, det_z):
 
 
 @numba.njit(cache=True, nogil=True)
-def _transport(n, seed, energies_in, weights_cdf, half_x, half_y, mu, e0, s_tab, f2_tab, air_rho, index, density,
-               origin, spacing, majorant, det_z, det_shape, det_pitch, csi_mu, csi_t, grid_geometry, grid_mu,
+def _transport(n, seed, energies_in, weights_cdf, half_x, half_y, aim_x, aim_y, mu, e0, s_tab, f2_tab, air_rho, index,
+               density, origin, spacing, majorant, det_z, det_shape, det_pitch, csi_mu, csi_t, grid_geometry, grid_mu,
                imparted, fp, fs, cp, cs, gp, gs):
     np.random.seed(seed)
     nx, ny, nz = index.shape
@@ -270,13 +270,19 @@ def _transport(n, seed, energies_in, weights_cdf, half_x, half_y, mu, e0, s_tab,
         r = np.random.random()
         k = np.searchsorted(weights_cdf, r)
         e = energies_in[min(k, len(energies_in) - 1)]
-        while True:
-            cz = 1.0 - np.random.random() * (1.0 - 1.0 / np.sqrt(1.0 + half_x ** 2 + half_y ** 2))
-            phi = 2.0 * np.pi * np.random.random()
-            sz = np.sqrt(1.0 - cz * cz)
-            u, v, w = sz * np.cos(phi), sz * np.sin(phi), cz
-            if abs(u / w) <= half_x and abs(v / w) <= half_y:
-                break
+        if aim_x == 0.0 and aim_y == 0.0:
+            while True:
+                cz = 1.0 - np.random.random() * (1.0 - 1.0 / np.sqrt(1.0 + half_x ** 2 + half_y ** 2))
+                phi = 2.0 * np.pi * np.random.random()
+                sz = np.sqrt(1.0 - cz * cz)
+                u, v, w = sz * np.cos(phi), sz * np.sin(phi), cz
+                if abs(u / w) <= half_x and abs(v / w) <= half_y:
+                    break
+        else:  # a pencil off the axis: towards a point drawn uniformly in its (small) rectangle
+            tx = aim_x + (2.0 * np.random.random() - 1.0) * half_x
+            ty = aim_y + (2.0 * np.random.random() - 1.0) * half_y
+            norm = np.sqrt(1.0 + tx * tx + ty * ty)
+            u, v, w = tx / norm, ty / norm, 1.0 / norm
         x, y, z = 0.0, 0.0, 0.0
         primary = True
         alive = True
@@ -366,10 +372,13 @@ def _transport(n, seed, energies_in, weights_cdf, half_x, half_y, mu, e0, s_tab,
 
 
 def simulate(tables: Tables, phantom: Phantom, detector: Detector, histories: int, field_half_cm: tuple[float, float],
-             spectrum: tuple[np.ndarray, np.ndarray], seed: int = 0, batches: int | None = None) -> Result:
+             spectrum: tuple[np.ndarray, np.ndarray], seed: int = 0, batches: int | None = None,
+             aim_cm: tuple[float, float] = (0.0, 0.0)) -> Result:
     """`histories` photons from the origin, isotropic within the rectangle of half-sizes `field_half_cm`
     at the detector plane, energies drawn from `spectrum` (energies keV, weights), in `batches` seeded
-    independently (by default one per core, run in parallel)."""
+    independently (by default one per core, run in parallel). With `aim_cm` off the axis, a pencil there:
+    the photons head for points drawn uniformly in that rectangle centred at `aim_cm` on the detector
+    plane (for a pencil's small rectangle, the same as isotropic)."""
     energies, weights = (np.asarray(a, dtype=np.float64) for a in spectrum)
     if energies.max() > tables.max_energy:
         raise ValueError(f"spectrum reaches {energies.max():g} keV; the tables stop at {tables.max_energy:g}")
@@ -386,7 +395,8 @@ def simulate(tables: Tables, phantom: Phantom, detector: Detector, histories: in
     csi_mu = csi.mass_coefficients(tables.energies).sum(0) * detector.csi_density
     half = (field_half_cm[0] / detector.distance, field_half_cm[1] / detector.distance)
     shape = np.array(detector.shape, dtype=np.int64)
-    outs = _run(counts, seed, energies, cdf, half, tables, phantom, densities, majorant, detector, shape, csi_mu)
+    aim = (aim_cm[0] / detector.distance, aim_cm[1] / detector.distance)
+    outs = _run(counts, seed, energies, cdf, half, aim, tables, phantom, densities, majorant, detector, shape, csi_mu)
     imparted, fp, fs, cp, cs, gp, gs = (sum(o[i] for o in outs) for i in range(7))
     per_batch = tuple((int(c), o[0] / c, o[3] / c, o[4] / c, o[5] / c, o[6] / c) for c, o in zip(counts, outs) if c > 0)
     return Result(histories, imparted / histories, per_batch, fp / histories, fs / histories, cp / histories,
@@ -410,7 +420,7 @@ def grid_arrays(grids: tuple[Grid, ...], energies: np.ndarray) -> tuple[np.ndarr
     return geometry, mu
 
 
-def _run(counts, seed, energies, cdf, half, tables, phantom, densities, majorant, detector, shape, csi_mu):
+def _run(counts, seed, energies, cdf, half, aim, tables, phantom, densities, majorant, detector, shape, csi_mu):
     from concurrent.futures import ThreadPoolExecutor
 
     grid_geometry, grid_mu = grid_arrays(detector.grids, tables.energies)
@@ -419,7 +429,8 @@ def _run(counts, seed, energies, cdf, half, tables, phantom, densities, majorant
         imparted = np.zeros(phantom.index.shape)
         planes = [np.zeros(detector.shape) for _ in range(4)]
         planes += [np.zeros((len(detector.grids), *detector.shape)) for _ in range(2)]
-        _transport(int(counts[b]), int(seed) * 1000003 + b, energies, cdf, half[0], half[1], tables.mu,
+        _transport(int(counts[b]), int(seed) * 1000003 + b, energies, cdf, half[0], half[1], aim[0], aim[1],
+                   tables.mu,
                    float(tables.energies[0]), tables.s, tables.f2, float(tables.materials[0].density),
                    phantom.index.astype(np.uint8), densities,
                    np.asarray(phantom.origin, dtype=np.float64), np.asarray(phantom.spacing, dtype=np.float64),

@@ -26,6 +26,7 @@ import numpy as np
 from pipelines.physics.grid import Grid
 from pipelines.physics.kernels import (
     DATA,
+    FAR_RADIUS_MM,
     FILTRATION_AL_MM,
     FIT_GEOMETRY_CM,
     GAP_NODES_CM,
@@ -44,7 +45,6 @@ from pipelines.physics.kernels import (
 )
 
 SOURCE_TO_SLAB_CM = 60.0
-FIT_THICKNESSES_CM = (10.0, 20.0, 30.0)
 TALLY_PIXEL_CM = 0.2
 TALLY_PIXELS = 520  # 104 cm square: the kernels' 50 cm radius fits
 
@@ -164,6 +164,77 @@ def full_field_spr(thickness_cm: float, histories: int, kv: int = 90, al_mm: flo
             "grid_profiles_se": [bands_se(lambda b, g=g: b[4][g], lambda b, g=g: b[5][g]) for g in range(len(grids))]}
 
 
+OFF_AXIS_CM = (5.0, 10.0, 15.0)  # the off-axis pencils' distances from the axis at the detector
+OFF_AXIS_WATER_CM, OFF_AXIS_KV, OFF_AXIS_REGION_CM = 20.0, 90, 4.0
+
+
+def off_axis_gains(histories: int, seed: int = 0, grid: Grid = Grid(10.0, 40.0)) -> dict:
+    """How a diverging beam draws scatter in, by the Monte Carlo: pencils aimed at OFF_AXIS_CM from the axis
+    (along the detector's columns, across the grid's lamellae, and along its rows) through
+    OFF_AXIS_WATER_CM of water centred on the isocentre (FIT_GEOMETRY_CM's SDD and SOD, the 40 x 40 cm
+    slab of `full_field_spr`), at OFF_AXIS_KV. A pencil's gain is the scatter it brings to the central
+    OFF_AXIS_REGION_CM square, over what the on-axis pencil brings to the same square as far away, each
+    per unit of its own open signal: 1 if scatter landed where it would from a pencil at the axis.
+    Without and behind `grid`; each gain with its standard error over the Monte Carlo's batches."""
+    from pipelines.physics.montecarlo import Detector, box_phantom, simulate
+    from pipelines.physics.tables import tube_spectrum
+
+    sdd, sod = FIT_GEOMETRY_CM["sdd"], FIT_GEOMETRY_CM["sod"]
+    energies, weights = tube_spectrum(OFF_AXIS_KV, 12.0, al_mm=FILTRATION_AL_MM)
+    tables = _tables(float(OFF_AXIS_KV))
+    detector = Detector(sdd, (104, 104), 0.4, grids=(grid,))
+    half = int(round(OFF_AXIS_REGION_CM / 2 / detector.pitch))
+
+    def region(image, x_cm, y_cm):
+        row, col = (int(round(detector.shape[0] / 2 + v / detector.pitch)) for v in (y_cm, x_cm))
+        return image[..., row - half:row + half, col - half:col + half].sum(axis=(-2, -1))
+
+    def pencil(aim, density):
+        phantom = box_phantom((40.0, 40.0, OFF_AXIS_WATER_CM), (0.0, 0.0, sod), 1.0, density)
+        return simulate(tables, phantom, detector, histories if density > 1e-3 else histories // 100, (0.01, 0.01),
+                        (energies, weights), seed, aim_cm=aim)
+
+    def per_batch(result, x_cm, y_cm, open_signal, plane):  # (scatter in the region per open signal, its s.e.)
+        values = np.array([region(b[plane][0] if plane == 5 else b[plane], x_cm, y_cm) for b in result.batches])
+        counts = np.array([b[0] for b in result.batches])
+        from pipelines.physics.montecarlo import standard_error
+        return float(np.sum(values * counts) / counts.sum()) / open_signal, standard_error(values, counts) / open_signal
+
+    water = tables.materials[1].density
+    aims = [(d, 0.0) for d in OFF_AXIS_CM] + [(0.0, d) for d in OFF_AXIS_CM]
+    results = {aim: (pencil(aim, water), pencil(aim, 1e-9)) for aim in [(1e-6, 0.0)] + aims}
+    out = {"aims_cm": aims, "gain": [], "gain_se": [], "grid_gain": [], "grid_gain_se": [], "histories": histories}
+    for name, plane, open_of in (("", 3, lambda r: r.csi_primary.sum()), ("grid_", 5, lambda r: r.grid_primary[0].sum())):
+        axis, axis_open = results[(1e-6, 0.0)]
+        for aim in aims:
+            run, empty = results[aim]
+            s, s_se = per_batch(run, 0.0, 0.0, open_of(empty), plane)
+            ref, ref_se = per_batch(axis, -aim[0], -aim[1], open_of(axis_open), plane)
+            out[name + "gain"].append(s / ref)
+            out[name + "gain_se"].append(s / ref * float(np.hypot(s_se / s, ref_se / ref)))
+    return out
+
+
+def model_off_axis_gain(aim_cm: tuple[float, float], kernels: Kernels | None = None, grid: Grid | None = None) -> float:
+    """The kernel model's gain (`off_axis_gains`) for a pencil aimed at `aim_cm`: its parts reach a point x
+    from where they are drawn in (K_near(|x - m_near x'|) within FAR_RADIUS_MM, K_far(|x - m_far x'|)
+    beyond, `kernels.kernel_scatter`), against the kernel reaching as far from an on-axis pencil."""
+    k = kernels or load()
+    sdd_mm, sod_mm = FIT_GEOMETRY_CM["sdd"] * 10, FIT_GEOMETRY_CM["sod"] * 10
+    table = k.centred(OFF_AXIS_KV, (sdd_mm - sod_mm) / 10, grid)[list(k.thickness_cm).index(OFF_AXIS_WATER_CM)]
+    pitch = 4.0
+    centres = (np.arange(int(OFF_AXIS_REGION_CM * 10 / pitch)) + 0.5) * pitch - OFF_AXIS_REGION_CM * 10 / 2
+    y, x = np.meshgrid(centres, centres, indexing="ij")
+    ax, ay = aim_cm[0] * 10, aim_cm[1] * 10
+    m_near, m_far = k.source_scale(sod_mm, sdd_mm, grid)
+    near = np.hypot(x - m_near * ax, y - m_near * ay)
+    far = np.hypot(x - m_far * ax, y - m_far * ay)
+    drawn = np.interp(near, k.radii_mm, table, right=0.0) * (near < FAR_RADIUS_MM) + \
+        np.interp(far, k.radii_mm, table, right=0.0) * (far >= FAR_RADIUS_MM)
+    axis = np.interp(np.hypot(x - ax, y - ay), k.radii_mm, table, right=0.0)
+    return float(drawn.sum() / axis.sum())
+
+
 PROFILE_BAND_MM, PROFILE_ROWS_MM = 20.0, 40.0
 
 
@@ -228,45 +299,56 @@ def model_spr(thickness_cm: float, kv: int = 90, al_mm: float = FILTRATION_AL_MM
     return float(scatter[n // 2, n // 2] / transmitted)
 
 
-def fit_origin_factor(kernels: Kernels, reference: dict[float, float]) -> float:
-    """The origin factor (0 to 1, every 0.02) whose model SPRs are nearest the Monte Carlo's (rms log)."""
-    from dataclasses import replace
-
-    def error(k):
-        trial = replace(kernels, origin_factor=k)
-        return float(np.mean([np.log(model_spr(t, kernels=trial) / spr) ** 2 for t, spr in reference.items()]))
-    return min(np.round(np.arange(0.0, 1.0001, 0.02), 2), key=error)
-
-
-# the grid origin factor's fit, (water cm, SDD cm, SOD cm, field cm) at 90 kV behind the default 10:1,
-# 40 lines/cm grid: 10, 20 and 30 cm at the default geometry, 20 cm against the detector, 40 cm before it
-# and in a 40 cm field -- the gaps and fields the checks span (a seed the benchmark does not use)
-GRID_FIT_CASES = ((20.0, 102.0, 85.0, 20.48), (10.0, 102.0, 85.0, 20.48), (30.0, 102.0, 85.0, 20.48),
-                  (20.0, 102.0, 92.0, 20.48), (20.0, 130.0, 80.0, 20.48), (20.0, 102.0, 85.0, 40.0))
+# the origin factors' fit, (water cm, SDD cm, SOD cm, field cm) at 90 kV, without and behind the default
+# 10:1, 40 lines/cm grid: 10, 20 and 30 cm at the default geometry, 20 cm against the detector, 40 cm before
+# it and in a 40 cm field -- the gaps and fields the checks span (a seed the benchmark does not use)
+ORIGIN_FIT_CASES = ((20.0, 102.0, 85.0, 20.48), (10.0, 102.0, 85.0, 20.48), (30.0, 102.0, 85.0, 20.48),
+                    (20.0, 102.0, 92.0, 20.48), (20.0, 130.0, 80.0, 20.48), (20.0, 102.0, 85.0, 40.0))
 GRID_FIT_GRID = Grid(10.0, 40.0)
-GRID_FIT_SEED = 5
+ORIGIN_FIT_SEED = 5
+ORIGIN_FACTORS = np.round(np.arange(0.0, 1.0001, 0.02), 2)  # the fit's candidates for every k
 
 
-def fit_grid_origin_factor(kernels: Kernels, histories: int) -> tuple[float, dict]:
-    """The origin factor behind a grid (0 to 1, every 0.02) whose model SPRs behind GRID_FIT_GRID are
-    nearest the Monte Carlo's over GRID_FIT_CASES (rms log)."""
+def origin_references(histories: int) -> dict[tuple, tuple[float, float]]:
+    """The Monte Carlo's SPR at the field centre for each of ORIGIN_FIT_CASES: (without, behind GRID_FIT_GRID)."""
+    out = {}
+    for t, sdd, sod, field in ORIGIN_FIT_CASES:
+        mc = full_field_spr(t, histories, seed=ORIGIN_FIT_SEED, grids=(GRID_FIT_GRID,), sdd_cm=sdd, sod_cm=sod,
+                            field_cm=field)
+        out[(t, sdd, sod, field)] = (mc["spr"], mc["grid_spr"][0])
+    return out
+
+
+def fit_origin_factors(kernels: Kernels, references: dict[tuple, tuple[float, float]], grid: bool) -> tuple[float, float, dict]:
+    """The origin factors (near, far; 0 to 1, every 0.02) whose model SPRs are nearest the Monte Carlo's
+    `references` (`origin_references`) over ORIGIN_FIT_CASES, rms log: without a grid, or behind
+    GRID_FIT_GRID. Searched on every 0.1 first, then every 0.02 about the best."""
     from dataclasses import replace
 
-    reference = {case: full_field_spr(case[0], histories, seed=GRID_FIT_SEED, grids=(GRID_FIT_GRID,), sdd_cm=case[1],
-                                      sod_cm=case[2], field_cm=case[3])["grid_spr"][0] for case in GRID_FIT_CASES}
-
-    def error(k):
-        trial = replace(kernels, grid_origin_factor=float(k))
-        return float(np.sqrt(np.mean([np.log(model_spr(t, kernels=trial, grid=GRID_FIT_GRID, sdd_cm=sdd, sod_cm=sod,
-                                                       field_cm=field) / spr) ** 2
-                                      for (t, sdd, sod, field), spr in reference.items()])))
-    errors = {float(k): error(k) for k in np.round(np.arange(0.0, 1.0001, 0.02), 2)}
+    def error(near, far):
+        trial = replace(kernels, grid_origin_factor=float(near), grid_far_origin_factor=float(far)) if grid else \
+            replace(kernels, origin_factor=float(near), far_origin_factor=float(far))
+        return float(np.sqrt(np.mean([np.log(model_spr(t, kernels=trial, grid=GRID_FIT_GRID if grid else None, sdd_cm=sdd,
+                                                       sod_cm=sod, field_cm=field) / spr[int(grid)]) ** 2
+                                      for (t, sdd, sod, field), spr in references.items()])))
+    errors = {}
+    coarse = ORIGIN_FACTORS[::5]
+    for near in coarse:
+        for far in coarse:
+            errors[(near, far)] = error(near, far)
     best = min(errors, key=errors.get)
-    return best, {"rms_log_error": {f"{k:g}": round(e, 4) for k, e in errors.items()}, "histories": histories,
-                  "fit_cases": [{"water_cm": t, "sdd_cm": sdd, "sod_cm": sod, "field_cm": field,
-                             "monte_carlo_spr": round(spr, 4)} for (t, sdd, sod, field), spr in reference.items()],
-                  "grid": {"ratio": GRID_FIT_GRID.ratio, "lines_per_cm": GRID_FIT_GRID.lines_per_cm}, "kv": 90,
-                  "monte_carlo_seed": GRID_FIT_SEED}
+    for near in ORIGIN_FACTORS[np.abs(ORIGIN_FACTORS - best[0]) <= 0.1 + 1e-9]:
+        for far in ORIGIN_FACTORS[np.abs(ORIGIN_FACTORS - best[1]) <= 0.1 + 1e-9]:
+            if (near, far) not in errors:
+                errors[(near, far)] = error(near, far)
+    near, far = min(errors, key=errors.get)
+    return float(near), float(far), {
+        "rms_log_error": round(errors[(near, far)], 4), "rms_log_error_one_factor": {
+            f"{k:g}": round(errors[(k, k)], 4) for k in coarse},
+        "fit_cases": [{"water_cm": t, "sdd_cm": sdd, "sod_cm": sod, "field_cm": field,
+                       "monte_carlo_spr": round(spr[int(grid)], 4)} for (t, sdd, sod, field), spr in references.items()],
+        "kv": 90, "monte_carlo_seed": ORIGIN_FIT_SEED, "far_radius_mm": FAR_RADIUS_MM,
+        **({"grid": {"ratio": GRID_FIT_GRID.ratio, "lines_per_cm": GRID_FIT_GRID.lines_per_cm}} if grid else {})}
 
 
 DESTINATION_GRID = np.round(np.arange(0.0, 0.0501, 0.005), 3)  # c per cm, the fit's candidates
@@ -297,16 +379,17 @@ def fit_destination_factor(kernels: Kernels, histories: int = FIT_PROFILE_HISTOR
 def save(kernels: Kernels, histories: int, seconds: float, fit: dict, destination_fit: dict,
          grid_fit: dict | None = None) -> None:
     DATA.mkdir(parents=True, exist_ok=True)
+    factors = {name: getattr(kernels, name) for name in ("grid_origin_factor", "far_origin_factor",
+                                                           "grid_far_origin_factor") if getattr(kernels, name) is not None}
     np.savez_compressed(KERNEL_FILE, kv=kernels.kv, thickness_cm=kernels.thickness_cm, gap_cm=kernels.gap_cm,
                         radii_mm=kernels.radii_mm, values=kernels.values, origin_factor=kernels.origin_factor,
                         destination_factor=kernels.destination_factor, grid_values=kernels.grid_values.astype(np.float32),
-                        grid_ratios=np.array(GRID_RATIOS), grid_lines_per_cm=np.array(GRID_LINES_PER_CM),
-                        **({} if kernels.grid_origin_factor is None else
-                           {"grid_origin_factor": kernels.grid_origin_factor}))
+                        grid_ratios=np.array(GRID_RATIOS), grid_lines_per_cm=np.array(GRID_LINES_PER_CM), **factors)
     PROVENANCE_FILE.write_text(json.dumps({
-        "origin_factor": kernels.origin_factor, "origin_factor_fit": fit,
+        "origin_factor": kernels.origin_factor, "far_origin_factor": kernels.far_origin_factor, "origin_factor_fit": fit,
         "destination_factor": kernels.destination_factor, "destination_factor_fit": destination_fit,
-        "grid_origin_factor": kernels.grid_origin_factor, "grid_origin_factor_fit": grid_fit,
+        "grid_origin_factor": kernels.grid_origin_factor, "grid_far_origin_factor": kernels.grid_far_origin_factor,
+        "grid_origin_factor_fit": grid_fit, "far_radius_mm": FAR_RADIUS_MM,
         "made_by": "python -m pipelines.physics.scatter_kernels", "histories_per_kernel": histories,
         "seconds": round(seconds, 1), "monte_carlo": "pipelines/physics/montecarlo.py (checked: benchmarks/tg195.py)",
         "beam": f"tungsten, 12 deg anode, {FILTRATION_AL_MM} mm Al (spekpy)", "phantom": "water slabs, 120 cm square",
@@ -320,50 +403,57 @@ def save(kernels: Kernels, histories: int, seconds: float, fit: dict, destinatio
     }, indent=2) + "\n", encoding="utf-8")
 
 
+def refit_origin(kernels: Kernels, histories: int) -> tuple[Kernels, dict, dict]:
+    """`kernels` with their four origin factors fitted (`fit_origin_factors`), and the two fits' records."""
+    from dataclasses import replace
+
+    references = origin_references(histories)
+    near, far, fit = fit_origin_factors(kernels, references, grid=False)
+    grid_near, grid_far, grid_fit = fit_origin_factors(kernels, references, grid=True)
+    for record in (fit, grid_fit):
+        record["histories"] = histories
+    print(f"origin factors {near:g} near, {far:g} far: rms log error {fit['rms_log_error']}; behind the grid "
+          f"{grid_near:g} near, {grid_far:g} far: {grid_fit['rms_log_error']}")
+    return replace(kernels, origin_factor=near, far_origin_factor=far, grid_origin_factor=grid_near,
+                   grid_far_origin_factor=grid_far), fit, grid_fit
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="regenerate the scatter kernels from the Monte Carlo")
     parser.add_argument("--histories", type=int, default=2_000_000, help="per kernel (default: %(default)s)")
     parser.add_argument("--fit-histories", type=int, default=20_000_000,
-                        help="per full-field Monte Carlo the origin factor is fitted to (default: %(default)s)")
+                        help="per full-field Monte Carlo the origin factors are fitted to (default: %(default)s)")
+    parser.add_argument("--refit-origin", action="store_true",
+                        help="keep the stored kernels and destination factor; fit the origin factors again "
+                             "(without and behind a grid)")
     parser.add_argument("--refit-destination", action="store_true",
-                        help="keep the stored kernels and origin factor; fit the destination factor again")
-    parser.add_argument("--refit-grid", action="store_true",
-                        help="keep the stored kernels and factors; fit the origin factor behind a grid again")
+                        help="keep the stored kernels (and origin factors, unless --refit-origin); fit the "
+                             "destination factor again")
     args = parser.parse_args()
     start = time.perf_counter()
-    if args.refit_destination or args.refit_grid:
+    if args.refit_origin or args.refit_destination:
         from dataclasses import replace
 
         stored = load()
         before = json.loads(PROVENANCE_FILE.read_text(encoding="utf-8"))
-        destination_fit, grid_fit = before["destination_factor_fit"], before.get("grid_origin_factor_fit")
+        fit, destination_fit, grid_fit = (before[k] for k in ("origin_factor_fit", "destination_factor_fit",
+                                                              "grid_origin_factor_fit"))
+        if args.refit_origin:
+            stored, fit, grid_fit = refit_origin(stored, args.fit_histories)
         if args.refit_destination:
             c, destination_fit = fit_destination_factor(stored)
             stored = replace(stored, destination_factor=c)
             print(f"destination factor {c:g} per cm: rms log error {destination_fit['rms_log_error']}")
-        if args.refit_grid:
-            k, grid_fit = fit_grid_origin_factor(stored, args.fit_histories)
-            stored = replace(stored, grid_origin_factor=k)
-            print(f"grid origin factor {k:g}: rms log error {grid_fit['rms_log_error']}")
-        save(stored, before["histories_per_kernel"], before["seconds"], before["origin_factor_fit"], destination_fit,
-             grid_fit)
+        save(stored, before["histories_per_kernel"], before["seconds"], fit, destination_fit, grid_fit)
         return
     kernels = generate(args.histories)
     np.savez_compressed(DATA / "scatter_kernels.unfitted.npz", values=kernels.values, grid_values=kernels.grid_values)
-    reference = {t: full_field_spr(t, args.fit_histories)["spr"] for t in FIT_THICKNESSES_CM}
+    kernels, fit, grid_fit = refit_origin(kernels, args.fit_histories)
     from dataclasses import replace
 
-    kernels = replace(kernels, origin_factor=fit_origin_factor(kernels, reference))
-    fit = {"monte_carlo_spr": {f"{t:g} cm": round(v, 4) for t, v in reference.items()},
-           "model_spr": {f"{t:g} cm": round(model_spr(t, kernels=kernels), 4) for t in FIT_THICKNESSES_CM},
-           "histories": args.fit_histories, "geometry_cm": FIT_GEOMETRY_CM, "kv": 90}
-    print(f"origin factor {kernels.origin_factor:g}: model SPR {fit['model_spr']} against {fit['monte_carlo_spr']}")
     c, destination_fit = fit_destination_factor(kernels)
     kernels = replace(kernels, destination_factor=c)
     print(f"destination factor {c:g} per cm: rms log error {destination_fit['rms_log_error']}")
-    k, grid_fit = fit_grid_origin_factor(kernels, args.fit_histories)
-    kernels = replace(kernels, grid_origin_factor=k)
-    print(f"grid origin factor {k:g}: rms log error {grid_fit['rms_log_error']}")
     save(kernels, args.histories, time.perf_counter() - start, fit, destination_fit, grid_fit)
     (DATA / "scatter_kernels.unfitted.npz").unlink()
     print(f"wrote {KERNEL_FILE} and {PROVENANCE_FILE} in {time.perf_counter() - start:.0f} s")

@@ -205,7 +205,8 @@ class ScatterModel:
     kernels: np.ndarray | None = None
     kernel_thickness_cm: np.ndarray | None = None
     kernel_radii_mm: np.ndarray | None = None
-    source_scale: float = 1.0  # the pencils' sources drawn towards the centre (kernels.Kernels.source_scale)
+    # the pencils' sources drawn towards the centre, one m or (near, far) (kernels.Kernels.source_scale)
+    source_scale: float | tuple[float, float] = 1.0
     destination: float = 0.0  # the kernels' asymmetry per cm of thickness (kernels.kernel_scatter)
     # -ln(S / S_open) through HEEL_THICKNESS_G_CM2 of water for the beam the kernels were tallied with
     # (the view's kV, detector and grid behind the kernels' filtration): see `kernel_scatter_signal`

@@ -37,3 +37,21 @@ def test_primary_through_a_slab_is_beer_lambert_and_seeded_runs_repeat():
     assert np.array_equal(a.imparted, b.imparted) and np.array_equal(a.csi_scatter, b.csi_scatter)
     c = simulate(tables, phantom, detector, 200_000, (10.0, 10.0), spectrum, seed=4)
     assert not np.array_equal(a.imparted, c.imparted)
+
+
+def test_a_pencil_aimed_off_the_axis_lands_there_through_the_slab_obliquely():
+    """`aim_cm`: the pencil's primary lands in the pixel it is aimed at, attenuated along its oblique path
+    through the slab (Beer-Lambert over 5 / cos of water at its angle)."""
+    tables = Tables((Material.nist("Air, Dry (near sea level)"), Material.nist("Water, Liquid")), 61.0)
+    phantom = box_phantom((60.0, 60.0, 5.0), (0.0, 0.0, 80.0), 1.0, 1.0)
+    detector = Detector(100.0, (40, 40), 1.0)
+    spectrum = (np.array([60.0]), np.array([1.0]))
+    result = simulate(tables, phantom, detector, 100_000, (0.01, 0.01), spectrum, seed=2, aim_cm=(15.5, -7.5))
+    row, col = np.unravel_index(np.argmax(result.fluence_primary), result.fluence_primary.shape)
+    assert (row, col) == (20 - 8, 20 + 15)  # pixel centres at -19.5 ... 19.5 cm
+    assert result.fluence_primary.sum() == pytest.approx(result.fluence_primary[row, col])
+    water_mu = tables.materials[1].mass_coefficients(np.array([60.0])).sum()
+    air_mu = tables.materials[0].mass_coefficients(np.array([60.0])).sum() * tables.materials[0].density
+    secant = np.sqrt(1 + (15.5 ** 2 + 7.5 ** 2) / 100.0 ** 2)
+    expected = 60.0 * np.exp(-(water_mu * 5.0 + air_mu * 95.0) * secant)
+    assert result.fluence_primary.sum() == pytest.approx(expected, rel=0.01)  # ~67,000 primaries

@@ -109,3 +109,17 @@ def test_the_documented_spr_profiles_are_what_benchmarks_scatter_prints():
     for band in (4, 5, 6):
         documented = float(rows[band][4])
         assert abs(fresh["spr"][band] - documented) < 4 * fresh["spr_se"][band], (band, fresh["spr"][band])
+
+
+def test_the_documented_off_axis_gains_are_what_benchmarks_scatter_prints():
+    """The off-axis pencils' table: every aim without and behind the 10:1 grid, the kernels' gain exactly
+    (deterministic), the ratio from the printed columns."""
+    from pipelines.physics import scatter_kernels
+
+    rows = _rows("| pencil aimed at | grid | gain, Monte Carlo | ± s.e. | kernels | / MC |")
+    aims = [(d, 0.0) for d in scatter_kernels.OFF_AXIS_CM] + [(0.0, d) for d in scatter_kernels.OFF_AXIS_CM]
+    assert [r[0] for r in rows] == [f"({x:g}, {y:g}) cm" for x, y in aims] * 2
+    for aim, (_, grid, mc, se, kernels, ratio) in zip(aims * 2, rows):
+        g = None if grid == "none" else GRIDS[0]
+        assert f"{scatter_kernels.model_off_axis_gain(aim, grid=g):.3f}" == kernels, (aim, grid)
+        assert float(se) > 0 and float(ratio) == pytest.approx(float(kernels) / float(mc), abs=0.006)

@@ -57,3 +57,39 @@ def test_kernel_superposition_is_the_direct_sum_over_the_pencils():
             kernel = np.interp(t[ys, xs], nodes, by_node) * pixel * pixel
             want[y, x] += sources[ys, xs] * kernel * np.exp(-c * (t[y, x] - t[ys, xs]))
     np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-6 * want.max())
+
+
+def test_the_near_and_far_parts_draw_their_sources_in_by_their_own_factor():
+    """With (m near, m far), the kernels' part within FAR_RADIUS_MM reaches the centre from a pencil at x'
+    as K(m_near |x'|), the part beyond as K(m_far |x'|): at the centre cell (which maps onto itself) the
+    FFT superposition is the sum written out."""
+    from pipelines.physics.kernels import FAR_RADIUS_MM, kernel_scatter, load
+
+    k = load()
+    table = k.centred(90, 17.0, None)
+    rng = np.random.default_rng(5)
+    hc, wc, cell, pixel = 21, 25, 8.0, 0.8
+    sources, thickness = rng.random((hc, wc)), rng.uniform(5.0, 30.0, (hc, wc))
+    nodes = k.thickness_cm
+    t = np.clip(thickness, nodes[0], nodes[-1])
+    cy, cx = (hc - 1) // 2, (wc - 1) // 2
+
+    def direct(near, far):
+        total = 0.0
+        for ys, xs in np.ndindex(hc, wc):
+            r = np.hypot(ys - cy, xs - cx) * cell
+            for m, inside in ((near, lambda d: d < FAR_RADIUS_MM), (far, lambda d: d >= FAR_RADIUS_MM)):
+                if inside(m * r):
+                    by_node = [np.interp(m * r, k.radii_mm, table[n], right=0.0) for n in range(len(nodes))]
+                    total += sources[ys, xs] * np.interp(t[ys, xs], nodes, by_node) * pixel * pixel
+        return total
+    both = kernel_scatter(sources, thickness, table, nodes, k.radii_mm, pixel, cell, (0.9, 0.75))[cy, cx]
+    assert both == pytest.approx(direct(0.9, 0.75), rel=2e-5)
+    one = kernel_scatter(sources, thickness, table, nodes, k.radii_mm, pixel, cell, 0.9)
+    np.testing.assert_allclose(kernel_scatter(sources, thickness, table, nodes, k.radii_mm, pixel, cell, (0.9, 0.9)), one)
+    # under a wide uniform field (40 cm) of 20 cm water, the far part drawn in harder brings more scatter
+    # to the centre
+    flat = np.ones((51, 51))
+    harder, same = (kernel_scatter(flat, np.full(flat.shape, 20.0), table, nodes, k.radii_mm, pixel, cell, m)[25, 25]
+                    for m in ((0.9, 0.75), (0.9, 0.9)))
+    assert harder > 1.05 * same
