@@ -93,3 +93,24 @@ def test_the_near_and_far_parts_draw_their_sources_in_by_their_own_factor():
     harder, same = (kernel_scatter(flat, np.full(flat.shape, 20.0), table, nodes, k.radii_mm, pixel, cell, m)[25, 25]
                     for m in ((0.9, 0.75), (0.9, 0.9)))
     assert harder > 1.05 * same
+
+
+def test_the_stored_origin_factors_are_what_the_fit_gives_on_the_stored_monte_carlo_references():
+    """`scatter_kernels --refit-origin` stored four origin factors with the Monte Carlo's SPRs it fitted
+    them to: fitting again on those SPRs (no Monte Carlo needed) gives the stored factors, each better than
+    the best single factor over the same cases."""
+    from pipelines.physics.kernels import load
+
+    k = load()
+    provenance = json.loads(scatter_kernels.PROVENANCE_FILE.read_text())
+    for grid, near, far, record in ((False, k.origin_factor, k.far_origin_factor, provenance["origin_factor_fit"]),
+                                    (True, k.grid_origin_factor, k.grid_far_origin_factor,
+                                     provenance["grid_origin_factor_fit"])):
+        cases = [(c["water_cm"], c["sdd_cm"], c["sod_cm"], c["field_cm"]) for c in record["fit_cases"]]
+        assert cases == list(scatter_kernels.ORIGIN_FIT_CASES) and record["far_radius_mm"] == scatter_kernels.FAR_RADIUS_MM
+        spr = [c["monte_carlo_spr"] for c in record["fit_cases"]]
+        references = {case: (s, s) for case, s in zip(cases, spr)}  # the column the fit does not read is unused
+        got_near, got_far, fit = scatter_kernels.fit_origin_factors(k, references, grid=grid)
+        assert (got_near, got_far) == (near, far), grid
+        assert fit["rms_log_error"] == pytest.approx(record["rms_log_error"], abs=2e-4)
+        assert fit["rms_log_error"] < 0.8 * min(record["rms_log_error_one_factor"].values())
