@@ -11,7 +11,9 @@ per unit of the pencil's open signal behind the grid, and a view's grid is read 
 are tallied with the lamellae in one orientation and averaged over the directions around the pencil.
 
 `python -m pipelines.physics.scatter_kernels [--histories N]` regenerates the tables (KERNEL_FILE) and
-their provenance (PROVENANCE_FILE) from the Monte Carlo; the synthesis only reads them.
+their provenance (PROVENANCE_FILE) from the Monte Carlo; the synthesis only reads them. `--refit-origin`
+and `--refit-destination` keep the stored kernels and fit their factors again. `off_axis_gains` checks
+what the origin factors stand for, pencil by pencil (`benchmarks/scatter.py`).
 """
 from __future__ import annotations
 
