@@ -178,7 +178,7 @@ def off_axis_gains(histories: int, seed: int = 0, grid: Grid = Grid(10.0, 40.0))
     OFF_AXIS_REGION_CM square, over what the on-axis pencil brings to the same square as far away, each
     per unit of its own open signal: 1 if scatter landed where it would from a pencil at the axis.
     Without and behind `grid`; each gain with its standard error over the Monte Carlo's batches."""
-    from pipelines.physics.montecarlo import Detector, box_phantom, simulate
+    from pipelines.physics.montecarlo import Detector, box_phantom, simulate, standard_error
     from pipelines.physics.tables import tube_spectrum
 
     sdd, sod = FIT_GEOMETRY_CM["sdd"], FIT_GEOMETRY_CM["sod"]
@@ -196,22 +196,23 @@ def off_axis_gains(histories: int, seed: int = 0, grid: Grid = Grid(10.0, 40.0))
         return simulate(tables, phantom, detector, histories if density > 1e-3 else histories // 100, (0.01, 0.01),
                         (energies, weights), seed, aim_cm=aim)
 
-    def per_batch(result, x_cm, y_cm, open_signal, plane):  # (scatter in the region per open signal, its s.e.)
-        values = np.array([region(b[plane][0] if plane == 5 else b[plane], x_cm, y_cm) for b in result.batches])
+    def per_batch(result, x_cm, y_cm, open_signal, scatter_of):  # (scatter in the region per open signal, s.e.)
+        values = np.array([region(scatter_of(b), x_cm, y_cm) for b in result.batches])
         counts = np.array([b[0] for b in result.batches])
-        from pipelines.physics.montecarlo import standard_error
         return float(np.sum(values * counts) / counts.sum()) / open_signal, standard_error(values, counts) / open_signal
 
     water = tables.materials[1].density
     aims = [(d, 0.0) for d in OFF_AXIS_CM] + [(0.0, d) for d in OFF_AXIS_CM]
     results = {aim: (pencil(aim, water), pencil(aim, 1e-9)) for aim in [(1e-6, 0.0)] + aims}
     out = {"aims_cm": aims, "gain": [], "gain_se": [], "grid_gain": [], "grid_gain_se": [], "histories": histories}
-    for name, plane, open_of in (("", 3, lambda r: r.csi_primary.sum()), ("grid_", 5, lambda r: r.grid_primary[0].sum())):
+    # a batch is (histories, imparted, csi_primary, csi_scatter, grid_primary, grid_scatter) (`montecarlo.Result`)
+    for name, scatter_of, open_of in (("", lambda b: b[3], lambda r: r.csi_primary.sum()),
+                                      ("grid_", lambda b: b[5][0], lambda r: r.grid_primary[0].sum())):
         axis, axis_open = results[(1e-6, 0.0)]
         for aim in aims:
             run, empty = results[aim]
-            s, s_se = per_batch(run, 0.0, 0.0, open_of(empty), plane)
-            ref, ref_se = per_batch(axis, -aim[0], -aim[1], open_of(axis_open), plane)
+            s, s_se = per_batch(run, 0.0, 0.0, open_of(empty), scatter_of)
+            ref, ref_se = per_batch(axis, -aim[0], -aim[1], open_of(axis_open), scatter_of)
             out[name + "gain"].append(s / ref)
             out[name + "gain_se"].append(s / ref * float(np.hypot(s_se / s, ref_se / ref)))
     return out
