@@ -191,7 +191,9 @@ class ObjectCache:
             self._discard(part, journal)
             raise StoreError(f"{where}: sha256 {digest[:12]}... differs from the version's record {obj.sha256[:12]}... "
                              "(the object was changed or corrupted in the store; not cached)")
-        os.replace(part, self.path(obj))
+        with open(cache_lock_path(self.root), "a+") as lock:  # `used_bytes` under this lock sees it once
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            os.replace(part, self.path(obj))
         journal.unlink(missing_ok=True)
         self.stats.add(objects_downloaded=1)
         with open(self.root / CACHE_DOWNLOAD_LOG, "a") as log_file:  # one short append: whole lines
@@ -255,6 +257,9 @@ class ObjectCache:
     # --- size ----------------------------------------------------------------------------------
 
     def used_bytes(self) -> int:
+        """Bytes of the cached and partial objects. Exact under the cache-wide lock, which a finished
+        download takes to move its partial file in: otherwise a file moved between the listing of the
+        two folders would be counted in neither, and room made on that count would overfill the cache."""
         return sum(p.stat().st_size for sub in (CACHE_OBJECT_DIR, CACHE_PARTIAL_DIR)
                    for p in (self.root / sub).iterdir() if p.is_file())
 

@@ -3,6 +3,7 @@ resumed after a kill, retried after a cut connection, one downloader per object,
 takes an open file, and the size rules."""
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import multiprocessing as mp
@@ -19,6 +20,7 @@ from pipelines.errors import StoreError
 from pipelines.io.object_cache import ObjectCache
 from pipelines.io.store import S3Url, StoreOptions
 from schemas.card import ObjectRecord
+from schemas.layout import cache_lock_path, cache_partial_paths
 from tests.store.proxy import FaultProxy
 
 MiB = 1024 * 1024
@@ -64,6 +66,7 @@ import sys
 from pipelines.io.object_cache import ObjectCache
 from pipelines.io.store import S3Url, StoreOptions
 from schemas.card import ObjectRecord
+from schemas.layout import cache_lock_path, cache_partial_paths
 cache = ObjectCache(sys.argv[1], None, S3Url("spineforge", "cache-tests"), StoreOptions(endpoint_url=sys.argv[2]),
                     part_bytes=int(sys.argv[3]))
 cache.fetch(ObjectRecord.model_validate_json(sys.argv[4]))
@@ -166,6 +169,35 @@ def test_two_downloads_at_once_count_each_other_against_the_limit(client, tmp_pa
     thread.join(30)
     assert not cache.path(old).exists() and cache.path(first).exists() and cache.path(second).exists()
     assert cache.used_bytes() == 2 * MiB and cache.stats.over_limit == 0
+
+
+def _journal_done(journal) -> int | None:
+    try:
+        return json.loads(journal.read_text()).get("done")
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def test_a_finished_download_moves_in_under_the_cache_lock(client, tmp_path):
+    """The size count lists the partial and the cached objects one folder after the other: a download
+    moving its file between the two listings would be counted in neither, and room made on that count
+    overfills the cache (seen once: a shard over the limit). The move waits for the cache-wide lock."""
+    obj, _ = _blob(client, "m", 2 * MiB, 60)
+    cache = ObjectCache(tmp_path, None, STORE, part_bytes=MiB)
+    part, journal = cache_partial_paths(tmp_path, obj.key)
+    with open(cache_lock_path(tmp_path), "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        thread = threading.Thread(target=cache.fetch, args=(obj,))
+        thread.start()
+        deadline = time.time() + 30
+        while _journal_done(journal) != 2:
+            assert time.time() < deadline
+            time.sleep(0.01)
+        time.sleep(0.2)
+        assert part.is_file() and not cache.path(obj).exists()  # every byte fetched, the move held back
+        assert 2 * MiB <= cache.used_bytes() < 2 * MiB + 4096  # the object (and its journal) counted once
+    thread.join(30)
+    assert cache.path(obj).exists() and not part.exists() and cache.used_bytes() == 2 * MiB
 
 
 def test_a_tampered_object_is_an_error_and_never_cached(client, tmp_path):
