@@ -187,6 +187,57 @@ def gpu_rows(root: Path, items: int) -> list[tuple[str, float, float]]:
     return rows
 
 
+def gpu_agreement(root: Path, items: int = 4) -> dict[str, float]:
+    """Largest difference, over the first `items` positions at 256^2, between DRRStream(device='cuda')
+    and the CPU stream for the same (seed, epoch, position), per image over the CPU image's largest
+    value: the exact images, and the realistic ones without noise (their noise is drawn from the same
+    generators but is one realisation only while the expected counts agree to the bit)."""
+    import dataclasses
+
+    gpu = DRRStream(root, config={"items_per_epoch": items}, seed=0, batch_size=items, device="cuda")
+    cpu = DRRStream(root, config={"items_per_epoch": items}, seed=0)
+    out: dict[str, float] = {}
+
+    def worst(key, a, b):
+        scale = float(np.abs(b).max()) or 1.0
+        out[key] = max(out.get(key, 0.0), float(np.abs(a - b).max()) / scale)
+    for a in gpu:
+        b = cpu.item(a["position"])
+        for key in (Key.DRR, Key.DRR_VERTEBRA):
+            worst(key, a[key].cpu().numpy(), b[key].numpy())
+        views = []
+        for stream in (gpu, cpu):
+            d = stream._draw(a["position"])
+            record = dataclasses.replace(d.xray, noise_seeds=(None,) * len(d.poses))
+            image = stream.views_of(d.vol.case_id, d.target, d.poses, record).realistic
+            views.append(image.cpu().numpy() if isinstance(image, torch.Tensor) else image)
+        worst("drr_xray without noise", *views)
+    return out
+
+
+def gpu_walkers(root: Path, views: int = 32) -> dict[str, float]:
+    """Views/s of the walk alone on the GPU at 256^2 (no labels, no synthesis), the CUDA kernel against
+    the torch walker on the same volume and cameras, in this process."""
+    from pipelines.ops.diffdrr_adapter import module_affine
+    from pipelines.ops.drr import Renderer
+
+    stream = DRRStream(root, config={"items_per_epoch": views, "realistic": False}, seed=0, device="cuda")
+    cameras = np.concatenate([stream.item(p)[Key.CAMERAS].cpu().numpy() for p in range(views // 2)])
+    cuda_walker = stream._volume(0).whole.renderer
+    density = cuda_walker.drr.density.cpu().numpy()
+    torch_walker = Renderer(density, module_affine(cuda_walker.drr), cuda_walker.geometry, device="cuda",
+                            walker="torch")
+    out = {}
+    for name, renderer in (("cuda", cuda_walker), ("torch", torch_walker)):
+        renderer.walks(cameras[:2], [-1, -1])  # compiled, warmed
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        renderer.walks(cameras, [-1] * len(cameras))
+        torch.cuda.synchronize()
+        out[name] = len(cameras) / (time.perf_counter() - t0)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--version", type=Path, help="a published version with the volume product (default: build the demo)")
@@ -205,6 +256,13 @@ def main() -> None:
     gpu = gpu_rows(root, args.items) if torch.cuda.is_available() else []
     for name, v, mb in gpu:
         print(f"{name:48s} {v:8.2f} views/s, peak GPU memory {mb:.0f} MB")
+    if gpu:
+        agree = gpu_agreement(root)
+        print("GPU vs CPU stream, first 4 items, max |difference| / max |CPU image|: "
+              + ", ".join(f"{k} {v:.2e}" for k, v in agree.items()))
+        walkers = gpu_walkers(root)
+        print(f"GPU walk alone, 256^2, 32 views: CUDA kernel {walkers['cuda']:.1f} views/s, torch walker "
+              f"{walkers['torch']:.1f} views/s ({walkers['cuda'] / walkers['torch']:.1f}x)")
     if not gpu:
         print(f"GPU: not measured (no CUDA device on this machine; torch {torch.__version__})")
     gpu_result = " ".join(f"{k}={v:.2f}" for k, v in zip(

@@ -122,7 +122,7 @@ class _Volume:
     """One decoded case volume, ready to render: attenuation, labels, affine, levels and centres."""
 
     def __init__(self, sample: dict, attenuation, settings: StreamSettings, device: torch.device | None = None):
-        self.device = device  # None: the numba walker on the CPU; a device: the torch walker there
+        self.device = device  # None: the numba walker on the CPU; a device: `default_walker`'s there
         self.labels = sample[Key.LABELS].numpy()  # instruments are placed on the whole label map
         self.affine = np.asarray(sample[Attr.AFFINE], dtype=np.float64)
         names = id_to_level()
@@ -142,8 +142,10 @@ class _Volume:
     def _scene(self, mu, labels, affine, settings: StreamSettings) -> Scene:
         renderer = (Renderer(mu, affine, settings.geometry, device="cpu", labels=labels, walker="numba")
                     if self.device is None else
-                    Renderer(mu, affine, settings.geometry, device=self.device, labels=labels, walker="torch"))
-        realistic = RealisticRenderer(renderer, settings.xray, self.attenuation) if settings.realistic else None
+                    Renderer(mu, affine, settings.geometry, device=self.device, labels=labels,
+                             walker="torch" if self.device.type == "cpu" else None))
+        realistic = (RealisticRenderer(renderer, settings.xray, self.attenuation, on_device=self.device is not None)
+                     if settings.realistic else None)
         return Scene(renderer, realistic, labels, affine, self.level_ids)
 
     def scene_for(self, centre: np.ndarray, settings: StreamSettings) -> Scene:
@@ -200,11 +202,15 @@ class DRRStream(EpochPositions):
     after k batches on each rank (k * batch_size) and `load_state_dict` resume the epoch exactly.
 
     `device` (e.g. "cuda"): render on that device in the process that iterates the stream (the
-    trainer's; `loader()` then starts no workers), the walks of each batch of `batch_size` items taken
-    together by the torch walker (`ops.traversal.traverse_torch`), the items' tensors on the device.
-    The items are those of the CPU stream for the same (seed, epoch, position): bit for bit with
-    device "cpu", within float64 rounding of the walk on a GPU. None (default): the numba walker
-    on the CPU, in DataLoader workers. The realistic synthesis runs on the CPU either way.
+    trainer's; `loader()` then starts no workers): the walks of each batch of `batch_size` items in one
+    launch (on CUDA numba's kernel over the CPU walk's own per-ray function, `ops.traversal.walk_rays`;
+    on "cpu" the float64 torch twin, `traverse_torch`), the realistic images made there too
+    (`physics.synthesis_torch`), the items' tensors on the device. The items are those of the CPU
+    stream for the same (seed, epoch, position): the exact images bit for bit on "cpu" and within
+    float64 rounding on a GPU; the realistic ones within 1e-5 relative, their noise the same numpy
+    draws (where float rounding moves an expected count across a draw's threshold, a pixel differs by
+    one quantum: under 1 in 10^3 pixels). None (default): the numba walker and numpy synthesis on the
+    CPU, in DataLoader workers.
     """
 
     def __init__(self, root: str | Path, split: str | None = None, config: StreamConfig | dict | None = None,
@@ -336,7 +342,7 @@ class DRRStream(EpochPositions):
                     Key.ROTATION_CENTER: poses.centre, Key.CAMERAS: poses.cameras.astype(np.float64),
                     Attr.AFFINE: d.scene.affine}
         for key, value in tensors.items():
-            t = torch.from_numpy(value)
+            t = value if isinstance(value, torch.Tensor) else torch.from_numpy(value)
             out[key] = t if self.device is None else t.to(self.device)
         out[Key.VIEW_NAMES] = list(poses.names)
         return self.transform(out) if self.transform else out

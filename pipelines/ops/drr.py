@@ -33,16 +33,21 @@ from pipelines.ops.diffdrr_adapter import (
     module_affine,
 )
 from pipelines.ops.traversal import (
+    cuda_walk_available,
     label_boxes,
+    label_table,
     occupancy,
     traverse_hinges_numba,
     traverse_numba,
     traverse_torch,
+    walk_rays,
 )
 from pipelines.ops.trilinear import CHUNK_RAYS_CPU, CHUNK_RAYS_GPU, integrate_clipped
 from schemas.detector import RENDERERS, VIEWS, Geometry
 
-WALKERS = ("numba", "torch")  # the traversal's kernels: CPU numba, or its float64 torch twin (any device)
+# the traversal's kernels: CPU numba; its per-ray function compiled for the GPU by numba ('cuda'); its
+# float64 torch twin (any device)
+WALKERS = ("numba", "cuda", "torch")
 SAMPLING_LADDER = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)  # samples per voxel tried by calibration, cheapest first
 
 CHUNK_WALK_GPU, CHUNK_WALK_CPU = 1 << 21, 1 << 16  # rays per torch walk step on CUDA / on the CPU
@@ -61,6 +66,16 @@ class Walk:
     source: np.ndarray  # (3,) world mm
     targets: np.ndarray  # (H*W, 3) world mm: detector pixel centres
     raylen: np.ndarray  # (H*W,) mm: source to pixel
+    # (line, hinges, raylen) as tensors where the walk ran ('cuda' and 'torch' walkers), for synthesis
+    # there (`RealisticRenderer` on a device); None from the numba walker
+    on_device: tuple[torch.Tensor, torch.Tensor | None, torch.Tensor] | None = None
+
+
+def default_walker(device: torch.device) -> str:
+    """'cuda' on a CUDA device where numba's CUDA target runs, else 'torch' there; 'numba' on the CPU."""
+    if device.type == "cpu":
+        return "numba"
+    return "cuda" if device.type == "cuda" and cuda_walk_available() else "torch"
 
 
 def support_box(mu: np.ndarray, margin: int = 1) -> tuple[slice, ...] | None:
@@ -86,8 +101,10 @@ class Renderer:
     from the same walk as the whole image (`render_labelled`).
 
     `walker` picks the traversal's kernel: 'numba' (the CPU kernel, one view at a time, skipping empty
-    blocks) or 'torch' (its float64 twin on `device`, every view of a call in one batch of rays: the
-    same images on the CPU, bit for bit). Default: 'torch' on CUDA, 'numba' otherwise.
+    blocks), 'cuda' (the same per-ray function compiled by numba for the GPU of a CUDA `device`, one
+    thread a ray, every view of a call in one launch, skipping empty blocks) or 'torch' (its float64
+    twin on `device`, every view of a call in one batch of rays: the same images on the CPU, bit for
+    bit). Default: 'cuda' on CUDA (`default_walker`), 'numba' otherwise.
     """
 
     def __init__(self, mu: np.ndarray, affine: np.ndarray, geometry: Geometry,
@@ -96,11 +113,14 @@ class Renderer:
         if geometry.renderer not in RENDERERS:
             raise ValueError(f"renderer must be one of {RENDERERS}, got {geometry.renderer!r}")
         self.device = torch.device(device) if device is not None else default_device()
-        self.walker = walker or ("torch" if self.device.type == "cuda" else "numba")
+        self.walker = walker or default_walker(self.device)
         if self.walker not in WALKERS:
             raise ValueError(f"walker must be one of {WALKERS}, got {self.walker!r}")
         if self.walker == "numba" and self.device.type != "cpu":
-            raise ValueError(f"the numba walker runs on the CPU; on {self.device} use walker='torch'")
+            raise ValueError(f"the numba walker runs on the CPU; on {self.device} use walker='cuda' or 'torch'")
+        if self.walker == "cuda" and (self.device.type != "cuda" or not cuda_walk_available()):
+            raise ValueError(f"the 'cuda' walker needs a CUDA device that numba's CUDA target can use, not "
+                             f"{self.device}; use walker='numba' on the CPU or 'torch'")
         self.labels = None
         if geometry.renderer in ("traversal", "clipped_trilinear"):
             box = support_box(mu)
@@ -110,13 +130,15 @@ class Renderer:
             self.labels = None if labels is None else np.ascontiguousarray(labels, dtype=np.uint8)
         # the label volume where the traversal runs (moved to the GPU once per volume, not per view)
         self._labels_on_device = (torch.as_tensor(self.labels, device=self.device)
-                                  if self.labels is not None and self.walker == "torch" else self.labels)
+                                  if self.labels is not None and self.walker != "numba" else self.labels)
         self.drr = diffdrr_module(mu, affine, geometry,
                                   "siddon" if geometry.renderer == "siddon" else "trilinear").to(self.device)
         self._boxes = label_boxes(self.labels) if self.labels is not None else {}  # one pass, not one per view
-        # the CPU walk jumps over blocks of exact zeros (air clipped to mu = 0): the same images, fewer reads
-        self.occupied = (occupancy(self.drr.density.numpy())
-                         if geometry.renderer == "traversal" and self.walker == "numba" else None)
+        self._box_table = (torch.as_tensor(label_table(self._boxes), device=self.device)
+                           if self.walker == "cuda" else None)
+        # the numba walks jump over blocks of exact zeros (air clipped to mu = 0): the same images, fewer reads
+        self.occupied = (occupancy(self.drr.density.cpu().numpy())
+                         if geometry.renderer == "traversal" and self.walker in ("numba", "cuda") else None)
         diagonal_vox = float(np.linalg.norm(np.array(mu.shape, dtype=float)))
         self.calibrated_error: float | None = None
         if geometry.renderer == "clipped_trilinear" and geometry.samples_per_voxel is None:
@@ -195,17 +217,23 @@ class Renderer:
         height, width = self.geometry.height, self.geometry.width
         n = height * width
         world: list = []
-        if self.walker == "torch":
+        if self.walker != "numba":
             source, targets, raylen = self._batch_rays(cameras, world)
             per_ray = torch.as_tensor(np.repeat(labels, n), device=self.device)
             with_labels = self._labels_on_device if max(labels) >= 0 else None
-            out = traverse_torch(self.drr.density, source, targets, raylen, with_labels, per_ray, knots=knots,
-                                 chunk=self._chunk())
+            if self.walker == "cuda":
+                out = walk_rays(self.drr.density, source, targets, raylen, with_labels, per_ray, self._box_table,
+                                knots, self.occupied)
+            else:
+                out = traverse_torch(self.drr.density, source, targets, raylen, with_labels, per_ray, knots=knots,
+                                     chunk=self._chunk())
             w, p = out[0].cpu().numpy(), out[1].cpu().numpy()
             h = out[2].cpu().numpy() if knots is not None else None
             lengths = raylen.cpu().numpy()
             parts = [(w[v * n:(v + 1) * n], p[v * n:(v + 1) * n], None if h is None else h[v * n:(v + 1) * n],
                       lengths[v * n:(v + 1) * n]) for v in range(len(cameras))]
+            device = [(out[0][v * n:(v + 1) * n], None if knots is None else out[2][v * n:(v + 1) * n],
+                       raylen[v * n:(v + 1) * n]) for v in range(len(cameras))]
         else:
             parts = []
             volume = self.drr.density.numpy()
@@ -220,8 +248,9 @@ class Renderer:
                 else:
                     w, p, h = traverse_hinges_numba(*args, knots, lab, label, self.occupied, box)
                 parts.append((w, p, h, raylen.numpy()))
+            device = [None] * len(parts)
         return [Walk(w.reshape(height, width).astype(np.float32), p.reshape(height, width).astype(np.float32), w, h,
-                     world[v][0], world[v][1], lengths) for v, (w, p, h, lengths) in enumerate(parts)]
+                     world[v][0], world[v][1], lengths, device[v]) for v, (w, p, h, lengths) in enumerate(parts)]
 
     def _batch_rays(self, cameras: np.ndarray, world: list | None = None
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

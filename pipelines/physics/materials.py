@@ -17,6 +17,7 @@ hinge integrals (`ops.traversal.traverse_hinges_numba`).
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from pipelines.ops.attenuation import hu_to_mu
 from pipelines.physics.units import MM_PER_CM
@@ -50,6 +51,15 @@ def mass_thickness(whole: np.ndarray, hinges: np.ndarray, coefficients: np.ndarr
     for m in range(3):
         out[..., m] = c[m, 0] * hinges[..., 0] + c[m, 1] * whole + c[m, 2] * hinges[..., 1] + c[m, 3] * hinges[..., 2]
     return np.maximum(out, 0.0, out=out)
+
+
+def mass_thickness_torch(whole: torch.Tensor, hinges: torch.Tensor, coefficients: np.ndarray) -> torch.Tensor:
+    """`mass_thickness` of a walk's tensors, on their device (float64)."""
+    c = torch.as_tensor(coefficients / MM_PER_CM, dtype=torch.float64, device=whole.device)
+    columns = torch.stack([hinges[..., 0], whole, hinges[..., 1], hinges[..., 2]], dim=-1).to(torch.float64)
+    out = torch.stack([c[m, 0] * columns[..., 0] + c[m, 1] * columns[..., 1] + c[m, 2] * columns[..., 2]
+                       + c[m, 3] * columns[..., 3] for m in range(3)], dim=-1)
+    return out.clamp_(min=0.0)
 
 
 def volume_fractions(hu: np.ndarray, anchor_hu: np.ndarray) -> np.ndarray:

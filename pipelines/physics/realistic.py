@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from pipelines.ops.drr import Renderer, Walk
 from pipelines.physics import materials, tables
@@ -15,6 +16,7 @@ from pipelines.physics.instruments import Instrument, instrument_channels
 from pipelines.physics.kernels import Kernels, reference_attenuation
 from pipelines.physics.kernels import load as load_kernels
 from pipelines.physics.synthesis import Detection, DetectorModel, ScatterModel, scatter_sigma_mm, synthesize
+from pipelines.physics.synthesis_torch import synthesize as synthesize_torch
 from pipelines.physics.units import MM_PER_CM
 from schemas.config import AttenuationConfig, XrayConfig
 
@@ -48,9 +50,14 @@ class RealisticRenderer:
     """Realistic views of the volume a 'traversal' Renderer holds, with the config's materials and alloys."""
 
     def __init__(self, renderer: Renderer, cfg: XrayConfig, attenuation: AttenuationConfig,
-                 kernels: Kernels | None = None):
+                 kernels: Kernels | None = None, on_device: bool = False):
         self.renderer = renderer
         self.kernels = kernels  # the scatter kernels; None: the stored ones (`kernels.load`)
+        # True: synthesis where the walks are (`synthesis_torch`, the renderer's torch or cuda walker);
+        # False: `synthesis.synthesize` on the CPU (builds: their images keep their bytes)
+        if on_device and renderer.walker == "numba":
+            raise ValueError("synthesis on a device needs a renderer with the 'cuda' or 'torch' walker")
+        self.on_device = on_device
         self.materials, self.alloys = tuple(cfg.materials), tuple(cfg.alloys)
         anchor_hu = np.array([m.hu for m in cfg.materials])
         self.knots = materials.anchor_knots(anchor_hu, attenuation.mu_water_per_mm)
@@ -88,16 +95,34 @@ class RealisticRenderer:
                                 k.radii_mm, k.source_scale(g.sod_mm, g.sdd_mm, grid), k.destination_factor,
                                 reference_attenuation(physics.spectrum, self.materials, self.alloys),
                                 tables.electron_ratios(self.materials, self.alloys))
-        centre = masses[g.height // 2, g.width // 2, 1:3].sum()  # ~cm of unit-density tissue on the central ray
+        centre = float(masses[g.height // 2, g.width // 2, 1:3].sum())  # ~cm of unit-density tissue on the central ray
         gap = g.sdd_mm - g.sod_mm - 0.5 * centre * MM_PER_CM  # the Gaussian model's one gap, from the central ray
         return ScatterModel(physics.scatter_amplitude, physics.scatter_exponent,
                             scatter_sigma_mm(physics.scatter_min_sigma_mm, physics.scatter_spread_deg, gap),
                             k.grid_scatter_factor(physics.kv, float(centre), gap / MM_PER_CM, grid) if grid else 1.0)
 
-    def image(self, masses: np.ndarray, raylen: np.ndarray, physics: PhysicsDraw, seed: int | None) -> Detection:
-        """The detector image of one view's mass thicknesses (`seed` None: noiseless), parts apart."""
+    def image(self, masses, raylen, physics: PhysicsDraw, seed: int | None) -> Detection:
+        """The detector image of one view's mass thicknesses (`seed` None: noiseless), parts apart: numpy
+        arrays by `synthesis.synthesize`, or tensors by `synthesis_torch.synthesize` on their device."""
         lookup = tables.tables_for(physics.spectrum, self.materials, self.alloys)
-        return synthesize(masses, raylen, lookup, self.detector(physics), self.scatter(masses, physics), seed)
+        model = self.scatter(masses, physics)
+        if isinstance(masses, torch.Tensor):
+            return synthesize_torch(masses, raylen, lookup, self.detector(physics), model, seed)
+        return synthesize(masses, raylen, lookup, self.detector(physics), model, seed)
+
+    def masses_on_device(self, walk: Walk, instruments: tuple[Instrument | MeshImplant, ...]
+                         ) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+        """`masses` on the device of the walk's tensors ((H, W, channels) float64 tensor); the
+        instruments' chords are made on the CPU from the world rays and joined there."""
+        g = self.renderer.geometry
+        line, hinges, _ = walk.on_device
+        tissue = materials.mass_thickness_torch(line, hinges, self.coefficients)
+        metal, mask, ids = instrument_channels(walk.source, walk.targets, list(instruments), self.alloy_names,
+                                               self.alloy_densities, (g.height, g.width))
+        shape = (g.height, g.width)
+        metal = torch.as_tensor(metal, device=line.device) if metal.any() else torch.zeros(
+            metal.shape, dtype=torch.float64, device=line.device)
+        return torch.cat([tissue, metal], dim=1).reshape(*shape, -1), mask.reshape(shape), ids.reshape(shape)
 
     def view(self, camera: np.ndarray, label: int, physics: PhysicsDraw, instruments: tuple[Instrument | MeshImplant, ...],
              seed: int | None) -> RealisticView:
@@ -107,6 +132,13 @@ class RealisticRenderer:
     def from_walk(self, walk: Walk, label: int, physics: PhysicsDraw,
                   instruments: tuple[Instrument | MeshImplant, ...], seed: int | None) -> RealisticView:
         """The view of a walk taken with this renderer's knots (`Renderer.walks`, several views at once)."""
-        masses, mask, ids = self.masses(walk, instruments)
+        if self.on_device:
+            if walk.on_device is None:
+                raise ValueError("synthesis on a device needs walks with their tensors (the 'cuda' or 'torch' walker)")
+            masses, mask, ids = self.masses_on_device(walk, instruments)
+            raylen = walk.on_device[2]
+        else:
+            masses, mask, ids = self.masses(walk, instruments)
+            raylen = walk.raylen
         return RealisticView(walk.whole, walk.part if label >= 0 else None,
-                             self.image(masses, walk.raylen, physics, seed), mask, ids)
+                             self.image(masses, raylen, physics, seed), mask, ids)

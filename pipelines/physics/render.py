@@ -185,9 +185,16 @@ def render_samples(scene: Scene, samples: list[Sample]) -> list[Views]:
         if xs is None:
             out.append(Views(whole, part))
             continue
-        out.append(Views(whole, part, np.stack([v.realistic for v in xs]), np.stack([v.instrument_bits for v in xs]),
+        out.append(Views(whole, part, _stack([v.realistic for v in xs]), np.stack([v.instrument_bits for v in xs]),
                          s.xray, np.stack([v.instrument_ids for v in xs])))
     return out
+
+
+def _stack(images: list):
+    """Views' images stacked where they are: numpy arrays, or tensors made on a device."""
+    import torch
+
+    return torch.stack(images) if isinstance(images[0], torch.Tensor) else np.stack(images)
 
 
 def _walk_samples(scene: Scene, samples: list[Sample]) -> list[list]:

@@ -231,12 +231,22 @@ def scatter_signal(primary_signal: np.ndarray, open_signal: np.ndarray, model: S
     times coarser (block sums), interpolated back."""
     f = SCATTER_DOWNSAMPLE
     h, w = primary_signal.shape
-    hc, wc = -(-h // f), -(-w // f)
     p, p_open = _block_sums(primary_signal, f), _block_sums(np.broadcast_to(open_signal, primary_signal.shape), f)
+    return upsample(gaussian_scatter_coarse(p, p_open, model, pixel_mm), h, w)
+
+
+def gaussian_scatter_coarse(p: np.ndarray, p_open: np.ndarray, model: ScatterModel, pixel_mm: float) -> np.ndarray:
+    """`scatter_signal` on its coarse grid, from the block sums of the primary and open-field signals."""
+    f = SCATTER_DOWNSAMPLE
     thickness_mu = -np.log(np.clip(p / np.maximum(p_open, 1e-300), 1e-12, 1.0))
     source = p * model.amplitude * np.power(thickness_mu, model.exponent)
-    spread = gaussian_filter(source, model.sigma_mm / (pixel_mm * f), mode="constant", truncate=4.0) / (f * f)
-    return _upsample_rows(hc, f, h) @ spread @ _upsample_rows(wc, f, w).T
+    return gaussian_filter(source, model.sigma_mm / (pixel_mm * f), mode="constant", truncate=4.0) / (f * f)
+
+
+def upsample(coarse: np.ndarray, h: int, w: int) -> np.ndarray:
+    """A coarse scatter field (block centres of SCATTER_DOWNSAMPLE pixels) interpolated to (h, w) pixels."""
+    f = SCATTER_DOWNSAMPLE
+    return _upsample_rows(coarse.shape[0], f, h) @ coarse @ _upsample_rows(coarse.shape[1], f, w).T
 
 
 def kernel_scatter_signal(primary_signal: np.ndarray, open_signal: np.ndarray, model: ScatterModel,
@@ -252,13 +262,21 @@ def kernel_scatter_signal(primary_signal: np.ndarray, open_signal: np.ndarray, m
     does not scatter."""
     f = SCATTER_DOWNSAMPLE
     h, w = primary_signal.shape
-    hc, wc = -(-h // f), -(-w // f)
     p, p_open = _block_sums(primary_signal, f), _block_sums(open_signal, f)
+    electrons = None if electron_cm is None else _block_means(electron_cm, f)
+    return upsample(kernel_scatter_coarse(p, p_open, model, pixel_mm, tables, electrons), h, w)
+
+
+def kernel_scatter_coarse(p: np.ndarray, p_open: np.ndarray, model: ScatterModel, pixel_mm: float, tables: Tables,
+                          electron_cm: np.ndarray | None = None) -> np.ndarray:
+    """`kernel_scatter_signal` on its coarse grid, from the block sums of the primary and open-field
+    signals and the block means of the electron-equivalent thickness (None: from the attenuation)."""
+    f = SCATTER_DOWNSAMPLE
     transmitted = np.clip(p / np.maximum(p_open, 1e-300), 1e-12, 1.0)
     if electron_cm is None:
         thickness = np.interp(-np.log(transmitted), tables.water_attenuation, HEEL_THICKNESS_G_CM2)  # g/cm^2 = cm
     else:
-        thickness = _block_means(electron_cm, f)
+        thickness = electron_cm
     sources = p_open
     if model.reference_attenuation is not None:
         # the kernels give scatter per unit of open signal for their own beam; a view's beam filtered
@@ -267,9 +285,8 @@ def kernel_scatter_signal(primary_signal: np.ndarray, open_signal: np.ndarray, m
         # each pencil is weighted by its primary over the kernels' beam's transmission at its thickness
         reference = np.exp(-np.interp(thickness, HEEL_THICKNESS_G_CM2, model.reference_attenuation))
         sources = p_open * (transmitted / reference)
-    spread = kernel_scatter(sources, thickness, model.kernels, model.kernel_thickness_cm, model.kernel_radii_mm,
-                            pixel_mm, pixel_mm * f, model.source_scale, model.destination)
-    return _upsample_rows(hc, f, h) @ spread @ _upsample_rows(wc, f, w).T
+    return kernel_scatter(sources, thickness, model.kernels, model.kernel_thickness_cm, model.kernel_radii_mm,
+                          pixel_mm, pixel_mm * f, model.source_scale, model.destination)
 
 
 def _block_sums(a: np.ndarray, f: int) -> np.ndarray:

@@ -339,7 +339,7 @@ def make_tables(energies: np.ndarray, fluence: np.ndarray, materials: list[Mater
 
         def uniform(table):
             by_attenuation = np.stack([np.interp(heel_grid, attenuation, row) for row in table])
-            return np.stack([np.interp(angles, HEEL_ANGLES_DEG, col) for col in by_attenuation.T], axis=1)
+            return interp_rows(angles, np.asarray(HEEL_ANGLES_DEG, dtype=np.float64), by_attenuation)
         heel_q, heel_s = uniform(heel_q), uniform(heel_s)
     return Tables(
         energies_kev=np.array([float(np.sum(energies[g] * wg)) for g, wg in zip(groups, w)]),
@@ -353,6 +353,21 @@ def make_tables(energies: np.ndarray, fluence: np.ndarray, materials: list[Mater
         heel_quanta=heel_q,
         heel_signal=heel_s,
     )
+
+
+def interp_rows(x: np.ndarray, xp: np.ndarray, fp: np.ndarray) -> np.ndarray:
+    """np.interp(x, xp, column) of every column of `fp` (len(xp), N) at once, (len(x), N): numpy's own
+    arithmetic (slope (fp[j+1] - fp[j]) / (xp[j+1] - xp[j]) times (x - xp[j]) plus fp[j], a node's own
+    value at the node, held beyond the ends), so the same bits as the column-by-column calls."""
+    x = np.asarray(x, dtype=np.float64)
+    j = np.clip(np.searchsorted(xp, x, side="right") - 1, 0, len(xp) - 2)
+    slope = (fp[j + 1] - fp[j]) / (xp[j + 1] - xp[j])[:, None]
+    out = slope * (x - xp[j])[:, None] + fp[j]
+    at_node = x == xp[j]
+    out[at_node] = fp[j[at_node]]
+    out[x <= xp[0]] = fp[0]
+    out[x >= xp[-1]] = fp[-1]
+    return out
 
 
 def hvl_mm_al(energies: np.ndarray, fluence: np.ndarray) -> float:

@@ -9,13 +9,16 @@ from pipelines.ops.camera import base_camera, camera_for_motion
 from pipelines.ops.drr import Renderer
 from pipelines.ops.sampling import pose_to_matrix
 from pipelines.ops.traversal import (
+    cuda_walk_available,
     label_box,
     label_boxes,
+    label_table,
     occupancy,
     traverse_hinges_numba,
     traverse_numba,
     traverse_torch,
     walk_counts,
+    walk_rays,
 )
 from schemas.detector import Geometry
 from tests.ops.test_drr import centred_grid, grid_coords
@@ -242,3 +245,65 @@ def test_several_views_in_one_torch_call_are_each_views_own_walk():
                                  torch.as_tensor(np.r_[n1, n2]), torch.as_tensor(labels), per_ray, chunk=53)
     np.testing.assert_array_equal(whole.numpy(), np.r_[wanted[0][0], wanted[1][0]])
     np.testing.assert_array_equal(part.numpy(), np.r_[wanted[0][1], np.zeros(len(t2))])
+
+
+def _batch_of_views(rng):
+    """Three views of an air-pocked volume, each its own source and label (2, none, 1), as one batch of
+    rays, and each view's numba walk (hinges, skipping empty blocks) to compare with."""
+    shape = (33, 29, 26)
+    vol = air_pocked(rng, shape)
+    labels = rng.integers(0, 3, shape).astype(np.uint8)
+    occupied = occupancy(vol)
+    knots = [0.005, 0.02]
+    views, wanted = [], []
+    for label in (2, -1, 1):
+        source, targets, lengths = scattered_rays(rng, shape, 12 * 10)
+        views.append((np.tile(source, (len(targets), 1)), targets, lengths, np.full(len(targets), label)))
+        wanted.append(traverse_hinges_numba(vol, source, targets, lengths, 12, 10, knots, labels, label, occupied))
+    batch = [np.concatenate(x) for x in zip(*views)]
+    return vol, labels, occupied, knots, batch, [np.concatenate(x) for x in zip(*wanted)]
+
+
+def test_a_batch_of_rays_walks_as_each_views_numba_walk():
+    """`walk_rays` (the batch walk the GPU kernel runs, here on the CPU's threads): several views with
+    their own sources and labels in one call give each view's numba images, hinges included, bit for
+    bit, skipping empty blocks; without knots the exact images alone, the same bits."""
+    vol, labels, occupied, knots, (sources, targets, lengths, per_ray), wanted = _batch_of_views(
+        np.random.default_rng(21))
+    table = label_table(label_boxes(labels))
+    got = walk_rays(vol, sources, targets, lengths, labels, per_ray, table, knots, occupied)
+    for a, b in zip(wanted, got):
+        np.testing.assert_array_equal(a, b)
+    whole, part = walk_rays(vol, sources, targets, lengths, labels, per_ray, table, occupied=occupied)
+    np.testing.assert_array_equal(whole, wanted[0])
+    np.testing.assert_array_equal(part, wanted[1])
+    assert (wanted[1] > 0).any() and (wanted[2][:, 1] > 0).any()
+    with pytest.raises(ValueError, match="occupancy of a"):
+        walk_rays(vol[:-1], sources, targets, lengths, occupied=occupied)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or not cuda_walk_available(), reason="no CUDA device for numba")
+def test_the_cuda_kernel_walks_as_the_cpu_does():
+    """The same batch on the GPU (numba's CUDA kernel over `_walk_ray`): float64 sums within 1e-12 of
+    the CPU's (the GPU compiler may fuse multiply-adds), results on the GPU."""
+    vol, labels, occupied, knots, batch, wanted = _batch_of_views(np.random.default_rng(22))
+    dev = torch.device("cuda")
+    sources, targets, lengths, per_ray = (torch.as_tensor(x, device=dev) for x in batch)
+    got = walk_rays(torch.as_tensor(vol, device=dev), sources, targets, lengths, torch.as_tensor(labels, device=dev),
+                    per_ray, torch.as_tensor(label_table(label_boxes(labels)), device=dev), knots, occupied)
+    for a, b in zip(wanted, got):
+        assert b.device.type == "cuda"
+        np.testing.assert_allclose(b.cpu().numpy(), a, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without a GPU")
+def test_without_a_usable_cuda_target_gpu_walks_fall_back_to_the_torch_walker():
+    """Where numba's CUDA target cannot run a kernel (no GPU here), a CUDA device gets the torch
+    walker, and asking for the 'cuda' walker is a clear error."""
+    from pipelines.ops.drr import default_walker
+
+    assert not cuda_walk_available()
+    assert default_walker(torch.device("cpu")) == "numba" and default_walker(torch.device("cuda")) == "torch"
+    with pytest.raises(ValueError, match="'cuda' walker needs a CUDA device"):
+        Renderer(textured(8), centred_grid(8), Geometry(8, 8, 2.0, 1020.0, 850.0, renderer="traversal"),
+                 device="cpu", walker="cuda")

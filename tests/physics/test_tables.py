@@ -140,3 +140,17 @@ def test_the_heel_at_the_field_edges_is_spekpys_own_spectrum_there(water_cm):
     expected = np.array([direct(a) for a in angles])
     np.testing.assert_allclose(signal / signal[1], expected / expected[1], rtol=0.02)
     assert signal[0] < signal[1] < signal[2]  # less on the anode side
+
+
+def test_interpolating_every_column_at_once_is_np_interp_bit_for_bit():
+    """`tables.interp_rows` (the heel grid's resampling by angle, all attenuations at once) gives what
+    np.interp gives column by column, to the bit: at and between the nodes, and held beyond the ends."""
+    from pipelines.physics.tables import interp_rows
+
+    rng = np.random.default_rng(3)
+    xp = np.array([-10.0, -7.5, -5.0, -2.5, 0.0, 5.0, 10.0])
+    for _ in range(50):
+        fp = rng.uniform(0.5, 1.5, (len(xp), 64)) * 10 ** rng.uniform(-3, 3)
+        x = np.r_[xp, rng.uniform(-13.0, 13.0, 40), np.arange(-10.0, 10.1, 2.5)]
+        expected = np.stack([np.interp(x, xp, column) for column in fp.T], axis=1)
+        np.testing.assert_array_equal(interp_rows(x, xp, fp), expected)
