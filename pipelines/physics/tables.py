@@ -144,8 +144,25 @@ def element_density(symbol: str) -> float:
 
 
 def element_mu_rho(symbol: str, energies: np.ndarray) -> np.ndarray:
+    """Mass attenuation coefficient (total) of an element, cm^2/g (xraylib; each energy grid's values
+    looked up once per process: every view of a kV has the same fine grid)."""
+    return _element_mu_rho(symbol, _grid_key(energies)).copy()
+
+
+def _grid_key(energies: np.ndarray) -> bytes:
+    return np.ascontiguousarray(np.atleast_1d(energies), dtype=np.float64).tobytes()
+
+
+@functools.lru_cache(maxsize=256)
+def _element_mu_rho(symbol: str, grid: bytes) -> np.ndarray:
     z = xraylib.SymbolToAtomicNumber(symbol)
-    return np.array([xraylib.CS_Total(z, float(e)) for e in np.atleast_1d(energies)])
+    return np.array([xraylib.CS_Total(z, float(e)) for e in np.frombuffer(grid)])
+
+
+@functools.lru_cache(maxsize=256)
+def _compound_mu_rho(name: str, grid: bytes) -> np.ndarray:
+    nist(name)
+    return np.array([xraylib.CS_Total_CP(name, float(e)) for e in np.frombuffer(grid)])
 
 
 def grid_coefficients(grid: Grid, energies: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -167,9 +184,9 @@ def nist(name: str) -> dict:
 
 
 def compound_mu_rho(name: str, energies: np.ndarray) -> np.ndarray:
-    """Mass attenuation coefficient (total, with coherent scattering) of a NIST compound, cm^2/g."""
-    nist(name)
-    return np.array([xraylib.CS_Total_CP(name, float(e)) for e in np.atleast_1d(energies)])
+    """Mass attenuation coefficient (total, with coherent scattering) of a NIST compound, cm^2/g (each
+    energy grid's values looked up once per process)."""
+    return _compound_mu_rho(name, _grid_key(energies)).copy()
 
 
 @functools.lru_cache(maxsize=1)
