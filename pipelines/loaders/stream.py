@@ -203,7 +203,7 @@ class DRRStream(EpochPositions):
 
     `device` (e.g. "cuda"): render on that device in the process that iterates the stream (the
     trainer's; `loader()` then starts no workers): the walks of each batch of `batch_size` items in one
-    launch (on CUDA numba's kernel over the CPU walk's own per-ray function, `ops.traversal.walk_rays`;
+    launch (on CUDA numba's kernel over the CPU walk's own per-ray function, `ops.ray_batch.walk_rays`;
     on "cpu" the float64 torch twin, `traverse_torch`), the realistic images made there too
     (`physics.synthesis_torch`), the items' tensors on the device. The items are those of the CPU
     stream for the same (seed, epoch, position): the exact images bit for bit on "cpu" and within

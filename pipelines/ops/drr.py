@@ -32,15 +32,14 @@ from pipelines.ops.diffdrr_adapter import (
     diffdrr_module,
     module_affine,
 )
+from pipelines.ops.ray_batch import cuda_walk_available, walk_rays
 from pipelines.ops.traversal import (
-    cuda_walk_available,
     label_boxes,
     label_table,
     occupancy,
     traverse_hinges_numba,
     traverse_numba,
     traverse_torch,
-    walk_rays,
 )
 from pipelines.ops.trilinear import CHUNK_RAYS_CPU, CHUNK_RAYS_GPU, integrate_clipped
 from schemas.detector import RENDERERS, VIEWS, Geometry

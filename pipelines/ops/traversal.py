@@ -10,15 +10,14 @@ given, the integral of the same voxels restricted to that label (a vertebra-only
 rays and segments, no second render.
 
 `traverse_numba` is the CPU kernel (numba, parallel over 16x16 detector tiles for cache locality);
-`traverse_cuda` compiles the same per-ray function (`_ray`) for numba's CUDA target, one GPU thread a
-ray, every view of a batch in one launch; `traverse_torch` performs the same float64 arithmetic as
-vectorised torch operations (any device; one launch per step and operation, so on a GPU it is bound by
-launches and memory traffic: benchmarks/stream.py measured it ~15x below the CUDA kernel on an H200).
+`ray_batch.walk_rays` runs the same per-ray function (`_walk_ray`) over a batch of rays of several
+views, on the CPU or, compiled by numba for CUDA, one GPU thread a ray; `traverse_torch` performs the
+same float64 arithmetic as vectorised torch operations (any device; one launch per step and
+operation, so on a GPU it is bound by launches and memory traffic: benchmarks/stream.py measured its
+walk 8.4-8.9x slower than the CUDA kernel on an H200).
 """
 from __future__ import annotations
 
-import functools
-import logging
 import math
 import threading
 from dataclasses import dataclass
@@ -30,7 +29,6 @@ from scipy import ndimage
 
 from pipelines.ops.crop import bounding_box
 
-log = logging.getLogger("spineforge")
 TILE = 16  # detector tile edge: neighbouring rays share cache lines of the volume
 _BIG = 1e300
 
@@ -470,7 +468,7 @@ def _has_safe_layer() -> bool:
 def _walk_ray(r, flat, n_i, n_j, n_k, labels, ray_label, boxes, occ, nb_j, nb_k, shift, sources, targets, raylen,
               knots, hinged, out, out_label, out_hinges):
     """Ray r of a batch (`walk_rays`): its own source and part label, its label's box from the table;
-    the body of both the CPU loop and the CUDA kernel (`traversal_cuda`), so the two differ only in
+    the body of both the CPU loop and the CUDA kernel (`ray_batch`), so the two differ only in
     who runs which ray."""
     label = ray_label[r]
     box = boxes[max(label, 0)]
@@ -500,56 +498,6 @@ def _rays_kernel(hinged: bool):
 
 
 _RAYS = {False: _rays_kernel(False), True: _rays_kernel(True)}
-
-
-def walk_rays(volume, sources, targets, raylen, labels=None, ray_label=None, boxes=None, knots=None,
-              occupied: Occupancy | None = None):
-    """`traverse_numba` / `traverse_hinges_numba` of a batch of rays, each with its own source (N, 3)
-    and part label (`ray_label`, (N,) int; -1: none; `boxes` (256, 6), each label's `label_box`, from
-    `label_table`): several views, even of several samples, in one call. Torch CUDA tensors walk on
-    that GPU, one thread a ray (`traversal_cuda`; results there, launched on torch's current stream);
-    numpy arrays walk on the CPU's threads. Both run `_walk_ray`, the numba kernel's own per-ray
-    function: on the CPU the same sums bit for bit, on a GPU up to its compiler's fused multiply-adds
-    (float64 rounding). Returns float64 (whole, part) or, with `knots`, (whole, part, hinges)."""
-    n = len(targets)
-    padded = _padded_knots(knots)
-    if occupied is not None and occupied.shape != tuple(volume.shape):
-        raise ValueError(f"occupancy of a {occupied.shape} volume given for a {tuple(volume.shape)} one")
-    occ, occ_shape, shift = (_NO_SKIP if occupied is None or np.any(padded < 0) else
-                             (occupied.grid.reshape(-1), np.asarray(occupied.grid.shape, dtype=np.int64),
-                              occupied.shift))
-    ray_label = np.full(n, -1, dtype=np.int64) if ray_label is None else ray_label
-    labels = np.zeros(1, dtype=np.uint8) if labels is None else labels
-    boxes = np.zeros((256, 6), dtype=np.int64) if boxes is None else boxes
-    hinged = knots is not None
-    shape = tuple(int(x) for x in volume.shape)
-    if isinstance(volume, torch.Tensor) and volume.is_cuda:
-        from pipelines.ops.traversal_cuda import launch
-
-        return launch(volume, sources, targets, raylen, labels, ray_label, boxes, padded, occ, occ_shape, shift, hinged)
-    out, out_label = np.empty(n), np.empty(n)
-    out_hinges = np.zeros((n if hinged else 1, 1 + MAX_KNOTS))
-    _RAYS[hinged](np.ascontiguousarray(volume, dtype=np.float32).reshape(-1), *shape,
-                  np.ascontiguousarray(labels, dtype=np.uint8).reshape(-1), np.asarray(ray_label, dtype=np.int64),
-                  np.asarray(boxes, dtype=np.int64), occ, int(occ_shape[1]), int(occ_shape[2]), int(shift),
-                  np.ascontiguousarray(sources, dtype=np.float64), np.ascontiguousarray(targets, dtype=np.float64),
-                  np.ascontiguousarray(raylen, dtype=np.float64), padded, out, out_label, out_hinges)
-    return (out, out_label, out_hinges) if hinged else (out, out_label)
-
-
-@functools.lru_cache(maxsize=1)
-def cuda_walk_available() -> bool:
-    """Whether numba's CUDA target can compile and run a kernel here (a GPU, its driver and a numba
-    CUDA target that works with this numpy; or NUMBA_ENABLE_CUDASIM=1). Checked once per process by
-    running a one-thread kernel; where it cannot, the reason is logged and the torch walker is used."""
-    try:
-        from pipelines.ops.traversal_cuda import probe
-        probe()
-        return True
-    except Exception as exc:  # no GPU, no driver, or a numba CUDA target broken against this numpy
-        log.warning("numba's CUDA target is not usable here (%s: %s); GPU walks use the torch walker",
-                    type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
-        return False
 
 
 def label_table(boxes: dict[int, np.ndarray]) -> np.ndarray:

@@ -1,6 +1,6 @@
 """The traversal on a GPU: `traversal._walk_ray` (the CPU kernel's per-ray function) compiled for numba's
 CUDA target -- numba compiles the @njit functions a CUDA kernel calls for the GPU -- one thread a ray,
-every view of a batch in one launch. Imported by `traversal.walk_rays` only for CUDA tensors (numba's
+every view of a batch in one launch. Imported by `ray_batch.walk_rays` only for CUDA tensors (numba's
 CUDA target takes ~0.1 s to import). The kernel is the two lines that pick a thread's ray; the tests
 check `_walk_ray` on the CPU through the same `walk_rays`, and this launch where a GPU is present."""
 from __future__ import annotations
@@ -35,7 +35,7 @@ def _probe(out):
 
 def probe() -> None:
     """Compile and run a one-thread kernel: raises where numba's CUDA target cannot (see
-    `traversal.cuda_walk_available`)."""
+    `ray_batch.cuda_walk_available`)."""
     import numpy as np
 
     out = cuda.to_device(np.zeros(1, dtype=np.int32))

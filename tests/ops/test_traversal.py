@@ -7,9 +7,9 @@ import torch
 
 from pipelines.ops.camera import base_camera, camera_for_motion
 from pipelines.ops.drr import Renderer
+from pipelines.ops.ray_batch import cuda_walk_available, walk_rays
 from pipelines.ops.sampling import pose_to_matrix
 from pipelines.ops.traversal import (
-    cuda_walk_available,
     label_box,
     label_boxes,
     label_table,
@@ -18,7 +18,6 @@ from pipelines.ops.traversal import (
     traverse_numba,
     traverse_torch,
     walk_counts,
-    walk_rays,
 )
 from schemas.detector import Geometry
 from tests.ops.test_drr import centred_grid, grid_coords
