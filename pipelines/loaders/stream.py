@@ -207,10 +207,11 @@ class DRRStream(EpochPositions):
     on "cpu" the float64 torch twin, `traverse_torch`), the realistic images made there too
     (`physics.synthesis_torch`), the items' tensors on the device. The items are those of the CPU
     stream for the same (seed, epoch, position): the exact images bit for bit on "cpu" and within
-    float64 rounding on a GPU; the realistic ones within 1e-5 relative, their noise the same numpy
-    draws (where float rounding moves an expected count across a draw's threshold, a pixel differs by
-    one quantum: under 1 in 10^3 pixels). None (default): the numba walker and numpy synthesis on the
-    CPU, in DataLoader workers.
+    float64 rounding on a GPU; the realistic ones without noise within 1e-5 relative. Their noise is
+    the same model drawn by the same numpy generators, and the same realisation while the expected
+    counts agree to the bit: where float rounding moves one across a step of numpy's Poisson sampler,
+    the rest of that noise band is another realisation. None (default): the numba walker and numpy
+    synthesis on the CPU, in DataLoader workers.
     """
 
     def __init__(self, root: str | Path, split: str | None = None, config: StreamConfig | dict | None = None,

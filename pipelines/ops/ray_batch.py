@@ -14,7 +14,7 @@ import logging
 import numpy as np
 import torch
 
-from pipelines.ops.traversal import _NO_SKIP, _RAYS, MAX_KNOTS, Occupancy, _padded_knots
+from pipelines.ops.traversal import _RAYS, MAX_KNOTS, Occupancy, _occupancy_arrays, _padded_knots
 
 log = logging.getLogger("spineforge")
 
@@ -30,11 +30,7 @@ def walk_rays(volume, sources, targets, raylen, labels=None, ray_label=None, box
     (float64 rounding). Returns float64 (whole, part) or, with `knots`, (whole, part, hinges)."""
     n = len(targets)
     padded = _padded_knots(knots)
-    if occupied is not None and occupied.shape != tuple(volume.shape):
-        raise ValueError(f"occupancy of a {occupied.shape} volume given for a {tuple(volume.shape)} one")
-    occ, occ_shape, shift = (_NO_SKIP if occupied is None or np.any(padded < 0) else
-                             (occupied.grid.reshape(-1), np.asarray(occupied.grid.shape, dtype=np.int64),
-                              occupied.shift))
+    occ, occ_shape, shift = _occupancy_arrays(volume, occupied, padded)
     ray_label = np.full(n, -1, dtype=np.int64) if ray_label is None else ray_label
     labels = np.zeros(1, dtype=np.uint8) if labels is None else labels
     boxes = np.zeros((256, 6), dtype=np.int64) if boxes is None else boxes
@@ -57,8 +53,8 @@ def walk_rays(volume, sources, targets, raylen, labels=None, ray_label=None, box
 @functools.lru_cache(maxsize=1)
 def cuda_walk_available() -> bool:
     """Whether numba's CUDA target can compile and run a kernel here (a GPU, its driver and a numba
-    CUDA target that works with this numpy; or NUMBA_ENABLE_CUDASIM=1). Checked once per process by
-    running a one-thread kernel; where it cannot, the reason is logged and the torch walker is used."""
+    CUDA target that works with this numpy). Checked once per process by running a one-thread kernel;
+    where it cannot, the reason is logged and the torch walker is used."""
     try:
         from pipelines.ops.traversal_cuda import probe
 

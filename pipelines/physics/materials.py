@@ -55,10 +55,9 @@ def mass_thickness(whole: np.ndarray, hinges: np.ndarray, coefficients: np.ndarr
 
 def mass_thickness_torch(whole: torch.Tensor, hinges: torch.Tensor, coefficients: np.ndarray) -> torch.Tensor:
     """`mass_thickness` of a walk's tensors, on their device (float64)."""
-    c = torch.as_tensor(coefficients / MM_PER_CM, dtype=torch.float64, device=whole.device)
-    columns = torch.stack([hinges[..., 0], whole, hinges[..., 1], hinges[..., 2]], dim=-1).to(torch.float64)
-    out = torch.stack([c[m, 0] * columns[..., 0] + c[m, 1] * columns[..., 1] + c[m, 2] * columns[..., 2]
-                       + c[m, 3] * columns[..., 3] for m in range(3)], dim=-1)
+    c = coefficients / MM_PER_CM
+    out = torch.stack([float(c[m, 0]) * hinges[..., 0] + float(c[m, 1]) * whole + float(c[m, 2]) * hinges[..., 1]
+                       + float(c[m, 3]) * hinges[..., 2] for m in range(3)], dim=-1)
     return out.clamp_(min=0.0)
 
 

@@ -65,15 +65,24 @@ class RealisticRenderer:
         self.alloy_names = [a.name for a in cfg.alloys]
         self.alloy_densities = np.array([tables.alloy_density(a) for a in cfg.alloys])
 
-    def masses(self, walk: Walk, instruments: tuple[Instrument | MeshImplant, ...]
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(H, W, channels) g/cm^2, (H, W) instrument kind bits and (H, W) instrument id bits of one walked view."""
+    def masses(self, walk: Walk, instruments: tuple[Instrument | MeshImplant, ...]):
+        """(H, W, channels) g/cm^2, (H, W) instrument kind bits and (H, W) instrument id bits of one walked
+        view. The masses are a numpy array, or with `on_device` a float64 tensor on the walk's device (the
+        instruments' chords are made on the CPU from the world rays and joined there)."""
         g = self.renderer.geometry
-        tissue = materials.mass_thickness(walk.line, walk.hinges, self.coefficients)
-        metal, mask, ids = instrument_channels(walk.source, walk.targets, list(instruments), self.alloy_names,
-                                               self.alloy_densities, (g.height, g.width))
         shape = (g.height, g.width)
-        return np.concatenate([tissue, metal], axis=1).reshape(*shape, -1), mask.reshape(shape), ids.reshape(shape)
+        metal, mask, ids = instrument_channels(walk.source, walk.targets, list(instruments), self.alloy_names,
+                                               self.alloy_densities, shape)
+        if self.on_device:
+            if walk.on_device is None:
+                raise ValueError("synthesis on a device needs walks with their tensors (the 'cuda' or 'torch' walker)")
+            line, hinges, _ = walk.on_device
+            tissue = materials.mass_thickness_torch(line, hinges, self.coefficients)
+            masses = torch.cat([tissue, torch.as_tensor(metal, device=line.device)], dim=1)
+        else:
+            masses = np.concatenate([materials.mass_thickness(walk.line, walk.hinges, self.coefficients), metal],
+                                    axis=1)
+        return masses.reshape(*shape, -1), mask.reshape(shape), ids.reshape(shape)
 
     def detector(self, physics: PhysicsDraw) -> DetectorModel:
         g = self.renderer.geometry
@@ -110,20 +119,6 @@ class RealisticRenderer:
             return synthesize_torch(masses, raylen, lookup, self.detector(physics), model, seed)
         return synthesize(masses, raylen, lookup, self.detector(physics), model, seed)
 
-    def masses_on_device(self, walk: Walk, instruments: tuple[Instrument | MeshImplant, ...]
-                         ) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
-        """`masses` on the device of the walk's tensors ((H, W, channels) float64 tensor); the
-        instruments' chords are made on the CPU from the world rays and joined there."""
-        g = self.renderer.geometry
-        line, hinges, _ = walk.on_device
-        tissue = materials.mass_thickness_torch(line, hinges, self.coefficients)
-        metal, mask, ids = instrument_channels(walk.source, walk.targets, list(instruments), self.alloy_names,
-                                               self.alloy_densities, (g.height, g.width))
-        shape = (g.height, g.width)
-        metal = torch.as_tensor(metal, device=line.device) if metal.any() else torch.zeros(
-            metal.shape, dtype=torch.float64, device=line.device)
-        return torch.cat([tissue, metal], dim=1).reshape(*shape, -1), mask.reshape(shape), ids.reshape(shape)
-
     def view(self, camera: np.ndarray, label: int, physics: PhysicsDraw, instruments: tuple[Instrument | MeshImplant, ...],
              seed: int | None) -> RealisticView:
         """One camera's exact and realistic images from one walk (`label` -1: no part image)."""
@@ -132,13 +127,7 @@ class RealisticRenderer:
     def from_walk(self, walk: Walk, label: int, physics: PhysicsDraw,
                   instruments: tuple[Instrument | MeshImplant, ...], seed: int | None) -> RealisticView:
         """The view of a walk taken with this renderer's knots (`Renderer.walks`, several views at once)."""
-        if self.on_device:
-            if walk.on_device is None:
-                raise ValueError("synthesis on a device needs walks with their tensors (the 'cuda' or 'torch' walker)")
-            masses, mask, ids = self.masses_on_device(walk, instruments)
-            raylen = walk.on_device[2]
-        else:
-            masses, mask, ids = self.masses(walk, instruments)
-            raylen = walk.raylen
+        masses, mask, ids = self.masses(walk, instruments)
+        raylen = walk.on_device[2] if self.on_device else walk.raylen
         return RealisticView(walk.whole, walk.part if label >= 0 else None,
                              self.image(masses, raylen, physics, seed), mask, ids)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
+import torch
 
 from pipelines.ops.camera import camera_for_motion
 from pipelines.ops.drr import Renderer
@@ -192,8 +193,6 @@ def render_samples(scene: Scene, samples: list[Sample]) -> list[Views]:
 
 def _stack(images: list):
     """Views' images stacked where they are: numpy arrays, or tensors made on a device."""
-    import torch
-
     return torch.stack(images) if isinstance(images[0], torch.Tensor) else np.stack(images)
 
 
