@@ -44,7 +44,7 @@ def walk_rays(volume, sources, targets, raylen, labels=None, ray_label=None, box
     out_hinges = np.zeros((n if hinged else 1, 1 + MAX_KNOTS))
     _RAYS[hinged](np.ascontiguousarray(volume, dtype=np.float32).reshape(-1), *shape,
                   np.ascontiguousarray(labels, dtype=np.uint8).reshape(-1), np.asarray(ray_label, dtype=np.int64),
-                  np.asarray(boxes, dtype=np.int64), occ, int(occ_shape[1]), int(occ_shape[2]), int(shift),
+                  np.asarray(boxes, dtype=np.int64), occ, *(int(x) for x in occ_shape), int(shift),
                   np.ascontiguousarray(sources, dtype=np.float64), np.ascontiguousarray(targets, dtype=np.float64),
                   np.ascontiguousarray(raylen, dtype=np.float64), padded, out, out_label, out_hinges)
     return (out, out_label, out_hinges) if hinged else (out, out_label)

@@ -17,12 +17,12 @@ _KERNELS: dict[bool, object] = {}
 def _kernel(hinged: bool):
     if hinged not in _KERNELS:
         @cuda.jit
-        def walk(flat, n_i, n_j, n_k, labels, ray_label, boxes, occ, nb_j, nb_k, shift, sources, targets, raylen,
-                 knots, out, out_label, out_hinges):
+        def walk(flat, n_i, n_j, n_k, labels, ray_label, boxes, occ, nb_i, nb_j, nb_k, shift, sources, targets,
+                 raylen, knots, out, out_label, out_hinges):
             r = cuda.grid(1)
             if r < targets.shape[0]:
-                _walk_ray(r, flat, n_i, n_j, n_k, labels, ray_label, boxes, occ, nb_j, nb_k, shift, sources, targets,
-                          raylen, knots, hinged, out, out_label, out_hinges)
+                _walk_ray(r, flat, n_i, n_j, n_k, labels, ray_label, boxes, occ, nb_i, nb_j, nb_k, shift, sources,
+                          targets, raylen, knots, hinged, out, out_label, out_hinges)
 
         _KERNELS[hinged] = walk
     return _KERNELS[hinged]
@@ -64,7 +64,7 @@ def launch(volume: torch.Tensor, sources, targets, raylen, labels, ray_label, bo
         _kernel(hinged)[(n + THREADS - 1) // THREADS, THREADS, stream](
             on_gpu(volume.reshape(-1), torch.float32), *(int(x) for x in volume.shape),
             on_gpu(labels.reshape(-1), torch.uint8), on_gpu(ray_label, torch.int64), on_gpu(boxes, torch.int64),
-            on_gpu(occ, torch.uint8), int(occ_shape[1]), int(occ_shape[2]), int(shift),
+            on_gpu(occ, torch.uint8), *(int(x) for x in occ_shape), int(shift),
             on_gpu(sources, torch.float64), on_gpu(targets, torch.float64), on_gpu(raylen, torch.float64),
             on_gpu(knots, torch.float32), cuda.as_cuda_array(out), cuda.as_cuda_array(out_label),
             cuda.as_cuda_array(out_hinges))
