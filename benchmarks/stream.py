@@ -139,10 +139,11 @@ def per_view_costs(root: Path, items: int) -> dict[str, float]:
     return out
 
 
-def ns_per_step_by_size(sizes=(64, 128, 256, 360)) -> dict[int, float]:
-    """ns per voxel step of the walk (one thread) on random n^3 volumes, 256^2 rays crossing each along
-    one axis: whether the step is bound by memory (the time would grow once the volume leaves the
-    caches) or by the walk's own instructions (flat)."""
+def ns_per_step_by_size(sizes=(64, 128, 256, 360)) -> dict[int, tuple[float, float]]:
+    """ns per voxel step of the walk (one thread) on random n^3 volumes, 256^2 rays crossing each
+    (axis-parallel, oblique): whether a step is bound by memory (the time would grow once the volume
+    leaves the caches) or by the walk's own instructions (flat). Along an axis neighbouring rays read
+    neighbouring floats; obliquely, as in a posed view, every step of a ray reads a new cache line."""
     rng = np.random.default_rng(0)
     out = {}
     before = numba.get_num_threads()
@@ -150,17 +151,28 @@ def ns_per_step_by_size(sizes=(64, 128, 256, 360)) -> dict[int, float]:
     try:
         for n in sizes:
             volume = rng.uniform(0.001, 0.03, (n, n, n)).astype(np.float32)
-            u = (np.arange(256) - 127.5) * (1.2 * n / 256) + n / 2
-            targets = np.stack(np.meshgrid(u, [4.0 * n], u, indexing="ij"), -1).reshape(-1, 3)
-            source = np.array([n / 2, -3.0 * n, n / 2])
-            on_ray, _ = walk_counts(volume, source, targets, 256, 256)
-            args = (volume, source, targets, np.ones(len(targets)), 256, 256)
-            traverse_numba(*args)
-            t = min(_timed_once(traverse_numba, args) for _ in range(3))
-            out[n] = t / on_ray * 1e9
+            out[n] = tuple(_ns_per_step(volume, axis) for axis in ((0.0, 1.0, 0.0), (0.45, 0.8, 0.4)))
     finally:
         numba.set_num_threads(before)
     return out
+
+
+def _ns_per_step(volume: np.ndarray, axis) -> float:
+    """ns per voxel step of a 256^2 view of `volume` (n^3) along the unit direction `axis`, from a
+    source 3n from the centre to a detector 4n beyond it spanning 1.2n."""
+    n = volume.shape[0]
+    w = np.asarray(axis, dtype=np.float64) / np.linalg.norm(axis)
+    u = np.cross(w, [0.0, 0.0, 1.0] if abs(w[2]) < 0.9 else [1.0, 0.0, 0.0])
+    u /= np.linalg.norm(u)
+    v = np.cross(w, u)
+    grid = (np.arange(256) - 127.5) * (1.2 * n / 256)
+    centre = np.full(3, n / 2)
+    targets = (centre + 4.0 * n * w + grid[:, None, None] * u + grid[None, :, None] * v).reshape(-1, 3)
+    source = centre - 3.0 * n * w
+    on_ray, _ = walk_counts(volume, source, targets, 256, 256)
+    args = (volume, source, targets, np.ones(len(targets)), 256, 256)
+    traverse_numba(*args)
+    return min(_timed_once(traverse_numba, args) for _ in range(3)) / on_ray * 1e9
 
 
 def _timed_once(fn, args) -> float:
@@ -288,8 +300,8 @@ def main() -> None:
           f"instruments, tables, primary, scatter, blur and noise {costs['synthesis_s'] / views * 1e3:.1f} ms "
           f"({synthesis_share:.1%} of the walk)")
     by_size = ns_per_step_by_size()
-    print("  ns per voxel step by volume size (random n^3, one thread): "
-          + ", ".join(f"{n}^3 ({n ** 3 * 4 / 1e6:.0f} MB) {ns:.2f}" for n, ns in by_size.items()))
+    print("  ns per voxel step by volume size (random n^3, one thread), rays along an axis / oblique: "
+          + ", ".join(f"{n}^3 ({n ** 3 * 4 / 1e6:.0f} MB) {ns[0]:.2f} / {ns[1]:.2f}" for n, ns in by_size.items()))
     rows = []
     stored = DRRDataset(root)
     n_stored = max(args.items // 2, BATCH * 2)
