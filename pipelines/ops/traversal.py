@@ -362,7 +362,8 @@ _workqueue_lock = threading.Lock()
 
 @dataclass(frozen=True)
 class Occupancy:
-    """Which blocks of a volume hold anything: the walk jumps over the others (`occupancy`)."""
+    """Which blocks of a volume hold anything (`occupancy`): each ray's walk starts at its first
+    occupied block and stops after its last (`_ray`)."""
 
     grid: np.ndarray  # (nb_i, nb_j, nb_k) uint8: 1 where the block holds a non-zero voxel
     shift: int  # blocks are 2**shift voxels a side
@@ -373,13 +374,13 @@ class Occupancy:
         return float(1.0 - self.grid.mean()) if self.grid.size else 0.0
 
 
-BLOCK_SHIFT = 3  # 8^3-voxel blocks (benchmarks/stream.py prints the share of steps they skip)
+BLOCK_SHIFT = 3  # 8^3-voxel blocks (benchmarks/stream.py prints the share of steps left out)
 _NO_SKIP = np.ones(1, dtype=np.uint8), np.ones(3, dtype=np.int64), 62  # one block, never empty
 
 
 def occupancy(volume: np.ndarray, shift: int = BLOCK_SHIFT) -> Occupancy:
     """The occupancy grid of `volume` (i, j, k): a block is empty when every voxel in it is exactly 0
-    (air clipped to mu = 0), so skipping it changes no image. Built once per volume (one pass over it)."""
+    (air clipped to mu = 0), so leaving it out changes no image. Built once per volume (one pass over it)."""
     if not 0 <= shift < 16:
         raise ValueError(f"block shift must be in [0, 16), got {shift}")
     size = 1 << shift
@@ -399,7 +400,8 @@ def traverse_numba(volume: np.ndarray, source: np.ndarray, targets: np.ndarray, 
 
     Returns (whole, labelled) float64 (H*W,) images; `labelled` integrates only voxels whose
     `labels` value equals `label` (zeros when no label is asked for). With `occupied` (the volume's
-    `occupancy`), empty blocks are jumped over: the same images, bit for bit, from fewer voxel reads.
+    `occupancy`), each ray is walked only from its first occupied block to the end of its last: the
+    same images, bit for bit, from fewer voxel reads.
     `box`: `label_box(labels, label)` when the caller keeps it (it is a pass over the label volume).
     """
     whole, part, _, _ = _walk(volume, source, targets, raylen, height, width, labels, label, None, occupied, box)
@@ -418,7 +420,7 @@ def traverse_hinges_numba(volume: np.ndarray, source: np.ndarray, targets: np.nd
     at the knots, q(v) = alpha + beta v + sum_k gamma_k max(v - c_k, 0) - the materials' partial
     densities (`pipelines.physics.materials`) - integrates exactly from these columns and the whole
     image, so the walk still reads one float per voxel and keeps its accumulators in registers.
-    Empty blocks are skipped only when every knot is >= 0 (then max(0 - c, 0) = 0 there too).
+    Empty blocks are left out only when every knot is >= 0 (then max(0 - c, 0) = 0 there too).
     """
     whole, part, hinges, _ = _walk(volume, source, targets, raylen, height, width, labels, label, knots, occupied,
                                    box)
@@ -427,7 +429,8 @@ def traverse_hinges_numba(volume: np.ndarray, source: np.ndarray, targets: np.nd
 
 def walk_counts(volume: np.ndarray, source: np.ndarray, targets: np.ndarray, height: int, width: int,
                 occupied: Occupancy | None = None) -> tuple[int, int]:
-    """(voxels on the rays, voxels the walk reads): what skipping empty blocks saves on one view."""
+    """(voxels on the rays, voxels the walk reads): what clipping rays to the occupied blocks saves on
+    one view."""
     n = height * width
     _, _, _, steps = _walk(volume, source, targets, np.ones(n), height, width, None, -1, None, occupied, None)
     return int(steps[:, 0].sum()), int(steps[:, 1].sum())
