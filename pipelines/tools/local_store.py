@@ -27,6 +27,15 @@ _PORTS = ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc", 
           "s3.port.iceberg", "s3.port.lance")
 
 
+_START_ATTEMPTS = 3  # starts on fresh ports when weed finds one of its chosen ports taken
+# what weed says then: its own check before it starts, or the bind that lost the race after it
+_PORT_TAKEN = (b"is not available on", b"address already in use")
+
+
+class _PortTaken(Exception):
+    """weed mini exited because a port chosen for it was bound by another process first."""
+
+
 def _free_ports(n: int) -> list[int]:
     sockets = [socket.socket() for _ in range(n)]
     try:
@@ -78,22 +87,52 @@ class LocalS3Server:
         config = self.folder / "s3.json"
         config.write_text(json.dumps(identities))
         config.chmod(0o600)
+        attempt = 1
+        while True:
+            try:
+                return self._launch(weed, config)
+            except _PortTaken:
+                if attempt == _START_ATTEMPTS:
+                    raise StoreError(f"weed mini found one of its ports taken {attempt} times in a row; see "
+                                     f"{self.folder / 'weed.log'}") from None
+                attempt += 1
+
+    def _launch(self, weed: str, config: Path) -> LocalS3Server:
+        """One start on fresh free ports. A port is free when chosen but only bound when weed starts, so
+        another process (another test worker's server, a client's ephemeral port) can take it in
+        between: weed then exits saying so, and `start` tries again on new ports."""
         ports = dict(zip(_PORTS, _free_ports(len(_PORTS))))
         self.port = ports["s3.port"]
         args = [weed, "mini", f"-dir={self.folder / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
                 f"-s3.config={config}", "-admin.ui=false", f"-bucket={self.bucket}"]
         args += [f"-{name}={port}" for name, port in ports.items()]
-        self.log = open(self.folder / "weed.log", "ab")
+        log_path = self.folder / "weed.log"
+        self.log = open(log_path, "ab")
+        start = self.log.tell()
         self.process = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, cwd=self.folder,
                                         start_new_session=True)
-        self._wait_ready()
+        try:
+            self._wait_ready()
+        except StoreError:
+            exited = self.process is not None and self.process.poll() is not None
+            self.stop()
+            with open(log_path, "rb") as f:
+                f.seek(start)
+                said = f.read()
+            if exited and any(sign in said for sign in _PORT_TAKEN):
+                raise _PortTaken from None
+            raise
         return self
 
     def _wait_ready(self) -> None:
         import boto3
+        from botocore.config import Config
 
+        # short timeouts, no retries: a probe that reached another process's socket on that port (the
+        # race `_launch` retries) must not outwait weed's own exit
         probe = boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=self.access_key,
-                             aws_secret_access_key=self.secret_key, region_name="us-east-1")
+                             aws_secret_access_key=self.secret_key, region_name="us-east-1",
+                             config=Config(connect_timeout=2, read_timeout=5, retries={"max_attempts": 1}))
         deadline = time.monotonic() + self.timeout
         while True:
             if self.process.poll() is not None:
