@@ -128,11 +128,11 @@ class LocalS3Server:
         import boto3
         from botocore.config import Config
 
-        # short timeouts, no retries: a probe that reached another process's socket on that port (the
-        # race `_launch` retries) must not outwait weed's own exit
+        # short timeouts, no retries (the loop probes again until its deadline): a probe that reached
+        # another process's socket on that port (the race `_launch` retries) must not outwait weed's exit
         probe = boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=self.access_key,
                              aws_secret_access_key=self.secret_key, region_name="us-east-1",
-                             config=Config(connect_timeout=2, read_timeout=5, retries={"max_attempts": 1}))
+                             config=Config(connect_timeout=2, read_timeout=2, retries={"max_attempts": 1}))
         deadline = time.monotonic() + self.timeout
         while True:
             if self.process.poll() is not None:
