@@ -195,9 +195,12 @@ def _back_face(s, d, b, size):
 
 @numba.njit
 def _occupied_end(occ, nb_i, nb_j, nb_k, shift, sx, sy, sz, dx, dy, dz, a0, a1):
-    """The ray fraction at which a ray leaves the last occupied block it crosses before a1, found by
-    walking the block grid backwards from a1 (rays mostly end in a few blocks of air); a0 when every
-    block on [a0, a1] is empty. Past it the ray meets only exact zeros."""
+    """The ray fraction at which a ray leaves the last block it crosses before a1 that is NEAR an
+    occupied one, found by walking the block grid backwards from a1 (rays mostly end in a few blocks of
+    air); a0 when there is none on [a0, a1]. Past it the ray meets only exact zeros: the voxels the walk
+    reads lie on the ray up to its rounding, so within a block's width of the blocks this walk visits,
+    even where the ray passes within rounding of a block's edge or corner and the two walks order their
+    crossings differently there."""
     size = float(1 << shift)
     back = a1 - 1e-9 * (a1 - a0)
     bi = _block_of(sx, dx, back, size, nb_i)
@@ -208,7 +211,7 @@ def _occupied_end(occ, nb_i, nb_j, nb_k, shift, sx, sy, sz, dx, dy, dz, a0, a1):
     fk, tk = _back_face(sz, dz, bk, size)
     cur = a1
     while cur > a0:
-        if occ[(bi * nb_j + bj) * nb_k + bk] != 0:
+        if occ[(bi * nb_j + bj) * nb_k + bk] & NEAR:
             return cur
         if fi >= fj and fi >= fk:
             cur, bi = fi, bi + ti
@@ -236,11 +239,11 @@ def _ray(flat, n_i, n_j, n_k, labels, label, box, occ, nb_i, nb_j, nb_k, shift, 
     `with_hinges` are constants at every call site, so each inlined copy compiles only the arithmetic it
     asks for.
 
-    A block (2**shift voxels a side) that is 0 in the occupancy grid `occ` holds only zeros, which add
-    nothing. The walk jumps over the empty blocks before the ray's first occupied one (`_skip_block`:
+    A block (2**shift voxels a side) not OCCUPIED in the occupancy flags `occ` holds only zeros, which
+    add nothing. The walk jumps over the empty blocks before the ray's first occupied one (`_skip_block`:
     the state after the jump is the one the step-by-step walk reaches) and stops where the ray leaves
-    its last occupied block (`_occupied_end`); between the two it reads every voxel, without a lookup
-    in the grid per step (which cost more than the empty blocks inside a body save). Adding +0.0
+    the last block NEAR an occupied one (`_occupied_end`); between the two it reads every voxel, without
+    a lookup in the grid per step (which cost more than the empty blocks inside a body save). Adding +0.0
     leaves a float64 sum unchanged, so the images are bit-identical with and without the grid."""
     dx, dy, dz = tx - sx, ty - sy, tz - sz
     (a0, a1, b0, b1, i, j, k, off, ni, nj, nk, inc_i, inc_j, inc_k, left_i, left_j, left_k, si, sj, sk,
@@ -248,10 +251,10 @@ def _ray(flat, n_i, n_j, n_k, labels, label, box, occ, nb_i, nb_j, nb_k, shift, 
     if a1 <= a0:
         return 0.0, 0.0, 0.0, 0.0, 0.0, 0, 0
     on_ray = left_i + left_j + left_k + 1
-    # past a_end only blocks of zeros (the margin is far above the walk's rounding, far below a voxel)
-    a_end = _occupied_end(occ, nb_i, nb_j, nb_k, shift, sx, sy, sz, dx, dy, dz, a0, a1) + 1e-9 * (a1 - a0)
-    if a_end <= a0 + 2e-9 * (a1 - a0):  # every block on the ray is empty
+    end = _occupied_end(occ, nb_i, nb_j, nb_k, shift, sx, sy, sz, dx, dy, dz, a0, a1)
+    if end <= a0:  # no block on the ray holds (or touches one that holds) a non-zero voxel
         return 0.0, 0.0, a1 - a0, 0.0, 0.0, on_ray, 0
+    a_end = end + 1e-9 * (a1 - a0)  # past it only zeros (the margin: far above rounding, far below a voxel)
     c0, c1 = knots[0], knots[1]
     acc = 0.0
     acc_label = 0.0
@@ -260,7 +263,8 @@ def _ray(flat, n_i, n_j, n_k, labels, label, box, occ, nb_i, nb_j, nb_k, shift, 
     a = a0
     read = 0
     # the empty blocks before the first occupied one
-    while left_i + left_j + left_k > 0 and occ[((i >> shift) * nb_j + (j >> shift)) * nb_k + (k >> shift)] == 0:
+    while (left_i + left_j + left_k > 0
+           and not occ[((i >> shift) * nb_j + (j >> shift)) * nb_k + (k >> shift)] & OCCUPIED):
         e, c_i, c_j, c_k, ni, nj, nk = _skip_block(i, j, k, ni, nj, nk, inc_i, inc_j, inc_k, left_i, left_j,
                                                    left_k, si, sj, sk, shift)
         if e == _BIG:  # the ray ends inside this empty block
@@ -360,6 +364,9 @@ _TRAVERSE = {False: _image_kernel(False), True: _image_kernel(True)}  # without 
 _workqueue_lock = threading.Lock()
 
 
+OCCUPIED, NEAR = 1, 2  # the bits of `Occupancy.flags`
+
+
 @dataclass(frozen=True)
 class Occupancy:
     """Which blocks of a volume hold anything (`occupancy`): each ray's walk starts at its first
@@ -368,6 +375,9 @@ class Occupancy:
     grid: np.ndarray  # (nb_i, nb_j, nb_k) uint8: 1 where the block holds a non-zero voxel
     shift: int  # blocks are 2**shift voxels a side
     shape: tuple[int, int, int]  # the volume's shape
+    # what the kernels read, flattened: OCCUPIED where the block holds a non-zero voxel, NEAR where it
+    # or one of its 26 neighbours does (a ray's end is found on NEAR: see `_occupied_end`)
+    flags: np.ndarray
 
     @property
     def empty_fraction(self) -> float:
@@ -375,7 +385,7 @@ class Occupancy:
 
 
 BLOCK_SHIFT = 3  # 8^3-voxel blocks (benchmarks/stream.py prints the share of steps left out)
-_NO_SKIP = np.ones(1, dtype=np.uint8), np.ones(3, dtype=np.int64), 62  # one block, never empty
+_NO_SKIP = np.full(1, OCCUPIED | NEAR, dtype=np.uint8), np.ones(3, dtype=np.int64), 62  # one block, never empty
 
 
 def occupancy(volume: np.ndarray, shift: int = BLOCK_SHIFT) -> Occupancy:
@@ -388,7 +398,9 @@ def occupancy(volume: np.ndarray, shift: int = BLOCK_SHIFT) -> Occupancy:
     padded = np.zeros([b * size for b in blocks], dtype=bool)
     padded[tuple(slice(0, n) for n in volume.shape)] = volume != 0
     grid = padded.reshape(blocks[0], size, blocks[1], size, blocks[2], size).any(axis=(1, 3, 5))
-    return Occupancy(grid.astype(np.uint8), shift, tuple(int(n) for n in volume.shape))
+    near = ndimage.binary_dilation(grid, structure=np.ones((3, 3, 3), dtype=bool))
+    flags = (grid * OCCUPIED + near * NEAR).astype(np.uint8).reshape(-1)
+    return Occupancy(grid.astype(np.uint8), shift, tuple(int(n) for n in volume.shape), flags)
 
 
 def traverse_numba(volume: np.ndarray, source: np.ndarray, targets: np.ndarray, raylen: np.ndarray,
@@ -451,8 +463,7 @@ def _occupancy_arrays(volume: np.ndarray, occupied: Occupancy | None, knots: np.
         return _NO_SKIP
     if occupied.shape != tuple(volume.shape):
         raise ValueError(f"occupancy of a {occupied.shape} volume given for a {tuple(volume.shape)} one")
-    grid = occupied.grid
-    return grid.reshape(-1), np.asarray(grid.shape, dtype=np.int64), occupied.shift
+    return occupied.flags, np.asarray(occupied.grid.shape, dtype=np.int64), occupied.shift
 
 
 def _walk(volume, source, targets, raylen, height, width, labels, label, knots, occupied, box):

@@ -1,5 +1,7 @@
 """The exact voxel traversal: agreement with diffdrr's Siddon and brute force, its torch twin,
 determinism, the labelled channel; and the error-budget sampling of the trilinear renderer."""
+import dataclasses
+
 import numba
 import numpy as np
 import pytest
@@ -10,6 +12,8 @@ from pipelines.ops.drr import Renderer
 from pipelines.ops.ray_batch import cuda_walk_available, walk_rays
 from pipelines.ops.sampling import pose_to_matrix
 from pipelines.ops.traversal import (
+    NEAR,
+    OCCUPIED,
     label_box,
     label_boxes,
     label_table,
@@ -161,9 +165,13 @@ def test_a_ray_through_empty_blocks_only_reads_nothing_and_a_negative_knot_turns
     vol[8:16, 8:16, 8:16] = 0.02  # one full block of 8
     occupied = occupancy(vol)
     assert occupied.grid.sum() == 1 and occupied.empty_fraction == pytest.approx(63 / 64)
-    # a ray past the block reads nothing; one through it reads the block's 8 voxels and the one entered
-    # at its far face (the walk stops a margin of 1e-9 of the ray past the block, far below a voxel)
-    for x, expected in ((20.0, 0), (12.0, 9)):
+    # a ray past the block reads nothing; one through it reads the block's 8 voxels, then the zeros of
+    # the block after it (the walk stops after the last block NEAR an occupied one) and the voxel entered
+    # at that block's far face (the stop's margin, 1e-9 of the ray, is far below a voxel)
+    assert occupied.flags.reshape(4, 4, 4)[1, 1, 1] == OCCUPIED | NEAR
+    assert (occupied.flags.reshape(4, 4, 4)[:3, :3, :3] & NEAR).all()
+    assert occupied.flags.reshape(4, 4, 4)[3, 3, 3] == 0
+    for x, expected in ((20.0, 0), (12.0, 17)):
         source, targets = np.array([x, -100.0, x]), np.array([[x, 200.0, x]])
         assert walk_counts(vol, source, targets, 1, 1, occupied) == (32, expected)
     targets = np.array([[20.0, 200.0, 20.0], [12.0, 200.0, 4.0]])
@@ -174,6 +182,32 @@ def test_a_ray_through_empty_blocks_only_reads_nothing_and_a_negative_knot_turns
     assert plain[2][0, 1] > 0
     with pytest.raises(ValueError, match="occupancy of a"):
         traverse_numba(vol[:-1], source, targets, np.ones(2), 1, 2, occupied=occupied)
+
+
+def test_rays_grazing_a_blocks_edges_are_clipped_without_losing_a_rounding_sized_segment():
+    """Rays within 1e-11 voxel of an occupied block's edges and corners: the walk and the backwards
+    walk of the block grid order their crossings there each by its own rounding, so the walk can read a
+    voxel of a block the grid walk passed beside. Ending the walk after the last block NEAR an occupied
+    one keeps every image bit-identical; ending it after the last OCCUPIED block does not (checked
+    here too, so the rays do reach the case)."""
+    rng = np.random.default_rng(1)
+    vol = np.zeros((32, 32, 32), dtype=np.float32)
+    vol[16:24, 16:24, 16:24] = rng.uniform(0.5, 1, (8, 8, 8))
+    occupied = occupancy(vol)
+    occupied_only = dataclasses.replace(occupied, flags=occupied.grid.reshape(-1) * np.uint8(OCCUPIED | NEAR))
+    lost = 0
+    for _ in range(60):
+        corner = np.array([15.5, 15.5, 15.5]) + rng.integers(0, 2, 3) * 8
+        source = corner + rng.normal(0, 1, 3) * 60
+        points = corner + rng.normal(0, 1, (4096, 3)) * 1e-11
+        points[:, rng.integers(0, 3)] += rng.uniform(-6, 6, 4096)  # along one of the block's edges
+        targets = source + (points - source) * 3
+        plain = traverse_numba(vol, source, targets, np.ones(4096), 64, 64)[0]
+        np.testing.assert_array_equal(traverse_numba(vol, source, targets, np.ones(4096), 64, 64,
+                                                     occupied=occupied)[0], plain)
+        lost += int((traverse_numba(vol, source, targets, np.ones(4096), 64, 64,
+                                    occupied=occupied_only)[0] != plain).sum())
+    assert lost > 0
 
 
 def test_labelled_channel_equals_the_masked_volume_and_reads_only_its_box():
