@@ -2,17 +2,18 @@
 
 This is the integral Siddon's method computes (each voxel a constant-valued box, faces at index
 -0.5 .. n-0.5), walked voxel by voxel (Amanatides-Woo order) in one compiled loop per ray instead of
-materialized arrays of plane crossings. Each ray is summed by one thread in a fixed order in float64,
-so images are bit-identical whatever the thread count, process or machine.
+materialized arrays of plane crossings. Each ray is summed in a fixed order in float64, by one thread
+(or one vector lane), so images are bit-identical whatever the thread count, process or machine.
 
 One traversal gives two images: the whole volume's integral and, when a label volume and a label are
 given, the integral of the same voxels restricted to that label (a vertebra-only view) - the same
 rays and segments, no second render.
 
-`traverse_numba` is the CPU kernel (numba, parallel over 16x16 detector tiles for cache locality);
-`ray_batch.walk_rays` runs the same per-ray function (`_walk_ray`) over a batch of rays of several
-views, on the CPU or, compiled by numba for CUDA, one GPU thread a ray; `traverse_torch` performs the
-same float64 arithmetic as vectorised torch operations (any device; one launch per step and
+`traverse_numba` is the CPU kernel (numba, parallel over 16x16 detector tiles for cache locality; in a
+tile, eight neighbouring rays walk in lockstep on vectors, `lockstep`, each lane the same arithmetic as
+the one-ray walk `_ray`); `ray_batch.walk_rays` runs the one-ray function (`_walk_ray`) over a batch of
+rays of several views, on the CPU or, compiled by numba for CUDA, one GPU thread a ray;
+`traverse_torch` performs the same float64 arithmetic as vectorised torch operations (any device; one launch per step and
 operation, so on a GPU it is bound by launches and memory traffic: benchmarks/stream.py measured its
 walk 8.4-8.9x slower than the CUDA kernel on an H200).
 """
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from pipelines.ops import lockstep
 from pipelines.ops.crop import bounding_box
 
 TILE = 16  # detector tile edge: neighbouring rays share cache lines of the volume
@@ -228,6 +230,74 @@ def _occupied_end(occ, nb_i, nb_j, nb_k, shift, sx, sy, sz, dx, dy, dz, a0, a1):
 
 
 MAX_KNOTS = 2  # hinge accumulators per ray (`traverse_hinges_numba`); unused ones get a knot at +inf
+MISSED, EMPTY, LIVE = 0, 1, 2  # how `_ray_start` leaves a ray: off the volume, only zeros on it, to walk
+
+
+@numba.njit(inline="always")
+def _ray_start(n_i, n_j, n_k, box, occ, nb_i, nb_j, nb_k, shift, sx, sy, sz, tx, ty, tz, with_label):
+    """A ray up to its first voxel to read: (status, a, a0, a1, a_end, b0, b1, off, ni, nj, nk, inc_i,
+    inc_j, inc_k, left_i, left_j, left_k, stride_i, stride_j, stride_k, on_ray).
+
+    A block (2**shift voxels a side) not OCCUPIED in the occupancy flags `occ` holds only zeros, which
+    add nothing. The walk jumps over the empty blocks before the ray's first occupied one (`_skip_block`:
+    the state after the jump is the one the step-by-step walk reaches) and stops at a_end, where the ray
+    leaves the last block NEAR an occupied one (`_occupied_end`); between the two it reads every voxel,
+    without a lookup in the grid per step (which cost more than the empty blocks inside a body save).
+    status MISSED: the ray misses the volume; EMPTY: it meets only zeros; LIVE: walk from fraction a."""
+    dx, dy, dz = tx - sx, ty - sy, tz - sz
+    (a0, a1, b0, b1, i, j, k, off, ni, nj, nk, inc_i, inc_j, inc_k, left_i, left_j, left_k, si, sj, sk,
+     stride_i, stride_j, stride_k) = _enter(n_i, n_j, n_k, box, sx, sy, sz, dx, dy, dz, with_label)
+    status = LIVE
+    a = a0
+    a_end = a0
+    on_ray = 0
+    if a1 <= a0:
+        status = MISSED
+    else:
+        on_ray = left_i + left_j + left_k + 1
+        end = _occupied_end(occ, nb_i, nb_j, nb_k, shift, sx, sy, sz, dx, dy, dz, a0, a1)
+        if end <= a0:  # no block on the ray holds (or touches one that holds) a non-zero voxel
+            status = EMPTY
+        else:
+            a_end = end + 1e-9 * (a1 - a0)  # past it only zeros (the margin: far above rounding, far below a voxel)
+            # the empty blocks before the first occupied one
+            while (left_i + left_j + left_k > 0
+                   and not occ[((i >> shift) * nb_j + (j >> shift)) * nb_k + (k >> shift)] & OCCUPIED):
+                e, c_i, c_j, c_k, ni, nj, nk = _skip_block(i, j, k, ni, nj, nk, inc_i, inc_j, inc_k, left_i, left_j,
+                                                           left_k, si, sj, sk, shift)
+                if e == _BIG:  # the ray ends inside this empty block
+                    status = EMPTY
+                    break
+                i += si * c_i
+                j += sj * c_j
+                k += sk * c_k
+                left_i -= c_i
+                left_j -= c_j
+                left_k -= c_k
+                off += stride_i * c_i + stride_j * c_j + stride_k * c_k
+                a = e
+    return (status, a, a0, a1, a_end, b0, b1, off, ni, nj, nk, inc_i, inc_j, inc_k, left_i, left_j, left_k,
+            stride_i, stride_j, stride_k, on_ray)
+
+
+@numba.njit(inline="always")
+def _ray_finish(flat, labels, label, off, a, a1, a_end, b0, b1, knots, acc, acc_label, h0, h1, read, with_label,
+                with_hinges):
+    """The last voxel, from fraction a to the ray's exit a1, unless the walk stopped at a_end (past it
+    only zeros): the sums and the count of voxels read."""
+    if a >= a_end:
+        return acc, acc_label, h0, h1, read
+    v = flat[off]
+    w = a1 - a
+    seg = w * v
+    acc += seg
+    if with_label:
+        if a1 > b0 and a < b1 and labels[off] == label:
+            acc_label += seg
+    if with_hinges:
+        h0 += w * max(v - knots[0], np.float32(0.0))
+        h1 += w * max(v - knots[1], np.float32(0.0))
+    return acc, acc_label, h0, h1, read + 1
 
 
 @numba.njit(inline="always")
@@ -237,50 +307,24 @@ def _ray(flat, n_i, n_j, n_k, labels, label, box, occ, nb_i, nb_j, nb_k, shift, 
     ray's length inside the volume and for each of the MAX_KNOTS knots c the integral of max(v - c, 0)
     (branch-free, in registers); then the voxels on the ray and those read. `with_label` and
     `with_hinges` are constants at every call site, so each inlined copy compiles only the arithmetic it
-    asks for.
-
-    A block (2**shift voxels a side) not OCCUPIED in the occupancy flags `occ` holds only zeros, which
-    add nothing. The walk jumps over the empty blocks before the ray's first occupied one (`_skip_block`:
-    the state after the jump is the one the step-by-step walk reaches) and stops where the ray leaves
-    the last block NEAR an occupied one (`_occupied_end`); between the two it reads every voxel, without
-    a lookup in the grid per step (which cost more than the empty blocks inside a body save). Adding +0.0
-    leaves a float64 sum unchanged, so the images are bit-identical with and without the grid."""
-    dx, dy, dz = tx - sx, ty - sy, tz - sz
-    (a0, a1, b0, b1, i, j, k, off, ni, nj, nk, inc_i, inc_j, inc_k, left_i, left_j, left_k, si, sj, sk,
-     stride_i, stride_j, stride_k) = _enter(n_i, n_j, n_k, box, sx, sy, sz, dx, dy, dz, with_label)
-    if a1 <= a0:
+    asks for. The walk of `ray_batch.walk_rays` (CPU and CUDA); the image kernel walks the same steps
+    eight rays at a time (`lockstep`). Skipped empty blocks hold only zeros, and adding +0.0 leaves a
+    float64 sum unchanged, so the images are bit-identical with and without the occupancy grid."""
+    (status, a, a0, a1, a_end, b0, b1, off, ni, nj, nk, inc_i, inc_j, inc_k, left_i, left_j, left_k,
+     stride_i, stride_j, stride_k, on_ray) = _ray_start(n_i, n_j, n_k, box, occ, nb_i, nb_j, nb_k, shift, sx, sy, sz,
+                                                        tx, ty, tz, with_label)
+    if status == MISSED:
         return 0.0, 0.0, 0.0, 0.0, 0.0, 0, 0
-    on_ray = left_i + left_j + left_k + 1
-    end = _occupied_end(occ, nb_i, nb_j, nb_k, shift, sx, sy, sz, dx, dy, dz, a0, a1)
-    if end <= a0:  # no block on the ray holds (or touches one that holds) a non-zero voxel
+    if status == EMPTY:
         return 0.0, 0.0, a1 - a0, 0.0, 0.0, on_ray, 0
-    a_end = end + 1e-9 * (a1 - a0)  # past it only zeros (the margin: far above rounding, far below a voxel)
     c0, c1 = knots[0], knots[1]
     acc = 0.0
     acc_label = 0.0
     h0 = 0.0
     h1 = 0.0
-    a = a0
     read = 0
-    # the empty blocks before the first occupied one
-    while (left_i + left_j + left_k > 0
-           and not occ[((i >> shift) * nb_j + (j >> shift)) * nb_k + (k >> shift)] & OCCUPIED):
-        e, c_i, c_j, c_k, ni, nj, nk = _skip_block(i, j, k, ni, nj, nk, inc_i, inc_j, inc_k, left_i, left_j,
-                                                   left_k, si, sj, sk, shift)
-        if e == _BIG:  # the ray ends inside this empty block
-            return acc, acc_label, a1 - a0, h0, h1, on_ray, read
-        i += si * c_i
-        j += sj * c_j
-        k += sk * c_k
-        left_i -= c_i
-        left_j -= c_j
-        left_k -= c_k
-        off += stride_i * c_i + stride_j * c_j + stride_k * c_k
-        a = e
     # exactly left_i + left_j + left_k crossings: every index stays inside the volume
-    while left_i + left_j + left_k > 0:
-        if a >= a_end:  # the rest of the ray is empty blocks
-            return acc, acc_label, a1 - a0, h0, h1, on_ray, read
+    while left_i + left_j + left_k > 0 and a < a_end:
         v = flat[off]
         at = off
         read += 1
@@ -296,19 +340,8 @@ def _ray(flat, n_i, n_j, n_k, labels, label, box, occ, nb_i, nb_j, nb_k, shift, 
             h0 += w * max(v - c0, np.float32(0.0))
             h1 += w * max(v - c1, np.float32(0.0))
         a = e
-    if a >= a_end:
-        return acc, acc_label, a1 - a0, h0, h1, on_ray, read
-    v = flat[off]
-    read += 1
-    w = a1 - a
-    seg = w * v
-    acc += seg
-    if with_label:
-        if a1 > b0 and a < b1 and labels[off] == label:
-            acc_label += seg
-    if with_hinges:
-        h0 += w * max(v - c0, np.float32(0.0))
-        h1 += w * max(v - c1, np.float32(0.0))
+    acc, acc_label, h0, h1, read = _ray_finish(flat, labels, label, off, a, a1, a_end, b0, b1, knots, acc, acc_label,
+                                               h0, h1, read, with_label, with_hinges)
     return acc, acc_label, a1 - a0, h0, h1, on_ray, read
 
 
@@ -323,35 +356,144 @@ def _ray_of(flat, n_i, n_j, n_k, labels, label, box, occ, nb_i, nb_j, nb_k, shif
                 hinged, knots)
 
 
+@numba.njit(inline="always")
+def _lane_idle(ist, lane):
+    """A lane with no ray to walk: no crossing left (the lockstep loop never moves it) and offset 0
+    (its loads, which the loop makes for every lane, stay inside the volume)."""
+    ist[lockstep.I_OFF, lane] = 0
+    ist[lockstep.I_LEFT_I, lane] = 0
+    ist[lockstep.I_LEFT_J, lane] = 0
+    ist[lockstep.I_LEFT_K, lane] = 0
+
+
+@numba.njit(inline="always")
+def _lane_start(fs, ist, lane, n_i, n_j, n_k, box, occ, nb_i, nb_j, nb_k, shift, sx, sy, sz, tx, ty, tz, with_label):
+    """Start one ray (`_ray_start`) into a lane of the lockstep state; a ray with nothing to read
+    leaves its lane idle (`_lane_idle`). Returns (status, a0, a1,
+    crossings left, voxels on the ray)."""
+    (status, a, a0, a1, a_end, b0, b1, off, ni, nj, nk, inc_i, inc_j, inc_k, left_i, left_j, left_k,
+     stride_i, stride_j, stride_k, on_ray) = _ray_start(n_i, n_j, n_k, box, occ, nb_i, nb_j, nb_k, shift, sx, sy, sz,
+                                                        tx, ty, tz, with_label)
+    if status != LIVE:
+        _lane_idle(ist, lane)
+        return status, a0, a1, 0, on_ray
+    fs[lockstep.F_A, lane] = a
+    fs[lockstep.F_END, lane] = a_end
+    fs[lockstep.F_NI, lane] = ni
+    fs[lockstep.F_NJ, lane] = nj
+    fs[lockstep.F_NK, lane] = nk
+    fs[lockstep.F_INC_I, lane] = inc_i
+    fs[lockstep.F_INC_J, lane] = inc_j
+    fs[lockstep.F_INC_K, lane] = inc_k
+    fs[lockstep.F_ACC, lane] = 0.0
+    fs[lockstep.F_LABEL, lane] = 0.0
+    fs[lockstep.F_H0, lane] = 0.0
+    fs[lockstep.F_H1, lane] = 0.0
+    fs[lockstep.F_B0, lane] = b0
+    fs[lockstep.F_B1, lane] = b1
+    ist[lockstep.I_OFF, lane] = off
+    ist[lockstep.I_LEFT_I, lane] = left_i
+    ist[lockstep.I_LEFT_J, lane] = left_j
+    ist[lockstep.I_LEFT_K, lane] = left_k
+    ist[lockstep.I_STRIDE_I, lane] = stride_i
+    ist[lockstep.I_STRIDE_J, lane] = stride_j
+    ist[lockstep.I_STRIDE_K, lane] = stride_k
+    return status, a0, a1, left_i + left_j + left_k, on_ray
+
+
+# the lockstep walks, one per (labelled, hinged)
+_lanes_plain, _lanes_label = lockstep.lockstep_walk(False, False, _BIG), lockstep.lockstep_walk(True, False, _BIG)
+_lanes_hinged, _lanes_label_hinged = lockstep.lockstep_walk(False, True, _BIG), lockstep.lockstep_walk(True, True, _BIG)
+
+
 def _image_kernel(hinged: bool):
     """The image loop, compiled for one value of the flag `hinged` (a closure constant, which numba
-    compiles in, and keys its on-disk cache by): parallel over detector tiles, each ray by one thread.
-    Each kernel compiles on its first use and holds only the arithmetic it needs."""
+    compiles in, and keys its on-disk cache by): parallel over detector tiles; in each tile, rays
+    `lockstep.LANES` at a time (neighbouring pixels of a row), each started and finished on its own and
+    walked together (`lockstep`). Each kernel compiles on its first use and holds only the arithmetic it
+    needs."""
+    # numba keys a kernel's on-disk cache by its code and its closure's values: the closure holds the
+    # flag and the digest of lockstep.py, so an edit there recompiles; the intrinsics are globals
+    # (their pickles carry a fresh id in every process)
+    key = (hinged, lockstep.SOURCE_DIGEST)
 
     @numba.njit(parallel=True, nogil=True, cache=True)
     def traverse(flat, shape, labels, label, box, occ, occ_shape, shift, source, targets, raylen, height, width,
                  knots, out, out_label, out_hinges, out_steps):
+        hinged = key[0]
+        lanes = lockstep.LANES
         n_i, n_j, n_k = shape[0], shape[1], shape[2]
         nb_i, nb_j, nb_k = occ_shape[0], occ_shape[1], occ_shape[2]
         tiles_w = (width + TILE - 1) // TILE
         n_tiles = ((height + TILE - 1) // TILE) * tiles_w
         sx, sy, sz = source[0], source[1], source[2]
+        labelled = label >= 0
         for tile in numba.prange(n_tiles):
             row0 = (tile // tiles_w) * TILE
             col0 = (tile % tiles_w) * TILE
-            for row in range(row0, min(height, row0 + TILE)):
-                for col in range(col0, min(width, col0 + TILE)):
-                    r = row * width + col
-                    whole, part, length, h0, h1, on_ray, read = _ray_of(
-                        flat, n_i, n_j, n_k, labels, label, box, occ, nb_i, nb_j, nb_k, shift, sx, sy, sz,
-                        targets[r, 0], targets[r, 1], targets[r, 2], hinged, knots)
+            tile_w = min(width - col0, TILE)
+            n_rays = min(height - row0, TILE) * tile_w
+            fs = np.zeros((lockstep.FLOAT_ROWS, lanes))
+            ist = np.zeros((lockstep.INT_ROWS, lanes), dtype=np.int64)
+            ray = np.empty(lanes, dtype=np.int64)
+            ends = np.empty(lanes)
+            lengths = np.empty(lanes)
+            lefts = np.empty(lanes, dtype=np.int64)
+            for first in range(0, n_rays, lanes):
+                live = 0
+                for lane in range(lanes):
+                    ray[lane] = -1
+                    n = first + lane
+                    if n >= n_rays:  # the tile's last lanes
+                        _lane_idle(ist, lane)
+                        continue
+                    r = (row0 + n // tile_w) * width + col0 + n % tile_w
+                    status, a0, a1, left, on_ray = _lane_start(fs, ist, lane, n_i, n_j, n_k, box, occ, nb_i, nb_j,
+                                                               nb_k, shift, sx, sy, sz, targets[r, 0], targets[r, 1],
+                                                               targets[r, 2], labelled)
+                    out_steps[r, 0] = on_ray
+                    if status == LIVE:
+                        ray[lane] = r
+                        ends[lane] = a1
+                        lengths[lane] = a1 - a0
+                        lefts[lane] = left
+                        live += 1
+                        continue
+                    out[r] = 0.0
+                    out_label[r] = 0.0
+                    out_steps[r, 1] = 0
+                    if hinged:
+                        scale = raylen[r]
+                        out_hinges[r, 0] = (a1 - a0) * scale if status == EMPTY else 0.0
+                        out_hinges[r, 1] = 0.0
+                        out_hinges[r, 2] = 0.0
+                if live == 0:
+                    continue
+                if hinged:
+                    if labelled:
+                        _lanes_label_hinged(flat, labels, label, fs, ist, knots[0], knots[1])
+                    else:
+                        _lanes_hinged(flat, labels, label, fs, ist, knots[0], knots[1])
+                elif labelled:
+                    _lanes_label(flat, labels, label, fs, ist, knots[0], knots[1])
+                else:
+                    _lanes_plain(flat, labels, label, fs, ist, knots[0], knots[1])
+                for lane in range(lanes):
+                    r = ray[lane]
+                    if r < 0:
+                        continue
+                    left = ist[lockstep.I_LEFT_I, lane] + ist[lockstep.I_LEFT_J, lane] + ist[lockstep.I_LEFT_K, lane]
+                    whole, part, h0, h1, read = _ray_finish(
+                        flat, labels, label, ist[lockstep.I_OFF, lane], fs[lockstep.F_A, lane], ends[lane],
+                        fs[lockstep.F_END, lane], fs[lockstep.F_B0, lane], fs[lockstep.F_B1, lane], knots,
+                        fs[lockstep.F_ACC, lane], fs[lockstep.F_LABEL, lane], fs[lockstep.F_H0, lane],
+                        fs[lockstep.F_H1, lane], lefts[lane] - left, labelled, hinged)
                     scale = raylen[r]
                     out[r] = whole * scale
                     out_label[r] = part * scale
-                    out_steps[r, 0] = on_ray
                     out_steps[r, 1] = read
                     if hinged:
-                        out_hinges[r, 0] = length * scale
+                        out_hinges[r, 0] = lengths[lane] * scale
                         out_hinges[r, 1] = h0 * scale
                         out_hinges[r, 2] = h1 * scale
 

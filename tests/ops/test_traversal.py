@@ -317,6 +317,46 @@ def test_a_batch_of_rays_walks_as_each_views_numba_walk():
         walk_rays(vol[:-1], sources, targets, lengths, occupied=occupied)
 
 
+@pytest.mark.parametrize("height, width", [(16, 16), (7, 13), (3, 21), (1, 6), (17, 33)])
+def test_rays_walked_eight_in_lockstep_are_each_rays_own_walk(height, width):
+    """The image kernel walks neighbouring rays `lockstep.LANES` at a time; `walk_rays` walks each ray
+    on its own (`_ray`, the GPU's function). Bit for bit the same whole, labelled and hinge images, with
+    and without the occupancy grid, for detectors whose tiles leave lanes idle, rays that miss, rays
+    along axes and diagonals (ties), rays grazing an occupied block's edges, and lanes whose rays end
+    many steps apart."""
+    rng = np.random.default_rng(height * 100 + width)
+    n = height * width
+    hit = missed = 0
+    for trial in range(4):
+        shape = tuple(int(x) for x in rng.integers(24 if trial == 3 else 5, 40, 3))
+        vol = air_pocked(rng, shape)
+        labels = rng.integers(0, 3, shape).astype(np.uint8)
+        source, targets, lengths = scattered_rays(rng, shape, n)
+        if trial == 3:  # grazing the edges of a block of 8 (ties between the walk's and the grid's rounding)
+            corner = np.array([7.5, 7.5, 7.5]) + rng.integers(0, 2, (n, 3)) * 8
+            points = corner + rng.normal(0, 1, (n, 3)) * 1e-11
+            points[np.arange(n), rng.integers(0, 3, n)] += rng.uniform(-6, 6, n)
+            targets = source + (points - source) * 3
+        targets[::5] += 500.0  # some rays miss the volume
+        occupied = occupancy(vol)
+        table = label_table(label_boxes(labels))
+        for occ in (None, occupied):
+            for label in (-1, 1):
+                per_ray = np.full(n, label)
+                sources = np.tile(source, (n, 1))
+                got = traverse_hinges_numba(vol, source, targets, lengths, height, width, [0.004, 0.02], labels,
+                                            label, occ)
+                alone = walk_rays(vol, sources, targets, lengths, labels, per_ray, table, [0.004, 0.02], occ)
+                for a, b in zip(got, alone):
+                    np.testing.assert_array_equal(a, b)
+                exact = traverse_numba(vol, source, targets, lengths, height, width, labels, label, occ)
+                np.testing.assert_array_equal(exact[0], alone[0])
+                np.testing.assert_array_equal(exact[1], alone[1])
+        hit += int((got[0] > 0).sum())
+        missed += int((got[0] == 0).sum())
+    assert hit > 0 and missed > 0
+
+
 @pytest.mark.skipif(not torch.cuda.is_available() or not cuda_walk_available(), reason="no CUDA device for numba")
 def test_the_cuda_kernel_walks_as_the_cpu_does():
     """The same batch on the GPU (numba's CUDA kernel over `_walk_ray`): float64 sums within 1e-12 of
