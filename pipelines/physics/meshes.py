@@ -139,16 +139,22 @@ def add_chords(vertices: np.ndarray, faces: np.ndarray, source: np.ndarray,
 @numba.njit(cache=True)
 def _project(vertices, source, origin, eu, ev):
     """Detector coordinates (column, row; pixel centres at integers) where the rays from the source
-    through each vertex meet the detector plane."""
-    n = np.cross(eu, ev)
-    g00, g01, g11 = eu @ eu, eu @ ev, ev @ ev
+    through each vertex meet the detector plane. Scalar arithmetic (a dot product of 3-vectors as
+    BLAS calls on per-vertex temporaries cost ~65 ns a vertex: 2.5 ms of a screw's 3 ms)."""
+    ux, uy, uz = eu[0], eu[1], eu[2]
+    vx, vy, vz = ev[0], ev[1], ev[2]
+    nx, ny, nz = uy * vz - uz * vy, uz * vx - ux * vz, ux * vy - uy * vx  # the detector's normal
+    g00, g01, g11 = ux * ux + uy * uy + uz * uz, ux * vx + uy * vy + uz * vz, vx * vx + vy * vy + vz * vz
     det = g00 * g11 - g01 * g01
+    sx, sy, sz = source[0], source[1], source[2]
+    ox, oy, oz = origin[0], origin[1], origin[2]
+    reach = nx * (ox - sx) + ny * (oy - sy) + nz * (oz - sz)
     out = np.empty((len(vertices), 2))
-    reach = n @ (origin - source)
     for k in range(len(vertices)):
-        w = vertices[k] - source
-        q = source + w * (reach / (n @ w)) - origin
-        a, b = q @ eu, q @ ev
+        wx, wy, wz = vertices[k, 0] - sx, vertices[k, 1] - sy, vertices[k, 2] - sz
+        t = reach / (nx * wx + ny * wy + nz * wz)
+        qx, qy, qz = sx + wx * t - ox, sy + wy * t - oy, sz + wz * t - oz
+        a, b = qx * ux + qy * uy + qz * uz, qx * vx + qy * vy + qz * vz
         out[k, 0] = (a * g11 - b * g01) / det
         out[k, 1] = (b * g00 - a * g01) / det
     return out
