@@ -122,9 +122,10 @@ def per_view_costs(root: Path, items: int) -> dict[str, float]:
                     on_ray, read = walk_counts(*args[:3], g.height, g.width, renderer.occupied)
                     out["on_ray"] += on_ray
                     out["read"] += read
+                    box = renderer._box(label)  # the renderer keeps every label's box (one pass per volume)
                     for key, occupied in (("walk_noskip_s", None), ("walk_s", renderer.occupied)):
                         t0 = time.perf_counter()
-                        traverse_numba(*args, renderer.labels, label, occupied)
+                        traverse_numba(*args, renderer.labels, label, occupied, box)
                         out[key] += time.perf_counter() - t0
                     # RealisticRenderer.view, part by part: the walk, then what makes the image from it
                     t0 = time.perf_counter()
