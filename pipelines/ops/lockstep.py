@@ -9,14 +9,16 @@ the images are the same bit for bit: only which instructions carry them differs.
 ended keeps its state (its sums are selected, never changed) until every lane has ended.
 
 Why vectors: a step of one ray is ~20 instructions with an unpredictable branch (which axis is crossed
-next); on eight lanes it is ~70 vector instructions with no branch but the loop's own. Numba does not
-vectorise the walk by itself (its loop vectoriser gives up on the lanes' selects), so the loop is
-written as LLVM vector IR in a numba intrinsic (`numba.extending.intrinsic`, llvmlite's IR builder):
-`<8 x double>` fractions, `<8 x i64>` offsets, compare masks and selects. LLVM lowers the vectors to
-what the CPU has (AVX-512, AVX2 halves or SSE quarters), so the kernel runs, and gives the same sums,
-on any x86-64 or ARM machine. The voxels are read by eight scalar loads into a vector rather than a
-hardware gather: on the AMD EPYC (Zen 4) this project is measured on, `vgatherqps` made the walk slower
-than the scalar one, eight loads made it 1.4x faster (benchmarks/stream.py prints the figures).
+next); on eight lanes it is ~70 vector instructions and no branch but the loop's own (and, with a
+label, whether any lane is in the label's box). A numba loop over eight lanes' arrays was not
+vectorised when tried, so the loop is written as LLVM vector IR in a numba intrinsic
+(`numba.extending.intrinsic`, llvmlite's IR builder): `<8 x double>` fractions, `<8 x i64>` offsets,
+compare masks and selects. LLVM lowers the vectors to what the CPU has (AVX-512, or halves and
+quarters of them on AVX2 and SSE), so the kernel runs, with the same sums, on any CPU numba targets.
+The voxels are read by eight scalar loads into a vector rather than a
+hardware gather: on the AMD EPYC (Zen 4) this project is measured on, the walk with `vgatherqps` was
+no faster than the one-ray walk, with eight loads it was ~1.5x faster (ad-hoc timings, recorded in
+docs/benchmarks.md; benchmarks/stream.py prints the walk's ms per view).
 
 No contraction: LLVM fuses a multiply and an add into one rounding only under fast-math flags, which
 this IR never sets; `tests/ops/test_traversal.py` checks the images against the one-ray walk bit for bit.
