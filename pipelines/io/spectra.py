@@ -2,48 +2,32 @@
 
 A spectrum is a pure function of (spekpy version, kVp, anode angle, bin width), so it is kept as one
 small .npz file per key under $SPINEFORGE_SPECTRA_CACHE, else $XDG_CACHE_HOME/spineforge (default
-~/.cache/spineforge); `SPINEFORGE_SPECTRA_CACHE=off` turns it off. Files are written under a
-temporary name and renamed, so a reader never sees half a file; an unreadable file is recomputed.
+~/.cache/spineforge); `SPINEFORGE_SPECTRA_CACHE=off` turns it off (`machine_cache`: written under a
+temporary name and renamed, so a reader never sees half a file; an unreadable file is recomputed).
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
+
+from pipelines.io import machine_cache
 
 CACHE_ENV = "SPINEFORGE_SPECTRA_CACHE"
 
 
-def cache_root() -> Path | None:
-    root = os.environ.get(CACHE_ENV)
-    if root == "off":
-        return None
-    if root:
-        return Path(root)
-    return Path(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")) / "spineforge"
+def cache_root():
+    return machine_cache.cache_root(CACHE_ENV)
 
 
 def cached_spectrum(key: str, compute: Callable[[], tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
     """(energies, fluence) for `key` (a file-name-safe string) from the cache, or computed and stored."""
     root = cache_root()
-    path = None if root is None else root / f"spectrum-{key}.npz"
-    if path is not None and path.is_file():
-        try:
-            with np.load(path) as data:
-                return data["energies"], data["fluence"]
-        except (OSError, ValueError, KeyError):
-            pass  # damaged or foreign: compute it again
-    energies, fluence = compute()
-    if path is not None:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".part")
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, energies=energies, fluence=fluence)
-            os.replace(tmp, path)
-        except OSError:  # a read-only or full cache costs time, never the build
-            pass
-    return energies, fluence
+
+    def arrays():
+        energies, fluence = compute()
+        return {"energies": energies, "fluence": fluence}
+
+    out = machine_cache.cached_arrays(None if root is None else root / f"spectrum-{key}.npz", arrays,
+                                      lambda a: {"energies", "fluence"} <= set(a))
+    return out["energies"], out["fluence"]

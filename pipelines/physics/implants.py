@@ -20,12 +20,16 @@ passes `meshes.check_mesh`.
 from __future__ import annotations
 
 import functools
+import hashlib
+import importlib.metadata
 import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
+from pipelines.io import machine_cache
 from pipelines.physics import meshes
 
 SECTIONS = 96  # facets around a round part (a 7.5 mm screw: its facets lie within 2 um of the circle)
@@ -169,6 +173,15 @@ class MeshImplant:
         return vertices @ pose[:3, :3].T + pose[:3, 3], faces
 
 
+# generators whose parameters the sampler takes from catalogue steps (screws rounded to sizes as sold,
+# the tulip from the config): a finite set of meshes, so their checked meshes are also kept on disk
+# per machine (`MESH_CACHE_ENV`), as are meshes read from files (by content). A screw's check casts a ray
+# through each of its ~76 k faces (~0.35 s); DataLoader workers start anew every epoch and would
+# otherwise check every screw size again. Cages, plates and rods take continuous sizes: not kept.
+CATALOGUE = frozenset({"pedicle_screw", "tulip"})
+MESH_CACHE_ENV = "SPINEFORGE_MESH_CACHE"  # a folder, or "off"; default $XDG_CACHE_HOME/spineforge
+
+
 @functools.lru_cache(maxsize=64)
 def local_mesh(generator: str, params: str) -> tuple[np.ndarray, np.ndarray]:
     """The checked mesh of a generator's parameters or of a file (its hash checked), read-only arrays."""
@@ -176,16 +189,61 @@ def local_mesh(generator: str, params: str) -> tuple[np.ndarray, np.ndarray]:
     if generator == "file":
         if meshes.file_sha256(p["path"]) != p["sha256"]:
             raise meshes.MeshError(f"{p['path']}: the file changed since it was recorded (SHA-256 differs)")
-        mesh = meshes.load_mesh(p["path"])
+        key = json.dumps(["file", p["sha256"]])
+
+        def make():
+            return meshes.load_mesh(p["path"])
     elif generator in GENERATORS:
-        mesh = meshes.check_mesh(GENERATORS[generator](**p), f"{generator}({params})",
-                                 self_intersection=generator not in SIMPLE_BY_CONSTRUCTION)
+        key = json.dumps([generator, params]) if generator in CATALOGUE else None
+
+        def make():
+            return meshes.check_mesh(GENERATORS[generator](**p), f"{generator}({params})",
+                                     self_intersection=generator not in SIMPLE_BY_CONSTRUCTION)
     else:
         raise ValueError(f"unknown implant generator {generator!r}; known: file, {', '.join(GENERATORS)}")
-    vertices, faces = np.array(mesh.vertices, dtype=np.float64), np.array(mesh.faces, dtype=np.int64)
+    arrays = machine_cache.cached_arrays(_cache_path(key), lambda: _mesh_arrays(make()), _intact)
+    vertices, faces = arrays["vertices"], arrays["faces"]
     vertices.setflags(write=False)
     faces.setflags(write=False)
     return vertices, faces
+
+
+def _cache_path(key: str | None):
+    root = None if key is None else machine_cache.cache_root(MESH_CACHE_ENV)
+    if root is None:
+        return None
+    return root / f"mesh-{hashlib.sha256((key + _code_version()).encode()).hexdigest()[:32]}.npz"
+
+
+@functools.cache
+def _code_version() -> str:
+    """What a kept mesh depends on besides its parameters: this module's and `meshes`' code (the
+    generators and the checks) and the versions of trimesh and manifold3d (the booleans)."""
+    h = hashlib.sha256()
+    for module in (__file__, meshes.__file__):
+        h.update(Path(module).read_bytes())
+    for package in ("trimesh", "manifold3d"):
+        h.update(importlib.metadata.version(package).encode())
+    return h.hexdigest()
+
+
+def _digest(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    return np.frombuffer(hashlib.sha256(vertices.tobytes() + faces.tobytes()).digest(), dtype=np.uint8)
+
+
+def _mesh_arrays(mesh) -> dict[str, np.ndarray]:
+    vertices, faces = np.array(mesh.vertices, dtype=np.float64), np.array(mesh.faces, dtype=np.int64)
+    return {"vertices": vertices, "faces": faces, "digest": _digest(vertices, faces)}
+
+
+def _intact(arrays: dict[str, np.ndarray]) -> bool:
+    """A kept mesh is used only when its arrays are the ones that were checked (their digest)."""
+    try:
+        vertices, faces = arrays["vertices"], arrays["faces"]
+        return (vertices.dtype == np.float64 and faces.dtype == np.int64 and vertices.ndim == faces.ndim == 2
+                and np.array_equal(_digest(vertices, faces), arrays["digest"]))
+    except KeyError:
+        return False
 
 
 def _plain(value):

@@ -263,3 +263,38 @@ def test_each_instrument_has_its_own_exact_bit_where_they_overlap():
     assert np.array_equal(ids > 0, kinds > 0) and ids.dtype == np.int32
     with pytest.raises(ValueError, match="instrument_ids holds 31"):
         InstrumentConfig(screw_levels=(6, 8))
+
+
+def test_catalogue_meshes_are_checked_once_per_machine_and_a_tampered_one_again(tmp_path, monkeypatch, caplog):
+    """A screw or tulip mesh (catalogue sizes) is generated and checked once; a new process (here: the
+    in-memory cache cleared, as in a DataLoader worker of the next epoch) reads it back from the machine's
+    cache, the same arrays. A kept file whose arrays differ from those checked is generated and checked
+    again; continuous sizes (a cage) are not kept; `off` keeps nothing."""
+    monkeypatch.setenv(implants.MESH_CACHE_ENV, str(tmp_path))
+    checks = []
+    check = meshes.check_mesh
+    monkeypatch.setattr(meshes, "check_mesh", lambda *a, **k: checks.append(a[1]) or check(*a, **k))
+    params = json.dumps({"diameter": 12.0, "height": 13.0, "rod_diameter": 6.0})
+    implants.local_mesh.cache_clear()
+    first = implants.local_mesh("tulip", params)
+    implants.local_mesh.cache_clear()
+    second = implants.local_mesh("tulip", params)
+    assert len(checks) == 1 and all(np.array_equal(a, b) for a, b in zip(first, second))
+    kept = list(tmp_path.iterdir())
+    assert len(kept) == 1 and kept[0].name.startswith("mesh-") and kept[0].suffix == ".npz"
+    with np.load(kept[0]) as data:
+        arrays = {k: data[k] for k in data.files}
+    arrays["vertices"][0, 0] += 1.0  # not the checked mesh any more
+    np.savez(kept[0], **arrays)
+    implants.local_mesh.cache_clear()
+    with caplog.at_level("WARNING", logger="spineforge"):
+        third = implants.local_mesh("tulip", params)
+    assert len(checks) == 2 and np.array_equal(third[0], first[0]) and "failed their check" in caplog.text
+    implants.local_mesh.cache_clear()
+    implants.local_mesh("cage", json.dumps({"length": 26.0, "width": 10.0, "height": 11.3}))
+    assert len(list(tmp_path.iterdir())) == 1 and len(checks) == 3
+    monkeypatch.setenv(implants.MESH_CACHE_ENV, "off")
+    implants.local_mesh.cache_clear()
+    implants.local_mesh("tulip", params)
+    assert len(checks) == 4
+    implants.local_mesh.cache_clear()
