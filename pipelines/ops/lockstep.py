@@ -62,14 +62,18 @@ def _const(ty, value):
     return ir.Constant(_vec(ty), [value] * LANES)
 
 
-def _load_lanes(builder, base, off, elem, size):
-    """base[off[l]] for every lane, by one scalar load each (every lane's offset is inside the array:
-    a lane keeps the offset of a voxel of its ray, or 0, after it ends)."""
-    addr = builder.add(_splat(builder, builder.ptrtoint(base, _I64), _I64), builder.mul(off, _const(_I64, size)))
+def _lanes(builder, off):
+    """Each lane's offset as a scalar: extracted once a step, for the voxel and the label loads."""
+    return [builder.extract_element(off, ir.Constant(_I32, lane)) for lane in range(LANES)]
+
+
+def _load_lanes(builder, base, offsets, elem):
+    """base[offsets[l]] for every lane, by one scalar load each (every lane's offset is inside the
+    array: a lane keeps the offset of a voxel of its ray, or 0, after it ends)."""
+    ptr = builder.bitcast(base, elem.as_pointer())
     out = ir.Constant(_vec(elem), ir.Undefined)
-    for lane in range(LANES):
-        at = builder.inttoptr(builder.extract_element(addr, ir.Constant(_I32, lane)), elem.as_pointer())
-        out = builder.insert_element(out, builder.load(at, align=size), ir.Constant(_I32, lane))
+    for lane, at in enumerate(offsets):
+        out = builder.insert_element(out, builder.load(builder.gep(ptr, [at])), ir.Constant(_I32, lane))
     return out
 
 
@@ -140,7 +144,8 @@ def lockstep_walk(with_label: bool, with_hinges: bool, big: float):
 def _step(builder, flat, labels, label_v, knots, f, i, fslot, islot, active, big, with_label, with_hinges):
     """One step of every active lane: `traversal._ray`'s loop body, lane by lane."""
     a, ni, nj, nk, off = f[F_A], f[F_NI], f[F_NJ], f[F_NK], i[I_OFF]
-    vf = _load_lanes(builder, flat, off, _F32, 4)  # the voxel the lane is in
+    offsets = _lanes(builder, off)
+    vf = _load_lanes(builder, flat, offsets, _F32)  # the voxel the lane is in
     v = builder.fpext(vf, _vec(_F64))
 
     def le(x, y):
@@ -173,7 +178,7 @@ def _step(builder, flat, labels, label_v, knots, f, i, fslot, islot, active, big
         read, after = builder.append_basic_block("lockstep.label"), builder.append_basic_block("lockstep.after")
         builder.cbranch(_any(builder, inside), read, after)
         builder.position_at_end(read)
-        found = builder.zext(_load_lanes(builder, labels, off, _I8, 1), _vec(_I64))
+        found = builder.zext(_load_lanes(builder, labels, offsets, _I8), _vec(_I64))
         hit = builder.and_(inside, builder.icmp_signed("==", found, label_v))
         builder.store(builder.select(hit, builder.fadd(f[F_LABEL], seg), f[F_LABEL]), fslot[F_LABEL])
         builder.branch(after)
