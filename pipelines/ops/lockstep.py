@@ -37,7 +37,7 @@ LANES = 8
 SOURCE_DIGEST = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()  # kernels' cache key (traversal)
 
 # rows of the float64 state (FLOAT_ROWS, LANES): ray fractions, per-axis next crossing and increment,
-# the sums, the label box's stretch of the ray
+# the sums, the label box's stretch of the ray (`traversal._lane_start` fills them in this order)
 (F_A, F_END, F_NI, F_NJ, F_NK, F_INC_I, F_INC_J, F_INC_K, F_ACC, F_LABEL, F_H0, F_H1, F_B0, F_B1) = range(14)
 FLOAT_ROWS = 14
 # rows of the int64 state (INT_ROWS, LANES): voxel offset, crossings left per axis, per-axis offset step

@@ -287,17 +287,25 @@ def _ray_finish(flat, labels, label, off, a, a1, a_end, b0, b1, knots, acc, acc_
     only zeros): the sums and the count of voxels read."""
     if a >= a_end:
         return acc, acc_label, h0, h1, read
-    v = flat[off]
-    w = a1 - a
+    acc, acc_label, h0, h1 = _segment(flat[off], a, a1, off, labels, label, b0, b1, knots[0], knots[1], acc,
+                                      acc_label, h0, h1, with_label, with_hinges)
+    return acc, acc_label, h0, h1, read + 1
+
+
+@numba.njit(inline="always")
+def _segment(v, a, e, at, labels, label, b0, b1, c0, c1, acc, acc_label, h0, h1, with_label, with_hinges):
+    """The sums with the ray's stretch [a, e] in the voxel at offset `at` (value v) added: the whole
+    integral, the label's (read only on the ray's stretch in the label's box [b0, b1]) and the hinges."""
+    w = e - a
     seg = w * v
     acc += seg
     if with_label:
-        if a1 > b0 and a < b1 and labels[off] == label:
+        if e > b0 and a < b1 and labels[at] == label:
             acc_label += seg
     if with_hinges:
-        h0 += w * max(v - knots[0], np.float32(0.0))
-        h1 += w * max(v - knots[1], np.float32(0.0))
-    return acc, acc_label, h0, h1, read + 1
+        h0 += w * max(v - c0, np.float32(0.0))
+        h1 += w * max(v - c1, np.float32(0.0))
+    return acc, acc_label, h0, h1
 
 
 @numba.njit(inline="always")
@@ -330,15 +338,8 @@ def _ray(flat, n_i, n_j, n_k, labels, label, box, occ, nb_i, nb_j, nb_k, shift, 
         read += 1
         e, axis, off, ni, nj, nk, left_i, left_j, left_k = _advance(off, ni, nj, nk, inc_i, inc_j, inc_k, left_i,
                                                                     left_j, left_k, stride_i, stride_j, stride_k)
-        w = e - a
-        seg = w * v
-        acc += seg
-        if with_label:
-            if e > b0 and a < b1 and labels[at] == label:
-                acc_label += seg
-        if with_hinges:
-            h0 += w * max(v - c0, np.float32(0.0))
-            h1 += w * max(v - c1, np.float32(0.0))
+        acc, acc_label, h0, h1 = _segment(v, a, e, at, labels, label, b0, b1, c0, c1, acc, acc_label, h0, h1,
+                                          with_label, with_hinges)
         a = e
     acc, acc_label, h0, h1, read = _ray_finish(flat, labels, label, off, a, a1, a_end, b0, b1, knots, acc, acc_label,
                                                h0, h1, read, with_label, with_hinges)
@@ -377,27 +378,13 @@ def _lane_start(fs, ist, lane, n_i, n_j, n_k, box, occ, nb_i, nb_j, nb_k, shift,
     if status != LIVE:
         _lane_idle(ist, lane)
         return status, a0, a1, 0, on_ray
-    fs[lockstep.F_A, lane] = a
-    fs[lockstep.F_END, lane] = a_end
-    fs[lockstep.F_NI, lane] = ni
-    fs[lockstep.F_NJ, lane] = nj
-    fs[lockstep.F_NK, lane] = nk
-    fs[lockstep.F_INC_I, lane] = inc_i
-    fs[lockstep.F_INC_J, lane] = inc_j
-    fs[lockstep.F_INC_K, lane] = inc_k
-    fs[lockstep.F_ACC, lane] = 0.0
-    fs[lockstep.F_LABEL, lane] = 0.0
-    fs[lockstep.F_H0, lane] = 0.0
-    fs[lockstep.F_H1, lane] = 0.0
-    fs[lockstep.F_B0, lane] = b0
-    fs[lockstep.F_B1, lane] = b1
-    ist[lockstep.I_OFF, lane] = off
-    ist[lockstep.I_LEFT_I, lane] = left_i
-    ist[lockstep.I_LEFT_J, lane] = left_j
-    ist[lockstep.I_LEFT_K, lane] = left_k
-    ist[lockstep.I_STRIDE_I, lane] = stride_i
-    ist[lockstep.I_STRIDE_J, lane] = stride_j
-    ist[lockstep.I_STRIDE_K, lane] = stride_k
+    # the rows in lockstep's order (F_A .. F_B1, I_OFF .. I_STRIDE_K); the sums start at 0
+    floats = (a, a_end, ni, nj, nk, inc_i, inc_j, inc_k, 0.0, 0.0, 0.0, 0.0, b0, b1)
+    ints = (off, left_i, left_j, left_k, stride_i, stride_j, stride_k)
+    for row in range(lockstep.FLOAT_ROWS):
+        fs[row, lane] = floats[row]
+    for row in range(lockstep.INT_ROWS):
+        ist[row, lane] = ints[row]
     return status, a0, a1, left_i + left_j + left_k, on_ray
 
 
