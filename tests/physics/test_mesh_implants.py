@@ -2,6 +2,7 @@
 through trimesh), transmission against Beer-Lambert, masks at the silhouette, clear errors for open and
 self-intersecting meshes, placement in the spine, records that make the same mesh again."""
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -287,8 +288,13 @@ def test_catalogue_meshes_are_checked_once_per_machine_and_a_tampered_one_again(
     arrays["vertices"][0, 0] += 1.0  # not the checked mesh any more
     np.savez(kept[0], **arrays)
     implants.local_mesh.cache_clear()
-    with caplog.at_level("WARNING", logger="spineforge"):
-        third = implants.local_mesh("tulip", params)
+    logger = logging.getLogger("spineforge")  # the CLI's set-up (earlier tests) stops its propagation
+    logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level("WARNING", logger="spineforge"):
+            third = implants.local_mesh("tulip", params)
+    finally:
+        logger.removeHandler(caplog.handler)
     assert len(checks) == 2 and np.array_equal(third[0], first[0]) and "failed their check" in caplog.text
     implants.local_mesh.cache_clear()
     implants.local_mesh("cage", json.dumps({"length": 26.0, "width": 10.0, "height": 11.3}))
