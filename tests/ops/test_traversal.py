@@ -357,6 +357,41 @@ def test_rays_walked_eight_in_lockstep_are_each_rays_own_walk(height, width):
     assert hit > 0 and missed > 0
 
 
+def test_the_voxel_the_lockstep_walk_prefetches_lies_ahead_on_the_ray():
+    """The lockstep walk prefetches, for each ray, the voxel at `_ahead`'s offset from the one it reads:
+    a hint that changes no image (the test above), but one that must point along the ray to save the
+    wait. Walked LOOKAHEAD crossings on, by the walk's own step, every ray (oblique, along axes, up or
+    down each axis) is within a voxel of it on each axis."""
+    from pipelines.ops.traversal import LOOKAHEAD, _advance, _ahead, _enter
+
+    rng = np.random.default_rng(5)
+    n = 200
+    walked = 0
+    for _ in range(300):
+        source = rng.uniform(-80, n + 80, 3)
+        target = rng.uniform(n * 0.3, n * 0.7, 3)
+        target = source + (target - source) * 3
+        if rng.random() < 0.2:  # along an axis
+            target = source.copy()
+            target[rng.integers(3)] += rng.choice([-1, 1]) * 3 * n
+            source = np.clip(source, 1, n - 2)
+        d = target - source
+        (a0, a1, _, _, i, j, k, off, ni, nj, nk, inc_i, inc_j, inc_k, left_i, left_j, left_k, si, sj, sk, st_i, st_j,
+         st_k) = _enter(n, n, n, np.zeros(6, dtype=np.int64), *source, *d, False)
+        if a1 <= a0 or left_i + left_j + left_k < 2 * LOOKAHEAD:
+            continue
+        ahead = _ahead(inc_i, inc_j, inc_k, st_i, st_j, st_k)
+        start = off
+        for _ in range(int(LOOKAHEAD)):
+            _, _, off, ni, nj, nk, left_i, left_j, left_k = _advance(off, ni, nj, nk, inc_i, inc_j, inc_k, left_i, left_j,
+                                                                    left_k, st_i, st_j, st_k)
+        reached = np.array(np.unravel_index(off, (n, n, n)))
+        hinted = np.array(np.unravel_index(start + ahead, (n, n, n)))
+        assert np.abs(reached - hinted).max() <= 1, (source, target)
+        walked += 1
+    assert walked > 200
+
+
 @pytest.mark.skipif(not torch.cuda.is_available() or not cuda_walk_available(), reason="no CUDA device for numba")
 def test_the_cuda_kernel_walks_as_the_cpu_does():
     """The same batch on the GPU (numba's CUDA kernel over `_walk_ray`): float64 sums within 1e-12 of
