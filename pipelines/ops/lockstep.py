@@ -188,11 +188,12 @@ def _step(builder, flat, labels, label_v, knots, f, i, fslot, islot, active, big
     for pick, left_row, nxt, inc_row, next_row in ((pick_i, I_LEFT_I, ni, F_INC_I, F_NI),
                                                    (pick_j, I_LEFT_J, nj, F_INC_J, F_NJ),
                                                    (pick_k, I_LEFT_K, nk, F_INC_K, F_NK)):
-        left = builder.sub(i[left_row], builder.zext(pick, _vec(_I64)))
+        left = builder.select(pick, builder.sub(i[left_row], _const(_I64, 1)), i[left_row])
         builder.store(left, islot[left_row])
-        moved = builder.select(builder.icmp_signed("==", left, zero), _const(_F64, big),
-                               builder.fadd(nxt, f[inc_row]))
-        builder.store(builder.select(pick, moved, nxt), fslot[next_row])
+        # an axis with no crossing left has next = big already (it is never picked), so testing every
+        # lane's count after the step gives each picked lane's next and leaves the others' unchanged
+        moved = builder.select(pick, builder.fadd(nxt, f[inc_row]), nxt)
+        builder.store(builder.select(builder.icmp_signed("==", left, zero), _const(_F64, big), moved), fslot[next_row])
     w = builder.fsub(e, a)
     seg = builder.fmul(w, v)
     builder.store(builder.select(active, builder.fadd(f[F_ACC], seg), f[F_ACC]), fslot[F_ACC])
