@@ -135,6 +135,9 @@ def lockstep_walk(with_label: bool, with_hinges: bool, big: float):
                 for r in range(rows):
                     builder.store(builder.load(builder.gep(ptr, [ir.Constant(_I64, r)]), align=8), slots[r])
             label_v = _splat(builder, context.cast(builder, args[2], signature.args[2], types.int64), _I64)
+            # the prefetched lanes' offsets ahead, fixed for the walk: scalars, added to the offsets the loads use
+            aheads = builder.load(builder.gep(iptr, [ir.Constant(_I64, I_AHEAD)]), align=8)
+            aheads = [builder.extract_element(aheads, ir.Constant(_I32, lane)) for lane in PREFETCHED]
             knots = (_splat(builder, args[5], _F32), _splat(builder, args[6], _F32))
             head, body, done = (builder.append_basic_block(f"lockstep.{n}") for n in ("head", "body", "done"))
             builder.branch(head)
@@ -148,8 +151,8 @@ def lockstep_walk(with_label: bool, with_hinges: bool, big: float):
             builder.cbranch(_any(builder, active), body, done)
 
             builder.position_at_end(body)
-            _step(builder, flat_a.data, labels_a.data, label_v, knots, f, i, fslot, islot, active, big, with_label,
-                  with_hinges)
+            _step(builder, flat_a.data, labels_a.data, label_v, knots, aheads, f, i, fslot, islot, active, big,
+                  with_label, with_hinges)
             builder.branch(head)
 
             builder.position_at_end(done)
@@ -163,12 +166,11 @@ def lockstep_walk(with_label: bool, with_hinges: bool, big: float):
     return walk
 
 
-def _step(builder, flat, labels, label_v, knots, f, i, fslot, islot, active, big, with_label, with_hinges):
+def _step(builder, flat, labels, label_v, knots, aheads, f, i, fslot, islot, active, big, with_label, with_hinges):
     """One step of every active lane: `traversal._ray`'s loop body, lane by lane."""
     a, ni, nj, nk, off = f[F_A], f[F_NI], f[F_NJ], f[F_NK], i[I_OFF]
     offsets = _lanes(builder, off)
-    ahead = builder.add(off, i[I_AHEAD])
-    _prefetch(builder, flat, [builder.extract_element(ahead, ir.Constant(_I32, lane)) for lane in PREFETCHED])
+    _prefetch(builder, flat, [builder.add(offsets[lane], ahead) for lane, ahead in zip(PREFETCHED, aheads)])
     vf = _load_lanes(builder, flat, offsets, _F32)  # the voxel the lane is in
     v = builder.fpext(vf, _vec(_F64))
 
