@@ -1,6 +1,7 @@
 """Analytic checks of the render path: path lengths, magnification, positions, pose handling."""
 import numpy as np
 import pytest
+import torch
 
 from pipelines.ops.camera import base_camera, camera_for_motion, project_point
 from pipelines.ops.drr import Renderer
@@ -197,3 +198,22 @@ def test_image_axes_in_world_terms(view, expected):
         row, col = np.unravel_index(image.argmax(), image.shape)
         where = tuple(int(np.sign(round(v - centre))) if abs(v - centre) > 4 else 0 for v in (row, col))
         assert where == expected[name], (name, row, col)
+
+
+def test_ray_points_are_transformed_with_the_same_bits_on_the_cpu_kernel_and_in_torch():
+    """`_transform_points` runs one compiled pass on the CPU and torch operations elsewhere; both
+    compute ((x m0 + y m1) + z m2) + m3 per coordinate in float64, so rays (and every image walked
+    along them) keep their bits whichever path a device takes."""
+    from pipelines.ops.drr import _transform_points
+
+    rng = np.random.default_rng(0)
+    for scale in (1e-3, 1.0, 1e3):
+        m = rng.normal(size=(4, 4)) * scale
+        points = torch.as_tensor(rng.normal(size=(4097, 3)) * 300)
+        x, y, z = points[:, 0:1], points[:, 1:2], points[:, 2:3]
+        mt = torch.as_tensor(m)
+        expected = x * mt[:3, 0] + y * mt[:3, 1] + z * mt[:3, 2] + mt[:3, 3]
+        got = _transform_points(m, points)
+        assert got.dtype == torch.float64 and got.shape == (4097, 3)
+        assert torch.equal(got, expected)
+        assert torch.equal(_transform_points(m, points[::2]), expected[::2])  # a strided view of the points
