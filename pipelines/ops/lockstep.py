@@ -21,11 +21,11 @@ no faster than the one-ray walk, with eight loads it was ~1.5x faster (ad-hoc ti
 docs/benchmarks.md; benchmarks/stream.py prints the walk's ms per view).
 
 Prefetching: a posed view's rays cross the volume obliquely, so a ray reads a new cache line (and often
-a new page) nearly every step, and a volume of a few hundred MB is far from the caches. Every step
+a new page) nearly every step, and a volume of over a hundred MB is far from the caches. Every step
 asks for the voxel some `traversal.LOOKAHEAD` crossings ahead on the rays of lanes `PREFETCHED`
 (`llvm.prefetch`, a hint: it never faults and changes no result, so an address past the ray's end or
 the volume's is harmless), each lane's offset to it set when its ray starts (`traversal._ahead`).
-On the demo views this took the one-thread walk from ~70 to ~57 ms a view (ad-hoc; about as much
+On the demo views this took the one-thread walk from 70–73 to 60–61 ms a view (ad-hoc; about as much
 with one lane prefetched as with all eight: neighbouring rays read neighbouring lines and pages).
 
 No contraction: LLVM fuses a multiply and an add into one rounding only under fast-math flags, which
