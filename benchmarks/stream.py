@@ -14,14 +14,17 @@ the fraction left out before each ray's first occupied block and after its last,
 and the realistic view's parts back to back on the item's own record (the synthesis share: instrument
 chords, tables, masses, primary, scatter, blur and noise over the walk's time); and the walk's ns per
 step on random volumes of 1 MB to 187 MB, rays along an axis and oblique (is a step bound by memory or
-by its instructions?).
+by its instructions?); and the occupancy grid on a CTSpine1K-like abdomen phantom (`abdomen_phantom`:
+400 mm field, 300 slices at 1 mm, air exactly 0 or with a scanner's noise) at the stream's detector:
+the fraction of steps it leaves out and the walk's time with and without it.
 
 Each loader runs one warm-up batch per worker (workers start, volumes decode, kernels load), then `--items`
 timed items; views/s count the views the trainer process receives (V = 2 per streamed item: AP and
 LAT). Worker memory (RSS, the largest worker) is sampled after the warm-up and at the end. Ends with
 `RESULT stream_views_per_s=... stream_realistic_views_per_s=... stored_views_per_s=...` plus the cropped
-figures, the worker memory growth, `steps_skipped`, `ns_per_step`, `skip_speedup`, `synthesis_share`
-and the GPU figures.
+figures, the worker memory growth, `steps_skipped`, `ns_per_step`, `skip_speedup`, `synthesis_share`,
+the abdomen's `abdomen_steps_skipped`, `abdomen_skip_speedup` (air exactly 0) and
+`abdomen_noisy_steps_skipped`, `abdomen_noisy_skip_speedup`, and the GPU figures.
 
 On a machine with CUDA it first measures `DRRStream(device="cuda")` in this process (batches of 16
 items, whole CT, exact and exact + realistic, at 256^2 and 1024^2 over the version's field): views/s
@@ -112,6 +115,7 @@ def per_view_costs(root: Path, items: int) -> dict[str, float]:
                             if stream.volumes.rows[row][Col.CASE_ID] == item[Col.CASE_ID])
                 scene = stream._volume(case).whole
                 renderer, realistic = scene.renderer, scene.realistic
+                out["geometry"] = renderer.geometry
                 record = XrayRecord.from_json(item[Attr.XRAY])
                 label = level_id(item[Col.TARGET_LEVEL])
                 mu, g = renderer.drr.density.numpy(), renderer.geometry
@@ -175,6 +179,85 @@ def _ns_per_step(volume: np.ndarray, axis) -> float:
     args = (volume, source, targets, np.ones(len(targets)), 256, 256)
     traverse_numba(*args)
     return min(_timed_once(traverse_numba, args) for _ in range(3)) / on_ray * 1e9
+
+
+ABDOMEN_FOV_MM = 400  # the axial field of a CTSpine1K abdomen (512^2 at ~0.78 mm), resampled to 1 mm
+ABDOMEN_SLICES = 300  # abdomen and pelvis at 1 mm
+
+
+def abdomen_phantom(air_noise_hu: float, seed: int = 0) -> np.ndarray:
+    """A CTSpine1K-like abdomen as attenuation (1/mm, the build's default mapping), (x: right-left, y:
+    posterior-anterior, z: inferior-superior) at 1 mm: a 330 x 230 mm elliptic body (skin fat, soft
+    tissue, two bowel-gas pockets, a bony spine column, cortex brighter than cancellous bone) on a
+    carbon-fibre table, in the scanner's reconstruction circle (the field's width); outside it the
+    scanner's padding (-1024 HU). Air inside the circle is -1000 HU plus Gaussian noise of
+    `air_noise_hu` (0: exactly zero attenuation, as after thresholding; ~10: a scanner's air)."""
+    from pipelines.ops.attenuation import hu_to_mu
+    from schemas.config import AttenuationConfig
+
+    n, nz = ABDOMEN_FOV_MM, ABDOMEN_SLICES
+    c = (np.arange(n) - (n - 1) / 2).astype(np.float32)
+    x, y = c[:, None], c[None, :]
+    body = (x / 165.0) ** 2 + ((y - 10.0) / 115.0) ** 2
+    hu = np.full((n, n), -1000.0, dtype=np.float32)
+    hu[body <= 1.0] = -100.0  # subcutaneous fat
+    hu[body <= 0.85] = 40.0  # muscle and organs
+    for gx, gy, r in ((60.0, 40.0, 25.0), (-50.0, 55.0, 18.0)):  # bowel gas
+        hu[(x - gx) ** 2 + (y - gy) ** 2 <= r * r] = -1000.0
+    spine = (x ** 2 + (y + 60.0) ** 2)
+    hu[spine <= 22.0 ** 2] = 700.0  # cortex
+    hu[spine <= 18.0 ** 2] = 250.0  # cancellous bone
+    hu[(np.abs(x) <= 200.0) & (y >= -135.0) & (y <= -127.0)] = 300.0  # the table
+    outside = x ** 2 + y ** 2 > (n / 2.0) ** 2
+    volume = np.repeat(hu[:, :, None], nz, axis=2)
+    if air_noise_hu > 0:
+        rng = np.random.default_rng(seed)
+        inside = ~outside
+        noise = rng.normal(0.0, air_noise_hu, (int(inside.sum()), nz)).astype(np.float32)
+        volume[inside] += noise
+    volume[outside] = -1024.0
+    attenuation = AttenuationConfig()
+    return hu_to_mu(volume, attenuation.mu_water_per_mm, attenuation.bone_threshold_hu,
+                    attenuation.bone_multiplier)
+
+
+def abdomen_costs(geometry, air_noise_hu: float, views: int = 8) -> dict[str, float]:
+    """One thread: the occupancy grid on `abdomen_phantom` at the stream's detector (`geometry`), AP,
+    lateral and random poses about the isocentre (rotations up to 15 deg, shifts up to 20 mm): the
+    voxels on the rays, those read, the walk's time stepping every voxel and with the grid."""
+    from pipelines.ops.camera import base_camera, camera_for_motion
+    from pipelines.ops.drr import Renderer
+    from pipelines.ops.sampling import pose_to_matrix
+
+    mu = abdomen_phantom(air_noise_hu)
+    affine = np.eye(4)
+    affine[:3, 3] = -(np.array(mu.shape) - 1) / 2.0
+    renderer = Renderer(mu, affine, geometry, device="cpu", walker="numba")
+    del mu
+    volume, g = renderer.drr.density.numpy(), renderer.geometry
+    rng = np.random.default_rng(1)
+    cameras = [base_camera("AP", g.sod_mm), base_camera("LAT", g.sod_mm)]
+    while len(cameras) < views:
+        params = np.r_[rng.uniform(-0.26, 0.26, 3), rng.uniform(-20.0, 20.0, 3)]
+        cameras.append(camera_for_motion(("AP", "LAT")[len(cameras) % 2], g.sod_mm, np.zeros(3),
+                                         pose_to_matrix(params, np.zeros(3), "ZXY")))
+    out = {"on_ray": 0, "read": 0, "walk_noskip_s": 0.0, "walk_s": 0.0, "empty_blocks": renderer.occupied.empty_fraction}
+    before = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        for camera in cameras:
+            source, targets, raylen = (x[0] for x in renderer._rays(np.asarray(camera, dtype=np.float32)[None]))
+            args = (volume, source[0].numpy(), targets.numpy(), raylen.numpy(), g.height, g.width)
+            on_ray, read = walk_counts(*args[:3], g.height, g.width, renderer.occupied)
+            out["on_ray"] += on_ray
+            out["read"] += read
+            for key, occupied in (("walk_noskip_s", None), ("walk_s", renderer.occupied)):
+                traverse_numba(*args, None, -1, occupied)
+                out[key] += min(_timed_once(traverse_numba, (*args, None, -1, occupied)) for _ in range(2))
+    finally:
+        numba.set_num_threads(before)
+    out["views"] = len(cameras)
+    return out
 
 
 def _timed_once(fn, args) -> float:
@@ -302,6 +385,15 @@ def main() -> None:
     print(f"  realistic view: the walk with material hinges {costs['hinged_s'] / views * 1e3:.1f} ms, then "
           f"instruments, tables, primary, scatter, blur and noise {costs['synthesis_s'] / views * 1e3:.1f} ms "
           f"({synthesis_share:.1%} of the walk)")
+    abdomen = {}
+    for label, noise in (("air exactly 0", 0.0), ("scanner air, 10 HU noise", 10.0)):
+        c = abdomen_costs(costs["geometry"], noise)
+        v = c["views"]
+        abdomen[noise] = (1.0 - c["read"] / c["on_ray"], c["walk_noskip_s"] / c["walk_s"])
+        print(f"  CTSpine1K-like abdomen phantom ({label}), {v} views at the stream's detector: "
+              f"{c['empty_blocks']:.1%} of blocks empty, {c['on_ray'] / v / 1e6:.2f} M voxels on the rays per view, "
+              f"{abdomen[noise][0]:.1%} left out; walk {c['walk_noskip_s'] / v * 1e3:.1f} ms per view stepping every "
+              f"voxel, {c['walk_s'] / v * 1e3:.1f} ms with the grid ({abdomen[noise][1]:.2f}x)")
     by_size = ns_per_step_by_size()
     print("  ns per voxel step by volume size (random n^3, one thread), rays along an axis / oblique: "
           + ", ".join(f"{n}^3 ({n ** 3 * 4 / 1e6:.0f} MB) {ns[0]:.2f} / {ns[1]:.2f}" for n, ns in by_size.items()))
@@ -331,7 +423,9 @@ def main() -> None:
           f"stored_views_per_s={rows[0][1]:.2f} stream_cropped_views_per_s={rows[3][1]:.2f} "
           f"stream_cropped_realistic_views_per_s={rows[4][1]:.2f} worker_rss_growth_mb={growth:.0f} "
           f"steps_skipped={steps_skipped:.3f} ns_per_step={ns_per_step:.2f} skip_speedup={skip_speedup:.3f} "
-          f"synthesis_share={synthesis_share:.3f} {gpu_result}")
+          f"synthesis_share={synthesis_share:.3f} abdomen_steps_skipped={abdomen[0.0][0]:.3f} "
+          f"abdomen_skip_speedup={abdomen[0.0][1]:.3f} abdomen_noisy_steps_skipped={abdomen[10.0][0]:.3f} "
+          f"abdomen_noisy_skip_speedup={abdomen[10.0][1]:.3f} {gpu_result}")
     if tmp is not None:
         tmp.cleanup()
 
