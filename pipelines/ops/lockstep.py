@@ -12,7 +12,7 @@ Why vectors: a step of one ray is ~20 instructions with an unpredictable branch 
 next); on eight lanes it is ~70 vector instructions and no branch but the loop's own (and, with a
 label, whether any lane is in the label's box). A numba loop over eight lanes' arrays was not
 vectorised when tried, so the loop is written as LLVM vector IR in a numba intrinsic
-(`numba.extending.intrinsic`, llvmlite's IR builder): `<8 x double>` fractions, `<8 x i64>` offsets,
+(`numba.extending.intrinsic`, llvmlite's IR builder): `<8 x double>` fractions, `<8 x i32>` offsets,
 compare masks and selects. LLVM lowers the vectors to what the CPU has (AVX-512, or halves and
 quarters of them on AVX2 and SSE), so the kernel runs, with the same sums, on any CPU numba targets.
 The voxels are read by eight scalar loads into a vector rather than a
@@ -27,6 +27,11 @@ hint: it never faults and changes no result, so an address past the ray's end or
 harmless), each lane's offset to it set when its ray starts (`traversal._ahead`). On the demo views
 this took the one-thread walk from 70-73 to 60-61 ms a view prefetching four lanes of eight, and all
 eight were 4-5 % faster again than four (ad-hoc: interleaved in one process, docs/benchmarks.md).
+
+32-bit offsets and counts: a 256-bit `<8 x i32>` is one operation where a 512-bit `<8 x i64>` is two
+on CPUs that split 512-bit vectors (Zen 4); on the demo views the walk took 7-8 % less time with them
+(ad-hoc, interleaved in one process). So the image kernel takes volumes of fewer than 2**31 voxels
+(`traversal.MAX_VOXELS`; 8 GB of float32).
 
 No contraction: LLVM fuses a multiply and an add into one rounding only under fast-math flags, which
 this IR never sets; `tests/ops/test_traversal.py` checks the images against the one-ray walk bit for bit.
@@ -48,7 +53,7 @@ SOURCE_DIGEST = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()  # kerne
 # the sums, the label box's stretch of the ray (`traversal._lane_start` fills them in this order)
 (F_A, F_END, F_NI, F_NJ, F_NK, F_INC_I, F_INC_J, F_INC_K, F_ACC, F_LABEL, F_H0, F_H1, F_B0, F_B1) = range(14)
 FLOAT_ROWS = 14
-# rows of the int64 state (INT_ROWS, LANES): voxel offset, crossings left per axis, per-axis offset step,
+# rows of the int32 state (INT_ROWS, LANES): voxel offset, crossings left per axis, per-axis offset step,
 # the offset from a lane's voxel to the one its ray reaches some crossings later (prefetched)
 (I_OFF, I_LEFT_I, I_LEFT_J, I_LEFT_K, I_STRIDE_I, I_STRIDE_J, I_STRIDE_K, I_AHEAD) = range(8)
 INT_ROWS = 8
@@ -118,7 +123,7 @@ def lockstep_walk(with_label: bool, with_hinges: bool, big: float):
               and isinstance(labels, types.Array) and labels.dtype == types.uint8 and labels.ndim == 1
               and isinstance(label, types.Integer)
               and isinstance(fstate, types.Array) and fstate.dtype == types.float64 and fstate.layout == "C"
-              and isinstance(istate, types.Array) and istate.dtype == types.int64 and istate.layout == "C"
+              and isinstance(istate, types.Array) and istate.dtype == types.int32 and istate.layout == "C"
               and c0 == types.float32 and c1 == types.float32)
         if not ok:
             return None
@@ -128,13 +133,13 @@ def lockstep_walk(with_label: bool, with_hinges: bool, big: float):
             flat_a, labels_a, fs_a, is_a = (context.make_array(signature.args[n])(context, builder, args[n])
                                             for n in (0, 1, 3, 4))
             fptr = builder.bitcast(fs_a.data, _vec(_F64).as_pointer())
-            iptr = builder.bitcast(is_a.data, _vec(_I64).as_pointer())
+            iptr = builder.bitcast(is_a.data, _vec(_I32).as_pointer())
             fslot = [cgutils.alloca_once(builder, _vec(_F64)) for _ in range(FLOAT_ROWS)]
-            islot = [cgutils.alloca_once(builder, _vec(_I64)) for _ in range(INT_ROWS)]
+            islot = [cgutils.alloca_once(builder, _vec(_I32)) for _ in range(INT_ROWS)]
             for rows, ptr, slots in ((FLOAT_ROWS, fptr, fslot), (INT_ROWS, iptr, islot)):
                 for r in range(rows):
                     builder.store(builder.load(builder.gep(ptr, [ir.Constant(_I64, r)]), align=8), slots[r])
-            label_v = _splat(builder, context.cast(builder, args[2], signature.args[2], types.int64), _I64)
+            label_v = _splat(builder, context.cast(builder, args[2], signature.args[2], types.int32), _I32)
             # the prefetched lanes' offsets ahead, fixed for the walk: scalars, added to the offsets the loads use
             aheads = builder.load(builder.gep(iptr, [ir.Constant(_I64, I_AHEAD)]), align=8)
             aheads = [builder.extract_element(aheads, ir.Constant(_I32, lane)) for lane in PREFETCHED]
@@ -146,7 +151,7 @@ def lockstep_walk(with_label: bool, with_hinges: bool, big: float):
             f = [builder.load(s) for s in fslot]
             i = [builder.load(s) for s in islot]
             left = builder.add(builder.add(i[I_LEFT_I], i[I_LEFT_J]), i[I_LEFT_K])
-            active = builder.and_(builder.icmp_signed(">", left, _const(_I64, 0)),
+            active = builder.and_(builder.icmp_signed(">", left, _const(_I32, 0)),
                                   builder.fcmp_ordered("<", f[F_A], f[F_END]))
             builder.cbranch(_any(builder, active), body, done)
 
@@ -183,14 +188,14 @@ def _step(builder, flat, labels, label_v, knots, aheads, f, i, fslot, islot, act
     pick_k = builder.and_(builder.not_(pick_i), builder.not_(pick_j))
     e = builder.select(pick_i, ni, builder.select(pick_j, nj, nk))
     pick_i, pick_j, pick_k = (builder.and_(p, active) for p in (pick_i, pick_j, pick_k))
-    zero = _const(_I64, 0)
+    zero = _const(_I32, 0)
     step = builder.select(pick_i, i[I_STRIDE_I], builder.select(pick_j, i[I_STRIDE_J],
                                                                 builder.select(pick_k, i[I_STRIDE_K], zero)))
     builder.store(builder.add(off, step), islot[I_OFF])
     for pick, left_row, nxt, inc_row, next_row in ((pick_i, I_LEFT_I, ni, F_INC_I, F_NI),
                                                    (pick_j, I_LEFT_J, nj, F_INC_J, F_NJ),
                                                    (pick_k, I_LEFT_K, nk, F_INC_K, F_NK)):
-        left = builder.select(pick, builder.sub(i[left_row], _const(_I64, 1)), i[left_row])
+        left = builder.select(pick, builder.sub(i[left_row], _const(_I32, 1)), i[left_row])
         builder.store(left, islot[left_row])
         # an axis with no crossing left has next = big already (it is never picked), so testing every
         # lane's count after the step gives each picked lane's next and leaves the others' unchanged
@@ -205,7 +210,7 @@ def _step(builder, flat, labels, label_v, knots, aheads, f, i, fslot, islot, act
         read, after = builder.append_basic_block("lockstep.label"), builder.append_basic_block("lockstep.after")
         builder.cbranch(_any(builder, inside), read, after)
         builder.position_at_end(read)
-        found = builder.zext(_load_lanes(builder, labels, offsets, _I8), _vec(_I64))
+        found = builder.zext(_load_lanes(builder, labels, offsets, _I8), _vec(_I32))
         hit = builder.and_(inside, builder.icmp_signed("==", found, label_v))
         builder.store(builder.select(hit, builder.fadd(f[F_LABEL], seg), f[F_LABEL]), fslot[F_LABEL])
         builder.branch(after)

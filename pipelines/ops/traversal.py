@@ -437,7 +437,7 @@ def _image_kernel(hinged: bool):
             tile_w = min(width - col0, TILE)
             n_rays = min(height - row0, TILE) * tile_w
             fs = np.zeros((lockstep.FLOAT_ROWS, lanes))
-            ist = np.zeros((lockstep.INT_ROWS, lanes), dtype=np.int64)
+            ist = np.zeros((lockstep.INT_ROWS, lanes), dtype=np.int32)
             ray = np.empty(lanes, dtype=np.int64)
             ends = np.empty(lanes)
             lengths = np.empty(lanes)
@@ -611,8 +611,16 @@ def _occupancy_arrays(volume: np.ndarray, occupied: Occupancy | None, knots: np.
     return occupied.flags, np.asarray(occupied.grid.shape, dtype=np.int64), occupied.shift
 
 
+MAX_VOXELS = 2 ** 31 - 1  # the image kernel's lanes hold voxel offsets in 32 bits (`lockstep`)
+
+
 def _walk(volume, source, targets, raylen, height, width, labels, label, knots, occupied, box):
     """Pack the arguments of the image kernel once; hinge columns only when `knots` is given."""
+    voxels = int(np.prod(np.shape(volume), dtype=np.int64))
+    if voxels > MAX_VOXELS:
+        raise ValueError(f"a volume of {voxels} voxels {tuple(np.shape(volume))}: the image kernel addresses at "
+                         f"most {MAX_VOXELS} (32-bit offsets); walk it with ops.ray_batch.walk_rays (64-bit, the "
+                         "same sums) or crop it")
     flat = np.ascontiguousarray(volume, dtype=np.float32).reshape(-1)
     labels_flat, label, box = _label_arrays(volume.shape, labels, label, box)
     n = height * width

@@ -357,6 +357,19 @@ def test_rays_walked_eight_in_lockstep_are_each_rays_own_walk(height, width):
     assert hit > 0 and missed > 0
 
 
+def test_a_volume_too_large_for_the_image_kernels_offsets_is_refused_before_any_copy():
+    """The lockstep lanes hold voxel offsets in 32 bits: a volume of 2**31 voxels or more is refused
+    with the way out named (a broadcast view: nothing is allocated, so the check comes first)."""
+    from pipelines.ops.traversal import MAX_VOXELS
+
+    vol = np.broadcast_to(np.zeros(1, np.float32), (1300, 1300, 1300))
+    assert vol.size > MAX_VOXELS
+    with pytest.raises(ValueError, match="32-bit offsets.*walk_rays"):
+        traverse_numba(vol, np.zeros(3), np.ones((4, 3)), np.ones(4), 2, 2)
+    with pytest.raises(ValueError, match="32-bit offsets"):
+        traverse_hinges_numba(vol, np.zeros(3), np.ones((4, 3)), np.ones(4), 2, 2, [0.01])
+
+
 def test_the_voxel_the_lockstep_walk_prefetches_lies_ahead_on_the_ray():
     """The lockstep walk prefetches, for each ray, the voxel at `_ahead`'s offset from the one it reads:
     a hint that changes no image (the test above), but one that must point along the ray to save the
