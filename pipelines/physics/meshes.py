@@ -69,13 +69,22 @@ def check_mesh(mesh, name: str, self_intersection: bool = True):
                         "a chord through an open surface is undefined")
     if not mesh.is_winding_consistent:
         raise MeshError(f"{name}: the mesh's faces are not wound consistently")
-    if mesh.volume <= 0:
-        raise MeshError(f"{name}: the mesh's normals point inwards (volume {mesh.volume:.4g} mm^3); "
+    volume = signed_volume(mesh.vertices, mesh.faces)
+    if volume <= 0:
+        raise MeshError(f"{name}: the mesh's normals point inwards (volume {volume:.4g} mm^3); "
                         "write it with outward normals")
     depth = max_winding(mesh) if self_intersection else 1
     if depth > 1:
         raise MeshError(f"{name}: the mesh intersects itself (a ray through it is {depth} surfaces deep inside)")
     return mesh
+
+
+def signed_volume(vertices: np.ndarray, faces: np.ndarray) -> float:
+    """The volume a closed, consistently wound mesh encloses (mm^3): the divergence theorem's sum of
+    v0 . (v1 x v2) / 6 over its faces; negative when its normals point inwards. (trimesh's
+    `mesh.volume` is the same sum among the other integrals of `mass_properties`, ~20x the time.)"""
+    tri = np.asarray(vertices, dtype=np.float64)[np.asarray(faces)]
+    return float(np.einsum("ij,ij->i", tri[:, 0], np.cross(tri[:, 1], tri[:, 2])).sum() / 6.0)
 
 
 def max_winding(mesh) -> int:

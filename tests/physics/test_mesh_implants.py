@@ -141,6 +141,20 @@ def test_open_self_intersecting_and_inside_out_meshes_are_refused_by_name(tmp_pa
     assert meshes.load_mesh(tmp_path / "box.stl").volume == pytest.approx(1000.0)
 
 
+def test_the_checks_signed_volume_is_the_enclosed_volume_with_the_windings_sign():
+    """`check_mesh` tells outward from inward normals by `signed_volume`: the volume trimesh's
+    mass properties give (a box's 1000 mm^3, a bent rod's, a plate with holes), negated when the
+    mesh is turned inside out."""
+    box = trimesh.creation.box(extents=(10.0, 10.0, 10.0))
+    rod = implants.rod([[0.0, 0.0, 0.0], [0.0, 11.0, 30.0], [0.0, 6.0, 72.0]])
+    for mesh in (box, rod, implants.plate(length=55.0)):
+        assert meshes.signed_volume(mesh.vertices, mesh.faces) == pytest.approx(mesh.volume, rel=1e-12)
+        inverted = mesh.copy()
+        inverted.invert()
+        assert meshes.signed_volume(inverted.vertices, inverted.faces) == pytest.approx(-mesh.volume, rel=1e-12)
+    assert meshes.signed_volume(box.vertices, box.faces) == pytest.approx(1000.0)
+
+
 def test_every_generated_implant_is_a_closed_simple_mesh_of_its_stated_size():
     screw = meshes.check_mesh(implants.pedicle_screw(6.5, 45.0, pitch=2.75, thread_depth=1.0), "screw")
     radii = np.hypot(screw.vertices[:, 0], screw.vertices[:, 1])
