@@ -99,10 +99,10 @@ class Cycle(torch.utils.data.IterableDataset):
             i += step
 
 
-def per_view_costs(root: Path, items: int) -> dict[str, float]:
+def per_view_costs(root: Path, items: int) -> dict:
     """One thread, this process: the walk's voxel steps, with and without the occupancy grid, and each
-    realistic view's parts timed back to back on its own record (see the module's docstring). Every
-    item is rendered once untimed first."""
+    realistic view's parts timed back to back on its own record (see the module's docstring), and the
+    stream's detector geometry. Every item is rendered once untimed first."""
     stream = DRRStream(root, config={"items_per_epoch": items}, seed=0)
     out = {"on_ray": 0, "read": 0, "walk_s": 0.0, "walk_noskip_s": 0.0, "hinged_s": 0.0, "synthesis_s": 0.0}
     before = numba.get_num_threads()
