@@ -150,13 +150,14 @@ class Kernels:
 def reference_attenuation(spectrum, materials: tuple, alloys: tuple) -> np.ndarray:
     """-ln(S / S_open) through water (`tables.HEEL_THICKNESS_G_CM2`) of the beam the kernels were tallied
     with at a view's kV, detector and grid: its `spectrum` (a `tables.SpectrumKey`) behind the kernels'
-    filtration (FILTRATION_AL_MM, no copper)."""
+    filtration (FILTRATION_AL_MM, no copper), through the 0 HU anchor's material (`materials[1]`, as in
+    `tables_for`; the alloys do not enter)."""
     from dataclasses import replace
 
-    from pipelines.physics.tables import tables_for
+    from pipelines.physics.tables import water_attenuation_for
 
-    return tables_for(replace(spectrum, filtration_al_mm=FILTRATION_AL_MM, filtration_cu_mm=0.0), materials,
-                      alloys).water_attenuation
+    return water_attenuation_for(replace(spectrum, filtration_al_mm=FILTRATION_AL_MM, filtration_cu_mm=0.0),
+                                 materials[1])
 
 
 def _weights(nodes: np.ndarray, x: float) -> tuple[int, float]:

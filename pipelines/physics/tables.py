@@ -323,6 +323,34 @@ def tables_for(spectrum: SpectrumKey, materials: tuple[MaterialAnchor, ...], all
                        spectrum.detector_thickness_mm, spectrum.energy_bins, heel, spectrum.grid)
 
 
+def _detected(energies: np.ndarray, detector_material: str, detector_mm: float, grid=None):
+    """(eta, kept keV fraction) per fine energy: the detector's absorbed fraction, times a grid's primary
+    transmission when there is one, and the share of each photon's energy it keeps."""
+    eta, kept = detector_response(detector_material, detector_mm, energies)
+    if grid is not None:
+        eta = eta * grid.primary_transmission(*grid_coefficients(grid, energies))
+    return eta, kept
+
+
+def _water_curve(mu_water: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """-ln(S / S_open) through HEEL_THICKNESS_G_CM2 of a material of fine mu/rho `mu_water` for a beam of
+    fine detected-signal `weight`: the beam's own hardening curve."""
+    return -np.log(np.exp(-np.outer(HEEL_THICKNESS_G_CM2, mu_water)) @ weight / weight.sum())
+
+
+@functools.lru_cache(maxsize=128)
+def water_attenuation_for(spectrum: SpectrumKey, material: MaterialAnchor) -> np.ndarray:
+    """`Tables.water_attenuation` of `tables_for(spectrum, ...)` whose 0 HU anchor is `material`, without
+    the rest of the tables (the scatter kernels' reference beam, one per kV: cached on its own, so the
+    views' own spectra, each with drawn filtration, do not push it out of `tables_for`'s cache)."""
+    energies, fluence = tube_spectrum(spectrum.kv, spectrum.anode_angle_deg, spectrum.filtration_al_mm,
+                                      spectrum.filtration_cu_mm)
+    eta, kept = _detected(energies, spectrum.detector_material, spectrum.detector_thickness_mm, spectrum.grid)
+    curve = _water_curve(compound_mu_rho(material.nist, energies), fluence * eta * kept)
+    curve.setflags(write=False)
+    return curve
+
+
 def make_tables(energies: np.ndarray, fluence: np.ndarray, materials: list[MaterialAnchor], alloys: list[Alloy],
                 detector_material: str, detector_mm: float, n_bins: int, heel: np.ndarray | None = None,
                 grid=None) -> Tables:
@@ -331,16 +359,14 @@ def make_tables(energies: np.ndarray, fluence: np.ndarray, materials: list[Mater
     bin's coefficients are its fine bins' signal-weighted means (exact for thin absorbers). A `grid`
     (physics.grid.Grid) passes each energy's primary by its own transmission, before the scintillator."""
     mu_fine = channel_mu_rho(materials, alloys, energies)
-    eta, kept = detector_response(detector_material, detector_mm, energies)
-    if grid is not None:
-        eta = eta * grid.primary_transmission(*grid_coefficients(grid, energies))
+    eta, kept = _detected(energies, detector_material, detector_mm, grid)
     weight = fluence * eta * kept
     share = np.cumsum(weight) / weight.sum()
     index = np.minimum((share - 0.5 * weight / weight.sum()) * n_bins, n_bins - 1).astype(int)
     groups = [g for g in (np.flatnonzero(index == b) for b in range(n_bins)) if len(g) and weight[g].sum() > 0]
     w = [weight[g] / weight[g].sum() for g in groups]
     q = [fluence[g] * eta[g] for g in groups]
-    water_curve = -np.log(np.exp(-np.outer(HEEL_THICKNESS_G_CM2, mu_fine[1])) @ weight / weight.sum())
+    water_curve = _water_curve(mu_fine[1], weight)
     heel_grid = heel_q = heel_s = None
     if heel is not None:  # fine-binned, through HEEL_THICKNESS_G_CM2 of the 0 HU anchor's material
         through = np.exp(-np.outer(HEEL_THICKNESS_G_CM2, mu_fine[1]))  # (T, E)
