@@ -189,10 +189,16 @@ def focal_sigma_mm(focal_spot_mm: float, sdd_mm: float, sod_mm: float) -> float:
     return focal_spot_mm / FWHM_PER_SIGMA * (sdd_mm / sod_mm - 1.0)
 
 
+GAUSS_TRUNCATE = 4.0  # Gaussian kernels reach this many sigma (scipy's radius: int(truncate x sigma + 0.5))
+
+
 def blur(image: np.ndarray, sigma_px: float) -> np.ndarray:
-    if sigma_px <= 0:
+    """A Gaussian blur of sigma_px pixels, its kernel cut at GAUSS_TRUNCATE sigma. A kernel of radius 0
+    (sigma below 1 / (2 x GAUSS_TRUNCATE) pixel, as a focal spot's usually is at the detector) is the single
+    weight 1: the image itself, returned without the filter's pass (the same values bit for bit)."""
+    if sigma_px <= 0 or int(GAUSS_TRUNCATE * sigma_px + 0.5) == 0:
         return image
-    return gaussian_filter(image, sigma_px, mode="nearest", truncate=4.0)
+    return gaussian_filter(image, sigma_px, mode="nearest", truncate=GAUSS_TRUNCATE)
 
 
 @dataclass(frozen=True)

@@ -95,3 +95,22 @@ def test_scatter_is_low_frequency():
     power = np.abs(np.fft.fft2(s - s.mean())) ** 2
     f = np.hypot(*np.meshgrid(np.fft.fftfreq(512, 0.2), np.fft.fftfreq(512, 0.2), indexing="ij"))
     assert power[f < 0.1].sum() >= 0.95 * power.sum()
+
+
+def test_a_blur_narrower_than_its_kernel_s_first_tap_is_the_image_itself_without_a_pass():
+    """The focal spot's blur at the detector is ~0.05 pixel: scipy's kernel then has radius 0, one weight
+    of 1, so `blur` returns the image unfiltered -- equal bit for bit to the filter's output -- and filters
+    from the first sigma whose kernel has a neighbour."""
+    from scipy.ndimage import gaussian_filter
+
+    from pipelines.physics.synthesis import GAUSS_TRUNCATE, blur
+
+    image = np.random.default_rng(3).gamma(2.0, 500.0, (48, 40)).astype(np.float32)
+    edge = 0.5 / GAUSS_TRUNCATE  # the first sigma with radius 1
+    for sigma in (0.01, 0.05, 0.99 * edge):
+        assert blur(image, sigma) is image
+        assert np.array_equal(gaussian_filter(image, sigma, mode="nearest", truncate=GAUSS_TRUNCATE), image)
+    assert blur(image, edge) is not image  # radius 1 (its outer weights ~1e-14: filtered all the same)
+    wider = blur(image, 0.3)
+    assert not np.array_equal(wider, image)
+    assert np.array_equal(wider, gaussian_filter(image, 0.3, mode="nearest", truncate=GAUSS_TRUNCATE))
