@@ -387,7 +387,8 @@ def make_tables(energies: np.ndarray, fluence: np.ndarray, materials: list[Mater
     return Tables(
         energies_kev=np.array([float(np.sum(energies[g] * wg)) for g, wg in zip(groups, w)]),
         fluence=np.array([fluence[g].sum() for g in groups]),
-        mu_rho=np.stack([[float(np.sum(row[g] * wg)) for g, wg in zip(groups, w)] for row in mu_fine]),
+        # per bin, every channel at once (one call a bin, not one a bin and channel: ~0.5 ms a table)
+        mu_rho=np.stack([(mu_fine[:, g] * wg).sum(axis=1) for g, wg in zip(groups, w)], axis=1),
         eta=np.array([(fluence[g] * eta[g]).sum() / fluence[g].sum() for g in groups]),
         kept_kev=np.array([float(np.sum(kept[g] * qg) / qg.sum()) for g, qg in zip(groups, q)]),
         channels=tuple(m.name for m in materials) + tuple(a.name for a in alloys),
