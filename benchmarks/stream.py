@@ -12,7 +12,8 @@ Before the loaders, where a view's time goes, in this process on one thread (`pe
 the first streamed items' cameras, the walk with and without the occupancy grid (voxels on the rays,
 the fraction left out before each ray's first occupied block and after its last, ns per voxel step)
 and the realistic view's parts back to back on the item's own record (the synthesis share: instrument
-chords, tables, masses, primary, scatter, blur and noise over the walk's time); and the walk's ns per
+chords, tables, masses, primary, scatter, blur and noise over the walk's time), then those parts timed
+again one by one (`synthesis_parts`); and the walk's ns per
 step on random volumes of 1 MB to 187 MB, rays along an axis and oblique (is a step bound by memory or
 by its instructions?); and the occupancy grid on a CTSpine1K-like abdomen phantom (`abdomen_phantom`:
 400 mm field, 300 slices at 1 mm, air exactly 0 or with a scanner's noise) at the stream's detector:
@@ -140,8 +141,55 @@ def per_view_costs(root: Path, items: int) -> dict:
                     t2 = time.perf_counter()
                     out["hinged_s"] += t1 - t0
                     out["synthesis_s"] += t2 - t1
+                    for part, seconds in synthesis_parts(realistic, walk, record, v).items():
+                        out[f"part_{part}_s"] = out.get(f"part_{part}_s", 0.0) + seconds
     finally:
         numba.set_num_threads(before)
+    return out
+
+
+SYNTHESIS_PARTS = {  # synthesis_parts' keys -> what the benchmark prints
+    "instruments": "instrument chords", "tissue": "tissue masses", "tables": "tables (once an item)",
+    "scatter_model": "scatter model", "image": "image without noise", "noise": "noise",
+    "primary": "of the image: primary"}
+
+
+def synthesis_parts(realistic, walk, record, view: int) -> dict[str, float]:
+    """One realistic view's synthesis again, part by part (seconds, one thread), after the timed whole:
+    the instruments' chords, the tissue masses, the tables (made anew for the item's first view only, as
+    the stream makes them once an item), the scatter model, the image without noise, the noise (the
+    image with noise minus without) and, timed apart, the primary alone (part of the image)."""
+    from pipelines.physics import materials
+    from pipelines.physics.instruments import instrument_channels
+    from pipelines.physics.synthesis import primary, synthesize
+
+    g = realistic.renderer.geometry
+    shape = (g.height, g.width)
+    physics = record.physics
+    out = {}
+
+    def timed_part(name, fn):
+        t0 = time.perf_counter()
+        result = fn()
+        out[name] = time.perf_counter() - t0
+        return result
+
+    metal, _, _ = timed_part("instruments", lambda: instrument_channels(
+        walk.source, walk.targets, list(record.instruments), realistic.alloy_names, realistic.alloy_densities, shape))
+    masses = timed_part("tissue", lambda: np.concatenate(
+        [materials.mass_thickness(walk.line, walk.hinges, realistic.coefficients), metal], axis=1).reshape(*shape, -1))
+    if view == 0:
+        tables.tables_for.cache_clear()
+    lookup = timed_part("tables", lambda: tables.tables_for(physics.spectrum, realistic.materials, realistic.alloys))
+    if view != 0:
+        out["tables"] = 0.0
+    model = timed_part("scatter_model", lambda: realistic.scatter(masses, physics))
+    detector = realistic.detector(physics)
+    timed_part("image", lambda: synthesize(masses, walk.raylen, lookup, detector, model, None))
+    timed_part("noise", lambda: synthesize(masses, walk.raylen, lookup, detector, model, record.noise_seeds[view]))
+    out["noise"] -= out["image"]
+    ratios = model.electron_ratios if model is not None and model.kernels is not None else None
+    timed_part("primary", lambda: primary(masses.reshape(g.height * g.width, -1), lookup, ratios))
     return out
 
 
@@ -385,6 +433,8 @@ def main() -> None:
     print(f"  realistic view: the walk with material hinges {costs['hinged_s'] / views * 1e3:.1f} ms, then "
           f"instruments, tables, primary, scatter, blur and noise {costs['synthesis_s'] / views * 1e3:.1f} ms "
           f"({synthesis_share:.1%} of the walk)")
+    print("  its parts, timed again one by one, ms per view: " + ", ".join(
+        f"{label} {costs[f'part_{key}_s'] / views * 1e3:.1f}" for key, label in SYNTHESIS_PARTS.items()))
     abdomen = {}
     for label, noise in (("air exactly 0", 0.0), ("scanner air, 10 HU noise", 10.0)):
         c = abdomen_costs(costs["geometry"], noise)
