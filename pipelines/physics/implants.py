@@ -181,12 +181,12 @@ _POSED_LOCK = threading.Lock()
 
 def _posed(vertices: np.ndarray, pose: tuple[float, ...]) -> np.ndarray:
     """A mesh's vertices posed in the world, kept: every view of an item crosses the same posed meshes
-    (~0.3 ms a screw). Keyed by the local mesh itself (held, so its id is not reused while kept), so a
-    mesh `local_mesh` makes anew is posed anew."""
+    (~0.3 ms a screw). Keyed by the local mesh's identity (each entry holds that mesh, so its id is not
+    reused while kept), so a mesh `local_mesh` makes anew is posed anew."""
     key = (id(vertices), pose)
     with _POSED_LOCK:
         hit = _POSED.get(key)
-        if hit is not None and hit[0] is vertices:
+        if hit is not None:
             _POSED.move_to_end(key)
             return hit[1]
     m = np.asarray(pose).reshape(4, 4)

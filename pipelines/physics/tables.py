@@ -341,8 +341,9 @@ def _water_curve(mu_water: np.ndarray, weight: np.ndarray) -> np.ndarray:
 @functools.lru_cache(maxsize=128)
 def water_attenuation_for(spectrum: SpectrumKey, material: MaterialAnchor) -> np.ndarray:
     """`Tables.water_attenuation` of `tables_for(spectrum, ...)` whose 0 HU anchor is `material`, without
-    the rest of the tables (the scatter kernels' reference beam, one per kV: cached on its own, so the
-    views' own spectra, each with drawn filtration, do not push it out of `tables_for`'s cache)."""
+    the rest of the tables (the scatter kernels' reference beam: one per kV without a grid, one per kV
+    and drawn grid with one; cached on its own, so the views' own spectra, each with drawn filtration,
+    do not push it out of `tables_for`'s cache)."""
     energies, fluence = tube_spectrum(spectrum.kv, spectrum.anode_angle_deg, spectrum.filtration_al_mm,
                                       spectrum.filtration_cu_mm)
     eta, kept = _detected(energies, spectrum.detector_material, spectrum.detector_thickness_mm, spectrum.grid)
