@@ -174,10 +174,14 @@ def synthesis_parts(realistic, walk, record, view: int) -> dict[str, float]:
         out[name] = time.perf_counter() - t0
         return result
 
-    metal, _, _ = timed_part("instruments", lambda: instrument_channels(
-        walk.source, walk.targets, list(record.instruments), realistic.alloy_names, realistic.alloy_densities, shape))
-    masses = timed_part("tissue", lambda: np.concatenate(
-        [materials.mass_thickness(walk.line, walk.hinges, realistic.coefficients), metal], axis=1).reshape(*shape, -1))
+    # as RealisticRenderer.masses: one array, the alloys' columns and then the tissue's written in place
+    masses = np.empty((g.height * g.width, materials.TISSUE_CHANNELS + len(realistic.alloy_names)))
+    timed_part("instruments", lambda: instrument_channels(
+        walk.source, walk.targets, list(record.instruments), realistic.alloy_names, realistic.alloy_densities, shape,
+        out=masses[:, materials.TISSUE_CHANNELS:]))
+    timed_part("tissue", lambda: materials.mass_thickness(walk.line, walk.hinges, realistic.coefficients,
+                                                          out=masses[:, :materials.TISSUE_CHANNELS]))
+    masses = masses.reshape(*shape, -1)
     if view == 0:
         tables.tables_for.cache_clear()
     lookup = timed_part("tables", lambda: tables.tables_for(physics.spectrum, realistic.materials, realistic.alloys))

@@ -350,14 +350,24 @@ def _add_mesh(chord, masses, mask, ids, alloy, density, kind, bit):
 
 def instrument_channels(source: np.ndarray, targets: np.ndarray, instruments: list[Instrument | MeshImplant],
                         alloys: list[str], densities: np.ndarray,
-                        shape: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                        shape: tuple[int, int] | None = None,
+                        out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """((N, len(alloys)) g/cm^2 per alloy, (N,) uint8 mask of instrument kind bits, (N,) int32 mask of
     instrument id bits: bit k where the ray crosses `instruments[k]`) along the rays (world source (3,)
     -> targets (N, 3)). A screw's shaft and head share only an end face, so no mass is counted twice.
-    Mesh implants need the detector's `shape` (H, W = N): their rays end on its regular grid."""
+    Mesh implants need the detector's `shape` (H, W = N): their rays end on its regular grid. `out`
+    (N, len(alloys)) float64, e.g. the alloy columns of the view's mass channels: zeroed, filled and
+    returned as the masses; None: a new array."""
     if len(instruments) > MAX_INSTRUMENTS:
         raise ValueError(f"{len(instruments)} instruments in one view: the id mask holds {MAX_INSTRUMENTS}")
-    masses = np.zeros((len(targets), len(alloys)))
+    if out is None:
+        masses = np.zeros((len(targets), len(alloys)))
+    elif out.shape != (len(targets), len(alloys)) or out.dtype != np.float64:
+        raise ValueError(f"instrument masses out of shape {out.shape} and type {out.dtype}: "
+                         f"expected {(len(targets), len(alloys))} float64")
+    else:
+        masses = out
+        masses[...] = 0.0
     mask = np.zeros(len(targets), dtype=np.uint8)
     ids = np.zeros(len(targets), dtype=np.int32)
     cylinders = [(k, p) for k, p in enumerate(instruments) if isinstance(p, Instrument)]
@@ -375,7 +385,8 @@ def instrument_channels(source: np.ndarray, targets: np.ndarray, instruments: li
             raise ValueError("mesh implants need the detector's shape")
         frame = meshes.detector_frame(targets, shape)
         chord = np.zeros(shape)  # one mesh's chords at a time, zeroed again inside its box
-        by_pixel, mask_2d, ids_2d = masses.reshape(shape[0], shape[1], -1), mask.reshape(shape), ids.reshape(shape)
+        by_pixel = np.reshape(masses, (shape[0], shape[1], -1), copy=False)  # a view: written through
+        mask_2d, ids_2d = mask.reshape(shape), ids.reshape(shape)
         for k, implant in implants:
             vertices, faces = implant.world()
             r0, r1, c0, c1 = meshes.add_chords(vertices, faces, source, frame, chord)

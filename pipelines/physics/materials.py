@@ -16,11 +16,14 @@ hinge integrals (`ops.traversal.traverse_hinges_numba`).
 """
 from __future__ import annotations
 
+import numba
 import numpy as np
 import torch
 
 from pipelines.ops.attenuation import hu_to_mu
 from pipelines.physics.units import MM_PER_CM
+
+TISSUE_CHANNELS = 3  # air, tissue, bone: the mass channels a walk gives, before the instruments' alloys
 
 
 def anchor_knots(anchor_hu: np.ndarray, mu_water_per_mm: float) -> np.ndarray:
@@ -43,14 +46,33 @@ def hinge_coefficients(knots: np.ndarray, densities: np.ndarray) -> np.ndarray:
     ])
 
 
-def mass_thickness(whole: np.ndarray, hinges: np.ndarray, coefficients: np.ndarray) -> np.ndarray:
+def mass_thickness(whole: np.ndarray, hinges: np.ndarray, coefficients: np.ndarray,
+                   out: np.ndarray | None = None) -> np.ndarray:
     """(..., 3) g/cm^2 of air, tissue and bone from a walk's line integral of v (...,) and its
-    (..., 3) columns [length mm, hinge 1, hinge 2] (`traverse_hinges_numba`)."""
-    c = coefficients / MM_PER_CM
-    out = np.empty((*np.shape(whole), 3))
-    for m in range(3):
-        out[..., m] = c[m, 0] * hinges[..., 0] + c[m, 1] * whole + c[m, 2] * hinges[..., 1] + c[m, 3] * hinges[..., 2]
-    return np.maximum(out, 0.0, out=out)
+    (..., 3) columns [length mm, hinge 1, hinge 2] (`traverse_hinges_numba`). `out` (N, 3) float64, N
+    the rays (it may be a column slice of a wider array: the view's mass channels): written in place
+    and returned; None: a new array of the walk's shape."""
+    c = np.ascontiguousarray(coefficients / MM_PER_CM, dtype=np.float64)
+    flat_whole = np.asarray(whole, dtype=np.float64).reshape(-1)
+    flat_hinges = np.asarray(hinges, dtype=np.float64).reshape(-1, np.shape(hinges)[-1])
+    if out is None:
+        result = np.empty((*np.shape(whole), TISSUE_CHANNELS))
+        _mass_thickness(flat_whole, flat_hinges, c, result.reshape(-1, TISSUE_CHANNELS))
+        return result
+    if out.shape != (len(flat_whole), TISSUE_CHANNELS):
+        raise ValueError(f"mass thickness out of shape {out.shape}: expected {(len(flat_whole), TISSUE_CHANNELS)}")
+    _mass_thickness(flat_whole, flat_hinges, c, out)
+    return out
+
+
+@numba.njit(cache=True)
+def _mass_thickness(whole, hinges, c, out):
+    """One pass over the rays: c[m] . [length, v, hinge 1, hinge 2] per material, left to right as
+    numpy's whole-array expression sums it (the same float64 values), held at 0 from below."""
+    for r in range(len(whole)):
+        for m in range(c.shape[0]):
+            q = c[m, 0] * hinges[r, 0] + c[m, 1] * whole[r] + c[m, 2] * hinges[r, 1] + c[m, 3] * hinges[r, 2]
+            out[r, m] = q if q > 0.0 else 0.0
 
 
 def mass_thickness_torch(whole: torch.Tensor, hinges: torch.Tensor, coefficients: np.ndarray) -> torch.Tensor:

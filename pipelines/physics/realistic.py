@@ -14,6 +14,7 @@ from pipelines.physics.draw import PhysicsDraw
 from pipelines.physics.implants import MeshImplant
 from pipelines.physics.instruments import Instrument, instrument_channels
 from pipelines.physics.kernels import Kernels, reference_attenuation
+from pipelines.physics.materials import TISSUE_CHANNELS
 from pipelines.physics.kernels import load as load_kernels
 from pipelines.physics.synthesis import Detection, DetectorModel, ScatterModel, scatter_sigma_mm, synthesize
 from pipelines.physics.synthesis_torch import synthesize as synthesize_torch
@@ -71,17 +72,19 @@ class RealisticRenderer:
         instruments' chords are made on the CPU from the world rays and joined there)."""
         g = self.renderer.geometry
         shape = (g.height, g.width)
-        metal, mask, ids = instrument_channels(walk.source, walk.targets, list(instruments), self.alloy_names,
-                                               self.alloy_densities, shape)
         if self.on_device:
             if walk.on_device is None:
                 raise ValueError("synthesis on a device needs walks with their tensors (the 'cuda' or 'torch' walker)")
+            metal, mask, ids = instrument_channels(walk.source, walk.targets, list(instruments), self.alloy_names,
+                                                   self.alloy_densities, shape)
             line, hinges, _ = walk.on_device
             tissue = materials.mass_thickness_torch(line, hinges, self.coefficients)
             masses = torch.cat([tissue, torch.as_tensor(metal, device=line.device)], dim=1)
-        else:
-            masses = np.concatenate([materials.mass_thickness(walk.line, walk.hinges, self.coefficients), metal],
-                                    axis=1)
+        else:  # tissue then alloy channels, each written in place into the view's one array
+            masses = np.empty((shape[0] * shape[1], TISSUE_CHANNELS + len(self.alloy_names)))
+            _, mask, ids = instrument_channels(walk.source, walk.targets, list(instruments), self.alloy_names,
+                                               self.alloy_densities, shape, out=masses[:, TISSUE_CHANNELS:])
+            materials.mass_thickness(walk.line, walk.hinges, self.coefficients, out=masses[:, :TISSUE_CHANNELS])
         return masses.reshape(*shape, -1), mask.reshape(shape), ids.reshape(shape)
 
     def detector(self, physics: PhysicsDraw) -> DetectorModel:

@@ -45,6 +45,29 @@ def test_water_phantom_gives_density_times_chord():
     assert rho_water == pytest.approx(1.0, abs=1e-3)  # 0 HU is water's density
 
 
+def test_mass_thickness_is_the_hinge_expression_bit_for_bit_and_fills_a_column_slice():
+    """The one-pass kernel gives numpy's whole-array expression's float64 values exactly (held at 0),
+    and with `out` a column slice of a wider array (the view's channels) it writes there and nowhere else."""
+    rng = np.random.default_rng(3)
+    hu = rng.uniform(-1100, 1800, (40, 20, 20)).astype(np.float32)
+    hu[:, :, 10:] = -1000.0  # rays through air alone: no tissue, no bone
+    source, targets, lengths = _rays(hu.shape, n=900)
+    _, whole, _, hinges, mass = _masses(hu, source, targets, lengths)
+    c = materials.hinge_coefficients(materials.anchor_knots(ANCHORS, MU_WATER), DENSITIES) / 10.0
+    expected = np.stack([c[m, 0] * hinges[:, 0] + c[m, 1] * whole + c[m, 2] * hinges[:, 1] + c[m, 3] * hinges[:, 2]
+                         for m in range(3)], axis=1)
+    assert (expected <= 0).any() and (expected > 0).all(axis=1).any()  # both branches met
+    expected = np.maximum(expected, 0.0)
+    assert mass.dtype == np.float64 and np.array_equal(mass, expected)
+    wide = np.full((len(whole), 5), 7.0)
+    coefficients = materials.hinge_coefficients(materials.anchor_knots(ANCHORS, MU_WATER), DENSITIES)
+    written = materials.mass_thickness(whole, hinges, coefficients, out=wide[:, 1:4])
+    assert np.shares_memory(written, wide) and np.array_equal(wide[:, 1:4], expected)
+    assert (wide[:, 0] == 7.0).all() and (wide[:, 4] == 7.0).all()
+    with pytest.raises(ValueError, match="mass thickness out of shape"):
+        materials.mass_thickness(whole, hinges, coefficients, out=wide[:10, :3])
+
+
 def test_20_cm_of_0_hu_is_20_cm_of_water_through_the_walk_and_the_synthesis():
     """HU is defined by water: a 200 mm slab of 0 HU, walked and synthesised (90 kVp + 3 mm Al, CsI 0.6 mm,
     the config's energy bins), gives the -ln of a direct Beer-Lambert integral of water over the spectrum

@@ -280,6 +280,23 @@ def test_each_instrument_has_its_own_exact_bit_where_they_overlap():
         InstrumentConfig(screw_levels=(6, 8))
 
 
+def test_instrument_masses_written_into_the_view_s_alloy_columns_are_those_of_a_new_array():
+    """`out`: the alloy columns of a wider (N, channels) array are zeroed and filled in place (meshes through
+    a strided view of it, cylinders directly), the same values as a new array; the other columns are kept."""
+    source, targets, shape = _detector(64, 0.5)
+    parts = [MeshImplant.make(ROD, "rod", {"points": [[0, -15, -20], [0, 15, 20]], "diameter": 5.5}, np.eye(4), "ss316l"),
+             Instrument.rounded(4, [-15, -15, 0], [15, 15, 0], 1.0, "ti6al4v")]
+    alloys, densities = ["ss316l", "ti6al4v"], np.array([8.0, 4.43])
+    masses, kinds, ids = instrument_channels(source, targets, parts, alloys, densities, shape)
+    wide = np.full((len(targets), 5), 3.0)
+    written, kinds_out, ids_out = instrument_channels(source, targets, parts, alloys, densities, shape, out=wide[:, 3:])
+    assert (masses[:, 0] > 0).sum() > 50 and (masses[:, 1] > 0).sum() > 50
+    assert np.shares_memory(written, wide) and np.array_equal(wide[:, 3:], masses)
+    assert (wide[:, :3] == 3.0).all() and np.array_equal(kinds_out, kinds) and np.array_equal(ids_out, ids)
+    with pytest.raises(ValueError, match="instrument masses out of shape"):
+        instrument_channels(source, targets, parts, alloys, densities, shape, out=wide[:, 2:])
+
+
 def test_catalogue_meshes_are_checked_once_per_machine_and_a_tampered_one_again(tmp_path, monkeypatch, caplog):
     """A screw or tulip mesh (catalogue sizes) is generated and checked once; a new process (here: the
     in-memory cache cleared, as in a DataLoader worker of the next epoch) reads it back from the machine's
