@@ -24,8 +24,6 @@ import hashlib
 import importlib.metadata
 import json
 import math
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +31,7 @@ import numpy as np
 
 from pipelines.io import machine_cache
 from pipelines.physics import meshes
+from pipelines.physics.kept import Kept
 
 SECTIONS = 96  # facets around a round part (a 7.5 mm screw: its facets lie within 2 um of the circle)
 THREAD_STEPS = 24  # rings per thread pitch
@@ -175,28 +174,20 @@ class MeshImplant:
 
 
 POSED_IN_MEMORY = 16  # an item's posed meshes (a screw's: ~0.9 MB), kept for its next views
-_POSED: OrderedDict = OrderedDict()  # (id of the local vertices, pose) -> (local vertices, posed vertices)
-_POSED_LOCK = threading.Lock()
+# (id of the local vertices, pose) -> (local vertices, posed vertices)
+_POSED: Kept[tuple[np.ndarray, np.ndarray]] = Kept(POSED_IN_MEMORY)
 
 
 def _posed(vertices: np.ndarray, pose: tuple[float, ...]) -> np.ndarray:
     """A mesh's vertices posed in the world, kept: every view of an item crosses the same posed meshes
     (~0.3 ms a screw). Keyed by the local mesh's identity (each entry holds that mesh, so its id is not
     reused while kept), so a mesh `local_mesh` makes anew is posed anew."""
-    key = (id(vertices), pose)
-    with _POSED_LOCK:
-        hit = _POSED.get(key)
-        if hit is not None:
-            _POSED.move_to_end(key)
-            return hit[1]
-    m = np.asarray(pose).reshape(4, 4)
-    world = vertices @ m[:3, :3].T + m[:3, 3]
-    world.setflags(write=False)
-    with _POSED_LOCK:
-        _POSED[key] = (vertices, world)
-        while len(_POSED) > POSED_IN_MEMORY:
-            _POSED.popitem(last=False)
-    return world
+    def make():
+        m = np.asarray(pose).reshape(4, 4)
+        world = vertices @ m[:3, :3].T + m[:3, 3]
+        world.setflags(write=False)
+        return vertices, world
+    return _POSED.get((id(vertices), pose), make)[1]
 
 
 # generators whose parameters the sampler takes from catalogue steps (screws rounded to sizes as sold,

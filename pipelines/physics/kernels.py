@@ -28,6 +28,7 @@ import scipy.fft
 from scipy.ndimage import affine_transform
 
 from pipelines.physics.grid import Grid
+from pipelines.physics.kept import Kept
 from schemas.config import KERNEL_GRID_LAMELLA, KERNEL_GRID_LINES_PER_CM, KERNEL_GRID_RATIOS
 
 DATA = Path(__file__).parent / "data"
@@ -50,6 +51,7 @@ RADII_EDGES_MM = np.concatenate([np.arange(0.0, 20.0, 4.0), np.arange(20.0, 100.
 FIT_GEOMETRY_CM = {"sdd": 102.0, "sod": 85.0, "field": 20.48}
 FAR_RADIUS_MM = 60.0
 GRID_RATIOS, GRID_LINES_PER_CM = KERNEL_GRID_RATIOS, KERNEL_GRID_LINES_PER_CM
+KERNEL_TABLES_IN_MEMORY = 16  # kernels at a view's kV, gap and grid, and their transforms: an item's views share them
 GRID_LAMELLA = Grid(strip_mm=KERNEL_GRID_LAMELLA[0], interspace=KERNEL_GRID_LAMELLA[1])  # every node's lamellae
 
 
@@ -143,8 +145,18 @@ class Kernels:
         """(T, R): the kernels at one kV for pencils through a body centred `body_height_cm` above the
         detector: thickness node t's water centred there, so its exit face t / 2 nearer (gap >= 0). Each
         pencil thus has the air gap of its own water-equivalent thickness: a thin column's scatter
-        starts farther from the detector than a thick one's, as in a patient on the isocentre."""
-        return self.at_gaps(kv, np.maximum(body_height_cm - self.thickness_cm / 2, 0.0), grid)
+        starts farther from the detector than a thick one's, as in a patient on the isocentre. Read-only:
+        kept for the next call with the same kV, height and grid."""
+        def make():
+            table = self.at_gaps(kv, np.maximum(body_height_cm - self.thickness_cm / 2, 0.0), grid)
+            table.setflags(write=False)
+            return table
+        return self._centred.get((float(kv), float(body_height_cm), grid), make)
+
+    @functools.cached_property
+    def _centred(self) -> Kept[np.ndarray]:
+        """`centred`'s tables, kept: every view of an item (one kV, one geometry, one grid) reads the same."""
+        return Kept(KERNEL_TABLES_IN_MEMORY)
 
 
 def reference_attenuation(spectrum, materials: tuple, alloys: tuple) -> np.ndarray:
@@ -218,23 +230,9 @@ def kernel_scatter(open_coarse: np.ndarray, thickness_cm: np.ndarray, kernels_tr
     for n, k in enumerate(nodes):
         sources[n, :hc, :wc] = open_coarse * (np.where(i == k, 1 - frac, 0.0) + np.where(i == k - 1, frac, 0.0))
     sources_ft = scipy.fft.rfft2(sources)  # (nodes, 2 hc, wc + 1)
-    # A kernel is even in dy and dx, so its transform in the padded (wrap-around) layout is real: the
-    # type-1 DCT of one quadrant of distances (0..hc, 0..wc), its rows mirrored beyond hc. Float32
-    # transforms (the scatter field is smooth: ~1e-7 relative).
-    r = np.hypot(np.arange(hc + 1)[:, None] * cell_mm, np.arange(wc + 1)[None, :] * cell_mm)
-    rows = np.r_[np.arange(hc + 1), np.arange(hc - 1, 0, -1)]
-    totals = []
-    for m, lo, hi in parts:
-        # every node's kernel at these distances, linear between the radii (held below the first, 0
-        # beyond the last), times the pixel area, 0 outside the part
-        at = r * m
-        j = np.clip(np.searchsorted(radii_mm, at, side="right") - 1, 0, len(radii_mm) - 2)
-        w = np.clip((at - radii_mm[j]) / (radii_mm[j + 1] - radii_mm[j]), 0.0, 1.0).astype(np.float32)
-        keep = ((at >= lo) & (at < hi) & (at <= radii_mm[-1])) * (pixel_mm * pixel_mm)
-        table = kernels_tr[nodes].astype(np.float32)
-        quadrant = (table[:, j] * (1 - w) + table[:, j + 1] * w) * keep.astype(np.float32)
-        kernels_ft = scipy.fft.dctn(quadrant, type=1, axes=(-2, -1))
-        totals.append((sources_ft * kernels_ft[:, rows, :]).sum(axis=0))
+    # per part, the used nodes' kernel transforms (`_kernel_transforms`, kept for the item's next views)
+    totals = [(sources_ft * _kernel_transforms(kernels_tr, radii_mm, hc, wc, cell_mm, pixel_mm, m, lo, hi)[nodes])
+              .sum(axis=0) for m, lo, hi in parts]
     out = np.zeros((hc, wc))
     for (m, _, _), total in zip(parts, totals):
         part = scipy.fft.irfft2(total, shape)[:hc, :wc].astype(np.float64)
@@ -243,3 +241,38 @@ def kernel_scatter(open_coarse: np.ndarray, thickness_cm: np.ndarray, kernels_tr
             part = affine_transform(part, np.full(2, 1.0 / m), offset=c - c / m, order=1, mode="nearest")
         out += part
     return out * np.exp(-destination * t) if destination else out
+
+
+_TRANSFORMS: Kept[np.ndarray] = Kept(KERNEL_TABLES_IN_MEMORY)
+
+
+def _kernel_transforms(kernels_tr: np.ndarray, radii_mm: np.ndarray, hc: int, wc: int, cell_mm: float,
+                       pixel_mm: float, m: float, lo: float, hi: float) -> np.ndarray:
+    """(T, 2 hc, wc + 1) float32, read-only: every thickness node's kernel (rows of `kernels_tr`, (T, R)
+    over `radii_mm`) drawn in by `m`, within [lo, hi) mm, as `kernel_scatter`'s padded grid of (hc, wc)
+    cells of `cell_mm` transforms it, times the pixel area. Kept by the table's values and the grid, so
+    every view of an item (one kV, gap and grid: one table) makes them once.
+
+    A kernel is even in dy and dx, so its transform in the padded (wrap-around) layout is real: the
+    type-1 DCT of one quadrant of distances (0..hc, 0..wc), its rows mirrored beyond hc. Float32
+    transforms (the scatter field is smooth: ~1e-7 relative)."""
+    table = np.ascontiguousarray(kernels_tr, dtype=np.float64)
+    radii = np.ascontiguousarray(radii_mm, dtype=np.float64)
+    key = (table.shape, table.tobytes(), radii.tobytes(), hc, wc, float(cell_mm), float(pixel_mm), float(m),
+           float(lo), float(hi))
+
+    def make():
+        r = np.hypot(np.arange(hc + 1)[:, None] * cell_mm, np.arange(wc + 1)[None, :] * cell_mm)
+        rows = np.r_[np.arange(hc + 1), np.arange(hc - 1, 0, -1)]
+        # every node's kernel at these distances, linear between the radii (held below the first, 0
+        # beyond the last), times the pixel area, 0 outside the part
+        at = r * m
+        j = np.clip(np.searchsorted(radii, at, side="right") - 1, 0, len(radii) - 2)
+        w = np.clip((at - radii[j]) / (radii[j + 1] - radii[j]), 0.0, 1.0).astype(np.float32)
+        keep = ((at >= lo) & (at < hi) & (at <= radii[-1])) * (pixel_mm * pixel_mm)
+        single = table.astype(np.float32)
+        quadrant = (single[:, j] * (1 - w) + single[:, j + 1] * w) * keep.astype(np.float32)
+        transforms = np.ascontiguousarray(scipy.fft.dctn(quadrant, type=1, axes=(-2, -1))[:, rows, :])
+        transforms.setflags(write=False)
+        return transforms
+    return _TRANSFORMS.get(key, make)

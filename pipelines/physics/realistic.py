@@ -14,8 +14,8 @@ from pipelines.physics.draw import PhysicsDraw
 from pipelines.physics.implants import MeshImplant
 from pipelines.physics.instruments import Instrument, instrument_channels
 from pipelines.physics.kernels import Kernels, reference_attenuation
-from pipelines.physics.materials import TISSUE_CHANNELS
 from pipelines.physics.kernels import load as load_kernels
+from pipelines.physics.materials import TISSUE_CHANNELS
 from pipelines.physics.synthesis import Detection, DetectorModel, ScatterModel, scatter_sigma_mm, synthesize
 from pipelines.physics.synthesis_torch import synthesize as synthesize_torch
 from pipelines.physics.units import MM_PER_CM

@@ -86,19 +86,18 @@ def primary(masses: np.ndarray, tables: Tables, electron_ratios: np.ndarray | No
     With (C,) `electron_ratios`: (Q, S, E), E each pixel's electron-equivalent water thickness (cm),
     from the same pass over the masses."""
     m = np.ascontiguousarray(masses, dtype=np.float32).reshape(-1, tables.mu_rho.shape[0])
-    mu = tables.mu_rho.astype(np.float32)
+    minus_mu = -tables.mu_rho.astype(np.float32)  # the exponent's sign in the matmul (negation is exact)
     weights = np.stack([tables.fluence * tables.eta, tables.signal_weights], axis=1).astype(np.float32)
     out = np.empty((len(m), 2), dtype=np.float32)
     ratios = None if electron_ratios is None else np.array(electron_ratios, dtype=np.float32)
     electrons = np.empty(len(m) if ratios is not None else 0, dtype=np.float32)
-    exponent = np.empty((min(CHUNK_PIXELS, len(m)), mu.shape[1]), dtype=np.float32)
+    exponent = np.empty((min(CHUNK_PIXELS, len(m)), minus_mu.shape[1]), dtype=np.float32)
     for lo in range(0, len(m), CHUNK_PIXELS):
         chunk = m[lo:lo + CHUNK_PIXELS]
         if ratios is not None:  # while the chunk is in cache
             np.matmul(chunk, ratios, out=electrons[lo:lo + CHUNK_PIXELS])
         a = exponent[:len(chunk)]
-        np.matmul(chunk, mu, out=a)
-        np.negative(a, out=a)
+        np.matmul(chunk, minus_mu, out=a)
         np.exp(a, out=a)
         np.matmul(a, weights, out=out[lo:lo + CHUNK_PIXELS])
     q, s = out.T
@@ -256,7 +255,15 @@ def gaussian_scatter_coarse(p: np.ndarray, p_open: np.ndarray, model: ScatterMod
 def upsample(coarse: np.ndarray, h: int, w: int) -> np.ndarray:
     """A coarse scatter field (block centres of SCATTER_DOWNSAMPLE pixels) interpolated to (h, w) pixels."""
     f = SCATTER_DOWNSAMPLE
-    return _upsample_rows(coarse.shape[0], f, h) @ coarse @ _upsample_rows(coarse.shape[1], f, w).T
+    return _upsampler(coarse.shape[0], f, h) @ coarse @ _upsampler(coarse.shape[1], f, w).T
+
+
+@functools.lru_cache(maxsize=8)
+def _upsampler(n: int, f: int, out: int) -> np.ndarray:
+    """`_upsample_rows`, made once per size (read-only: every view of a detector shares it)."""
+    m = _upsample_rows(n, f, out)
+    m.setflags(write=False)
+    return m
 
 
 def kernel_scatter_signal(primary_signal: np.ndarray, open_signal: np.ndarray, model: ScatterModel,
@@ -300,19 +307,36 @@ def kernel_scatter_coarse(p: np.ndarray, p_open: np.ndarray, model: ScatterModel
 
 
 def _block_sums(a: np.ndarray, f: int) -> np.ndarray:
-    """(ceil(H/f), ceil(W/f)) sums of f x f blocks (the last ones zero-padded)."""
+    """(ceil(H/f), ceil(W/f)) float64 sums of f x f blocks (the last ones zero-padded)."""
     h, w = a.shape
+    if h % f == 0 and w % f == 0:  # the usual detector: one pass, no padded float64 copy
+        out = np.zeros((h // f, w // f))
+        _add_blocks(np.ascontiguousarray(a), f, out)
+        return out
     hc, wc = -(-h // f), -(-w // f)
     padded = np.zeros((hc * f, wc * f))
     padded[:h, :w] = a
     return padded.reshape(hc, f, wc, f).sum(axis=(1, 3))
 
 
+@numba.njit(cache=True)
+def _add_blocks(a, f, out):
+    """out[i // f, j // f] += a[i, j] in float64, each row's f pixels of a block summed, then added (the
+    image's H and W multiples of f)."""
+    for i in range(a.shape[0]):
+        row = out[i // f]
+        for b in range(out.shape[1]):
+            total = 0.0
+            for k in range(b * f, (b + 1) * f):
+                total += a[i, k]
+            row[b] += total
+
+
 def _block_means(a: np.ndarray, f: int) -> np.ndarray:
     """(ceil(H/f), ceil(W/f)) means of f x f blocks (the last ones over the pixels they hold)."""
     h, w = a.shape
-    if h % f == 0 and w % f == 0:  # the usual detector: one reshape, no padded copy
-        return a.reshape(h // f, f, w // f, f).mean(axis=(1, 3), dtype=np.float64)
+    if h % f == 0 and w % f == 0:  # the usual detector: the block sums over the block's pixels
+        return _block_sums(a, f) / (f * f)
     rows = np.minimum(f, h - np.arange(0, h, f))
     cols = np.minimum(f, w - np.arange(0, w, f))
     return _block_sums(a, f) / np.outer(rows, cols)

@@ -20,12 +20,11 @@ relative, noise included, on the CPU through this module).
 """
 from __future__ import annotations
 
-from collections import OrderedDict
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipelines.physics.kept import Kept
 from pipelines.physics.synthesis import (
     SCATTER_DOWNSAMPLE,
     Detection,
@@ -44,19 +43,12 @@ from pipelines.physics.synthesis import primary as primary_numpy
 from pipelines.physics.tables import SPECTRUM_DISTANCE_CM, Tables
 from pipelines.physics.units import MM_PER_CM
 
-_ON_DEVICE: OrderedDict = OrderedDict()  # key -> tensors made once per device, a few dozen entries at most
-_KEEP = 64
+_ON_DEVICE: Kept = Kept(64)  # key -> tensors made once per device, a few dozen entries at most
 
 
 def _cached(key: tuple, make):
-    """What `make()` gives, made once per key (which names the device) and kept among the last _KEEP."""
-    if key in _ON_DEVICE:
-        _ON_DEVICE.move_to_end(key)
-        return _ON_DEVICE[key]
-    _ON_DEVICE[key] = make()
-    while len(_ON_DEVICE) > _KEEP:
-        _ON_DEVICE.popitem(last=False)
-    return _ON_DEVICE[key]
+    """What `make()` gives, made once per key (which names the device) and kept among the last 64."""
+    return _ON_DEVICE.get(key, make)
 
 
 def _table_tensors(tables: Tables, dev: torch.device) -> dict[str, torch.Tensor]:

@@ -95,6 +95,41 @@ def test_the_near_and_far_parts_draw_their_sources_in_by_their_own_factor():
     assert harder > 1.05 * same
 
 
+def test_an_item_s_views_transform_its_kernels_once_and_other_kernels_anew(monkeypatch):
+    """The kernel transforms are kept by the table's values and the grid: a second view of the same table
+    makes no DCT and gives the same bits as the first; a table with other values (or another cell size)
+    is transformed anew, not served what was kept. `centred` gives the one read-only table per kV,
+    height and grid."""
+    import scipy.fft
+
+    from pipelines.physics import kernels
+
+    k = kernels.load()
+    table = k.centred(90, 17.0, None)
+    assert k.centred(90, 17.0, None) is table and not table.flags.writeable
+    assert k.centred(90, 16.0, None) is not table
+    calls = []
+    dctn = scipy.fft.dctn
+    monkeypatch.setattr(scipy.fft, "dctn", lambda *a, **kw: calls.append(1) or dctn(*a, **kw))
+    kernels._TRANSFORMS.clear()
+    rng = np.random.default_rng(6)
+    sources, thickness = rng.random((16, 20)), rng.uniform(2.0, 35.0, (16, 20))
+    args = (table, k.thickness_cm, k.radii_mm, 0.8, 6.4, (0.9, 0.8), 0.02)
+    first = kernels.kernel_scatter(sources, thickness, *args)
+    assert len(calls) == 2  # one per part (near, far)
+    again = kernels.kernel_scatter(sources * 2.0, thickness, *args)
+    assert len(calls) == 2 and np.array_equal(again, kernels.kernel_scatter(sources * 2.0, thickness, *args))
+    np.testing.assert_allclose(again, 2.0 * first, rtol=1e-6)
+    other = np.array(table) * 1.5
+    scaled = kernels.kernel_scatter(sources, thickness, other, *args[1:])
+    assert len(calls) == 4
+    np.testing.assert_allclose(scaled, 1.5 * first, rtol=1e-5)
+    kernels.kernel_scatter(sources, thickness, table, k.thickness_cm, k.radii_mm, 0.8, 8.0, (0.9, 0.8), 0.02)
+    assert len(calls) == 6
+    kernels._TRANSFORMS.clear()
+    assert np.array_equal(kernels.kernel_scatter(sources * 2.0, thickness, *args), again)  # made again: same bits
+
+
 def test_the_stored_origin_factors_are_what_the_fit_gives_on_the_stored_monte_carlo_references():
     """`scatter_kernels --refit-origin` stored four origin factors with the Monte Carlo's SPRs it fitted
     them to: fitting again on those SPRs (no Monte Carlo needed) gives the stored factors, each better than

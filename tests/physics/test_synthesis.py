@@ -114,3 +114,21 @@ def test_a_blur_narrower_than_its_kernel_s_first_tap_is_the_image_itself_without
     wider = blur(image, 0.3)
     assert not np.array_equal(wider, image)
     assert np.array_equal(wider, gaussian_filter(image, 0.3, mode="nearest", truncate=GAUSS_TRUNCATE))
+
+
+def test_block_sums_and_means_are_the_padded_float64_sums():
+    """The scatter grid's block sums (one pass for a detector of whole blocks, a zero-padded copy
+    otherwise) are the float64 sums of each f x f block; the means divide by the pixels a block holds."""
+    from pipelines.physics.synthesis import _block_means, _block_sums
+
+    rng = np.random.default_rng(8)
+    for shape in ((64, 48), (61, 50)):
+        a = (rng.random(shape) * 1e3).astype(np.float32)
+        f = 8
+        hc, wc = -(-shape[0] // f), -(-shape[1] // f)
+        padded = np.zeros((hc * f, wc * f))
+        padded[:shape[0], :shape[1]] = a
+        want = np.array([[padded[i * f:(i + 1) * f, j * f:(j + 1) * f].sum() for j in range(wc)] for i in range(hc)])
+        np.testing.assert_allclose(_block_sums(a, f), want, rtol=1e-12)
+        counts = np.array([[min(f, shape[0] - i * f) * min(f, shape[1] - j * f) for j in range(wc)] for i in range(hc)])
+        np.testing.assert_allclose(_block_means(a, f), want / counts, rtol=1e-12)
