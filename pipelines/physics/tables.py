@@ -364,14 +364,22 @@ def make_tables(energies: np.ndarray, fluence: np.ndarray, materials: list[Mater
     weight = fluence * eta * kept
     share = np.cumsum(weight) / weight.sum()
     index = np.minimum((share - 0.5 * weight / weight.sum()) * n_bins, n_bins - 1).astype(int)
-    groups = [g for g in (np.flatnonzero(index == b) for b in range(n_bins)) if len(g) and weight[g].sum() > 0]
-    w = [weight[g] / weight[g].sum() for g in groups]
-    q = [fluence[g] * eta[g] for g in groups]
+    # a fine energy's bin never falls as the energy rises (its share's midpoint does not; held so against
+    # rounding): each bin is one run of fine energies, summed by np.add.reduceat from its first; bins of
+    # no signal are left out
+    index = np.maximum.accumulate(index)
+    starts = np.flatnonzero(np.r_[True, index[1:] != index[:-1]])
+    quanta_fine = fluence * eta
+
+    def per_bin(x):
+        return np.add.reduceat(x, starts, axis=-1)
+    bin_weight, bin_fluence, bin_quanta = per_bin(weight), per_bin(fluence), per_bin(quanta_fine)
+    has_signal = bin_weight > 0
     water_curve = _water_curve(mu_fine[1], weight)
     heel_grid = heel_q = heel_s = None
     if heel is not None:  # fine-binned, through HEEL_THICKNESS_G_CM2 of the 0 HU anchor's material
         through = np.exp(-np.outer(HEEL_THICKNESS_G_CM2, mu_fine[1]))  # (T, E)
-        quanta, signal = fluence * eta, weight
+        quanta, signal = quanta_fine, weight
         central_q, central_s = through @ quanta, through @ signal
         attenuation = -np.log(central_s / central_s[0])
         heel_q = np.stack([(through @ (quanta * r)) / central_q for r in heel])
@@ -386,12 +394,12 @@ def make_tables(energies: np.ndarray, fluence: np.ndarray, materials: list[Mater
             return interp_rows(angles, np.asarray(HEEL_ANGLES_DEG, dtype=np.float64), by_attenuation)
         heel_q, heel_s = uniform(heel_q), uniform(heel_s)
     return Tables(
-        energies_kev=np.array([float(np.sum(energies[g] * wg)) for g, wg in zip(groups, w)]),
-        fluence=np.array([fluence[g].sum() for g in groups]),
-        # per bin, every channel at once (one call a bin, not one a bin and channel: ~0.5 ms a table)
-        mu_rho=np.stack([(mu_fine[:, g] * wg).sum(axis=1) for g, wg in zip(groups, w)], axis=1),
-        eta=np.array([(fluence[g] * eta[g]).sum() / fluence[g].sum() for g in groups]),
-        kept_kev=np.array([float(np.sum(kept[g] * qg) / qg.sum()) for g, qg in zip(groups, q)]),
+        # signal-weighted means per bin (energy, every channel's mu/rho), the quanta-weighted kept energy
+        energies_kev=(per_bin(energies * weight) / bin_weight)[has_signal],
+        fluence=bin_fluence[has_signal],
+        mu_rho=(per_bin(mu_fine * weight) / bin_weight)[:, has_signal],
+        eta=(bin_quanta / bin_fluence)[has_signal],
+        kept_kev=(per_bin(kept * quanta_fine) / bin_quanta)[has_signal],
         channels=tuple(m.name for m in materials) + tuple(a.name for a in alloys),
         heel_attenuation=heel_grid,
         water_attenuation=water_curve,
