@@ -29,6 +29,7 @@ import numba
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
+from pipelines.physics.kept import Kept
 from pipelines.physics.kernels import kernel_scatter
 from pipelines.physics.tables import HEEL_ANGLES_DEG, HEEL_STEP_DEG, HEEL_THICKNESS_G_CM2, SPECTRUM_DISTANCE_CM, Tables
 from pipelines.physics.units import MM_PER_CM
@@ -39,9 +40,10 @@ CHUNK_PIXELS = 1 << 15
 NOISE_BANDS = 2  # noise is drawn in this many row bands, each from its own child generator (in threads)
 
 
-def _bands(n_rows: int) -> list[slice]:
+@functools.lru_cache(maxsize=16)
+def _bands(n_rows: int) -> tuple[slice, ...]:
     edges = np.linspace(0, n_rows, NOISE_BANDS + 1).astype(int)
-    return [slice(a, b) for a, b in zip(edges[:-1], edges[1:])]
+    return tuple(slice(a, b) for a, b in zip(edges[:-1], edges[1:]))
 
 
 _POOL: list[ThreadPoolExecutor] = []  # this process's noise threads, made on first use
@@ -64,8 +66,15 @@ def _noise(seed: int, fill) -> None:
     """Run fill(generator, band) for each row band with a child generator of `seed`: the same
     numbers whatever the thread count (numpy releases the GIL while it draws). The threads are kept
     for the process (starting two per image cost ~10 ms a view in a one-core DataLoader worker)."""
-    children = np.random.SeedSequence(seed).spawn(NOISE_BANDS)
-    list(_noise_pool().map(lambda i: fill(np.random.default_rng(children[i]), i), range(NOISE_BANDS)))
+    _noise_streams((seed,), lambda band, rng: fill(rng, band))
+
+
+def _noise_streams(seeds: tuple[int, ...], fill) -> None:
+    """Run fill(band, generator of seeds[0], generator of seeds[1], ...) for each row band, each generator
+    the band's child of its seed (as `_noise` makes them): several streams' draws in one round of the
+    threads (~0.15 ms a round)."""
+    children = [np.random.SeedSequence(seed).spawn(NOISE_BANDS) for seed in seeds]
+    list(_noise_pool().map(lambda i: fill(i, *(np.random.default_rng(c[i]) for c in children)), range(NOISE_BANDS)))
 
 
 def heel_angles(shape: tuple[int, int], pixel_mm: float, sdd_mm: float, direction_deg: float) -> np.ndarray:
@@ -128,9 +137,9 @@ def heel_table_rows(shape: tuple[int, int], pixel_mm: float, sdd_mm: float, dire
 
 
 @numba.njit(cache=True, parallel=True)
-def _heel_kernel(q, s, s0, index, frac, dx, fq, fs, open_q, open_s):
+def _heel_kernel(q, s, s0, index, frac, dx, fq, fs):
     """In place: q, s (flat) times their heel factors, read bilinearly by each pixel's angle (`index`,
-    `frac`) and attenuation -ln(s / s0) (uniform every dx); open_q, open_s get the open field's."""
+    `frac`) and attenuation -ln(s / s0) (uniform every dx)."""
     n_grid = fq.shape[1]
     for p in numba.prange(len(q)):
         i, ta = index[p], frac[p]
@@ -140,25 +149,52 @@ def _heel_kernel(q, s, s0, index, frac, dx, fq, fs, open_q, open_s):
         tx = fx - lo
         q[p] *= _bilinear(fq, i, ta, lo, hi, tx)
         s[p] *= _bilinear(fs, i, ta, lo, hi, tx)
-        open_q[p] = _bilinear(fq, i, ta, 0, 1, 0.0)
-        open_s[p] = _bilinear(fs, i, ta, 0, 1, 0.0)
+
+
+@numba.njit(cache=True)
+def _heel_open(index, frac, fq, fs, open_q, open_s):
+    """The open field's heel factors (attenuation 0) per pixel, as `_heel_kernel` reads them."""
+    for p in range(len(index)):
+        open_q[p] = _bilinear(fq, index[p], frac[p], 0, 1, 0.0)
+        open_s[p] = _bilinear(fs, index[p], frac[p], 0, 1, 0.0)
+
+
+_HEEL_OPEN: Kept[tuple] = Kept(4)  # (id of the tables, detector) -> (tables, open_q, open_s): an item's views share them
+
+
+def heel_open_field(shape: tuple[int, int], pixel_mm: float, sdd_mm: float, direction_deg: float,
+                    tables: Tables) -> tuple[np.ndarray, np.ndarray]:
+    """(open_q, open_s) flat float32, read-only: the open field's quanta and signal under each pixel's heel
+    spectrum over the central ray's. They depend on the tables and the detector only, so every view of
+    an item reads the ones made for its first (kept with the tables, so their id is not reused)."""
+    key = (id(tables), tuple(shape), float(pixel_mm), float(sdd_mm), float(direction_deg))
+
+    def make():
+        index, frac = heel_table_rows(tuple(shape), float(pixel_mm), float(sdd_mm), float(direction_deg),
+                                      tables.heel_quanta.shape[0])
+        open_q, open_s = np.empty(len(index), dtype=np.float32), np.empty(len(index), dtype=np.float32)
+        _heel_open(index, frac, tables.heel_quanta_f32, tables.heel_signal_f32, open_q, open_s)
+        open_q.setflags(write=False)
+        open_s.setflags(write=False)
+        return tables, open_q, open_s
+    return _HEEL_OPEN.get(key, make)[1:]
 
 
 def apply_heel(q: np.ndarray, s: np.ndarray, s0: float, shape: tuple[int, int], pixel_mm: float, sdd_mm: float,
                direction_deg: float, tables: Tables) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(q, s, open_q, open_s): the primary quanta and signal (flat, per pixel, under the central ray's
-    spectrum) each under its own pixel's heel spectrum, and the open field's factors. A pixel's spectrum
+    spectrum) each under its own pixel's heel spectrum (new arrays), and the open field's factors
+    (`heel_open_field`: shared, read-only). A pixel's spectrum
     is spekpy's at its ray's angle towards the cathode (the axis at `direction_deg` on the detector),
     read bilinearly from the tables' heel grid by that angle and the pixel's attenuation -ln(S / S_open)
     (`heel_attenuation`, in the 0 HU anchor's material)."""
-    q, s = np.ascontiguousarray(q, dtype=np.float32).copy(), np.ascontiguousarray(s, dtype=np.float32).copy()
-    open_q, open_s = np.empty_like(q), np.empty_like(s)
+    q, s = np.array(q, dtype=np.float32, order="C"), np.array(s, dtype=np.float32, order="C")
     grid = tables.heel_attenuation
     index, frac = heel_table_rows(tuple(shape), float(pixel_mm), float(sdd_mm), float(direction_deg),
-                              tables.heel_quanta.shape[0])
+                                  tables.heel_quanta.shape[0])
     _heel_kernel(q, s, np.float32(s0), index, frac, float(grid[1] - grid[0]), tables.heel_quanta_f32,
-                 tables.heel_signal_f32, open_q, open_s)
-    return q, s, open_q, open_s
+                 tables.heel_signal_f32)
+    return (q, s, *heel_open_field(shape, pixel_mm, sdd_mm, direction_deg, tables))
 
 
 def fluence_scale(raylen_mm: np.ndarray, sdd_mm: float, pixel_mm: float, mas: float) -> np.ndarray:
@@ -432,21 +468,21 @@ def synthesize(masses: np.ndarray, raylen_mm: np.ndarray, tables: Tables, detect
     else:
         per_quantum = np.divide(s_total, q_total, out=np.full_like(s_total, mean_energy), where=q_total > 0)
         signal = np.empty_like(s_total)
-        bands = _bands(h)
-
-        def quanta(rng, i):
-            b = bands[i]
-            signal[b] = rng.poisson(q_total[b]) * per_quantum[b]
-        _noise(seed, quanta)
-    signal = blur(signal, detector.psf_sigma_mm / detector.pixel_mm)
-    if seed is not None and detector.electronic_quanta > 0:
+        # the quanta's Poisson draws (stream `seed`) and the readout's Gaussian ones (stream seed + 1, added
+        # after the detector's blur), drawn in one round of the noise threads
+        electronic = np.empty_like(s_total) if detector.electronic_quanta > 0 else None
         sigma = detector.electronic_quanta * mean_energy
         bands = _bands(h)
 
-        def electronic(rng, i):
+        def draws(i, quanta_rng, readout_rng=None):
             b = bands[i]
-            signal[b] += rng.normal(0.0, sigma, signal[b].shape).astype(np.float32)
-        _noise(seed + 1, electronic)
+            signal[b] = quanta_rng.poisson(q_total[b]) * per_quantum[b]
+            if readout_rng is not None:
+                electronic[b] = readout_rng.normal(0.0, sigma, signal[b].shape)
+        _noise_streams((seed, seed + 1) if electronic is not None else (seed,), draws)
+    signal = blur(signal, detector.psf_sigma_mm / detector.pixel_mm)
+    if seed is not None and electronic is not None:
+        signal += electronic
     flat = flat_s.astype(np.float32)
     floor = (1.0 / np.maximum(flat_q, 1.0)).astype(np.float32)  # one quantum
     transmission = np.maximum(signal / flat, floor)

@@ -105,6 +105,26 @@ def test_electrons_per_gram_match_nists_published_z_over_a():
     assert 0.8 < ratios[ti] < 0.9 and not ratios.flags.writeable
 
 
+def test_the_open_field_s_heel_is_a_pixel_s_heel_at_no_attenuation_and_kept_for_the_next_view():
+    """`heel_open_field` gives, per pixel, the heel factors `apply_heel` applies to an unattenuated pixel
+    (S = S_open) bit for bit; the next view of the same tables and detector reads the same read-only
+    arrays, other tables get their own."""
+    from pipelines.physics.synthesis import apply_heel, heel_open_field
+
+    key = tables.SpectrumKey(90, 12.0, 3.0, 0.0, "Cesium Iodide", 0.6, CFG.energy_bins)
+    t = tables.tables_for(key, tuple(CFG.materials), tuple(CFG.alloys))
+    shape = (48, 64)
+    ones = np.ones(shape[0] * shape[1], dtype=np.float32)  # signal over the open field's: attenuation 0
+    q, s, open_q, open_s = apply_heel(ones, ones, 1.0, shape, 2.0, 1020.0, 30.0, t)
+    assert np.array_equal(q, open_q) and np.array_equal(s, open_s)
+    assert open_s.std() > 1e-3 and not open_q.flags.writeable and not open_s.flags.writeable
+    again = heel_open_field(shape, 2.0, 1020.0, 30.0, t)
+    assert again[0] is open_q and again[1] is open_s
+    other = tables.tables_for(tables.SpectrumKey(70, 12.0, 3.0, 0.0, "Cesium Iodide", 0.6, CFG.energy_bins),
+                              tuple(CFG.materials), tuple(CFG.alloys))
+    assert not np.array_equal(heel_open_field(shape, 2.0, 1020.0, 30.0, other)[1], open_s)
+
+
 @pytest.mark.parametrize("water_cm", [0.0, 20.0])
 def test_the_heel_at_the_field_edges_is_spekpys_own_spectrum_there(water_cm):
     """A 1024 x 0.2 mm detector at SDD 1020 mm, anode -> cathode along +columns: the signal at the anode
