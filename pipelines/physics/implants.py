@@ -99,16 +99,18 @@ def rod(points, diameter: float = 5.5, step: float = 1.0):
         raise ValueError(f"a {diameter:g} mm rod through {points.tolist()} comes back within {gap:.2g} mm of itself")
     normal = np.cross(tangents[0], [1.0, 0.0, 0.0] if abs(tangents[0][0]) < 0.9 else [0.0, 1.0, 0.0])
     normal /= np.linalg.norm(normal)
-    frames = []
-    for t in tangents:  # parallel transport: no twist
+    normals = np.empty_like(tangents)
+    for k, t in enumerate(tangents):  # parallel transport: no twist (each normal from the last)
         normal = normal - t * (normal @ t)
         normal /= np.linalg.norm(normal)
-        frames.append((normal, np.cross(t, normal)))
+        normals[k] = normal
+    binormals = np.cross(tangents, normals)
     phi = np.arange(SECTIONS) * (2 * math.pi / SECTIONS)
     r = diameter / 2
-    rings = np.concatenate([p + r * (np.cos(phi)[:, None] * n + np.sin(phi)[:, None] * b)
-                            for p, (n, b) in zip(path, frames)])
-    return _closed_tube(trimesh, rings, len(path), SECTIONS, path[0], path[-1])
+    # ring-major: every section point of path point k about its frame
+    rings = path[:, None] + r * (np.cos(phi)[None, :, None] * normals[:, None] + np.sin(phi)[None, :, None]
+                                 * binormals[:, None])
+    return _closed_tube(trimesh, rings.reshape(-1, 3), len(path), SECTIONS, path[0], path[-1])
 
 
 def cage(length: float = 26.0, width: float = 10.0, height: float = 11.0, window: float = 0.45):
@@ -281,16 +283,14 @@ def _closed_tube(trimesh, rings: np.ndarray, n_rings: int, sections: int, start:
     from start to end."""
     ring = np.arange(sections)
     nxt = (ring + 1) % sections
-    faces = []
-    for k in range(n_rings - 1):
-        a, b = k * sections + ring, k * sections + nxt
-        c, d = (k + 1) * sections + ring, (k + 1) * sections + nxt
-        faces += [np.stack([a, b, d], 1), np.stack([a, d, c], 1)]
+    k = np.arange(n_rings - 1)[:, None] * sections  # per band between rings k and k + 1: (a b d), then (a d c)
+    a, b, c, d = k + ring, k + nxt, k + sections + ring, k + sections + nxt
+    bands = np.stack([np.stack([a, b, d], -1), np.stack([a, d, c], -1)], axis=1).reshape(-1, 3)
     s, e = len(rings), len(rings) + 1
     last = (n_rings - 1) * sections
-    faces += [np.stack([np.full(sections, s), nxt, ring], 1), np.stack([np.full(sections, e), last + ring, last + nxt], 1)]
+    caps = [np.stack([np.full(sections, s), nxt, ring], 1), np.stack([np.full(sections, e), last + ring, last + nxt], 1)]
     vertices = np.concatenate([rings, start[None], end[None]])
-    return trimesh.Trimesh(vertices, np.concatenate(faces), process=False)
+    return trimesh.Trimesh(vertices, np.concatenate([bands, *caps]), process=False)
 
 
 def _catmull_rom(points: np.ndarray, step: float) -> np.ndarray:
@@ -304,15 +304,15 @@ def _catmull_rom(points: np.ndarray, step: float) -> np.ndarray:
         t2 = t1 + np.linalg.norm(p2 - p1) ** 0.5
         t3 = t2 + np.linalg.norm(p3 - p2) ** 0.5
         n = max(int(math.ceil(np.linalg.norm(p2 - p1) / step)), 1)
-        for t in np.linspace(t1, t2, n, endpoint=False):
-            a1 = (t1 - t) / (t1 - t0) * p0 + (t - t0) / (t1 - t0) * p1
-            a2 = (t2 - t) / (t2 - t1) * p1 + (t - t1) / (t2 - t1) * p2
-            a3 = (t3 - t) / (t3 - t2) * p2 + (t - t2) / (t3 - t2) * p3
-            b1 = (t2 - t) / (t2 - t0) * a1 + (t - t0) / (t2 - t0) * a2
-            b2 = (t3 - t) / (t3 - t1) * a2 + (t - t1) / (t3 - t1) * a3
-            out.append((t2 - t) / (t2 - t1) * b1 + (t - t1) / (t2 - t1) * b2)
-    out.append(points[-1])
-    return np.array(out)
+        t = np.linspace(t1, t2, n, endpoint=False)[:, None]  # the segment's samples at once
+        a1 = (t1 - t) / (t1 - t0) * p0 + (t - t0) / (t1 - t0) * p1
+        a2 = (t2 - t) / (t2 - t1) * p1 + (t - t1) / (t2 - t1) * p2
+        a3 = (t3 - t) / (t3 - t2) * p2 + (t - t2) / (t3 - t2) * p3
+        b1 = (t2 - t) / (t2 - t0) * a1 + (t - t0) / (t2 - t0) * a2
+        b2 = (t3 - t) / (t3 - t1) * a2 + (t - t1) / (t3 - t1) * a3
+        out.append((t2 - t) / (t2 - t1) * b1 + (t - t1) / (t2 - t1) * b2)
+    out.append(points[-1:])
+    return np.concatenate(out)
 
 
 def _min_bend_radius(path: np.ndarray) -> float:
