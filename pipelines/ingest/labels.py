@@ -16,12 +16,22 @@ def levels_table() -> pd.DataFrame:
     return pd.read_csv(LEVELS_TABLE)
 
 
-def level_id(level: str) -> int:
+@lru_cache(maxsize=1)
+def _level_ids() -> dict[str, int]:
+    """Level name -> canonical id (the first row of a name, as the table lists them)."""
     table = levels_table()
-    hit = table.id[table.level == level]
-    if hit.empty:
-        raise KeyError(f"unknown vertebra level {level!r}")
-    return int(hit.iloc[0])
+    ids: dict[str, int] = {}
+    for level, i in zip(table.level, table.id):
+        ids.setdefault(level, int(i))
+    return ids
+
+
+def level_id(level: str) -> int:
+    """A level's canonical id (a dict lookup: the stream asks once or twice an item)."""
+    try:
+        return _level_ids()[level]
+    except (KeyError, TypeError):
+        raise KeyError(f"unknown vertebra level {level!r}") from None
 
 
 def id_to_level() -> dict[int, str]:

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from pipelines.ingest.labels import order_cranial_to_caudal, source_lookup, translate
+from pipelines.ingest.labels import level_id, levels_table, order_cranial_to_caudal, source_lookup, translate
 from pipelines.ingest.naming import canonical_case_id, classify, load_rules
 
 
@@ -59,3 +59,11 @@ def test_structures_csv_ids_translate_in_reverse_order(tmp_path):
 
 def test_cranial_to_caudal_order():
     assert order_cranial_to_caudal(["L1", "sacrum", "T13", "C7", "T12", "S1"]) == ["C7", "T12", "T13", "L1", "S1", "sacrum"]
+
+
+def test_level_ids_are_the_levels_table_s_and_an_unknown_level_is_named():
+    table = levels_table()
+    assert [level_id(level) for level in table.level] == [int(i) for i in table.id]
+    for bad in ("X9", None, float("nan"), ["L1"]):
+        with pytest.raises(KeyError, match="unknown vertebra level"):
+            level_id(bad)
