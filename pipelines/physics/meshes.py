@@ -10,9 +10,10 @@ tie rule from one symbolic nudge, so a ray through an edge or a vertex shared by
 exactly one of them (an entry and its exit are never split).
 
 A mesh must be closed and must not intersect itself: `load_mesh` checks that every edge joins exactly
-two consistently wound faces (trimesh), that the enclosed volume is positive, and that the winding
-number stays 0 or 1 along a ray through every face (hits from Embree through trimesh's ray engine);
-otherwise it names the file and the fault.
+two consistently wound faces (trimesh; a property of the faces alone, so once per distinct face
+array), that the enclosed volume is positive, and that the winding number stays 0 or 1 along a ray
+through every face (hits from Embree through trimesh's ray engine); otherwise it names the file and
+the fault.
 """
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ from pathlib import Path
 
 import numba
 import numpy as np
+
+from pipelines.physics.kept import Kept
 
 SUBPIXEL = 4096  # fixed-point steps per pixel for coverage (exact integer edge functions)
 # a ray whose entry and exit lie at one point (a silhouette's fold) sums to ~1e-13 mm, not exactly 0:
@@ -64,12 +67,9 @@ def check_mesh(mesh, name: str, self_intersection: bool = True):
     False: a generator that rules it out) free of self-intersections."""
     if len(mesh.faces) == 0:
         raise MeshError(f"{name}: the mesh has no faces")
-    if not mesh.is_watertight:
-        raise MeshError(f"{name}: the mesh is open (some edges do not join exactly two faces); "
-                        "a chord through an open surface is undefined")
-    if not mesh.is_winding_consistent:
-        raise MeshError(f"{name}: the mesh's faces are not wound consistently")
-    volume = signed_volume(mesh.vertices, mesh.faces)
+    faces = np.ascontiguousarray(mesh.faces, dtype=np.int64)
+    _CLOSED_FACES.get(hashlib.sha256(faces.tobytes()).digest(), lambda: _check_closed(mesh, name))
+    volume = signed_volume(mesh.vertices, faces)
     if volume <= 0:
         raise MeshError(f"{name}: the mesh's normals point inwards (volume {volume:.4g} mm^3); "
                         "write it with outward normals")
@@ -77,6 +77,23 @@ def check_mesh(mesh, name: str, self_intersection: bool = True):
     if depth > 1:
         raise MeshError(f"{name}: the mesh intersects itself (a ray through it is {depth} surfaces deep inside)")
     return mesh
+
+
+# The digests of face arrays found closed and consistently wound. Both are properties of the faces
+# alone (which edges they share, in which direction), not of where the vertices lie: a generator's part
+# of a continuous size (a rod of one ring count) has the faces of the last one, so trimesh's edge
+# grouping (~5 ms a rod) runs once for them. Orientation and self-intersection depend on the vertices:
+# checked every time.
+_CLOSED_FACES: Kept[bool] = Kept(64)
+
+
+def _check_closed(mesh, name: str) -> bool:
+    if not mesh.is_watertight:
+        raise MeshError(f"{name}: the mesh is open (some edges do not join exactly two faces); "
+                        "a chord through an open surface is undefined")
+    if not mesh.is_winding_consistent:
+        raise MeshError(f"{name}: the mesh's faces are not wound consistently")
+    return True
 
 
 def signed_volume(vertices: np.ndarray, faces: np.ndarray) -> float:

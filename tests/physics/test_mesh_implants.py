@@ -155,6 +155,33 @@ def test_the_checks_signed_volume_is_the_enclosed_volume_with_the_windings_sign(
     assert meshes.signed_volume(box.vertices, box.faces) == pytest.approx(1000.0)
 
 
+def test_faces_found_closed_are_not_grouped_again_but_every_mesh_s_orientation_is_checked(monkeypatch):
+    """Closed and consistently wound are properties of the faces alone: a second rod of the same ring
+    count (the same faces, other vertices) skips trimesh's edge grouping; its orientation is still
+    checked (the same faces around mirrored vertices are refused), and faces not seen before (an open
+    copy, a rod of another length) are grouped."""
+    grouped = []
+    watertight = trimesh.Trimesh.is_watertight
+    monkeypatch.setattr(trimesh.Trimesh, "is_watertight",
+                        property(lambda mesh: grouped.append(len(mesh.faces)) or watertight.fget(mesh)))
+    meshes._CLOSED_FACES.clear()
+    first = implants.rod([[0, 0, 0], [5, 2, 40], [8, 0, 80]], 5.5)
+    bent = implants.rod([[0, 0, 0], [-6, 3, 40], [2, 9, 79]], 5.5)
+    assert np.array_equal(first.faces, bent.faces) and not np.allclose(first.vertices, bent.vertices)
+    meshes.check_mesh(first, "first")
+    meshes.check_mesh(bent, "bent")
+    assert grouped == [len(first.faces)]
+    mirrored = trimesh.Trimesh(bent.vertices * [-1.0, 1.0, 1.0], bent.faces, process=False)
+    with pytest.raises(meshes.MeshError, match="normals point inwards"):
+        meshes.check_mesh(mirrored, "mirrored")
+    open_copy = trimesh.Trimesh(first.vertices, first.faces[1:], process=False)
+    with pytest.raises(meshes.MeshError, match="the mesh is open"):
+        meshes.check_mesh(open_copy, "open")
+    longer = implants.rod([[0, 0, 0], [5, 2, 40], [8, 0, 95]], 5.5)
+    meshes.check_mesh(longer, "longer")
+    assert grouped == [len(first.faces), len(open_copy.faces), len(longer.faces)]
+
+
 def test_every_generated_implant_is_a_closed_simple_mesh_of_its_stated_size():
     screw = meshes.check_mesh(implants.pedicle_screw(6.5, 45.0, pitch=2.75, thread_depth=1.0), "screw")
     radii = np.hypot(screw.vertices[:, 0], screw.vertices[:, 1])
