@@ -12,7 +12,8 @@ Before the loaders, where a view's time goes, in this process on one thread (`pe
 the first streamed items' cameras, the walk with and without the occupancy grid (voxels on the rays,
 the fraction left out before each ray's first occupied block and after its last, ns per voxel step)
 and the realistic view's parts back to back on the item's own record (the synthesis share: instrument
-chords, tables, masses, primary, scatter, blur and noise over the walk's time), then those parts timed
+chords, tables, masses, primary, scatter, blur and noise, with the item's rods, cages and plates made
+again once an item, over the walk's time), then those parts timed
 again one by one (`synthesis_parts`); and the walk's ns per
 step on random volumes of 1 MB to 187 MB, rays along an axis and oblique (is a step bound by memory or
 by its instructions?); and the occupancy grid on a CTSpine1K-like abdomen phantom (`abdomen_phantom`:
@@ -105,7 +106,8 @@ def per_view_costs(root: Path, items: int) -> dict:
     realistic view's parts timed back to back on its own record (see the module's docstring), and the
     stream's detector geometry. Every item is rendered once untimed first."""
     stream = DRRStream(root, config={"items_per_epoch": items}, seed=0)
-    out = {"on_ray": 0, "read": 0, "walk_s": 0.0, "walk_noskip_s": 0.0, "hinged_s": 0.0, "synthesis_s": 0.0}
+    out = {"on_ray": 0, "read": 0, "walk_s": 0.0, "walk_noskip_s": 0.0, "hinged_s": 0.0, "synthesis_s": 0.0,
+           "meshes_s": 0.0}
     before = numba.get_num_threads()
     numba.set_num_threads(1)
     try:
@@ -132,6 +134,10 @@ def per_view_costs(root: Path, items: int) -> dict:
                         t0 = time.perf_counter()
                         traverse_numba(*args, renderer.labels, label, occupied, box)
                         out[key] += time.perf_counter() - t0
+                    if v == 0:  # the item's own meshes, made again: the stream makes them once an item
+                        t0 = time.perf_counter()
+                        item_meshes_made(record.instruments)
+                        out["meshes_s"] += time.perf_counter() - t0
                     # RealisticRenderer.view, part by part: the walk, then what makes the image from it
                     t0 = time.perf_counter()
                     walk = renderer.walk(camera, label, realistic.knots)
@@ -146,6 +152,21 @@ def per_view_costs(root: Path, items: int) -> dict:
     finally:
         numba.set_num_threads(before)
     return out
+
+
+def item_meshes_made(instruments) -> int:
+    """Make and check again, uncached, the meshes of an item's parts of continuous size (rods, cages,
+    plates: generated for each item; catalogue screws and tulips are read from the machine's cache,
+    files from their hash): what the stream's `local_mesh` does for them once an item. Returns how many."""
+    from pipelines.physics import implants
+
+    made = 0
+    for part in instruments:
+        if isinstance(part, implants.MeshImplant) and part.generator in implants.GENERATORS \
+                and part.generator not in implants.CATALOGUE:
+            implants.local_mesh.__wrapped__(part.generator, part.params)
+            made += 1
+    return made
 
 
 SYNTHESIS_PARTS = {  # synthesis_parts' keys -> what the benchmark prints
@@ -427,7 +448,8 @@ def main() -> None:
     steps_skipped = 1.0 - costs["read"] / costs["on_ray"]
     ns_per_step = costs["walk_noskip_s"] / costs["on_ray"] * 1e9
     skip_speedup = costs["walk_noskip_s"] / costs["walk_s"]
-    synthesis_share = costs["synthesis_s"] / costs["hinged_s"]
+    # the synthesis of a realistic view: its image from its walk, and its share of the item's own meshes
+    synthesis_share = (costs["synthesis_s"] + costs["meshes_s"]) / costs["hinged_s"]
     print(f"one thread, {views} views (AP + LAT of {views // 2} streamed items, whole CT, 256^2):")
     print(f"  voxels on the rays {costs['on_ray'] / views / 1e6:.2f} M per view, {steps_skipped:.1%} left out "
           "(before a ray's first occupied 8^3 block and after its last)")
@@ -435,7 +457,8 @@ def main() -> None:
           f"({ns_per_step:.2f} ns per voxel step), {costs['walk_s'] / views * 1e3:.1f} ms with the occupancy grid "
           f"({skip_speedup:.2f}x)")
     print(f"  realistic view: the walk with material hinges {costs['hinged_s'] / views * 1e3:.1f} ms, then "
-          f"instruments, tables, primary, scatter, blur and noise {costs['synthesis_s'] / views * 1e3:.1f} ms "
+          f"instruments, tables, primary, scatter, blur and noise {costs['synthesis_s'] / views * 1e3:.1f} ms, "
+          f"and the item's rods, cages and plates made {costs['meshes_s'] / views * 1e3:.1f} ms a view "
           f"({synthesis_share:.1%} of the walk)")
     print("  its parts, timed again one by one, ms per view: " + ", ".join(
         f"{label} {costs[f'part_{key}_s'] / views * 1e3:.1f}" for key, label in SYNTHESIS_PARTS.items()))
