@@ -100,8 +100,21 @@ def signed_volume(vertices: np.ndarray, faces: np.ndarray) -> float:
     """The volume a closed, consistently wound mesh encloses (mm^3): the divergence theorem's sum of
     v0 . (v1 x v2) / 6 over its faces; negative when its normals point inwards. (trimesh's
     `mesh.volume` is the same sum among the other integrals of `mass_properties`: ~5x the time.)"""
-    tri = np.asarray(vertices, dtype=np.float64)[np.asarray(faces)]
-    return float(np.einsum("ij,ij->i", tri[:, 0], np.cross(tri[:, 1], tri[:, 2])).sum() / 6.0)
+    return _signed_volume(np.ascontiguousarray(vertices, dtype=np.float64),
+                          np.ascontiguousarray(faces, dtype=np.int64)) / 6.0
+
+
+@numba.njit(cache=True)
+def _signed_volume(vertices, faces):
+    """Six times the enclosed volume, one pass over the faces (a numpy gather, cross and sum: ~8x the time)."""
+    total = 0.0
+    for f in range(len(faces)):
+        a, b, c = faces[f, 0], faces[f, 1], faces[f, 2]
+        bx, by, bz = vertices[b, 0], vertices[b, 1], vertices[b, 2]
+        cx, cy, cz = vertices[c, 0], vertices[c, 1], vertices[c, 2]
+        total += (vertices[a, 0] * (by * cz - bz * cy) + vertices[a, 1] * (bz * cx - bx * cz)
+                  + vertices[a, 2] * (bx * cy - by * cx))
+    return total
 
 
 def max_winding(mesh) -> int:
