@@ -137,13 +137,13 @@ def heel_table_rows(shape: tuple[int, int], pixel_mm: float, sdd_mm: float, dire
 
 
 @numba.njit(cache=True, parallel=True)
-def _heel_kernel(q, s, s0, index, frac, dx, fq, fs):
+def _heel_kernel(q, s, at, index, frac, fq, fs):
     """In place: q, s (flat) times their heel factors, read bilinearly by each pixel's angle (`index`,
-    `frac`) and attenuation -ln(s / s0) (uniform every dx)."""
+    `frac`) and attenuation grid coordinate `at` (`apply_heel`)."""
     n_grid = fq.shape[1]
     for p in numba.prange(len(q)):
         i, ta = index[p], frac[p]
-        fx = min(max(-np.log(max(s[p] / s0, 1e-30)) / dx, 0.0), n_grid - 1.0)
+        fx = at[p]
         lo = min(int(fx), n_grid - 2)
         hi = lo + 1
         tx = fx - lo
@@ -192,8 +192,14 @@ def apply_heel(q: np.ndarray, s: np.ndarray, s0: float, shape: tuple[int, int], 
     grid = tables.heel_attenuation
     index, frac = heel_table_rows(tuple(shape), float(pixel_mm), float(sdd_mm), float(direction_deg),
                                   tables.heel_quanta.shape[0])
-    _heel_kernel(q, s, np.float32(s0), index, frac, float(grid[1] - grid[0]), tables.heel_quanta_f32,
-                 tables.heel_signal_f32)
+    # each pixel's attenuation -ln(S / S_open) on the uniform grid (every grid[1] - grid[0]), held at its
+    # ends: numpy's SIMD log over the image, then the tables read per pixel (~1/3 less than a scalar log)
+    at = np.maximum((s / np.float32(s0)).astype(np.float64), 1e-30)
+    np.log(at, out=at)
+    np.negative(at, out=at)
+    at /= float(grid[1] - grid[0])
+    np.clip(at, 0.0, len(grid) - 1.0, out=at)
+    _heel_kernel(q, s, at, index, frac, tables.heel_quanta_f32, tables.heel_signal_f32)
     return (q, s, *heel_open_field(shape, pixel_mm, sdd_mm, direction_deg, tables))
 
 
