@@ -141,13 +141,30 @@ def plate(length: float = 60.0, width: float = 16.0, thickness: float = 2.5, hol
     import trimesh
 
     body = trimesh.creation.box([width, thickness, length])
-    cutters = []
-    for k in range(holes):
-        c = trimesh.creation.cylinder(radius=hole_diameter / 2, height=thickness * 3, sections=SECTIONS)
-        c.apply_transform(_rotate_z_to([0.0, 1.0, 0.0]))
-        c.apply_translation([0.0, 0.0, (k - (holes - 1) / 2) * length / max(holes, 1)])
-        cutters.append(c)
-    return trimesh.boolean.difference([body, *cutters], engine="manifold") if cutters else body
+    if holes <= 0:
+        return body
+    vertices, faces = _hole_cutter(hole_diameter / 2, thickness * 3)
+    centres = (np.arange(holes) - (holes - 1) / 2) * length / holes
+    if holes > 1 and length / holes <= hole_diameter:  # overlapping holes: one cutter each, in turn
+        parts = [trimesh.Trimesh(vertices + [0.0, 0.0, z], faces, process=False) for z in centres]
+        return trimesh.boolean.difference([body, *parts], engine="manifold")
+    # disjoint holes: every cutter in one mesh of separate closed parts (one boolean)
+    cutter = trimesh.Trimesh(np.concatenate([vertices + [0.0, 0.0, z] for z in centres]),
+                             np.concatenate([faces + k * len(vertices) for k in range(holes)]), process=False)
+    return trimesh.boolean.difference([body, cutter], engine="manifold")
+
+
+@functools.lru_cache(maxsize=8)
+def _hole_cutter(radius: float, height: float) -> tuple[np.ndarray, np.ndarray]:
+    """(vertices, faces) of a closed cylinder of SECTIONS facets along y, centred on the origin."""
+    import trimesh
+
+    c = trimesh.creation.cylinder(radius=radius, height=height, sections=SECTIONS)
+    c.apply_transform(_rotate_z_to([0.0, 1.0, 0.0]))
+    vertices, faces = np.array(c.vertices), np.array(c.faces)
+    vertices.setflags(write=False)
+    faces.setflags(write=False)
+    return vertices, faces
 
 
 GENERATORS = {"pedicle_screw": pedicle_screw, "tulip": tulip, "rod": rod, "cage": cage, "plate": plate}

@@ -182,6 +182,18 @@ def test_faces_found_closed_are_not_grouped_again_but_every_mesh_s_orientation_i
     assert grouped == [len(first.faces), len(open_copy.faces), len(longer.faces)]
 
 
+def test_a_plate_s_holes_are_cut_whether_they_lie_apart_or_overlap():
+    """The holes cut from a plate's box, through its thickness: apart (one boolean with every cutter) and
+    overlapping (one cutter after another), the box's volume less the holes' (a 96-facet prism's area)."""
+    import math
+
+    facet_area = 0.5 * 96 * 2.25 ** 2 * math.sin(2 * math.pi / 96)  # the cutter's cross-section, mm^2
+    apart = meshes.check_mesh(implants.plate(length=60.0), "apart")
+    assert apart.volume == pytest.approx(16 * 2.5 * 60 - 4 * facet_area * 2.5, rel=1e-7)
+    overlapping = meshes.check_mesh(implants.plate(length=16.0), "overlapping")  # centres 4 mm apart
+    assert 16 * 2.5 * 16 - 4 * facet_area * 2.5 < overlapping.volume < 16 * 2.5 * 16 - facet_area * 2.5
+
+
 def test_every_generated_implant_is_a_closed_simple_mesh_of_its_stated_size():
     screw = meshes.check_mesh(implants.pedicle_screw(6.5, 45.0, pitch=2.75, thread_depth=1.0), "screw")
     radii = np.hypot(screw.vertices[:, 0], screw.vertices[:, 1])
