@@ -225,6 +225,14 @@ def collimator(shape: tuple[int, int], kind: str, fraction: float, aspect: float
     raise ValueError(f"unknown collimation {kind!r}")
 
 
+@functools.lru_cache(maxsize=16)
+def _collimated(h: int, w: int, kind: str, fraction: float, aspect: float) -> tuple[np.ndarray, bool]:
+    """(`collimator`'s mask, read-only; whether every pixel is open), made once per detector and field."""
+    mask = collimator((h, w), kind, fraction, aspect)
+    mask.setflags(write=False)
+    return mask, bool(mask.all())
+
+
 def focal_sigma_mm(focal_spot_mm: float, sdd_mm: float, sod_mm: float) -> float:
     """Gaussian sigma (mm, at the detector) of a focal spot of nominal size (FWHM) for an object at the isocentre."""
     return focal_spot_mm / FWHM_PER_SIGMA * (sdd_mm / sod_mm - 1.0)
@@ -455,15 +463,17 @@ def synthesize(masses: np.ndarray, raylen_mm: np.ndarray, tables: Tables, detect
         q, s, open_q, open_s = apply_heel(q, s, s0, (h, w), detector.pixel_mm, detector.sdd_mm,
                                           detector.heel_direction_deg, tables)
         flat_q, flat_s = flat_q * open_q.reshape(h, w), flat_s * open_s.reshape(h, w)
-    open_field = collimator((h, w), detector.collimation, detector.collimation_fraction, detector.collimation_aspect)
+    open_field, all_open = _collimated(h, w, detector.collimation, detector.collimation_fraction,
+                                       detector.collimation_aspect)
     focal_px = focal_sigma_mm(detector.focal_spot_mm, detector.sdd_mm, detector.sod_mm) / detector.pixel_mm
-    gate = (scale * open_field).astype(np.float32)  # photons per unit fluence where the collimator is open
+    # photons per unit fluence where the collimator is open (an open detector: x 1 is x itself, skipped)
+    gate = (scale if all_open else scale * open_field).astype(np.float32)
     q = blur(q.reshape(h, w) * gate, focal_px)
     s = blur(s.reshape(h, w) * gate, focal_px)
     mean_energy = s0 / q0
     scatter_s = np.zeros_like(s)
     if scatter is not None and scatter.kernels is not None:
-        scatter_s = kernel_scatter_signal(s, flat_s * open_field, scatter, detector.pixel_mm, tables,
+        scatter_s = kernel_scatter_signal(s, flat_s if all_open else flat_s * open_field, scatter, detector.pixel_mm, tables,
                                           electron_cm).astype(np.float32)
     elif scatter is not None and scatter.amplitude > 0:
         scatter_s = (scatter_signal(s, flat_s, scatter, detector.pixel_mm) * scatter.grid_scatter).astype(np.float32)

@@ -132,3 +132,15 @@ def test_block_sums_and_means_are_the_padded_float64_sums():
         np.testing.assert_allclose(_block_sums(a, f), want, rtol=1e-12)
         counts = np.array([[min(f, shape[0] - i * f) * min(f, shape[1] - j * f) for j in range(wc)] for i in range(hc)])
         np.testing.assert_allclose(_block_means(a, f), want / counts, rtol=1e-12)
+
+
+def test_the_collimated_field_is_made_once_and_says_when_every_pixel_is_open():
+    """`_collimated`: the collimator's mask, read-only and the same array for the next view; `all_open`
+    exactly when no pixel is blocked (then the synthesis skips its multiplications by 1)."""
+    from pipelines.physics.synthesis import _collimated, collimator
+
+    mask, all_open = _collimated(32, 48, "iris", 0.7, 1.0)
+    assert np.array_equal(mask, collimator((32, 48), "iris", 0.7)) and not all_open and not mask.flags.writeable
+    assert _collimated(32, 48, "iris", 0.7, 1.0)[0] is mask
+    assert _collimated(32, 48, "none", 1.0, 1.0)[1] and _collimated(32, 48, "rectangle", 1.0, 1.0)[1]
+    assert not _collimated(32, 48, "rectangle", 0.9, 1.0)[1]
