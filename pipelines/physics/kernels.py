@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 import scipy.fft
-from scipy.ndimage import affine_transform
 
 from pipelines.physics.grid import Grid
 from pipelines.physics.kept import Kept
@@ -225,10 +224,16 @@ def kernel_scatter(open_coarse: np.ndarray, thickness_cm: np.ndarray, kernels_tr
     parts = [(scales[0], 0.0, np.inf)] if scales[0] == scales[1] else \
         [(scales[0], 0.0, FAR_RADIUS_MM), (scales[1], FAR_RADIUS_MM, np.inf)]
     # each cell's open signal split between its two thickness nodes; the nodes no cell uses are left out
-    nodes = np.union1d(i[frac < 1], i[frac > 0] + 1)
+    lower, upper = frac < 1, frac > 0
+    used = np.zeros(len(thickness_nodes), dtype=bool)
+    used[i[lower]] = True
+    used[i[upper] + 1] = True
+    nodes = np.flatnonzero(used)
+    slot = np.cumsum(used) - 1  # a node's place among the used ones
     sources = np.zeros((len(nodes), *shape), dtype=np.float32)
-    for n, k in enumerate(nodes):
-        sources[n, :hc, :wc] = open_coarse * (np.where(i == k, 1 - frac, 0.0) + np.where(i == k - 1, frac, 0.0))
+    rows, cols = np.indices((hc, wc))
+    sources[slot[i[lower]], rows[lower], cols[lower]] = (open_coarse * (1 - frac))[lower]
+    sources[slot[i[upper] + 1], rows[upper], cols[upper]] = (open_coarse * frac)[upper]
     sources_ft = scipy.fft.rfft2(sources)  # (nodes, 2 hc, wc + 1)
     # per part, the used nodes' kernel transforms (`_kernel_transforms`, kept for the item's next views)
     totals = [(sources_ft * _kernel_transforms(kernels_tr, radii_mm, hc, wc, cell_mm, pixel_mm, m, lo, hi)[nodes])
@@ -236,11 +241,26 @@ def kernel_scatter(open_coarse: np.ndarray, thickness_cm: np.ndarray, kernels_tr
     out = np.zeros((hc, wc))
     for (m, _, _), total in zip(parts, totals):
         part = scipy.fft.irfft2(total, shape)[:hc, :wc].astype(np.float64)
-        if m != 1.0:
-            c = (np.array(part.shape) - 1) / 2.0
-            part = affine_transform(part, np.full(2, 1.0 / m), offset=c - c / m, order=1, mode="nearest")
+        if m != 1.0:  # read at x / m about the centre: linear between cells, held at the edges
+            part = _zoom_rows(hc, m) @ part @ _zoom_rows(wc, m).T
         out += part
     return out * np.exp(-destination * t) if destination else out
+
+
+@functools.lru_cache(maxsize=32)
+def _zoom_rows(n: int, m: float) -> np.ndarray:
+    """(n, n) linear interpolation reading n cells at c + (x - c) / m, c the centre, x each cell (held at the
+    ends): a field zoomed by m about its centre, one axis at a time (read-only; made once per size and m)."""
+    c = (n - 1) / 2.0
+    at = np.clip(c + (np.arange(n) - c) / m, 0.0, n - 1.0)
+    lo = np.minimum(np.floor(at).astype(int), max(n - 2, 0))
+    t = at - lo
+    rows = np.zeros((n, n))
+    rows[np.arange(n), lo] += 1.0 - t
+    if n > 1:
+        rows[np.arange(n), lo + 1] += t
+    rows.setflags(write=False)
+    return rows
 
 
 _TRANSFORMS: Kept[np.ndarray] = Kept(KERNEL_TABLES_IN_MEMORY)

@@ -130,6 +130,22 @@ def test_an_item_s_views_transform_its_kernels_once_and_other_kernels_anew(monke
     assert np.array_equal(kernels.kernel_scatter(sources * 2.0, thickness, *args), again)  # made again: same bits
 
 
+def test_the_zoom_about_the_centre_is_scipys_linear_affine_transform():
+    """`_zoom_rows` reads a coarse field at c + (x - c) / m per axis, linear and held at the edges: what
+    scipy.ndimage.affine_transform (order 1, mode 'nearest') gives, drawn in (m < 1) and out (m > 1)."""
+    from scipy.ndimage import affine_transform
+
+    from pipelines.physics.kernels import _zoom_rows
+
+    rng = np.random.default_rng(9)
+    for shape, m in (((32, 32), 0.9), ((9, 13), 0.75), ((31, 40), 1.2), ((1, 7), 0.8)):
+        field = rng.random(shape)
+        c = (np.array(shape) - 1) / 2.0
+        want = affine_transform(field, np.full(2, 1.0 / m), offset=c - c / m, order=1, mode="nearest")
+        np.testing.assert_allclose(_zoom_rows(shape[0], m) @ field @ _zoom_rows(shape[1], m).T, want,
+                                   rtol=0, atol=1e-13)
+
+
 def test_the_stored_origin_factors_are_what_the_fit_gives_on_the_stored_monte_carlo_references():
     """`scatter_kernels --refit-origin` stored four origin factors with the Monte Carlo's SPRs it fitted
     them to: fitting again on those SPRs (no Monte Carlo needed) gives the stored factors, each better than
