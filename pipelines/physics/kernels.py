@@ -247,18 +247,26 @@ def kernel_scatter(open_coarse: np.ndarray, thickness_cm: np.ndarray, kernels_tr
     return out * np.exp(-destination * t) if destination else out
 
 
-@functools.lru_cache(maxsize=32)
-def _zoom_rows(n: int, m: float) -> np.ndarray:
-    """(n, n) linear interpolation reading n cells at c + (x - c) / m, c the centre, x each cell (held at the
-    ends): a field zoomed by m about its centre, one axis at a time (read-only; made once per size and m)."""
-    c = (n - 1) / 2.0
-    at = np.clip(c + (np.arange(n) - c) / m, 0.0, n - 1.0)
+def linear_rows(at: np.ndarray, n: int) -> np.ndarray:
+    """(len(at), n) weights reading n samples at the fractional indices `at`: linear between the two
+    samples around each, held at the first and the last beyond the ends (so a row times the samples
+    interpolates them)."""
+    at = np.clip(np.asarray(at, dtype=np.float64), 0.0, n - 1.0)
     lo = np.minimum(np.floor(at).astype(int), max(n - 2, 0))
     t = at - lo
-    rows = np.zeros((n, n))
-    rows[np.arange(n), lo] += 1.0 - t
+    rows = np.zeros((len(at), n))
+    rows[np.arange(len(at)), lo] += 1.0 - t
     if n > 1:
-        rows[np.arange(n), lo + 1] += t
+        rows[np.arange(len(at)), lo + 1] += t
+    return rows
+
+
+@functools.lru_cache(maxsize=32)
+def _zoom_rows(n: int, m: float) -> np.ndarray:
+    """(n, n) `linear_rows` reading n cells at c + (x - c) / m, c the centre, x each cell: a field zoomed by
+    m about its centre, one axis at a time (read-only; made once per size and m)."""
+    c = (n - 1) / 2.0
+    rows = linear_rows(c + (np.arange(n) - c) / m, n)
     rows.setflags(write=False)
     return rows
 

@@ -30,7 +30,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter
 
 from pipelines.physics.kept import Kept
-from pipelines.physics.kernels import kernel_scatter
+from pipelines.physics.kernels import kernel_scatter, linear_rows
 from pipelines.physics.tables import HEEL_ANGLES_DEG, HEEL_STEP_DEG, HEEL_THICKNESS_G_CM2, SPECTRUM_DISTANCE_CM, Tables
 from pipelines.physics.units import MM_PER_CM
 
@@ -394,14 +394,7 @@ def _block_means(a: np.ndarray, f: int) -> np.ndarray:
 
 def _upsample_rows(n: int, f: int, out: int) -> np.ndarray:
     """(out, n) linear interpolation from n block centres (blocks of f pixels) to pixel centres, held flat at the ends."""
-    centres = (np.arange(out) + 0.5) / f - 0.5  # pixel centres in block-index units
-    lo = np.clip(np.floor(centres).astype(int), 0, n - 1)
-    hi = np.clip(lo + 1, 0, n - 1)
-    t = np.clip(centres - lo, 0.0, 1.0)
-    m = np.zeros((out, n))
-    np.add.at(m, (np.arange(out), lo), 1.0 - t)
-    np.add.at(m, (np.arange(out), hi), t)
-    return m
+    return linear_rows((np.arange(out) + 0.5) / f - 0.5, n)  # pixel centres in block-index units
 
 
 @dataclass(frozen=True)
