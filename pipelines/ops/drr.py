@@ -136,7 +136,8 @@ class Renderer:
         self._boxes = label_boxes(self.labels) if self.labels is not None else {}  # one pass, not one per view
         self._box_table = (torch.as_tensor(label_table(self._boxes), device=self.device)
                            if self.walker == "cuda" else None)
-        # the numba walks jump over blocks of exact zeros (air clipped to mu = 0): the same images, fewer reads
+        # the numba walks stop after the last blocks near non-zero voxels (air clipped to mu = 0): the same images,
+        # fewer reads
         self.occupied = (occupancy(self.drr.density.cpu().numpy())
                          if geometry.renderer == "traversal" and self.walker in ("numba", "cuda") else None)
         diagonal_vox = float(np.linalg.norm(np.array(mu.shape, dtype=float)))

@@ -1,7 +1,7 @@
 """Eight rays walked in lockstep: the traversal's voxel step on vectors of `LANES` lanes, one ray a lane.
 
 The image kernel (`traversal._image_kernel`) starts each ray on its own (`traversal._ray_start`: entry,
-end of the occupied blocks, the jump over the empty ones before them), puts `LANES` neighbouring rays'
+end of the occupied blocks), puts `LANES` neighbouring rays'
 walk states into two small arrays, walks them together here, and finishes each on its own
 (`traversal._ray_finish`). A lane does exactly what `traversal._ray`'s loop does for its ray, with the
 same float64 operations in the same order (the step of `traversal._advance`; the sums of `_ray`), so

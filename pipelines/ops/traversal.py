@@ -235,16 +235,20 @@ MISSED, EMPTY, LIVE = 0, 1, 2  # how `_ray_start` leaves a ray: off the volume, 
 
 
 @numba.njit(inline="always")
-def _ray_start(n_i, n_j, n_k, box, occ, nb_i, nb_j, nb_k, shift, sx, sy, sz, tx, ty, tz, with_label):
+def _ray_start(n_i, n_j, n_k, box, occ, nb_i, nb_j, nb_k, shift, sx, sy, sz, tx, ty, tz, with_label, jump):
     """A ray up to its first voxel to read: (status, a, a0, a1, a_end, b0, b1, off, ni, nj, nk, inc_i,
     inc_j, inc_k, left_i, left_j, left_k, stride_i, stride_j, stride_k, on_ray).
 
     A block (2**shift voxels a side) not OCCUPIED in the occupancy flags `occ` holds only zeros, which
-    add nothing. The walk jumps over the empty blocks before the ray's first occupied one (`_skip_block`:
-    the state after the jump is the one the step-by-step walk reaches) and stops at a_end, where the ray
-    leaves the last block NEAR an occupied one (`_occupied_end`); between the two it reads every voxel,
-    without a lookup in the grid per step (which cost more than the empty blocks inside a body save).
-    status MISSED: the ray misses the volume; EMPTY: it meets only zeros; LIVE: walk from fraction a."""
+    add nothing. The walk stops at a_end, where the ray leaves the last block NEAR an occupied one
+    (`_occupied_end`). With `jump` (a constant of the caller) it also jumps over the empty blocks before
+    the ray's first occupied one (`_skip_block`: the state after the jump is the one the step-by-step
+    walk reaches, found by the same per-crossing additions). The one-ray walk (`_ray`: `walk_rays`, the
+    GPU's function) jumps; the image kernel's lockstep lanes do not: there the jump's scalar arithmetic
+    cost more than the vector steps it replaced (docs/benchmarks.md). Between start and end every voxel
+    is read, without a lookup in the grid per step (which cost more than the empty blocks inside a body
+    save). status MISSED: the ray misses the volume; EMPTY: it meets only zeros; LIVE: walk from
+    fraction a."""
     dx, dy, dz = tx - sx, ty - sy, tz - sz
     (a0, a1, b0, b1, i, j, k, off, ni, nj, nk, inc_i, inc_j, inc_k, left_i, left_j, left_k, si, sj, sk,
      stride_i, stride_j, stride_k) = _enter(n_i, n_j, n_k, box, sx, sy, sz, dx, dy, dz, with_label)
@@ -262,7 +266,7 @@ def _ray_start(n_i, n_j, n_k, box, occ, nb_i, nb_j, nb_k, shift, sx, sy, sz, tx,
         else:
             a_end = end + 1e-9 * (a1 - a0)  # past it only zeros (the margin: far above rounding, far below a voxel)
             # the empty blocks before the first occupied one
-            while (left_i + left_j + left_k > 0
+            while (jump and left_i + left_j + left_k > 0
                    and not occ[((i >> shift) * nb_j + (j >> shift)) * nb_k + (k >> shift)] & OCCUPIED):
                 e, c_i, c_j, c_k, ni, nj, nk = _skip_block(i, j, k, ni, nj, nk, inc_i, inc_j, inc_k, left_i, left_j,
                                                            left_k, si, sj, sk, shift)
@@ -321,7 +325,7 @@ def _ray(flat, n_i, n_j, n_k, labels, label, box, occ, nb_i, nb_j, nb_k, shift, 
     float64 sum unchanged, so the images are bit-identical with and without the occupancy grid."""
     (status, a, a0, a1, a_end, b0, b1, off, ni, nj, nk, inc_i, inc_j, inc_k, left_i, left_j, left_k,
      stride_i, stride_j, stride_k, on_ray) = _ray_start(n_i, n_j, n_k, box, occ, nb_i, nb_j, nb_k, shift, sx, sy, sz,
-                                                        tx, ty, tz, with_label)
+                                                        tx, ty, tz, with_label, True)
     if status == MISSED:
         return 0.0, 0.0, 0.0, 0.0, 0.0, 0, 0
     if status == EMPTY:
@@ -390,7 +394,7 @@ def _lane_start(fs, ist, lane, n_i, n_j, n_k, box, occ, nb_i, nb_j, nb_k, shift,
     crossings left, voxels on the ray)."""
     (status, a, a0, a1, a_end, b0, b1, off, ni, nj, nk, inc_i, inc_j, inc_k, left_i, left_j, left_k,
      stride_i, stride_j, stride_k, on_ray) = _ray_start(n_i, n_j, n_k, box, occ, nb_i, nb_j, nb_k, shift, sx, sy, sz,
-                                                        tx, ty, tz, with_label)
+                                                        tx, ty, tz, with_label, False)
     if status != LIVE:
         _lane_idle(ist, lane)
         return status, a0, a1, 0, on_ray
@@ -558,8 +562,8 @@ def traverse_numba(volume: np.ndarray, source: np.ndarray, targets: np.ndarray, 
 
     Returns (whole, labelled) float64 (H*W,) images; `labelled` integrates only voxels whose
     `labels` value equals `label` (zeros when no label is asked for). With `occupied` (the volume's
-    `occupancy`), each ray is walked only from its first occupied block to the end of its last: the
-    same images, bit for bit, from fewer voxel reads.
+    `occupancy`), each ray stops where it leaves the last block that is occupied or touches an
+    occupied one: the same images, bit for bit, from fewer voxel reads.
     `box`: `label_box(labels, label)` when the caller keeps it (it is a pass over the label volume).
     """
     whole, part, _, _ = _walk(volume, source, targets, raylen, height, width, labels, label, None, occupied, box)

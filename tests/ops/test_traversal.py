@@ -134,14 +134,16 @@ def scattered_rays(rng, shape, n):
 
 @pytest.mark.parametrize("shift", [0, 1, 2, 3, 4])
 def test_skipping_empty_blocks_gives_bit_identical_images_from_fewer_reads(shift):
-    """Jumping over blocks of exact zeros changes no bit of the whole, labelled or hinge images, for
-    blocks of 1 to 16 voxels, rays in every direction (axis-parallel and diagonal ones included) and
-    rays that end inside an empty block; and it reads fewer voxels."""
+    """Stopping after the last block near non-zero voxels changes no bit of the whole, labelled or hinge
+    images, for blocks of 1 to 16 voxels, rays in every direction (axis-parallel and diagonal ones
+    included) and rays that end inside an empty block; and it reads fewer voxels (the volumes have a
+    margin of air two blocks wide, as a scan's field has around the body)."""
     rng = np.random.default_rng(10 + shift)
     saved = 0
     for _ in range(6):
         shape = tuple(int(n) for n in rng.integers(5, 50, 3))
-        vol = air_pocked(rng, shape)
+        vol = np.pad(air_pocked(rng, shape), 2 << shift)
+        shape = vol.shape
         labels = rng.integers(0, 3, shape).astype(np.uint8)
         source, targets, lengths = scattered_rays(rng, shape, 20 * 24)
         occupied = occupancy(vol, shift)
@@ -165,13 +167,15 @@ def test_a_ray_through_empty_blocks_only_reads_nothing_and_a_negative_knot_turns
     vol[8:16, 8:16, 8:16] = 0.02  # one full block of 8
     occupied = occupancy(vol)
     assert occupied.grid.sum() == 1 and occupied.empty_fraction == pytest.approx(63 / 64)
-    # a ray past the block reads nothing; one through it reads the block's 8 voxels, then the zeros of
-    # the block after it (the walk stops after the last block NEAR an occupied one) and the voxel entered
-    # at that block's far face (the stop's margin, 1e-9 of the ray, is far below a voxel)
+    # a ray through blocks none of which is NEAR the occupied one reads nothing; one beside the block
+    # and one through it read from their entry to the far face of the last block NEAR it (the walk stops
+    # there: 24 voxels), and the voxel entered at that face (the stop's margin, 1e-9 of the ray, is far
+    # below a voxel)
     assert occupied.flags.reshape(4, 4, 4)[1, 1, 1] == OCCUPIED | NEAR
     assert (occupied.flags.reshape(4, 4, 4)[:3, :3, :3] & NEAR).all()
     assert occupied.flags.reshape(4, 4, 4)[3, 3, 3] == 0
-    for x, expected in ((20.0, 0), (12.0, 17)):
+    assert not (occupied.flags.reshape(4, 4, 4)[3, :, 3] & NEAR).any()
+    for x, expected in ((28.0, 0), (20.0, 25), (12.0, 25)):
         source, targets = np.array([x, -100.0, x]), np.array([[x, 200.0, x]])
         assert walk_counts(vol, source, targets, 1, 1, occupied) == (32, expected)
     targets = np.array([[20.0, 200.0, 20.0], [12.0, 200.0, 4.0]])
