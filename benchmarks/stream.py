@@ -53,7 +53,7 @@ from torch.utils.data import DataLoader
 from pipelines.ingest.labels import level_id
 from pipelines.loaders import DRRDataset
 from pipelines.loaders.stream import DRRStream
-from pipelines.ops.traversal import traverse_numba, walk_counts
+from pipelines.ops.traversal import GRID_FAR_MIN, traverse_numba, walk_counts
 from pipelines.physics import tables
 from pipelines.physics.draw import XrayRecord
 from schemas.manifest import Col
@@ -119,6 +119,7 @@ def per_view_costs(root: Path, items: int) -> dict:
                 scene = stream._volume(case).whole
                 renderer, realistic = scene.renderer, scene.realistic
                 out["geometry"] = renderer.geometry
+                out["far_blocks"], out["grid_used"] = renderer.occupancy.far_fraction, renderer.occupied is not None
                 record = XrayRecord.from_json(item[Attr.XRAY])
                 label = level_id(item[Col.TARGET_LEVEL])
                 mu, g = renderer.drr.density.numpy(), renderer.geometry
@@ -126,11 +127,11 @@ def per_view_costs(root: Path, items: int) -> dict:
                 for v, camera in enumerate(item[Key.CAMERAS].numpy().astype(np.float32)):
                     source, targets, raylen = (x[0] for x in renderer._rays(camera[None]))
                     args = (mu, source[0].numpy(), targets.numpy(), raylen.numpy(), g.height, g.width)
-                    on_ray, read = walk_counts(*args[:3], g.height, g.width, renderer.occupied)
+                    on_ray, read = walk_counts(*args[:3], g.height, g.width, renderer.occupancy)
                     out["on_ray"] += on_ray
                     out["read"] += read
                     box = renderer._box(label)  # the renderer keeps every label's box (one pass per volume)
-                    for key, occupied in (("walk_noskip_s", None), ("walk_s", renderer.occupied)):
+                    for key, occupied in (("walk_noskip_s", None), ("walk_s", renderer.occupancy)):
                         t0 = time.perf_counter()
                         traverse_numba(*args, renderer.labels, label, occupied, box)
                         out[key] += time.perf_counter() - t0
@@ -314,17 +315,18 @@ def abdomen_costs(geometry, air_noise_hu: float, views: int = 8) -> dict[str, fl
         params = np.r_[rng.uniform(-0.26, 0.26, 3), rng.uniform(-20.0, 20.0, 3)]
         cameras.append(camera_for_motion(("AP", "LAT")[len(cameras) % 2], g.sod_mm, np.zeros(3),
                                          pose_to_matrix(params, np.zeros(3), "ZXY")))
-    out = {"on_ray": 0, "read": 0, "walk_noskip_s": 0.0, "walk_s": 0.0, "empty_blocks": renderer.occupied.empty_fraction}
+    out = {"on_ray": 0, "read": 0, "walk_noskip_s": 0.0, "walk_s": 0.0, "empty_blocks": renderer.occupancy.empty_fraction,
+           "far_blocks": renderer.occupancy.far_fraction}
     before = numba.get_num_threads()
     numba.set_num_threads(1)
     try:
         for camera in cameras:
             source, targets, raylen = (x[0] for x in renderer._rays(np.asarray(camera, dtype=np.float32)[None]))
             args = (volume, source[0].numpy(), targets.numpy(), raylen.numpy(), g.height, g.width)
-            on_ray, read = walk_counts(*args[:3], g.height, g.width, renderer.occupied)
+            on_ray, read = walk_counts(*args[:3], g.height, g.width, renderer.occupancy)
             out["on_ray"] += on_ray
             out["read"] += read
-            for key, occupied in (("walk_noskip_s", None), ("walk_s", renderer.occupied)):
+            for key, occupied in (("walk_noskip_s", None), ("walk_s", renderer.occupancy)):
                 traverse_numba(*args, None, -1, occupied)
                 out[key] += min(_timed_once(traverse_numba, (*args, None, -1, occupied)) for _ in range(2))
     finally:
@@ -455,7 +457,9 @@ def main() -> None:
           "(after a ray's last 8^3 block near an occupied one)")
     print(f"  walk {costs['walk_noskip_s'] / views * 1e3:.1f} ms per view stepping every voxel "
           f"({ns_per_step:.2f} ns per voxel step), {costs['walk_s'] / views * 1e3:.1f} ms with the occupancy grid "
-          f"({skip_speedup:.2f}x)")
+          f"({skip_speedup:.2f}x); {costs['far_blocks']:.1%} of its blocks far from any non-zero voxel, so the "
+          f"stream's renderer walks {'with' if costs['grid_used'] else 'without'} it (with it from "
+          f"{GRID_FAR_MIN:.0%})")
     print(f"  realistic view: the walk with material hinges {costs['hinged_s'] / views * 1e3:.1f} ms, then "
           f"instruments, tables, primary, scatter, blur and noise {costs['synthesis_s'] / views * 1e3:.1f} ms, "
           f"and the item's rods, cages and plates made {costs['meshes_s'] / views * 1e3:.1f} ms a view "
@@ -468,7 +472,8 @@ def main() -> None:
         v = c["views"]
         abdomen[noise] = (1.0 - c["read"] / c["on_ray"], c["walk_noskip_s"] / c["walk_s"])
         print(f"  CTSpine1K-like abdomen phantom ({label}), {v} views at the stream's detector: "
-              f"{c['empty_blocks']:.1%} of blocks empty, {c['on_ray'] / v / 1e6:.2f} M voxels on the rays per view, "
+              f"{c['empty_blocks']:.1%} of blocks empty ({c['far_blocks']:.1%} far), "
+              f"{c['on_ray'] / v / 1e6:.2f} M voxels on the rays per view, "
               f"{abdomen[noise][0]:.1%} left out; walk {c['walk_noskip_s'] / v * 1e3:.1f} ms per view stepping every "
               f"voxel, {c['walk_s'] / v * 1e3:.1f} ms with the grid ({abdomen[noise][1]:.2f}x)")
     by_size = ns_per_step_by_size()

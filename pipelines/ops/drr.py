@@ -137,9 +137,12 @@ class Renderer:
         self._box_table = (torch.as_tensor(label_table(self._boxes), device=self.device)
                            if self.walker == "cuda" else None)
         # the numba walks stop after the last blocks near non-zero voxels (air clipped to mu = 0): the same images,
-        # fewer reads
-        self.occupied = (occupancy(self.drr.density.cpu().numpy())
-                         if geometry.renderer == "traversal" and self.walker in ("numba", "cuda") else None)
+        # fewer reads. `occupancy` is the volume's grid; `occupied` what the walks use: on the CPU only where
+        # wide air makes it pay (`Occupancy.pays_on_cpu`), on CUDA always (the one-ray walk, not measured there)
+        self.occupancy = (occupancy(self.drr.density.cpu().numpy())
+                          if geometry.renderer == "traversal" and self.walker in ("numba", "cuda") else None)
+        self.occupied = (self.occupancy if self.occupancy is not None
+                         and (self.walker == "cuda" or self.occupancy.pays_on_cpu) else None)
         diagonal_vox = float(np.linalg.norm(np.array(mu.shape, dtype=float)))
         self.calibrated_error: float | None = None
         if geometry.renderer == "clipped_trilinear" and geometry.samples_per_voxel is None:

@@ -12,6 +12,7 @@ from pipelines.ops.drr import Renderer
 from pipelines.ops.ray_batch import cuda_walk_available, walk_rays
 from pipelines.ops.sampling import pose_to_matrix
 from pipelines.ops.traversal import (
+    GRID_FAR_MIN,
     NEAR,
     OCCUPIED,
     label_box,
@@ -186,6 +187,30 @@ def test_a_ray_through_empty_blocks_only_reads_nothing_and_a_negative_knot_turns
     assert plain[2][0, 1] > 0
     with pytest.raises(ValueError, match="occupancy of a"):
         traverse_numba(vol[:-1], source, targets, np.ones(2), 1, 2, occupied=occupied)
+
+
+def test_the_cpu_renderer_walks_with_the_grid_only_where_wide_air_makes_it_pay():
+    """Finding each ray's stop costs more than it saves unless much of the volume is far from any
+    non-zero voxel (GRID_FAR_MIN, measured): a body filling its box walks without the grid, a body in
+    the middle of a wide box of air (a second one in its corner) walks with it, and the images are the
+    same bits either way."""
+    g = Geometry(24, 20, 2.0, 1020.0, 850.0, renderer="traversal")
+    full = Renderer(textured(40), centred_grid(40), g, device="cpu", walker="numba")
+    assert full.occupancy.far_fraction < GRID_FAR_MIN and not full.occupancy.pays_on_cpu and full.occupied is None
+    apart = np.zeros((80, 80, 80), dtype=np.float32)
+    apart[32:48, 32:48, 32:48] = textured(16, seed=1)
+    apart[-16:, -16:, -16:] = textured(16, seed=2)
+    sparse = Renderer(apart, centred_grid(80), g, device="cpu", walker="numba")
+    assert sparse.occupancy.far_fraction >= GRID_FAR_MIN and sparse.occupied is sparse.occupancy
+    cams = poses(g.sod_mm)
+    with_grid = sparse.render(cams)
+    assert with_grid.max() > 0
+    sparse.occupied = None
+    np.testing.assert_array_equal(sparse.render(cams), with_grid)
+    volume = sparse.drr.density.numpy()
+    source, targets, _ = (x[0] for x in sparse._rays(np.asarray(cams[2], dtype=np.float32)[None]))
+    on_ray, read = walk_counts(volume, source[0].numpy(), targets.numpy(), g.height, g.width, sparse.occupancy)
+    assert read < on_ray
 
 
 def test_rays_grazing_a_blocks_edges_are_clipped_without_losing_a_rounding_sized_segment():
