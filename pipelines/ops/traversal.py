@@ -547,9 +547,9 @@ class Occupancy:
 
 BLOCK_SHIFT = 3  # 8^3-voxel blocks (benchmarks/stream.py prints the share of steps left out)
 # Finding a ray's stop walks the block grid back from its exit (~50 ns a ray on the demo views); it pays
-# where wide air lies beyond the body. On the demo CT's six stream views (one thread, interleaved,
-# ad-hoc, docs/benchmarks.md) it cost 1.7 ms a view at 12 % far blocks, broke even with ~25 voxels of
-# air padded around (30-40 %) and saved 2.8 ms at 75 %: renderers walk on the CPU with the grid from here.
+# where wide air lies beyond the body. On the demo CT's six stream views, padded with air (one thread,
+# interleaved, ad-hoc, docs/benchmarks.md), the stop cost 1.7 ms a view at 12 % far blocks and 0.8 ms
+# at 27 %, and saved 1.4 ms at 49 % and 2.8 ms at 75 %: renderers walk on the CPU with the grid from here.
 GRID_FAR_MIN = 0.35
 _NO_SKIP = np.full(1, OCCUPIED | NEAR, dtype=np.uint8), np.ones(3, dtype=np.int64), 62  # one block, never empty
 
