@@ -231,6 +231,7 @@ def _occupied_end(occ, nb_i, nb_j, nb_k, shift, sx, sy, sz, dx, dy, dz, a0, a1):
 
 
 MAX_KNOTS = 2  # hinge accumulators per ray (`traverse_hinges_numba`); unused ones get a knot at +inf
+NO_GRID_SHIFT = 62  # the block shift of `_NO_SKIP`, the walk without a grid: one block, never empty
 MISSED, EMPTY, LIVE = 0, 1, 2  # how `_ray_start` leaves a ray: off the volume, only zeros on it, to walk
 
 
@@ -260,7 +261,10 @@ def _ray_start(n_i, n_j, n_k, box, occ, nb_i, nb_j, nb_k, shift, sx, sy, sz, tx,
         status = MISSED
     else:
         on_ray = left_i + left_j + left_k + 1
-        end = _occupied_end(occ, nb_i, nb_j, nb_k, shift, sx, sy, sz, dx, dy, dz, a0, a1)
+        # without a grid the stop is the exit (as `_occupied_end` finds it: the one block is NEAR), with no
+        # search for it (its six divisions a ray cost ~1.7 ms of a 256^2 view)
+        end = a1 if shift == NO_GRID_SHIFT else _occupied_end(occ, nb_i, nb_j, nb_k, shift, sx, sy, sz, dx, dy, dz,
+                                                               a0, a1)
         if end <= a0:  # no block on the ray holds (or touches one that holds) a non-zero voxel
             status = EMPTY
         else:
@@ -551,7 +555,7 @@ BLOCK_SHIFT = 3  # 8^3-voxel blocks (benchmarks/stream.py prints the share of st
 # interleaved, ad-hoc, docs/benchmarks.md), the stop cost 1.7 ms a view at 12 % far blocks and 0.8 ms
 # at 27 %, and saved 1.4 ms at 49 % and 2.8 ms at 75 %: renderers walk on the CPU with the grid from here.
 GRID_FAR_MIN = 0.35
-_NO_SKIP = np.full(1, OCCUPIED | NEAR, dtype=np.uint8), np.ones(3, dtype=np.int64), 62  # one block, never empty
+_NO_SKIP = np.full(1, OCCUPIED | NEAR, dtype=np.uint8), np.ones(3, dtype=np.int64), NO_GRID_SHIFT  # one block, never empty
 
 
 def occupancy(volume: np.ndarray, shift: int = BLOCK_SHIFT) -> Occupancy:
