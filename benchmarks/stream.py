@@ -315,8 +315,8 @@ def abdomen_costs(geometry, air_noise_hu: float, views: int = 8) -> dict[str, fl
         params = np.r_[rng.uniform(-0.26, 0.26, 3), rng.uniform(-20.0, 20.0, 3)]
         cameras.append(camera_for_motion(("AP", "LAT")[len(cameras) % 2], g.sod_mm, np.zeros(3),
                                          pose_to_matrix(params, np.zeros(3), "ZXY")))
-    out = {"on_ray": 0, "read": 0, "walk_noskip_s": 0.0, "walk_s": 0.0, "empty_blocks": renderer.occupancy.empty_fraction,
-           "far_blocks": renderer.occupancy.far_fraction}
+    out = {"on_ray": 0, "read": 0, "walk_noskip_s": 0.0, "walk_s": 0.0,
+           "empty_blocks": renderer.occupancy.empty_fraction, "far_blocks": renderer.occupancy.far_fraction}
     before = numba.get_num_threads()
     numba.set_num_threads(1)
     try:

@@ -555,7 +555,8 @@ BLOCK_SHIFT = 3  # 8^3-voxel blocks (benchmarks/stream.py prints the share of st
 # interleaved, ad-hoc, docs/benchmarks.md), the stop cost 1.7 ms a view at 12 % far blocks and 0.8 ms
 # at 27 %, and saved 1.4 ms at 49 % and 2.8 ms at 75 %: renderers walk on the CPU with the grid from here.
 GRID_FAR_MIN = 0.35
-_NO_SKIP = np.full(1, OCCUPIED | NEAR, dtype=np.uint8), np.ones(3, dtype=np.int64), NO_GRID_SHIFT  # one block, never empty
+# the walk without a grid: one block, never empty
+_NO_SKIP = np.full(1, OCCUPIED | NEAR, dtype=np.uint8), np.ones(3, dtype=np.int64), NO_GRID_SHIFT
 
 
 def occupancy(volume: np.ndarray, shift: int = BLOCK_SHIFT) -> Occupancy:
