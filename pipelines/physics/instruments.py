@@ -324,6 +324,81 @@ def _channels(source, targets, cylinders, alloy, grams_per_mm, kind, bit, masses
                 ids[r] |= bit[c]
 
 
+@numba.njit(parallel=True, cache=True)
+def _channels_spans(source, targets, width, cylinders, spans, alloy, grams_per_mm, kind, bit, masses, mask, ids):
+    """`_channels` over each cylinder's pixels only (`_cylinder_spans`: per cylinder and detector row,
+    the first and last column; none where first > last): every ray outside them misses the cylinder.
+    A ray's cylinders are still added in their order, so its sums are `_channels`' to the bit."""
+    for c in range(len(cylinders)):
+        for i in numba.prange(spans.shape[1]):
+            for j in range(spans[c, i, 0], spans[c, i, 1] + 1):
+                r = i * width + j
+                dx, dy, dz = targets[r, 0] - source[0], targets[r, 1] - source[1], targets[r, 2] - source[2]
+                chord = _chord(source[0], source[1], source[2], dx, dy, dz, cylinders, c)
+                if chord > 0.0:
+                    masses[r, alloy[c]] += chord * grams_per_mm[c]
+                    mask[r] |= kind[c]
+                    ids[r] |= bit[c]
+
+
+@numba.njit(cache=True)
+def _cylinder_spans(cylinders, source, origin, eu, ev, height, width, spans):
+    """Fill `spans` (n, height, 2) int64: per cylinder and detector row, the first and last column whose
+    ray can meet the cylinder (first > last: none). The cylinder is cut along its axis into pieces about
+    four radii long (at least 1 mm); each piece lies in a box of its length and the cylinder's width, whose
+    corners, projected from the source, bound the rays that cross it (a convex box in front of the
+    source); each piece's pixel rectangle, widened by a pixel for rounding, is joined into the rows'
+    spans. A cylinder with a corner not in front of the source spans the whole detector."""
+    nx, ny, nz = eu[1] * ev[2] - eu[2] * ev[1], eu[2] * ev[0] - eu[0] * ev[2], eu[0] * ev[1] - eu[1] * ev[0]
+    sx, sy, sz = source[0], source[1], source[2]
+    reach = nx * (origin[0] - sx) + ny * (origin[1] - sy) + nz * (origin[2] - sz)
+    corners = np.empty((8, 3))
+    for c in range(len(cylinders)):
+        spans[c, :, 0], spans[c, :, 1] = width, -1
+        ax, ay, az = cylinders[c, 7], cylinders[c, 8], cylinders[c, 9]
+        length, radius = cylinders[c, 10], cylinders[c, 6]
+        # two unit vectors across the axis (any axis: the one of x, y, z least along it is crossed with it)
+        if abs(ax) <= abs(ay) and abs(ax) <= abs(az):
+            px, py, pz = 0.0, az, -ay
+        elif abs(ay) <= abs(az):
+            px, py, pz = -az, 0.0, ax
+        else:
+            px, py, pz = ay, -ax, 0.0
+        norm = math.sqrt(px * px + py * py + pz * pz)
+        if length == 0.0 or norm == 0.0:
+            continue  # no chord (`_chord`)
+        px, py, pz = px / norm, py / norm, pz / norm
+        qx, qy, qz = ay * pz - az * py, az * px - ax * pz, ax * py - ay * px
+        pieces = min(max(int(math.ceil(length / max(4.0 * radius, 1.0))), 1), 1024)
+        whole = False
+        for k in range(pieces):
+            t0, t1 = length * k / pieces, length * (k + 1) / pieces
+            n = 0
+            for t in (t0, t1):
+                cx, cy, cz = cylinders[c, 0] + t * ax, cylinders[c, 1] + t * ay, cylinders[c, 2] + t * az
+                for su in (-radius, radius):
+                    for sv in (-radius, radius):
+                        corners[n, 0] = cx + su * px + sv * qx
+                        corners[n, 1] = cy + su * py + sv * qy
+                        corners[n, 2] = cz + su * pz + sv * qz
+                        n += 1
+            for n in range(8):
+                if (nx * (corners[n, 0] - sx) + ny * (corners[n, 1] - sy) + nz * (corners[n, 2] - sz)) * reach <= 0.0:
+                    whole = True
+            if whole:
+                break
+            uv = meshes.projected(corners, source, origin, eu, ev)
+            r0 = max(int(math.floor(uv[:, 1].min())) - 1, 0)
+            r1 = min(int(math.ceil(uv[:, 1].max())) + 1, height - 1)
+            c0 = max(int(math.floor(uv[:, 0].min())) - 1, 0)
+            c1 = min(int(math.ceil(uv[:, 0].max())) + 1, width - 1)
+            for i in range(r0, r1 + 1):
+                spans[c, i, 0] = min(spans[c, i, 0], c0)
+                spans[c, i, 1] = max(spans[c, i, 1], c1)
+        if whole:
+            spans[c, :, 0], spans[c, :, 1] = 0, width - 1
+
+
 def _cylinders(instruments: list[Instrument]) -> np.ndarray:
     rows = []
     for p in instruments:
@@ -346,6 +421,17 @@ def _add_mesh(chord, masses, mask, ids, alloy, density, kind, bit):
                 mask[i, j] |= kind
                 ids[i, j] |= bit
             chord[i, j] = 0.0
+
+
+def _regular_frame(targets: np.ndarray, shape: tuple[int, int] | None):
+    """`meshes.detector_frame` where the rays end on a regular (H, W) grid; None without a shape or where
+    they do not."""
+    if shape is None or shape[0] * shape[1] != len(targets):
+        return None
+    try:
+        return meshes.detector_frame(targets, shape)
+    except ValueError:
+        return None
 
 
 def instrument_channels(source: np.ndarray, targets: np.ndarray, instruments: list[Instrument | MeshImplant],
@@ -371,19 +457,27 @@ def instrument_channels(source: np.ndarray, targets: np.ndarray, instruments: li
     mask = np.zeros(len(targets), dtype=np.uint8)
     ids = np.zeros(len(targets), dtype=np.int32)
     cylinders = [(k, p) for k, p in enumerate(instruments) if isinstance(p, Instrument)]
+    implants = [(k, p) for k, p in enumerate(instruments) if isinstance(p, MeshImplant)]
+    if implants and shape is None:
+        raise ValueError("mesh implants need the detector's shape")
+    frame = meshes.detector_frame(targets, shape) if implants else _regular_frame(targets, shape)
     if cylinders:
         bit = np.array([1 << k for k, _ in cylinders], dtype=np.int32)
         cylinders = [p for _, p in cylinders]
         alloy = np.array([alloys.index(p.material) for p in cylinders], dtype=np.int64)
         grams_per_mm = np.asarray(densities, dtype=np.float64)[alloy] / MM_PER_CM
         kind = np.array([p.kind for p in cylinders], dtype=np.uint8)
-        _channels(np.asarray(source, dtype=np.float64), np.ascontiguousarray(targets, dtype=np.float64),
-                  _cylinders(cylinders), alloy, grams_per_mm, kind, bit, masses, mask, ids)
-    implants = [(k, p) for k, p in enumerate(instruments) if isinstance(p, MeshImplant)]
+        rows = _cylinders(cylinders)
+        source64, targets64 = np.asarray(source, dtype=np.float64), np.ascontiguousarray(targets, dtype=np.float64)
+        if frame is None:
+            _channels(source64, targets64, rows, alloy, grams_per_mm, kind, bit, masses, mask, ids)
+        else:  # only the rays near each cylinder: a K-wire's sphere test over every ray cost ~0.6 ms a view
+            spans = np.empty((len(rows), shape[0], 2), dtype=np.int64)
+            origin, eu, ev = (np.asarray(x, dtype=np.float64) for x in frame)
+            _cylinder_spans(rows, source64, origin, eu, ev, shape[0], shape[1], spans)
+            _channels_spans(source64, targets64, shape[1], rows, spans, alloy, grams_per_mm, kind, bit,
+                            masses, mask, ids)
     if implants:
-        if shape is None:
-            raise ValueError("mesh implants need the detector's shape")
-        frame = meshes.detector_frame(targets, shape)
         chord = np.zeros(shape)  # one mesh's chords at a time, zeroed again inside its box
         by_pixel = np.reshape(masses, (shape[0], shape[1], -1), copy=False)  # a view: written through
         mask_2d, ids_2d = mask.reshape(shape), ids.reshape(shape)

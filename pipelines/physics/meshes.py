@@ -188,7 +188,7 @@ def posed(vertices, pose):
 
 
 @numba.njit(cache=True)
-def _project(vertices, source, origin, eu, ev):
+def projected(vertices, source, origin, eu, ev):
     """Detector coordinates (column, row; pixel centres at integers) where the rays from the source
     through each vertex meet the detector plane. Scalar arithmetic (a dot product of 3-vectors as
     BLAS calls on per-vertex temporaries cost ~65 ns a vertex: 2.5 ms of a screw's 3 ms)."""
@@ -225,7 +225,7 @@ def _raster_chords(vertices, faces, source, origin, eu, ev, out, box):
     o + j eu + i ev (o = origin - source), so n . d is linear in (i, j) per face. `box` grows to the
     pixels touched."""
     h, w = out.shape
-    uv = _project(vertices, source, origin, eu, ev)
+    uv = projected(vertices, source, origin, eu, ev)
     fixed = np.empty((len(uv), 2), dtype=np.int64)
     for k in range(len(uv)):
         fixed[k, 0] = np.int64(np.round(uv[k, 0] * SUBPIXEL))

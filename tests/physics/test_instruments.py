@@ -4,6 +4,7 @@ import numpy as np
 from pipelines.ops.camera import base_camera, project_points
 from pipelines.ops.drr import Renderer
 from pipelines.ops.traversal import label_boxes
+from pipelines.physics import instruments, meshes
 from pipelines.physics.instruments import KWIRE, SCREW, Instrument, instrument_channels, place_instruments
 from schemas.config import InstrumentConfig
 from schemas.detector import Geometry
@@ -61,3 +62,38 @@ def test_an_instrument_record_round_trips_and_is_rounded_to_a_micrometre():
     assert Instrument.from_record(wire.record()) == wire
     assert wire.record() == {"kind": KWIRE, "p0": [1.235, 2.0, 3.0], "p1": [4.0, 5.0, 6.0], "radius": 0.8123,
                              "material": "ss316l"}
+
+
+def test_cylinders_read_only_the_rays_near_them_and_keep_every_ray_s_sums_to_the_bit():
+    """With the detector's shape each cylinder is walked over the pixels near its projection only; the
+    masses and masks equal those of every ray tested (no shape), to the bit: wires across the field,
+    at its edge, off it, one around the source, and crossing one another."""
+    volume = np.zeros((8, 8, 8), np.float32)
+    volume[3:5, 3:5, 3:5] = 0.02
+    g = Geometry(96, 128, 0.6, 1020.0, 850.0)
+    renderer = Renderer(volume, np.eye(4), g)
+    rng = np.random.default_rng(7)
+    for view in ("AP", "LAT"):
+        camera = base_camera(view, g.sod_mm, (0.0, 0.0, 0.0))
+        source, targets = renderer.world_rays(camera)
+        wires = []
+        for _ in range(8):
+            p0 = rng.uniform(-40, 40, 3)
+            wires.append(Instrument(KWIRE, tuple(p0), tuple(p0 + rng.uniform(-30, 30, 3)), float(rng.uniform(0.4, 3.0)),
+                                    "ss316l" if rng.random() < 0.5 else "ti6al4v"))
+        far = np.array([400.0, 0.0, 0.0])  # beyond the field's edge
+        wires.append(Instrument(SCREW, tuple(far), tuple(far + [0.0, 0.0, 20.0]), 2.0, "ss316l"))
+        wires.append(Instrument(KWIRE, tuple(source - 5.0), tuple(source + 5.0), 1.0, "ss316l"))  # around the source
+        alloys, densities = ["ss316l", "ti6al4v"], np.array([8.0, 4.43])
+        boxed = instrument_channels(source, targets, wires, alloys, densities, (g.height, g.width))
+        every = instrument_channels(source, targets, wires, alloys, densities)
+        for a, b in zip(boxed, every):
+            assert a.tobytes() == b.tobytes()
+        assert np.count_nonzero(boxed[1]) > 200  # the wires cross the field
+    # a thin wire across the field's diagonal: its spans hold a thin band of it, not its bounding rectangle
+    diagonal = Instrument(KWIRE, (-35.0, 0.0, -28.0), (35.0, 0.0, 28.0), 0.5, "ss316l")
+    rows = instruments._cylinders([diagonal])
+    spans = np.empty((1, g.height, 2), dtype=np.int64)
+    instruments._cylinder_spans(rows, source, *meshes.detector_frame(targets, (g.height, g.width)), g.height, g.width, spans)
+    pixels = np.maximum(spans[0, :, 1] - spans[0, :, 0] + 1, 0).sum()
+    assert 0 < pixels < 0.1 * g.height * g.width
