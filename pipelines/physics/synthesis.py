@@ -210,6 +210,54 @@ def fluence_scale(raylen_mm: np.ndarray, sdd_mm: float, pixel_mm: float, mas: fl
     return mas * (SPECTRUM_DISTANCE_CM / r_cm) ** 2 * (pixel_mm / MM_PER_CM) ** 2 * (sdd_mm / MM_PER_CM) / r_cm
 
 
+@numba.njit(cache=True)
+def _open_fields(raylen_mm, mas, area_cm2, sdd_cm, q0, s0, open_q, open_s, open_field, q, s,
+                 flat_q, flat_s, gated_q, gated_s):
+    """One pass per pixel of `synthesize`'s element-wise steps before the focal blur, each the same
+    arithmetic as numpy's array expressions (float64, then float32 where numpy casts): the fluence scale
+    (`fluence_scale`), the open field's quanta and signal (times the heel's factors when `open_q` has
+    the pixels' length), and the primary quanta and signal gated by the collimator (`open_field` of
+    the pixels' length; empty: all open)."""
+    heel, collimated = len(open_q) == len(q), len(open_field) == len(q)
+    for p in range(len(q)):
+        r_cm = np.float64(raylen_mm[p]) / MM_PER_CM
+        a = SPECTRUM_DISTANCE_CM / r_cm
+        scale = mas * (a * a) * area_cm2 * sdd_cm / r_cm
+        fq, fs = q0 * scale, s0 * scale
+        if heel:
+            fq, fs = fq * np.float64(open_q[p]), fs * np.float64(open_s[p])
+        flat_q[p], flat_s[p] = fq, fs
+        gate = np.float32(scale * np.float64(open_field[p])) if collimated else np.float32(scale)
+        gated_q[p], gated_s[p] = q[p] * gate, s[p] * gate
+
+
+@numba.njit(cache=True)
+def _quanta_totals(q, s, scatter_s, mean_energy, q_total, s_total, per_quantum):
+    """Per pixel (float32, as numpy's): quanta and signal with the scatter's, and the signal a quantum
+    carries (the mean energy where no quanta are expected)."""
+    me = np.float32(mean_energy)
+    for p in range(len(q)):
+        qt = q[p] + scatter_s[p] / me
+        st = s[p] + scatter_s[p]
+        q_total[p], s_total[p] = qt, st
+        per_quantum[p] = st / qt if qt > 0 else me
+
+
+@numba.njit(cache=True)
+def _transmission(signal, electronic, flat_s, flat_q, flat, out):
+    """Per pixel: the signal (plus the readout's, when `electronic` has the pixels' length) over the open
+    field's (float32), held at one quantum's share of it; `flat` the open field's signal as float32.
+    numpy's steps and casts, a NaN kept as np.maximum keeps it."""
+    readout = len(electronic) == len(signal)
+    for p in range(len(signal)):
+        x = signal[p] + electronic[p] if readout else signal[p]
+        f = np.float32(flat_s[p])
+        flat[p] = f
+        floor = np.float32(1.0 / max(flat_q[p], 1.0))
+        t = x / f
+        out[p] = t if (t >= floor or t != t) else floor
+
+
 def collimator(shape: tuple[int, int], kind: str, fraction: float, aspect: float = 1.0) -> np.ndarray:
     """Open-field mask (bool): 'none', a centred rectangle of `fraction` of the field's width
     (x `aspect` of its height), or a centred iris of `fraction` of its width in diameter."""
@@ -446,36 +494,43 @@ def synthesize(masses: np.ndarray, raylen_mm: np.ndarray, tables: Tables, detect
     processed image (H, W) float32 with its primary and scatter apart (`Detection`). `seed` None: the
     expected (noiseless) image."""
     h, w = masses.shape[:2]
-    scale = fluence_scale(raylen_mm, detector.sdd_mm, detector.pixel_mm, detector.mas).reshape(h, w)
     ratios = scatter.electron_ratios if scatter is not None and scatter.kernels is not None else None
     q, s, *electrons = primary(masses.reshape(h * w, -1), tables, ratios)
     electron_cm = electrons[0].reshape(h, w) if electrons else None
     q0, s0 = (float(x[0]) for x in primary(np.zeros((1, masses.shape[-1])), tables))  # the central ray's
-    flat_q, flat_s = q0 * scale, s0 * scale
+    none = np.empty(0, dtype=np.float32)
+    open_q = open_s = none
     if detector.heel_direction_deg is not None and tables.heel_quanta is not None:
         q, s, open_q, open_s = apply_heel(q, s, s0, (h, w), detector.pixel_mm, detector.sdd_mm,
                                           detector.heel_direction_deg, tables)
-        flat_q, flat_s = flat_q * open_q.reshape(h, w), flat_s * open_s.reshape(h, w)
     open_field, all_open = _collimated(h, w, detector.collimation, detector.collimation_fraction,
                                        detector.collimation_aspect)
+    # the open field's quanta and signal (float64) and the primary's, each pixel's fluence scale times its
+    # collimator (an open detector: x 1 is x itself, skipped), in one pass (`_open_fields`)
+    flat_q, flat_s = np.empty(h * w), np.empty(h * w)
+    gated_q, gated_s = np.empty(h * w, dtype=np.float32), np.empty(h * w, dtype=np.float32)
+    _open_fields(np.ascontiguousarray(raylen_mm).reshape(-1), float(detector.mas), (detector.pixel_mm / MM_PER_CM) ** 2,
+                 detector.sdd_mm / MM_PER_CM, q0, s0, open_q, open_s,
+                 np.empty(0, dtype=bool) if all_open else open_field.reshape(-1), q, s, flat_q, flat_s, gated_q, gated_s)
+    flat_q, flat_s = flat_q.reshape(h, w), flat_s.reshape(h, w)
     focal_px = focal_sigma_mm(detector.focal_spot_mm, detector.sdd_mm, detector.sod_mm) / detector.pixel_mm
-    # photons per unit fluence where the collimator is open (an open detector: x 1 is x itself, skipped)
-    gate = (scale if all_open else scale * open_field).astype(np.float32)
-    q = blur(q.reshape(h, w) * gate, focal_px)
-    s = blur(s.reshape(h, w) * gate, focal_px)
+    q = blur(gated_q.reshape(h, w), focal_px)
+    s = blur(gated_s.reshape(h, w), focal_px)
     mean_energy = s0 / q0
-    scatter_s = np.zeros_like(s)
     if scatter is not None and scatter.kernels is not None:
         scatter_s = kernel_scatter_signal(s, flat_s if all_open else flat_s * open_field, scatter, detector.pixel_mm, tables,
                                           electron_cm).astype(np.float32)
     elif scatter is not None and scatter.amplitude > 0:
         scatter_s = (scatter_signal(s, flat_s, scatter, detector.pixel_mm) * scatter.grid_scatter).astype(np.float32)
-    q_total = q + scatter_s / np.float32(mean_energy)
-    s_total = s + scatter_s
-    if seed is None:
-        signal = s_total
     else:
-        per_quantum = np.divide(s_total, q_total, out=np.full_like(s_total, mean_energy), where=q_total > 0)
+        scatter_s = np.zeros_like(s)
+    if seed is None:
+        signal = s + scatter_s
+        electronic = None
+    else:
+        q_total, s_total, per_quantum = (np.empty_like(s) for _ in range(3))
+        _quanta_totals(np.ascontiguousarray(q).reshape(-1), np.ascontiguousarray(s).reshape(-1), scatter_s.reshape(-1),
+                       mean_energy, q_total.reshape(-1), s_total.reshape(-1), per_quantum.reshape(-1))
         signal = np.empty_like(s_total)
         # the quanta's Poisson draws (stream `seed`) and the readout's Gaussian ones (stream seed + 1, added
         # after the detector's blur), drawn in one round of the noise threads
@@ -485,15 +540,18 @@ def synthesize(masses: np.ndarray, raylen_mm: np.ndarray, tables: Tables, detect
 
         def draws(i, quanta_rng, readout_rng=None):
             b = bands[i]
-            signal[b] = quanta_rng.poisson(q_total[b]) * per_quantum[b]
+            # counts (int64) times the quantum's signal: numpy's float64 product, stored as float32
+            np.multiply(quanta_rng.poisson(q_total[b]), per_quantum[b], out=signal[b], casting="unsafe")
             if readout_rng is not None:
                 electronic[b] = readout_rng.normal(0.0, sigma, signal[b].shape)
         _noise_streams((seed, seed + 1) if electronic is not None else (seed,), draws)
-    signal = blur(signal, detector.psf_sigma_mm / detector.pixel_mm)
-    if seed is not None and electronic is not None:
-        signal += electronic
-    flat = flat_s.astype(np.float32)
-    floor = (1.0 / np.maximum(flat_q, 1.0)).astype(np.float32)  # one quantum
-    transmission = np.maximum(signal / flat, floor)
-    out = -np.log(transmission) if detector.polarity == "radiograph" else transmission
-    return Detection(out.astype(np.float32), s, scatter_s, flat, flat_q)
+    signal = np.ascontiguousarray(blur(signal, detector.psf_sigma_mm / detector.pixel_mm))
+    flat = np.empty((h, w), dtype=np.float32)
+    out = np.empty((h, w), dtype=np.float32)
+    # with the readout's noise, over the open field, held at one quantum (`_transmission`)
+    _transmission(signal.reshape(-1), none if electronic is None else electronic.reshape(-1), flat_s.reshape(-1),
+                  flat_q.reshape(-1), flat.reshape(-1), out.reshape(-1))
+    if detector.polarity == "radiograph":
+        np.log(out, out=out)
+        np.negative(out, out=out)
+    return Detection(out, s, scatter_s, flat, flat_q)

@@ -144,3 +144,48 @@ def test_the_collimated_field_is_made_once_and_says_when_every_pixel_is_open():
     assert _collimated(32, 48, "iris", 0.7, 1.0)[0] is mask
     assert _collimated(32, 48, "none", 1.0, 1.0)[1] and _collimated(32, 48, "rectangle", 1.0, 1.0)[1]
     assert not _collimated(32, 48, "rectangle", 0.9, 1.0)[1]
+
+
+def test_the_element_wise_passes_are_numpy_s_array_expressions_to_the_bit():
+    """`synthesize`'s fused per-pixel passes against the numpy expressions they replace, on random
+    values with a heel, a collimator, pixels of no quanta and a NaN: the same bits."""
+    from pipelines.physics import synthesis as syn
+
+    rng = np.random.default_rng(11)
+    n = 4096
+    raylen = rng.uniform(1000.0, 1100.0, n).astype(np.float32)
+    q, s = rng.uniform(0.0, 5.0, n).astype(np.float32), rng.uniform(0.0, 200.0, n).astype(np.float32)
+    open_q, open_s = rng.uniform(0.8, 1.2, n).astype(np.float32), rng.uniform(0.8, 1.2, n).astype(np.float32)
+    open_field = rng.random(n) < 0.7
+    mas, pixel_mm, sdd_mm, q0, s0 = 2.7, 0.8, 1020.0, 3.3, 117.0
+    scale = syn.fluence_scale(raylen, sdd_mm, pixel_mm, mas)
+    for heel, collimated in ((False, False), (True, True), (True, False)):
+        flat_q, flat_s = np.empty(n), np.empty(n)
+        gated_q, gated_s = np.empty(n, np.float32), np.empty(n, np.float32)
+        none = np.empty(0, np.float32)
+        syn._open_fields(raylen, mas, (pixel_mm / 10.0) ** 2, sdd_mm / 10.0, q0, s0, open_q if heel else none,
+                         open_s if heel else none, open_field if collimated else np.empty(0, bool), q, s,
+                         flat_q, flat_s, gated_q, gated_s)
+        want_q, want_s = (q0 * scale * open_q, s0 * scale * open_s) if heel else (q0 * scale, s0 * scale)
+        gate = (scale * open_field if collimated else scale).astype(np.float32)
+        for got, want in ((flat_q, want_q), (flat_s, want_s), (gated_q, q * gate), (gated_s, s * gate)):
+            assert got.dtype == want.dtype and got.tobytes() == want.tobytes()
+    scatter_s = rng.uniform(0.0, 50.0, n).astype(np.float32)
+    q[:50], scatter_s[:50] = 0.0, 0.0  # no quanta: the mean energy
+    totals = [np.empty(n, np.float32) for _ in range(3)]
+    syn._quanta_totals(q, s, scatter_s, 41.7, *totals)
+    q_total, s_total = q + scatter_s / np.float32(41.7), s + scatter_s
+    per_quantum = np.divide(s_total, q_total, out=np.full_like(s_total, 41.7), where=q_total > 0)
+    for got, want in zip(totals, (q_total, s_total, per_quantum)):
+        assert got.tobytes() == want.tobytes()
+    signal, electronic = s_total.copy(), rng.normal(0.0, 3.0, n).astype(np.float32)
+    signal[7] = np.nan
+    flat_q[:20] = 0.3  # under one quantum: the floor holds the transmission at 1 / max(q, 1)
+    for readout in (electronic, none):
+        flat, out = np.empty(n, np.float32), np.empty(n, np.float32)
+        syn._transmission(signal, readout, flat_s, flat_q, flat, out)
+        with np.errstate(invalid="ignore"):
+            want = np.maximum((signal + readout if len(readout) else signal) / flat_s.astype(np.float32),
+                              (1.0 / np.maximum(flat_q, 1.0)).astype(np.float32))
+        assert flat.tobytes() == flat_s.astype(np.float32).tobytes() and out.tobytes() == want.tobytes()
+        assert np.isnan(out[7])
