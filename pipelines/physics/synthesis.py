@@ -65,16 +65,27 @@ def _noise_pool() -> ThreadPoolExecutor:
 def _noise(seed: int, fill) -> None:
     """Run fill(generator, band) for each row band with a child generator of `seed`: the same
     numbers whatever the thread count (numpy releases the GIL while it draws). The threads are kept
-    for the process (starting two per image cost ~10 ms a view in a one-core DataLoader worker)."""
+    for the process (starting two per image cost ~10 ms a view in a one-core DataLoader worker);
+    `_noise_streams` says when they are used."""
     _noise_streams((seed,), lambda band, rng: fill(rng, band))
 
 
 def _noise_streams(seeds: tuple[int, ...], fill) -> None:
     """Run fill(band, generator of seeds[0], generator of seeds[1], ...) for each row band, each generator
     the band's child of its seed (as `_noise` makes them): several streams' draws in one round of the
-    threads (~0.15 ms a round)."""
+    threads (~0.15 ms a round). The threads follow numba's thread count, the cap a DataLoader worker
+    (`loaders.stream.share_cores`) or a case task (`runtime.threads.thread_limit`) sets on this thread:
+    at one, the bands are drawn here, one after the other (the same numbers; measured ~0.2 ms a 256^2
+    view faster than the pool on a 2-core machine, and nothing left to share with in a one-core worker)."""
     children = [np.random.SeedSequence(seed).spawn(NOISE_BANDS) for seed in seeds]
-    list(_noise_pool().map(lambda i: fill(i, *(np.random.default_rng(c[i]) for c in children)), range(NOISE_BANDS)))
+
+    def band(i):
+        fill(i, *(np.random.default_rng(c[i]) for c in children))
+    if numba.get_num_threads() <= 1:
+        for i in range(NOISE_BANDS):
+            band(i)
+        return
+    list(_noise_pool().map(band, range(NOISE_BANDS)))
 
 
 def heel_angles(shape: tuple[int, int], pixel_mm: float, sdd_mm: float, direction_deg: float) -> np.ndarray:

@@ -189,3 +189,34 @@ def test_the_element_wise_passes_are_numpy_s_array_expressions_to_the_bit():
                               (1.0 / np.maximum(flat_q, 1.0)).astype(np.float32))
         assert flat.tobytes() == flat_s.astype(np.float32).tobytes() and out.tobytes() == want.tobytes()
         assert np.isnan(out[7])
+
+
+def test_the_noise_follows_the_thread_cap_and_draws_the_same_numbers_either_way():
+    """At one numba thread (a one-core DataLoader worker's share) the noise bands are drawn in the calling
+    thread; at two, on the noise threads; the image is the same to the bit."""
+    import threading
+
+    import numba
+
+    from pipelines.physics import synthesis as syn
+
+    detector = _detector(mas=0.3, electronic_quanta=2.0, psf_sigma_mm=0.3, polarity="radiograph")
+    masses = _slab(4.0, shape=(64, 48))
+    raylen = np.full(64 * 48, 1020.0)
+    callers = []
+    fill = syn._noise_streams
+    before = numba.get_num_threads()
+    images = {}
+    try:
+        for threads in (1, 2) if numba.config.NUMBA_NUM_THREADS >= 2 else (1,):
+            numba.set_num_threads(threads)
+            callers.clear()
+            syn._noise_streams = lambda seeds, f: fill(seeds, lambda *a: callers.append(threading.current_thread()) or f(*a))
+            images[threads] = synthesize(masses, raylen, TABLES, detector, None, seed=123).image
+            syn._noise_streams = fill
+            on_pool = [t.name.startswith("spineforge-noise") for t in callers]
+            assert len(callers) == syn.NOISE_BANDS and all(on_pool) == (threads > 1) and any(on_pool) == (threads > 1)
+    finally:
+        syn._noise_streams = fill
+        numba.set_num_threads(before)
+    assert all(image.tobytes() == images[1].tobytes() for image in images.values())
