@@ -394,3 +394,18 @@ def test_the_views_of_an_item_share_its_posed_meshes():
     assert moved is not first and np.array_equal(moved, local)
     implants.local_mesh.cache_clear()
     assert cage.world()[0] is not first
+
+
+def test_snapped_vertices_are_the_projected_ones_rounded_to_the_subpixel_grid():
+    """The rasteriser's fixed-point vertices come from one pass (`meshes.snapped`): the same integers
+    as rounding `meshes.projected`'s coordinates, on a posed threaded screw and a tilted detector."""
+    rng = np.random.default_rng(3)
+    vertices = np.asarray(implants.pedicle_screw(6.5, 40.0).vertices)
+    pose = implants.pose_along(rng.uniform(-20, 20, 3), rng.normal(size=3), roll=0.4)
+    world = meshes.posed(np.ascontiguousarray(vertices), pose)
+    source = np.array([3.0, -7.0, -SOD])
+    origin, eu, ev = np.array([-25.6, -25.6, SDD - SOD]), np.array([0.2, 0.0, 0.01]), np.array([0.0, 0.2, -0.02])
+    uv = meshes.projected(world, source, origin, eu, ev)
+    fixed = meshes.snapped(world, source, origin, eu, ev)
+    assert fixed.dtype == np.int64 and np.array_equal(fixed, np.round(uv * meshes.SUBPIXEL).astype(np.int64))
+    assert np.ptp(uv[:, 0]) > 10  # the screw spans many pixels
