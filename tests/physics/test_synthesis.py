@@ -170,6 +170,11 @@ def test_the_element_wise_passes_are_numpy_s_array_expressions_to_the_bit():
         gate = (scale * open_field if collimated else scale).astype(np.float32)
         for got, want in ((flat_q, want_q), (flat_s, want_s), (gated_q, q * gate), (gated_s, s * gate)):
             assert got.dtype == want.dtype and got.tobytes() == want.tobytes()
+    ratio, signal = np.empty(n), s.copy()
+    signal[:5] = (0.0, np.nan, 1e-40, -1.0, np.inf)
+    syn._signal_ratio(signal, s0, ratio)  # the heel's S / S_open before its log
+    with np.errstate(invalid="ignore"):
+        assert ratio.tobytes() == np.maximum((signal / np.float32(s0)).astype(np.float64), 1e-30).tobytes()
     scatter_s = rng.uniform(0.0, 50.0, n).astype(np.float32)
     q[:50], scatter_s[:50] = 0.0, 0.0  # no quanta: the mean energy
     totals = [np.empty(n, np.float32) for _ in range(3)]
