@@ -367,8 +367,12 @@ def test_catalogue_meshes_are_checked_once_per_machine_and_a_tampered_one_again(
         logger.removeHandler(caplog.handler)
     assert len(checks) == 2 and np.array_equal(third[0], first[0]) and "failed their check" in caplog.text
     implants.local_mesh.cache_clear()
+    digests = []
+    digest = implants._digest
+    monkeypatch.setattr(implants, "_digest", lambda *a: digests.append(a) or digest(*a))
     implants.local_mesh("cage", json.dumps({"length": 26.0, "width": 10.0, "height": 11.3}))
     assert len(list(tmp_path.iterdir())) == 1 and len(checks) == 3
+    assert digests == []  # a mesh not kept is not hashed for a check it will never have
     monkeypatch.setenv(implants.MESH_CACHE_ENV, "off")
     implants.local_mesh.cache_clear()
     implants.local_mesh("tulip", params)
