@@ -413,3 +413,20 @@ def test_snapped_vertices_are_the_projected_ones_rounded_to_the_subpixel_grid():
     fixed = meshes.snapped(world, source, origin, eu, ev)
     assert fixed.dtype == np.int64 and np.array_equal(fixed, np.round(uv * meshes.SUBPIXEL).astype(np.int64))
     assert np.ptp(uv[:, 0]) > 10  # the screw spans many pixels
+
+
+def test_a_rod_s_rings_and_self_contact_distance_are_numpy_s_expressions_to_the_bit():
+    """The rod's one-pass helpers against the numpy expressions they replace: the ring points about
+    each path point's frame, and the closest approach of two samples far apart along the path."""
+    rng = np.random.default_rng(2)
+    path = np.cumsum(rng.normal(size=(70, 3)) + [0.0, 0.0, 1.0], axis=0)
+    normals, binormals = rng.normal(size=(70, 3)), rng.normal(size=(70, 3))
+    phi = np.arange(implants.SECTIONS) * (2 * np.pi / implants.SECTIONS)
+    want = path[:, None] + 2.75 * (np.cos(phi)[None, :, None] * normals[:, None] + np.sin(phi)[None, :, None]
+                                   * binormals[:, None])
+    assert implants._rings(path, normals, binormals, np.cos(phi), np.sin(phi), 2.75).tobytes() == want.reshape(-1, 3).tobytes()
+    s = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(path, axis=0), axis=1))])
+    for arc in (2.0, 20.0, 1e9):
+        far = np.abs(s[:, None] - s[None, :]) > arc
+        want = float(np.linalg.norm(path[:, None] - path[None, :], axis=2)[far].min()) if far.any() else np.inf
+        assert implants._min_far_distance(path, arc) == want
