@@ -311,7 +311,7 @@ def _chord(sx, sy, sz, dx, dy, dz, cyl, n):
     return (hi - lo) * math.sqrt(dx * dx + dy * dy + dz * dz)
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=True, cache=True, error_model="numpy")
 def _channels(source, targets, cylinders, alloy, grams_per_mm, kind, bit, masses, mask, ids):
     """Per ray: mass thickness per alloy (g/cm^2), the kind bits and the id bits of the instruments it crosses."""
     for r in numba.prange(len(targets)):
@@ -324,7 +324,7 @@ def _channels(source, targets, cylinders, alloy, grams_per_mm, kind, bit, masses
                 ids[r] |= bit[c]
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=True, cache=True, error_model="numpy")
 def _channels_spans(source, targets, width, cylinders, spans, alloy, grams_per_mm, kind, bit, masses, mask, ids):
     """`_channels` over each cylinder's pixels only (`_cylinder_spans`: per cylinder and detector row,
     the first and last column; none where first > last): every ray outside them misses the cylinder.
@@ -341,7 +341,7 @@ def _channels_spans(source, targets, width, cylinders, spans, alloy, grams_per_m
                     ids[r] |= bit[c]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def _cylinder_spans(cylinders, source, origin, eu, ev, height, width, spans):
     """Fill `spans` (n, height, 2) int64: per cylinder and detector row, the first and last column whose
     ray can meet the cylinder (first > last: none). The cylinder is cut along its axis into pieces about

@@ -187,7 +187,7 @@ def posed(vertices, pose):
     return out
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def projected(vertices, source, origin, eu, ev):
     """Detector coordinates (column, row; pixel centres at integers) where the rays from the source
     through each vertex meet the detector plane. Scalar arithmetic (a dot product of 3-vectors as
@@ -197,7 +197,7 @@ def projected(vertices, source, origin, eu, ev):
     return out
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def snapped(vertices, source, origin, eu, ev):
     """(V, 2) int64: `projected`'s coordinates in steps of 1 / SUBPIXEL pixel, rounded half to even: the
     same values as rounding `projected`'s, in one pass (no float array between)."""
@@ -237,7 +237,7 @@ def _owns(ax, ay, bx, by):
     return by < ay or (by == ay and bx > ax)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def _raster_chords(vertices, faces, source, origin, eu, ev, out, box):
     """Scalar arithmetic throughout (no small arrays per face or pixel): a pixel's ray direction is
     o + j eu + i ev (o = origin - source), so n . d is linear in (i, j) per face. `box` grows to the

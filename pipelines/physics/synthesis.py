@@ -147,7 +147,7 @@ def heel_table_rows(shape: tuple[int, int], pixel_mm: float, sdd_mm: float, dire
     return index, frac
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def _signal_ratio(s, s0, out):
     """out (float64) = max(s / s0 (float32 division), 1e-30) per pixel, numpy's casts (a NaN kept)."""
     f0 = np.float32(s0)
@@ -156,7 +156,7 @@ def _signal_ratio(s, s0, out):
         out[p] = x if (x >= 1e-30 or x != x) else 1e-30
 
 
-@numba.njit(cache=True, parallel=True)
+@numba.njit(cache=True, parallel=True, error_model="numpy")
 def _heel_kernel(q, s, log_ratio, step, index, frac, fq, fs):
     """In place: q, s (flat, float32) times their heel factors, read bilinearly by each pixel's angle
     (`index`, `frac`) and its attenuation -ln(S / S_open) (`log_ratio` the log, negated here) on the
@@ -230,7 +230,7 @@ def fluence_scale(raylen_mm: np.ndarray, sdd_mm: float, pixel_mm: float, mas: fl
     return mas * (SPECTRUM_DISTANCE_CM / r_cm) ** 2 * (pixel_mm / MM_PER_CM) ** 2 * (sdd_mm / MM_PER_CM) / r_cm
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def _open_fields(raylen_mm, mas, area_cm2, sdd_cm, q0, s0, open_q, open_s, open_field, q, s,
                  flat_q, flat_s, gated_q, gated_s):
     """One pass per pixel of `synthesize`'s element-wise steps before the focal blur, each the same
@@ -251,7 +251,7 @@ def _open_fields(raylen_mm, mas, area_cm2, sdd_cm, q0, s0, open_q, open_s, open_
         gated_q[p], gated_s[p] = q[p] * gate, s[p] * gate
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def _quanta_totals(q, s, scatter_s, mean_energy, q_total, s_total, per_quantum):
     """Per pixel (float32, as numpy's): quanta and signal with the scatter's, and the signal a quantum
     carries (the mean energy where no quanta are expected)."""
@@ -263,7 +263,7 @@ def _quanta_totals(q, s, scatter_s, mean_energy, q_total, s_total, per_quantum):
         per_quantum[p] = st / qt if qt > 0 else me
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def _transmission(signal, electronic, flat_s, flat_q, flat, out):
     """Per pixel: the signal (plus the readout's, when `electronic` has the pixels' length) over the open
     field's (float32), held at one quantum's share of it; `flat` the open field's signal as float32.
