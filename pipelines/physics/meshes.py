@@ -26,6 +26,7 @@ import numpy as np
 from pipelines.physics.kept import Kept
 
 SUBPIXEL = 4096  # fixed-point steps per pixel for coverage (exact integer edge functions)
+SUBPIXEL_STEPS = float(SUBPIXEL)  # the same, as the float the projected coordinates are scaled by
 # a ray whose entry and exit lie at one point (a silhouette's fold) sums to ~1e-13 mm, not exactly 0:
 # chords at or below this are no chord (a thousandth of a micrometre)
 CHORD_EPS_MM = 1e-6
@@ -192,41 +193,70 @@ def projected(vertices, source, origin, eu, ev):
     """Detector coordinates (column, row; pixel centres at integers) where the rays from the source
     through each vertex meet the detector plane. Scalar arithmetic (a dot product of 3-vectors as
     BLAS calls on per-vertex temporaries cost ~65 ns a vertex: 2.5 ms of a screw's 3 ms)."""
-    out = np.empty((len(vertices), 2))
-    _project_into(vertices, source, origin, eu, ev, 0, out)
+    xs, ys, zs = _columns(vertices)
+    c = _projection(source, origin, eu, ev)
+    out = np.empty((len(xs), 2))
+    for k in range(len(xs)):
+        out[k, 0], out[k, 1] = _detector_uv(xs[k], ys[k], zs[k], c)
     return out
 
 
 @numba.njit(cache=True, error_model="numpy")
 def snapped(vertices, source, origin, eu, ev):
     """(V, 2) int64: `projected`'s coordinates in steps of 1 / SUBPIXEL pixel, rounded half to even: the
-    same values as rounding `projected`'s, in one pass (no float array between)."""
-    out = np.empty((len(vertices), 2), dtype=np.int64)
-    _project_into(vertices, source, origin, eu, ev, SUBPIXEL, out)
+    same values as rounding `projected`'s, in one pass over three columns of the vertices, which runs in
+    SIMD lanes (a (V, 3) row per vertex did not: a screw's chords took 0.90 ms a view, now 0.78)."""
+    xs, ys, zs = _columns(vertices)
+    us, vs = np.empty(len(xs), dtype=np.int64), np.empty(len(xs), dtype=np.int64)
+    _snap_columns(xs, ys, zs, _projection(source, origin, eu, ev), us, vs)
+    out = np.empty((len(xs), 2), dtype=np.int64)
+    out[:, 0], out[:, 1] = us, vs
     return out
 
 
+@numba.njit(cache=True, error_model="numpy")
+def _snap_columns(xs, ys, zs, c, us, vs):
+    """us, vs = `_detector_uv` of each point of the columns, times SUBPIXEL, rounded. Its own kernel: in
+    the caller's loop, beside the columns' allocation, it did not vectorise."""
+    for k in range(len(xs)):
+        u, v = _detector_uv(xs[k], ys[k], zs[k], c)
+        us[k], vs[k] = np.round(u * SUBPIXEL_STEPS), np.round(v * SUBPIXEL_STEPS)
+
+
 @numba.njit(inline="always")
-def _project_into(vertices, source, origin, eu, ev, steps, out):
-    """`projected` into `out`; with `steps` > 0, each coordinate times `steps`, rounded (np.round)."""
+def _columns(vertices):
+    """(x, y, z) contiguous columns of (V, 3) vertices."""
+    n = len(vertices)
+    xs, ys, zs = np.empty(n), np.empty(n), np.empty(n)
+    for k in range(n):
+        xs[k], ys[k], zs[k] = vertices[k, 0], vertices[k, 1], vertices[k, 2]
+    return xs, ys, zs
+
+
+@numba.njit(inline="always")
+def _projection(source, origin, eu, ev):
+    """What `_detector_uv` needs of a source and a detector frame: the source, the origin, the steps,
+    the detector's normal, the Gram matrix of the steps, its determinant and the plane's reach."""
     ux, uy, uz = eu[0], eu[1], eu[2]
     vx, vy, vz = ev[0], ev[1], ev[2]
     nx, ny, nz = uy * vz - uz * vy, uz * vx - ux * vz, ux * vy - uy * vx  # the detector's normal
     g00, g01, g11 = ux * ux + uy * uy + uz * uz, ux * vx + uy * vy + uz * vz, vx * vx + vy * vy + vz * vz
-    det = g00 * g11 - g01 * g01
     sx, sy, sz = source[0], source[1], source[2]
     ox, oy, oz = origin[0], origin[1], origin[2]
     reach = nx * (ox - sx) + ny * (oy - sy) + nz * (oz - sz)
-    for k in range(len(vertices)):
-        wx, wy, wz = vertices[k, 0] - sx, vertices[k, 1] - sy, vertices[k, 2] - sz
-        t = reach / (nx * wx + ny * wy + nz * wz)
-        qx, qy, qz = sx + wx * t - ox, sy + wy * t - oy, sz + wz * t - oz
-        a, b = qx * ux + qy * uy + qz * uz, qx * vx + qy * vy + qz * vz
-        u, v = (a * g11 - b * g01) / det, (b * g00 - a * g01) / det
-        if steps > 0:
-            out[k, 0], out[k, 1] = np.round(u * steps), np.round(v * steps)
-        else:
-            out[k, 0], out[k, 1] = u, v
+    return (sx, sy, sz, ox, oy, oz, ux, uy, uz, vx, vy, vz, nx, ny, nz, g00, g01, g11, g00 * g11 - g01 * g01,
+            reach)
+
+
+@numba.njit(inline="always")
+def _detector_uv(x, y, z, c):
+    """(column, row) of the world point (x, y, z) seen from the source (`_projection`'s `c`)."""
+    sx, sy, sz, ox, oy, oz, ux, uy, uz, vx, vy, vz, nx, ny, nz, g00, g01, g11, det, reach = c
+    wx, wy, wz = x - sx, y - sy, z - sz
+    t = reach / (nx * wx + ny * wy + nz * wz)
+    qx, qy, qz = sx + wx * t - ox, sy + wy * t - oy, sz + wz * t - oz
+    a, b = qx * ux + qy * uy + qz * uz, qx * vx + qy * vy + qz * vz
+    return (a * g11 - b * g01) / det, (b * g00 - a * g01) / det
 
 
 @numba.njit(inline="always")
