@@ -358,10 +358,24 @@ def _detected(energies: np.ndarray, detector_material: str, detector_mm: float, 
     return eta, kept
 
 
-def _water_curve(mu_water: np.ndarray, weight: np.ndarray) -> np.ndarray:
-    """-ln(S / S_open) through HEEL_THICKNESS_G_CM2 of a material of fine mu/rho `mu_water` for a beam of
+def _water_curve(through: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """-ln(S / S_open) through HEEL_THICKNESS_G_CM2 of a material (`through`, `_through`) for a beam of
     fine detected-signal `weight`: the beam's own hardening curve."""
-    return -np.log(np.exp(-np.outer(HEEL_THICKNESS_G_CM2, mu_water)) @ weight / weight.sum())
+    return -np.log(through @ weight / weight.sum())
+
+
+def _through(nist: str, energies: np.ndarray) -> np.ndarray:
+    """(len(HEEL_THICKNESS_G_CM2), E) read-only: each fine energy's transmission through each thickness
+    of a NIST material, exp(-t mu/rho). An item's tables (their water curve and heel grid) and its scatter
+    kernels' reference beam all cross the same kV's energies, so the last few are kept."""
+    return _through_kept(nist, _grid_key(energies))
+
+
+@functools.lru_cache(maxsize=4)
+def _through_kept(nist: str, grid: bytes) -> np.ndarray:
+    through = np.exp(-np.outer(HEEL_THICKNESS_G_CM2, compound_mu_rho(nist, np.frombuffer(grid))))
+    through.setflags(write=False)
+    return through
 
 
 @functools.lru_cache(maxsize=128)
@@ -373,7 +387,7 @@ def water_attenuation_for(spectrum: SpectrumKey, material: MaterialAnchor) -> np
     energies, fluence = tube_spectrum(spectrum.kv, spectrum.anode_angle_deg, spectrum.filtration_al_mm,
                                       spectrum.filtration_cu_mm)
     eta, kept = _detected(energies, spectrum.detector_material, spectrum.detector_thickness_mm, spectrum.grid)
-    curve = _water_curve(compound_mu_rho(material.nist, energies), fluence * eta * kept)
+    curve = _water_curve(_through(material.nist, energies), fluence * eta * kept)
     curve.setflags(write=False)
     return curve
 
@@ -401,10 +415,10 @@ def make_tables(energies: np.ndarray, fluence: np.ndarray, materials: list[Mater
         return np.add.reduceat(x, starts, axis=-1)
     bin_weight, bin_fluence, bin_quanta = per_bin(weight), per_bin(fluence), per_bin(quanta_fine)
     has_signal = bin_weight > 0
-    water_curve = _water_curve(mu_fine[1], weight)
+    through = _through(materials[1].nist, energies)  # (T, E): the 0 HU anchor's material (mu_fine[1])
+    water_curve = _water_curve(through, weight)
     heel_grid = heel_q = heel_s = None
     if heel is not None:  # fine-binned, through HEEL_THICKNESS_G_CM2 of the 0 HU anchor's material
-        through = np.exp(-np.outer(HEEL_THICKNESS_G_CM2, mu_fine[1]))  # (T, E)
         quanta, signal = quanta_fine, weight
         central_q, central_s = through @ quanta, through @ signal
         attenuation = -np.log(central_s / central_s[0])

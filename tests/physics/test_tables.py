@@ -205,3 +205,25 @@ def test_warming_a_kv_range_leaves_a_new_draw_s_tables_no_lookup_and_the_same_bi
         for f in fields(a):
             x, y = getattr(a, f.name), getattr(b, f.name)
             assert (x.tobytes() == y.tobytes()) if isinstance(x, np.ndarray) else x == y
+
+
+def test_an_item_s_tables_and_its_kernels_reference_beam_share_one_transmission_matrix():
+    """The water curve, the heel grid and the scatter kernels' reference beam of one kV each cross the
+    0 HU anchor's material at every fine energy: that matrix is made once, and every curve is the
+    one computed from it directly."""
+    from pipelines.physics.kernels import FILTRATION_AL_MM, reference_attenuation
+
+    key = tables.SpectrumKey(97, 12.0, 3.1, 0.05, "Cesium Iodide", 0.55, CFG.energy_bins)
+    materials, alloys = tuple(CFG.materials), tuple(CFG.alloys)
+    tables._through_kept.cache_clear()
+    tables.water_attenuation_for.cache_clear()
+    t = tables.tables_for.__wrapped__(key, materials, alloys)
+    reference = reference_attenuation(key, materials, alloys)
+    assert tables._through_kept.cache_info().misses == 1 and tables._through_kept.cache_info().hits >= 1
+    energies, fluence = tables.tube_spectrum(97, 12.0, 3.1, 0.05)
+    through = np.exp(-np.outer(tables.HEEL_THICKNESS_G_CM2, tables.compound_mu_rho(materials[1].nist, energies)))
+    eta, kept = tables.detector_response("Cesium Iodide", 0.55, energies)
+    weight = fluence * eta * kept
+    assert np.array_equal(t.water_attenuation, -np.log(through @ weight / weight.sum()))
+    ref_fluence = tables.tube_spectrum(97, 12.0, FILTRATION_AL_MM, 0.0)[1]
+    assert np.array_equal(reference, -np.log(through @ (ref_fluence * eta * kept) / (ref_fluence * eta * kept).sum()))
