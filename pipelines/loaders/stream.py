@@ -36,7 +36,7 @@ from pipelines.physics.draw import XrayRecord, noise_seeds
 from pipelines.physics.radiograph_view import RadiographView, views_like
 from pipelines.physics.realistic import RealisticRenderer
 from pipelines.physics.render import Poses, Sample, Scene, Views, draw_xray, render_samples, render_views, sample_poses
-from pipelines.physics.tables import warm_kv_tables, warm_tube_spectra
+from pipelines.physics.tables import warm_tube_spectra
 from schemas.config import BuildConfig, StreamConfig, XrayConfig
 from schemas.detector import Geometry
 from schemas.manifest import SPLITS, Col
@@ -244,9 +244,8 @@ class DRRStream(EpochPositions):
         self._num_samples = self.config.items_per_epoch or len(usable) * max(build.drr.pairs_per_case, 1)
         self.transform = transform
         self._cache: OrderedDict[int, _Volume] = OrderedDict()
-        if self.settings.realistic:  # each kV's spectrum computed once on this machine, not once per worker,
+        if self.settings.realistic:  # each kV's spectrum computed once on this machine, not once per worker
             warm_tube_spectra(self.settings.xray.kv, self.settings.xray.anode_angle_deg, log.info)
-            warm_kv_tables(self.settings.xray, log.info)  # and its tables' lookups before the workers fork
 
     # --- order and resumption: EpochPositions, positions in their natural order -----------------
 

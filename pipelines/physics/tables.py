@@ -27,7 +27,7 @@ from scipy.optimize import brentq
 from pipelines.io.spectra import cached_spectrum
 from pipelines.physics.grid import LAMELLA, Grid
 from pipelines.physics.units import MM_PER_CM
-from schemas.config import Alloy, MaterialAnchor, XrayConfig
+from schemas.config import Alloy, MaterialAnchor
 
 FINE_BIN_KEV = 0.5  # spekpy's spectrum resolution used everywhere before binning
 SPECTRUM_DISTANCE_CM = 100.0  # spekpy's fluence is given at 1 m from the focal spot
@@ -121,32 +121,6 @@ def warm_tube_spectra(kv: tuple[int, int], anode_angle_deg: float, progress=None
             _tube_off_axis(k, float(anode_angle_deg), angle)
         if progress is not None and (n + 1) % 10 == 0:
             progress(f"tube spectra: {n + 1}/{len(kvs)}")
-    return len(kvs)
-
-
-def warm_kv_tables(cfg: XrayConfig, progress=None) -> int:
-    """Make, once in this process, what `tables_for` looks up per whole kV of `cfg`'s range and not per
-    drawn filtration: the heel ratios and every channel's, filter's, detector's and grid's mu/rho on that
-    kV's fine energies (~2.7 ms a kV). DataLoader workers forked later inherit them, so an item whose kV
-    a worker has not met before costs what a met one does (~0.7 ms of tables, from ~3.4). Each kV's
-    tables are made once without a grid, and once with one where `cfg` draws grids (the grid's lookups
-    depend on its materials only); returns how many kVs."""
-    kvs = range(int(cfg.kv[0]), int(cfg.kv[1]) + 1)
-    scatter = cfg.scatter
-    grids = [("", 0.0, 0.0, 0.0)]
-    if scatter.enabled and scatter.grid_probability > 0:
-        grids.append((scatter.grid_interspace, scatter.grid_ratio[1], scatter.grid_lines_per_cm[1],
-                      scatter.grid_lamella_mm))
-    materials, alloys = tuple(cfg.materials), tuple(cfg.alloys)
-    for n, kv in enumerate(kvs):
-        for interspace, ratio, lines, lamella in grids:
-            # the ranges' upper ends: a filter of 0 mm is not looked up, so its element is where the range has one
-            key = SpectrumKey(kv, float(cfg.anode_angle_deg), float(cfg.filtration_al_mm[1]),
-                              float(cfg.filtration_cu_mm[1]), cfg.detector_material, float(cfg.detector_thickness_mm[1]),
-                              cfg.energy_bins, ratio, lines, lamella, interspace)
-            tables_for.__wrapped__(key, materials, alloys)  # the lookups it makes are cached; the tables are not
-        if progress is not None and (n + 1) % 10 == 0:
-            progress(f"tables: {n + 1}/{len(kvs)} kV")
     return len(kvs)
 
 

@@ -175,38 +175,6 @@ def test_interpolating_every_column_at_once_is_np_interp_bit_for_bit():
         expected = np.stack([np.interp(x, xp, column) for column in fp.T], axis=1)
         np.testing.assert_array_equal(interp_rows(x, xp, fp), expected)
 
-
-def test_warming_a_kv_range_leaves_a_new_draw_s_tables_no_lookup_and_the_same_bits(monkeypatch):
-    """`warm_kv_tables` makes each kV's lookups once (as a stream does before its workers fork): a view
-    drawn afterwards at that kV, with its own filtration, detector and grid, makes its tables without one
-    xraylib call or heel-ratio pass, and they equal those made from cold caches to the bit."""
-    from dataclasses import fields
-
-    from pipelines.physics.draw import draw_physics
-
-    cfg = XrayConfig(kv=(90, 90))
-    assert tables.warm_kv_tables(cfg) == 1
-    rng = np.random.default_rng(5)
-    draws = [draw_physics(rng, cfg) for _ in range(6)]
-    assert {d.grid for d in draws} == {True, False}
-    materials, alloys = tuple(cfg.materials), tuple(cfg.alloys)
-    calls = []
-    for name in ("CS_Total", "CS_Total_CP"):
-        monkeypatch.setattr(tables.xraylib, name, lambda *a, _f=getattr(tables.xraylib, name): calls.append(a) or _f(*a))
-    ratios_at = tables._ratios_at
-    monkeypatch.setattr(tables, "_ratios_at", lambda *a: calls.append(a) or ratios_at(*a))
-    warm = [tables.tables_for.__wrapped__(d.spectrum, materials, alloys) for d in draws]
-    assert calls == []
-    for cache in (tables._element_mu_rho, tables._compound_mu_rho, tables._heel_ratios):
-        cache.cache_clear()
-    cold = [tables.tables_for.__wrapped__(d.spectrum, materials, alloys) for d in draws]
-    assert calls  # cold caches look their values up again
-    for a, b in zip(warm, cold):
-        for f in fields(a):
-            x, y = getattr(a, f.name), getattr(b, f.name)
-            assert (x.tobytes() == y.tobytes()) if isinstance(x, np.ndarray) else x == y
-
-
 def test_an_item_s_tables_and_its_kernels_reference_beam_share_one_transmission_matrix():
     """The water curve, the heel grid and the scatter kernels' reference beam of one kV each cross the
     0 HU anchor's material at every fine energy: that matrix is made once, and every curve is the
