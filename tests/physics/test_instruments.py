@@ -94,6 +94,7 @@ def test_cylinders_read_only_the_rays_near_them_and_keep_every_ray_s_sums_to_the
     diagonal = Instrument(KWIRE, (-35.0, 0.0, -28.0), (35.0, 0.0, 28.0), 0.5, "ss316l")
     rows = instruments._cylinders([diagonal])
     spans = np.empty((1, g.height, 2), dtype=np.int64)
-    instruments._cylinder_spans(rows, source, *meshes.detector_frame(targets, (g.height, g.width)), g.height, g.width, spans)
+    frame = meshes.detector_frame(targets, (g.height, g.width))
+    instruments._cylinder_spans(rows, source, *frame, g.height, g.width, spans)
     pixels = np.maximum(spans[0, :, 1] - spans[0, :, 0] + 1, 0).sum()
     assert 0 < pixels < 0.1 * g.height * g.width

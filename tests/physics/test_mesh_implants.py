@@ -424,7 +424,8 @@ def test_a_rod_s_rings_and_self_contact_distance_are_numpy_s_expressions_to_the_
     phi = np.arange(implants.SECTIONS) * (2 * np.pi / implants.SECTIONS)
     want = path[:, None] + 2.75 * (np.cos(phi)[None, :, None] * normals[:, None] + np.sin(phi)[None, :, None]
                                    * binormals[:, None])
-    assert implants._rings(path, normals, binormals, np.cos(phi), np.sin(phi), 2.75).tobytes() == want.reshape(-1, 3).tobytes()
+    rings = implants._rings(path, normals, binormals, np.cos(phi), np.sin(phi), 2.75)
+    assert rings.tobytes() == want.reshape(-1, 3).tobytes()
     s = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(path, axis=0), axis=1))])
     for arc in (2.0, 20.0, 1e9):
         far = np.abs(s[:, None] - s[None, :]) > arc

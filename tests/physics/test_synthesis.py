@@ -216,7 +216,9 @@ def test_the_noise_follows_the_thread_cap_and_draws_the_same_numbers_either_way(
         for threads in (1, 2) if numba.config.NUMBA_NUM_THREADS >= 2 else (1,):
             numba.set_num_threads(threads)
             callers.clear()
-            syn._noise_streams = lambda seeds, f: fill(seeds, lambda *a: callers.append(threading.current_thread()) or f(*a))
+            def recording(seeds, f):
+                fill(seeds, lambda *a: callers.append(threading.current_thread()) or f(*a))
+            syn._noise_streams = recording
             images[threads] = synthesize(masses, raylen, TABLES, detector, None, seed=123).image
             syn._noise_streams = fill
             on_pool = [t.name.startswith("spineforge-noise") for t in callers]
