@@ -349,10 +349,9 @@ def _cylinder_spans(cylinders, source, origin, eu, ev, height, width, spans):
     corners, projected from the source, bound the rays that cross it (a convex box in front of the
     source); each piece's pixel rectangle, widened by a pixel for rounding, is joined into the rows'
     spans. A cylinder with a corner not in front of the source spans the whole detector."""
-    nx, ny, nz = eu[1] * ev[2] - eu[2] * ev[1], eu[2] * ev[0] - eu[0] * ev[2], eu[0] * ev[1] - eu[1] * ev[0]
+    proj = meshes.projection(source, origin, eu, ev)
     sx, sy, sz = source[0], source[1], source[2]
-    reach = nx * (origin[0] - sx) + ny * (origin[1] - sy) + nz * (origin[2] - sz)
-    corners = np.empty((8, 3))
+    nx, ny, nz, reach = proj[12], proj[13], proj[14], proj[19]
     for c in range(len(cylinders)):
         spans[c, :, 0], spans[c, :, 1] = width, -1
         ax, ay, az = cylinders[c, 7], cylinders[c, 8], cylinders[c, 9]
@@ -372,26 +371,22 @@ def _cylinder_spans(cylinders, source, origin, eu, ev, height, width, spans):
         pieces = min(max(int(math.ceil(length / max(4.0 * radius, 1.0))), 1), 1024)
         whole = False
         for k in range(pieces):
-            t0, t1 = length * k / pieces, length * (k + 1) / pieces
-            n = 0
-            for t in (t0, t1):
+            u_lo, u_hi, v_lo, v_hi = np.inf, -np.inf, np.inf, -np.inf
+            for t in (length * k / pieces, length * (k + 1) / pieces):  # the piece's box: its eight corners
                 cx, cy, cz = cylinders[c, 0] + t * ax, cylinders[c, 1] + t * ay, cylinders[c, 2] + t * az
                 for su in (-radius, radius):
                     for sv in (-radius, radius):
-                        corners[n, 0] = cx + su * px + sv * qx
-                        corners[n, 1] = cy + su * py + sv * qy
-                        corners[n, 2] = cz + su * pz + sv * qz
-                        n += 1
-            for n in range(8):
-                if (nx * (corners[n, 0] - sx) + ny * (corners[n, 1] - sy) + nz * (corners[n, 2] - sz)) * reach <= 0.0:
-                    whole = True
+                        x, y, z = cx + su * px + sv * qx, cy + su * py + sv * qy, cz + su * pz + sv * qz
+                        if (nx * (x - sx) + ny * (y - sy) + nz * (z - sz)) * reach <= 0.0:
+                            whole = True  # not in front of the source
+                        u, v = meshes.detector_uv(x, y, z, proj)
+                        u_lo, u_hi, v_lo, v_hi = min(u_lo, u), max(u_hi, u), min(v_lo, v), max(v_hi, v)
             if whole:
                 break
-            uv = meshes.projected(corners, source, origin, eu, ev)
-            r0 = max(int(math.floor(uv[:, 1].min())) - 1, 0)
-            r1 = min(int(math.ceil(uv[:, 1].max())) + 1, height - 1)
-            c0 = max(int(math.floor(uv[:, 0].min())) - 1, 0)
-            c1 = min(int(math.ceil(uv[:, 0].max())) + 1, width - 1)
+            r0 = max(int(math.floor(v_lo)) - 1, 0)
+            r1 = min(int(math.ceil(v_hi)) + 1, height - 1)
+            c0 = max(int(math.floor(u_lo)) - 1, 0)
+            c1 = min(int(math.ceil(u_hi)) + 1, width - 1)
             for i in range(r0, r1 + 1):
                 spans[c, i, 0] = min(spans[c, i, 0], c0)
                 spans[c, i, 1] = max(spans[c, i, 1], c1)

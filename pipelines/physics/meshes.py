@@ -194,10 +194,10 @@ def projected(vertices, source, origin, eu, ev):
     through each vertex meet the detector plane. Scalar arithmetic (a dot product of 3-vectors as
     BLAS calls on per-vertex temporaries cost ~65 ns a vertex: 2.5 ms of a screw's 3 ms)."""
     xs, ys, zs = _columns(vertices)
-    c = _projection(source, origin, eu, ev)
+    c = projection(source, origin, eu, ev)
     out = np.empty((len(xs), 2))
     for k in range(len(xs)):
-        out[k, 0], out[k, 1] = _detector_uv(xs[k], ys[k], zs[k], c)
+        out[k, 0], out[k, 1] = detector_uv(xs[k], ys[k], zs[k], c)
     return out
 
 
@@ -208,7 +208,7 @@ def snapped(vertices, source, origin, eu, ev):
     SIMD lanes (a (V, 3) row per vertex did not: a screw's chords took 0.90 ms a view, now 0.78)."""
     xs, ys, zs = _columns(vertices)
     us, vs = np.empty(len(xs), dtype=np.int64), np.empty(len(xs), dtype=np.int64)
-    _snap_columns(xs, ys, zs, _projection(source, origin, eu, ev), us, vs)
+    _snap_columns(xs, ys, zs, projection(source, origin, eu, ev), us, vs)
     out = np.empty((len(xs), 2), dtype=np.int64)
     out[:, 0], out[:, 1] = us, vs
     return out
@@ -216,10 +216,10 @@ def snapped(vertices, source, origin, eu, ev):
 
 @numba.njit(cache=True, error_model="numpy")
 def _snap_columns(xs, ys, zs, c, us, vs):
-    """us, vs = `_detector_uv` of each point of the columns, times SUBPIXEL, rounded. Its own kernel: in
+    """us, vs = `detector_uv` of each point of the columns, times SUBPIXEL, rounded. Its own kernel: in
     the caller's loop, beside the columns' allocation, it did not vectorise."""
     for k in range(len(xs)):
-        u, v = _detector_uv(xs[k], ys[k], zs[k], c)
+        u, v = detector_uv(xs[k], ys[k], zs[k], c)
         us[k], vs[k] = np.round(u * SUBPIXEL_STEPS), np.round(v * SUBPIXEL_STEPS)
 
 
@@ -234,9 +234,10 @@ def _columns(vertices):
 
 
 @numba.njit(inline="always")
-def _projection(source, origin, eu, ev):
-    """What `_detector_uv` needs of a source and a detector frame: the source, the origin, the steps,
-    the detector's normal, the Gram matrix of the steps, its determinant and the plane's reach."""
+def projection(source, origin, eu, ev):
+    """What `detector_uv` needs of a source and a detector frame (inside numba): the source, the origin,
+    the steps, the detector's normal (items 12-14), the Gram matrix of the steps, its determinant and the
+    plane's reach (item 19: the normal's product with origin - source)."""
     ux, uy, uz = eu[0], eu[1], eu[2]
     vx, vy, vz = ev[0], ev[1], ev[2]
     nx, ny, nz = uy * vz - uz * vy, uz * vx - ux * vz, ux * vy - uy * vx  # the detector's normal
@@ -249,8 +250,8 @@ def _projection(source, origin, eu, ev):
 
 
 @numba.njit(inline="always")
-def _detector_uv(x, y, z, c):
-    """(column, row) of the world point (x, y, z) seen from the source (`_projection`'s `c`)."""
+def detector_uv(x, y, z, c):
+    """(column, row) of the world point (x, y, z) seen from the source (`projection`'s `c`)."""
     sx, sy, sz, ox, oy, oz, ux, uy, uz, vx, vy, vz, nx, ny, nz, g00, g01, g11, det, reach = c
     wx, wy, wz = x - sx, y - sy, z - sz
     t = reach / (nx * wx + ny * wy + nz * wz)

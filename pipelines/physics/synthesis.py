@@ -223,21 +223,16 @@ def apply_heel(q: np.ndarray, s: np.ndarray, s0: float, shape: tuple[int, int], 
     return (q, s, *heel_open_field(shape, pixel_mm, sdd_mm, direction_deg, tables))
 
 
-def fluence_scale(raylen_mm: np.ndarray, sdd_mm: float, pixel_mm: float, mas: float) -> np.ndarray:
-    """Per pixel: mAs x (1 m / distance)^2 x pixel area (cm^2) x cos(obliquity), so that spectrum
-    fluence (per cm^2 at 1 m) becomes photons reaching the pixel."""
-    r_cm = np.asarray(raylen_mm, dtype=np.float64) / MM_PER_CM
-    return mas * (SPECTRUM_DISTANCE_CM / r_cm) ** 2 * (pixel_mm / MM_PER_CM) ** 2 * (sdd_mm / MM_PER_CM) / r_cm
-
-
 @numba.njit(cache=True, error_model="numpy")
 def _open_fields(raylen_mm, mas, area_cm2, sdd_cm, q0, s0, open_q, open_s, open_field, q, s,
                  flat_q, flat_s, gated_q, gated_s):
     """One pass per pixel of `synthesize`'s element-wise steps before the focal blur, each the same
-    arithmetic as numpy's array expressions (float64, then float32 where numpy casts): the fluence scale
-    (`fluence_scale`), the open field's quanta and signal (times the heel's factors when `open_q` has
-    the pixels' length), and the primary quanta and signal gated by the collimator (`open_field` of
-    the pixels' length; empty: all open)."""
+    arithmetic as numpy's array expressions (float64, then float32 where numpy casts): the fluence scale,
+    mAs x (1 m / distance)^2 x pixel area (cm^2) x cos(obliquity) (spectrum fluence, per cm^2 at 1 m, to
+    photons reaching the pixel; `area_cm2` the pixel's area, `sdd_cm` / distance its cosine), the open
+    field's quanta and signal (times the heel's factors when `open_q` has the pixels' length), and the
+    primary quanta and signal gated by the collimator (`open_field` of the pixels' length; empty: all
+    open)."""
     heel, collimated = len(open_q) == len(q), len(open_field) == len(q)
     for p in range(len(q)):
         r_cm = np.float64(raylen_mm[p]) / MM_PER_CM

@@ -158,7 +158,8 @@ def test_the_element_wise_passes_are_numpy_s_array_expressions_to_the_bit():
     open_q, open_s = rng.uniform(0.8, 1.2, n).astype(np.float32), rng.uniform(0.8, 1.2, n).astype(np.float32)
     open_field = rng.random(n) < 0.7
     mas, pixel_mm, sdd_mm, q0, s0 = 2.7, 0.8, 1020.0, 3.3, 117.0
-    scale = syn.fluence_scale(raylen, sdd_mm, pixel_mm, mas)
+    r_cm = raylen.astype(np.float64) / 10.0  # the fluence scale as numpy's whole-array expression gives it
+    scale = mas * (100.0 / r_cm) ** 2 * (pixel_mm / 10.0) ** 2 * (sdd_mm / 10.0) / r_cm
     for heel, collimated in ((False, False), (True, True), (True, False)):
         flat_q, flat_s = np.empty(n), np.empty(n)
         gated_q, gated_s = np.empty(n, np.float32), np.empty(n, np.float32)
