@@ -116,11 +116,27 @@ def vertebra_frame(labels: np.ndarray, affine: np.ndarray, level_id: int,
         return None
     world = voxel_to_world(affine, idx.astype(float))
     centre = world.mean(axis=0)
+    centre.setflags(write=False)  # a scene keeps its frames (`place_instruments`' frames)
     slab = world[np.abs(world[:, 2] - centre[2]) <= FRAME_SLAB_MM]
     slab = slab if len(slab) else world
     return VertebraFrame(centre, (float(slab[:, 0].min()), float(slab[:, 0].max())),
                          (float(slab[:, 1].min()), float(slab[:, 1].max())),
                          (float(world[:, 2].min()), float(world[:, 2].max())))
+
+
+def _frame(labels: np.ndarray, affine: np.ndarray, level_id: int, boxes: dict[int, np.ndarray] | None,
+           frames: dict[int, VertebraFrame | None] | None) -> VertebraFrame | None:
+    """`vertebra_frame` of a level, searched in its box when `boxes` has them (absent there: no voxels),
+    kept in `frames` when given (~1.7 ms a search on the demo CT)."""
+    if frames is not None and level_id in frames:
+        return frames[level_id]
+    if boxes is not None:
+        frame = vertebra_frame(labels, affine, level_id, boxes[level_id]) if level_id in boxes else None
+    else:
+        frame = vertebra_frame(labels, affine, level_id)
+    if frames is not None:
+        frames[level_id] = frame
+    return frame
 
 
 def _screw(frame: VertebraFrame, side: int, rng: np.random.Generator,
@@ -161,21 +177,19 @@ def implant_from_record(record: dict) -> Instrument | MeshImplant:
 
 
 def place_instruments(rng: np.random.Generator, labels: np.ndarray, affine: np.ndarray, level_ids: list[int],
-                      cfg: InstrumentConfig,
-                      boxes: dict[int, np.ndarray] | None = None) -> list[Instrument | MeshImplant]:
+                      cfg: InstrumentConfig, boxes: dict[int, np.ndarray] | None = None,
+                      frames: dict[int, VertebraFrame | None] | None = None) -> list[Instrument | MeshImplant]:
     """Instruments of one sample: screw pairs in the first of `level_ids` (the target) and the next
     drawn number of them, rods joining each side's heads, drawn K-wires; with meshes, also a cage, a
     plate and the config's mesh files; [] with probability 1 - cfg.probability. `boxes`: every label's
     voxel box (`ops.traversal.label_boxes`) when the caller keeps them, so each vertebra is found
-    without a pass over the whole label map."""
+    without a pass over the whole label map; `frames`: a dict the caller keeps for these labels (level id ->
+    frame), filled here as vertebrae are found, so a scene's later samples do not search them again."""
     if rng.random() >= cfg.probability:
         return []
     n_levels = int(rng.integers(cfg.screw_levels[0], cfg.screw_levels[1] + 1))
     levels = level_ids[:max(n_levels, 1)]
-    if boxes is not None:
-        found = [vertebra_frame(labels, affine, lid, boxes[lid]) if lid in boxes else None for lid in levels]
-    else:
-        found = [vertebra_frame(labels, affine, lid) for lid in levels]
+    found = [_frame(labels, affine, lid, boxes, frames) for lid in levels]
     frames = [f for f in found if f is not None]
     mesh = cfg.shapes == "meshes"
     out: list[Instrument | MeshImplant] = []

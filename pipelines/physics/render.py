@@ -88,6 +88,12 @@ class Scene:
         """Every label's voxel box in `labels`, from one pass, kept for the scene's later samples."""
         return {} if self.labels is None else label_boxes(self.labels)
 
+    @cached_property
+    def vertebra_frames(self) -> dict:
+        """Level id -> the vertebra's frame (`physics.instruments.vertebra_frame`), filled as instruments are
+        placed and kept for the scene's later samples."""
+        return {}
+
 
 def scene_of(hu: np.ndarray, affine: np.ndarray, geometry: Geometry, xray: XrayConfig | None = None,
              attenuation: AttenuationConfig | None = None, labels: np.ndarray | None = None,
@@ -139,7 +145,7 @@ def draw_xray(rng: np.random.Generator, cfg: XrayConfig, seeds, scene: Scene | N
     if scene is not None and scene.labels is not None and target is not None:
         from_target = list(scene.level_ids[list(scene.level_ids).index(target):])
         instruments = tuple(place_instruments(rng, scene.labels, scene.affine, from_target, cfg.instruments,
-                                                  scene.label_boxes))
+                                                  scene.label_boxes, scene.vertebra_frames))
     return XrayRecord(physics, instruments, tuple(int(s) for s in seeds))
 
 

@@ -200,6 +200,29 @@ def test_image_axes_in_world_terms(view, expected):
         assert where == expected[name], (name, row, col)
 
 
+def test_camera_rays_in_one_pass_keep_the_bits_of_the_torch_operations():
+    """`_camera_rays` makes a view's targets (world and voxel) and lengths in one compiled pass; they
+    are the bits of `_transform_points` and of torch's CPU norm of target - source, so the walks'
+    images keep theirs. The lengths' fused multiply-adds matter: a plain sum of squares differs."""
+    from pipelines.ops.drr import _camera_rays, _transform_points
+
+    rng = np.random.default_rng(1)
+    plain = 0
+    for scale in (1e-2, 1.0, 1e2):
+        mw, mv = rng.normal(size=(4, 4)) * scale * 300, rng.normal(size=(4, 4)) * scale
+        source = rng.normal(size=3) * 1000
+        points = torch.as_tensor(rng.normal(size=(20001, 3)))
+        world, voxel, length = _camera_rays(mw, mv, source, points.numpy())
+        expected_world = _transform_points(mw, points)
+        assert np.array_equal(world, expected_world.numpy())
+        assert np.array_equal(voxel, _transform_points(mv, points).numpy())
+        expected = (expected_world - torch.as_tensor(source)).norm(dim=-1).numpy()
+        assert np.array_equal(length, expected)
+        d = world - source
+        plain += int((np.sqrt((d[:, 0] * d[:, 0] + d[:, 1] * d[:, 1]) + d[:, 2] * d[:, 2]) != expected).sum())
+    assert plain > 0  # the check above tells the two roundings apart
+
+
 def test_ray_points_are_transformed_with_the_same_bits_on_the_cpu_kernel_and_in_torch():
     """`_transform_points` runs one compiled pass on the CPU and torch operations elsewhere; both
     compute ((x m0 + y m1) + z m2) + m3 per coordinate in float64, so rays (and every image walked

@@ -46,6 +46,12 @@ def test_screws_sit_in_the_target_vertebra_and_placement_is_seeded():
     assert a == b and a != place_instruments(np.random.default_rng(5), labels, affine, ids, cfg)
     # with the labels' boxes kept by the caller: the same instruments, found without whole-map passes
     assert place_instruments(np.random.default_rng(4), labels, affine, ids, cfg, label_boxes(labels)) == a
+    # with the frames kept by the caller: found once, then the same instruments from the kept frames alone
+    frames = {}
+    assert place_instruments(np.random.default_rng(4), labels, affine, ids, cfg, label_boxes(labels), frames) == a
+    assert sorted(frames) == sorted(ids[:2]) and all(f is not None for f in frames.values())
+    blank = np.zeros_like(labels)  # a search now would find no vertebra at all
+    assert place_instruments(np.random.default_rng(4), blank, affine, ids, cfg, label_boxes(labels), frames) == a
     kinds = [p.kind for p in a]
     assert kinds.count(SCREW) == 8 and kinds.count(KWIRE) == 1 and len(a) == 11  # 2 levels x 2 screws x (shaft, head), 2 rods
     inverse = np.linalg.inv(affine)
