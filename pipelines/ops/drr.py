@@ -328,7 +328,8 @@ class Renderer:
         (source, targets) in world mm as numpy arrays.
 
         Uses diffdrr's detector points and calibration, composed with each camera as one float64
-        4x4 and applied elementwise (no BLAS), so the rays are bit-identical in every process.
+        4x4 and applied elementwise (no BLAS), so the rays are bit-identical in every process: on the
+        CPU in one compiled pass per view (`_camera_rays`), elsewhere by torch operations.
         """
         if self._grid is None:  # (N, 3) unit-focal detector grid, float64: made once, not once a view
             self._grid = detector_grid(self.drr)
