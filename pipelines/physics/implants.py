@@ -330,9 +330,7 @@ def _closed_tube(trimesh, rings: np.ndarray, n_rings: int, sections: int, start:
     from start to end."""
     ring = np.arange(sections)
     nxt = (ring + 1) % sections
-    k = np.arange(n_rings - 1)[:, None] * sections  # per band between rings k and k + 1: (a b d), then (a d c)
-    a, b, c, d = k + ring, k + nxt, k + sections + ring, k + sections + nxt
-    bands = np.stack([np.stack([a, b, d], -1), np.stack([a, d, c], -1)], axis=1).reshape(-1, 3)
+    bands = meshes.band_faces(n_rings, sections)  # the side, band by band; the rasteriser knows its order
     s, e = len(rings), len(rings) + 1
     last = (n_rings - 1) * sections
     caps = [np.stack([np.full(sections, s), nxt, ring], 1), np.stack([np.full(sections, e), last + ring, last + nxt], 1)]

@@ -431,3 +431,49 @@ def test_a_rod_s_rings_and_self_contact_distance_are_numpy_s_expressions_to_the_
         far = np.abs(s[:, None] - s[None, :]) > arc
         want = float(np.linalg.norm(path[:, None] - path[None, :], axis=2)[far].min()) if far.any() else np.inf
         assert implants._min_far_distance(path, arc) == want
+
+
+def test_a_tube_s_side_is_found_by_its_face_pattern_and_nothing_else():
+    """`tube_bands` names how many of `band_faces`' bands a face array starts with: a screw's and a rod's
+    sides (their caps after them), none for a tulip, a cage or a side whose faces were reordered; a side
+    whose last band is off the pattern counts the bands before it (as a capped tube's caps follow them)."""
+    screw = implants.pedicle_screw(6.5, 45.0)
+    bands, sections = meshes.tube_bands(np.ascontiguousarray(screw.faces, dtype=np.int64))
+    assert sections == implants.SECTIONS and 2 * (bands + 1) * sections == len(screw.faces)  # side, then two caps
+    rod = implants.rod(np.array([[0.0, 0, 0], [5, 20, 40], [8, 35, 80]]), 5.5)
+    assert meshes.tube_bands(np.ascontiguousarray(rod.faces, dtype=np.int64))[1] == implants.SECTIONS
+    for other in (implants.tulip(), implants.cage()):
+        assert meshes.tube_bands(np.ascontiguousarray(other.faces, dtype=np.int64)) == (0, 0)
+    side = meshes.band_faces(5, 8)
+    assert meshes.tube_bands(side) == (4, 8)
+    swapped = side.copy()
+    swapped[[9, 10]] = swapped[[10, 9]]  # the same triangles, another order: not the pattern the rasteriser assumes
+    assert meshes.tube_bands(swapped) == (0, 0)
+    wound = side.copy()
+    wound[-1] = wound[-1][::-1]  # the last band's last face turned: the bands before it are still the pattern
+    assert meshes.tube_bands(wound) == (3, 8)
+
+
+def test_a_tube_s_chords_are_the_same_bits_with_and_without_its_bands():
+    """The rasteriser finds which of a tube's side faces can hold a pixel centre in a pass over its rings
+    (`_band_centres`) and then takes the faces in their order: each pixel sums the same terms in the same
+    order as the face-by-face pass, so the chords and the touched box are the same bits, pose after pose."""
+    rng = np.random.default_rng(3)
+    source, targets, shape = _detector(160, 0.3)
+    origin, eu, ev = meshes.detector_frame(targets, shape)
+    tubes = [implants.pedicle_screw(5.5, 40.0), implants.rod(np.array([[0.0, 0, 0], [5, 20, 40], [8, 35, 80]]), 5.5)]
+    covered = 0
+    for mesh in tubes:
+        faces = np.ascontiguousarray(mesh.faces, dtype=np.int64)
+        bands, sections = meshes.tube_bands(faces)
+        assert bands > 0
+        for _ in range(6):
+            rotation = np.linalg.qr(rng.normal(size=(3, 3)))[0]
+            vertices = np.ascontiguousarray(mesh.vertices @ rotation.T + rng.normal(size=3) * 4)
+            out = [np.zeros(shape), np.zeros(shape)]
+            box = [np.array([shape[0], -1, shape[1], -1]), np.array([shape[0], -1, shape[1], -1])]
+            for k, (b, s) in enumerate(((bands, sections), (0, 0))):
+                meshes._raster_chords(vertices, faces, b, s, source, origin, eu, ev, out[k], box[k])
+            assert np.array_equal(out[0], out[1]) and np.array_equal(box[0], box[1])
+            covered += int((out[0] > 0).sum())
+    assert covered > 5000  # the poses put the tubes on the detector
