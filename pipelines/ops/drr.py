@@ -395,10 +395,11 @@ def _camera_rays_kernel(mw, mv, source, points, world, voxel, lengths):
     for n in range(points.shape[0]):
         x, y, z = points[n, 0], points[n, 1], points[n, 2]
         for r in range(3):
-            world[n, r] = x * mw[r, 0] + y * mw[r, 1] + z * mw[r, 2] + mw[r, 3]
-            voxel[n, r] = x * mv[r, 0] + y * mv[r, 1] + z * mv[r, 2] + mv[r, 3]
+            world[n, r] = _affine_row(mw, r, x, y, z)
+            voxel[n, r] = _affine_row(mv, r, x, y, z)
         dx, dy, dz = world[n, 0] - sx, world[n, 1] - sy, world[n, 2] - sz
         lengths[n] = np.sqrt(_fma(dz, dz, _fma(dy, dy, dx * dx)))
+
 
 def _transform_points(matrix: np.ndarray, points: torch.Tensor) -> torch.Tensor:
     """4x4 affine applied to (N, 3) float64 points with elementwise float64 operations only, each
@@ -415,10 +416,16 @@ def _transform_points(matrix: np.ndarray, points: torch.Tensor) -> torch.Tensor:
     return x * m[:3, 0] + y * m[:3, 1] + z * m[:3, 2] + m[:3, 3]
 
 
+@numba.njit(inline="always")
+def _affine_row(m, r, x, y, z):
+    """Row r of the 4x4 affine `m` applied to (x, y, z): ((x m0 + y m1) + z m2) + m3, as the torch operations."""
+    return x * m[r, 0] + y * m[r, 1] + z * m[r, 2] + m[r, 3]
+
+
 @numba.njit(cache=True, nogil=True)
 def _affine_points(m, points, out):
     for n in range(points.shape[0]):
         x, y, z = points[n, 0], points[n, 1], points[n, 2]
         for r in range(3):
-            out[n, r] = x * m[r, 0] + y * m[r, 1] + z * m[r, 2] + m[r, 3]
+            out[n, r] = _affine_row(m, r, x, y, z)
 

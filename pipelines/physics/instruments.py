@@ -190,11 +190,11 @@ def place_instruments(rng: np.random.Generator, labels: np.ndarray, affine: np.n
     n_levels = int(rng.integers(cfg.screw_levels[0], cfg.screw_levels[1] + 1))
     levels = level_ids[:max(n_levels, 1)]
     found = [_frame(labels, affine, lid, boxes, frames) for lid in levels]
-    frames = [f for f in found if f is not None]
+    located = [f for f in found if f is not None]
     mesh = cfg.shapes == "meshes"
     out: list[Instrument | MeshImplant] = []
     heads = {-1: [], 1: []}
-    for frame in frames[:n_levels]:
+    for frame in located[:n_levels]:
         for side in (-1, 1):
             parts, head = _screw(frame, side, rng, cfg)
             if mesh:
@@ -213,18 +213,18 @@ def place_instruments(rng: np.random.Generator, labels: np.ndarray, affine: np.n
                                             cfg.rod_material))
             else:
                 out.append(Instrument.rounded(ROD, ends[0] - extend, ends[-1] + extend, diameter / 2, cfg.rod_material))
-    if frames:
+    if located:
         for _ in range(int(rng.integers(cfg.kwires[0], cfg.kwires[1] + 1))):
-            out.append(_kwire(frames[0], rng, cfg))
-    if mesh and len(frames) >= 2:
+            out.append(_kwire(located[0], rng, cfg))
+    if mesh and len(located) >= 2:
         if rng.random() < cfg.cage_probability:
-            out.append(_cage(frames[0], frames[1], rng, cfg))
+            out.append(_cage(located[0], located[1], rng, cfg))
         if rng.random() < cfg.plate_probability:
-            out.append(_plate(frames[0], frames[1], cfg))
-    if mesh and frames:
+            out.append(_plate(located[0], located[1], cfg))
+    if mesh and located:
         for m in cfg.meshes:
             pose = np.asarray(m.transform, dtype=np.float64).copy()
-            pose[:3, 3] += frames[0].centre
+            pose[:3, 3] += located[0].centre
             out.append(MeshImplant.make(KIND_BITS[m.kind], "file", {"path": m.path, "sha256": meshes.file_sha256(m.path)},
                                         pose, m.material))
     return out

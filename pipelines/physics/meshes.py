@@ -258,15 +258,14 @@ def projected(vertices, source, origin, eu, ev):
 
 @numba.njit(cache=True, error_model="numpy")
 def snapped(vertices, source, origin, eu, ev):
-    """(V, 2) int64: `projected`'s coordinates in steps of 1 / SUBPIXEL pixel, rounded half to even: the
-    same values as rounding `projected`'s, in one pass over three columns of the vertices, which runs in
-    SIMD lanes (a (V, 3) row per vertex did not: a screw's chords took 0.90 ms a view, now 0.78)."""
+    """(columns, rows), (V,) int64 each: `projected`'s coordinates in steps of 1 / SUBPIXEL pixel, rounded
+    half to even (the rasteriser's fixed-point vertices), in one pass over three columns of the vertices,
+    which runs in SIMD lanes (a (V, 3) row per vertex did not: a screw's chords took 0.90 ms a view, then
+    0.78); kept as two columns, which the tube pass reads in ring order (`_band_centres`)."""
     xs, ys, zs = _columns(vertices)
     us, vs = np.empty(len(xs), dtype=np.int64), np.empty(len(xs), dtype=np.int64)
     _snap_columns(xs, ys, zs, projection(source, origin, eu, ev), us, vs)
-    out = np.empty((len(xs), 2), dtype=np.int64)
-    out[:, 0], out[:, 1] = us, vs
-    return out
+    return us, vs
 
 
 @numba.njit(cache=True, error_model="numpy")
@@ -379,9 +378,7 @@ def _raster_chords(vertices, faces, bands, sections, source, origin, eu, ev, out
     0.77 ms, now 0.55). The faces are taken in their order, as without the bands, so every pixel sums the
     same terms in the same order."""
     h, w = out.shape
-    xs, ys, zs = _columns(vertices)
-    us, vs = np.empty(len(xs), dtype=np.int64), np.empty(len(xs), dtype=np.int64)
-    _snap_columns(xs, ys, zs, projection(source, origin, eu, ev), us, vs)
+    us, vs = snapped(vertices, source, origin, eu, ev)
     banded = 2 * bands * sections
     keep = np.empty(banded, dtype=np.bool_)
     _band_centres(us, vs, bands, sections, w, h, keep)

@@ -410,8 +410,10 @@ def test_snapped_vertices_are_the_projected_ones_rounded_to_the_subpixel_grid():
     source = np.array([3.0, -7.0, -SOD])
     origin, eu, ev = np.array([-25.6, -25.6, SDD - SOD]), np.array([0.2, 0.0, 0.01]), np.array([0.0, 0.2, -0.02])
     uv = meshes.projected(world, source, origin, eu, ev)
-    fixed = meshes.snapped(world, source, origin, eu, ev)
-    assert fixed.dtype == np.int64 and np.array_equal(fixed, np.round(uv * meshes.SUBPIXEL).astype(np.int64))
+    us, vs = meshes.snapped(world, source, origin, eu, ev)
+    expected = np.round(uv * meshes.SUBPIXEL).astype(np.int64)
+    assert us.dtype == vs.dtype == np.int64
+    assert np.array_equal(us, expected[:, 0]) and np.array_equal(vs, expected[:, 1])
     assert np.ptp(uv[:, 0]) > 10  # the screw spans many pixels
 
 
